@@ -1,0 +1,1 @@
+"""What to ask the human next: uncertainty, ranking, superpixels, pseudo-labels."""

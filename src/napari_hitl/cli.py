@@ -1,0 +1,98 @@
+"""The ``napari-hitl`` command: projects, export, the demo, the simulated session, benchmarks.
+
+Benchmarks live in ``napari_hitl.evaluate.bench_<name>`` modules, each exposing
+``add_arguments(parser)`` and ``run(args) -> int``; they are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHMARKS = {
+    "interactive": "napari_hitl.evaluate.bench_interactive",
+    "loop": "napari_hitl.evaluate.bench_loop",
+    "video": "napari_hitl.evaluate.bench_video",
+}
+
+
+def _bench_module(name: str):
+    try:
+        return importlib.import_module(BENCHMARKS[name])
+    except ModuleNotFoundError as err:
+        if err.name == BENCHMARKS[name]:
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-hitl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="open napari with the plugin docked on the sample project "
+                       "(or, with --headless / no display, run the simulated session)")
+    p.add_argument("--headless", action="store_true", help="run the simulated annotation session instead")
+    p.add_argument("--project", help="project folder to open (default: the sample project)")
+
+    p = sub.add_parser("simulate", help="headless: a simulated annotator labels a project and reports")
+    p.add_argument("--project", help="project folder (default: a fresh copy of the sample project)")
+    p.add_argument("--truth", help="folder of ground-truth label images named like the project's images")
+    p.add_argument("--engine", default="graph", help="interactive engine for the click robot")
+    p.add_argument("--target-iou", type=float, default=0.9)
+    p.add_argument("--max-clicks", type=int, default=20)
+
+    p = sub.add_parser("create", help="create a project folder from a folder of images")
+    p.add_argument("project")
+    p.add_argument("source", help="folder of images, a multi-page TIFF, or a frame folder with --timelapse")
+    p.add_argument("--timelapse", action="store_true", help="treat the folder's images as frames of one stack")
+    p.add_argument("--classes", nargs="+", default=None, help="class names, background first")
+
+    p = sub.add_parser("info", help="summarise a project (images, classes, provenance counts)")
+    p.add_argument("project")
+
+    p = sub.add_parser("export", help="write all labels of a project with a manifest")
+    p.add_argument("project")
+    p.add_argument("out")
+    p.add_argument("--format", choices=("tiff", "png", "zarr"), default="tiff")
+
+    p = sub.add_parser("bench", help="benchmarks that print the figures the issues name")
+    bench = p.add_subparsers(dest="benchmark", required=True)
+    for name in BENCHMARKS:
+        module = _bench_module(name)
+        bp = bench.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0] if module else
+                              "(not available in this build)")
+        if module is not None:
+            module.add_arguments(bp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "bench":
+            module = _bench_module(args.benchmark)
+            if module is None:
+                print(f"benchmark {args.benchmark!r} is not available in this build", file=sys.stderr)
+                return 2
+            return int(module.run(args) or 0)
+        from napari_hitl import commands
+
+        return int(getattr(commands, args.command)(args) or 0)
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except commands_errors() as err:
+        print(f"napari-hitl: error: {err}", file=sys.stderr)
+        return 1
+
+
+def commands_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: printed as one line, not a traceback."""
+    from napari_hitl.errors import HitlError
+
+    return (HitlError,)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

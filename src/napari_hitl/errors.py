@@ -1,0 +1,21 @@
+"""Errors the user can act on. Each message names the file or value at fault."""
+
+
+class HitlError(Exception):
+    """Base class: an error caused by input or state the user can fix."""
+
+
+class InputError(HitlError, ValueError):
+    """Bad input: wrong shape, dtype, empty image, prompt outside the image, unknown class."""
+
+
+class CorruptFileError(HitlError):
+    """A file in a project or source folder cannot be read; the message names it."""
+
+
+class ProjectLockedError(HitlError):
+    """The project is already open for writing by another process."""
+
+
+class ProjectError(HitlError):
+    """Anything else wrong with a project folder (missing, foreign, wrong version)."""

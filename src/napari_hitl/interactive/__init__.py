@@ -1,0 +1,1 @@
+"""Prompt -> mask engines behind one interface (see :mod:`.engine`)."""

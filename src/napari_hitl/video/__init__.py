@@ -1,0 +1,1 @@
+"""Time-lapse and video: optical flow, warping, propagation with temporal consistency."""
