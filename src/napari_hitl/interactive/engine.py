@@ -1,0 +1,117 @@
+"""The interface every prompt -> mask engine implements, and the registry that names them.
+
+An engine prepares an image once (caching whatever is expensive per image), then answers
+each prompt update with full-resolution logits (> 0 = inside the region). The UI and the CLI
+pick engines by name through :func:`get_engine`; engine modules register on import.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Callable, ClassVar, Sequence
+
+import numpy as np
+
+from napari_hitl.errors import HitlError, InputError
+from napari_hitl.prompts import RegionPrompts
+
+__all__ = ["Engine", "register_engine", "get_engine", "available_engines", "as_float_rgb"]
+
+_REGISTRY: dict[str, type["Engine"]] = {}
+#: engines known by name whose module is imported on first use
+_LAZY = {"graph": "napari_hitl.interactive.graph", "clicknet": "napari_hitl.interactive.clicknet"}
+
+
+def as_float_rgb(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` as float32 HxWx3 in [0, 1]; accepts HxW, HxWx1, HxWx3, HxWx4 (alpha dropped),
+    uint8, uint16 (scaled by its own range if it does not use the full 16 bits) or float."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] in (1, 3, 4):
+        img = img[..., :3]
+        if img.shape[2] == 1:
+            img = img[..., 0]
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
+        raise InputError(f"image must be HxW or HxWx3 (RGB), got shape {np.asarray(image).shape}")
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.bool_:
+        return img.astype(np.float32)
+    if np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating):
+        out = img.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise InputError("image contains NaN or infinity")
+        lo, hi = float(out.min()), float(out.max())
+        if np.issubdtype(img.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+            return out
+        if hi - lo < 1e-12:
+            return np.zeros_like(out)
+        return (out - lo) / (hi - lo)
+    raise InputError(f"image dtype {img.dtype} is not supported (use uint8, uint16 or float)")
+
+
+class Engine(abc.ABC):
+    """Prompt -> mask engine: ``prepare(image)`` once, then ``predict(region, prev_mask, others)``."""
+
+    #: the registry name (set by :func:`register_engine`)
+    name: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def prepare(self, image: np.ndarray) -> None:
+        """Take a new image (HxW or HxWx3, uint8/uint16/float) and cache what is expensive for it."""
+
+    @abc.abstractmethod
+    def predict(self, region: RegionPrompts, prev_mask: np.ndarray | None = None,
+                others: Sequence[RegionPrompts] = ()) -> np.ndarray:
+        """Float32 HxW logits at full resolution (> 0 = inside ``region``).
+
+        ``prev_mask`` is the region's previous mask (bool HxW) if any; ``others`` are the other
+        regions of the image, whose positive prompts are negatives for this one.
+        """
+
+    def predict_mask(self, region: RegionPrompts, prev_mask: np.ndarray | None = None,
+                     others: Sequence[RegionPrompts] = ()) -> np.ndarray:
+        """Bool HxW mask of ``region``: ``predict(...) > 0``."""
+        return self.predict(region, prev_mask=prev_mask, others=others) > 0
+
+    def predict_all(self, regions: Sequence[RegionPrompts],
+                    prev_masks: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """Logits for every region of the image, each with the others as negatives (full-image
+        mode). Engines that solve all regions jointly override this."""
+        prev_masks = list(prev_masks) if prev_masks is not None else [None] * len(regions)
+        if len(prev_masks) != len(regions):
+            raise InputError(f"got {len(prev_masks)} previous masks for {len(regions)} regions")
+        return [self.predict(r, prev_mask=p, others=[o for o in regions if o is not r])
+                for r, p in zip(regions, prev_masks)]
+
+
+def register_engine(name: str) -> Callable[[type[Engine]], type[Engine]]:
+    """Class decorator: register an :class:`Engine` subclass under ``name``."""
+
+    def deco(cls: type[Engine]) -> type[Engine]:
+        if not (isinstance(cls, type) and issubclass(cls, Engine)):
+            raise TypeError(f"{cls!r} is not an Engine subclass")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_engines() -> list[str]:
+    """Names :func:`get_engine` accepts (registered plus known lazily imported ones)."""
+    return sorted(set(_REGISTRY) | set(_LAZY))
+
+
+def get_engine(name: str, **kwargs) -> Engine:
+    """Instantiate the engine registered as ``name`` (importing its module if needed)."""
+    if name not in _REGISTRY and name in _LAZY:
+        try:
+            importlib.import_module(_LAZY[name])
+        except ImportError as err:
+            raise HitlError(f"engine {name!r} cannot be loaded: {err}") from err
+    if name not in _REGISTRY:
+        raise InputError(f"unknown engine {name!r}; available: {', '.join(available_engines())}")
+    return _REGISTRY[name](**kwargs)
