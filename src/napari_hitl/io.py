@@ -1,0 +1,394 @@
+"""Readers and writers: images in, label arrays out, every write atomic.
+
+Images are PNG, JPEG or TIFF, 2-D gray or RGB (RGBA loses its alpha), or a multi-page TIFF
+(a time-lapse, ``(T, H, W[, 3])``). Labels are written as TIFF, PNG (8- or 16-bit) or zarr.
+All writes go through :func:`atomic_write`: a temporary file in the same folder, flushed and
+fsynced, then renamed over the target, so a process killed mid-write leaves the old file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+
+from napari_hitl.errors import CorruptFileError, InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+LABEL_FORMATS = ("tiff", "png", "zarr")
+_TIFF = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image file holds, read from its header only."""
+
+    shape: tuple[int, int]  # (H, W)
+    channels: int  # 1 gray, 3 RGB
+    frames: int  # pages of a TIFF, 1 otherwise
+    dtype: str
+
+
+def natural_key(text: str) -> list:
+    """Sort key so that 'img2' comes before 'img10', as file browsers sort."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, naturally sorted (hidden files skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder")
+    files = [p for p in folder.iterdir()
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _channels_of_mode(mode: str, path: Path) -> int:
+    if mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F", "P", "LA", "PA"):
+        return 3 if mode in ("P", "PA") else 1
+    if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr"):
+        return 3
+    raise CorruptFileError(f"{path}: unsupported image mode {mode!r}")
+
+
+def image_info(path: str | os.PathLike) -> ImageInfo:
+    """Shape, channels and frame count of an image, reading only its header."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in _TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape = tuple(int(s) for s in series.shape)
+                axes = series.axes
+                dtype = str(series.dtype)
+            frames = 1
+            for ax, n in zip(axes, shape):
+                if ax in "TZIQ":
+                    frames *= n
+            if "S" in axes:
+                channels = shape[axes.index("S")]
+            elif "C" in axes:
+                channels = shape[axes.index("C")]
+            else:
+                channels = 1
+            h, w = shape[axes.index("Y")], shape[axes.index("X")]
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                w, h = im.size
+                channels = _channels_of_mode(im.mode, path)
+                frames = 1
+                dtype = "uint16" if im.mode.startswith("I;16") else "uint8"
+    except (CorruptFileError, InputError):
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder failure names the file
+        raise CorruptFileError(f"cannot read image {path}: {err}") from err
+    if h == 0 or w == 0 or frames == 0:
+        raise InputError(f"image {path} is empty (size {h}x{w}, {frames} frame(s))")
+    if channels not in (1, 3, 4):
+        raise InputError(f"image {path} has {channels} channels; expected gray or RGB")
+    return ImageInfo((int(h), int(w)), 1 if channels == 1 else 3, int(frames), dtype)
+
+
+def _to_gray_or_rgb(arr: np.ndarray, path: Path, stack: bool) -> np.ndarray:
+    """Drop alpha, squeeze singleton channels; check the result is gray or RGB."""
+    core = arr.ndim - (1 if stack else 0)
+    if core == 3 and arr.shape[-1] in (1, 3, 4):
+        arr = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., 0]
+    elif core == 3 and arr.shape[-3] in (3, 4) and arr.shape[-1] > 4:  # channel-first TIFF
+        arr = np.moveaxis(arr[..., :3, :, :], -3, -1)
+    elif core != 2:
+        raise InputError(f"image {path} has shape {arr.shape}; expected (H, W) gray or (H, W, 3) RGB")
+    if arr.size == 0:
+        raise InputError(f"image {path} is empty (shape {arr.shape})")
+    return np.ascontiguousarray(arr)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image as ``(H, W)`` or ``(H, W, 3)``; a multi-page TIFF as ``(T, H, W[, 3])``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image file {path} does not exist")
+    try:
+        if path.suffix.lower() in _TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                arr = series.asarray()
+                axes = series.axes
+            stack = False
+            lead = [i for i, ax in enumerate(axes) if ax in "TZIQ"]
+            if lead:
+                n = int(np.prod([arr.shape[i] for i in lead]))
+                rest = [i for i in range(arr.ndim) if i not in lead]
+                arr = np.transpose(arr, lead + rest).reshape((n,) + tuple(arr.shape[i] for i in rest))
+                stack = n > 1
+                if not stack:
+                    arr = arr[0]
+            if "C" in axes and not stack and arr.ndim == 3 and axes.replace("T", "").startswith("C"):
+                arr = np.moveaxis(arr, 0, -1)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("P", "PA", "CMYK", "YCbCr"):
+                    im = im.convert("RGBA" if "A" in im.mode else "RGB")
+                elif im.mode == "LA":
+                    im = im.convert("L")
+                elif im.mode == "1":
+                    im = im.convert("L")
+                arr = np.asarray(im)
+            stack = False
+        else:
+            raise InputError(f"{path}: unsupported file type {path.suffix!r}; expected one of {IMAGE_SUFFIXES}")
+    except (CorruptFileError, InputError):
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder failure names the file
+        raise CorruptFileError(f"cannot read image {path}: {err}") from err
+    return _to_gray_or_rgb(arr, path, stack)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], Any]) -> Path:
+    """Write ``path`` through ``writer(fileobj)`` so that it is either all old or all new.
+
+    The data goes to a temporary file beside ``path``, is flushed and fsynced, and then
+    replaces ``path`` with one rename; the folder is fsynced so the rename survives a crash.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically replace ``path`` with ``data``."""
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically replace ``path`` with ``obj`` as indented JSON."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a missing or corrupt file raises an error naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise CorruptFileError(f"{path} is missing") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(f"{path} is not valid JSON ({err}); restore it from a backup") from err
+
+
+# --------------------------------------------------------------------------- labels
+
+def check_labels(labels: np.ndarray, shape: tuple[int, ...] | None = None,
+                 n_classes: int | None = None, what: str = "labels") -> np.ndarray:
+    """Validate a label array (integer dtype, shape, values in the class table); return it."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{what} must be an integer array, got dtype {labels.dtype}")
+    if labels.size == 0:
+        raise InputError(f"{what} are empty (shape {labels.shape})")
+    if shape is not None and tuple(labels.shape) != tuple(shape):
+        raise InputError(f"{what} have shape {labels.shape} but the image needs {tuple(shape)}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0:
+        raise InputError(f"{what} contain the negative value {lo}")
+    if n_classes is not None and hi >= n_classes:
+        raise InputError(f"{what} contain the value {hi}, beyond the class table "
+                         f"(classes 0..{n_classes - 1}); add the class first")
+    return labels
+
+
+def label_format(path: str | os.PathLike) -> str:
+    """'tiff', 'png' or 'zarr' from a path's suffix."""
+    suffix = Path(path).suffix.lower()
+    fmt = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".zarr": "zarr"}.get(suffix)
+    if fmt is None:
+        raise InputError(f"{path}: unknown label format {suffix!r}; use .tif, .png or .zarr")
+    return fmt
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write a label array to TIFF, PNG (8-bit if values fit, else 16-bit) or zarr, atomically.
+
+    PNG holds one 2-D plane; TIFF and zarr hold any dimensionality (a time-lapse stack too).
+    """
+    path = Path(path)
+    labels = check_labels(labels)
+    fmt = label_format(path)
+    hi = int(labels.max())
+    if fmt == "png":
+        if labels.ndim != 2:
+            raise InputError(f"PNG holds one 2-D plane; labels have shape {labels.shape} (use TIFF or zarr)")
+        if hi > 65535:
+            raise InputError(f"PNG holds at most 16-bit values; labels reach {hi} (use TIFF or zarr)")
+        import cv2
+
+        data = labels.astype(np.uint8 if hi < 256 else np.uint16)
+        ok, buf = cv2.imencode(".png", data)
+        if not ok:  # pragma: no cover - cv2 reports no reason
+            raise InputError(f"could not encode {path} as PNG")
+        return atomic_write_bytes(path, buf.tobytes())
+    if fmt == "tiff":
+        import tifffile
+
+        data = labels.astype(np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32)
+        return atomic_write(path, lambda fh: tifffile.imwrite(fh, data, compression="zlib"))
+    return _write_zarr(path, labels)
+
+
+def _write_zarr(path: Path, labels: np.ndarray) -> Path:
+    """zarr is a folder: write it beside the target, then swap it in with renames."""
+    import zarr
+
+    hi = int(labels.max())
+    data = labels.astype(np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        chunks = tuple(min(s, 512) for s in data.shape[-2:])
+        chunks = (1,) * (data.ndim - 2) + chunks
+        arr = zarr.open_array(str(tmp / "data.zarr"), mode="w", shape=data.shape, dtype=data.dtype,
+                              chunks=chunks)
+        arr[...] = data
+        staged = tmp / "data.zarr"
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+        os.replace(staged, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read labels written by :func:`write_labels` (or any single-channel TIFF/PNG/zarr)."""
+    path = Path(path)
+    fmt = label_format(path)
+    if not path.exists():
+        raise InputError(f"label file {path} does not exist")
+    try:
+        if fmt == "zarr":
+            import zarr
+
+            return np.asarray(zarr.open_array(str(path), mode="r")[...])
+        if fmt == "tiff":
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        import cv2
+
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise ValueError("not a PNG image")
+        if arr.ndim != 2:
+            raise ValueError(f"has {arr.shape[-1]} channels; labels are single-channel")
+        return arr
+    except Exception as err:  # noqa: BLE001 - any decoder failure names the file
+        raise CorruptFileError(f"cannot read labels {path}: {err}") from err
+
+
+# --------------------------------------------------------------------------- export
+
+def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *,
+                   progress: Callable[[int, int], Any] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> Path:
+    """Write every image's labels and provenance of ``project`` to ``out`` plus ``manifest.json``.
+
+    ``fmt`` is 'tiff', 'png' or 'zarr' (PNG writes a time-lapse as one file per frame).
+    The manifest lists, per image, its source files, the files written, its shape and its
+    provenance counts (unlabelled/human/machine/pseudo pixels), and the class table; it is
+    written last, so an interrupted export has no manifest. Returns the manifest's path.
+    """
+    if fmt not in LABEL_FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; choose one of {LABEL_FORMATS}")
+    out = Path(out)
+    ext = {"tiff": ".tif", "png": ".png", "zarr": ".zarr"}[fmt]
+    entries, totals = [], {}
+    records = project.images
+    for k, rec in enumerate(records):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt("export cancelled")
+        labels, prov = project.read_labels(rec.name)
+        written = {}
+        for kind, arr in (("labels", labels), ("provenance", prov)):
+            if fmt == "png" and arr.ndim == 3:
+                files = []
+                for t in range(arr.shape[0]):
+                    rel = f"{kind}/{rec.name}/t{t:05d}.png"
+                    write_labels(out / rel, arr[t])
+                    files.append(rel)
+                written[kind] = files
+            else:
+                rel = f"{kind}/{rec.name}{ext}"
+                write_labels(out / rel, arr)
+                written[kind] = rel
+        counts = project.counts(rec.name)
+        for key, value in vars(counts).items():
+            totals[key] = totals.get(key, 0) + value
+        entries.append({"name": rec.name, "source_files": [str(p) for p in project.image_paths(rec.name)],
+                        "shape": list(rec.label_shape), "counts": vars(counts), **written})
+        if progress is not None:
+            progress(k + 1, len(records))
+    manifest = {
+        "project": str(project.root), "format": fmt,
+        "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in project.classes],
+        "provenance_codes": {"0": "unlabelled", "1": "human", "2": "machine", "3": "pseudo"},
+        "images": entries, "totals": totals,
+    }
+    path = atomic_write_json(out / "manifest.json", manifest)
+    if hasattr(project, "log") and not getattr(project, "readonly", True):
+        project.log("export", out=str(out), format=fmt, images=len(entries))
+    return path
