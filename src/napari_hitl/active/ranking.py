@@ -1,0 +1,198 @@
+"""Per-image scores (local consistency, mean entropy, mean margin uncertainty) and picks.
+
+:func:`score_image` summarises a prediction; :func:`rank_images` orders images by a
+strategy and picks the budget, optionally for diversity (k-means over pooled encoder
+features: on the first round diversity alone, later the uncertain half clustered into the
+budget, taking the sample nearest each centre). :class:`Ranking` prints as a table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from napari_hitl.active.uncertainty import check_proba
+from napari_hitl.errors import InputError
+
+__all__ = ["ImageScore", "Ranking", "STRATEGIES", "local_consistency", "score_image", "score_maps",
+           "usefulness", "rank_images", "kmeans", "diversity_pick"]
+
+#: image-level strategies understood by :func:`rank_images`
+STRATEGIES = ("random", "entropy", "margin", "consistency")
+
+
+@dataclass
+class ImageScore:
+    """Summary of one image's prediction; higher ``usefulness`` = more worth a human's time."""
+
+    index: int
+    name: str = ""
+    consistency: float = 1.0        # local consistency (low = unreliable object edges)
+    entropy: float = 0.0            # mean normalised entropy
+    margin_uncertainty: float = 0.0  # mean (1 - margin)
+    object_fraction: float = 0.0    # share of pixels predicted as a non-background class
+    unsure_fraction: float = 0.0    # share of object pixels with confidence < beta
+
+
+def local_consistency(conf: np.ndarray, pred: np.ndarray, beta: float = 0.9,
+                      background: int | None = 0) -> float:
+    """Mean confidence of object-predicted pixels whose confidence is below ``beta``.
+
+    ``conf``/``pred``: (H, W) confidence and arg-max class maps. Object = any class but
+    ``background`` (None: every class counts, for sets like street scenes without one).
+    Low = unreliable object edges (ask the human); 1.0 when no object pixel is unsure.
+    """
+    conf = np.asarray(conf)
+    obj = np.ones(conf.shape, bool) if background is None else np.asarray(pred) != background
+    unsure = obj & (conf < beta)
+    if not unsure.any():
+        return 1.0
+    return float(conf[unsure].mean())
+
+
+def score_maps(conf: np.ndarray, pred: np.ndarray, margin_map: np.ndarray, entropy_map: np.ndarray,
+               beta: float = 0.9, background: int | None = 0, index: int = 0, name: str = "") -> ImageScore:
+    """:class:`ImageScore` from precomputed maps (confidence, arg-max, margin, normalised entropy)."""
+    obj = np.ones(conf.shape, bool) if background is None else pred != background
+    n_obj = int(obj.sum())
+    return ImageScore(
+        index=index, name=name, consistency=local_consistency(conf, pred, beta, background),
+        entropy=float(np.mean(entropy_map)), margin_uncertainty=float(np.mean(1.0 - margin_map)),
+        object_fraction=n_obj / max(1, conf.size),
+        unsure_fraction=float((obj & (conf < beta)).sum()) / max(1, n_obj))
+
+
+def score_image(proba: np.ndarray, beta: float = 0.9, background: int | None = 0, index: int = 0,
+                name: str = "") -> ImageScore:
+    """Score a ``(C, H, W)`` probability map (see :class:`ImageScore`)."""
+    from napari_hitl.active.uncertainty import entropy, margin
+
+    p = check_proba(proba)
+    return score_maps(p.max(0), p.argmax(0), margin(p), entropy(p, normalize=True), beta, background,
+                      index, name)
+
+
+def usefulness(score: ImageScore, strategy: str) -> float:
+    """How much asking the human about this image should help under ``strategy`` (higher first)."""
+    if strategy == "entropy":
+        return score.entropy
+    if strategy == "margin":
+        return score.margin_uncertainty
+    if strategy == "consistency":
+        return 1.0 - score.consistency
+    raise InputError(f"unknown ranking strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """k-means (k-means++ seeding, Lloyd iterations) on rows of ``x``; returns (centres, assignment)."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    if n == 0 or k < 1:
+        raise InputError(f"k-means needs at least one sample and k >= 1 (got {n} samples, k={k})")
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+    centres = [x[rng.integers(n)]]
+    d2 = ((x - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = d2.sum()
+        i = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.integers(n))
+        centres.append(x[i])
+        d2 = np.minimum(d2, ((x - x[i]) ** 2).sum(1))
+    c = np.stack(centres)
+    assign = np.zeros(n, np.int64)
+    for it in range(iters):
+        dist = (x ** 2).sum(1)[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None]
+        new = dist.argmin(1)
+        if it > 0 and np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                c[j] = members.mean(0)
+    return c, assign
+
+
+def diversity_pick(features: np.ndarray, k: int, candidates=None, seed: int = 0) -> list[int]:
+    """Cluster ``features[candidates]`` into ``k`` groups and return the candidate nearest each centre.
+
+    ``features``: (N, D) pooled features (rows are L2-normalised here). Returns up to ``k``
+    distinct indices into ``features``.
+    """
+    feats = np.asarray(features, np.float64)
+    cand = np.arange(len(feats)) if candidates is None else np.asarray(list(candidates), np.int64)
+    if len(cand) == 0 or k <= 0:
+        return []
+    if len(cand) <= k:
+        return [int(i) for i in cand]
+    x = feats[cand]
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    centres, _ = kmeans(x, k, seed)
+    dist = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
+    picked: list[int] = []
+    for j in range(len(centres)):
+        for i in np.argsort(dist[:, j]):
+            if int(cand[i]) not in picked:
+                picked.append(int(cand[i]))
+                break
+    return picked
+
+
+@dataclass
+class Ranking:
+    """Images ordered by a strategy (most useful first) and the ones picked for the human."""
+
+    strategy: str
+    scores: list[ImageScore]
+    order: list[int]                     # image indices, most useful first
+    picked: list[int] = field(default_factory=list)  # image indices chosen this round
+    diversity: bool = False
+
+    def table(self, top: int = 10) -> str:
+        """A plain-text table of the top ``top`` images (the CLI prints it, the UI can show it)."""
+        by_index = {s.index: s for s in self.scores}
+        rows = [f"{'rank':>4}  {'image':<28} {'consist.':>8} {'entropy':>8} {'1-margin':>8} {'object%':>7}  pick"]
+        for r, i in enumerate(self.order[:top], 1):
+            s = by_index[i]
+            name = (s.name or str(s.index))[-28:]
+            rows.append(f"{r:>4}  {name:<28} {s.consistency:8.3f} {s.entropy:8.3f} "
+                        f"{s.margin_uncertainty:8.3f} {100 * s.object_fraction:7.1f}  "
+                        f"{'*' if i in self.picked else ''}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict:
+        return {"strategy": self.strategy, "order": list(self.order), "picked": list(self.picked),
+                "diversity": self.diversity, "scores": [asdict(s) for s in self.scores]}
+
+
+def rank_images(scores: list[ImageScore], strategy: str, budget: int, features: np.ndarray | None = None,
+                diversity: bool = False, first_round: bool = False, exclude=(), seed: int = 0) -> Ranking:
+    """Order images by ``strategy`` and pick ``budget`` of them (never those in ``exclude``).
+
+    With ``diversity`` (needs ``features``, one row per score, same order): on
+    ``first_round`` pick by k-means over all candidates; otherwise cluster the more
+    uncertain half of the candidates into ``budget`` clusters and take the nearest to each
+    centre. ``random`` orders at random (seeded).
+    """
+    excluded = set(int(i) for i in exclude)
+    pos = [p for p, s in enumerate(scores) if s.index not in excluded]
+    rng = np.random.default_rng(seed)
+    if strategy == "random":
+        ordered = [pos[i] for i in rng.permutation(len(pos))]
+    elif first_round:
+        ordered = list(pos)
+    else:
+        vals = np.array([usefulness(scores[p], strategy) for p in pos])
+        ordered = [pos[i] for i in np.argsort(-vals, kind="stable")]
+    budget = max(0, min(int(budget), len(ordered)))
+    if (diversity or first_round) and strategy != "random" and budget > 0:
+        if features is None:
+            raise InputError("diversity picks need pooled features, one row per image score")
+        pool = ordered if first_round else ordered[:max(budget, (len(ordered) + 1) // 2)]
+        chosen = diversity_pick(np.asarray(features), budget, pool, seed)
+    else:
+        chosen = ordered[:budget]
+    order = [scores[p].index for p in ordered]
+    picked = [scores[p].index for p in chosen]
+    return Ranking(strategy, list(scores), order, picked, diversity or first_round)

@@ -1,0 +1,62 @@
+"""Per-pixel uncertainty maps from ``(C, H, W)`` class probabilities: confidence, entropy, margin.
+
+These drive every "what should the human look at next" decision (image ranking,
+superpixel suggestions, pseudo-label thresholds); all return ``(H, W)`` float32 maps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_hitl.errors import InputError
+
+__all__ = ["check_proba", "confidence", "entropy", "margin", "margin_uncertainty", "uncertainty_map",
+           "MEASURES"]
+
+#: names accepted by :func:`uncertainty_map`
+MEASURES = ("entropy", "margin", "confidence")
+
+
+def check_proba(proba: np.ndarray) -> np.ndarray:
+    """Return ``proba`` as float32 ``(C, H, W)`` with C >= 2, or raise InputError."""
+    p = np.asarray(proba)
+    if p.ndim != 3 or p.shape[0] < 2:
+        raise InputError(f"probabilities must have shape (C, H, W) with C >= 2, got {p.shape}")
+    return p.astype(np.float32, copy=False)
+
+
+def confidence(proba: np.ndarray) -> np.ndarray:
+    """Largest class probability per pixel (1 = certain)."""
+    return check_proba(proba).max(0)
+
+
+def entropy(proba: np.ndarray, normalize: bool = False) -> np.ndarray:
+    """Shannon entropy (nats) of the class distribution per pixel; / log C when ``normalize``."""
+    p = check_proba(proba)
+    h = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(0)
+    if normalize:
+        h = h / np.log(p.shape[0])
+    return np.maximum(h, 0).astype(np.float32)
+
+
+def margin(proba: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 class probability per pixel (0 = two classes tie)."""
+    p = check_proba(proba)
+    top2 = np.partition(p, p.shape[0] - 2, axis=0)[-2:]
+    return (top2[1] - top2[0]).astype(np.float32)
+
+
+def margin_uncertainty(proba: np.ndarray) -> np.ndarray:
+    """1 - margin: high where the two most likely classes are close."""
+    return (1.0 - margin(proba)).astype(np.float32)
+
+
+def uncertainty_map(proba: np.ndarray, measure: str = "margin") -> np.ndarray:
+    """Uncertainty in [0, 1] by name: 'entropy' (normalised), 'margin' (1 - margin), 'confidence' (1 - conf)."""
+    if measure == "entropy":
+        return entropy(proba, normalize=True)
+    if measure == "margin":
+        return margin_uncertainty(proba)
+    if measure == "confidence":
+        return (1.0 - confidence(proba)).astype(np.float32)
+    raise InputError(f"unknown uncertainty measure {measure!r}; use one of {', '.join(MEASURES)}")

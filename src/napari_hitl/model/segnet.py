@@ -1,0 +1,353 @@
+"""Semantic segmentation network: pretrained EfficientNet-Lite0 encoder + light U-Net decoder.
+
+Numpy in, numpy out at the edges: :func:`predict_proba` turns any gray or RGB image (any
+size; large images are tiled with overlap) into ``(C, H, W)`` class probabilities, and
+:func:`pooled_features` gives encoder features of an image or of masked regions of it (for
+diversity picks). Torch is imported lazily so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_hitl.errors import InputError
+from napari_hitl.model.backbone import FEATURE_CHANNELS, build_backbone, describe_device, select_device
+
+__all__ = [
+    "DECODER_CHANNELS", "FEATURE_STRIDE", "build_segnet", "image_to_float", "predict_proba",
+    "predict_proba_batch", "predict_with_features", "feature_map", "pool_features",
+    "pooled_features", "place_model", "DeviceInfo", "FEATURE_DIM", "select_device", "describe_device",
+]
+
+#: decoder width at strides 32, 16, 8, 4, 2
+DECODER_CHANNELS = (96, 64, 48, 32, 24)
+#: stride of the feature map used for pooled features (levels 16 and 32 concatenated)
+FEATURE_STRIDE = 16
+#: length of a pooled feature vector
+FEATURE_DIM = FEATURE_CHANNELS[3] + FEATURE_CHANNELS[4]
+_MULTIPLE = 32
+
+
+def image_to_float(image: np.ndarray) -> np.ndarray:
+    """Return an ``(H, W, 3)`` float32 image in [0, 1] from gray or RGB(A) uint8/uint16/float input.
+
+    uint8 is divided by 255; other dtypes are stretched between their 0.5 and 99.8 percentiles
+    (microscopes write 12/16-bit images that rarely use the full range). Gray is replicated.
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise InputError(f"image must be HxW (gray) or HxWx3 (RGB), got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"image is empty: shape {image.shape}")
+    if image.dtype == np.uint8:
+        out = image.astype(np.float32) / 255.0
+    elif image.dtype == bool:
+        out = image.astype(np.float32)
+    elif np.issubdtype(image.dtype, np.number):
+        out = image.astype(np.float32)
+        lo, hi = np.percentile(out, (0.5, 99.8))
+        if not np.isfinite(lo) or not np.isfinite(hi):
+            raise InputError("image contains NaN or infinite values")
+        out = (np.clip((out - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(out)).astype(np.float32)
+    else:
+        raise InputError(f"unsupported image dtype {image.dtype}")
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=2)
+    return np.ascontiguousarray(out)
+
+
+def build_segnet(num_classes: int, pretrained: bool = True):
+    """Return the segmentation ``nn.Module`` for ``num_classes`` classes (class 0 = background).
+
+    ``model(x)`` takes a ``(B, 3, H, W)`` float tensor in [0, 1] (H, W multiples of 32) and
+    returns ``(B, C, H, W)`` logits. ``model.features(x)`` returns the stride-16 feature map
+    used for diversity. ``model.num_classes`` holds C.
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    if int(num_classes) < 2:
+        raise InputError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}")
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(8, cout),
+                             nn.ReLU(inplace=True))
+
+    class SegNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_classes = int(num_classes)
+            self.encoder = build_backbone(pretrained=pretrained)
+            skips = FEATURE_CHANNELS[::-1]  # 320, 112, 40, 24, 16
+            self.top = block(skips[0], DECODER_CHANNELS[0])
+            ups = []
+            for i in range(1, 5):
+                ups.append(block(DECODER_CHANNELS[i - 1] + skips[i], DECODER_CHANNELS[i]))
+            self.ups = nn.ModuleList(ups)
+            self.head = nn.Conv2d(DECODER_CHANNELS[-1], self.num_classes, 1)
+
+        def forward(self, x):
+            return self.forward_with_features(x)[0]
+
+        def forward_with_features(self, x):
+            """Return ``(logits, stride-16 features)`` from one encoder pass."""
+            pyramid = self.encoder(self.encoder.normalize(x))
+            feats = pyramid[::-1]
+            y = self.top(feats[0])
+            for up, skip in zip(self.ups, feats[1:]):
+                y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+                y = up(torch.cat([y, skip], 1))
+            y = self.head(y)
+            logits = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return logits, self._pool_source(pyramid)
+
+        def features(self, x):
+            return self._pool_source(self.encoder(self.encoder.normalize(x)))
+
+        @staticmethod
+        def _pool_source(pyramid):
+            deep = F.interpolate(pyramid[4], size=pyramid[3].shape[-2:], mode="bilinear", align_corners=False)
+            return torch.cat([pyramid[3], deep], 1)
+
+    return SegNet()
+
+
+def _model_device(model):
+    return next(model.parameters()).device
+
+
+def _pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    ph, pw = h - arr.shape[0], w - arr.shape[1]
+    if ph == 0 and pw == 0:
+        return arr
+    mode = "reflect" if arr.shape[0] > ph and arr.shape[1] > pw else "edge"
+    return np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+def _ceil(n: int, m: int = _MULTIPLE) -> int:
+    return -(-n // m) * m
+
+
+def _tiles(n: int, tile: int, overlap: int) -> list[int]:
+    """Start positions of tiles of length ``tile`` covering ``n`` with at least ``overlap``."""
+    if n <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, n - tile, step)) + [n - tile]
+    return sorted(set(starts))
+
+
+def _forward_tiles(model, images: list[np.ndarray], with_features: bool):
+    """Run a batch of same-size float images (H, W multiples of 32); returns probs (and features)."""
+    import torch
+
+    device = _model_device(model)
+    x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()).to(device)
+    with torch.inference_mode():
+        if with_features:
+            logits, feats = model.forward_with_features(x)
+            feats = feats.float().cpu().numpy()
+        else:
+            logits, feats = model(x), None
+        probs = torch.softmax(logits, 1).float().cpu().numpy()
+    return probs, feats
+
+
+def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: int = 128,
+                          with_features: bool = True):
+    """Return ``(probs (C, H, W) float32, features (D, ceil(H/16), ceil(W/16)) float32 or None)``.
+
+    Images larger than ``tile`` in either side are cut into overlapping tiles whose
+    probabilities are blended with a linear ramp; features come from the same tiles.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        img = image_to_float(image)
+        h, w = img.shape[:2]
+        if h <= tile and w <= tile:
+            padded = _pad_to(img, _ceil(h), _ceil(w))
+            probs, feats = _forward_tiles(model, [padded], with_features)
+            fh, fw = _ceil(h, FEATURE_STRIDE) // FEATURE_STRIDE, _ceil(w, FEATURE_STRIDE) // FEATURE_STRIDE
+            return (np.ascontiguousarray(probs[0, :, :h, :w]),
+                    None if feats is None else np.ascontiguousarray(feats[0, :, :fh, :fw]))
+        tile = _ceil(tile)
+        overlap = min(overlap, tile // 2)
+        th, tw = min(tile, _ceil(h)), min(tile, _ceil(w))
+        padded = _pad_to(img, max(h, th), max(w, tw))
+        ph, pw = padded.shape[:2]
+        c = model.num_classes
+        acc = np.zeros((c, ph, pw), np.float32)
+        wsum = np.zeros((ph, pw), np.float32)
+        ramp_h = _ramp(th, overlap)
+        ramp_w = _ramp(tw, overlap)
+        weight = np.minimum.outer(ramp_h, ramp_w)
+        facc = fsum = None
+        for y in _tiles(ph, th, overlap):
+            for x in _tiles(pw, tw, overlap):
+                probs, feats = _forward_tiles(model, [padded[y:y + th, x:x + tw]], with_features)
+                acc[:, y:y + th, x:x + tw] += probs[0] * weight
+                wsum[y:y + th, x:x + tw] += weight
+                if feats is not None:
+                    if facc is None:
+                        fshape = (feats.shape[1], _ceil(ph, 16) // 16, _ceil(pw, 16) // 16)
+                        facc = np.zeros(fshape, np.float32)
+                        fsum = np.zeros(fshape[1:], np.float32)
+                    fy, fx = y // FEATURE_STRIDE, x // FEATURE_STRIDE
+                    fh, fw = feats.shape[2:]
+                    facc[:, fy:fy + fh, fx:fx + fw] += feats[0]
+                    fsum[fy:fy + fh, fx:fx + fw] += 1
+        probs = acc[:, :h, :w] / np.maximum(wsum[:h, :w], 1e-6)
+        feats = None
+        if facc is not None:
+            fh, fw = _ceil(h, FEATURE_STRIDE) // FEATURE_STRIDE, _ceil(w, FEATURE_STRIDE) // FEATURE_STRIDE
+            feats = facc[:, :fh, :fw] / np.maximum(fsum[:fh, :fw], 1)
+        return np.ascontiguousarray(probs, dtype=np.float32), feats
+    finally:
+        model.train(was_training)
+
+
+def _ramp(n: int, overlap: int) -> np.ndarray:
+    r = np.ones(n, np.float32)
+    if overlap > 0:
+        edge = np.linspace(1.0 / (overlap + 1), 1.0, overlap, dtype=np.float32)
+        r[:overlap] = edge
+        r[n - overlap:] = edge[::-1]
+    return r
+
+
+def predict_proba(model, image: np.ndarray, tile: int = 1024, overlap: int = 128) -> np.ndarray:
+    """Class probabilities ``(C, H, W)`` float32 of one gray or RGB image (tiled above ``tile`` px)."""
+    return predict_with_features(model, image, tile, overlap, with_features=False)[0]
+
+
+def predict_proba_batch(model, images, batch_size: int = 8, tile: int = 1024, overlap: int = 128,
+                        with_features: bool = False, progress=None, should_stop=None):
+    """Predict many images; same-size images (up to ``tile``) run together in batches.
+
+    Returns a list of ``(C, H, W)`` arrays, or of ``(probs, features)`` pairs when
+    ``with_features``. ``progress(done, total)`` is called after each batch; a true
+    ``should_stop()`` stops early (the list then holds ``None`` for images not predicted).
+    """
+    images = list(images)
+    out: list = [None] * len(images)
+    was_training = model.training
+    model.eval()
+    try:
+        groups: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            h, w = np.asarray(im).shape[:2]
+            key = (_ceil(h), _ceil(w)) if h <= tile and w <= tile else ("tiled", i)
+            groups.setdefault(key, []).append(i)
+        done = 0
+        for key, idx in groups.items():
+            for s in range(0, len(idx), batch_size):
+                if should_stop is not None and should_stop():
+                    return out
+                chunk = idx[s:s + batch_size]
+                if key[0] == "tiled":
+                    for i in chunk:
+                        p, f = predict_with_features(model, images[i], tile, overlap, with_features)
+                        out[i] = (p, f) if with_features else p
+                else:
+                    floats = [image_to_float(images[i]) for i in chunk]
+                    padded = [_pad_to(f, key[0], key[1]) for f in floats]
+                    probs, feats = _forward_tiles(model, padded, with_features)
+                    for j, i in enumerate(chunk):
+                        h, w = floats[j].shape[:2]
+                        p = np.ascontiguousarray(probs[j, :, :h, :w])
+                        if with_features:
+                            fh = _ceil(h, FEATURE_STRIDE) // FEATURE_STRIDE
+                            fw = _ceil(w, FEATURE_STRIDE) // FEATURE_STRIDE
+                            out[i] = (p, np.ascontiguousarray(feats[j, :, :fh, :fw]))
+                        else:
+                            out[i] = p
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(images))
+        return out
+    finally:
+        model.train(was_training)
+
+
+def feature_map(model, image: np.ndarray, tile: int = 1024) -> np.ndarray:
+    """Encoder feature map ``(D, ceil(H/16), ceil(W/16))`` of an image (for pooled features)."""
+    return predict_with_features(model, image, tile, with_features=True)[1]
+
+
+def pool_features(fmap: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+    """Average a ``(D, h, w)`` feature map over the whole image, or over each of ``masks``.
+
+    ``masks`` may be one ``(H, W)`` bool mask, a stack ``(K, H, W)`` of bool masks, or an
+    ``(H, W)`` integer label map (one vector per label 0..max). Full-resolution masks are
+    reduced to the feature grid by area, so small regions still get a weighted vector.
+    Returns ``(D,)`` for the whole image or one mask, else ``(K, D)``.
+    """
+    d, fh, fw = fmap.shape
+    if masks is None:
+        return fmap.reshape(d, -1).mean(1)
+    masks = np.asarray(masks)
+    single = masks.ndim == 2 and masks.dtype == bool
+    if masks.ndim == 2 and not single:
+        seg = masks.astype(np.int64)
+        h, w = seg.shape
+        k = int(seg.max()) + 1
+        weights = _label_area_weights(seg, k, fh, fw)
+    else:
+        stack = masks[None] if single else masks
+        k, h, w = stack.shape
+        weights = np.stack([_area_reduce(m.astype(np.float32), fh, fw) for m in stack])
+    flat = fmap.reshape(d, -1)
+    wflat = weights.reshape(k, -1)
+    tot = wflat.sum(1, keepdims=True)
+    pooled = (wflat @ flat.T) / np.maximum(tot, 1e-9)
+    empty = tot[:, 0] <= 0
+    if empty.any():
+        pooled[empty] = flat.mean(1)
+    return pooled[0] if single else pooled
+
+
+def _area_reduce(mask: np.ndarray, fh: int, fw: int) -> np.ndarray:
+    h, w = mask.shape
+    padded = np.zeros((fh * FEATURE_STRIDE, fw * FEATURE_STRIDE), np.float32)
+    padded[:min(h, padded.shape[0]), :min(w, padded.shape[1])] = mask[:padded.shape[0], :padded.shape[1]]
+    return padded.reshape(fh, FEATURE_STRIDE, fw, FEATURE_STRIDE).sum((1, 3))
+
+
+def _label_area_weights(seg: np.ndarray, k: int, fh: int, fw: int) -> np.ndarray:
+    h, w = seg.shape
+    cell = (np.minimum(np.arange(h) // FEATURE_STRIDE, fh - 1)[:, None] * fw
+            + np.minimum(np.arange(w) // FEATURE_STRIDE, fw - 1)[None, :])
+    idx = seg.ravel() * (fh * fw) + cell.ravel()
+    counts = np.bincount(idx, minlength=k * fh * fw).astype(np.float32)
+    return counts.reshape(k, fh, fw)
+
+
+def pooled_features(model, image: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+    """Pooled encoder features of an image ``(D,)`` or of masked regions of it ``(K, D)``.
+
+    See :func:`pool_features` for the accepted ``masks``.
+    """
+    return pool_features(feature_map(model, image), masks)
+
+
+@dataclass
+class DeviceInfo:
+    """Where the model runs, for the UI and the CLI."""
+
+    device: object
+    description: str
+
+
+def place_model(model, prefer: str | None = None) -> DeviceInfo:
+    """Move ``model`` to :func:`select_device` (CUDA, MPS, CPU) and say where it went."""
+    device = select_device(prefer)
+    model.to(device)
+    return DeviceInfo(device, describe_device(device))

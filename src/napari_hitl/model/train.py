@@ -1,0 +1,391 @@
+"""Trainer for the semantic model on human, machine-accepted and pseudo labels.
+
+Works on plain arrays (:class:`Sample`: image, labels, provenance), so the UI worker, the
+loop driver, the video code and the benchmarks share it; :func:`samples_from_project` adapts
+an on-disk project. Human and machine-accepted pixels count fully, pseudo pixels with their
+own weight, unlabelled pixels not at all. Each round fine-tunes the current weights;
+checkpoints are written atomically, rounds can be resumed and cancelled between steps.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from napari_hitl.errors import CorruptFileError, InputError
+from napari_hitl.model.segnet import image_to_float
+from napari_hitl.project import HUMAN, MACHINE, PSEUDO, UNLABELLED  # provenance codes of a pixel
+
+CHECKPOINT_VERSION = 1
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+@dataclass
+class Sample:
+    """One training image: ``labels`` (H, W) class ids, ``provenance`` (H, W) codes 0..3."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    provenance: np.ndarray
+    name: str = ""
+
+    def __post_init__(self):
+        h, w = np.asarray(self.image).shape[:2]
+        if np.shape(self.labels) != (h, w) or np.shape(self.provenance) != (h, w):
+            raise InputError(f"sample {self.name!r}: labels {np.shape(self.labels)} and provenance "
+                             f"{np.shape(self.provenance)} must both match the image size {(h, w)}")
+
+    @property
+    def labelled_pixels(self) -> int:
+        return int(np.count_nonzero(np.asarray(self.provenance) != UNLABELLED))
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters of one training round (defaults: ~1.5 min on 2 CPU cores)."""
+
+    steps: int = 150            # optimiser steps per round
+    batch_size: int = 4
+    crop: int = 256             # training crops are crop x crop (smaller images are padded)
+    lr: float = 1e-3            # decoder learning rate
+    encoder_lr_scale: float = 0.3  # encoder learning rate = lr * this
+    weight_decay: float = 1e-4
+    pseudo_weight: float = 0.5  # loss weight of PSEUDO pixels (HUMAN, MACHINE: 1)
+    class_weight_clip: tuple[float, float] = (0.2, 5.0)  # inverse-frequency weights clipped here
+    scale_range: tuple[float, float] = (0.7, 1.4)  # random rescale of crops
+    labelled_crop_bias: float = 0.8  # chance a crop is centred on a labelled pixel
+    brightness: float = 0.15    # +/- additive brightness jitter
+    contrast: float = 0.2       # +/- multiplicative contrast jitter
+    checkpoint_every: int = 50  # steps between checkpoints inside a round (0: end of round only)
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    """What a round did: steps run, mean loss per step, whether it was cancelled."""
+
+    round: int
+    steps_done: int
+    total_steps: int
+    losses: list[float] = field(default_factory=list)
+    cancelled: bool = False
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-10:]
+        return float(np.mean(tail)) if tail else float("nan")
+
+
+def class_weights(samples: Iterable[Sample], num_classes: int, clip=(0.2, 5.0),
+                  pseudo_weight: float = 0.5) -> np.ndarray:
+    """Inverse-frequency class weights over labelled pixels, mean 1 over pixels, clipped.
+
+    Classes never seen get the upper clip value (they cost nothing: no pixel carries them).
+    """
+    counts = np.zeros(num_classes, np.float64)
+    for s in samples:
+        prov = np.asarray(s.provenance)
+        lab = np.asarray(s.labels)
+        w = np.where(prov == PSEUDO, pseudo_weight, (prov == HUMAN) | (prov == MACHINE)).astype(np.float64)
+        valid = (w > 0) & (lab < num_classes)
+        counts += np.bincount(lab[valid].astype(np.int64), weights=w[valid], minlength=num_classes)[:num_classes]
+    total = counts.sum()
+    if total <= 0:
+        return np.ones(num_classes, np.float32)
+    freq = counts / total
+    seen = freq > 0
+    weights = np.full(num_classes, clip[1], np.float64)
+    weights[seen] = 1.0 / (freq[seen] * seen.sum())
+    return np.clip(weights, clip[0], clip[1]).astype(np.float32)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """Write with torch.save into a temp file in the same folder, fsync, then os.replace."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename durable too (not possible on every platform)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint dict (raises CorruptFileError naming the file if it cannot be read)."""
+    import torch
+
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file
+        raise CorruptFileError(f"model checkpoint {path} cannot be read: {err}") from err
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "num_classes" not in ckpt:
+        raise CorruptFileError(f"model checkpoint {path} is not a napari-hitl checkpoint")
+    return ckpt
+
+
+class Trainer:
+    """Fine-tunes a :func:`~napari_hitl.model.segnet.build_segnet` model round after round.
+
+    ``trainer.train_round(samples, progress=cb, should_stop=event)`` runs
+    ``settings.steps`` steps (or finishes an interrupted round), checkpointing to
+    ``checkpoint_path`` when given. ``trainer.model`` is the live model (use it with
+    :func:`~napari_hitl.model.segnet.predict_proba`). If ``checkpoint_path`` exists it is
+    loaded, so a new Trainer resumes where the last one stopped.
+    """
+
+    def __init__(self, num_classes: int, checkpoint_path=None, settings: TrainSettings | None = None,
+                 device=None, pretrained: bool = True):
+        import torch
+
+        from napari_hitl.model.backbone import describe_device, select_device
+        from napari_hitl.model.segnet import build_segnet
+
+        self.num_classes = int(num_classes)
+        self.settings = settings or TrainSettings()
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.device = device if device is not None and not isinstance(device, str) else select_device(device)
+        self.device_description = describe_device(self.device)
+        self.model = build_segnet(self.num_classes, pretrained=pretrained).to(self.device)
+        enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.")]
+        dec = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.")]
+        s = self.settings
+        self.optimizer = torch.optim.AdamW(
+            [{"params": enc, "lr": s.lr * s.encoder_lr_scale, "base_lr": s.lr * s.encoder_lr_scale},
+             {"params": dec, "lr": s.lr, "base_lr": s.lr}], weight_decay=s.weight_decay)
+        self.round = 0          # rounds started so far
+        self.round_step = 0     # steps done in the current round
+        self.round_steps = 0    # steps planned for the current round
+        self.global_step = 0
+        self.history: list[dict] = []
+        self._rng = np.random.default_rng(s.seed)
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self.load(self.checkpoint_path)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"version": CHECKPOINT_VERSION, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "num_classes": self.num_classes,
+                "round": self.round, "round_step": self.round_step, "round_steps": self.round_steps,
+                "global_step": self.global_step, "settings": asdict(self.settings),
+                "history": list(self.history), "rng": self._rng.bit_generator.state}
+
+    def save(self, path=None) -> Path:
+        """Write a checkpoint atomically (temp file, flush, fsync, os.replace); returns its path."""
+        path = Path(path) if path else self.checkpoint_path
+        if path is None:
+            raise InputError("no checkpoint path: pass one to save() or to Trainer(checkpoint_path=...)")
+        _atomic_save(self.state_dict(), path)
+        return path
+
+    def load(self, path) -> None:
+        """Restore model, optimiser, round and step counters from a checkpoint."""
+        ckpt = load_checkpoint(path)
+        if int(ckpt["num_classes"]) != self.num_classes:
+            raise InputError(f"checkpoint {path} has {ckpt['num_classes']} classes, the project has "
+                             f"{self.num_classes}")
+        self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer"):
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.round = int(ckpt.get("round", 0))
+        self.round_step = int(ckpt.get("round_step", 0))
+        self.round_steps = int(ckpt.get("round_steps", 0))
+        self.global_step = int(ckpt.get("global_step", 0))
+        self.history = list(ckpt.get("history", []))
+        if ckpt.get("rng"):
+            self._rng.bit_generator.state = ckpt["rng"]
+
+    @property
+    def round_in_progress(self) -> bool:
+        return self.round_step < self.round_steps
+
+    # -- data --------------------------------------------------------------------------------
+    def _crop(self, sample: Sample, img: np.ndarray, cw: np.ndarray, labelled: np.ndarray):
+        """One augmented crop: (image 3xSxS, labels SxS, weight SxS)."""
+        import cv2
+
+        s, rng = self.settings, self._rng
+        size = s.crop
+        scale = float(np.exp(rng.uniform(np.log(s.scale_range[0]), np.log(s.scale_range[1]))))
+        win = max(8, int(round(size / scale)))
+        h, w = img.shape[:2]
+        if labelled.size and rng.random() < s.labelled_crop_bias:
+            cy, cx = labelled[rng.integers(len(labelled))]
+            y0 = int(np.clip(cy - rng.integers(win), 0, max(0, h - win)))
+            x0 = int(np.clip(cx - rng.integers(win), 0, max(0, w - win)))
+        else:
+            y0 = int(rng.integers(0, max(1, h - win + 1)))
+            x0 = int(rng.integers(0, max(1, w - win + 1)))
+        ci = img[y0:y0 + win, x0:x0 + win]
+        cl = np.asarray(sample.labels)[y0:y0 + win, x0:x0 + win].astype(np.int64)
+        cw_ = cw[y0:y0 + win, x0:x0 + win]
+        # pad to the window (image smaller than the window): padded pixels weigh nothing
+        ph, pw = win - ci.shape[0], win - ci.shape[1]
+        if ph > 0 or pw > 0:
+            ci = np.pad(ci, ((0, ph), (0, pw), (0, 0)), mode="constant")
+            cl = np.pad(cl, ((0, ph), (0, pw)))
+            cw_ = np.pad(cw_, ((0, ph), (0, pw)))
+        if win != size:
+            ci = cv2.resize(ci, (size, size), interpolation=cv2.INTER_LINEAR)
+            cl = cv2.resize(cl.astype(np.int32), (size, size), interpolation=cv2.INTER_NEAREST).astype(np.int64)
+            cw_ = cv2.resize(cw_, (size, size), interpolation=cv2.INTER_NEAREST)
+        k = int(rng.integers(4))
+        ci, cl, cw_ = np.rot90(ci, k), np.rot90(cl, k), np.rot90(cw_, k)
+        if rng.random() < 0.5:
+            ci, cl, cw_ = ci[:, ::-1], cl[:, ::-1], cw_[:, ::-1]
+        gain = 1.0 + rng.uniform(-s.contrast, s.contrast)
+        bias = rng.uniform(-s.brightness, s.brightness)
+        mean = ci.mean()
+        ci = np.clip((ci - mean) * gain + mean + bias, 0, 1)
+        return (np.ascontiguousarray(ci.transpose(2, 0, 1), np.float32),
+                np.ascontiguousarray(cl), np.ascontiguousarray(cw_, np.float32))
+
+    def _prepare(self, samples: list[Sample], cweights: np.ndarray):
+        prepared = []
+        s = self.settings
+        for smp in samples:
+            prov = np.asarray(smp.provenance)
+            lab = np.asarray(smp.labels)
+            pix = np.where(prov == PSEUDO, s.pseudo_weight,
+                           ((prov == HUMAN) | (prov == MACHINE)).astype(np.float32)).astype(np.float32)
+            bad = lab >= self.num_classes
+            pix[bad] = 0
+            cw = pix * cweights[np.minimum(lab, self.num_classes - 1).astype(np.int64)]
+            labelled = np.argwhere((prov == HUMAN) | (prov == MACHINE))
+            if len(labelled) == 0:
+                labelled = np.argwhere(pix > 0)
+            if len(labelled) > 20000:  # keep memory bounded; any subset is a fine crop-centre pool
+                labelled = labelled[self._rng.choice(len(labelled), 20000, replace=False)]
+            prepared.append((smp, image_to_float(smp.image), cw, labelled))
+        return prepared
+
+    # -- training ----------------------------------------------------------------------------
+    def train_round(self, samples: list[Sample], steps: int | None = None,
+                    progress: ProgressFn | None = None,
+                    should_stop: Callable[[], bool] | threading.Event | None = None) -> TrainResult:
+        """Fine-tune on ``samples`` for one round; resumes an interrupted round if there is one.
+
+        ``progress(step, total, loss)`` is called after each step. ``should_stop`` (a callable
+        or a ``threading.Event``) is checked before each step; when it is set the round stops,
+        nothing more is written (the last checkpoint stays intact) and ``cancelled`` is true;
+        the next call continues the same round.
+        """
+        import time
+
+        import torch
+        from torch.nn import functional as F
+
+        stop = should_stop.is_set if isinstance(should_stop, threading.Event) else should_stop
+        samples = [s for s in samples if s.labelled_pixels > 0]
+        if not samples:
+            raise InputError("no labelled pixels to train on: label at least part of one image first")
+        if not self.round_in_progress:
+            self.round += 1
+            self.round_step = 0
+            self.round_steps = int(steps if steps is not None else self.settings.steps)
+        s = self.settings
+        t0 = time.perf_counter()
+        cweights = class_weights(samples, self.num_classes, s.class_weight_clip, s.pseudo_weight)
+        prepared = self._prepare(samples, cweights)
+        result = TrainResult(self.round, 0, self.round_steps)
+        self.model.train()
+        for m in self.model.encoder.modules():  # frozen BN statistics: tiny batches, small data
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        # pick images in proportion to the square root of their labelled pixels
+        sizes = np.array([max(1, len(p[3])) for p in prepared], np.float64) ** 0.5
+        pick_p = sizes / sizes.sum()
+        while self.round_step < self.round_steps:
+            if stop is not None and stop():
+                result.cancelled = True
+                break
+            frac = self.round_step / max(1, self.round_steps)
+            warm = min(1.0, (self.round_step + 1) / 10)
+            for g in self.optimizer.param_groups:
+                g["lr"] = float(g["base_lr"] * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac))))
+            idx = self._rng.choice(len(prepared), size=s.batch_size, p=pick_p)
+            crops = [self._crop(*prepared[i]) for i in idx]
+            x = torch.from_numpy(np.stack([c[0] for c in crops])).to(self.device)
+            y = torch.from_numpy(np.stack([c[1] for c in crops])).to(self.device)
+            w = torch.from_numpy(np.stack([c[2] for c in crops])).to(self.device)
+            y = y.clamp(0, self.num_classes - 1)
+            logits = self.model(x)
+            per_pixel = F.cross_entropy(logits, y, reduction="none")
+            loss = (per_pixel * w).sum() / w.sum().clamp_min(1.0)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.round_step += 1
+            self.global_step += 1
+            value = float(loss.detach())
+            result.losses.append(value)
+            result.steps_done += 1
+            if progress is not None:
+                progress(self.round_step, self.round_steps, value)
+            if (self.checkpoint_path is not None and s.checkpoint_every
+                    and self.round_step % s.checkpoint_every == 0 and self.round_step < self.round_steps):
+                result.checkpoint = self.save()
+        self.model.eval()
+        result.seconds = time.perf_counter() - t0
+        if not result.cancelled:
+            self.history.append({"round": self.round, "steps": self.round_steps,
+                                 "final_loss": result.final_loss, "images": len(samples)})
+            if self.checkpoint_path is not None:
+                result.checkpoint = self.save()
+        return result
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """``(C, H, W)`` probabilities of one image with the current weights."""
+        from napari_hitl.model.segnet import predict_proba
+
+        return predict_proba(self.model, image)
+
+
+def samples_from_project(project, names: Iterable[str] | None = None,
+                         include_pseudo: bool = True) -> list[Sample]:
+    """Training samples of an open ``napari_hitl.project.Project`` (images with any label).
+
+    Uses ``project.images`` (records with ``.name``), ``project.read_image(name)`` and
+    ``project.read_labels(name) -> (labels, provenance)``.
+    """
+    out = []
+    wanted = None if names is None else set(names)
+    for rec in project.images:
+        name = getattr(rec, "name", rec)
+        if wanted is not None and name not in wanted:
+            continue
+        labels, prov = project.read_labels(name)
+        prov = np.asarray(prov)
+        if not include_pseudo:
+            prov = np.where(prov == PSEUDO, UNLABELLED, prov).astype(np.uint8)
+        if not np.any(prov != UNLABELLED):
+            continue
+        out.append(Sample(project.read_image(name), np.asarray(labels), prov, name=name))
+    return out

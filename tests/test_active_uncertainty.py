@@ -1,0 +1,104 @@
+"""Uncertainty maps, local consistency, superpixel suggestions and pseudo-labels on hand-made inputs."""
+
+import numpy as np
+import pytest
+
+from napari_hitl.active.pseudo import (CONFIDENT_BACKGROUND, CONFIDENT_OBJECT, IGNORED, PseudoSettings,
+                                       machine_labelled_images, pseudo_labels, three_way_split)
+from napari_hitl.active.ranking import diversity_pick, kmeans, rank_images, score_image
+from napari_hitl.active.superpixels import Suggestion, superpixel_stats, suggest_superpixels
+from napari_hitl.active.uncertainty import confidence, entropy, margin, margin_uncertainty, uncertainty_map
+from napari_hitl.errors import InputError
+from napari_hitl.project import HUMAN, MACHINE, PSEUDO, UNLABELLED
+
+
+def _proba():
+    # 3 classes, 1 x 3 pixels: certain, two-way tie, uniform
+    return np.array([[[1.0, 0.5, 1 / 3]], [[0.0, 0.5, 1 / 3]], [[0.0, 0.0, 1 / 3]]], np.float32)
+
+
+def test_uncertainty_maps_match_hand_computed_values():
+    p = _proba()
+    np.testing.assert_allclose(confidence(p), [[1.0, 0.5, 1 / 3]], atol=1e-6)
+    np.testing.assert_allclose(entropy(p), [[0.0, np.log(2), np.log(3)]], atol=1e-5)
+    np.testing.assert_allclose(entropy(p, normalize=True), [[0.0, np.log(2) / np.log(3), 1.0]], atol=1e-5)
+    np.testing.assert_allclose(margin(p), [[1.0, 0.0, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(margin_uncertainty(p), [[0.0, 1.0, 1.0]], atol=1e-6)
+    q = np.array([[[0.7]], [[0.2]], [[0.1]]], np.float32)
+    assert margin(q)[0, 0] == pytest.approx(0.5)
+    assert uncertainty_map(q, "confidence")[0, 0] == pytest.approx(0.3)
+    with pytest.raises(InputError, match="shape"):
+        confidence(np.ones((4, 4)))
+    with pytest.raises(InputError, match="bogus"):
+        uncertainty_map(q, "bogus")
+
+
+def _disk_proba(blur: float, size=64, r=16):
+    yy, xx = np.mgrid[:size, :size]
+    d = np.hypot(yy - size / 2, xx - size / 2) - r
+    fg = 1 / (1 + np.exp(d / blur))  # sigmoid edge: wide for large blur
+    return np.stack([1 - fg, fg]).astype(np.float32)
+
+
+def test_local_consistency_ranks_blurry_edges_below_crisp_ones():
+    crisp = score_image(_disk_proba(0.5), beta=0.95)
+    blurry = score_image(_disk_proba(4.0), beta=0.95)
+    assert blurry.consistency < crisp.consistency
+    ranking = rank_images([score_image(_disk_proba(0.5), 0.95, index=0),
+                           score_image(_disk_proba(4.0), 0.95, index=1)], "consistency", budget=1)
+    assert ranking.order == [1, 0] and ranking.picked == [1]
+    assert "consist." in ranking.table()
+    # an image with no unsure object pixel is fully consistent
+    sure = np.stack([np.full((8, 8), 0.01), np.full((8, 8), 0.99)]).astype(np.float32)
+    assert score_image(sure, beta=0.9).consistency == 1.0
+
+
+def test_kmeans_and_diversity_pick_one_per_cluster():
+    rng = np.random.default_rng(0)
+    centres = np.array([[10, 0], [0, 10], [-10, 0]], float)
+    x = np.concatenate([c + rng.normal(0, 0.1, (20, 2)) for c in centres])
+    _, assign = kmeans(x, 3)
+    assert len(set(assign[:20])) == len(set(assign[20:40])) == len(set(assign[40:])) == 1
+    assert len(set(assign)) == 3
+    picks = diversity_pick(x, 3)
+    assert sorted(p // 20 for p in picks) == [0, 1, 2]
+
+
+def test_superpixel_stats_and_class_balanced_suggestions():
+    seg = np.repeat(np.arange(4), 4).reshape(4, 4)  # 4 vertical... rows of superpixels
+    unc = np.repeat([0.9, 0.8, 0.1, 0.7], 4).reshape(4, 4)
+    pred = np.repeat([1, 1, 0, 2], 4).reshape(4, 4)
+    score, cls, area, purity = superpixel_stats(seg, unc, pred, 3)
+    np.testing.assert_allclose(score, [0.9, 0.8, 0.1, 0.7])
+    assert list(cls) == [1, 1, 0, 2] and list(area) == [4] * 4 and np.all(purity == 1)
+    cands = [Suggestion(0, i, float(score[i]), int(cls[i]), 4) for i in range(4)]
+    plain = suggest_superpixels(cands, 2, class_balanced=False)
+    balanced = suggest_superpixels(cands, 2, class_balanced=True)
+    assert [s.segment for s in plain] == [0, 1]
+    assert [s.segment for s in balanced] == [0, 3]  # class 1 and class 2, not twice class 1
+
+
+def test_three_way_split_and_pseudo_labels_never_touch_human_pixels():
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.3, 1.0, (32, 32)).astype(np.float32)
+    pred = rng.integers(0, 3, (32, 32)).astype(np.uint16)
+    split = three_way_split(conf, pred, 0.8)
+    assert np.all(split[conf <= 0.8] == IGNORED)
+    assert np.all(split[(conf > 0.8) & (pred == 0)] == CONFIDENT_BACKGROUND)
+    assert np.all(split[(conf > 0.8) & (pred != 0)] == CONFIDENT_OBJECT)
+    labels = rng.integers(0, 3, (32, 32)).astype(np.uint16)
+    prov = rng.choice([UNLABELLED, HUMAN, MACHINE, PSEUDO], (32, 32)).astype(np.uint8)
+    conf[:] = 0.99  # the machine is sure everywhere, and still may not overwrite people
+    new_l, new_p = pseudo_labels(conf, pred, 0.8, labels, prov)
+    kept = (prov == HUMAN) | (prov == MACHINE)
+    assert np.array_equal(new_l[kept], labels[kept]) and np.array_equal(new_p[kept], prov[kept])
+    assert np.all(new_p[~kept] == PSEUDO) and np.array_equal(new_l[~kept], pred[~kept])
+
+
+def test_progressive_schedules():
+    s = PseudoSettings(beta0=0.9, dbeta=0.1, beta_min=0.6, gamma0=0.2, dgamma=0.25, gamma_max=0.7)
+    assert [s.beta(t) for t in range(5)] == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.6])
+    assert [s.gamma(t) for t in range(4)] == pytest.approx([0.2, 0.45, 0.7, 0.7])
+    assert machine_labelled_images({0: 0.5, 1: 0.9, 2: 0.7, 3: 0.95}, 0.5, exclude={3}) == [1, 2]
+    with pytest.raises(InputError, match="delta"):
+        PseudoSettings(delta=1.5)

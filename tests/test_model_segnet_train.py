@@ -1,0 +1,128 @@
+"""Segmentation net shapes/tiling, trainer loss, checkpoints (reload, atomicity, cancel), class weights."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_hitl.errors import CorruptFileError, InputError
+from napari_hitl.model.segnet import (FEATURE_DIM, build_segnet, image_to_float, pool_features,
+                                      predict_proba, predict_proba_batch, predict_with_features)
+from napari_hitl.model.train import Sample, Trainer, TrainSettings, class_weights, load_checkpoint
+from napari_hitl.project import HUMAN, PSEUDO, UNLABELLED
+
+torch = pytest.importorskip("torch")
+
+
+def _toy(n=4, size=64, seed=0):
+    """Bright disks on a dark noisy background, fully human-labelled."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        yy, xx = np.mgrid[:size, :size]
+        cy, cx = rng.integers(16, size - 16, 2)
+        lab = (np.hypot(yy - cy, xx - cx) < rng.integers(8, 14)).astype(np.uint16)
+        img = np.clip(40 + 150 * lab + rng.normal(0, 15, lab.shape), 0, 255).astype(np.uint8)
+        out.append(Sample(img, lab, np.full(lab.shape, HUMAN, np.uint8), name=f"toy{i}"))
+    return out
+
+
+def _settings(**kw):
+    base = dict(steps=12, batch_size=2, crop=64, lr=3e-3, checkpoint_every=0, scale_range=(1.0, 1.0))
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def test_predict_shapes_gray_rgb_odd_sizes_and_tiles():
+    torch.manual_seed(0)
+    model = build_segnet(3, pretrained=False)
+    gray = (np.random.default_rng(0).random((37, 70)) * 65535).astype(np.uint16)
+    p = predict_proba(model, gray)
+    assert p.shape == (3, 37, 70) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(0), 1, atol=1e-5)
+    rgb = np.random.default_rng(1).integers(0, 255, (90, 140, 3)).astype(np.uint8)
+    tiled, feats = predict_with_features(model, rgb, tile=64, overlap=16)
+    assert tiled.shape == (3, 90, 140) and feats.shape == (FEATURE_DIM, 6, 9)
+    np.testing.assert_allclose(tiled.sum(0), 1, atol=1e-5)
+    batch = predict_proba_batch(model, [rgb, gray, rgb], batch_size=2)
+    np.testing.assert_allclose(batch[0], predict_proba(model, rgb), atol=1e-5)
+    assert pool_features(feats).shape == (FEATURE_DIM,)
+    seg = np.zeros((90, 140), int)
+    seg[:, 70:] = 1
+    assert pool_features(feats, seg).shape == (2, FEATURE_DIM)
+    with pytest.raises(InputError, match="shape"):
+        image_to_float(np.zeros((4, 4, 5)))
+    with pytest.raises(InputError, match="num_classes"):
+        build_segnet(1, pretrained=False)
+
+
+def test_class_weights_inverse_frequency_clipped():
+    lab = np.zeros((10, 10), np.uint16)
+    lab[:1] = 1  # 10 % class 1
+    prov = np.full(lab.shape, HUMAN, np.uint8)
+    prov[5:] = UNLABELLED  # ignored pixels do not count: class 1 is 20 % of the labelled ones
+    w = class_weights([Sample(np.zeros((10, 10), np.uint8), lab, prov)], 3, clip=(0.1, 10))
+    assert w[1] / w[0] == pytest.approx(4.0)
+    assert w[2] == 10  # unseen class: upper clip
+
+
+def test_training_lowers_loss_and_checkpoint_reloads_identically(tmp_path):
+    torch.manual_seed(0)
+    samples = _toy()
+    ckpt = tmp_path / "models" / "latest.pt"
+    trainer = Trainer(2, checkpoint_path=ckpt, settings=_settings(steps=30), device="cpu")
+    res = trainer.train_round(samples)
+    assert res.steps_done == 30 and not res.cancelled and ckpt.exists()
+    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
+    pred_a = trainer.predict_proba(samples[0].image)
+    again = Trainer(2, checkpoint_path=ckpt, settings=_settings(), device="cpu")
+    assert again.round == 1 and again.global_step == 30 and not again.round_in_progress
+    np.testing.assert_array_equal(again.predict_proba(samples[0].image), pred_a)
+    # the next round fine-tunes from there, it does not restart
+    res2 = again.train_round(samples, steps=3)
+    assert res2.round == 2 and again.global_step == 33
+    with pytest.raises(InputError, match="classes"):
+        Trainer(3, checkpoint_path=ckpt, device="cpu")
+
+
+def test_cancel_mid_round_leaves_last_checkpoint_intact_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    samples = _toy(2)
+    ckpt = tmp_path / "latest.pt"
+    trainer = Trainer(2, checkpoint_path=ckpt, settings=_settings(steps=4), device="cpu")
+    trainer.train_round(samples)
+    saved = ckpt.read_bytes()
+    stop = threading.Event()
+    seen = []
+
+    def progress(step, total, loss):
+        seen.append((step, total))
+        if step == 3:
+            stop.set()
+
+    res = trainer.train_round(samples, steps=10, progress=progress, should_stop=stop)
+    assert res.cancelled and res.steps_done == 3 and seen[-1] == (3, 10)
+    assert ckpt.read_bytes() == saved  # untouched by the cancelled round
+    assert not list(tmp_path.glob("*.tmp"))
+    assert load_checkpoint(ckpt)["global_step"] == 4
+    resumed = Trainer(2, checkpoint_path=ckpt, settings=_settings(), device="cpu")
+    assert resumed.round == 1 and resumed.global_step == 4
+    # the in-memory trainer finishes the interrupted round instead of starting a new one
+    stop.clear()
+    res = trainer.train_round(samples)
+    assert res.round == 2 and res.steps_done == 7 and trainer.global_step == 14
+
+
+def test_pseudo_weight_and_unlabelled_pixels(tmp_path):
+    s = _toy(1)[0]
+    prov = np.full(s.labels.shape, PSEUDO, np.uint8)
+    prov[:, :8] = UNLABELLED
+    trainer = Trainer(2, settings=_settings(steps=2, pseudo_weight=0.25), device="cpu", pretrained=False)
+    res = trainer.train_round([Sample(s.image, s.labels, prov)])
+    assert res.steps_done == 2 and np.isfinite(res.losses).all()
+    with pytest.raises(InputError, match="no labelled pixels"):
+        trainer.train_round([Sample(s.image, s.labels, np.zeros_like(prov))])
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptFileError, match="bad.pt"):
+        load_checkpoint(bad)
