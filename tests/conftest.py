@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NAPARI_HITL_DATA", REPO.parent / "shared" / "data"))
 
@@ -27,3 +25,19 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"benchmark data {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """Use the virtual X display that pytest-xvfb starts; without one, Qt runs offscreen."""
+    if not os.environ.get("DISPLAY") and not os.environ.get("QT_QPA_PLATFORM"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+
+@pytest.fixture
+def viewer_factory(make_napari_viewer):
+    """``make_napari_viewer``, skipped where napari's canvas has no OpenGL (Qt offscreen)."""
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        pytest.skip("napari's canvas needs OpenGL, which Qt offscreen lacks here: install Xvfb "
+                    "(apt-get install xvfb) and pytest-xvfb runs the viewer tests on a virtual display")
+    return make_napari_viewer

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"benchmark {args.benchmark!r} is not available in this build", file=sys.stderr)
                 return 2
             return int(module.run(args) or 0)
+        if args.command == "demo":
+            return demo(args)
         from napari_hitl import commands
 
         return int(getattr(commands, args.command)(args) or 0)
@@ -85,6 +87,41 @@ def main(argv: list[str] | None = None) -> int:
     except commands_errors() as err:
         print(f"napari-hitl: error: {err}", file=sys.stderr)
         return 1
+
+
+def has_display() -> bool:
+    """True if a window can be shown (a desktop session, or macOS / Windows)."""
+    import os
+
+    if os.environ.get("QT_QPA_PLATFORM", "") in ("offscreen", "minimal"):
+        return False
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+HEADLESS_HELP = """No display found, so napari cannot open a window here.
+  - On a desktop: run `napari-hitl demo` there (napari opens with the dock and the sample project).
+  - Over SSH: use `ssh -X`, or a virtual screen: `xvfb-run -a napari-hitl demo`.
+  - Headless: `napari-hitl simulate` (a simulated person annotates the sample project),
+    `napari-hitl bench ...` for the benchmarks.
+Running the headless session now (`napari-hitl simulate`):
+"""
+
+
+def demo(args) -> int:
+    """Open napari with the dock and the sample project; without a display, run headless."""
+    if args.headless or not has_display():
+        if not args.headless:
+            print(HEADLESS_HELP)
+        from napari_hitl import commands
+
+        sim = build_parser().parse_args(["simulate"] + (["--project", args.project] if args.project else []))
+        return int(commands.simulate(sim) or 0)
+    # The CLI is the composition root: the one core module allowed to start the UI.
+    from napari_hitl.napari.app import launch
+
+    return launch(args.project)
 
 
 def commands_errors() -> tuple[type[BaseException], ...]:

@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -279,7 +280,9 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
         import tifffile
 
         data = labels.astype(np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32)
-        return atomic_write(path, lambda fh: tifffile.imwrite(fh, data, compression="zlib"))
+        buf = BytesIO()
+        tifffile.imwrite(buf, data, compression="zlib")
+        return atomic_write_bytes(path, buf.getvalue())
     return _write_zarr(path, labels)
 
 

@@ -1,0 +1,35 @@
+"""Layer data for a project image: what the reader, the samples and the dock all add.
+
+Layers carry ``metadata['hitl_project']`` and ``metadata['hitl_image']`` so the dock can
+adopt a project that a reader or a sample opened.
+"""
+
+from __future__ import annotations
+
+from napari_hitl.project import Project
+
+META_PROJECT = "hitl_project"
+META_IMAGE = "hitl_image"
+
+
+def label_colormap(project: Project):
+    """A direct label colormap from the project's class table (background transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for c in project.classes[1:]:
+        colors[c.id] = tuple(v / 255 for v in c.color) + (1.0,)
+    return DirectLabelColormap(color_dict=colors)
+
+
+def image_layer_data(project: Project, name: str) -> list[tuple]:
+    """``[(image, kwargs, 'image'), (labels, kwargs, 'labels')]`` for one project image."""
+    rec = project.record(name)
+    image = project.read_image(name)
+    labels, _ = project.read_labels(name)
+    meta = {META_PROJECT: str(project.root), META_IMAGE: rec.name}
+    return [
+        (image, {"name": rec.name, "rgb": rec.channels == 3, "metadata": dict(meta)}, "image"),
+        (labels, {"name": f"{rec.name} labels", "metadata": dict(meta), "colormap": label_colormap(project),
+                  "opacity": 0.6}, "labels"),
+    ]

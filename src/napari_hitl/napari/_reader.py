@@ -1,0 +1,54 @@
+"""npe2 reader: a project folder opens its first image with labels; an image folder opens its images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari_hitl import io
+from napari_hitl.errors import HitlError
+from napari_hitl.project import Project, is_project
+
+#: an image folder with more images than this opens only the first ones (napari keeps all in memory)
+MAX_LAYERS = 50
+
+
+def get_reader(path):
+    """Return a reader for a napari-hitl project folder or a folder of images, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if is_project(p):
+        return read_project
+    try:
+        return read_image_folder if io.list_images(p) else None
+    except HitlError:
+        return None
+
+
+def read_project(path) -> list[tuple]:
+    """Layers of the project's first image (the dock then navigates the rest)."""
+    from napari_hitl.napari._layers import image_layer_data
+
+    path = path[0] if isinstance(path, (list, tuple)) else path
+    with Project.open(path, readonly=True) as project:
+        return image_layer_data(project, project.images[0].name)
+
+
+def read_image_folder(path) -> list[tuple]:
+    """Every image of the folder as a layer (up to MAX_LAYERS, with a warning beyond)."""
+    import warnings
+
+    path = path[0] if isinstance(path, (list, tuple)) else path
+    files = io.list_images(path)
+    if len(files) > MAX_LAYERS:
+        warnings.warn(f"{path} holds {len(files)} images; opening the first {MAX_LAYERS}. "
+                      "Create a project from the folder to work through all of them.", stacklevel=2)
+    layers = []
+    for f in files[:MAX_LAYERS]:
+        img = io.read_image(f)
+        layers.append((img, {"name": f.stem, "rgb": img.ndim >= 3 and img.shape[-1] == 3}, "image"))
+    return layers

@@ -1,0 +1,37 @@
+"""File > Open Sample: ready-to-try sample projects (the dock docks itself and adopts them)."""
+
+from __future__ import annotations
+
+from napari_hitl.samples import sample_project
+
+
+def _open(name: str) -> list[tuple]:
+    from napari_hitl.napari._layers import image_layer_data
+
+    with sample_project(name) as project:
+        layers = image_layer_data(project, project.images[0].name)
+    _dock_widget()
+    return layers
+
+
+def _dock_widget() -> None:
+    """Dock the annotation widget in the current viewer, if there is one and it is not docked."""
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return
+    from napari_hitl.napari._widget import find_dock
+
+    if find_dock(viewer) is None:
+        viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
+
+
+def sample_nuclei() -> list[tuple]:
+    """Four nucleus images (BBBC038, CC0) as a project, first image shown with its labels."""
+    return _open("nuclei")
+
+
+def sample_timelapse() -> list[tuple]:
+    """A 12-frame drifting-nuclei time-lapse as a project."""
+    return _open("timelapse")
