@@ -1,0 +1,362 @@
+"""Headless learning loop: predict all, rank, ask the annotator, pseudo-label, train, repeat.
+
+The annotator is anything with the :class:`Annotator` methods: the UI (a person) or
+:class:`SimulatedAnnotator` (answers from ground truth, for benchmarks and tests). Every
+answer carries its cost in clicks: polygon clicks for a whole image, one click for a
+superpixel whose class is right (accept) or holds one class, polygon clicks inside a mixed
+superpixel. :class:`LoopDriver` keeps labels and provenance as plain arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from napari_hitl.active.pseudo import PseudoSettings, machine_labelled_images, pseudo_labels
+from napari_hitl.active.ranking import ImageScore, rank_images, score_maps
+from napari_hitl.active.superpixels import (Suggestion, diverse_suggestions, edge_strength, image_suggestions,
+                                            slic_superpixels, suggest_superpixels)
+from napari_hitl.errors import InputError
+from napari_hitl.model.train import HUMAN, MACHINE, PSEUDO, UNLABELLED, Sample, Trainer, TrainSettings
+
+__all__ = ["LOOP_STRATEGIES", "Answer", "Annotator", "SimulatedAnnotator", "LoopSettings", "RoundRecord",
+           "Prediction", "LoopDriver"]
+
+#: strategies of :class:`LoopDriver`: four pick whole images, two pick superpixels
+LOOP_STRATEGIES = ("random", "entropy", "margin", "consistency", "superpixel", "superpixel-diversity")
+
+
+@dataclass
+class Answer:
+    """An annotator's answer: ``labels`` on the pixels in ``where``, with provenance and cost."""
+
+    labels: np.ndarray       # (H, W) class ids (only ``where`` pixels matter)
+    where: np.ndarray        # (H, W) bool: pixels this answer labels
+    provenance: int          # HUMAN (drawn) or MACHINE (prediction accepted)
+    clicks: int
+
+
+class Annotator(Protocol):
+    """Who answers the loop's questions (a person in the UI, or a simulation)."""
+
+    def label_image(self, index: int, image: np.ndarray, pred: np.ndarray | None) -> Answer:
+        """Label a whole image (``pred``: current arg-max prediction, may be None)."""
+
+    def label_superpixel(self, index: int, image: np.ndarray, mask: np.ndarray, predicted_class: int) -> Answer:
+        """Accept ``predicted_class`` for the superpixel ``mask`` (one click) or relabel it."""
+
+
+def polygon_clicks(labels: np.ndarray, ignore_index: int | None = None) -> int:
+    """Clicks to trace a label map as polygons (see :mod:`napari_hitl.simulate.cost`)."""
+    from napari_hitl.simulate.cost import polygon_cost
+
+    return int(polygon_cost(labels, ignore_index=ignore_index))
+
+
+class SimulatedAnnotator:
+    """Answers from ground-truth label maps, counting clicks like a careful person would.
+
+    Whole image: the true labels, polygon cost. Superpixel: if at least ``purity`` of its
+    (non-ignored) true pixels share one class, one click (accept when that is the predicted
+    class, else pick the class) labels the whole superpixel with it; otherwise the person
+    names the main class (one click) and traces the other classes inside as polygons.
+    """
+
+    def __init__(self, truths: list[np.ndarray], ignore_index: int | None = None, purity: float = 0.95):
+        self.truths = [np.asarray(t) for t in truths]
+        self.ignore_index = ignore_index
+        self.purity = float(purity)
+
+    def _valid(self, t: np.ndarray) -> np.ndarray:
+        return np.ones(t.shape, bool) if self.ignore_index is None else t != self.ignore_index
+
+    def label_image(self, index, image, pred) -> Answer:
+        t = self.truths[index]
+        return Answer(t.copy(), self._valid(t), HUMAN, polygon_clicks(t, self.ignore_index))
+
+    def label_superpixel(self, index, image, mask, predicted_class) -> Answer:
+        t = self.truths[index]
+        inside = mask & self._valid(t)
+        if not inside.any():  # nothing scoreable: accepting costs one click and changes nothing
+            return Answer(np.zeros_like(t), np.zeros(t.shape, bool), HUMAN, 1)
+        counts = np.bincount(t[inside].astype(np.int64))
+        main = int(counts.argmax())
+        if counts[main] >= self.purity * inside.sum():
+            labels = np.full_like(t, main)
+            prov = MACHINE if main == int(predicted_class) else HUMAN
+            return Answer(labels, mask.copy(), prov, 1)
+        clicks = 1
+        for c in np.nonzero(counts)[0]:
+            if c != main:
+                clicks += polygon_clicks((inside & (t == c)).astype(np.uint8))
+        return Answer(t.copy(), inside, HUMAN, clicks)
+
+
+@dataclass
+class LoopSettings:
+    """Everything the loop driver needs to know besides the data."""
+
+    strategy: str = "superpixel"
+    rounds: int = 5
+    budget: int = 5                  # images per round (superpixel strategies: budget * superpixels_per_image)
+    superpixels_per_image: int = 20
+    n_segments: int = 150            # SLIC superpixels per image
+    compactness: float = 10.0
+    edge_weight: float = 1.0         # superpixel score weight of image edges (0: plain mean)
+    measure: str = "margin"          # pixel uncertainty for superpixels: margin, entropy, confidence
+    class_balanced: bool = True
+    background: int | None = 0       # class that is not "object" for local consistency (None: none)
+    pseudo: PseudoSettings = field(default_factory=PseudoSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.strategy not in LOOP_STRATEGIES:
+            raise InputError(f"unknown strategy {self.strategy!r}; use one of {', '.join(LOOP_STRATEGIES)}")
+        if self.budget < 1 or self.rounds < 1:
+            raise InputError(f"budget and rounds must be >= 1, got {self.budget} and {self.rounds}")
+
+    @property
+    def superpixel_mode(self) -> bool:
+        return self.strategy.startswith("superpixel")
+
+
+@dataclass
+class Prediction:
+    """Derived maps of one image's prediction (kept instead of full probabilities)."""
+
+    pred: np.ndarray          # (H, W) uint8/uint16 arg-max
+    conf: np.ndarray          # (H, W) float32
+    margin: np.ndarray        # (H, W) float32
+    entropy: np.ndarray       # (H, W) float32, normalised
+    features: np.ndarray | None = None  # (D, h, w) stride-16 encoder features
+
+
+@dataclass
+class RoundRecord:
+    """State after a round: cost so far and what it bought."""
+
+    round: int
+    clicks: int                 # cumulative
+    round_clicks: int
+    images_asked: int
+    superpixels_asked: int
+    labelled_fraction: float    # share of pool pixels with HUMAN/MACHINE labels
+    pseudo_fraction: float
+    train_seconds: float = 0.0
+    predict_seconds: float = 0.0
+    select_seconds: float = 0.0
+    loss: float = float("nan")
+    metrics: dict = field(default_factory=dict)
+
+
+class LoopDriver:
+    """Runs the loop on in-memory images; ``run()`` returns one :class:`RoundRecord` per round.
+
+    ``evaluate(driver) -> dict`` (optional) is called after each round's training, e.g. to
+    score :meth:`final_labels` and held-out predictions; its dict lands in the record.
+    """
+
+    def __init__(self, images: list[np.ndarray], annotator: Annotator, num_classes: int,
+                 settings: LoopSettings | None = None, trainer: Trainer | None = None,
+                 names: list[str] | None = None,
+                 evaluate: Callable[[LoopDriver], dict] | None = None):
+        if not images:
+            raise InputError("the loop needs at least one image")
+        self.images = list(images)
+        self.names = list(names) if names else [str(i) for i in range(len(images))]
+        self.annotator = annotator
+        self.num_classes = int(num_classes)
+        self.settings = settings or LoopSettings()
+        self.trainer = trainer or Trainer(self.num_classes, settings=self.settings.train)
+        self.evaluate = evaluate
+        self.labels = [np.zeros(np.asarray(im).shape[:2], np.uint16) for im in self.images]
+        self.provenance = [np.zeros(np.asarray(im).shape[:2], np.uint8) for im in self.images]
+        self.predictions: list[Prediction | None] = [None] * len(self.images)
+        self.asked_images: set[int] = set()
+        self.asked_superpixels: dict[int, set[int]] = {}
+        self._segments: dict[int, np.ndarray] = {}
+        self._edges: dict[int, np.ndarray] = {}
+        self.clicks = 0
+        self.round = 0
+        self.trained = False
+        self.records: list[RoundRecord] = []
+
+    # -- prediction ---------------------------------------------------------------------------
+    def predict_all(self, should_stop=None) -> float:
+        """Predict every image (probabilities reduced to maps + features); returns seconds."""
+        from napari_hitl.active.uncertainty import entropy, margin
+        from napari_hitl.model.segnet import predict_proba_batch
+
+        t0 = time.perf_counter()
+        outs = predict_proba_batch(self.trainer.model, self.images, batch_size=4, with_features=True,
+                                   should_stop=should_stop)
+        for i, out in enumerate(outs):
+            if out is None:
+                continue
+            p, f = out
+            self.predictions[i] = Prediction(p.argmax(0).astype(np.uint16), p.max(0), margin(p),
+                                             entropy(p, normalize=True), f.astype(np.float16))
+        return time.perf_counter() - t0
+
+    def segments(self, i: int) -> np.ndarray:
+        if i not in self._segments:
+            self._segments[i] = slic_superpixels(self.images[i], self.settings.n_segments, self.settings.compactness)
+        return self._segments[i]
+
+    def edges(self, i: int) -> np.ndarray:
+        if i not in self._edges:
+            self._edges[i] = edge_strength(self.images[i])
+        return self._edges[i]
+
+    def scores(self, beta: float) -> list[ImageScore]:
+        s = self.settings
+        return [score_maps(p.conf, p.pred, p.margin, p.entropy, beta, s.background, i, self.names[i])
+                for i, p in enumerate(self.predictions)]
+
+    # -- selection and answers ----------------------------------------------------------------
+    def _uncertainty(self, p: Prediction) -> np.ndarray:
+        m = self.settings.measure
+        if m == "margin":
+            return 1.0 - p.margin
+        if m == "entropy":
+            return p.entropy
+        if m == "confidence":
+            return 1.0 - p.conf
+        raise InputError(f"unknown uncertainty measure {m!r}")
+
+    def select_images(self, first_round: bool) -> list[int]:
+        s = self.settings
+        scores = self.scores(s.pseudo.beta(self.round))
+        feats = np.stack([p.features.astype(np.float32).reshape(p.features.shape[0], -1).mean(1)
+                          for p in self.predictions])
+        strategy = "consistency" if first_round and s.strategy != "random" else s.strategy
+        ranking = rank_images(scores, strategy, s.budget, feats, diversity=False,
+                              first_round=first_round and s.strategy != "random",
+                              exclude=self.asked_images, seed=s.seed + self.round)
+        return ranking.picked
+
+    def select_superpixels(self, first_round: bool) -> list[Suggestion]:
+        from napari_hitl.model.segnet import pool_features
+
+        s = self.settings
+        k = s.budget * s.superpixels_per_image
+        cands: list[Suggestion] = []
+        feats = []
+        diverse = first_round or s.strategy == "superpixel-diversity"
+        for i, p in enumerate(self.predictions):
+            seg = self.segments(i)
+            cand = image_suggestions(i, seg, self._uncertainty(p), p.pred, self.num_classes,
+                                     self.edges(i) if s.edge_weight else None, s.edge_weight,
+                                     exclude=self.asked_superpixels.get(i, ()))
+            cands.extend(cand)
+            if diverse and cand:
+                pooled = pool_features(p.features.astype(np.float32), seg)
+                feats.append(pooled[[c.segment for c in cand]])
+        if not cands:
+            return []
+        if diverse:
+            return diverse_suggestions(cands, np.concatenate(feats), k, first_round=first_round,
+                                       seed=s.seed + self.round)
+        return suggest_superpixels(cands, k, s.class_balanced)
+
+    def _apply(self, i: int, ans: Answer) -> None:
+        where = ans.where & (self.provenance[i] != HUMAN) if ans.provenance != HUMAN else ans.where
+        self.labels[i][where] = ans.labels[where]
+        self.provenance[i][where] = ans.provenance
+        self.clicks += int(ans.clicks)
+
+    def ask(self, first_round: bool) -> tuple[int, int, int]:
+        """Select and ask; returns (clicks spent, images asked, superpixels asked)."""
+        before = self.clicks
+        if self.settings.superpixel_mode:
+            picks = self.select_superpixels(first_round)
+            for sug in picks:
+                i = sug.image_index
+                mask = self.segments(i) == sug.segment
+                self._apply(i, self.annotator.label_superpixel(i, self.images[i], mask, sug.predicted_class))
+                self.asked_superpixels.setdefault(i, set()).add(sug.segment)
+            return self.clicks - before, 0, len(picks)
+        picks = self.select_images(first_round)
+        for i in picks:
+            p = self.predictions[i]
+            self._apply(i, self.annotator.label_image(i, self.images[i], None if p is None else p.pred))
+            self.asked_images.add(i)
+        return self.clicks - before, len(picks), 0
+
+    def update_pseudo(self) -> None:
+        """Pseudo-label the gamma_t most consistent images (confidence > delta); humans win."""
+        s = self.settings.pseudo
+        for i in range(len(self.images)):  # drop last round's pseudo-labels
+            stale = self.provenance[i] == PSEUDO
+            self.provenance[i][stale] = UNLABELLED
+            self.labels[i][stale] = 0
+        if not s.enabled or not self.trained:
+            return
+        scores = self.scores(s.beta(self.round))
+        cons = {sc.index: sc.consistency for sc in scores}
+        for i in machine_labelled_images(cons, s.gamma(self.round), exclude=self.asked_images):
+            p = self.predictions[i]
+            self.labels[i], self.provenance[i] = pseudo_labels(p.conf, p.pred, s.delta, self.labels[i],
+                                                               self.provenance[i])
+
+    def samples(self) -> list[Sample]:
+        return [Sample(self.images[i], self.labels[i], self.provenance[i], self.names[i])
+                for i in range(len(self.images)) if np.any(self.provenance[i] != UNLABELLED)]
+
+    def final_labels(self) -> list[np.ndarray]:
+        """Labels of every image: human/accepted where labelled, the model's prediction elsewhere."""
+        out = []
+        for i, p in enumerate(self.predictions):
+            lab = p.pred.astype(np.uint16).copy() if p is not None else np.zeros_like(self.labels[i])
+            done = (self.provenance[i] == HUMAN) | (self.provenance[i] == MACHINE)
+            lab[done] = self.labels[i][done]
+            out.append(lab)
+        return out
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run_round(self, progress=None, should_stop=None) -> RoundRecord | None:
+        """One round: predict (if needed), ask, pseudo-label, train, re-predict, evaluate."""
+        first = not self.trained
+        t_pred = 0.0
+        if any(p is None for p in self.predictions):
+            t_pred = self.predict_all(should_stop)
+        t0 = time.perf_counter()
+        spent, n_img, n_sp = self.ask(first)
+        t_sel = time.perf_counter() - t0
+        self.update_pseudo()
+        samples = self.samples()
+        res = self.trainer.train_round(samples, progress=progress, should_stop=should_stop)
+        if res.cancelled:
+            return None
+        self.trained = True
+        t_pred += self.predict_all(should_stop)
+        total = sum(p.size for p in self.provenance)
+        done = sum(int(np.count_nonzero((p == HUMAN) | (p == MACHINE))) for p in self.provenance)
+        pseudo = sum(int(np.count_nonzero(p == PSEUDO)) for p in self.provenance)
+        rec = RoundRecord(self.round, self.clicks, spent, n_img, n_sp, done / total, pseudo / total,
+                          res.seconds, t_pred, t_sel, res.final_loss)
+        if self.evaluate is not None:
+            rec.metrics = dict(self.evaluate(self))
+        self.records.append(rec)
+        self.round += 1
+        return rec
+
+    def run(self, rounds: int | None = None, progress=None, should_stop=None,
+            on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
+        """Run ``rounds`` rounds (default settings.rounds); stops early when ``should_stop()``."""
+        for _ in range(rounds or self.settings.rounds):
+            if should_stop is not None and should_stop():
+                break
+            rec = self.run_round(progress, should_stop)
+            if rec is None:
+                break
+            if on_round is not None:
+                on_round(rec)
+        return self.records
+
+    def records_as_dicts(self) -> list[dict]:
+        return [asdict(r) for r in self.records]

@@ -1,0 +1,359 @@
+"""Learning-loop benchmark: mIoU of labels and model against annotation clicks, per strategy.
+
+A simulated annotator labels a pool for R rounds under each strategy (random, entropy,
+margin, consistency, superpixel, superpixel-diversity); after each round it prints the mIoU
+of the final labels over the pool (human + machine) and of the model on held-out images
+against cumulative clicks, beside full supervision (every pool image traced by hand).
+Also times one training round (50 images 512x512) and prediction + ranking throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_hitl.active.loop import LOOP_STRATEGIES
+from napari_hitl.errors import InputError
+
+DATASETS = ("camvid", "dsb2018")
+CAMVID_CLASSES, CAMVID_VOID = 11, 11
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="../shared/data/camvid or ../shared/data/dsb2018")
+    parser.add_argument("--strategy", default="all", help=f"one of {', '.join(LOOP_STRATEGIES)}, or 'all'")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--budget", type=int, default=2, help="images per round (superpixel strategies: "
+                        "budget x --sp-per-image superpixels)")
+    parser.add_argument("--sp-per-image", type=int, default=20, help="superpixels that count as one image of budget")
+    parser.add_argument("--n-segments", type=int, default=150, help="SLIC superpixels per image")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per round")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--crop", type=int, default=160)
+    parser.add_argument("--scale", type=float, default=0.5, help="downscale factor of all images (1 = full size)")
+    parser.add_argument("--pool", type=int, default=60, help="at most this many pool images (0: all)")
+    parser.add_argument("--heldout", type=int, default=30, help="at most this many held-out images (0: all)")
+    parser.add_argument("--no-pseudo", action="store_true", help="train on human labels only")
+    parser.add_argument("--no-full", action="store_true", help="skip the full-supervision reference run")
+    parser.add_argument("--timing", action="store_true", help="also time a training round on 50 images "
+                        "512x512 and prediction + ranking throughput")
+    parser.add_argument("--timing-only", action="store_true", help="only the timings")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write all figures here")
+    parser.add_argument("--plot", help="write a PNG plot of mIoU vs clicks here")
+
+
+# -- data ----------------------------------------------------------------------------------
+def _read_rgb(path: Path) -> np.ndarray:
+    from napari_hitl.io import read_image
+
+    img = read_image(path)
+    return img[..., :3] if img.ndim == 3 else img
+
+
+def _resize(img: np.ndarray, scale: float, nearest: bool) -> np.ndarray:
+    import cv2
+
+    if scale == 1:
+        return img
+    h, w = img.shape[:2]
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return cv2.resize(img, size, interpolation=interp)
+
+
+def load_dataset(data: Path, scale: float, pool: int, heldout: int, seed: int = 0):
+    """Return dict(name, num_classes, ignore_index, background, pool=[(name, img, gt)], heldout=[...])."""
+    from PIL import Image
+
+    data = Path(data)
+    kind = data.name
+    if kind not in DATASETS:
+        if (data / "train" / "masks").is_dir():
+            kind = "camvid"
+        elif (data / "labels").is_dir():
+            kind = "dsb2018"
+        else:
+            raise InputError(f"--data {data}: expected a camvid/ or dsb2018/ folder from ../shared/data")
+
+    def load(img_path: Path, mask_path: Path, binary: bool):
+        img = _resize(_read_rgb(img_path), scale, False)
+        gt = np.asarray(Image.open(mask_path))
+        gt = (gt > 0).astype(np.uint16) if binary else gt.astype(np.uint16)
+        return img_path.stem, img, _resize(gt, scale, True)
+
+    rng = np.random.default_rng(seed)
+    if kind == "camvid":
+        def split(name, limit):
+            files = sorted((data / name / "images").glob("*.jpg"))
+            if limit and limit < len(files):
+                files = [files[i] for i in sorted(rng.choice(len(files), limit, replace=False))]
+            return [load(f, data / name / "masks" / (f.stem + ".png"), False) for f in files]
+        return dict(name="camvid", num_classes=CAMVID_CLASSES, ignore_index=CAMVID_VOID, background=None,
+                    pool=split("train", pool), heldout=split("val", heldout))
+    files = sorted((data / "images").glob("*.png"))
+    if not files:
+        raise InputError(f"--data {data}: no images/*.png")
+    order = np.random.default_rng(1234).permutation(len(files))  # fixed split, whatever --seed says
+    n_held = max(1, int(round(0.3 * len(files))))
+    held = [files[i] for i in order[:n_held]]
+    pool_files = [files[i] for i in order[n_held:]]
+    if pool and pool < len(pool_files):
+        pool_files = pool_files[:pool]
+    if heldout and heldout < len(held):
+        held = held[:heldout]
+    return dict(name="dsb2018", num_classes=2, ignore_index=None, background=0,
+                pool=[load(f, data / "labels" / f.name, True) for f in pool_files],
+                heldout=[load(f, data / "labels" / f.name, True) for f in held])
+
+
+def dataset_miou(preds, truths, num_classes, ignore_index) -> float:
+    """mIoU over a whole set (pixels of all images pooled), classes present in truth or prediction."""
+    from napari_hitl.evaluate.metrics import mean_iou
+
+    p = np.concatenate([np.asarray(x).ravel() for x in preds])
+    t = np.concatenate([np.asarray(x).ravel() for x in truths])
+    return float(mean_iou(p, t, num_classes + (1 if ignore_index == num_classes else 0), ignore_index))
+
+
+# -- runs ----------------------------------------------------------------------------------
+def _train_settings(args):
+    from napari_hitl.model.train import TrainSettings
+
+    return TrainSettings(steps=args.steps, batch_size=args.batch, crop=args.crop, checkpoint_every=0,
+                         seed=args.seed)
+
+
+def _heldout_miou(model, ds) -> float:
+    from napari_hitl.model.segnet import predict_proba_batch
+
+    probs = predict_proba_batch(model, [x[1] for x in ds["heldout"]], batch_size=4)
+    return dataset_miou([p.argmax(0) for p in probs], [x[2] for x in ds["heldout"]], ds["num_classes"],
+                        ds["ignore_index"])
+
+
+def run_strategy(ds, strategy: str, args, log=print) -> dict:
+    from napari_hitl.active.loop import LoopDriver, LoopSettings, SimulatedAnnotator
+    from napari_hitl.active.pseudo import PseudoSettings
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    truths = [x[2] for x in ds["pool"]]
+    settings = LoopSettings(strategy=strategy, rounds=args.rounds, budget=args.budget,
+                            superpixels_per_image=args.sp_per_image, n_segments=args.n_segments,
+                            background=ds["background"], pseudo=PseudoSettings(enabled=not args.no_pseudo),
+                            train=_train_settings(args), seed=args.seed)
+
+    def evaluate(driver):
+        return {"label_miou": dataset_miou(driver.final_labels(), truths, ds["num_classes"], ds["ignore_index"]),
+                "model_miou": _heldout_miou(driver.trainer.model, ds)}
+
+    driver = LoopDriver([x[1] for x in ds["pool"]], SimulatedAnnotator(truths, ds["ignore_index"]),
+                        ds["num_classes"], settings, names=[x[0] for x in ds["pool"]], evaluate=evaluate)
+
+    def on_round(rec):
+        log(f"  {strategy:<21} round {rec.round}: clicks {rec.clicks:>6}  labels mIoU "
+            f"{rec.metrics['label_miou']:.3f}  model mIoU {rec.metrics['model_miou']:.3f}  "
+            f"(train {rec.train_seconds:.0f}s, predict {rec.predict_seconds:.0f}s, loss {rec.loss:.3f})")
+
+    driver.run(on_round=on_round)
+    return {"strategy": strategy, "rounds": driver.records_as_dicts()}
+
+
+def run_full(ds, args, log=print) -> dict:
+    """Every pool image traced by hand: polygon clicks, and a model trained as long as the loop trains."""
+    from napari_hitl.active.loop import polygon_clicks
+    from napari_hitl.model.train import HUMAN, Sample, Trainer
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    clicks = sum(polygon_clicks(x[2], ds["ignore_index"]) for x in ds["pool"])
+    samples = []
+    for name, img, gt in ds["pool"]:
+        prov = np.full(gt.shape, HUMAN, np.uint8)
+        if ds["ignore_index"] is not None:
+            prov[gt == ds["ignore_index"]] = 0
+        samples.append(Sample(img, gt, prov, name))
+    trainer = Trainer(ds["num_classes"], settings=_train_settings(args))
+    t0 = time.perf_counter()
+    res = trainer.train_round(samples, steps=args.steps * args.rounds)
+    out = {"clicks": int(clicks), "label_miou": 1.0, "model_miou": _heldout_miou(trainer.model, ds),
+           "train_seconds": time.perf_counter() - t0, "final_loss": res.final_loss}
+    log(f"  full supervision: clicks {clicks}, labels mIoU 1.000, model mIoU {out['model_miou']:.3f} "
+        f"({args.steps * args.rounds} steps, {out['train_seconds']:.0f}s)")
+    return out
+
+
+def run_timings(ds, args, log=print) -> dict:
+    """One default training round on 50 images 512x512; prediction + ranking throughput at 512x512."""
+    from napari_hitl.active.ranking import rank_images, score_maps
+    from napari_hitl.active.superpixels import edge_strength, image_suggestions, slic_superpixels, suggest_superpixels
+    from napari_hitl.active.uncertainty import entropy, margin
+    from napari_hitl.model.segnet import predict_proba_batch
+    from napari_hitl.model.train import HUMAN, Sample, Trainer, TrainSettings
+
+    import cv2
+
+    src = ds["pool"] + ds["heldout"]
+    imgs = [cv2.resize(src[i % len(src)][1], (512, 512), interpolation=cv2.INTER_LINEAR) for i in range(50)]
+    gts = [cv2.resize(src[i % len(src)][2], (512, 512), interpolation=cv2.INTER_NEAREST) for i in range(50)]
+    c = ds["num_classes"]
+    samples = [Sample(im, np.minimum(g, c - 1), np.full(g.shape, HUMAN, np.uint8)) for im, g in zip(imgs, gts)]
+    trainer = Trainer(c, settings=TrainSettings(seed=args.seed))
+    s = trainer.settings
+    log(f"timing on {trainer.device_description}: one training round, 50 images 512x512, "
+        f"{s.steps} steps x batch {s.batch_size} x crop {s.crop} ...")
+    res = trainer.train_round(samples, progress=lambda i, n, loss: (i % 25 == 0) and log(f"    step {i}/{n} loss {loss:.3f}"))
+    out = {"device": trainer.device_description, "train_round_seconds": res.seconds,
+           "train_steps": s.steps, "train_batch": s.batch_size, "train_crop": s.crop}
+    log(f"  training round: {res.seconds:.1f} s")
+    n = 20
+    t0 = time.perf_counter()
+    outs = predict_proba_batch(trainer.model, imgs[:n], batch_size=4, with_features=True)
+    t_pred = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores, feats = [], []
+    for i, (p, f) in enumerate(outs):
+        scores.append(score_maps(p.max(0), p.argmax(0), margin(p), entropy(p, normalize=True), 0.9, ds["background"], i))
+        feats.append(f.reshape(f.shape[0], -1).mean(1))
+    rank_images(scores, "consistency", 5, np.stack(feats), diversity=True)
+    t_rank = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cands = []
+    for i, (p, f) in enumerate(outs):
+        seg = slic_superpixels(imgs[i], 150)
+        cands += image_suggestions(i, seg, 1 - margin(p), p.argmax(0), c, edge_strength(imgs[i]), 1.0)
+    suggest_superpixels(cands, 100)
+    t_sp = time.perf_counter() - t0
+    per = {"predict": t_pred / n, "rank_images": t_rank / n, "superpixels": t_sp / n}
+    out.update({"per_image_seconds": per,
+                "images_per_second_image_ranking": n / (t_pred + t_rank),
+                "images_per_second_superpixel_ranking": n / (t_pred + t_rank + t_sp),
+                "minutes_per_1000_image_ranking": 1000 * (t_pred + t_rank) / n / 60,
+                "minutes_per_1000_superpixel_ranking": 1000 * (t_pred + t_rank + t_sp) / n / 60})
+    log(f"  prediction {per['predict'] * 1000:.0f} ms/image, image ranking {per['rank_images'] * 1000:.0f} ms/image, "
+        f"superpixels {per['superpixels'] * 1000:.0f} ms/image")
+    log(f"  1,000 images 512x512: {out['minutes_per_1000_image_ranking']:.1f} min (predict + image ranking), "
+        f"{out['minutes_per_1000_superpixel_ranking']:.1f} min (+ superpixel suggestions)")
+    return out
+
+
+# -- report --------------------------------------------------------------------------------
+def _at_budget(rounds: list[dict], max_clicks: float, key: str) -> float | None:
+    vals = [r["metrics"][key] for r in rounds if r["clicks"] <= max_clicks]
+    return max(vals) if vals else None
+
+
+def _interp(rounds: list[dict], clicks: float, key: str) -> float | None:
+    xs = [r["clicks"] for r in rounds]
+    if not xs or clicks < xs[0] or clicks > xs[-1]:
+        return None
+    return float(np.interp(clicks, xs, [r["metrics"][key] for r in rounds]))
+
+
+def summarise(result: dict) -> str:
+    full = result.get("full")
+    lines = [f"{'strategy':<21} {'round':>5} {'clicks':>7} {'%full':>6} {'labels mIoU':>11} {'model mIoU':>10} "
+             f"{'vs random (labels/model)':>25}"]
+    runs = result["strategies"]
+    rand = runs.get("random")
+    for name, run in runs.items():
+        for r in run["rounds"]:
+            pct = f"{100 * r['clicks'] / full['clicks']:6.1f}" if full else "     -"
+            vs = ""
+            if rand is not None and name != "random":
+                a, b = _interp(rand["rounds"], r["clicks"], "label_miou"), _interp(rand["rounds"], r["clicks"], "model_miou")
+                if a is not None:
+                    vs = f"{r['metrics']['label_miou'] - a:+.3f} / {r['metrics']['model_miou'] - b:+.3f}"
+                else:
+                    vs = "(outside random's range)"
+            lines.append(f"{name:<21} {r['round']:>5} {r['clicks']:>7} {pct} {r['metrics']['label_miou']:11.3f} "
+                         f"{r['metrics']['model_miou']:10.3f} {vs:>25}")
+    if full:
+        lines.append(f"{'full supervision':<21} {'-':>5} {full['clicks']:>7} {100.0:6.1f} {1.0:11.3f} "
+                     f"{full['model_miou']:10.3f}")
+        lines.append("")
+        lines.append(f"at <= 15% of full clicks ({0.15 * full['clicks']:.0f}): best mIoU reached, as % of full supervision")
+        for name, run in runs.items():
+            a = _at_budget(run["rounds"], 0.15 * full["clicks"], "label_miou")
+            b = _at_budget(run["rounds"], 0.15 * full["clicks"], "model_miou")
+            if a is None:
+                lines.append(f"  {name:<21} no round within budget")
+            else:
+                lines.append(f"  {name:<21} labels {a:.3f} ({100 * a:.1f}%)   model {b:.3f} "
+                             f"({100 * b / max(full['model_miou'], 1e-9):.1f}% of {full['model_miou']:.3f})")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    full = result.get("full")
+    for ax, key, title in ((axes[0], "label_miou", "final labels (pool)"), (axes[1], "model_miou", "model (held-out)")):
+        for name, run in result["strategies"].items():
+            xs = [r["clicks"] for r in run["rounds"]]
+            ax.plot(xs, [r["metrics"][key] for r in run["rounds"]], marker="o", label=name)
+        if full:
+            ax.axhline(full[key], color="k", ls="--", lw=1, label=f"full supervision ({full['clicks']} clicks)")
+            ax.axhline(0.95 * full[key], color="gray", ls=":", lw=1, label="95% of full")
+            ax.axvline(0.15 * full["clicks"], color="gray", ls="-.", lw=1, label="15% of full clicks")
+        ax.set_xscale("log")
+        ax.set_xlabel("cumulative clicks")
+        ax.set_ylabel("mIoU")
+        ax.set_title(f"{result['dataset']}: {title}")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    strategies = list(LOOP_STRATEGIES) if args.strategy == "all" else [s.strip() for s in args.strategy.split(",")]
+    for s in strategies:
+        if s not in LOOP_STRATEGIES:
+            raise InputError(f"unknown --strategy {s!r}; use one of {', '.join(LOOP_STRATEGIES)} or 'all'")
+    t0 = time.perf_counter()
+    ds = load_dataset(Path(args.data), args.scale, args.pool, args.heldout, args.seed)
+    shapes = sorted({x[1].shape[:2] for x in ds["pool"]})
+    print(f"{ds['name']}: pool {len(ds['pool'])} images, held-out {len(ds['heldout'])}, scale {args.scale} "
+          f"(sizes {shapes[0]}..{shapes[-1]}), {ds['num_classes']} classes; rounds {args.rounds}, budget "
+          f"{args.budget}/round, {args.steps} steps x batch {args.batch} x crop {args.crop}; "
+          f"torch threads {torch.get_num_threads()}", flush=True)
+    result = {"dataset": ds["name"], "args": {k: v for k, v in vars(args).items() if k != "func"},
+              "pool": len(ds["pool"]), "heldout": len(ds["heldout"]), "strategies": {}}
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    if not args.timing_only:
+        if not args.no_full:
+            result["full"] = run_full(ds, args, log)
+        for s in strategies:
+            result["strategies"][s] = run_strategy(ds, s, args, log)
+        print()
+        print(summarise(result))
+    if args.timing or args.timing_only:
+        result["timing"] = run_timings(ds, args, log)
+    result["seconds"] = time.perf_counter() - t0
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+        print(f"wrote {args.json}")
+    if args.plot and result["strategies"]:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,78 @@
+"""The headless loop driver on a small synthetic set: labels and clicks accumulate, mIoU improves."""
+
+import numpy as np
+import pytest
+
+from napari_hitl.active.loop import LoopDriver, LoopSettings, SimulatedAnnotator
+from napari_hitl.errors import InputError
+from napari_hitl.model.train import TrainSettings
+from napari_hitl.project import HUMAN, MACHINE
+
+pytest.importorskip("napari_hitl.simulate.cost", reason="polygon cost (simulate/cost.py) not available yet")
+torch = pytest.importorskip("torch")
+
+
+def _set(n=8, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    images, truths = [], []
+    for _ in range(n):
+        yy, xx = np.mgrid[:size, :size]
+        gt = np.zeros((size, size), np.uint16)
+        for _ in range(2):
+            cy, cx = rng.integers(12, size - 12, 2)
+            gt[np.hypot(yy - cy, xx - cx) < rng.integers(6, 11)] = 1
+        img = np.clip(50 + 140 * gt + rng.normal(0, 12, gt.shape), 0, 255).astype(np.uint8)
+        images.append(img)
+        truths.append(gt)
+    return images, truths
+
+
+def _miou(labels, truths):
+    from napari_hitl.evaluate.metrics import mean_iou
+
+    return mean_iou(np.concatenate([x.ravel() for x in labels]), np.concatenate([x.ravel() for x in truths]), 2)
+
+
+@pytest.mark.parametrize("strategy", ["consistency", "superpixel"])
+def test_loop_driver_improves_miou_over_two_rounds(strategy):
+    torch.manual_seed(0)
+    images, truths = _set()
+    settings = LoopSettings(strategy=strategy, rounds=2, budget=1, superpixels_per_image=12, n_segments=40,
+                            train=TrainSettings(steps=15, batch_size=2, crop=64, lr=3e-3, checkpoint_every=0))
+    driver = LoopDriver(images, SimulatedAnnotator(truths), 2, settings,
+                        evaluate=lambda d: {"miou": _miou(d.final_labels(), truths)})
+    records = driver.run()
+    assert len(records) == 2
+    assert 0 < records[0].clicks < records[1].clicks
+    assert records[1].labelled_fraction > records[0].labelled_fraction
+    assert records[1].metrics["miou"] > records[0].metrics["miou"]
+    # people's answers are kept exactly where they were given
+    for lab, prov, gt in zip(driver.labels, driver.provenance, truths):
+        human = prov == HUMAN
+        assert np.array_equal(lab[human], gt[human])
+        assert np.all(np.isin(prov, [0, 1, 2, 3]))
+    if strategy == "superpixel":
+        assert records[0].superpixels_asked == 12 and records[0].images_asked == 0
+        assert any(np.any(p == MACHINE) or np.any(p == HUMAN) for p in driver.provenance)
+    else:
+        assert records[0].images_asked == 1 and len(driver.asked_images) == 2
+
+
+def test_simulated_annotator_costs():
+    gt = np.zeros((20, 20), np.uint16)
+    gt[5:15, 5:15] = 1
+    ann = SimulatedAnnotator([gt])
+    pure = np.zeros((20, 20), bool)
+    pure[0:4, 0:4] = True
+    ans = ann.label_superpixel(0, None, pure, predicted_class=0)
+    assert ans.clicks == 1 and ans.provenance == MACHINE and np.all(ans.labels[pure] == 0)
+    ans = ann.label_superpixel(0, None, pure, predicted_class=1)
+    assert ans.clicks == 1 and ans.provenance == HUMAN  # the class had to be changed
+    mixed = np.zeros((20, 20), bool)
+    mixed[0:10, 0:10] = True  # a quarter of it is object
+    ans = ann.label_superpixel(0, None, mixed, predicted_class=0)
+    assert ans.clicks > 1 and ans.provenance == HUMAN and np.array_equal(ans.labels[mixed], gt[mixed])
+    whole = ann.label_image(0, None, None)
+    assert whole.clicks >= 4 and np.array_equal(whole.labels, gt)
+    with pytest.raises(InputError, match="strategy"):
+        LoopSettings(strategy="telepathy")
