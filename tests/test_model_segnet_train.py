@@ -126,3 +126,31 @@ def test_pseudo_weight_and_unlabelled_pixels(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CorruptFileError, match="bad.pt"):
         load_checkpoint(bad)
+
+
+def test_samples_from_project_reads_only_labelled_images(tmp_path):
+    from PIL import Image
+
+    from napari_hitl.model.train import samples_from_project
+    from napari_hitl.project import MACHINE, Project
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 20), 40 * i, np.uint8)).save(src / f"im{i}.png")
+    project = Project.create(tmp_path / "proj", src, classes=["background", "cell"])
+    try:
+        names = [r.name for r in project.images]
+        lab = np.zeros((16, 20), np.uint16)
+        lab[4:8, 4:8] = 1
+        project.commit_labels(names[1], lab, source="human")
+        where = np.zeros((16, 20), bool)
+        where[10:, :] = True
+        project.commit_labels(names[2], lab, source="machine", where=where)
+        samples = samples_from_project(project)
+        assert [s.name for s in samples] == names[1:]
+        assert np.all(samples[0].provenance == HUMAN) and np.array_equal(samples[0].labels, lab)
+        assert np.all(samples[1].provenance[where] == MACHINE) and np.all(samples[1].provenance[~where] == UNLABELLED)
+        assert samples[1].image.shape == (16, 20)
+    finally:
+        project.close()

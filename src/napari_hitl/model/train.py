@@ -370,10 +370,11 @@ class Trainer:
 
 def samples_from_project(project, names: Iterable[str] | None = None,
                          include_pseudo: bool = True) -> list[Sample]:
-    """Training samples of an open ``napari_hitl.project.Project`` (images with any label).
+    """Training samples of an open ``napari_hitl.project.Project``: every image (or frame) with a label.
 
-    Uses ``project.images`` (records with ``.name``), ``project.read_image(name)`` and
-    ``project.read_labels(name) -> (labels, provenance)``.
+    Uses ``project.images`` (records with ``.name`` and ``.is_stack``/``.frames``),
+    ``project.read_image(name, frame)`` and ``project.read_labels(name, frame)``. Images
+    are read only when they hold labels.
     """
     out = []
     wanted = None if names is None else set(names)
@@ -381,11 +382,14 @@ def samples_from_project(project, names: Iterable[str] | None = None,
         name = getattr(rec, "name", rec)
         if wanted is not None and name not in wanted:
             continue
-        labels, prov = project.read_labels(name)
-        prov = np.asarray(prov)
-        if not include_pseudo:
-            prov = np.where(prov == PSEUDO, UNLABELLED, prov).astype(np.uint8)
-        if not np.any(prov != UNLABELLED):
-            continue
-        out.append(Sample(project.read_image(name), np.asarray(labels), prov, name=name))
+        frames = range(rec.frames) if getattr(rec, "is_stack", False) else [None]
+        for t in frames:
+            labels, prov = project.read_labels(name) if t is None else project.read_labels(name, frame=t)
+            prov = np.asarray(prov)
+            if not include_pseudo:
+                prov = np.where(prov == PSEUDO, UNLABELLED, prov).astype(np.uint8)
+            if not np.any(prov != UNLABELLED):
+                continue
+            image = project.read_image(name) if t is None else project.read_image(name, frame=t)
+            out.append(Sample(image, np.asarray(labels), prov, name=name if t is None else f"{name}[{t}]"))
     return out
