@@ -1,0 +1,70 @@
+"""The command line: create, info, export, simulate, and demo's headless path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_hitl import cli
+from napari_hitl.project import Project
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_HITL_HOME", str(tmp_path / "home"))
+
+
+def test_create_info_export(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((10, 12), np.uint8)).save(imgs / f"x{i}.png")
+    assert cli.main(["create", str(tmp_path / "p"), str(imgs), "--classes", "bg", "cell"]) == 0
+    with Project.open(tmp_path / "p") as p:
+        p.commit_labels("x1", np.ones((10, 12), np.uint8))
+    assert cli.main(["info", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert "x1" in out and "done" in out and "human 120" in out
+    assert cli.main(["export", str(tmp_path / "p"), str(tmp_path / "out"), "--format", "png"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["totals"]["human"] == 120
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["info", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("napari-hitl: error:") and "does not exist" in err and "Traceback" not in err
+    assert cli.main(["create", str(tmp_path / "p"), str(tmp_path / "nothing")]) == 1
+
+
+def test_simulate_annotates_the_sample_project(capsys):
+    assert cli.main(["simulate", "--max-clicks", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("clicks  IoU") == 4 and "saved" in out and "done: 4 images" in out
+    root = out.split("project at ")[1].split(";")[0].split()[0]
+    with Project.open(root, readonly=True) as p:
+        assert all(p.counts(r.name).status == "done" for r in p.images)
+        assert sum(e["event"] == "commit" for e in p.journal()) == 4
+
+
+def test_demo_without_display_explains_and_runs_headless(monkeypatch, capsys):
+    from napari_hitl import commands
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    ran = []
+    monkeypatch.setattr(commands, "simulate", lambda args: ran.append(args.engine) or 0)
+    assert cli.main(["demo"]) == 0
+    assert "No display found" in capsys.readouterr().out and ran == ["graph"]
+
+
+def test_bench_commands_are_listed(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    for name in ("interactive", "loop", "video"):
+        assert name in out
