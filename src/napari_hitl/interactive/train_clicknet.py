@@ -252,6 +252,7 @@ def main(argv=None) -> int:
         start = int(ck["step"])
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "train.log", "a")
+    commit = git_commit(Path(__file__).resolve().parents[3])  # the code that runs, read once
     t0 = time.time()
     hist = []
     S = CROP_SIZE
@@ -316,7 +317,7 @@ def main(argv=None) -> int:
                 "seed": args.seed, "steps": step + 1, "batch": args.batch,
                 "samples": (step + 1) * args.batch, "max_robot_rounds": args.max_rounds, "lr": args.lr,
                 "train_seconds": round(time.time() - t0, 1), "device": describe_device(device),
-                "git_commit": git_commit(Path(__file__).resolve().parents[3]),
+                "git_commit": commit,
                 "last_train_iou": float(np.mean([h[1] for h in hist[-50:]])),
             }
             (args.out / "clicknet.json").write_text(json.dumps(meta, indent=2))
