@@ -1,0 +1,293 @@
+"""Learned click engine ("clicknet"): clicks, scribbles, extreme points and the previous mask to logits.
+
+The engine works on a square crop around the region (its extreme points, or its clicks and
+previous mask, with a margin; the whole image while nothing else says where the region is),
+resized to ``CROP_SIZE``. The frozen encoder stem runs once per crop and is cached; each
+click runs only the prompt branch, the trainable encoder stages and the decoder
+(:mod:`.clicknet_net`). Logits are pasted back at full resolution, strongly negative outside
+the crop. Weights ship in ``weights/clicknet.pt`` (trained by :mod:`.train_clicknet`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from napari_hitl.errors import HitlError, InputError
+from napari_hitl.interactive.clicknet_net import CLICK_RADIUS, CROP_SIZE, SCRIBBLE_WIDTH
+from napari_hitl.interactive.engine import Engine, as_float_rgb, register_engine
+from napari_hitl.prompts import RegionPrompts
+
+__all__ = ["ClickNetEngine", "weights_file", "square_crop", "full_crop", "crop_matrix", "to_crop", "warp_to_crop",
+           "crop_prompt_maps", "paste_logits", "OUTSIDE_LOGIT", "CROP_EXPAND", "EXTREME_EXPAND"]
+
+#: logit given to every pixel outside the crop
+OUTSIDE_LOGIT = -20.0
+#: crop side = this times the longer side of the clicks' and previous mask's box
+CROP_EXPAND = 1.6
+#: crop side = this times the longer side of the extreme points' box
+EXTREME_EXPAND = 1.3
+#: smallest crop side, in image pixels
+MIN_CROP = 40
+
+
+def weights_file() -> Path:
+    """The packaged weights of the click network (``weights/clicknet.pt``)."""
+    return Path(__file__).resolve().parent / "weights" / "clicknet.pt"
+
+
+# --- crop geometry, shared with the trainer -------------------------------------------------
+
+def square_crop(box: Sequence[float], expand: float = CROP_EXPAND, min_side: float = MIN_CROP
+                ) -> tuple[float, float, float]:
+    """Square crop (y0, x0, side) centred on ``box`` = (y0, x0, y1, x1) (end exclusive), its side
+    ``expand`` times the box's longer side and at least ``min_side``; it may extend past the image."""
+    y0, x0, y1, x1 = (float(v) for v in box)
+    side = max(max(y1 - y0, x1 - x0) * expand, min_side)
+    cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
+    return cy - side / 2.0, cx - side / 2.0, side
+
+
+def full_crop(shape: Sequence[int]) -> tuple[float, float, float]:
+    """Square crop holding the whole image (padded along its shorter side)."""
+    h, w = int(shape[0]), int(shape[1])
+    return square_crop((0, 0, h, w), expand=1.0, min_side=1)
+
+
+def crop_matrix(crop: Sequence[float], size: int = CROP_SIZE) -> np.ndarray:
+    """2x3 affine map from image pixel coordinates (x, y) to crop pixel coordinates (pixel centres)."""
+    y0, x0, side = crop
+    k = size / side
+    return np.array([[k, 0.0, (0.5 - x0) * k - 0.5], [0.0, k, (0.5 - y0) * k - 0.5]], np.float64)
+
+
+def to_crop(points: np.ndarray, crop: Sequence[float], size: int = CROP_SIZE) -> np.ndarray:
+    """(N, 2) (y, x) image points -> (N, 2) (y, x) crop points."""
+    y0, x0, side = crop
+    k = size / side
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    return np.stack([(pts[:, 0] - y0 + 0.5) * k - 0.5, (pts[:, 1] - x0 + 0.5) * k - 0.5], axis=1)
+
+
+def warp_to_crop(image: np.ndarray, crop: Sequence[float], size: int = CROP_SIZE,
+                 nearest: bool = False, fill: float = 0.0) -> np.ndarray:
+    """Resample ``image`` (HxW or HxWxC) into the ``size`` x ``size`` crop; outside the image: ``fill``."""
+    import cv2
+
+    flags = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if crop[2] > 1.5 * size else cv2.INTER_LINEAR)
+    if flags == cv2.INTER_AREA:  # warpAffine has no area filter: shrink first, then warp
+        k = size / crop[2]
+        h, w = image.shape[:2]
+        small = cv2.resize(image, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+        sy, sx = h / small.shape[0], w / small.shape[1]
+        m = crop_matrix(crop, size) @ np.array([[sx, 0, (sx - 1) / 2], [0, sy, (sy - 1) / 2], [0, 0, 1]])
+        return cv2.warpAffine(small, m, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    return cv2.warpAffine(image, crop_matrix(crop, size), (size, size), flags=flags,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+
+
+def paste_logits(logits: np.ndarray, crop: Sequence[float], shape: Sequence[int],
+                 fill: float = OUTSIDE_LOGIT) -> np.ndarray:
+    """Float32 HxW full-resolution logits from square crop logits (any resolution), ``fill`` outside."""
+    import cv2
+
+    h, w = int(shape[0]), int(shape[1])
+    out = np.full((h, w), fill, np.float32)
+    y0, x0, side = crop
+    iy0, ix0 = max(int(np.floor(y0)), 0), max(int(np.floor(x0)), 0)
+    iy1, ix1 = min(int(np.ceil(y0 + side)), h), min(int(np.ceil(x0 + side)), w)
+    if iy1 <= iy0 or ix1 <= ix0:
+        return out
+    n = logits.shape[0]
+    s = side / n  # image pixels per logit pixel
+    # logit pixel centre u maps to image x = x0 + (u + 0.5) * s - 0.5; inverse for warpAffine
+    m = np.array([[1 / s, 0.0, (ix0 - x0 + 0.5) / s - 0.5], [0.0, 1 / s, (iy0 - y0 + 0.5) / s - 0.5]])
+    out[iy0:iy1, ix0:ix1] = cv2.warpAffine(np.ascontiguousarray(logits, np.float32), m, (ix1 - ix0, iy1 - iy0),
+                                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                           borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def crop_prompt_maps(region: RegionPrompts, crop: Sequence[float], others: Sequence[RegionPrompts] = (),
+                     prev_crop: np.ndarray | None = None, size: int = CROP_SIZE) -> np.ndarray:
+    """(3, size, size) float32: positive map, negative map (own negatives plus the others' positives)
+    and previous mask, drawn in crop pixels (disk radius and line width fixed in crop pixels)."""
+    from napari_hitl.prompts import disk_map, line_map
+
+    maps = np.zeros((3, size, size), np.float32)
+
+    def draw(reg: RegionPrompts, positive: bool, out: np.ndarray, with_extreme: bool) -> None:
+        pts = [[c.y, c.x] for c in reg.clicks if c.positive == positive]
+        if with_extreme and reg.extreme is not None:
+            pts += reg.extreme.points.tolist()
+        if pts:
+            disk_map(to_crop(np.array(pts), crop, size), (size, size), CLICK_RADIUS, out=out)
+        for s in reg.scribbles:
+            if s.positive == positive:
+                line_map(to_crop(s.points, crop, size), (size, size), SCRIBBLE_WIDTH, out=out)
+
+    draw(region, True, maps[0], True)
+    draw(region, False, maps[1], False)
+    for other in others:
+        if other is not region:
+            draw(other, True, maps[1], True)
+    if prev_crop is not None:
+        maps[2] = prev_crop
+    return maps
+
+
+def _load_weights(net, path: Path) -> dict:
+    """Load the trainable part of the network from ``path`` (torch, weights_only: no code, no network)."""
+    import torch
+
+    if not path.is_file():
+        raise HitlError(f"click-model weights are missing at {path}; reinstall napari-hitl or train them "
+                        f"with `python -m napari_hitl.interactive.train_clicknet`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise HitlError(f"click-model weights at {path} cannot be read: {err}") from err
+    state = {k: v.float() for k, v in state.items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    from napari_hitl.interactive.clicknet_net import FROZEN_PREFIXES
+
+    missing = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
+    if missing or unexpected:
+        raise HitlError(f"click-model weights at {path} do not match the network "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    meta = path.with_suffix(".json")
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+@register_engine("clicknet")
+class ClickNetEngine(Engine):
+    """Learned click model on the pretrained EfficientNet-Lite0 encoder (crop, cache, late prompts)."""
+
+    def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None):
+        import torch
+
+        from napari_hitl.interactive.clicknet_net import build_clicknet
+        from napari_hitl.model.backbone import describe_device, select_device
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device = select_device(device)
+        self.device_name = describe_device(self.device)
+        self.weights_path = Path(weights) if weights else weights_file()
+        net = build_clicknet(pretrained=True)
+        self.meta = _load_weights(net, self.weights_path)
+        self.net = net.eval().fuse_batchnorm().to(self.device)
+        self._image: np.ndarray | None = None
+        self._crop: tuple[float, float, float] | None = None
+        self._cache = None
+
+    def prepare(self, image: np.ndarray) -> None:
+        """Keep the image (float RGB) and encode the whole-image crop that first clicks use."""
+        self._image = as_float_rgb(image)
+        self._crop, self._cache = None, None
+        self._encode(full_crop(self._image.shape))
+
+    def _encode(self, crop) -> None:
+        import torch
+
+        if self._crop is not None and np.allclose(self._crop, crop):
+            return
+        patch = warp_to_crop(self._image, crop, CROP_SIZE, fill=0.0)
+        x = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))[None].to(self.device)
+        with torch.inference_mode():
+            self._cache = self.net.encode(x)
+        self._crop = tuple(float(v) for v in crop)
+
+    def choose_crop(self, region: RegionPrompts, prev: np.ndarray | None) -> tuple[float, float, float]:
+        """The crop for this prediction: the extreme points' box, else the clicks' and previous
+        mask's box (kept from the last call when it still fits), else the whole image."""
+        shape = self._image.shape[:2]
+        if region.extreme is not None:
+            y0, x0, y1, x1 = region.extreme.box
+            return square_crop((y0, x0, y1 + 1, x1 + 1), EXTREME_EXPAND)
+        if prev is None or not prev.any():
+            return full_crop(shape)
+        box = region.bbox(shape, margin=0.0, min_size=1, include=prev)
+        want = square_crop(box, CROP_EXPAND)
+        if self._crop is not None:
+            y0, x0, side = self._crop
+            by0, bx0, by1, bx1 = box
+            pad = 0.05 * side
+            inside = (by0 >= y0 + pad and bx0 >= x0 + pad and by1 <= y0 + side - pad and bx1 <= x0 + side - pad)
+            if inside and want[2] >= 0.75 * side:
+                return self._crop
+        return want
+
+    def predict(self, region: RegionPrompts, prev_mask: np.ndarray | None = None,
+                others: Sequence[RegionPrompts] = ()) -> np.ndarray:
+        """Float32 HxW logits (> 0 inside), strongly negative outside the crop."""
+        import torch
+
+        if self._image is None:
+            raise InputError("clicknet: call prepare(image) before predict()")
+        shape = self._image.shape[:2]
+        region.validate(shape)
+        for other in others:
+            other.validate(shape)
+        prev = None
+        if prev_mask is not None:
+            prev = np.asarray(prev_mask)
+            if prev.shape != shape:
+                raise InputError(f"prev_mask has shape {prev.shape}, expected the image's {shape}")
+            prev = prev > 0 if prev.dtype != bool else prev
+        crop = self.choose_crop(region, prev)
+        self._encode(crop)
+        prev_crop = None
+        if prev is not None:
+            prev_crop = (warp_to_crop(prev.astype(np.float32), crop, CROP_SIZE) > 0.5).astype(np.float32)
+        maps = crop_prompt_maps(region, crop, others, prev_crop)
+        with torch.inference_mode():
+            logits = self.net.decode(self._cache, torch.from_numpy(maps)[None].to(self.device))
+        return paste_logits(logits[0, 0].float().cpu().numpy(), crop, shape)
+
+
+def time_clicks(size: int = 1024, clicks: int = 10, repeats: int = 3, seed: int = 0) -> dict:
+    """Per-click and preparation times (ms) on a synthetic ``size`` x ``size`` RGB image, the click
+    robot correcting an elliptic object: what the 50 ms / 1 s-per-megapixel targets are about."""
+    import time
+
+    import cv2
+
+    from napari_hitl.simulate.clicker import next_click
+
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.random((size, size, 3)).astype(np.float32), (0, 0), size / 40)
+    truth = np.zeros((size, size), np.uint8)
+    cv2.ellipse(truth, (size // 2, size // 2), (size // 4, size // 6), 30, 0, 360, 1, -1)
+    truth = truth.astype(bool)
+    image = (np.clip((noise - noise.min()) / np.ptp(noise) * 0.6 + 0.3 * truth[..., None], 0, 1) * 255).astype(np.uint8)
+    engine = ClickNetEngine()
+    prep, per_click = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        engine.prepare(image)
+        prep.append((time.perf_counter() - t0) * 1000)
+        region, pred = RegionPrompts(1), np.zeros(truth.shape, bool)
+        for k in range(clicks):
+            c = next_click(pred, truth)
+            if c is None:
+                break
+            region.clicks.append(c)
+            if not region.has_positive:
+                continue
+            t0 = time.perf_counter()
+            pred = engine.predict(region, prev_mask=pred if k else None) > 0
+            per_click.append((time.perf_counter() - t0) * 1000)
+    return {"size": size, "device": engine.device_name, "prepare_ms_median": float(np.median(prep)),
+            "click_ms_median": float(np.median(per_click)), "click_ms_p95": float(np.percentile(per_click, 95)),
+            "clicks": len(per_click), "final_iou": float((pred & truth).sum() / (pred | truth).sum())}
+
+
+if __name__ == "__main__":  # python -m napari_hitl.interactive.clicknet [size]
+    import sys
+
+    print(json.dumps(time_clicks(int(sys.argv[1]) if len(sys.argv) > 1 else 1024), indent=2))
