@@ -108,7 +108,7 @@ def test_flow_cache_computes_once_and_reads_from_disk(tmp_path, monkeypatch):
     assert len(calls) == 1 and cache.computed == 1
     files = list((tmp_path / "flows").glob("*.npy"))
     assert len(files) == 1 and np.load(files[0]).dtype == np.float16
-    assert not list((tmp_path / "flows").glob("*.tmp"))
+    assert not list((tmp_path / "flows").glob("*.tmp")) and not list((tmp_path / "flows").glob(".*"))
     second = cache.flow(0, 1)
     again = vf.FlowCache(frames, tmp_path / "flows").flow(0, 1)  # a new session reads the file
     assert len(calls) == 1

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from napari_hitl.errors import CorruptFileError, InputError
+from napari_hitl.io import atomic_write
 
 #: flow methods :func:`compute_flow` knows
 METHODS = ("dis", "dis_fast", "farneback")
@@ -150,24 +150,6 @@ def frames_fingerprint(frame: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` as .npy via a temp file, fsync and os.replace (never half-written)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class FlowCache:
     """Flows of one video, each computed once and kept as float16 .npy files in ``folder``.
 
@@ -222,10 +204,11 @@ class FlowCache:
                 raise CorruptFileError(f"flow cache file {path} cannot be read ({err}); delete it") from err
             return arr.astype(np.float32)
         flow = compute_flow(self.frames[i], self.frames[j], self.method)
-        atomic_save_npy(path, flow.astype(np.float16))
+        half = flow.astype(np.float16)
+        atomic_write(path, lambda fh: np.save(fh, half))  # temp file, fsync, os.replace
         self.computed += 1
         # return exactly what later reads will return, so results never depend on the cache state
-        return flow.astype(np.float16).astype(np.float32)
+        return half.astype(np.float32)
 
     def trusted(self, i: int, j: int) -> np.ndarray:
         """Boolean (H, W) mask of frame i's pixels whose correspondence in frame j is trusted."""
