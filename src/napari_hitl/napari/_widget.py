@@ -1,31 +1,41 @@
-"""The annotation dock: open or create a project, browse its images, accept labels, export.
+"""The annotation dock: project, interactive tools, ranked images, suggestions, training, export.
 
 The dock owns the one writable :class:`~napari_hitl.project.Project` of the viewer. Layers
 that carry ``metadata['hitl_project']`` (from the reader or a sample) are adopted: the dock
-opens their project and shows its images.
+opens their project and shows its images. Every model call runs on the dock's
+:class:`~napari_hitl.napari._worker.ModelQueue`; the UI thread only paints results.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
     QComboBox,
     QFileDialog,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
+    QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_hitl.errors import HitlError
+from napari_hitl.napari import _jobs
 from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, image_layer_data
+from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
+from napari_hitl.napari._tools import MODE_TITLES, MODES, ToolController, check_engine, shortcut_help
+from napari_hitl.napari._training import ExportPanel, TrainingPanel
+from napari_hitl.napari._worker import ModelQueue
 from napari_hitl.project import Project
 from napari_hitl.samples import SAMPLES, sample_project
 
@@ -41,7 +51,7 @@ def find_dock(viewer) -> HitlWidget | None:
 
 
 class HitlWidget(QWidget):
-    """Dock widget: project section (open / new / sample), image list, accept, export."""
+    """Dock widget: project section, tools, ranked images and suggestions, training, export."""
 
     #: emitted with the image name after its layers are shown
     image_opened = Signal(str)
@@ -55,8 +65,16 @@ class HitlWidget(QWidget):
         self.current: str | None = None
         self.image_layer = None
         self.labels_layer = None
+        self.predictions: dict = {}  # image name -> list[Prediction] (one per frame)
+        self.project_lock = threading.RLock()
+        self.model: _jobs.ModelHost | None = None
+        self.accepted_since_training = 0
+        self.train_job = None
+        self.queue = ModelQueue(self)
+        self.tools = ToolController(self)
 
-        self.setToolTip("napari-hitl: open a project, pick an image, annotate, press Accept (Ctrl+Enter).")
+        self.setToolTip("napari-hitl: open a project, pick an image, click / scribble / extreme points, "
+                        "press Accept.\n\nShortcuts (on the labels layer):\n" + shortcut_help())
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
         self.open_button = QPushButton("Open project…")
@@ -71,15 +89,27 @@ class HitlWidget(QWidget):
         self.project_label = QLabel("No project open")
         self.project_label.setWordWrap(True)
         layout.addWidget(self.project_label)
-        self.image_list = QListWidget()
-        layout.addWidget(self.image_list)
-        row = QHBoxLayout()
-        self.accept_button = QPushButton("Accept labels")
-        self.accept_button.setToolTip("Save the labels layer as human labels of this image (Ctrl+Enter)")
-        self.next_button = QPushButton("Next ▶")
-        row.addWidget(self.accept_button)
-        row.addWidget(self.next_button)
-        layout.addLayout(row)
+        self.device_label = QLabel("Device: chosen when the model first runs (GPU if there is one, else CPU)")
+        self.device_label.setWordWrap(True)
+        layout.addWidget(self.device_label)
+        layout.addWidget(self._build_tools())
+        self.ranking = RankingPanel(self)
+        self.image_list = self.ranking.list
+        self.suggestions = SuggestionsPanel(self)
+        self.training = TrainingPanel(self)
+        self.exporter = ExportPanel(self)
+        self.tabs = QTabWidget()
+        images = QWidget()
+        box = QVBoxLayout(images)
+        box.setContentsMargins(2, 2, 2, 2)
+        box.addWidget(self.ranking, 3)
+        sug = QGroupBox("Suggested superpixels of this image")
+        QVBoxLayout(sug).addWidget(self.suggestions)
+        box.addWidget(sug, 2)
+        self.tabs.addTab(images, "Images")
+        self.tabs.addTab(self.training, "Train")
+        self.tabs.addTab(self.exporter, "Export")
+        layout.addWidget(self.tabs, 1)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -91,32 +121,97 @@ class HitlWidget(QWidget):
         self.image_list.itemDoubleClicked.connect(self._item_activated)
         self.accept_button.clicked.connect(self.accept_labels)
         self.next_button.clicked.connect(self.open_next)
+        self.queue.busy_changed.connect(self._busy)
         self.viewer.layers.events.inserted.connect(self._layer_inserted)
         for layer in list(self.viewer.layers):
             self._adopt(layer)
 
-    # ------------------------------------------------------------------ project
-    def open_project(self, path_or_project, show: bool = True) -> None:
-        """Open a project (a path, or an already-open Project); ``show`` its first image."""
-        project = path_or_project if isinstance(path_or_project, Project) else Project.open(path_or_project)
-        if self.project is not None and self.project.root != project.root:
-            self.project.close()
-        self.project = project
-        self.project_label.setText(f"<b>{project.name}</b> — {len(project)} images, "
-                                   f"classes: {', '.join(c.name for c in project.classes[1:])}<br>{project.root}")
-        self.refresh_list()
-        self.project_changed.emit()
-        if show:
-            self.show_image(project.images[0].name)
+    def _build_tools(self) -> QGroupBox:
+        group = QGroupBox("Annotate")
+        lay = QVBoxLayout(group)
+        row = QHBoxLayout()
+        self.tool_buttons = {}
+        self.tool_group = QButtonGroup(self)
+        self.tool_group.setExclusive(True)
+        keys = {"click": "C", "scribble": "S", "extreme": "Shift+E", "suggest": "G", "off": ""}
+        for mode in ("click", "scribble", "extreme", "suggest", "off"):
+            b = QPushButton(MODE_TITLES[mode].replace(" (napari tools)", ""))
+            b.setCheckable(True)
+            tips = {"click": "left click: positive, right click or Ctrl+click: negative",
+                    "scribble": "drag across the object (right button or Ctrl: negative); a scribble that "
+                                "starts in one region and enters another extends the first and shrinks the other",
+                    "extreme": "click the leftmost, rightmost, top and bottom points of an object (any order)",
+                    "suggest": "click a suggested superpixel: left keeps its predicted class, right relabels it",
+                    "off": "napari's own label tools (paint, erase, fill)"}
+            b.setToolTip(f"{tips[mode]}{f' ({keys[mode]})' if keys[mode] else ''}")
+            self.tool_group.addButton(b)
+            self.tool_buttons[mode] = b
+            b.clicked.connect(lambda _=False, m=mode: self._guard(self.tools.set_mode, m))
+            row.addWidget(b)
+        self.tool_buttons["off"].setChecked(True)
+        lay.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Class"))
+        self.class_box = QComboBox()
+        self.class_box.setToolTip("the class that clicks, scribbles and extreme points segment "
+                                  "(napari's selected label; - and = change it)")
+        row.addWidget(self.class_box, 1)
+        row.addWidget(QLabel("Engine"))
+        self.engine_box = QComboBox()
+        from napari_hitl.interactive.engine import available_engines
 
-    def close_project(self) -> None:
-        if self.project is not None:
-            self.project.close()
-        self.project = None
-        self.current = None
-        self.image_list.clear()
-        self.project_label.setText("No project open")
-        self.project_changed.emit()
+        self.engine_box.addItems(available_engines())
+        self.engine_box.setCurrentText(self.tools.engine_name)
+        self.engine_box.setToolTip("clicknet: learned click model (fast); graph: random walker on colour "
+                                   "(no weights)")
+        row.addWidget(self.engine_box)
+        lay.addLayout(row)
+        row = QHBoxLayout()
+        self.full_image = QCheckBox("Full-image mode")
+        self.full_image.setChecked(self.tools.full_image)
+        self.full_image.setToolTip("regions compete for every pixel: one region's prompts tell the others "
+                                   "to shrink (off: each region on its own)")
+        row.addWidget(self.full_image)
+        row.addWidget(QLabel("Brush"))
+        self.brush = QSpinBox()
+        self.brush.setRange(1, 200)
+        self.brush.setValue(10)
+        self.brush.setToolTip("napari's paint / erase brush size ([ and ])")
+        row.addWidget(self.brush)
+        lay.addLayout(row)
+        row = QHBoxLayout()
+        self.new_region_button = QPushButton("New region")
+        self.new_region_button.setToolTip("the next positive prompt starts a new region (N)")
+        self.undo_button = QPushButton("Undo prompt")
+        self.undo_button.setToolTip("remove the last click, scribble or extreme point (Backspace); "
+                                    "Ctrl+Z undoes mask edits as in napari")
+        self.reset_button = QPushButton("Reset")
+        self.reset_button.setToolTip("forget this image's prompts; its labels go back to how they were (R)")
+        for b in (self.new_region_button, self.undo_button, self.reset_button):
+            row.addWidget(b)
+        lay.addLayout(row)
+        row = QHBoxLayout()
+        self.accept_button = QPushButton("Accept labels")
+        self.accept_button.setToolTip("Save the labels layer as human labels of this image (Ctrl+Enter)")
+        self.next_button = QPushButton("Next ▶")
+        self.next_button.setToolTip("the next image that is not fully labelled, in ranked order (Shift+N)")
+        row.addWidget(self.accept_button)
+        row.addWidget(self.next_button)
+        lay.addLayout(row)
+
+        self.class_box.currentIndexChanged.connect(self._class_chosen)
+        self.engine_box.currentTextChanged.connect(lambda name: self._guard(self.set_engine, name))
+        self.full_image.toggled.connect(lambda on: setattr(self.tools, "full_image", bool(on)))
+        self.brush.valueChanged.connect(self._brush_changed)
+        self.new_region_button.clicked.connect(lambda: self.run_action("new_region"))
+        self.undo_button.clicked.connect(lambda: self.run_action("undo"))
+        self.reset_button.clicked.connect(lambda: self.run_action("reset"))
+        return group
+
+    # ------------------------------------------------------------------ small helpers
+    def say(self, text: str) -> None:
+        """Show a line of status at the bottom of the dock."""
+        self.status.setText(text)
 
     def _guard(self, fn, *args):
         """Run a user action; an error the user can fix becomes a notification."""
@@ -126,6 +221,96 @@ class HitlWidget(QWidget):
             show_error(str(err))
             self.status.setText(f"⚠ {err}")
         return None
+
+    def run_action(self, action: str) -> None:
+        """Run a named action (tool buttons and keyboard shortcuts share these)."""
+        if action in MODES:
+            self._guard(self.tools.set_mode, action)
+        elif action == "new_region":
+            self.tools.new_region()
+        elif action == "undo":
+            self._guard(self.tools.undo)
+        elif action == "reset":
+            self._guard(self.tools.reset)
+        elif action == "accept":
+            self.accept_labels()
+        elif action == "next":
+            self.open_next()
+        else:
+            raise HitlError(f"unknown action {action!r}")
+
+    def tool_changed(self, mode: str) -> None:
+        button = self.tool_buttons.get(mode)
+        if button is not None and not button.isChecked():
+            button.setChecked(True)
+
+    def set_engine(self, name: str) -> None:
+        """Choose the interactive engine by name ('clicknet', 'graph')."""
+        self.tools.engine_name = check_engine(name)
+        if self.engine_box.currentText() != name:
+            self.engine_box.setCurrentText(name)
+        self.tools.prepare()
+
+    def engine_ready(self, device: str) -> None:
+        if device:
+            self.device_label.setText(f"Device: {device}")
+
+    def _busy(self, busy: bool) -> None:
+        if not busy and self.status.text() in ("Segmenting…", "Working…"):
+            self.say("Ready")
+
+    def _class_chosen(self, index: int) -> None:
+        cid = self.class_box.itemData(index)
+        if cid is not None and self.labels_layer is not None and self.labels_layer.selected_label != cid:
+            self.labels_layer.selected_label = int(cid)
+
+    def _sync_class(self, event=None) -> None:
+        if self.labels_layer is None:
+            return
+        idx = self.class_box.findData(int(self.labels_layer.selected_label))
+        if idx >= 0 and idx != self.class_box.currentIndex():
+            self.class_box.setCurrentIndex(idx)
+
+    def _brush_changed(self, value: int) -> None:
+        if self.labels_layer is not None:
+            self.labels_layer.brush_size = int(value)
+
+    # ------------------------------------------------------------------ project
+    def open_project(self, path_or_project, show: bool = True) -> None:
+        """Open a project (a path, or an already-open Project); ``show`` its first image."""
+        project = path_or_project if isinstance(path_or_project, Project) else Project.open(path_or_project)
+        if self.project is not None and self.project.root != project.root:
+            self.queue.cancel()
+            self.project.close()
+        self.project = project
+        self.model = _jobs.ModelHost(project)
+        self.predictions = {}
+        self.ranking.rows = None
+        self.accepted_since_training = 0
+        self.project_label.setText(f"<b>{project.name}</b> — {len(project)} images, "
+                                   f"classes: {', '.join(c.name for c in project.classes[1:])}<br>{project.root}")
+        self.class_box.blockSignals(True)
+        self.class_box.clear()
+        for c in project.classes[1:]:
+            self.class_box.addItem(f"{c.id}: {c.name}", c.id)
+        self.class_box.blockSignals(False)
+        self.refresh_list()
+        self._load_thumbnails()
+        self.project_changed.emit()
+        if show:
+            self.show_image(project.images[0].name)
+
+    def close_project(self) -> None:
+        self.queue.cancel()
+        if self.project is not None:
+            self.project.close()
+        self.project = None
+        self.model = None
+        self.current = None
+        self.predictions = {}
+        self.image_list.clear()
+        self.project_label.setText("No project open")
+        self.project_changed.emit()
 
     def _ask_open(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open napari-hitl project")
@@ -170,22 +355,40 @@ class HitlWidget(QWidget):
             self.image_layer = layer
         elif kind == "labels":
             self.labels_layer = layer
+            QTimer.singleShot(0, self._attach_adopted)
+
+    def _attach_adopted(self) -> None:
+        if self.labels_layer is not None and self.labels_layer in self.viewer.layers \
+                and self.tools.layer is not self.labels_layer and self.image_layer is not None:
+            self._attach(self.labels_layer)
+
+    def _attach(self, labels_layer) -> None:
+        self.tools.attach(labels_layer)
+        labels_layer.events.selected_label.connect(self._sync_class)
+        labels_layer.brush_size = self.brush.value()
+        if labels_layer.selected_label < 1:
+            labels_layer.selected_label = 1
+        self._sync_class()
 
     # ------------------------------------------------------------------ images
     def refresh_list(self) -> None:
-        """Rebuild the image list with each image's status and human share."""
-        self.image_list.clear()
-        if self.project is None:
-            return
-        for rec in self.project.images:
-            counts = self.project.counts(rec.name)
-            share = 100.0 * counts.human / max(counts.total, 1)
-            frames = f", {rec.frames} frames" if rec.is_stack else ""
-            item = QListWidgetItem(f"{rec.name}  [{counts.status}, {share:.0f}% human{frames}]")
-            item.setData(Qt.UserRole, rec.name)
-            self.image_list.addItem(item)
-            if rec.name == self.current:
-                item.setSelected(True)
+        """Rebuild the image list (ranked when a ranking exists) with status and human share."""
+        self.ranking.refresh()
+
+    def _load_thumbnails(self) -> None:
+        project = self.project
+        names = [r.name for r in project.images]
+        done: dict = {}
+
+        def fn(ctx):
+            for name in names:
+                if name not in done:
+                    if ctx.should_stop():
+                        break
+                    done[name] = thumbnail(project.read_image(name))
+            return dict(done)
+
+        self.queue.submit("thumbnails", fn, self.ranking.set_thumbnails, preemptible=True)
 
     def _item_activated(self, item) -> None:
         self._guard(self.show_image, item.data(Qt.UserRole))
@@ -195,6 +398,10 @@ class HitlWidget(QWidget):
         if self.project is None:
             return
         data = image_layer_data(self.project, name)
+        self.tools.detach()
+        self.suggestions.clear()
+        if self.current is not None:
+            self.tools.forget_image(self.current)
         for layer in (self.image_layer, self.labels_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
@@ -203,18 +410,19 @@ class HitlWidget(QWidget):
         self.image_layer = self.viewer.add_image(img, **img_kw)
         self.labels_layer = self.viewer.add_labels(lab, **lab_kw)
         self.viewer.layers.selection.active = self.labels_layer
+        self._attach(self.labels_layer)
         self.refresh_list()
         self.status.setText(f"Showing {name}")
         self.image_opened.emit(name)
 
     def open_next(self) -> None:
-        """Show the next image that is not fully labelled by a human."""
+        """Show the next image that is not fully labelled by a human (in the ranked order)."""
         if self.project is None:
             return
-        names = [r.name for r in self.project.images]
+        names = self.ranking.order() or [r.name for r in self.project.images]
         start = names.index(self.current) + 1 if self.current in names else 0
         for name in names[start:] + names[:start]:
-            if self.project.counts(name).status != "done":
+            if name != self.current and self.project.counts(name).status != "done":
                 self._guard(self.show_image, name)
                 return
         show_info("Every image is labelled by a human.")
@@ -226,12 +434,135 @@ class HitlWidget(QWidget):
             return
 
         def commit():
-            counts = self.project.commit_labels(self.current, np.asarray(self.labels_layer.data), source="human")
+            with self.project_lock:
+                counts = self.project.commit_labels(self.current, np.asarray(self.labels_layer.data), source="human")
+            self.tools.committed()
             self.status.setText(f"Saved {self.current}: {counts.human} human pixels")
             self.refresh_list()
+            self.accepted_since_training += 1
+            if self.training.auto.isChecked() and self.accepted_since_training >= self.training.auto_n.value():
+                self.train()
 
         self._guard(commit)
 
+    # ------------------------------------------------------------------ model work
+    def rank(self) -> None:
+        """Predict every image in the background, then sort the list by the chosen score."""
+        if self.project is None:
+            show_error("Open a project first.")
+            return
+        host = self.model
+        names = [r.name for r in self.project.images]
+        done: dict = {}
+
+        def fn(ctx):
+            return _jobs.predict_images(host, names, done, ctx)
+
+        def finished(preds):
+            if host is not self.model:
+                return
+            self.predictions.update(preds)
+            self.ranking.resort()
+            self.device_label.setText(f"Device: {host.trainer.device_description}")
+            self.say(f"Ranked {len(preds)} images by {self.ranking.choice}")
+
+        self.say("Predicting every image…")
+        self.queue.submit("rank", fn, finished, channel="rank", preemptible=True,
+                          on_progress=lambda i, n: self.say(f"Predicting {i}/{n}…"))
+
+    def suggest(self) -> None:
+        """Find the open image's most uncertain superpixels in the background and outline them."""
+        if self.project is None or self.current is None:
+            show_error("Open an image first.")
+            return
+        host, name, t = self.model, self.current, self.tools.frame()
+        k = self.suggestions.count.value()
+        cached = self.predictions.get(name)
+        exclude = set(self.suggestions.asked.get((name, t), set()))
+        n_classes = self.project.n_classes
+
+        def fn(ctx):
+            preds = cached or _jobs.predict_images(host, [name], {}, ctx)[name]
+            image = host.project.read_image(name)
+            plane = image[t] if host.project.record(name).is_stack else image
+            seg, sugs = _jobs.superpixel_suggestions(plane, preds[t], n_classes, k, exclude=exclude)
+            return preds, seg, sugs
+
+        def finished(result):
+            preds, seg, sugs = result
+            if host is not self.model:
+                return
+            self.predictions[name] = preds
+            self.suggestions.show_suggestions(name, t, seg, sugs)
+
+        self.say("Finding uncertain superpixels…")
+        self.queue.submit("suggest", fn, finished, channel="suggest")
+
+    def train(self) -> None:
+        """One training round in the background (pauses for clicks); then re-predict and re-rank."""
+        if self.project is None:
+            show_error("Open a project first.")
+            return
+        if self.train_job is not None:
+            self.say("Training is already running.")
+            return
+        host = self.model
+        settings = self.training.train_settings()
+        pseudo = self.training.pseudo_settings()
+        predictions = dict(self.predictions)
+        state: dict = {}
+
+        def fn(ctx):
+            return _jobs.train_job(host, settings, settings.steps, pseudo, predictions, self.project_lock, state, ctx)
+
+        def finished(figures):
+            self.train_job = None
+            self.training.running(False)
+            if figures is None or host is not self.model:
+                return
+            self.training.figures.setText(figures.text())
+            self.device_label.setText(f"Device: {figures.device}")
+            self.accepted_since_training = 0
+            self.predictions = {}
+            self.refresh_list()
+            self.rank()
+
+        def failed(err):
+            self.train_job = None
+            self.training.running(False)
+
+        self.training.running(True)
+        self.say("Training…")
+        self.train_job = self.queue.submit("train", fn, finished, channel="train", preemptible=True,
+                                           on_error=failed, on_progress=self.training.step)
+
+    def cancel_training(self) -> None:
+        """Stop the running round between steps (the last checkpoint stays)."""
+        if self.train_job is not None:
+            self.train_job.cancel()
+            self.train_job = None
+        self.training.running(False)
+        self.say("Training cancelled; the model keeps its last checkpoint.")
+
+    def export(self, out, fmt: str = "tiff") -> None:
+        """Export all labels, the model checkpoint and a human-vs-machine summary into ``out``."""
+        if self.project is None:
+            show_error("Open a project first.")
+            return
+        project, lock = self.project, self.project_lock
+
+        def fn(ctx):
+            return _jobs.export_all(project, out, fmt, lock, ctx)
+
+        def finished(summary):
+            self.exporter.summary.setText(f"Exported to {out}<br>{_jobs.summary_text(summary)}"
+                                          f"{'<br>model: ' + summary['model'] if summary['model'] else ''}")
+            self.say(f"Exported {len(summary['images'])} images to {out}")
+
+        self.say("Exporting…")
+        self.queue.submit("export", fn, finished, channel="export")
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        self.queue.stop()
         self.close_project()
         super().closeEvent(event)

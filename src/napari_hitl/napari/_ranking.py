@@ -1,0 +1,277 @@
+"""The ranked-images panel and the superpixel suggestions of the open image.
+
+Images are listed with a thumbnail, status and provenance share, sorted by the chosen
+score of the model's prediction (local consistency, entropy, margin, or diversity picks);
+double-click opens one. Suggestions are the most uncertain superpixels of the open image,
+shown as an outline overlay: accept one (keep the predicted class, saved as an accepted
+machine label) or relabel it with the selected class (saved as a human label) in one click.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QIcon, QImage, QPixmap
+from qtpy.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_hitl.napari._jobs import RANKINGS, rank_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_hitl.napari._widget import HitlWidget
+
+THUMB = 40
+
+
+def thumbnail(image: np.ndarray, size: int = THUMB) -> np.ndarray:
+    """A small uint8 RGB copy of an image (first frame of a stack), contrast-stretched."""
+    img = np.asarray(image)
+    if img.ndim == 4 or (img.ndim == 3 and img.shape[-1] not in (3, 4)):
+        img = img[0]
+    img = img[..., :3] if img.ndim == 3 else img
+    step = max(1, int(np.ceil(max(img.shape[:2]) / size)))
+    small = img[::step, ::step].astype(np.float32)
+    lo, hi = np.percentile(small, (1, 99.5))
+    small = np.clip((small - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    if small.ndim == 2:
+        small = np.repeat(small[..., None], 3, axis=2)
+    return np.ascontiguousarray(small)
+
+
+def to_icon(rgb: np.ndarray) -> QIcon:
+    h, w = rgb.shape[:2]
+    qimg = QImage(rgb.data, w, h, 3 * w, QImage.Format_RGB888).copy()
+    return QIcon(QPixmap.fromImage(qimg))
+
+
+class RankingPanel(QWidget):
+    """The project's images in ranked order (see the module docstring)."""
+
+    def __init__(self, dock: HitlWidget):
+        super().__init__()
+        self.dock = dock
+        self.rows = None  # list[RankedRow] once ranked
+        self.icons: dict[str, QIcon] = {}
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Sort by"))
+        self.sort_box = QComboBox()
+        self.sort_box.addItems(list(RANKINGS))
+        self.sort_box.setToolTip("local consistency: unreliable object edges first; entropy / margin: most "
+                                 "uncertain first; diversity: k-means picks of varied uncertain images first")
+        row.addWidget(self.sort_box, 1)
+        self.rank_button = QPushButton("Predict && rank")
+        self.rank_button.setToolTip("Run the model on every image and sort them (in the background)")
+        row.addWidget(self.rank_button)
+        layout.addLayout(row)
+        self.list = QListWidget()
+        self.list.setIconSize(QSize(THUMB, THUMB))
+        self.list.setToolTip("Double-click an image to open it")
+        layout.addWidget(self.list, 1)
+        self.sort_box.currentIndexChanged.connect(lambda _: self.resort())
+        self.rank_button.clicked.connect(lambda: self.dock.rank())
+
+    @property
+    def choice(self) -> str:
+        return self.sort_box.currentText()
+
+    def set_choice(self, choice: str) -> None:
+        self.sort_box.setCurrentIndex(self.sort_box.findText(choice))
+
+    def resort(self) -> None:
+        """Sort again by the chosen score from the cached predictions (no model call)."""
+        if self.dock.project is None or not self.dock.predictions:
+            self.refresh()
+            return
+        names = [r.name for r in self.dock.project.images]
+        self.rows = rank_rows(names, self.dock.predictions, self.choice)
+        self.refresh()
+
+    def order(self) -> list[str]:
+        """Image names in the order shown."""
+        return [self.list.item(i).data(Qt.UserRole) for i in range(self.list.count())]
+
+    def values(self) -> list[float]:
+        """The shown score of each row, in order (NaN: not predicted yet)."""
+        return [self.list.item(i).data(Qt.UserRole + 1) for i in range(self.list.count())]
+
+    def set_thumbnails(self, thumbs: dict[str, np.ndarray]) -> None:
+        self.icons.update({name: to_icon(rgb) for name, rgb in thumbs.items()})
+        for i in range(self.list.count()):
+            item = self.list.item(i)
+            icon = self.icons.get(item.data(Qt.UserRole))
+            if icon is not None:
+                item.setIcon(icon)
+
+    def refresh(self) -> None:
+        """Rebuild the rows: status, human share and the chosen score of each image."""
+        self.list.clear()
+        project = self.dock.project
+        if project is None:
+            return
+        known = {r.name for r in project.images}
+        if self.rows is not None and {r.name for r in self.rows} == known:
+            entries = [(r.name, r.value, r.picked) for r in self.rows]
+        else:
+            entries = [(r.name, float("nan"), False) for r in project.images]
+        short = {"local consistency": "consistency"}.get(self.choice, self.choice)
+        for name, value, picked in entries:
+            rec = project.record(name)
+            c = project.counts(name)
+            share = 100.0 * c.human / max(c.total, 1)
+            frames = f", {rec.frames} frames" if rec.is_stack else ""
+            score = "" if np.isnan(value) else f"  {short} {value:.3f}{' ★' if picked else ''}"
+            item = QListWidgetItem(f"{name}  [{c.status}, {share:.0f}% human{frames}]{score}")
+            item.setData(Qt.UserRole, name)
+            item.setData(Qt.UserRole + 1, float(value))
+            tot = max(c.total, 1)
+            item.setToolTip(f"{name}: human {100 * c.human / tot:.1f}%, accepted {100 * c.machine / tot:.1f}%, "
+                            f"pseudo {100 * c.pseudo / tot:.1f}%, unlabelled {100 * c.unlabelled / tot:.1f}%")
+            if name in self.icons:
+                item.setIcon(self.icons[name])
+            self.list.addItem(item)
+            if name == self.dock.current:
+                item.setSelected(True)
+
+
+class SuggestionsPanel(QWidget):
+    """Superpixel suggestions of the open image (see the module docstring)."""
+
+    def __init__(self, dock: HitlWidget):
+        super().__init__()
+        self.dock = dock
+        self.image: str | None = None
+        self.frame = 0
+        self.segments: np.ndarray | None = None
+        self.items: list = []  # Suggestion, in rank order
+        self.asked: dict[tuple[str, int], set[int]] = {}
+        self.layer = None
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.count = QSpinBox()
+        self.count.setRange(1, 50)
+        self.count.setValue(8)
+        self.count.setPrefix("top ")
+        self.suggest_button = QPushButton("Suggest superpixels")
+        self.suggest_button.setToolTip("Outline the open image's most uncertain superpixels (G: click them "
+                                       "in the viewer: left accepts, right/Ctrl relabels)")
+        row.addWidget(self.count)
+        row.addWidget(self.suggest_button, 1)
+        layout.addLayout(row)
+        self.list = QListWidget()
+        self.list.setMaximumHeight(130)
+        layout.addWidget(self.list)
+        row = QHBoxLayout()
+        self.accept_button = QPushButton("Accept ✓")
+        self.accept_button.setToolTip("Keep the predicted class of the selected superpixel")
+        self.relabel_button = QPushButton("Relabel as selected class")
+        row.addWidget(self.accept_button)
+        row.addWidget(self.relabel_button)
+        layout.addLayout(row)
+        self.suggest_button.clicked.connect(lambda: self.dock.suggest())
+        self.accept_button.clicked.connect(lambda: self.dock._guard(self.accept, self.list.currentRow()))
+        self.relabel_button.clicked.connect(lambda: self.dock._guard(self.relabel, self.list.currentRow()))
+        self.list.itemDoubleClicked.connect(lambda _: self.dock._guard(self.accept, self.list.currentRow()))
+
+    # ------------------------------------------------------------------ showing
+    def show_suggestions(self, name: str, frame: int, segments: np.ndarray, suggestions: list) -> None:
+        """Show new suggestions for image ``name`` (frame ``frame``) as list rows and an overlay."""
+        if name != self.dock.current:
+            return
+        self.image, self.frame, self.segments, self.items = name, frame, segments, list(suggestions)
+        self._redraw()
+
+    def clear(self) -> None:
+        self.image, self.segments, self.items = None, None, []
+        self.list.clear()
+        if self.layer is not None and self.layer in self.dock.viewer.layers:
+            self.dock.viewer.layers.remove(self.layer)
+        self.layer = None
+
+    def _overlay(self) -> np.ndarray:
+        labels_layer = self.dock.labels_layer
+        data = np.zeros(labels_layer.data.shape, np.uint16)
+        plane = data[self.frame] if data.ndim == 3 else data
+        for rank, s in enumerate(self.items, start=1):
+            plane[self.segments == s.segment] = rank
+        return data
+
+    def _redraw(self) -> None:
+        self.list.clear()
+        classes = {c.id: c.name for c in self.dock.project.classes}
+        for rank, s in enumerate(self.items, start=1):
+            self.list.addItem(f"#{rank}  uncertainty {s.score:.2f}  → {classes.get(s.predicted_class, s.predicted_class)}"
+                              f"  ({s.area} px)")
+        if self.items:
+            self.list.setCurrentRow(0)
+        viewer = self.dock.viewer
+        data = self._overlay()
+        if self.layer is None or self.layer not in viewer.layers:
+            self.layer = viewer.add_labels(data, name=f"{self.image} suggestions", opacity=0.9, blending="translucent")
+            self.layer.contour = 2
+            self.layer.editable = False
+            self.layer.metadata["hitl_prompts"] = True
+            if self.dock.labels_layer is not None:
+                viewer.layers.selection.active = self.dock.labels_layer
+        else:
+            self.layer.data = data
+        self.dock.say(f"{len(self.items)} suggestions: Accept keeps the predicted class, Relabel uses the selected one")
+
+    # ------------------------------------------------------------------ answering
+    def click_at(self, frame: int, y: float, x: float, positive: bool) -> None:
+        """One click in the viewer on a suggested superpixel: accept (positive) or relabel."""
+        if self.segments is None or frame != self.frame:
+            return
+        iy, ix = int(round(y)), int(round(x))
+        if not (0 <= iy < self.segments.shape[0] and 0 <= ix < self.segments.shape[1]):
+            return
+        seg = int(self.segments[iy, ix])
+        for i, s in enumerate(self.items):
+            if s.segment == seg:
+                (self.accept if positive else self.relabel)(i)
+                return
+        self.dock.say("That is not a suggested superpixel (the outlined ones are).")
+
+    def accept(self, index: int) -> None:
+        """Keep the predicted class of suggestion ``index`` (saved as an accepted machine label)."""
+        if 0 <= index < len(self.items):
+            s = self.items[index]
+            self._answer(index, s.predicted_class, "machine")
+
+    def relabel(self, index: int, label: int | None = None) -> None:
+        """Give suggestion ``index`` the selected class (saved as a human label)."""
+        if 0 <= index < len(self.items):
+            lab = label if label is not None else int(self.dock.labels_layer.selected_label)
+            self._answer(index, lab, "human")
+
+    def _answer(self, index: int, label: int, source: str) -> None:
+        dock = self.dock
+        s = self.items[index]
+        mask = self.segments == s.segment
+        frame = self.frame if dock.labels_layer.ndim == 3 else None
+        plane = np.full(mask.shape, label, np.uint16)
+        with dock.project_lock:
+            dock.project.commit_labels(self.image, plane, source=source, where=mask, frame=frame)
+            saved, _ = dock.project.read_labels(self.image, frame=frame)
+        ys, xs = np.nonzero(mask)
+        idx = (ys, xs) if frame is None else (np.full_like(ys, frame), ys, xs)
+        with dock.labels_layer.block_history():
+            dock.labels_layer.data_setitem(idx, saved[ys, xs].astype(dock.labels_layer.data.dtype))
+        self.asked.setdefault((self.image, self.frame), set()).add(s.segment)
+        del self.items[index]
+        self._redraw()
+        dock.ranking.refresh()
+        dock.say(f"Superpixel saved as {source} label {label}; {len(self.items)} suggestions left")

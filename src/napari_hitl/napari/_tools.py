@@ -1,0 +1,439 @@
+"""Click, scribble and extreme-point tools on the dock's Labels layer, and the prompt layers.
+
+Left click (or drag, for scribbles) is positive, right click or Ctrl+click negative, for the
+selected label. Every prompt is shown at once in a Points layer (green positive, magenta
+negative, yellow extreme points, orange while an extreme-point quadruple is incomplete) and a
+Shapes layer (scribbles), then the engine runs on the dock's worker queue and the newest
+answer is painted into the Labels layer through napari's own history (Ctrl+Z undoes it).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_hitl.errors import HitlError, InputError
+from napari_hitl.napari._session import PromptSession, predict_regions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_hitl.napari._widget import HitlWidget
+
+#: tool modes; "off" leaves the Labels layer to napari's own tools
+MODES = ("off", "click", "scribble", "extreme", "suggest")
+MODE_TITLES = {"off": "Off (napari tools)", "click": "Click", "scribble": "Scribble",
+               "extreme": "Extreme points", "suggest": "Suggestions"}
+
+#: keyboard shortcuts on the Labels layer (napari's own: P paint, E erase, F fill, Z pan/zoom,
+#: [ ] brush size, Ctrl+Z / Ctrl+Shift+Z undo / redo of label edits)
+SHORTCUTS = {
+    "C": ("click tool", "click"),
+    "S": ("scribble tool", "scribble"),
+    "Shift-E": ("extreme-point tool", "extreme"),
+    "G": ("superpixel suggestions tool", "suggest"),
+    "N": ("next prompt starts a new region", "new_region"),
+    "Backspace": ("undo the last prompt", "undo"),
+    "R": ("reset the prompts of this image", "reset"),
+    "Control-Enter": ("accept the labels (saved as human labels)", "accept"),
+    "Shift-N": ("next image", "next"),
+}
+
+COLORS = {"positive": (0.2, 0.9, 0.2, 1.0), "negative": (1.0, 0.2, 0.8, 1.0),
+          "extreme": (1.0, 0.9, 0.1, 1.0), "pending": (1.0, 0.55, 0.0, 1.0)}
+
+
+def shortcut_help() -> str:
+    """One line per shortcut, for the dock's tooltip."""
+    rows = [f"{key.replace('-', '+')}: {what}" for key, (what, _) in SHORTCUTS.items()]
+    rows += ["Left click / drag: positive; right click or Ctrl: negative",
+             "napari keys still work: P paint, E erase, F fill, Z pan/zoom, [ ] brush size, Ctrl+Z undo"]
+    return "\n".join(rows)
+
+
+class EngineHost:
+    """The interactive engines, created and prepared on the worker thread only."""
+
+    def __init__(self):
+        self._engines: dict = {}
+        self._keys: dict = {}
+
+    def get(self, name: str, key, image: np.ndarray):
+        from napari_hitl.interactive.engine import get_engine
+
+        engine = self._engines.get(name)
+        if engine is None:
+            engine = self._engines[name] = get_engine(name)
+        if self._keys.get(name) != key:
+            self._keys[name] = None
+            engine.prepare(image)
+            self._keys[name] = key
+        return engine
+
+    def device(self, name: str) -> str:
+        engine = self._engines.get(name)
+        return getattr(engine, "device_name", "CPU (no model)") if engine is not None else ""
+
+
+def _is_negative(event) -> bool:
+    mods = {str(getattr(m, "name", m)).lower() for m in (getattr(event, "modifiers", ()) or ())}
+    return getattr(event, "button", 1) == 2 or "control" in mods or "meta" in mods
+
+
+class ToolController:
+    """The interactive tools of one :class:`HitlWidget` (see the module docstring)."""
+
+    def __init__(self, dock: HitlWidget):
+        self.dock = dock
+        self.mode = "off"
+        self.engine_name = "clicknet"
+        self.full_image = True
+        self.host = EngineHost()
+        self.sessions: dict[tuple[str, int], PromptSession] = {}
+        self.layer = None
+        self.points_layer = None
+        self.shapes_layer = None
+        self.last_latency: float | None = None  # engine answer -> mask painted, seconds
+        self.latencies: list[float] = []
+        self._last_drag_draw = 0.0
+        self.signs: list[str] = []
+
+    # ------------------------------------------------------------------ layers
+    def attach(self, labels_layer) -> None:
+        """Bind the tools to a freshly shown Labels layer (prompt layers come with the first prompt)."""
+        self.detach()
+        self.layer = labels_layer
+        labels_layer.mouse_drag_callbacks.append(self._on_drag)
+        labels_layer.events.mode.connect(self._on_layer_mode)
+        for key, (_, action) in SHORTCUTS.items():
+            labels_layer.bind_key(key, self._key_handler(action), overwrite=True)
+        self.dock.viewer.layers.selection.active = labels_layer
+        self.set_mode(self.mode)
+        self.prepare()
+
+    def _ensure_prompt_layers(self) -> None:
+        """Add the Points (clicks, extreme points) and Shapes (scribbles) layers on the first prompt."""
+        viewer = self.dock.viewer
+        if self.points_layer is not None and self.points_layer in viewer.layers:
+            return
+        ndim = self.layer.ndim
+        name = self.layer.name.replace(" labels", "")
+        self.points_layer = viewer.add_points(np.zeros((0, ndim)), name=f"{name} prompts", size=9,
+                                              border_color="white", border_width=0.15, face_color="green",
+                                              ndim=ndim)
+        self.shapes_layer = viewer.add_shapes(name=f"{name} scribbles", ndim=ndim, edge_width=2,
+                                              edge_color="green", face_color="transparent")
+        for lay in (self.points_layer, self.shapes_layer):
+            lay.editable = False
+            lay.metadata["hitl_prompts"] = True
+        viewer.layers.selection.active = self.layer
+
+    def detach(self) -> None:
+        viewer = self.dock.viewer
+        if self.layer is not None:
+            if self._on_drag in self.layer.mouse_drag_callbacks:
+                self.layer.mouse_drag_callbacks.remove(self._on_drag)
+            self.layer.events.mode.disconnect(self._on_layer_mode)
+        for lay in (self.points_layer, self.shapes_layer):
+            if lay is not None and lay in viewer.layers:
+                viewer.layers.remove(lay)
+        self.layer = self.points_layer = self.shapes_layer = None
+
+    def forget_image(self, name: str) -> None:
+        for key in [k for k in self.sessions if k[0] == name]:
+            del self.sessions[key]
+
+    # ------------------------------------------------------------------ state
+    def set_mode(self, mode: str) -> None:
+        """Switch tool; any tool puts napari's Labels layer in pan/zoom without mouse panning."""
+        if mode not in MODES:
+            raise InputError(f"unknown tool {mode!r}; use one of {', '.join(MODES)}")
+        self.mode = mode
+        if self.layer is not None and mode != "off":
+            self.layer.mode = "pan_zoom"
+            self.layer.mouse_pan = False
+            self.dock.viewer.layers.selection.active = self.layer
+        elif self.layer is not None:
+            self.layer.mouse_pan = self.layer.mode == "pan_zoom"
+        self.dock.tool_changed(mode)
+
+    def _on_layer_mode(self, event=None) -> None:
+        if self.layer is not None and self.layer.mode != "pan_zoom" and self.mode != "off":
+            self.mode = "off"  # the person picked a napari tool (paint, erase...): ours step aside
+            self.dock.tool_changed("off")
+
+    def _key_handler(self, action: str):
+        def handler(layer):
+            self.dock.run_action(action)
+        handler.__doc__ = action
+        return handler
+
+    def frame(self) -> int:
+        """Current time point of a time-lapse (0 for a single image)."""
+        if self.layer is None or self.layer.ndim < 3:
+            return 0
+        return int(self.dock.viewer.dims.current_step[0])
+
+    def session(self, frame: int | None = None) -> PromptSession | None:
+        """The prompt session of the shown image at ``frame`` (created on first use)."""
+        if self.layer is None or self.dock.current is None:
+            return None
+        t = self.frame() if frame is None else frame
+        key = (self.dock.current, t)
+        if key not in self.sessions:
+            self.sessions[key] = PromptSession(self._plane(t))
+        return self.sessions[key]
+
+    def _plane(self, t: int) -> np.ndarray:
+        data = np.asarray(self.layer.data)
+        return data[t] if data.ndim == 3 else data
+
+    def _image_plane(self, t: int) -> np.ndarray:
+        img = np.asarray(self.dock.image_layer.data)
+        stack = self.layer.ndim == 3
+        return img[t] if stack else img
+
+    def label(self) -> int:
+        sel = int(self.layer.selected_label) if self.layer is not None else 1
+        return sel if sel >= 1 else 1
+
+    # ------------------------------------------------------------------ mouse
+    def _data_yx(self, event) -> tuple[int, float, float]:
+        pos = np.asarray(self.layer.world_to_data(event.position), np.float64)
+        t = int(round(pos[0])) if self.layer.ndim == 3 else 0
+        return t, float(pos[-2]), float(pos[-1])
+
+    def _on_drag(self, layer, event):
+        """napari drag callback: clicks on press, scribbles on press-move-release."""
+        if self.mode == "off":
+            return
+        negative = _is_negative(event)
+        t, y, x = self._data_yx(event)
+        if self.mode != "scribble":
+            self.dock._guard(self._press, t, y, x, not negative)
+            return
+        points = [(y, x)]
+        yield
+        while event.type == "mouse_move":
+            _, y, x = self._data_yx(event)
+            if (y, x) != points[-1]:
+                points.append((y, x))
+                now = time.perf_counter()
+                if now - self._last_drag_draw > 0.03:
+                    self._last_drag_draw = now
+                    self._draw_prompts(live=(t, points, not negative))
+            yield
+        self.dock._guard(self.scribble, points, not negative, t)
+
+    def _press(self, t: int, y: float, x: float, positive: bool) -> None:
+        if self.mode == "click":
+            self.click(y, x, positive, t)
+        elif self.mode == "extreme":
+            self.extreme_point(y, x, t)
+        elif self.mode == "suggest":
+            self.dock.suggestions.click_at(t, y, x, positive)
+
+    # ------------------------------------------------------------------ prompts
+    def _inside(self, y: float, x: float) -> bool:
+        s = self.session()
+        h, w = s.shape
+        return -0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5
+
+    def click(self, y: float, x: float, positive: bool = True, frame: int | None = None) -> None:
+        """A click at data pixel (y, x): positive adds to the region, negative removes."""
+        s = self.session(frame)
+        if s is None or not self._inside(y, x):
+            return
+        r = s.add_click(y, x, positive, self.label())
+        if r is None:
+            self.dock.say("A negative click needs a region: click positive on the object first.")
+            return
+        self._after_prompt(s, r, frame)
+
+    def scribble(self, points, positive: bool = True, frame: int | None = None) -> None:
+        """A scribble through data points (y, x); the region is the one where it starts."""
+        s = self.session(frame)
+        if s is None or len(points) == 0:
+            return
+        r = s.add_scribble(points, positive, self.label())
+        if r is None:
+            self.dock.say("A negative scribble needs a region: click positive on the object first.")
+            self._draw_prompts()
+            return
+        self._after_prompt(s, r, frame)
+
+    def extreme_point(self, y: float, x: float, frame: int | None = None) -> None:
+        """One of four extreme points (any order); the fourth creates the region."""
+        s = self.session(frame)
+        if s is None or not self._inside(y, x):
+            return
+        try:
+            r = s.add_extreme_point(y, x, self.label())
+        except InputError:
+            s.pending_extreme.clear()
+            s.history = [h for h in s.history if h[0] != "extreme_point"]
+            self._draw_prompts()
+            raise
+        if r is None:
+            self.dock.say(f"Extreme point {len(s.pending_extreme)} of 4 (left, right, top, bottom in any order)")
+            self._draw_prompts()
+            return
+        self._after_prompt(s, r, frame)
+
+    def new_region(self) -> None:
+        s = self.session()
+        if s is not None:
+            s.new_region = True
+            self.dock.say("The next positive prompt starts a new region.")
+
+    def undo(self) -> None:
+        """Undo the last prompt of the shown plane and re-predict."""
+        s = self.session()
+        if s is None or not s.history:
+            self.dock.say("No prompt to undo.")
+            return
+        r = s.undo()
+        self._draw_prompts()
+        if r is not None or (self.full_image and s.regions):
+            self.predict(s, r)
+        else:
+            self.show(s)
+
+    def reset(self) -> None:
+        """Forget the prompts of the shown plane; its labels go back to how they were."""
+        s = self.session()
+        if s is None:
+            return
+        s.absorb(self._plane(self.frame()))
+        s.reset()
+        self._draw_prompts()
+        self.show(s)
+        self.dock.say("Prompts reset.")
+
+    def committed(self) -> None:
+        """After an accept: what is shown becomes the starting point, prompts are cleared."""
+        for (name, t), s in self.sessions.items():
+            if name == self.dock.current:
+                s.commit(self._plane(t))
+        self._draw_prompts()
+
+    def _after_prompt(self, s: PromptSession, r, frame) -> None:
+        self._draw_prompts()
+        self.predict(s, r, frame)
+
+    # ------------------------------------------------------------------ prediction
+    def prepare(self) -> None:
+        """Prepare the engine for the shown plane in the background, so the first click is quick."""
+        if self.layer is None or self.dock.image_layer is None:
+            return
+        t = self.frame()
+        key, image, name = (self.dock.current, t), self._image_plane(t), self.engine_name
+
+        def fn(ctx):
+            self.host.get(name, key, image)
+            return self.host.device(name)
+
+        self.dock.queue.submit("prepare", fn, self.dock.engine_ready, channel="prepare", interactive=True)
+
+    def predict(self, s: PromptSession, target=None, frame: int | None = None) -> None:
+        """Queue the engine on the session's regions; only the newest answer is painted."""
+        t = self.frame() if frame is None else frame
+        snap = s.snapshot(target)
+        key, image = (self.dock.current, t), self._image_plane(t)
+        name, full = self.engine_name, self.full_image
+
+        def fn(ctx):
+            engine = self.host.get(name, key, image)
+            return predict_regions(engine, snap, full)
+
+        def done(masks):
+            if self.sessions.get(key) is s and self.dock.current == key[0]:
+                s.set_masks(masks)
+                self.show(s, t)
+
+        self.dock.say("Segmenting…")
+        self.dock.queue.submit("predict", fn, done, channel="predict", interactive=True)
+
+    def show(self, s: PromptSession, frame: int | None = None) -> None:
+        """Paint the session's composite into the Labels layer (napari history: Ctrl+Z undoes)."""
+        if self.layer is None:
+            return
+        t = self.frame() if frame is None else frame
+        current = self._plane(t)
+        s.absorb(current)
+        new = s.composite()
+        changed = np.nonzero(new != current)
+        if changed[0].size:
+            idx = changed if self.layer.ndim == 2 else (np.full_like(changed[0], t), *changed)
+            with self.layer.block_history():
+                self.layer.data_setitem(idx, new[changed].astype(self.layer.data.dtype))
+        s.shown = new
+        job = self.dock.queue.delivering
+        if job is not None and job.answered is not None:
+            self.last_latency = time.perf_counter() - job.answered
+            self.latencies.append(self.last_latency)
+        n = len(s.regions)
+        self.dock.say(f"{n} region{'s' if n != 1 else ''} · {len(s.history)} prompt{'s' if len(s.history) != 1 else ''}"
+                      " · Backspace undoes, Accept saves")
+
+    # ------------------------------------------------------------------ prompt layers
+    def _draw_prompts(self, live=None) -> None:
+        """Show every prompt of the shown image (all frames) in the Points and Shapes layers."""
+        if self.layer is None:
+            return
+        stack = self.layer.ndim == 3
+        pts, colors, symbols, paths, edges = [], [], [], [], []
+
+        def at(t, y, x):
+            return [t, y, x] if stack else [y, x]
+
+        for (name, t), s in self.sessions.items():
+            if name != self.dock.current:
+                continue
+            for r in s.regions:
+                for c in r.prompts.clicks:
+                    pts.append(at(t, c.y, c.x))
+                    colors.append(COLORS["positive" if c.positive else "negative"])
+                    symbols.append("disc")
+                if r.prompts.extreme is not None:
+                    for y, x in r.prompts.extreme.points:
+                        pts.append(at(t, y, x))
+                        colors.append(COLORS["extreme"])
+                        symbols.append("diamond")
+                for sc in r.prompts.scribbles:
+                    paths.append(np.array([at(t, y, x) for y, x in sc.points]))
+                    edges.append(COLORS["positive" if sc.positive else "negative"])
+            for y, x in s.pending_extreme:
+                pts.append(at(t, y, x))
+                colors.append(COLORS["pending"])
+                symbols.append("diamond")
+        if live is not None:
+            t, points, positive = live
+            if len(points) > 1:
+                paths.append(np.array([at(t, y, x) for y, x in points]))
+                edges.append(COLORS["positive" if positive else "negative"])
+        if not pts and not paths and self.points_layer is None:
+            return
+        self._ensure_prompt_layers()
+        ndim = 3 if stack else 2
+        self.signs = [{v: k for k, v in COLORS.items()}[c] for c in colors]
+        self.points_layer.data = np.array(pts, np.float64).reshape(-1, ndim)
+        if pts:
+            self.points_layer.face_color = np.array(colors)
+            self.points_layer.symbol = symbols
+        self.shapes_layer.data = []
+        if paths:
+            self.shapes_layer.add_paths(paths, edge_color=np.array(edges), edge_width=2)
+
+    def prompt_signs(self) -> list[str]:
+        """The sign of every point in the Points layer ('positive', 'negative', 'extreme', 'pending')."""
+        return list(self.signs)
+
+
+def check_engine(name: str) -> str:
+    """Raise a HitlError for an unknown engine name."""
+    from napari_hitl.interactive.engine import available_engines
+
+    if name not in available_engines():
+        raise HitlError(f"unknown engine {name!r}; available: {', '.join(available_engines())}")
+    return name

@@ -1,0 +1,173 @@
+"""Training and export controls of the dock.
+
+Training: train now, or automatically after N accepted images; steps, batch and crop size;
+pseudo-labels (confidence threshold delta and the progressive schedule of beta and gamma);
+a progress bar with cancel; the last round's figures. Export: every label with its
+provenance and a manifest, the model checkpoint, and a summary of human vs machine pixels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_hitl.active.pseudo import PseudoSettings
+from napari_hitl.io import LABEL_FORMATS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_hitl.napari._widget import HitlWidget
+
+
+def _spin(lo, hi, value, step=None, decimals=None, tip=""):
+    box = QDoubleSpinBox() if decimals is not None else QSpinBox()
+    if decimals is not None:
+        box.setDecimals(decimals)
+    box.setRange(lo, hi)
+    if step is not None:
+        box.setSingleStep(step)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+class TrainingPanel(QWidget):
+    """Train-now / auto-train controls, pseudo-label settings, progress and figures."""
+
+    def __init__(self, dock: HitlWidget):
+        super().__init__()
+        from napari_hitl.model.train import TrainSettings
+
+        self.dock = dock
+        d = TrainSettings()
+        p = PseudoSettings()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.train_button = QPushButton("Train now")
+        self.train_button.setToolTip("Fine-tune the model on every labelled image in the background")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        row.addWidget(self.train_button, 1)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("idle")
+        self.progress.setTextVisible(True)
+        layout.addWidget(self.progress)
+        form = QFormLayout()
+        auto = QHBoxLayout()
+        self.auto = QCheckBox("after every")
+        self.auto_n = _spin(1, 1000, 3, tip="accepted images between automatic training rounds")
+        auto.addWidget(self.auto)
+        auto.addWidget(self.auto_n)
+        auto.addWidget(QLabel("accepted images"))
+        form.addRow("Auto-train", auto)
+        self.steps = _spin(1, 100000, d.steps, tip="optimiser steps per round")
+        self.batch = _spin(1, 64, d.batch_size, tip="crops per step")
+        self.crop = _spin(32, 1024, d.crop, step=32, tip="training crop side in pixels")
+        sizes = QHBoxLayout()
+        for w, name in ((self.steps, "steps"), (self.batch, "batch"), (self.crop, "crop")):
+            sizes.addWidget(w)
+            sizes.addWidget(QLabel(name))
+        form.addRow("Round", sizes)
+        layout.addLayout(form)
+        group = QGroupBox("Pseudo-labels (the model labels the pixels it is sure of)")
+        group.setCheckable(True)
+        group.setChecked(p.enabled)
+        self.pseudo_group = group
+        pform = QFormLayout(group)
+        self.delta = _spin(0.5, 1.0, p.delta, 0.01, 3, "a pixel keeps the machine's label above this confidence")
+        self.beta0 = _spin(0.0, 1.0, p.beta0, 0.01, 3, "local-consistency threshold at round 0")
+        self.dbeta = _spin(0.0, 0.5, p.dbeta, 0.01, 3, "beta drops by this each round")
+        self.gamma0 = _spin(0.0, 1.0, p.gamma0, 0.05, 3, "share of images the machine may label at round 0")
+        self.dgamma = _spin(0.0, 1.0, p.dgamma, 0.05, 3, "gamma grows by this each round")
+        pform.addRow("confidence δ", self.delta)
+        sched = QHBoxLayout()
+        for w, name in ((self.beta0, "β₀"), (self.dbeta, "−Δβ/round")):
+            sched.addWidget(QLabel(name))
+            sched.addWidget(w)
+        pform.addRow("consistency β", sched)
+        sched = QHBoxLayout()
+        for w, name in ((self.gamma0, "γ₀"), (self.dgamma, "+Δγ/round")):
+            sched.addWidget(QLabel(name))
+            sched.addWidget(w)
+        pform.addRow("image share γ", sched)
+        layout.addWidget(group)
+        self.figures = QLabel("No training round yet.")
+        self.figures.setWordWrap(True)
+        layout.addWidget(self.figures)
+        layout.addStretch(1)
+        self.train_button.clicked.connect(lambda: self.dock.train())
+        self.cancel_button.clicked.connect(lambda: self.dock.cancel_training())
+
+    def train_settings(self):
+        from napari_hitl.model.train import TrainSettings
+
+        return TrainSettings(steps=self.steps.value(), batch_size=self.batch.value(), crop=self.crop.value())
+
+    def pseudo_settings(self) -> PseudoSettings:
+        return PseudoSettings(delta=self.delta.value(), beta0=self.beta0.value(), dbeta=self.dbeta.value(),
+                              gamma0=self.gamma0.value(), dgamma=self.dgamma.value(),
+                              enabled=self.pseudo_group.isChecked())
+
+    def running(self, on: bool) -> None:
+        self.train_button.setEnabled(not on)
+        self.cancel_button.setEnabled(on)
+        if on:
+            self.progress.setRange(0, 0)  # busy until the first step reports
+            self.progress.setFormat("starting…")
+        else:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.progress.setFormat("idle")
+
+    def step(self, step: int, total: int, loss: float) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(step)
+        self.progress.setFormat(f"step {step}/{total} · loss {loss:.3f}")
+
+
+class ExportPanel(QWidget):
+    """Export every label, the model and a human-vs-machine summary into a folder."""
+
+    def __init__(self, dock: HitlWidget):
+        super().__init__()
+        self.dock = dock
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Format"))
+        self.format = QComboBox()
+        self.format.addItems(list(LABEL_FORMATS))
+        row.addWidget(self.format)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Labels + provenance + manifest.json, model/segnet.pt, summary.json")
+        row.addWidget(self.export_button, 1)
+        layout.addLayout(row)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        layout.addWidget(self.summary)
+        layout.addStretch(1)
+        self.export_button.clicked.connect(self._ask)
+
+    def _ask(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Export labels and model into")
+        if path:
+            self.dock.export(path, self.format.currentText())

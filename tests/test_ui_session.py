@@ -1,0 +1,203 @@
+"""A whole annotation session driven through the dock in a viewer, with napari mouse events:
+sample project, clicks, accept, a scribble across two regions, extreme points, undo, one short
+training round, ranking re-sorts, superpixel suggestions, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from napari.utils._test_utils import read_only_mouse_event
+from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+from skimage.measure import label as connected, regionprops
+
+from napari_hitl.project import HUMAN, MACHINE
+from napari_hitl.samples import sample_truth
+from napari_hitl.simulate.extreme import extreme_points
+
+WAIT = 60_000
+
+
+def press(layer, y, x, button=1, modifiers=()):
+    """A click on ``layer`` at data (y, x) through napari's own mouse-callback machinery."""
+    ev = read_only_mouse_event(type="mouse_press", button=button, modifiers=list(modifiers), position=(y, x))
+    mouse_press_callbacks(layer, ev)
+    ev = read_only_mouse_event(type="mouse_release", button=button, modifiers=list(modifiers), position=(y, x))
+    mouse_release_callbacks(layer, ev)
+
+
+def drag(layer, points, button=1):
+    """Press at the first point, move through the others, release at the last."""
+    (y, x), rest = points[0], points[1:]
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", button=button, position=(y, x)))
+    for y, x in rest:
+        mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", button=button, is_dragging=True,
+                                                          position=(y, x)))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", button=button, position=rest[-1]))
+
+
+@pytest.fixture
+def dock(viewer_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_HITL_HOME", str(tmp_path / "home"))
+    viewer = viewer_factory()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
+    yield widget
+    widget.queue.stop()
+
+
+def nuclei(name):
+    """Instances of the sample's true nuclei, largest first."""
+    inst = connected(sample_truth("nuclei", name) > 0)
+    return inst, sorted(regionprops(inst), key=lambda r: -r.area)
+
+
+def settle(qtbot, dock, timeout=WAIT):
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=timeout)
+
+
+def test_full_session_in_the_dock(dock, qtbot, tmp_path):
+    viewer = dock.viewer
+    dock.engine_box.setCurrentText("graph")  # no weights needed: the session does not depend on training
+    dock.sample_box.setCurrentIndex(dock.sample_box.findText("nuclei"))
+    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
+    name = dock.current
+    layer = dock.labels_layer
+    inst, props = nuclei(name)
+    c, a, b = props[0], props[2], props[3]
+    ya, xa = (int(v) for v in a.coords[len(a.coords) // 2])
+    yb, xb = (int(v) for v in b.coords[len(b.coords) // 2])
+    settle(qtbot, dock)  # the engine is prepared in the background as the image opens
+    assert "Device:" in dock.device_label.text()
+
+    # three clicks: positive on nucleus A, a new region on B, a negative click in the background
+    dock.tool_buttons["click"].click()
+    assert dock.tools.mode == "click" and layer.mode == "pan_zoom" and not layer.mouse_pan
+    press(layer, ya, xa)
+    dock.run_action("new_region")
+    press(layer, yb, xb)
+    bg = np.argwhere(inst == 0)[0]
+    press(layer, *bg, button=2)  # right button: negative
+    assert dock.tools.prompt_signs() == ["positive", "positive", "negative"]
+    assert len(dock.tools.points_layer.data) == 3
+    settle(qtbot, dock)
+    data = np.asarray(layer.data)
+    assert data[ya, xa] == 1 and data[yb, xb] == 1
+    session = dock.tools.session()
+    assert len(session.regions) == 2
+    both = session.regions[0].mask | session.regions[1].mask
+    precision = (both & (inst > 0)).sum() / both.sum()
+    assert precision > 0.8, f"the clicked regions are mostly not nucleus (precision {precision:.2f})"
+
+    # accept: saved at once as human labels
+    dock.accept_button.click()
+    saved, prov = dock.project.read_labels(name)
+    assert saved[ya, xa] == 1 and (prov == HUMAN).all()
+    assert dock.tools.session().regions == []
+
+    # scribble from inside A into B (full-image mode): A grows, B shrinks
+    assert dock.full_image.isChecked()
+    press(layer, ya, xa)
+    dock.run_action("new_region")
+    press(layer, yb, xb)
+    settle(qtbot, dock)
+    ra, rb = dock.tools.session().regions
+    before_a, before_b = ra.mask.copy(), rb.mask.copy()
+    dock.tool_buttons["scribble"].click()
+    line = [(ya + (yb - ya) * k / 10, xa + (xb - xa) * k / 10) for k in range(11)]
+    drag(layer, line)
+    settle(qtbot, dock)
+    assert len(ra.prompts.scribbles) == 1 and not rb.prompts.scribbles
+    assert ra.mask.sum() > before_a.sum() and rb.mask.sum() < before_b.sum()
+    assert not (ra.mask & rb.mask).any()
+    assert len(dock.tools.shapes_layer.data) == 1
+
+    # extreme points on nucleus C create a region; undo removes the prompts one by one
+    dock.tool_buttons["extreme"].click()
+    ext = extreme_points(inst == c.label, jitter=0).points
+    n_regions = len(dock.tools.session().regions)
+    for y, x in ext[[2, 1, 3, 0]]:  # any order
+        press(layer, y, x)
+    settle(qtbot, dock)
+    s = dock.tools.session()
+    assert len(s.regions) == n_regions + 1
+    rc = s.regions[-1]
+    y0, x0, y1, x1 = rc.prompts.extreme.box
+    ys, xs = np.nonzero(rc.mask)
+    assert ys.min() >= y0 - 2 and ys.max() <= y1 + 2 and xs.min() >= x0 - 2 and xs.max() <= x1 + 2
+    on_c = (rc.mask & (inst == c.label)).sum() / rc.mask.sum()
+    assert on_c > 0.6, f"the extreme-point region is mostly not nucleus C ({on_c:.2f})"
+    assert dock.tools.prompt_signs().count("extreme") == 4
+    shown = np.asarray(layer.data)
+    assert shown[rc.mask].min() == 1
+    dock.undo_button.click()  # the extreme points go as one prompt
+    settle(qtbot, dock)
+    assert len(dock.tools.session().regions) == n_regions
+    assert "extreme" not in dock.tools.prompt_signs()
+    dock.run_action("undo")  # the scribble
+    settle(qtbot, dock)
+    assert not ra.prompts.scribbles and len(dock.tools.shapes_layer.data) == 0
+    dock.run_action("reset")
+    assert dock.tools.session().regions == [] and len(dock.tools.points_layer.data) == 0
+    np.testing.assert_array_equal(np.asarray(layer.data), saved)
+    dock.tool_buttons["click"].click()
+    press(layer, *bg)  # a positive click in the background paints something new...
+    settle(qtbot, dock)
+    assert (np.asarray(layer.data) != saved).any()
+    layer.undo()  # ...and napari's own history (Ctrl+Z) takes the painted mask back in one step
+    np.testing.assert_array_equal(np.asarray(layer.data), saved)
+    dock.run_action("reset")
+
+    # one short training round, then every image is predicted and ranked
+    dock.tabs.setCurrentWidget(dock.training)
+    dock.training.steps.setValue(3)
+    dock.training.batch.setValue(1)
+    dock.training.crop.setValue(64)
+    dock.training.train_button.click()
+    assert not dock.training.train_button.isEnabled()
+    qtbot.waitUntil(lambda: dock.training.figures.text().startswith("Round"), timeout=120_000)
+    settle(qtbot, dock, 120_000)
+    assert len(dock.predictions) == 4
+    assert (dock.project.checkpoint_dir / "segnet.pt").exists()
+    assert dock.training.train_button.isEnabled()
+
+    # the ranking panel re-sorts by each score
+    orders = {}
+    for choice, descending in (("entropy", True), ("margin", True), ("local consistency", False)):
+        dock.ranking.set_choice(choice)
+        vals = dock.ranking.values()
+        assert len(vals) == 4 and not np.isnan(vals).any()
+        assert vals == sorted(vals, reverse=descending), (choice, vals)
+        orders[choice] = dock.ranking.order()
+        assert sorted(orders[choice]) == sorted(r.name for r in dock.project.images)
+    dock.ranking.set_choice("diversity")
+    assert "★" in dock.image_list.item(0).text()
+    dock.open_next()
+    assert dock.current != name and dock.project.counts(dock.current).status != "done"
+
+    # superpixel suggestions of the open image: accept one, relabel another
+    dock.suggest()
+    settle(qtbot, dock)
+    sug = dock.suggestions
+    assert len(sug.items) == sug.count.value() and sug.layer is not None
+    first, second = sug.items[0], sug.items[1]
+    sug.accept(0)
+    _, prov = dock.project.read_labels(dock.current)
+    assert (prov[sug.segments == first.segment] == MACHINE).all()
+    dock.tool_buttons["suggest"].click()
+    yy, xx = np.argwhere(sug.segments == second.segment)[0]
+    press(dock.labels_layer, yy, xx, modifiers=["Control"])  # Ctrl+click: relabel as the selected class
+    lab, prov = dock.project.read_labels(dock.current)
+    assert (prov[sug.segments == second.segment] == HUMAN).all() and (lab[sug.segments == second.segment] == 1).all()
+    assert len(sug.items) == sug.count.value() - 2
+
+    # export: labels, provenance, manifest, model and a summary of human vs machine pixels
+    out = tmp_path / "export"
+    dock.export(out, "tiff")
+    settle(qtbot, dock)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "manifest.json").exists() and (out / "model" / "segnet.pt").exists()
+    assert summary["pixels"]["human"] > 0 and summary["pixels"]["machine"] > 0
+    assert len(list((out / "labels").glob("*.tif"))) == 4
+    assert "human" in dock.exporter.summary.text()
+    assert [lay.name for lay in viewer.layers][:2] == [dock.current, f"{dock.current} labels"]
