@@ -167,7 +167,9 @@ def _load_weights(net, path: Path) -> dict:
 class ClickNetEngine(Engine):
     """Learned click model on the pretrained EfficientNet-Lite0 encoder (crop, cache, late prompts)."""
 
-    def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None):
+    def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
+                 connected: bool = True):
+        """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks)."""
         import torch
 
         from napari_hitl.interactive.clicknet_net import build_clicknet
@@ -181,6 +183,7 @@ class ClickNetEngine(Engine):
         net = build_clicknet(pretrained=True)
         self.meta = _load_weights(net, self.weights_path)
         self.net = net.eval().fuse_batchnorm().to(self.device)
+        self.connected = bool(connected)
         self._image: np.ndarray | None = None
         self._crop: tuple[float, float, float] | None = None
         self._cache = None
@@ -247,7 +250,36 @@ class ClickNetEngine(Engine):
         maps = crop_prompt_maps(region, crop, others, prev_crop)
         with torch.inference_mode():
             logits = self.net.decode(self._cache, torch.from_numpy(maps)[None].to(self.device))
-        return paste_logits(logits[0, 0].float().cpu().numpy(), crop, shape)
+        out = paste_logits(logits[0, 0].float().cpu().numpy(), crop, shape)
+        if self.connected:
+            _keep_prompted_components(out, region)
+        return out
+
+
+def _keep_prompted_components(logits: np.ndarray, region: RegionPrompts) -> None:
+    """In place: push below zero every connected part of ``logits > 0`` that holds no positive
+    prompt point, unless no part holds one (then the model's answer stands)."""
+    import cv2
+
+    inside = logits > 0
+    rows = np.flatnonzero(inside.any(axis=1))
+    if rows.size == 0:
+        return
+    cols = np.flatnonzero(inside.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    n, lab = cv2.connectedComponents(inside[y0:y1, x0:x1].astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return
+    pts = np.round(region.positive_points()).astype(int)
+    keep = set()
+    for y, x in pts:
+        if y0 <= y < y1 and x0 <= x < x1 and lab[y - y0, x - x0] > 0:
+            keep.add(int(lab[y - y0, x - x0]))
+    if not keep:
+        return
+    drop = ~np.isin(lab, list(keep)) & (lab > 0)
+    sub = logits[y0:y1, x0:x1]
+    sub[drop] = np.minimum(sub[drop], -1.0)
 
 
 def time_clicks(size: int = 1024, clicks: int = 10, repeats: int = 3, seed: int = 0) -> dict:
