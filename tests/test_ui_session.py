@@ -201,3 +201,32 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert len(list((out / "labels").glob("*.tif"))) == 4
     assert "human" in dock.exporter.summary.text()
     assert [lay.name for lay in viewer.layers][:2] == [dock.current, f"{dock.current} labels"]
+
+
+def test_an_engine_error_becomes_a_notification(dock, qtbot, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_hitl.napari._worker.show_error", shown.append)
+
+    from napari_hitl.napari._tools import EngineHost
+
+    working = EngineHost.get
+
+    def broken(self, name, key, image):
+        if name == "clicknet":
+            raise RuntimeError("the engine fell over")
+        return working(self, name, key, image)
+
+    monkeypatch.setattr("napari_hitl.napari._tools.EngineHost.get", broken)
+    dock.sample_box.setCurrentIndex(dock.sample_box.findText("nuclei"))
+    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
+    before = np.asarray(dock.labels_layer.data).copy()
+    dock.run_action("click")
+    press(dock.labels_layer, 20, 20)
+    qtbot.waitUntil(lambda: any("the engine fell over" in s for s in shown), timeout=WAIT)
+    assert any("predict failed" in s for s in shown)
+    np.testing.assert_array_equal(np.asarray(dock.labels_layer.data), before)  # nothing painted
+    settle(qtbot, dock)
+    dock.set_engine("graph")  # the person can switch engines and go on
+    press(dock.labels_layer, 20, 20)
+    settle(qtbot, dock)
+    assert len(dock.tools.session().regions) == 1 and dock.tools.session().regions[0].mask is not None
