@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("napari_hitl.simulate.cost", reason="polygon cost (simulate/cost.py) not available yet")
 
 
 def _video(n=10, h=64, w=96, step=7):

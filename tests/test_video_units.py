@@ -56,3 +56,25 @@ def test_frames_and_superpixels():
     assert m.any() and np.array_equal(m, sp.frame_map(1) == 3)
     small = sp.frame_map_at(1, (30, 40))
     assert small.shape == (30, 40)
+
+
+def test_polygon_cost():
+    from napari_hitl.video.units import polygon_cost
+
+    lab = np.zeros((60, 80), np.int16)
+    assert polygon_cost(lab) == 1  # one class: one click
+    lab[10:30, 20:50] = 1
+    assert polygon_cost(lab) == 1 + 1 + 4  # name background, name the object, four corners
+    lab[40:50, 60:70] = 1
+    assert polygon_cost(lab) == 1 + 1 + 4 + 4  # two components of one class
+    # a rectangle sample cut through the object: corners on the sample's border are free
+    units = UnitSet.rectangles(1, (60, 80), size=40)
+    assert units.cost(0, lab) == 1 + 1 + 2  # cell (0:40, 0:40): the two corners at x=39 lie on its border
+    assert units.cost(1, lab) == polygon_cost(lab[0:40, 40:80], np.ones((40, 40), bool), free_border=True)
+    assert UnitSet.frames(1, (60, 80)).cost(0, lab) == polygon_cost(lab)
+    # an outline with more vertices costs more
+    yy, xx = np.mgrid[:60, :80]
+    disk = ((yy - 30) ** 2 + (xx - 40) ** 2 < 20 ** 2).astype(np.int16)
+    square = np.zeros((60, 80), np.int16)
+    square[10:50, 20:60] = 1
+    assert polygon_cost(disk) > polygon_cost(square) == 6
