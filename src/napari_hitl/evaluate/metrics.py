@@ -1,0 +1,124 @@
+"""Segmentation metrics: IoU, mean IoU over classes, pixel accuracy, boundary IoU, NoC and IoU@k.
+
+Masks are bool HxW arrays; label maps are integer HxW arrays. ``ignore`` masks (e.g. the
+GrabCut 128 band) and ``ignore_index`` values (e.g. CamVid void) are left out of every score.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from napari_hitl.errors import InputError
+
+__all__ = ["iou", "mean_iou", "confusion_matrix", "pixel_accuracy", "boundary_band", "boundary_iou",
+           "noc", "iou_at_k"]
+
+
+def _pair(pred, truth, what="pred") -> tuple[np.ndarray, np.ndarray]:
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise InputError(f"{what} has shape {pred.shape} but truth has shape {truth.shape}")
+    return pred, truth
+
+
+def iou(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """Intersection over union of two bool masks, ignored pixels excluded; 1.0 if both are empty."""
+    pred, truth = _pair(pred, truth)
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    if ignore is not None:
+        keep = ~np.asarray(ignore, bool)
+        pred, truth = pred & keep, truth & keep
+    union = np.count_nonzero(pred | truth)
+    if union == 0:
+        return 1.0
+    return float(np.count_nonzero(pred & truth) / union)
+
+
+def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int,
+                     ignore_index: int | None = None) -> np.ndarray:
+    """(num_classes, num_classes) int64 counts, rows = truth, columns = prediction."""
+    pred, truth = _pair(pred, truth)
+    p = pred.ravel().astype(np.int64)
+    t = truth.ravel().astype(np.int64)
+    keep = (t >= 0) & (t < num_classes)
+    if ignore_index is not None:
+        keep &= t != ignore_index
+    p, t = p[keep], t[keep]
+    if p.size and (p.min() < 0 or p.max() >= num_classes):
+        raise InputError(f"prediction holds class {int(p.max() if p.max() >= num_classes else p.min())} "
+                         f"outside 0..{num_classes - 1}")
+    return np.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def mean_iou(pred: np.ndarray, truth: np.ndarray, num_classes: int | None = None,
+             ignore_index: int | None = None, per_class: bool = False):
+    """Mean IoU over the classes present in ``truth`` or ``pred`` (ignore_index pixels left out).
+
+    With ``per_class=True`` returns (mean, {class: iou}).
+    """
+    pred, truth = _pair(pred, truth)
+    if num_classes is None:
+        num_classes = int(max(pred.max(initial=0), truth.max(initial=0))) + 1
+    cm = confusion_matrix(pred, truth, num_classes, ignore_index)
+    inter = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - inter
+    classes = [c for c in range(num_classes) if union[c] > 0 and c != ignore_index]
+    ious = {c: float(inter[c] / union[c]) for c in classes}
+    mean = float(np.mean(list(ious.values()))) if ious else 1.0
+    return (mean, ious) if per_class else mean
+
+
+def pixel_accuracy(pred: np.ndarray, truth: np.ndarray, ignore_index: int | None = None,
+                   ignore: np.ndarray | None = None) -> float:
+    """Share of scored pixels whose predicted label equals the true one."""
+    pred, truth = _pair(pred, truth)
+    keep = np.ones(truth.shape, bool)
+    if ignore_index is not None:
+        keep &= truth != ignore_index
+    if ignore is not None:
+        keep &= ~np.asarray(ignore, bool)
+    n = np.count_nonzero(keep)
+    return 1.0 if n == 0 else float(np.count_nonzero((pred == truth) & keep) / n)
+
+
+def boundary_band(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` pixels of its border (the image edge is not a border)."""
+    import cv2
+
+    m = np.asarray(mask, bool).astype(np.uint8)
+    if width < 1:
+        raise InputError(f"band width must be >= 1, got {width}")
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    eroded = cv2.erode(m, k, borderType=cv2.BORDER_REPLICATE)
+    return (m > 0) & (eroded == 0)
+
+
+def boundary_iou(pred: np.ndarray, truth: np.ndarray, dilation_ratio: float = 0.02,
+                 ignore: np.ndarray | None = None) -> float:
+    """Boundary IoU: IoU of the bands of width d (``dilation_ratio`` x image diagonal, at least
+    1 px) inside both masks' boundaries; sensitive to edge quality where plain IoU is not."""
+    pred, truth = _pair(pred, truth)
+    h, w = truth.shape
+    d = max(1, int(round(dilation_ratio * np.hypot(h, w))))
+    return iou(boundary_band(pred, d), boundary_band(truth, d), ignore)
+
+
+def noc(ious: Sequence[float], threshold: float = 0.9, max_clicks: int = 20) -> int:
+    """Number of clicks to reach ``threshold`` IoU; ``ious[k]`` is the IoU after k+1 clicks.
+
+    Returns ``max_clicks`` when the curve never reaches it within ``max_clicks`` clicks.
+    """
+    for k, v in enumerate(list(ious)[:max_clicks]):
+        if v >= threshold:
+            return k + 1
+    return int(max_clicks)
+
+
+def iou_at_k(ious: Sequence[float], k: int) -> float:
+    """IoU after ``k`` clicks (the last value if the run stopped earlier, its IoU then being final)."""
+    ious = list(ious)
+    if k < 1 or not ious:
+        raise InputError(f"iou_at_k needs k >= 1 and a non-empty curve, got k={k}, {len(ious)} values")
+    return float(ious[min(k, len(ious)) - 1])
