@@ -1,0 +1,350 @@
+"""Interactive engines against simulated annotators: NoC@85/90, IoU@k, speed, full-image mode.
+
+Click mode (per dataset folder with images/ and masks/): the click robot clicks on the
+engine's errors, up to 20 clicks, the previous mask fed back; we report NoC@85, NoC@90, IoU
+after 1/3/5 clicks, ms per click (median, p95), ms to prepare an image, peak memory.
+Full-image mode (``--full-image``, a folder of label maps such as camvid/val): every connected
+area of a class is a region, prompted by its extreme points, then 0, 1, 2 and 4 corrective
+scribbles per region on average, each batch of scribbles given to the currently worst
+regions; all regions compete for every pixel (canvas); we report mean region IoU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from napari_hitl.errors import InputError
+
+MAX_CLICKS = 20
+IOU_AT = (1, 3, 5)
+SCRIBBLE_BUDGETS = (0, 1, 2, 4)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``napari-hitl bench interactive``."""
+    parser.add_argument("--data", action="append", required=True,
+                        help="dataset folder with images/ and masks/ (repeatable); with --full-image "
+                             "a folder with images/ and class-id masks/ (e.g. camvid/val)")
+    parser.add_argument("--engine", default="graph", help="engine name (default: graph)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images per dataset")
+    parser.add_argument("--json", default=None, help="write the results as JSON to this file")
+    parser.add_argument("--full-image", action="store_true", help="full-image mode on multi-region label maps")
+    parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS, help="click cap for NoC (default 20)")
+    parser.add_argument("--ignore-class", type=int, default=11,
+                        help="class id ignored in full-image mode (default 11, CamVid void)")
+    parser.add_argument("--min-region", type=int, default=64,
+                        help="full-image mode: regions smaller than this many pixels are left out (and ignored)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="engine constructor option, e.g. --option joint=true (repeatable)")
+
+
+def engine_options(pairs: list[str]) -> dict:
+    """Parse KEY=VALUE engine options (values as JSON where possible: numbers, true/false)."""
+    out = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"engine option {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _pairs(folder: Path, limit: int | None) -> list[tuple[Path, Path]]:
+    from napari_hitl.io import list_images
+
+    img_dir, mask_dir = folder / "images", folder / "masks"
+    if not img_dir.is_dir() or not mask_dir.is_dir():
+        raise InputError(f"{folder} must contain images/ and masks/")
+    pairs = []
+    for img in list_images(img_dir):
+        m = mask_dir / (img.stem + ".png")
+        if m.is_file():
+            pairs.append((img, m))
+    if not pairs:
+        raise InputError(f"no image/mask pairs found in {folder}")
+    return pairs[:limit] if limit else pairs
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    from napari_hitl.io import read_image
+
+    m = read_image(path)
+    if m.ndim == 3:
+        m = m[..., 0]
+    return m
+
+
+def click_session(engine, truth: np.ndarray, ignore: np.ndarray | None, max_clicks: int = MAX_CLICKS,
+                  stop_at: float | None = None) -> tuple[list[float], list[float]]:
+    """Run the click robot against a prepared ``engine`` for one object.
+
+    Returns (IoU after each click, ms of each predict). Stops after ``max_clicks`` clicks, or
+    once IoU >= ``stop_at`` (if given) and at least max(IOU_AT) clicks are done.
+    """
+    from napari_hitl.evaluate.metrics import iou
+    from napari_hitl.prompts import RegionPrompts
+    from napari_hitl.simulate.clicker import next_click
+
+    pred = np.zeros(truth.shape, bool)
+    region = RegionPrompts(1)
+    ious, times = [], []
+    for k in range(max_clicks):
+        click = next_click(pred, truth, ignore)
+        if click is None:
+            ious.append(ious[-1] if ious else 1.0)
+            continue
+        region.clicks.append(click)
+        if not region.has_positive:
+            ious.append(0.0)
+            continue
+        t0 = time.perf_counter()
+        logits = engine.predict(region, prev_mask=pred if k else None)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        pred = logits > 0
+        ious.append(iou(pred, truth, ignore))
+        if stop_at is not None and ious[-1] >= stop_at and k + 1 >= max(IOU_AT):
+            break
+    return ious, times
+
+
+def _peak_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / 2 ** 20
+
+
+def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: int,
+                 options: dict | None = None) -> dict:
+    """Click-mode figures for one dataset folder."""
+    from napari_hitl.evaluate.metrics import iou_at_k, noc
+    from napari_hitl.interactive.engine import get_engine
+    from napari_hitl.io import read_image
+
+    engine = get_engine(engine_name, **(options or {}))
+    pairs = _pairs(folder, limit)
+    per_image, all_times, prep_times = [], [], []
+    tracemalloc.start()
+    t_start = time.perf_counter()
+    for n, (img_path, mask_path) in enumerate(pairs, 1):
+        image = read_image(img_path)
+        m = _read_mask(mask_path)
+        truth = m > 192
+        ignore = (m > 64) & (m <= 192)
+        if not ignore.any():
+            ignore = None
+        t0 = time.perf_counter()
+        engine.prepare(image)
+        prep_times.append((time.perf_counter() - t0) * 1000.0)
+        ious, times = click_session(engine, truth, ignore, max_clicks, stop_at=0.9)
+        all_times += times
+        rec = {"image": img_path.name, "ious": [round(v, 4) for v in ious],
+               "noc85": noc(ious, 0.85, max_clicks), "noc90": noc(ious, 0.90, max_clicks)}
+        per_image.append(rec)
+        el = time.perf_counter() - t_start
+        print(f"\r  {folder.name}: {n}/{len(pairs)}  NoC@90 so far "
+              f"{np.mean([r['noc90'] for r in per_image]):.2f}  ({el:.0f} s)", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    _, peak_py = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    res = {
+        "dataset": folder.name, "engine": engine_name, "images": len(pairs),
+        "noc85": float(np.mean([r["noc85"] for r in per_image])),
+        "noc90": float(np.mean([r["noc90"] for r in per_image])),
+        "ms_per_click_median": float(np.median(all_times)) if all_times else float("nan"),
+        "ms_per_click_p95": float(np.percentile(all_times, 95)) if all_times else float("nan"),
+        "ms_prepare": float(np.mean(prep_times)),
+        "peak_python_mb": peak_py / 2 ** 20, "peak_rss_mb": _peak_mb(),
+        "per_image": per_image,
+    }
+    for k in IOU_AT:
+        res[f"iou@{k}"] = float(np.mean([iou_at_k(r["ious"], k) for r in per_image]))
+    return res
+
+
+def print_click_table(results: list[dict]) -> None:
+    head = ("dataset", "engine", "n", "NoC@85", "NoC@90", "IoU@1", "IoU@3", "IoU@5",
+            "ms/click med", "ms/click p95", "ms prepare", "peak MB (py/rss)")
+    rows = [head]
+    for r in results:
+        rows.append((r["dataset"], r["engine"], str(r["images"]), f"{r['noc85']:.2f}", f"{r['noc90']:.2f}",
+                     f"{r['iou@1']:.3f}", f"{r['iou@3']:.3f}", f"{r['iou@5']:.3f}",
+                     f"{r['ms_per_click_median']:.0f}", f"{r['ms_per_click_p95']:.0f}", f"{r['ms_prepare']:.0f}",
+                     f"{r['peak_python_mb']:.0f}/{r['peak_rss_mb']:.0f}"))
+    _print_rows(rows)
+
+
+def image_regions(classes: np.ndarray, ignore_class: int | None, min_region: int
+                  ) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Regions of a class map: (region ids HxW, class of each region, ignore mask).
+
+    Every 8-connected area of one class is a region (ids 1..K); the ``ignore_class`` and regions
+    under ``min_region`` pixels are ignored (left out of prompts and scores).
+    """
+    import cv2
+
+    ids = np.zeros(classes.shape, np.int32)
+    ignore = np.zeros(classes.shape, bool)
+    region_class = []
+    for c in np.unique(classes):
+        if ignore_class is not None and c == ignore_class:
+            ignore |= classes == c
+            continue
+        n, lab = cv2.connectedComponents((classes == c).astype(np.uint8), connectivity=8)
+        sizes = np.bincount(lab.ravel(), minlength=n)
+        for k in range(1, n):
+            if sizes[k] < min_region:
+                ignore |= lab == k
+                continue
+            region_class.append(int(c))
+            ids[lab == k] = len(region_class)
+    return ids, region_class, ignore
+
+
+def region_ious(pred: np.ndarray, ids: np.ndarray, n: int, ignore: np.ndarray) -> np.ndarray:
+    """IoU of each region 1..n between the predicted and true region-id maps, ignore left out."""
+    keep = ~ignore
+    p, t = pred[keep].astype(np.int64), ids[keep].astype(np.int64)
+    cm = np.bincount(t * (n + 1) + p, minlength=(n + 1) ** 2).reshape(n + 1, n + 1)
+    inter = np.diag(cm)[1:].astype(float)
+    union = cm.sum(0)[1:] + cm.sum(1)[1:] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def full_image_session(engine, image, ids, n, ignore, budgets=SCRIBBLE_BUDGETS, seed=0
+                       ) -> tuple[dict[int, np.ndarray], list[float]]:
+    """Extreme points for every region, then corrective scribbles up to each budget (per region
+    on average), each half-batch going to the currently worst regions. Returns
+    ({budget: region IoUs}, ms of each full-image solve)."""
+    from napari_hitl.interactive.canvas import segment_full_image
+    from napari_hitl.prompts import RegionPrompts
+    from napari_hitl.simulate.extreme import extreme_points
+    from napari_hitl.simulate.scribbles import next_scribble
+
+    rng = np.random.default_rng(seed)
+    regions = [RegionPrompts(k, extreme=extreme_points(ids == k, jitter=3, seed=rng)) for k in range(1, n + 1)]
+    times = []
+    engine.prepare(image)
+
+    def solve(prev):
+        t0 = time.perf_counter()
+        out = segment_full_image(engine, None, regions, prev_labels=prev)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        return out
+
+    pred = solve(None)
+    results, given = {}, 0
+    batch = max(1, math.ceil(n / 2))
+    for budget in sorted(budgets):
+        while given < budget * n:
+            ious = region_ious(pred, ids, n, ignore)
+            take = min(batch, budget * n - given)
+            order = [int(k) for k in np.argsort(ious, kind="stable") if ious[k] < 1.0][:take]
+            if not order:
+                break
+            for k in order:
+                s = next_scribble(pred == k + 1, ids == k + 1, ignore, seed=rng)
+                if s is not None:
+                    regions[k].scribbles.append(s)
+            given += take
+            pred = solve(pred)
+        results[budget] = region_ious(pred, ids, n, ignore)
+    return results, times
+
+
+def bench_full_image(engine_name: str, folder: Path, limit: int | None, ignore_class: int | None = 11,
+                     min_region: int = 64, seed: int = 0, options: dict | None = None) -> dict:
+    """Full-image-mode figures (mean region IoU per scribble budget) for one label-map folder."""
+    from napari_hitl.interactive.engine import get_engine
+    from napari_hitl.io import read_image
+
+    engine = get_engine(engine_name, **(options or {}))
+    pairs = _pairs(folder, limit)
+    per_budget: dict[int, list[float]] = {b: [] for b in SCRIBBLE_BUDGETS}
+    image_means: dict[int, list[float]] = {b: [] for b in SCRIBBLE_BUDGETS}
+    times, n_regions = [], []
+    tracemalloc.start()
+    t_start = time.perf_counter()
+    for i, (img_path, mask_path) in enumerate(pairs, 1):
+        image = read_image(img_path)
+        ids, _, ignore = image_regions(_read_mask(mask_path), ignore_class, min_region)
+        n = int(ids.max())
+        if n == 0:
+            continue
+        n_regions.append(n)
+        res, t = full_image_session(engine, image, ids, n, ignore, seed=seed + i)
+        times += t
+        for b, v in res.items():
+            per_budget[b] += list(v)
+            image_means[b].append(float(np.mean(v)))
+        el = time.perf_counter() - t_start
+        print(f"\r  {folder.name} full-image: {i}/{len(pairs)}  mean region IoU at 2 scribbles so far "
+              f"{np.mean(per_budget[2]):.3f}  ({el:.0f} s)", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    _, peak_py = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {
+        "dataset": folder.name, "engine": engine_name, "mode": "full-image", "images": len(n_regions),
+        "regions": int(sum(n_regions)), "min_region_px": min_region,
+        "mean_region_iou": {str(b): float(np.mean(v)) for b, v in per_budget.items()},
+        "mean_of_image_means": {str(b): float(np.mean(v)) for b, v in image_means.items()},
+        "ms_per_full_solve_median": float(np.median(times)) if times else float("nan"),
+        "peak_python_mb": peak_py / 2 ** 20, "peak_rss_mb": _peak_mb(),
+    }
+
+
+def print_full_table(results: list[dict]) -> None:
+    head = ("dataset", "engine", "images", "regions") + tuple(
+        f"mIoU 4xp+{b}scr" for b in SCRIBBLE_BUDGETS) + ("ms/solve med", "peak MB (py/rss)")
+    rows = [head]
+    for r in results:
+        rows.append((r["dataset"], r["engine"], str(r["images"]), str(r["regions"]))
+                    + tuple(f"{r['mean_region_iou'][str(b)]:.3f}" for b in SCRIBBLE_BUDGETS)
+                    + (f"{r['ms_per_full_solve_median']:.0f}", f"{r['peak_python_mb']:.0f}/{r['peak_rss_mb']:.0f}"))
+    _print_rows(rows)
+
+
+def _print_rows(rows) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, r in enumerate(rows):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def run(args) -> int:
+    """Run the benchmark named by ``args``; print tables, write JSON if asked."""
+    results = []
+    options = engine_options(args.option)
+    try:
+        for d in args.data:
+            folder = Path(d)
+            if not folder.is_dir():
+                raise InputError(f"data folder {folder} does not exist")
+            if args.full_image:
+                r = bench_full_image(args.engine, folder, args.limit, ignore_class=args.ignore_class,
+                                     min_region=args.min_region, seed=args.seed, options=options)
+                results.append(r)
+                print_full_table([r])
+            else:
+                r = bench_clicks(args.engine, folder, args.limit, args.max_clicks, options)
+                results.append(r)
+                print_click_table([r])
+    except KeyboardInterrupt:
+        print("\ncancelled", file=sys.stderr)
+        return 130
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.json}")
+    return 0
