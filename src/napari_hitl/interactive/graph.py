@@ -148,16 +148,29 @@ class GraphEngine(Engine):
         if region.extreme is not None:
             by0, bx0, by1, bx1 = region.extreme.box
             (gx0, gy0), (gx1, gy1) = g(by0, bx0), g(by1, bx1)
-            outside = np.ones((gh, gw), bool)
-            outside[max(gy0 - 1, 0):gy1 + 2, max(gx0 - 1, 0):gx1 + 2] = False
+            inside = np.zeros((gh, gw), bool)
+            inside[max(gy0, 0):gy1 + 1, max(gx0, 0):gx1 + 1] = True
+            # extreme points are clicked a few pixels off: a band around the box stays undecided
+            sl = max(2, int(round(4 * min(sx, sy))))
+            near = np.zeros((gh, gw), bool)
+            near[max(gy0 - sl, 0):gy1 + sl + 1, max(gx0 - sl, 0):gx1 + sl + 1] = True
             if prev_mask is None:
-                mask[~outside] = cv2.GC_PR_FGD
-            mask[outside] = cv2.GC_BGD
-        # the crop's border ring is background unless it is the image's edge under the object's box
-        ring = np.zeros((gh, gw), bool)
-        ring[0, :] = ring[-1, :] = True
-        ring[:, 0] = ring[:, -1] = True
-        mask[ring] = cv2.GC_BGD
+                mask[inside] = cv2.GC_PR_FGD
+            mask[near & ~inside] = cv2.GC_PR_BGD
+            mask[~near] = cv2.GC_BGD
+        # the crop's sides inside the image are background (the object was cropped with a margin);
+        # the image's own edge too when only clicks are given (objects mostly sit inside the
+        # picture), but not under an extreme-point box, which says where the object runs off it
+        if region.extreme is None:
+            mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = cv2.GC_BGD
+        if y0 > 0:
+            mask[0, :] = cv2.GC_BGD
+        if y1 < h:
+            mask[-1, :] = cv2.GC_BGD
+        if x0 > 0:
+            mask[:, 0] = cv2.GC_BGD
+        if x1 < w:
+            mask[:, -1] = cv2.GC_BGD
         for o in others:   # other regions' positive prompts are this region's background
             self._draw_prompts(mask, o, True, cv2.GC_BGD, g, rad, sx, sy, x0, y0)
         self._draw_prompts(mask, region, False, cv2.GC_BGD, g, rad, sx, sy, x0, y0)
@@ -258,7 +271,7 @@ class GraphEngine(Engine):
                 by0, bx0, by1, bx1 = r.extreme.box
                 (gy0, gx0), (gy1, gx1) = to_grid([[by0, bx0], [by1, bx1]])
                 inside = np.zeros((gh, gw), bool)
-                m = 1  # a pixel of slack for the jitter of the extreme points
+                m = max(2, int(round(4 * min(sy, sx))))  # slack for extreme points clicked a few px off
                 inside[max(int(np.floor(gy0)) - m, 0):int(np.ceil(gy1)) + m + 1,
                        max(int(np.floor(gx0)) - m, 0):int(np.ceil(gx1)) + m + 1] = True
                 allowed[k] &= inside

@@ -1,0 +1,47 @@
+"""The interactive benchmark end to end on a tiny generated dataset (click and full-image modes)."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from napari_hitl.cli import main
+
+
+def _dataset(root, n=2):
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:64, :80]
+    for i in range(n):
+        m = ((yy - 32) ** 2 + (xx - 30 - 10 * i) ** 2 <= 15 ** 2)
+        img = np.where(m[..., None], [220, 40, 40], [40, 40, 200]) + rng.normal(0, 8, (64, 80, 3))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"im{i}.png")
+        mask = (m * 255).astype(np.uint8)
+        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+    return root
+
+
+def test_bench_click_mode(tmp_path, capsys):
+    data = _dataset(tmp_path / "toy")
+    out = tmp_path / "r.json"
+    assert main(["bench", "interactive", "--data", str(data), "--engine", "graph", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())[0]
+    assert res["images"] == 2 and 1 <= res["noc90"] <= 3 and res["iou@5"] > 0.9
+    assert "NoC@90" in capsys.readouterr().out
+
+
+def test_bench_full_image_mode(tmp_path):
+    root = tmp_path / "multi"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    cls = np.zeros((48, 64), np.uint8)
+    cls[:, 20:40], cls[:, 40:] = 1, 3
+    cls[0:4, 0:4] = 11
+    img = np.array([[200, 30, 30], [30, 200, 30], [0, 0, 0], [30, 30, 200]], np.uint8)[np.minimum(cls, 3)]
+    Image.fromarray(img).save(root / "images" / "a.png")
+    Image.fromarray(cls).save(root / "masks" / "a.png")
+    out = tmp_path / "f.json"
+    assert main(["bench", "interactive", "--full-image", "--data", str(root), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())[0]
+    assert res["regions"] == 3 and res["mean_region_iou"]["2"] > 0.9
