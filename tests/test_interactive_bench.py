@@ -44,4 +44,4 @@ def test_bench_full_image_mode(tmp_path):
     out = tmp_path / "f.json"
     assert main(["bench", "interactive", "--full-image", "--data", str(root), "--json", str(out)]) == 0
     res = json.loads(out.read_text())[0]
-    assert res["regions"] == 3 and res["mean_region_iou"]["2"] > 0.9
+    assert res["regions"] == 3 and res["mean_region_iou"]["2"] > 0.8

@@ -224,8 +224,9 @@ def region_ious(pred: np.ndarray, ids: np.ndarray, n: int, ignore: np.ndarray) -
 
 def full_image_session(engine, image, ids, n, ignore, budgets=SCRIBBLE_BUDGETS, seed=0
                        ) -> tuple[dict[int, np.ndarray], list[float]]:
-    """Extreme points for every region, then corrective scribbles up to each budget (per region
-    on average), each half-batch going to the currently worst regions. Returns
+    """Extreme points for every region, then positive corrective scribbles (the scribble robot
+    on each region's misses) up to each budget (per region on average), each batch of n/2
+    scribbles going to the currently worst regions. Returns
     ({budget: region IoUs}, ms of each full-image solve)."""
     from napari_hitl.interactive.canvas import segment_full_image
     from napari_hitl.prompts import RegionPrompts
@@ -254,7 +255,10 @@ def full_image_session(engine, image, ids, n, ignore, budgets=SCRIBBLE_BUDGETS, 
             if not order:
                 break
             for k in order:
-                s = next_scribble(pred == k + 1, ids == k + 1, ignore, seed=rng)
+                # full-image corrections are positive ("this is region k"): a false alarm of k is
+                # another region's miss, corrected when that region's turn comes
+                mine = pred == k + 1
+                s = next_scribble(mine, ids == k + 1, ignore | (mine & (ids != k + 1)), seed=rng)
                 if s is not None:
                     regions[k].scribbles.append(s)
             given += take

@@ -286,7 +286,10 @@ class GraphEngine(Engine):
                 pm = np.asarray(prev_masks[k - 1], bool)[y0:y1, x0:x1].astype(np.uint8)
                 prior_masks[k] = cv2.resize(pm, (gw, gh), interpolation=cv2.INTER_NEAREST) > 0
         if all_boxed:
-            bg_seed[~every_box] = 1
+            # outside every box is unassigned; seeded only past a few pixels of slack, as extreme
+            # points are clicked a few pixels inside the true extremes
+            wide = cv2.dilate(every_box.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+            bg_seed[~wide] = 1
         if len(regions) == 1:
             # one region alone: outside its box nothing else can be, so it is background
             bg_seed[~allowed[1]] = 1
