@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-region", type=int, default=64,
                         help="full-image mode: regions smaller than this many pixels are left out (and ignored)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resize", type=int, default=None, metavar="N",
+                        help="click mode: resize every image and mask to NxN first (speed at a "
+                             "given size, e.g. 1024)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="engine constructor option, e.g. --option joint=true (repeatable)")
 
@@ -126,7 +129,7 @@ def _peak_mb() -> float:
 
 
 def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: int,
-                 options: dict | None = None) -> dict:
+                 options: dict | None = None, resize: int | None = None) -> dict:
     """Click-mode figures for one dataset folder."""
     from napari_hitl.evaluate.metrics import iou_at_k, noc
     from napari_hitl.interactive.engine import get_engine
@@ -140,6 +143,11 @@ def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: 
     for n, (img_path, mask_path) in enumerate(pairs, 1):
         image = read_image(img_path)
         m = _read_mask(mask_path)
+        if resize:
+            import cv2
+
+            image = cv2.resize(image, (resize, resize), interpolation=cv2.INTER_LINEAR)
+            m = cv2.resize(m, (resize, resize), interpolation=cv2.INTER_NEAREST)
         truth = m > 192
         ignore = (m > 64) & (m <= 192)
         if not ignore.any():
@@ -159,7 +167,8 @@ def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: 
     _, peak_py = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     res = {
-        "dataset": folder.name, "engine": engine_name, "images": len(pairs),
+        "dataset": folder.name + (f"@{resize}x{resize}" if resize else ""), "engine": engine_name,
+        "images": len(pairs),
         "noc85": float(np.mean([r["noc85"] for r in per_image])),
         "noc90": float(np.mean([r["noc90"] for r in per_image])),
         "ms_per_click_median": float(np.median(all_times)) if all_times else float("nan"),
@@ -342,7 +351,7 @@ def run(args) -> int:
                 results.append(r)
                 print_full_table([r])
             else:
-                r = bench_clicks(args.engine, folder, args.limit, args.max_clicks, options)
+                r = bench_clicks(args.engine, folder, args.limit, args.max_clicks, options, args.resize)
                 results.append(r)
                 print_click_table([r])
     except KeyboardInterrupt:
