@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_hitl.errors import InputError
-from napari_hitl.video.units import UnitSet, parse_unit
+from napari_hitl.video.units import UnitSet, full_annotation_cost, parse_unit
 
 
 def test_parse_unit():
@@ -58,23 +58,18 @@ def test_frames_and_superpixels():
     assert small.shape == (30, 40)
 
 
-def test_polygon_cost():
-    from napari_hitl.video.units import polygon_cost
+def test_unit_cost_is_the_polygon_cost_of_its_sample():
+    from napari_hitl.simulate.cost import image_clicks, sample_clicks
 
     lab = np.zeros((60, 80), np.int16)
-    assert polygon_cost(lab) == 1  # one class: one click
-    lab[10:30, 20:50] = 1
-    assert polygon_cost(lab) == 1 + 1 + 4  # name background, name the object, four corners
-    lab[40:50, 60:70] = 1
-    assert polygon_cost(lab) == 1 + 1 + 4 + 4  # two components of one class
-    # a rectangle sample cut through the object: corners on the sample's border are free
     units = UnitSet.rectangles(1, (60, 80), size=40)
-    assert units.cost(0, lab) == 1 + 1 + 2  # cell (0:40, 0:40): the two corners at x=39 lie on its border
-    assert units.cost(1, lab) == polygon_cost(lab[0:40, 40:80], np.ones((40, 40), bool), free_border=True)
-    assert UnitSet.frames(1, (60, 80)).cost(0, lab) == polygon_cost(lab)
-    # an outline with more vertices costs more
-    yy, xx = np.mgrid[:60, :80]
-    disk = ((yy - 30) ** 2 + (xx - 40) ** 2 < 20 ** 2).astype(np.int16)
-    square = np.zeros((60, 80), np.int16)
-    square[10:50, 20:60] = 1
-    assert polygon_cost(disk) > polygon_cost(square) == 6
+    assert units.cost(0, lab) == 1  # one class: one click
+    lab[10:30, 20:50] = 1
+    lab[40:50, 60:70] = 1
+    for i in range(len(units)):
+        y0, x0, y1, x1 = units.unit(i).bbox
+        assert units.cost(i, lab) == sample_clicks(lab[y0:y1, x0:x1], np.ones((y1 - y0, x1 - x0), bool))
+    # the cell (0:40, 0:40) cuts the object: only the outline inside the cell is traced
+    assert 2 < units.cost(0, lab) < image_clicks(lab)
+    assert UnitSet.frames(1, (60, 80)).cost(0, lab) == image_clicks(lab)
+    assert full_annotation_cost(np.stack([lab, lab])) == 2 * image_clicks(lab)

@@ -202,52 +202,22 @@ class UnitSet:
     # -- cost --------------------------------------------------------------------------------
     def cost(self, index: int, truth_frame: np.ndarray) -> int:
         """Clicks to label unit ``index`` from the true labels of its frame (DESIGN.md polygon cost)."""
+        from napari_hitl.simulate.cost import image_clicks, sample_clicks
+
+        if self.kind == "frame":
+            return int(image_clicks(np.asarray(truth_frame)))
         bbox, local = self.local_mask(index)
         y0, x0, y1, x1 = bbox
-        return polygon_cost(np.asarray(truth_frame)[y0:y1, x0:x1], local, free_border=self.kind != "frame")
-
-
-# Minimal stand-in for napari_hitl.simulate.cost (another engineer's module, not in the tree when
-# this was written): the lead replaces it with that module's function once it lands.
-RDP_EPSILON = 1.5  # px: Ramer-Douglas-Peucker tolerance of a traced polygon
-
-
-def polygon_cost(labels: np.ndarray, region: np.ndarray | None = None, free_border: bool = False,
-                 epsilon: float = RDP_EPSILON) -> int:
-    """Clicks to label ``region`` of a label map by polygons (DESIGN.md, "Polygon cost").
-
-    The region's largest class is named with one click (a one-class region costs just that);
-    every other class costs one click to name it plus, per connected component, the vertices
-    of its outline after Ramer-Douglas-Peucker simplification; with ``free_border`` (a
-    rectangle or superpixel sample) vertices on the region's own border are free.
-    """
-    import cv2
-    from scipy import ndimage
-
-    labels = np.asarray(labels)
-    region = np.ones(labels.shape, bool) if region is None else np.asarray(region, bool)
-    values, counts = np.unique(labels[region], return_counts=True)
-    if len(values) <= 1:
-        return 1
-    border = region & ~ndimage.binary_erosion(region, border_value=0) if free_border else None
-    clicks = 1
-    for c in values[np.argsort(-counts)][1:]:
-        clicks += 1
-        m = ((labels == c) & region).astype(np.uint8)
-        contours, _ = cv2.findContours(np.pad(m, 1), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        for contour in contours:
-            pts = cv2.approxPolyDP(contour, epsilon, True)[:, 0] - 1  # (x, y), unpadded
-            if border is not None:
-                pts = pts[~border[pts[:, 1], pts[:, 0]]]
-            clicks += len(pts)
-    return int(clicks)
+        return int(sample_clicks(np.asarray(truth_frame)[y0:y1, x0:x1], local))
 
 
 def full_annotation_cost(truth, progress=None) -> int:
     """Clicks to label every frame of ``truth`` (T, H, W) completely: the 100% of click budgets."""
+    from napari_hitl.simulate.cost import image_clicks
+
     total = 0
     for t, lab in enumerate(truth):
-        total += polygon_cost(np.asarray(lab))
+        total += int(image_clicks(np.asarray(lab)))
         if progress is not None:
             progress(t + 1, len(truth))
     return total
