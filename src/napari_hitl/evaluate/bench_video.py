@@ -193,7 +193,7 @@ def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pat
     rounds = []
     for r in range(1, args.rounds + 1):
         rec = session.annotate_budget(truth, budget, probs, feats, first_round=(r == 1), seed=args.seed + r)
-        row = {"round": r, "units": len(rec.units), "clicks": session.clicks,
+        row = {"round": r, "units": len(rec.units), "unit_ids": list(rec.units), "clicks": session.clicks,
                "clicks_pct": 100.0 * session.clicks / full, "seconds": dict(rec.seconds), "methods": {}}
         if "propagation" in methods:
             t = time.perf_counter()
