@@ -9,8 +9,6 @@ checkpoints are written atomically, rounds can be resumed and cancelled between 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,30 +107,12 @@ def class_weights(samples: Iterable[Sample], num_classes: int, clip=(0.2, 5.0),
 
 
 def _atomic_save(obj, path: Path) -> None:
-    """Write with torch.save into a temp file in the same folder, fsync, then os.replace."""
+    """torch.save through :func:`napari_hitl.io.atomic_write` (temp file, fsync, rename)."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename durable too (not possible on every platform)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    from napari_hitl.io import atomic_write
+
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path) -> dict:
