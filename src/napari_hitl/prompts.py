@@ -108,9 +108,11 @@ class RegionPrompts:
             pts.append(self.extreme.points)
         return np.concatenate(pts, axis=0) if pts else np.zeros((0, 2))
 
-    def validate(self, shape: tuple[int, ...]) -> None:
+    def validate(self, shape: tuple[int, ...], prior: np.ndarray | None = None) -> None:
         """Raise InputError naming the bad value: label < 1, a point outside the image, an empty
-        scribble, extreme points that are not extreme, or no positive prompt at all."""
+        scribble, extreme points that are not extreme, or no positive prompt at all. A non-empty
+        ``prior`` (the region's previous mask) already says where the region is, so then
+        negative prompts alone are fine: they correct that mask."""
         shape = _hw(shape)
         if isinstance(self.label, bool) or not isinstance(self.label, (int, np.integer)) or self.label < 1:
             raise InputError(f"region label must be an integer >= 1 (0 means unassigned), got {self.label!r}")
@@ -133,7 +135,7 @@ class RegionPrompts:
                 self.extreme.validate(shape)
             except InputError as err:
                 raise InputError(f"region {self.label}: {err}") from None
-        if not self.has_positive:
+        if not self.has_positive and (prior is None or not np.any(prior)):
             raise InputError(f"region {self.label} has no positive prompt (a positive click, a positive "
                              f"scribble or extreme points): nothing says where it is")
 

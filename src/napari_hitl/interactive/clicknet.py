@@ -233,7 +233,7 @@ class ClickNetEngine(Engine):
         if self._image is None:
             raise InputError("clicknet: call prepare(image) before predict()")
         shape = self._image.shape[:2]
-        region.validate(shape)
+        region.validate(shape, prior=prev_mask)
         for other in others:
             other.validate(shape)
         prev = None
@@ -252,13 +252,14 @@ class ClickNetEngine(Engine):
             logits = self.net.decode(self._cache, torch.from_numpy(maps)[None].to(self.device))
         out = paste_logits(logits[0, 0].float().cpu().numpy(), crop, shape)
         if self.connected:
-            _keep_prompted_components(out, region)
+            _keep_prompted_components(out, region, prev)
         return out
 
 
-def _keep_prompted_components(logits: np.ndarray, region: RegionPrompts) -> None:
+def _keep_prompted_components(logits: np.ndarray, region: RegionPrompts, prev: np.ndarray | None = None) -> None:
     """In place: push below zero every connected part of ``logits > 0`` that holds no positive
-    prompt point, unless no part holds one (then the model's answer stands)."""
+    prompt point and does not overlap the previous mask ``prev``, unless no part holds one (then
+    the model's answer stands)."""
     import cv2
 
     inside = logits > 0
@@ -275,6 +276,8 @@ def _keep_prompted_components(logits: np.ndarray, region: RegionPrompts) -> None
     for y, x in pts:
         if y0 <= y < y1 and x0 <= x < x1 and lab[y - y0, x - x0] > 0:
             keep.add(int(lab[y - y0, x - x0]))
+    if keep and prev is not None:
+        keep.update(int(v) for v in np.unique(lab[prev[y0:y1, x0:x1] & (lab > 0)]))
     if not keep:
         return
     drop = ~np.isin(lab, list(keep)) & (lab > 0)

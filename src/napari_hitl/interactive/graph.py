@@ -113,7 +113,7 @@ class GraphEngine(Engine):
         import cv2
 
         h, w = self.shape
-        region.validate((h, w))
+        region.validate((h, w), prior=prev_mask)
         for o in others:
             o.validate((h, w))
         if prev_mask is not None:
