@@ -280,7 +280,7 @@ def plot(path: Path, summary: list[dict], title: str) -> None:
         axes[0].plot(x, [r["methods"][m]["miou"] for r in summary], "o-", label=m)
         axes[1].plot(x, [r["methods"][m]["temporal"] for r in summary], "o-", label=m)
     axes[0].set_ylabel("mIoU")
-    axes[1].set_ylabel("temporal consistency (IoU of warped consecutive predictions)")
+    axes[1].set_ylabel("temporal consistency (warped IoU)")
     for ax in axes:
         ax.set_xlabel("clicks (% of full annotation)")
         ax.grid(alpha=0.3)
