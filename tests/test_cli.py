@@ -40,14 +40,22 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["create", str(tmp_path / "p"), str(tmp_path / "nothing")]) == 1
 
 
-def test_simulate_annotates_the_sample_project(capsys):
-    assert cli.main(["simulate", "--max-clicks", "3"]) == 0
+def test_simulate_runs_a_session_on_the_sample_project(capsys):
+    assert cli.main(["simulate", "--max-clicks", "3", "--steps", "4", "--delta", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert out.count("clicks  IoU") == 4 and "saved" in out and "done: 4 images" in out
-    root = out.split("project at ")[1].split(";")[0].split()[0]
+    for step in ("1. clicks", "2. training", "device: cpu", "3. predicting", "4. correcting", "5. pseudo-labels"):
+        assert step in out
+    assert out.count("clicks  IoU") == 2 and "rank  image" in out
+    root = out.split("project at ")[1].split()[0]
     with Project.open(root, readonly=True) as p:
-        assert all(p.counts(r.name).status == "done" for r in p.images)
-        assert sum(e["event"] == "commit" for e in p.journal()) == 4
+        statuses = sorted(p.counts(r.name).status for r in p.images)
+        assert statuses.count("done") == 2 and p.total_counts().pseudo > 0
+        assert p.load_checkpoint("latest") is not None
+        commits = [e for e in p.journal() if e["event"] == "commit"]
+        assert [e["source"] for e in commits[:2]] == ["human", "human"]
+        assert {e["source"] for e in commits[2:]} == {"pseudo"}
+    assert cli.main(["simulate", "--engine-option", "nonsense"]) == 1
+    assert "KEY=VALUE" in capsys.readouterr().err
 
 
 def test_demo_without_display_explains_and_runs_headless(monkeypatch, capsys):

@@ -21,10 +21,11 @@ def _scene():
     return img, truth, prev
 
 
-@pytest.mark.parametrize("engine_name", ["graph", "clicknet"])
-def test_negative_click_corrects_a_previous_mask(engine_name):
+@pytest.mark.parametrize("engine_name, options", [("graph", {}), ("graph", {"method": "walker"}),
+                                                   ("clicknet", {})])
+def test_negative_click_corrects_a_previous_mask(engine_name, options):
     img, truth, prev = _scene()
-    engine = get_engine(engine_name)
+    engine = get_engine(engine_name, **options)
     engine.prepare(img)
     region = RegionPrompts(label=1, clicks=[Click(72, 72, positive=False)])
     mask = engine.predict_mask(region, prev_mask=prev)

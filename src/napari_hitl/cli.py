@@ -39,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", help="project folder (default: a fresh copy of the sample project)")
     p.add_argument("--truth", help="folder of ground-truth label images named like the project's images")
     p.add_argument("--engine", default="graph", help="interactive engine for the click robot")
+    p.add_argument("--engine-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="engine option (repeatable); default for the graph engine: method=walker, "
+                        "which handles many objects in one mask (nuclei) best")
     p.add_argument("--target-iou", type=float, default=0.9)
     p.add_argument("--max-clicks", type=int, default=20)
+    p.add_argument("--steps", type=int, default=60, help="training steps of the model's round")
+    p.add_argument("--delta", type=float, default=0.9, help="confidence above which pixels are pseudo-labelled")
 
     p = sub.add_parser("create", help="create a project folder from a folder of images")
     p.add_argument("project")

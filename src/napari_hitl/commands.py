@@ -58,21 +58,26 @@ def export(args) -> int:
 
 
 def simulate(args) -> int:
-    """A simulated person annotates a project with the click robot and an interactive engine.
+    """A simulated person runs one human-in-the-loop session on a project and reports each step.
 
-    For each image, the robot clicks where the engine's mask is most wrong (see
-    ``simulate.clicker``) until the IoU target or the click cap; the result is accepted as
-    the image's human labels (saved at once). Prints clicks, IoU and time per click.
+    1. clicks: the click robot (``simulate.clicker``) segments the first image with an
+       interactive engine until the IoU target or the click cap; accepted as human labels;
+    2. train: the semantic model fine-tunes on the human labels (checkpoint in the project);
+    3. rank: the model predicts the other images, which are ranked by local consistency;
+    4. correct: the robot corrects the least consistent image, starting from the model's mask;
+    5. pseudo-label: confident pixels of the rest are saved as pseudo labels (never over human).
     """
     from napari_hitl import io, samples
+    from napari_hitl.active.pseudo import PseudoSettings, pseudo_labels
+    from napari_hitl.active.ranking import rank_images, score_image
     from napari_hitl.evaluate.metrics import iou
     from napari_hitl.interactive.engine import get_engine
-    from napari_hitl.prompts import RegionPrompts
-    from napari_hitl.simulate.clicker import next_click
+    from napari_hitl.model.train import Trainer, TrainSettings, samples_from_project
 
     if args.project:
         project = Project.open(args.project)
         if not args.truth:
+            project.close()
             raise InputError("--truth is needed with --project: a folder of ground-truth label images "
                              "named like the project's images")
         truth_of = lambda name: io.read_labels(next(Path(args.truth).glob(f"{name}.*")))  # noqa: E731
@@ -80,40 +85,106 @@ def simulate(args) -> int:
         dest = Path(tempfile.mkdtemp(prefix="napari-hitl-simulate-")) / "nuclei-project"
         project = samples.sample_project("nuclei", dest=dest)
         truth_of = lambda name: samples.sample_truth("nuclei", name)  # noqa: E731
-    engine = get_engine(args.engine)
-    print(f"simulated annotation of {project.root} with the {args.engine!r} engine "
-          f"(target IoU {args.target_iou:.2f}, at most {args.max_clicks} clicks per image)")
-    total_clicks, ious, click_ms = 0, [], []
+    options = _engine_options(args.engine_option if args.engine_option is not None
+                              else ["method=walker"] if args.engine == "graph" else [])
+    engine = get_engine(args.engine, **options)
+    pseudo = PseudoSettings(delta=args.delta)
     with project:
-        for rec in project.images:
-            if rec.is_stack:
-                print(f"  {rec.name}: time-lapse, skipped (use `napari-hitl bench video`)")
-                continue
-            truth = truth_of(rec.name) > 0
-            t0 = time.perf_counter()
-            engine.prepare(project.read_image(rec.name))
-            prep_ms = 1000 * (time.perf_counter() - t0)
-            region = RegionPrompts(label=1, clicks=[], scribbles=[], extreme=None)
-            pred = np.zeros(truth.shape, bool)
-            score = 0.0
-            for _ in range(args.max_clicks):
-                click = next_click(pred, truth)
-                if click is None:
-                    break
-                region.clicks.append(click)
-                t0 = time.perf_counter()
-                pred = engine.predict_mask(region, prev_mask=pred)
-                click_ms.append(1000 * (time.perf_counter() - t0))
-                score = iou(pred, truth)
-                if score >= args.target_iou:
-                    break
-            n = len(region.clicks)
-            counts = project.commit_labels(rec.name, pred.astype(np.uint8), source="human")
-            total_clicks += n
-            ious.append(score)
-            print(f"  {rec.name:<24} {n:>2} clicks  IoU {score:.3f}  prepare {prep_ms:6.0f} ms  "
+        records = [r for r in project.images if not r.is_stack]
+        if len(records) < 2:
+            raise InputError(f"{project.root} needs at least two 2-D images for a session")
+        truths = {r.name: (truth_of(r.name) > 0).astype(np.uint8) for r in records}
+        print(f"simulated session on {project.root}: {len(records)} images, engine {args.engine!r} {options}, "
+              f"IoU target {args.target_iou:.2f}, at most {args.max_clicks} clicks per image")
+
+        def annotate(name: str, start: np.ndarray | None) -> tuple[int, float]:
+            mask, clicks, score, ms = _click_session(engine, project.read_image(name), truths[name].astype(bool),
+                                                     start, args.target_iou, args.max_clicks)
+            counts = project.commit_labels(name, mask.astype(np.uint8), source="human")
+            print(f"  {name:<22} {len(clicks):>2} clicks  IoU {score:.3f}  median {ms:5.0f} ms/click  "
                   f"-> saved {counts.human} human pixels")
-        print(f"done: {len(ious)} images, {total_clicks} clicks, mean IoU {np.mean(ious):.3f}, "
-              f"median {np.median(click_ms):.0f} ms per click; project at {project.root}")
+            return len(clicks), score
+
+        print("1. clicks on the first image")
+        spent, _ = annotate(records[0].name, None)
+
+        print(f"2. training the model on the human labels ({args.steps} steps)")
+        trainer = Trainer(project.n_classes, checkpoint_path=project.checkpoint_dir / "latest.pt",
+                          settings=TrainSettings(steps=args.steps, crop=192, seed=0))
+        print(f"   device: {trainer.device_description}")
+        result = trainer.train_round(samples_from_project(project),
+                                     progress=lambda step, total, loss: _bar(step, total, f"   loss {loss:.3f}"))
+        print(f"   {result.steps_done} steps in {result.seconds:.0f} s, loss {result.final_loss:.3f}; "
+              f"checkpoint {result.checkpoint}")
+
+        print("3. predicting and ranking the other images (least consistent first)")
+        rest = [r.name for r in records[1:]]
+        probs = {name: trainer.predict_proba(project.read_image(name)) for name in rest}
+        scores = [score_image(probs[n], beta=pseudo.beta(0), index=i, name=n) for i, n in enumerate(rest)]
+        ranking = rank_images(scores, "consistency", budget=1)
+        for line in ranking.table().splitlines():
+            print("   " + line)
+        for name in rest:
+            print(f"   model IoU on {name:<22} {iou(probs[name].argmax(0) > 0, truths[name] > 0):.3f}")
+
+        worst = rest[ranking.picked[0]] if ranking.picked else rest[ranking.order[0]]
+        print(f"4. correcting the least consistent image, {worst}, from the model's mask")
+        n, _ = annotate(worst, probs[worst].argmax(0) > 0)
+        spent += n
+
+        print(f"5. pseudo-labels (confidence > {pseudo.delta:.2f}) for the rest")
+        for name in rest:
+            if name == worst:
+                continue
+            labels, prov = project.read_labels(name)
+            p = probs[name]
+            new_labels, new_prov = pseudo_labels(p.max(0), p.argmax(0), pseudo.delta, labels, prov)
+            where = new_prov == 3
+            counts = project.commit_labels(name, new_labels, source="pseudo", where=where)
+            right = float((new_labels[where] == truths[name][where]).mean()) if where.any() else float("nan")
+            print(f"   {name:<22} {counts.pseudo / counts.total:6.1%} of pixels pseudo-labelled, "
+                  f"{right:6.1%} of them right")
+
+        total = project.total_counts()
+        print(f"done: {spent} clicks; {total.human} human, {total.pseudo} pseudo, {total.unlabelled} unlabelled "
+              f"pixels; project at {project.root}")
         print(f"reopen it in napari with:  napari {project.root}")
     return 0
+
+
+def _engine_options(items: list[str]) -> dict:
+    """``["method=walker", "margin=0.4"]`` -> ``{"method": "walker", "margin": 0.4}``."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"engine option {item!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def _click_session(engine, image, truth, start, target, max_clicks):
+    """The click robot on one image: returns (mask, clicks, final IoU, median ms per click)."""
+    from napari_hitl.evaluate.metrics import iou
+    from napari_hitl.prompts import RegionPrompts
+    from napari_hitl.simulate.clicker import next_click
+
+    engine.prepare(image)
+    region = RegionPrompts(label=1, clicks=[], scribbles=[], extreme=None)
+    pred = np.zeros(truth.shape, bool) if start is None else start.astype(bool)
+    score, times = iou(pred, truth), []
+    while score < target and len(region.clicks) < max_clicks:
+        click = next_click(pred, truth)
+        if click is None:
+            break
+        region.clicks.append(click)
+        t0 = time.perf_counter()
+        pred = engine.predict_mask(region, prev_mask=pred)
+        times.append(1000 * (time.perf_counter() - t0))
+        score = iou(pred, truth)
+    return pred, region.clicks, score, float(np.median(times)) if times else 0.0

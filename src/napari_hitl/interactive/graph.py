@@ -229,8 +229,8 @@ class GraphEngine(Engine):
         import cv2
 
         h, w = self.shape
-        for r in regions:
-            r.validate((h, w))
+        for r, p in zip(regions, prev_masks):
+            r.validate((h, w), prior=p)
         for p in prev_masks:
             if p is not None and np.shape(p) != (h, w):
                 raise InputError(f"previous mask has shape {np.shape(p)}, expected {(h, w)}")
@@ -285,6 +285,8 @@ class GraphEngine(Engine):
             if prev_masks[k - 1] is not None:
                 pm = np.asarray(prev_masks[k - 1], bool)[y0:y1, x0:x1].astype(np.uint8)
                 prior_masks[k] = cv2.resize(pm, (gw, gh), interpolation=cv2.INTER_NEAREST) > 0
+                if not r.has_positive:
+                    seeds[_prior_seeds(prior_masks[k], neg) & (seeds < 0)] = k
         if all_boxed:
             # outside every box is unassigned; seeded only past a few pixels of slack, as extreme
             # points are clicked a few pixels inside the true extremes
@@ -385,3 +387,14 @@ class GraphEngine(Engine):
         probs *= allowed.reshape(nlab, n)
         probs /= np.maximum(probs.sum(0, keepdims=True), 1e-12)
         return probs.reshape(nlab, gh, gw)
+
+
+def _prior_seeds(prior: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Seeds of a region known only by its previous mask (a correction with negative prompts
+    alone): the eroded interior of each part of the mask that holds no negative prompt."""
+    import cv2
+
+    n, parts = cv2.connectedComponents(prior.astype(np.uint8), connectivity=8)
+    refuted = np.unique(parts[(neg > 0) & (parts > 0)])
+    keep = prior & ~np.isin(parts, refuted)
+    return cv2.erode(keep.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
