@@ -8,7 +8,6 @@ from napari_hitl.errors import InputError
 from napari_hitl.model.train import TrainSettings
 from napari_hitl.project import HUMAN, MACHINE
 
-pytest.importorskip("napari_hitl.simulate.cost", reason="polygon cost (simulate/cost.py) not available yet")
 torch = pytest.importorskip("torch")
 
 

@@ -21,6 +21,7 @@ from napari_hitl.active.superpixels import (Suggestion, diverse_suggestions, edg
                                             slic_superpixels, suggest_superpixels)
 from napari_hitl.errors import InputError
 from napari_hitl.model.train import HUMAN, MACHINE, PSEUDO, UNLABELLED, Sample, Trainer, TrainSettings
+from napari_hitl.simulate.cost import image_clicks, sample_clicks
 
 __all__ = ["LOOP_STRATEGIES", "Answer", "Annotator", "SimulatedAnnotator", "LoopSettings", "RoundRecord",
            "Prediction", "LoopDriver"]
@@ -49,13 +50,6 @@ class Annotator(Protocol):
         """Accept ``predicted_class`` for the superpixel ``mask`` (one click) or relabel it."""
 
 
-def polygon_clicks(labels: np.ndarray, ignore_index: int | None = None) -> int:
-    """Clicks to trace a label map as polygons (see :mod:`napari_hitl.simulate.cost`)."""
-    from napari_hitl.simulate.cost import polygon_cost
-
-    return int(polygon_cost(labels, ignore_index=ignore_index))
-
-
 class SimulatedAnnotator:
     """Answers from ground-truth label maps, counting clicks like a careful person would.
 
@@ -75,7 +69,7 @@ class SimulatedAnnotator:
 
     def label_image(self, index, image, pred) -> Answer:
         t = self.truths[index]
-        return Answer(t.copy(), self._valid(t), HUMAN, polygon_clicks(t, self.ignore_index))
+        return Answer(t.copy(), self._valid(t), HUMAN, image_clicks(t, ignore_index=self.ignore_index))
 
     def label_superpixel(self, index, image, mask, predicted_class) -> Answer:
         t = self.truths[index]
@@ -88,11 +82,7 @@ class SimulatedAnnotator:
             labels = np.full_like(t, main)
             prov = MACHINE if main == int(predicted_class) else HUMAN
             return Answer(labels, mask.copy(), prov, 1)
-        clicks = 1
-        for c in np.nonzero(counts)[0]:
-            if c != main:
-                clicks += polygon_clicks((inside & (t == c)).astype(np.uint8))
-        return Answer(t.copy(), inside, HUMAN, clicks)
+        return Answer(t.copy(), inside, HUMAN, sample_clicks(t, mask, ignore_index=self.ignore_index))
 
 
 @dataclass

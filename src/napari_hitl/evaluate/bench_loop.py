@@ -169,13 +169,13 @@ def run_strategy(ds, strategy: str, args, log=print) -> dict:
 
 def run_full(ds, args, log=print) -> dict:
     """Every pool image traced by hand: polygon clicks, and a model trained as long as the loop trains."""
-    from napari_hitl.active.loop import polygon_clicks
+    from napari_hitl.simulate.cost import image_clicks
     from napari_hitl.model.train import HUMAN, Sample, Trainer
 
     import torch
 
     torch.manual_seed(args.seed)
-    clicks = sum(polygon_clicks(x[2], ds["ignore_index"]) for x in ds["pool"])
+    clicks = sum(image_clicks(x[2], ignore_index=ds["ignore_index"]) for x in ds["pool"])
     samples = []
     for name, img, gt in ds["pool"]:
         prov = np.full(gt.shape, HUMAN, np.uint8)
