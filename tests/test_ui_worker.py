@@ -171,3 +171,14 @@ def test_full_image_mode_gives_each_pixel_to_the_strongest_region():
     np.testing.assert_array_equal(masks[b.id], [[False, True, False, True]])  # x=2: nobody (both < 0)
     alone = predict_regions(_FakeEngine([la]), s.snapshot(a), full_image=False)
     assert list(alone) == [a.id]
+
+
+def test_an_idle_worker_thread_ends_and_the_next_job_starts_another(qtbot, monkeypatch):
+    monkeypatch.setattr("napari_hitl.napari._worker.IDLE_EXIT_S", 0.05)
+    q = ModelQueue()
+    got = []
+    q.submit("a", lambda ctx: 1, got.append)
+    qtbot.waitUntil(lambda: got == [1] and not q._alive, timeout=5000)
+    q.submit("b", lambda ctx: 2, got.append)
+    qtbot.waitUntil(lambda: got == [1, 2], timeout=5000)
+    q.stop()

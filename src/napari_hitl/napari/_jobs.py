@@ -29,6 +29,25 @@ RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": 
 CHECKPOINT = "segnet.pt"
 
 
+def warm_up(ctx=None) -> str:
+    """Import torch and build what first use of the model would (the optimiser machinery, SLIC),
+    leaving one CPU core to the UI. Run on the worker when a project opens: imports and first-time
+    initialisation hold Python's GIL for up to a few hundred ms, which is better paid before the
+    person starts clicking than during a click. Returns the device description."""
+    import os
+
+    import torch
+
+    from napari_hitl.model.backbone import describe_device, select_device
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    import skimage.segmentation  # noqa: F401 - superpixels
+    from napari_hitl.model import segnet, train  # noqa: F401
+
+    return describe_device(select_device())
+
+
 class ModelHost:
     """The project's trainable model; lives on the worker thread (created on first use)."""
 

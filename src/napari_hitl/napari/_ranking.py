@@ -126,6 +126,8 @@ class RankingPanel(QWidget):
             entries = [(r.name, r.value, r.picked) for r in self.rows]
         else:
             entries = [(r.name, float("nan"), False) for r in project.images]
+        # images a human finished go last: they need no more questions
+        entries.sort(key=lambda e: project.counts(e[0]).status == "done")
         short = {"local consistency": "consistency"}.get(self.choice, self.choice)
         for name, value, picked in entries:
             rec = project.record(name)
@@ -171,6 +173,11 @@ class SuggestionsPanel(QWidget):
         row.addWidget(self.count)
         row.addWidget(self.suggest_button, 1)
         layout.addLayout(row)
+        self.hint = QLabel("Train a round (or use the untrained model), then Suggest superpixels: the most "
+                           "uncertain ones are outlined on the image and listed here.")
+        self.hint.setWordWrap(True)
+        self.hint.setStyleSheet("color: gray")
+        layout.addWidget(self.hint)
         self.list = QListWidget()
         self.list.setMaximumHeight(130)
         layout.addWidget(self.list)
@@ -197,6 +204,7 @@ class SuggestionsPanel(QWidget):
     def clear(self) -> None:
         self.image, self.segments, self.items = None, None, []
         self.list.clear()
+        self.hint.setVisible(True)
         if self.layer is not None and self.layer in self.dock.viewer.layers:
             self.dock.viewer.layers.remove(self.layer)
         self.layer = None
@@ -211,6 +219,7 @@ class SuggestionsPanel(QWidget):
 
     def _redraw(self) -> None:
         self.list.clear()
+        self.hint.setVisible(not self.items)
         classes = {c.id: c.name for c in self.dock.project.classes}
         for rank, s in enumerate(self.items, start=1):
             self.list.addItem(f"#{rank}  uncertainty {s.score:.2f}  → {classes.get(s.predicted_class, s.predicted_class)}"

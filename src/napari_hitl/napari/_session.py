@@ -235,16 +235,18 @@ class PromptSession:
 def predict_regions(engine, snap: Snapshot, full_image: bool) -> dict[int, np.ndarray]:
     """Masks by region id from an engine (runs on the worker).
 
-    Full-image mode: every region at once (``engine.predict_all``); each pixel goes to the
-    region with the largest logit if that logit is positive (regions compete, none overlap).
+    Full-image mode: every region at once (``engine.predict_all``), composed on the canvas by
+    :func:`napari_hitl.interactive.canvas.compose` (each pixel to the region with the largest
+    logit; outside extreme-point boxes only if that logit is positive): regions never overlap.
     Otherwise only the target region is predicted, on its own.
     """
     if not snap.regions:
         return {}
     if full_image:
-        logits = np.stack(engine.predict_all(snap.regions, snap.prev_masks))
-        win = logits.argmax(0)
-        inside = logits.max(0) > 0
-        return {rid: inside & (win == k) for k, rid in enumerate(snap.ids)}
+        from napari_hitl.interactive.canvas import compose, coverage
+
+        logits = engine.predict_all(snap.regions, snap.prev_masks)
+        canvas = compose(logits, snap.ids, coverage(snap.regions, snap.shape))
+        return {rid: canvas == rid for rid in snap.ids}
     k = snap.ids.index(snap.target)
     return {snap.target: engine.predict(snap.regions[k], prev_mask=snap.prev_masks[k]) > 0}

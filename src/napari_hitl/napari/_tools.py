@@ -72,7 +72,7 @@ class EngineHost:
 
     def device(self, name: str) -> str:
         engine = self._engines.get(name)
-        return getattr(engine, "device_name", "CPU (no model)") if engine is not None else ""
+        return getattr(engine, "device_name", "CPU") if engine is not None else ""
 
 
 def _is_negative(event) -> bool:
@@ -97,6 +97,8 @@ class ToolController:
         self.latencies: list[float] = []
         self._last_drag_draw = 0.0
         self.signs: list[str] = []
+        self._drawn_points = None
+        self._drawn_paths: list = []
 
     # ------------------------------------------------------------------ layers
     def attach(self, labels_layer) -> None:
@@ -138,6 +140,7 @@ class ToolController:
             if lay is not None and lay in viewer.layers:
                 viewer.layers.remove(lay)
         self.layer = self.points_layer = self.shapes_layer = None
+        self._drawn_points, self._drawn_paths = None, []
 
     def forget_image(self, name: str) -> None:
         for key in [k for k in self.sessions if k[0] == name]:
@@ -219,7 +222,7 @@ class ToolController:
             if (y, x) != points[-1]:
                 points.append((y, x))
                 now = time.perf_counter()
-                if now - self._last_drag_draw > 0.03:
+                if now - self._last_drag_draw > 0.05:
                     self._last_drag_draw = now
                     self._draw_prompts(live=(t, points, not negative))
             yield
@@ -407,23 +410,45 @@ class ToolController:
                 pts.append(at(t, y, x))
                 colors.append(COLORS["pending"])
                 symbols.append("diamond")
-        if live is not None:
+        sizes = [9.0] * len(pts)
+        self.signs = [{v: k for k, v in COLORS.items()}[c] for c in colors]
+        if live is not None:  # the scribble being drawn: its vertices as small dots (cheap to update)
             t, points, positive = live
-            if len(points) > 1:
-                paths.append(np.array([at(t, y, x) for y, x in points]))
-                edges.append(COLORS["positive" if positive else "negative"])
+            pts += [at(t, y, x) for y, x in points]
+            colors += [COLORS["positive" if positive else "negative"]] * len(points)
+            symbols += ["disc"] * len(points)
+            sizes += [3.0] * len(points)
         if not pts and not paths and self.points_layer is None:
             return
         self._ensure_prompt_layers()
         ndim = 3 if stack else 2
-        self.signs = [{v: k for k, v in COLORS.items()}[c] for c in colors]
-        self.points_layer.data = np.array(pts, np.float64).reshape(-1, ndim)
-        if pts:
-            self.points_layer.face_color = np.array(colors)
-            self.points_layer.symbol = symbols
-        self.shapes_layer.data = []
-        if paths:
-            self.shapes_layer.add_paths(paths, edge_color=np.array(edges), edge_width=2)
+        key = (tuple(map(tuple, pts)), tuple(colors), tuple(symbols))
+        if key != self._drawn_points:
+            self._drawn_points = key
+            layer = self.points_layer
+            with layer.events.blocker_all():  # one refresh instead of one per property
+                layer.data = np.array(pts, np.float64).reshape(-1, ndim)
+                if pts:
+                    layer.face_color = np.array(colors)
+                    layer.symbol = symbols
+                    layer.size = np.array(sizes)
+            layer.refresh()
+        self._draw_scribbles(paths, edges)
+
+    def _draw_scribbles(self, paths: list, edges: list) -> None:
+        """Update the Shapes layer only when the scribbles changed (adding one path is incremental)."""
+        key = [(p.tobytes(), e) for p, e in zip(paths, edges)]
+        old = self._drawn_paths
+        if key == old:
+            return
+        layer = self.shapes_layer
+        if len(key) == len(old) + 1 and key[:-1] == old:
+            layer.add_paths([paths[-1]], edge_color=np.array([edges[-1]]), edge_width=2)
+        else:
+            layer.data = []
+            if paths:
+                layer.add_paths(paths, edge_color=np.array(edges), edge_width=2)
+        self._drawn_paths = key
 
     def prompt_signs(self) -> list[str]:
         """The sign of every point in the Points layer ('positive', 'negative', 'extreme', 'pending')."""

@@ -70,6 +70,7 @@ class HitlWidget(QWidget):
         self.model: _jobs.ModelHost | None = None
         self.accepted_since_training = 0
         self.train_job = None
+        self._devices: dict[str, str] = {}
         self.queue = ModelQueue(self)
         self.tools = ToolController(self)
 
@@ -252,8 +253,16 @@ class HitlWidget(QWidget):
         self.tools.prepare()
 
     def engine_ready(self, device: str) -> None:
-        if device:
-            self.device_label.setText(f"Device: {device}")
+        self.show_device(clicks=f"{self.tools.engine_name} on {device}" if device else None)
+
+    def show_device(self, model: str | None = None, clicks: str | None = None) -> None:
+        """Say where the trainable model and the click engine run (GPU name or CPU)."""
+        if model:
+            self._devices["model"] = model
+        if clicks:
+            self._devices["clicks"] = clicks
+        parts = [f"{k}: {v}" for k, v in self._devices.items()]
+        self.device_label.setText("Device — " + " · ".join(parts))
 
     def _busy(self, busy: bool) -> None:
         if not busy and self.status.text() in ("Segmenting…", "Working…"):
@@ -296,6 +305,7 @@ class HitlWidget(QWidget):
         self.class_box.blockSignals(False)
         self.refresh_list()
         self._load_thumbnails()
+        self.queue.submit("warm-up", _jobs.warm_up, lambda device: self.show_device(model=device))
         self.project_changed.emit()
         if show:
             self.show_image(project.images[0].name)
@@ -416,11 +426,13 @@ class HitlWidget(QWidget):
         self.image_opened.emit(name)
 
     def open_next(self) -> None:
-        """Show the next image that is not fully labelled by a human (in the ranked order)."""
+        """Show the next image that is not fully labelled by a human: the most useful one when the
+        images are ranked, else the one after the current image."""
         if self.project is None:
             return
         names = self.ranking.order() or [r.name for r in self.project.images]
-        start = names.index(self.current) + 1 if self.current in names else 0
+        ranked = self.ranking.rows is not None
+        start = 0 if ranked else (names.index(self.current) + 1 if self.current in names else 0)
         for name in names[start:] + names[:start]:
             if name != self.current and self.project.counts(name).status != "done":
                 self._guard(self.show_image, name)
@@ -463,7 +475,7 @@ class HitlWidget(QWidget):
                 return
             self.predictions.update(preds)
             self.ranking.resort()
-            self.device_label.setText(f"Device: {host.trainer.device_description}")
+            self.show_device(model=host.trainer.device_description)
             self.say(f"Ranked {len(preds)} images by {self.ranking.choice}")
 
         self.say("Predicting every image…")
@@ -521,7 +533,7 @@ class HitlWidget(QWidget):
             if figures is None or host is not self.model:
                 return
             self.training.figures.setText(figures.text())
-            self.device_label.setText(f"Device: {figures.device}")
+            self.show_device(model=figures.device)
             self.accepted_since_training = 0
             self.predictions = {}
             self.refresh_list()

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: priority of interactive jobs (lower runs first) and of background jobs
 INTERACTIVE, BACKGROUND = 0, 1
+#: seconds a worker thread waits for work before it ends (the next submit starts another)
+IDLE_EXIT_S = 5.0
 
 
 @dataclass(eq=False)
@@ -109,6 +111,7 @@ class ModelQueue(QObject):
         self._waiting_interactive = 0
         self._outstanding = 0
         self._worker = None
+        self._alive = False  # a worker thread is looping (it ends after IDLE_EXIT_S with nothing to do)
         self._bridge = _Bridge()
         self._bridge.progress.connect(self._on_progress)
         self.running: Job | None = None
@@ -127,7 +130,8 @@ class ModelQueue(QObject):
             if job.priority == INTERACTIVE:
                 self._waiting_interactive += 1
             self._outstanding += 1
-        self._q.put((job.priority, next(self._order), job))
+        with self._lock:
+            self._q.put((job.priority, next(self._order), job))
         if self._outstanding == 1:
             self.busy_changed.emit(True)
         if self.autostart:
@@ -161,16 +165,19 @@ class ModelQueue(QObject):
 
     # ------------------------------------------------------------------ the worker
     def start(self) -> None:
-        """Start the worker thread (once)."""
-        if self._worker is None:
-            self._worker = create_worker(self._loop, _start_thread=False)
-            self._worker.yielded.connect(self._on_yielded)
-            self._worker.start()
+        """Start the worker thread unless one is looping (it ends by itself when idle)."""
+        with self._lock:
+            if self._alive:
+                return
+            self._alive = True
+        self._worker = create_worker(self._loop, _start_thread=False)
+        self._worker.yielded.connect(self._on_yielded)
+        self._worker.start()
 
     def stop(self) -> None:
         """Cancel everything and let the worker thread end."""
         self.cancel()
-        if self._worker is not None:
+        if self._worker is not None and self._alive:
             self._q.put((-1, next(self._order), None))
             self._worker.quit()
             self._worker = None
@@ -182,8 +189,17 @@ class ModelQueue(QObject):
 
     def _loop(self):
         while True:
-            _, _, job = self._q.get()
+            try:
+                _, _, job = self._q.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                with self._lock:  # submit() holds the lock too: no job can slip in unseen
+                    if self._q.empty():
+                        self._alive = False
+                        return
+                continue
             if job is None:
+                with self._lock:
+                    self._alive = False
                 return
             self._take(job)
             if job.cancelled or self.is_stale(job):
