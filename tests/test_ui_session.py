@@ -223,7 +223,14 @@ def test_an_engine_error_becomes_a_notification(dock, qtbot, monkeypatch):
     dock.sample_box.setCurrentIndex(dock.sample_box.findText("nuclei"))
     dock.sample_box.activated.emit(dock.sample_box.currentIndex())
     before = np.asarray(dock.labels_layer.data).copy()
-    dock.run_action("click")
+    from napari.utils.key_bindings import KeyBinding
+
+    keymap = dock.labels_layer.keymap  # the tools' shortcuts live on the labels layer
+    keymap[KeyBinding.from_str("Shift-E")](dock.labels_layer)
+    assert dock.tools.mode == "extreme" and dock.tool_buttons["extreme"].isChecked()
+    keymap[KeyBinding.from_str("C")](dock.labels_layer)
+    assert dock.tools.mode == "click"
+    assert "Backspace: undo the last prompt" in dock.toolTip()
     press(dock.labels_layer, 20, 20)
     qtbot.waitUntil(lambda: any("the engine fell over" in s for s in shown), timeout=WAIT)
     assert any("predict failed" in s for s in shown)

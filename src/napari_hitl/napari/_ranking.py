@@ -124,10 +124,10 @@ class RankingPanel(QWidget):
         known = {r.name for r in project.images}
         if self.rows is not None and {r.name for r in self.rows} == known:
             entries = [(r.name, r.value, r.picked) for r in self.rows]
-        else:
+            # ranked: images a human finished go last, they need no more questions
+            entries.sort(key=lambda e: project.counts(e[0]).status == "done")
+        else:  # not ranked yet: project order
             entries = [(r.name, float("nan"), False) for r in project.images]
-        # images a human finished go last: they need no more questions
-        entries.sort(key=lambda e: project.counts(e[0]).status == "done")
         short = {"local consistency": "consistency"}.get(self.choice, self.choice)
         for name, value, picked in entries:
             rec = project.record(name)
