@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from napari_hitl.errors import InputError
-from napari_hitl.interactive.engine import Engine, as_float_rgb, available_engines, get_engine, register_engine
+from napari_hitl.interactive.engine import Engine, available_engines, get_engine, register_engine
+from napari_hitl.io import as_float_rgb
 from napari_hitl.prompts import Click, RegionPrompts
 
 

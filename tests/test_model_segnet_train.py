@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from napari_hitl.errors import CorruptFileError, InputError
-from napari_hitl.model.segnet import (FEATURE_DIM, build_segnet, image_to_float, pool_features,
+from napari_hitl.io import as_float_rgb
+from napari_hitl.model.segnet import (FEATURE_DIM, build_segnet, pool_features,
                                       predict_proba, predict_proba_batch, predict_with_features)
 from napari_hitl.model.train import Sample, Trainer, TrainSettings, class_weights, load_checkpoint
 from napari_hitl.project import HUMAN, PSEUDO, UNLABELLED
@@ -51,7 +52,7 @@ def test_predict_shapes_gray_rgb_odd_sizes_and_tiles():
     seg[:, 70:] = 1
     assert pool_features(feats, seg).shape == (2, FEATURE_DIM)
     with pytest.raises(InputError, match="shape"):
-        image_to_float(np.zeros((4, 4, 5)))
+        as_float_rgb(np.zeros((4, 4, 5)))
     with pytest.raises(InputError, match="num_classes"):
         build_segnet(1, pretrained=False)
 

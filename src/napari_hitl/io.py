@@ -162,6 +162,36 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return _to_gray_or_rgb(arr, path, stack)
 
 
+def as_float_rgb(image: np.ndarray) -> np.ndarray:
+    """Pixels as every engine and model takes them: ``(H, W, 3)`` float32 in [0, 1].
+
+    Gray is replicated, alpha dropped. uint8 is divided by 255 and float already in [0, 1]
+    is kept; other data (uint16 microscopy, floats) is stretched between its 0.5 and 99.8
+    percentiles, since microscopes rarely fill their 12/16-bit range.
+    """
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] in (1, 3, 4):
+        img = img[..., 0] if img.shape[2] == 1 else img[..., :3]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or img.shape[0] < 1 or img.shape[1] < 1:
+        raise InputError(f"image must be HxW or HxWx3 (gray or RGB), got shape {np.asarray(image).shape}")
+    if img.dtype == np.uint8:
+        out = img.astype(np.float32) / 255.0
+    elif img.dtype == np.bool_:
+        out = img.astype(np.float32)
+    elif np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating):
+        out = img.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise InputError("image contains NaN or infinite values")
+        if not (np.issubdtype(img.dtype, np.floating) and out.min() >= 0.0 and out.max() <= 1.0):
+            lo, hi = np.percentile(out, (0.5, 99.8))
+            out = np.clip((out - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(out)
+    else:
+        raise InputError(f"image dtype {img.dtype} is not supported (use uint8, uint16 or float)")
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=2)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 def _fsync_dir(folder: Path) -> None:

@@ -21,11 +21,11 @@ def slic_superpixels(image: np.ndarray, n_segments: int = 200, compactness: floa
     """SLIC superpixels of a gray or RGB image: ``(H, W)`` int32 ids 0..K-1 (K about ``n_segments``)."""
     from skimage.segmentation import slic
 
-    from napari_hitl.model.segnet import image_to_float
+    from napari_hitl.io import as_float_rgb
 
     if n_segments < 1:
         raise InputError(f"n_segments must be >= 1, got {n_segments}")
-    img = image_to_float(image)
+    img = as_float_rgb(image)
     seg = slic(img, n_segments=int(n_segments), compactness=float(compactness), start_label=0,
                channel_axis=-1, enforce_connectivity=True)
     # make ids consecutive (SLIC may leave gaps)
@@ -37,9 +37,9 @@ def edge_strength(image: np.ndarray) -> np.ndarray:
     """Sobel gradient magnitude of the gray image scaled to [0, 1] (99th percentile = 1)."""
     from scipy import ndimage
 
-    from napari_hitl.model.segnet import image_to_float
+    from napari_hitl.io import as_float_rgb
 
-    gray = image_to_float(image).mean(2)
+    gray = as_float_rgb(image).mean(2)
     mag = np.hypot(ndimage.sobel(gray, 0), ndimage.sobel(gray, 1))
     top = np.percentile(mag, 99)
     return np.clip(mag / top, 0, 1).astype(np.float32) if top > 0 else np.zeros_like(gray, np.float32)

@@ -18,7 +18,8 @@ import numpy as np
 
 from napari_hitl.errors import HitlError, InputError
 from napari_hitl.interactive.clicknet_net import CLICK_RADIUS, CROP_SIZE, SCRIBBLE_WIDTH
-from napari_hitl.interactive.engine import Engine, as_float_rgb, register_engine
+from napari_hitl.interactive.engine import Engine, register_engine
+from napari_hitl.io import as_float_rgb
 from napari_hitl.prompts import RegionPrompts
 
 __all__ = ["ClickNetEngine", "weights_file", "square_crop", "full_crop", "crop_matrix", "to_crop", "warp_to_crop",

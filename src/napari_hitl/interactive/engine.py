@@ -16,40 +16,11 @@ import numpy as np
 from napari_hitl.errors import HitlError, InputError
 from napari_hitl.prompts import RegionPrompts
 
-__all__ = ["Engine", "register_engine", "get_engine", "available_engines", "as_float_rgb"]
+__all__ = ["Engine", "register_engine", "get_engine", "available_engines"]
 
 _REGISTRY: dict[str, type["Engine"]] = {}
 #: engines known by name whose module is imported on first use
 _LAZY = {"graph": "napari_hitl.interactive.graph", "clicknet": "napari_hitl.interactive.clicknet"}
-
-
-def as_float_rgb(image: np.ndarray) -> np.ndarray:
-    """Return ``image`` as float32 HxWx3 in [0, 1]; accepts HxW, HxWx1, HxWx3, HxWx4 (alpha dropped),
-    uint8, uint16 (scaled by its own range if it does not use the full 16 bits) or float."""
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[2] in (1, 3, 4):
-        img = img[..., :3]
-        if img.shape[2] == 1:
-            img = img[..., 0]
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
-        raise InputError(f"image must be HxW or HxWx3 (RGB), got shape {np.asarray(image).shape}")
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
-    if img.dtype == np.bool_:
-        return img.astype(np.float32)
-    if np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating):
-        out = img.astype(np.float32)
-        if not np.isfinite(out).all():
-            raise InputError("image contains NaN or infinity")
-        lo, hi = float(out.min()), float(out.max())
-        if np.issubdtype(img.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-            return out
-        if hi - lo < 1e-12:
-            return np.zeros_like(out)
-        return (out - lo) / (hi - lo)
-    raise InputError(f"image dtype {img.dtype} is not supported (use uint8, uint16 or float)")
 
 
 class Engine(abc.ABC):

@@ -21,7 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from napari_hitl.errors import HitlError, InputError
-from napari_hitl.interactive.engine import Engine, as_float_rgb, register_engine
+from napari_hitl.interactive.engine import Engine, register_engine
+from napari_hitl.io import as_float_rgb
 from napari_hitl.prompts import RegionPrompts
 
 __all__ = ["GraphEngine"]

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_hitl.errors import InputError
+from napari_hitl.io import as_float_rgb
 from napari_hitl.model.backbone import FEATURE_CHANNELS, build_backbone, describe_device, select_device
 
 __all__ = [
-    "DECODER_CHANNELS", "FEATURE_STRIDE", "build_segnet", "image_to_float", "predict_proba",
+    "DECODER_CHANNELS", "FEATURE_STRIDE", "build_segnet", "predict_proba",
     "predict_proba_batch", "predict_with_features", "feature_map", "pool_features",
     "pooled_features", "place_model", "DeviceInfo", "FEATURE_DIM", "select_device", "describe_device",
 ]
@@ -28,38 +29,6 @@ FEATURE_STRIDE = 16
 #: length of a pooled feature vector
 FEATURE_DIM = FEATURE_CHANNELS[3] + FEATURE_CHANNELS[4]
 _MULTIPLE = 32
-
-
-def image_to_float(image: np.ndarray) -> np.ndarray:
-    """Return an ``(H, W, 3)`` float32 image in [0, 1] from gray or RGB(A) uint8/uint16/float input.
-
-    uint8 is divided by 255; other dtypes are stretched between their 0.5 and 99.8 percentiles
-    (microscopes write 12/16-bit images that rarely use the full range). Gray is replicated.
-    """
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., :3]
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-        raise InputError(f"image must be HxW (gray) or HxWx3 (RGB), got shape {image.shape}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise InputError(f"image is empty: shape {image.shape}")
-    if image.dtype == np.uint8:
-        out = image.astype(np.float32) / 255.0
-    elif image.dtype == bool:
-        out = image.astype(np.float32)
-    elif np.issubdtype(image.dtype, np.number):
-        out = image.astype(np.float32)
-        lo, hi = np.percentile(out, (0.5, 99.8))
-        if not np.isfinite(lo) or not np.isfinite(hi):
-            raise InputError("image contains NaN or infinite values")
-        out = (np.clip((out - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(out)).astype(np.float32)
-    else:
-        raise InputError(f"unsupported image dtype {image.dtype}")
-    if out.ndim == 2:
-        out = np.repeat(out[..., None], 3, axis=2)
-    return np.ascontiguousarray(out)
 
 
 def build_segnet(num_classes: int, pretrained: bool = True):
@@ -170,7 +139,7 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
     was_training = model.training
     model.eval()
     try:
-        img = image_to_float(image)
+        img = as_float_rgb(image)
         h, w = img.shape[:2]
         if h <= tile and w <= tile:
             padded = _pad_to(img, _ceil(h), _ceil(w))
@@ -257,7 +226,7 @@ def predict_proba_batch(model, images, batch_size: int = 8, tile: int = 1024, ov
                         p, f = predict_with_features(model, images[i], tile, overlap, with_features)
                         out[i] = (p, f) if with_features else p
                 else:
-                    floats = [image_to_float(images[i]) for i in chunk]
+                    floats = [as_float_rgb(images[i]) for i in chunk]
                     padded = [_pad_to(f, key[0], key[1]) for f in floats]
                     probs, feats = _forward_tiles(model, padded, with_features)
                     for j, i in enumerate(chunk):

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from napari_hitl.errors import CorruptFileError, InputError
-from napari_hitl.model.segnet import image_to_float
+from napari_hitl.io import as_float_rgb
 from napari_hitl.project import HUMAN, MACHINE, PSEUDO, UNLABELLED  # provenance codes of a pixel
 
 CHECKPOINT_VERSION = 1
@@ -263,7 +263,7 @@ class Trainer:
                 labelled = np.argwhere(pix > 0)
             if len(labelled) > 20000:  # keep memory bounded; any subset is a fine crop-centre pool
                 labelled = labelled[self._rng.choice(len(labelled), 20000, replace=False)]
-            prepared.append((smp, image_to_float(smp.image), cw, labelled))
+            prepared.append((smp, as_float_rgb(smp.image), cw, labelled))
         return prepared
 
     # -- training ----------------------------------------------------------------------------

@@ -184,7 +184,8 @@ class VideoFineTuner:
         import torch
 
         from napari_hitl.model.backbone import describe_device, select_device
-        from napari_hitl.model.segnet import build_segnet, image_to_float
+        from napari_hitl.io import as_float_rgb
+        from napari_hitl.model.segnet import build_segnet
 
         frames = np.asarray(frames)
         if len(frames) != len(flows):
@@ -211,7 +212,7 @@ class VideoFineTuner:
         if enc:
             groups.append({"params": enc, "lr": s.lr * s.encoder_lr_scale, "base_lr": s.lr * s.encoder_lr_scale})
         self.optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
-        self._x = torch.from_numpy(np.stack([image_to_float(f).transpose(2, 0, 1) for f in frames]))
+        self._x = torch.from_numpy(np.stack([as_float_rgb(f).transpose(2, 0, 1) for f in frames]))
         self._rng = np.random.default_rng(s.seed)
         self._trust: dict[tuple[int, int], np.ndarray] = {}
         self.history: list[dict] = []
