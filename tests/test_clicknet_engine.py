@@ -120,21 +120,11 @@ def test_bad_input_raises_clear_errors(engine):
 
 
 def _robot_iou(engine, image, truth, clicks=3):
-    from napari_hitl.simulate.clicker import next_click
+    from napari_hitl.simulate.clicker import run_clicks
 
     engine.prepare(image)
-    region, pred = RegionPrompts(1), np.zeros(truth.shape, bool)
-    for k in range(clicks):
-        c = next_click(pred, truth)
-        if c is None:
-            break
-        region.clicks.append(c)
-        if region.has_positive:
-            pred = engine.predict_mask(region, prev_mask=pred if k else None)
-    return (pred & truth).sum() / max((pred | truth).sum(), 1)
+    return run_clicks(engine, truth, clicks).final_iou
 
-
-@pytest.mark.data
 def test_beats_graph_engine_on_held_in_sample(engine):
     """Mean IoU after 3 robot clicks on three bsds_regions objects (its own training set)."""
     import cv2

@@ -41,3 +41,29 @@ def test_image_border_counts_as_border():
     truth[:, :20] = True            # touches the image edge on three sides
     c = next_click(np.zeros_like(truth), truth)
     assert 9 <= c.y <= 10 and 9 <= c.x <= 10
+
+
+class _DiskEngine:
+    """A toy engine: the mask is the union of 12 px disks around the positive clicks."""
+
+    def predict(self, region, prev_mask=None, others=()):
+        yy, xx = np.mgrid[:64, :64]
+        out = np.full((64, 64), -1.0, np.float32)
+        for c in region.clicks:
+            disk = (yy - c.y) ** 2 + (xx - c.x) ** 2 <= 144
+            out[disk] = 1.0 if c.positive else -1.0
+        return out
+
+
+def test_run_clicks_records_each_click_and_stops_at_the_target():
+    from napari_hitl.simulate.clicker import run_clicks
+
+    yy, xx = np.mgrid[:64, :64]
+    truth = (yy - 32) ** 2 + (xx - 32) ** 2 <= 144
+    run = run_clicks(_DiskEngine(), truth, max_clicks=5, stop_at=0.9)
+    assert len(run.clicks) == 1 and run.clicks[0].positive and (run.clicks[0].y, run.clicks[0].x) == (32, 32)
+    assert run.final_iou == 1.0 and run.mask.sum() == truth.sum() and len(run.ms) == 1
+    full = run_clicks(_DiskEngine(), truth, max_clicks=4)  # no target: ious padded once no error is left
+    assert full.ious == [1.0] * 4 and len(full.clicks) == 1
+    done = run_clicks(_DiskEngine(), truth, max_clicks=5, start=truth, stop_at=0.9)
+    assert done.clicks == [] and done.mask.sum() == truth.sum()

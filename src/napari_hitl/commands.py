@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,20 +170,9 @@ def _engine_options(items: list[str]) -> dict:
 def _click_session(engine, image, truth, start, target, max_clicks):
     """The click robot on one image: returns (mask, clicks, final IoU, median ms per click)."""
     from napari_hitl.evaluate.metrics import iou
-    from napari_hitl.prompts import RegionPrompts
-    from napari_hitl.simulate.clicker import next_click
+    from napari_hitl.simulate.clicker import run_clicks
 
     engine.prepare(image)
-    region = RegionPrompts(label=1, clicks=[], scribbles=[], extreme=None)
-    pred = np.zeros(truth.shape, bool) if start is None else start.astype(bool)
-    score, times = iou(pred, truth), []
-    while score < target and len(region.clicks) < max_clicks:
-        click = next_click(pred, truth)
-        if click is None:
-            break
-        region.clicks.append(click)
-        t0 = time.perf_counter()
-        pred = engine.predict_mask(region, prev_mask=pred)
-        times.append(1000 * (time.perf_counter() - t0))
-        score = iou(pred, truth)
-    return pred, region.clicks, score, float(np.median(times)) if times else 0.0
+    run = run_clicks(engine, truth, max_clicks, start=start, stop_at=target)
+    score = run.final_iou if run.ious else iou(run.mask, truth)
+    return run.mask, run.clicks, score, float(np.median(run.ms)) if run.ms else 0.0

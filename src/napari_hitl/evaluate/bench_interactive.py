@@ -90,39 +90,6 @@ def _read_mask(path: Path) -> np.ndarray:
     return m
 
 
-def click_session(engine, truth: np.ndarray, ignore: np.ndarray | None, max_clicks: int = MAX_CLICKS,
-                  stop_at: float | None = None) -> tuple[list[float], list[float]]:
-    """Run the click robot against a prepared ``engine`` for one object.
-
-    Returns (IoU after each click, ms of each predict). Stops after ``max_clicks`` clicks, or
-    once IoU >= ``stop_at`` (if given) and at least max(IOU_AT) clicks are done.
-    """
-    from napari_hitl.evaluate.metrics import iou
-    from napari_hitl.prompts import RegionPrompts
-    from napari_hitl.simulate.clicker import next_click
-
-    pred = np.zeros(truth.shape, bool)
-    region = RegionPrompts(1)
-    ious, times = [], []
-    for k in range(max_clicks):
-        click = next_click(pred, truth, ignore)
-        if click is None:
-            ious.append(ious[-1] if ious else 1.0)
-            continue
-        region.clicks.append(click)
-        if not region.has_positive:
-            ious.append(0.0)
-            continue
-        t0 = time.perf_counter()
-        logits = engine.predict(region, prev_mask=pred if k else None)
-        times.append((time.perf_counter() - t0) * 1000.0)
-        pred = logits > 0
-        ious.append(iou(pred, truth, ignore))
-        if stop_at is not None and ious[-1] >= stop_at and k + 1 >= max(IOU_AT):
-            break
-    return ious, times
-
-
 def _peak_mb() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024.0 if sys.platform != "darwin" else r / 2 ** 20
@@ -131,6 +98,8 @@ def _peak_mb() -> float:
 def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: int,
                  options: dict | None = None, resize: int | None = None) -> dict:
     """Click-mode figures for one dataset folder."""
+    from napari_hitl.simulate.clicker import run_clicks
+
     from napari_hitl.evaluate.metrics import iou_at_k, noc
     from napari_hitl.interactive.engine import get_engine
     from napari_hitl.io import read_image
@@ -155,7 +124,8 @@ def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: 
         t0 = time.perf_counter()
         engine.prepare(image)
         prep_times.append((time.perf_counter() - t0) * 1000.0)
-        ious, times = click_session(engine, truth, ignore, max_clicks, stop_at=0.9)
+        run = run_clicks(engine, truth, max_clicks, ignore=ignore, stop_at=0.9, min_clicks=max(IOU_AT))
+        ious, times = run.ious, run.ms
         all_times += times
         rec = {"image": img_path.name, "ious": [round(v, 4) for v in ious],
                "noc85": noc(ious, 0.85, max_clicks), "noc90": noc(ious, 0.90, max_clicks)}

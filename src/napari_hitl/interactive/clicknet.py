@@ -293,7 +293,7 @@ def time_clicks(size: int = 1024, clicks: int = 10, repeats: int = 3, seed: int 
 
     import cv2
 
-    from napari_hitl.simulate.clicker import next_click
+    from napari_hitl.simulate.clicker import run_clicks
 
     rng = np.random.default_rng(seed)
     noise = cv2.GaussianBlur(rng.random((size, size, 3)).astype(np.float32), (0, 0), size / 40)
@@ -307,17 +307,9 @@ def time_clicks(size: int = 1024, clicks: int = 10, repeats: int = 3, seed: int 
         t0 = time.perf_counter()
         engine.prepare(image)
         prep.append((time.perf_counter() - t0) * 1000)
-        region, pred = RegionPrompts(1), np.zeros(truth.shape, bool)
-        for k in range(clicks):
-            c = next_click(pred, truth)
-            if c is None:
-                break
-            region.clicks.append(c)
-            if not region.has_positive:
-                continue
-            t0 = time.perf_counter()
-            pred = engine.predict(region, prev_mask=pred if k else None) > 0
-            per_click.append((time.perf_counter() - t0) * 1000)
+        run = run_clicks(engine, truth, clicks)
+        per_click += run.ms
+        pred = run.mask
     return {"size": size, "device": engine.device_name, "prepare_ms_median": float(np.median(prep)),
             "click_ms_median": float(np.median(per_click)), "click_ms_p95": float(np.percentile(per_click, 95)),
             "clicks": len(per_click), "final_iou": float((pred & truth).sum() / (pred | truth).sum())}

@@ -8,13 +8,16 @@ a miss, negative for a false alarm. It never clicks on ignored pixels.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
 import numpy as np
 from scipy import ndimage
 
 from napari_hitl.errors import InputError
 from napari_hitl.prompts import Click
 
-__all__ = ["next_click", "interior_point", "error_masks"]
+__all__ = ["next_click", "interior_point", "error_masks", "ClickRun", "run_clicks"]
 
 
 def _as_bool(a, name: str, shape=None) -> np.ndarray:
@@ -80,3 +83,55 @@ def next_click(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = 
     positive = size_fn >= size_fp
     y, x, _ = interior_point(comp_fn if positive else comp_fp)
     return Click(float(y), float(x), positive=positive)
+
+
+@dataclass
+class ClickRun:
+    """What the click robot did to one object: the final mask, its clicks, IoU after each
+    click and the engine's time (ms) for each prediction."""
+
+    mask: np.ndarray
+    clicks: list = field(default_factory=list)
+    ious: list = field(default_factory=list)
+    ms: list = field(default_factory=list)
+
+    @property
+    def final_iou(self) -> float:
+        return self.ious[-1] if self.ious else float("nan")
+
+
+def run_clicks(engine, truth: np.ndarray, max_clicks: int = 20, ignore: np.ndarray | None = None,
+               start: np.ndarray | None = None, stop_at: float | None = None, min_clicks: int = 0) -> ClickRun:
+    """Run the click robot against a prepared ``engine`` for one object (region label 1).
+
+    ``start`` is a mask to correct (e.g. the model's prediction), else the object starts empty.
+    Stops after ``max_clicks`` clicks, or once IoU >= ``stop_at`` with at least ``min_clicks``
+    done. ``ious`` has one value per click; once no error is left the last value repeats.
+    """
+    from napari_hitl.evaluate.metrics import iou
+    from napari_hitl.prompts import RegionPrompts
+
+    truth = np.asarray(truth, bool)
+    pred = np.zeros(truth.shape, bool) if start is None else np.asarray(start, bool).copy()
+    run = ClickRun(pred)
+    if start is not None and stop_at is not None and iou(pred, truth, ignore) >= stop_at and min_clicks == 0:
+        return run
+    region = RegionPrompts(1)
+    for k in range(max_clicks):
+        click = next_click(pred, truth, ignore)
+        if click is None:
+            run.ious.append(run.ious[-1] if run.ious else 1.0)
+            continue
+        region.clicks.append(click)
+        if not region.has_positive and not pred.any():
+            run.ious.append(0.0)  # a negative click alone says nothing yet
+            continue
+        t0 = time.perf_counter()
+        pred = engine.predict(region, prev_mask=pred if pred.any() else None) > 0
+        run.ms.append((time.perf_counter() - t0) * 1000.0)
+        run.ious.append(iou(pred, truth, ignore))
+        if stop_at is not None and run.ious[-1] >= stop_at and k + 1 >= min_clicks:
+            break
+    run.mask, run.clicks = pred, region.clicks
+    return run
+
