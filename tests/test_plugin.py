@@ -70,6 +70,8 @@ def test_wheel_contains_manifest_and_samples_and_is_discovered(tmp_path):
         assert zf.read("napari_hitl/napari.yaml") == (REPO / "napari.yaml").read_bytes()
         assert "napari_hitl/sample_data/nuclei/images/fluo_dense.png" in names
         assert "napari_hitl/sample_data/timelapse/drift.tif" in names
+        assert "napari_hitl/interactive/weights/clicknet.pt" in names  # the learned engine's weights
+        assert "napari_hitl/interactive/weights/clicknet.json" in names
         entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
         assert "napari.manifest" in entry_points and "napari_hitl:napari.yaml" in entry_points
     target = tmp_path / "site"
