@@ -21,7 +21,7 @@ from napari_hitl.active.loop import Prediction
 from napari_hitl.active.pseudo import PseudoSettings, machine_labelled_images, pseudo_labels
 from napari_hitl.active.ranking import ImageScore, rank_images, score_maps
 from napari_hitl.errors import InputError
-from napari_hitl.project import HUMAN, PSEUDO
+from napari_hitl.project import HUMAN, MACHINE, PSEUDO
 
 #: ranking choices of the panel -> strategy of :func:`napari_hitl.active.ranking.rank_images`
 RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": "margin", "diversity": "diversity"}
@@ -286,3 +286,120 @@ def summary_text(summary: dict) -> str:
     """'human 12.0% · machine 3.0% · pseudo 40.0% · unlabelled 45.0%' from an export summary."""
     share = summary["share"]
     return " · ".join(f"{k} {100 * share[k]:.1f}%" for k in ("human", "machine", "pseudo", "unlabelled"))
+
+
+# -- time-lapse: units across frames, propagate by fine-tuning with the temporal term --------------
+@dataclass
+class UnitRow:
+    """One row of the time-lapse units list: a unit to label next, its frame and box."""
+
+    index: int
+    frame: int
+    bbox: tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive), full resolution
+    score: float                      # mean margin uncertainty (0 before the first round)
+
+
+class VideoHost:
+    """The :class:`~napari_hitl.video.propagate.VideoSession` of one time-lapse of the project and
+    its fine-tuned model; lives on the worker thread (built on first use, flows cached in the
+    project's cache folder so they are computed once)."""
+
+    def __init__(self, project, name: str, unit: str = "rect40", scale: float = 0.5):
+        self.project, self.name, self.unit, self.scale = project, name, unit, scale
+        self.session = None
+        self.tuner = None
+        self.probs = None  # (T, C, h, w) of the last prediction
+        self.feats = None
+        self.rounds = 0
+
+    def get(self, lock):
+        """The session, its human labels and annotated units re-read from the project."""
+        from napari_hitl.video.propagate import VideoSession
+
+        if self.session is None:
+            frames = self.project.read_image(self.name)
+            self.session = VideoSession(list(frames), self.project.n_classes, self.unit,
+                                        cache_dir=self.project.cache_dir / "flows", scale=self.scale)
+        s = self.session
+        with lock:
+            labels, prov = self.project.read_labels(self.name)
+        human = prov == HUMAN
+        s.labels = np.where(human, labels, -1).astype(np.int16)
+        for t in range(s.num_frames):
+            sl = slice(s.units.offsets[t], s.units.offsets[t + 1])
+            s.annotated[sl] = s.units.unit_means(t, human[t]) > 0.5
+        return s
+
+    def predict(self, ctx) -> bool:
+        """Predict every frame with the current model (a fresh pretrained one before round one)."""
+        if self.tuner is None:
+            self.tuner = self.session.new_tuner()
+        out = self.tuner.predict(with_features=True, should_stop=ctx.should_stop)
+        if out is None:
+            return False
+        self.probs, self.feats = out
+        return True
+
+
+def video_units(host: VideoHost, k: int, lock, ctx) -> list[UnitRow] | None:
+    """The ``k`` units of the time-lapse to label next (diversity in round one, then margin
+    uncertainty + diversity), skipping units a human already labelled."""
+    s = host.get(lock)
+    if host.feats is None and not host.predict(ctx):
+        return None
+    picks = s.select(k, host.probs, host.feats, first_round=host.rounds == 0)
+    scores = np.zeros(len(s.units)) if host.rounds == 0 else None
+    if scores is None:
+        from napari_hitl.video.propagate import unit_scores
+
+        scores, _ = unit_scores(s.units, host.probs, host.feats)
+    return [UnitRow(int(i), s.units.frame_of(i), s.units.unit(i).bbox, float(scores[i])) for i in picks]
+
+
+@dataclass
+class PropagateFigures:
+    """What one propagation round did, for the panel."""
+
+    round: int
+    steps: int
+    seconds: float
+    loss: float
+    human_frames: int
+    pseudo_pixels: int
+
+    def text(self) -> str:
+        return (f"Propagation round {self.round}: {self.steps} steps in {self.seconds:.1f} s, loss {self.loss:.3f}; "
+                f"{self.human_frames} frames with human labels, {self.pseudo_pixels} pseudo pixels written")
+
+
+def video_propagate(host: VideoHost, steps: int, lock, ctx) -> PropagateFigures | None:
+    """One round on the time-lapse: fine-tune with the temporal loss on the human labels, predict
+    every frame, and write the predictions as pseudo labels wherever no human or accepted
+    (machine) label is. Returns None when cancelled (nothing is written then)."""
+    t0 = time.perf_counter()
+    s = host.get(lock)
+    if not (s.labels >= 0).any():
+        raise InputError("no human labels in this time-lapse yet: label part of a frame and press Accept first")
+    s.flows.precompute(gaps=[g for g in s.settings.gaps if g < s.num_frames],
+                       progress=lambda d, n: ctx.progress("flow", d, n))
+    if host.tuner is None:
+        host.tuner = s.new_tuner()
+    fit = host.tuner.fit(s.work_labels(), steps=steps, should_stop=ctx.should_stop,
+                         progress=lambda i, n, loss: ctx.progress("fine-tune", i, n))
+    if fit["cancelled"] or not host.predict(ctx):
+        return None
+    host.rounds += 1
+    pred = s.labels_from_probs(host.probs)
+    written = 0
+    with lock:
+        for t in range(s.num_frames):
+            if ctx.should_stop():
+                break
+            _, prov = host.project.read_labels(host.name, frame=t)
+            where = (prov != HUMAN) & (prov != MACHINE)
+            if where.any():
+                host.project.commit_labels(host.name, pred[t], source="pseudo", where=where, frame=t)
+                written += int(where.sum())
+            ctx.progress("write", t + 1, s.num_frames)
+    human_frames = int(((s.labels >= 0).reshape(s.num_frames, -1)).any(1).sum())
+    return PropagateFigures(host.rounds, fit["steps"], time.perf_counter() - t0, fit["loss"], human_frames, written)

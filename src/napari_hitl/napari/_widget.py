@@ -35,6 +35,7 @@ from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, image_layer_dat
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
 from napari_hitl.napari._tools import MODE_TITLES, MODES, ToolController, check_engine, shortcut_help
 from napari_hitl.napari._training import ExportPanel, TrainingPanel
+from napari_hitl.napari._video import VideoPanel
 from napari_hitl.napari._worker import ModelQueue
 from napari_hitl.project import Project
 from napari_hitl.samples import SAMPLES, sample_project
@@ -107,6 +108,8 @@ class HitlWidget(QWidget):
         sug = QGroupBox("Suggested superpixels of this image")
         QVBoxLayout(sug).addWidget(self.suggestions)
         box.addWidget(sug, 2)
+        self.video = VideoPanel(self)
+        box.addWidget(self.video, 3)
         self.tabs.addTab(images, "Images")
         self.tabs.addTab(self.training, "Train")
         self.tabs.addTab(self.exporter, "Export")
@@ -318,6 +321,7 @@ class HitlWidget(QWidget):
         self.model = None
         self.current = None
         self.predictions = {}
+        self.video.image_shown(None)
         self.image_list.clear()
         self.project_label.setText("No project open")
         self.project_changed.emit()
@@ -379,6 +383,7 @@ class HitlWidget(QWidget):
         if labels_layer.selected_label < 1:
             labels_layer.selected_label = 1
         self._sync_class()
+        self.video.image_shown(self.current)
 
     # ------------------------------------------------------------------ images
     def refresh_list(self) -> None:
@@ -440,14 +445,20 @@ class HitlWidget(QWidget):
         show_info("Every image is labelled by a human.")
 
     def accept_labels(self) -> None:
-        """Commit the labels layer as human labels of the current image (saved at once)."""
+        """Commit the labels layer as human labels of the current image (saved at once); of a
+        time-lapse, only the shown frame's labels."""
         if self.project is None or self.labels_layer is None or self.current is None:
             show_error("Open a project and an image first.")
             return
 
         def commit():
+            data = np.asarray(self.labels_layer.data)
             with self.project_lock:
-                counts = self.project.commit_labels(self.current, np.asarray(self.labels_layer.data), source="human")
+                if self.project.record(self.current).is_stack:
+                    t = self.tools.frame()
+                    counts = self.project.commit_labels(self.current, data[t], source="human", frame=t)
+                else:
+                    counts = self.project.commit_labels(self.current, data, source="human")
             self.tools.committed()
             self.status.setText(f"Saved {self.current}: {counts.human} human pixels")
             self.refresh_list()
@@ -456,6 +467,15 @@ class HitlWidget(QWidget):
                 self.train()
 
         self._guard(commit)
+
+    def reload_labels(self, name: str) -> None:
+        """Show the project's saved labels of ``name`` in the labels layer (after propagation)."""
+        if name != self.current or self.labels_layer is None or self.project is None:
+            return
+        with self.project_lock:
+            labels, _ = self.project.read_labels(name)
+        self.labels_layer.data = labels
+        self.refresh_list()
 
     # ------------------------------------------------------------------ model work
     def rank(self) -> None:

@@ -1,0 +1,199 @@
+"""The time-lapse panel: annotation units to label next across frames, and Propagate.
+
+Shown when the open image is a time-lapse. The list holds the units (40 px rectangles) the
+video session picks (diversity first, then margin uncertainty); double-click one to jump to
+its frame with its outline drawn. Propagate runs one round on the dock's worker queue
+(fine-tune with the temporal loss on the accepted human labels, predict every frame) and
+writes the predictions of unlabelled pixels as pseudo labels, never over human ones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
+
+from napari_hitl.napari import _jobs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_hitl.napari._widget import HitlWidget
+
+#: name of the shapes layer that outlines the chosen unit
+OUTLINE_LAYER = "unit outline"
+
+
+class VideoPanel(QGroupBox):
+    """Units of the open time-lapse to label next, and one-round propagation to every frame."""
+
+    def __init__(self, dock: HitlWidget):
+        super().__init__("Time-lapse: units to label next")
+        self.dock = dock
+        self.host: _jobs.VideoHost | None = None
+        self.job = None
+        self.rows: list[_jobs.UnitRow] = []
+        lay = QVBoxLayout(self)
+        self.list = QListWidget()
+        self.list.setToolTip("double-click a unit to jump to its frame and outline it")
+        lay.addWidget(self.list, 1)
+        row = QHBoxLayout()
+        self.find_button = QPushButton("Find units")
+        self.find_button.setToolTip("ask the model which units (across all frames) to label next")
+        self.count = QSpinBox()
+        self.count.setRange(1, 100)
+        self.count.setValue(8)
+        self.count.setToolTip("how many units to list")
+        row.addWidget(self.find_button)
+        row.addWidget(self.count)
+        lay.addLayout(row)
+        row = QHBoxLayout()
+        self.propagate_button = QPushButton("Propagate")
+        self.propagate_button.setToolTip("fine-tune on the accepted labels with the temporal loss, predict every "
+                                         "frame and fill the unlabelled pixels with pseudo labels")
+        row.addWidget(QLabel("Steps"))
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 5000)
+        self.steps.setValue(120)
+        row.addWidget(self.steps)
+        row.addWidget(self.propagate_button)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("idle")
+        lay.addWidget(self.progress)
+        self.figures = QLabel("")
+        self.figures.setWordWrap(True)
+        lay.addWidget(self.figures)
+        self.find_button.clicked.connect(self.find_units)
+        self.propagate_button.clicked.connect(self.propagate)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.list.itemActivated.connect(self._activated)
+        self.list.itemDoubleClicked.connect(self._activated)
+        self.setVisible(False)
+
+    # ------------------------------------------------------------------ state
+    def image_shown(self, name: str) -> None:
+        """Show the panel for a time-lapse (a new video session per image), hide it otherwise."""
+        project = self.dock.project
+        stack = project is not None and project.record(name).is_stack
+        self.setVisible(stack)
+        if self.host is not None and (not stack or self.host.project is not project or self.host.name != name):
+            self.cancel()
+            self.host = None
+            self.rows = []
+            self.list.clear()
+            self.figures.setText("")
+        if stack and self.host is None:
+            self.host = _jobs.VideoHost(project, name)
+
+    def _ready(self) -> bool:
+        if self.host is None or self.dock.project is None:
+            show_error("Open a time-lapse first.")
+            return False
+        return True
+
+    # ------------------------------------------------------------------ units
+    def find_units(self) -> None:
+        """List the units to label next (on the worker: the first call builds the session)."""
+        if not self._ready():
+            return
+        host, k, lock = self.host, self.count.value(), self.dock.project_lock
+
+        def finished(rows):
+            if rows is not None and host is self.host:
+                self.show_units(rows)
+
+        self.dock.say("Choosing units to label…")
+        self.dock.queue.submit("video-units", lambda ctx: _jobs.video_units(host, k, lock, ctx), finished,
+                               channel="video-units")
+
+    def show_units(self, rows: list[_jobs.UnitRow]) -> None:
+        self.rows = list(rows)
+        self.list.clear()
+        for r in self.rows:
+            y0, x0, y1, x1 = r.bbox
+            score = f" · uncertainty {r.score:.2f}" if r.score > 0 else ""
+            item = QListWidgetItem(f"frame {r.frame} · unit {r.index} · y {y0}-{y1}, x {x0}-{x1}{score}")
+            item.setData(Qt.UserRole, r.index)
+            self.list.addItem(item)
+        self.dock.say(f"{len(self.rows)} units to label next")
+
+    def _activated(self, item) -> None:
+        index = item.data(Qt.UserRole)
+        row = next((r for r in self.rows if r.index == index), None)
+        if row is not None:
+            self.go_to(row)
+
+    def go_to(self, row: _jobs.UnitRow) -> None:
+        """Jump to the unit's frame and outline it (one shapes layer, replaced each time)."""
+        viewer = self.dock.viewer
+        viewer.dims.set_current_step(0, row.frame)
+        y0, x0, y1, x1 = row.bbox
+        t = row.frame
+        rect = [[t, y0, x0], [t, y0, x1 - 1], [t, y1 - 1, x1 - 1], [t, y1 - 1, x0]]
+        if OUTLINE_LAYER in viewer.layers:
+            viewer.layers.remove(OUTLINE_LAYER)
+        viewer.add_shapes([rect], shape_type="polygon", edge_color="yellow", face_color="transparent",
+                          edge_width=2, name=OUTLINE_LAYER)
+        if self.dock.labels_layer is not None:
+            viewer.layers.selection.active = self.dock.labels_layer
+
+    # ------------------------------------------------------------------ propagate
+    def propagate(self) -> None:
+        """One round in the background: fine-tune, predict every frame, write pseudo labels."""
+        if not self._ready():
+            return
+        if self.job is not None:
+            self.dock.say("Propagation is already running.")
+            return
+        host, steps, lock = self.host, self.steps.value(), self.dock.project_lock
+
+        def finished(figures):
+            self.running(False)
+            if figures is None or host is not self.host:
+                return
+            self.figures.setText(figures.text())
+            self.dock.reload_labels(host.name)
+            self.dock.say(figures.text())
+            self.find_units()
+
+        self.running(True)
+        self.dock.say("Propagating…")
+        self.job = self.dock.queue.submit("video-propagate", lambda ctx: _jobs.video_propagate(host, steps, lock, ctx),
+                                          finished, channel="video-propagate", on_progress=self.step,
+                                          on_error=lambda err: self.running(False))
+
+    def cancel(self) -> None:
+        """Stop the running round (nothing is written when it stops before predicting)."""
+        if self.job is not None:
+            self.job.cancel()
+        self.running(False)
+
+    def running(self, on: bool) -> None:
+        if not on:
+            self.job = None
+        self.propagate_button.setEnabled(not on)
+        self.cancel_button.setEnabled(on)
+        self.progress.setRange(0, 0 if on else 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("starting…" if on else "idle")
+
+    def step(self, stage: str, done: int, total: int) -> None:
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{stage} {done}/{total}")

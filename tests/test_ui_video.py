@@ -1,0 +1,93 @@
+"""The dock's time-lapse mode: units across frames, jump to one, accept a frame, Propagate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_hitl.project import HUMAN, PSEUDO
+
+
+@pytest.fixture
+def dock(viewer_factory, tmp_path, monkeypatch, qtbot):
+    monkeypatch.setenv("NAPARI_HITL_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("napari_hitl.napari._worker.IDLE_EXIT_S", 0.2)  # the worker ends before teardown
+    viewer = viewer_factory()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
+    yield widget
+    qtbot.waitUntil(lambda: not widget.queue.busy and not widget.queue._alive, timeout=30000)
+
+
+def test_timelapse_units_and_propagation(dock, qtbot):
+    pytest.importorskip("torch")
+    from napari_hitl.napari._video import OUTLINE_LAYER
+    from napari_hitl.samples import sample_truth
+
+    dock.sample_box.setCurrentIndex(dock.sample_box.findText("timelapse"))
+    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
+    name, video = dock.current, dock.video
+    assert dock.project.record(name).frames == 12 and video.isVisibleTo(dock)
+    truth = sample_truth("timelapse", name)
+
+    # accept part of the truth on frame 3: only that frame becomes human
+    dock.viewer.dims.set_current_step(0, 3)
+    data = np.asarray(dock.labels_layer.data).copy()
+    data[3, :96] = truth[3, :96]
+    dock.labels_layer.data = data
+    dock.accept_button.click()
+    labels, prov = dock.project.read_labels(name)
+    assert (prov[3] == HUMAN).all() and (prov[np.arange(12) != 3] == 0).all()
+    assert np.array_equal(labels[3, :96], truth[3, :96]) and labels[3, :96].any()
+
+    # units to label next, across frames; double-click jumps to one and outlines it
+    video.count.setValue(6)
+    video.find_button.click()
+    qtbot.waitUntil(lambda: video.list.count() == 6, timeout=60000)
+    frames = {r.frame for r in video.rows}
+    assert len(frames) > 1 and all(0 <= f < 12 for f in frames)
+    row = next(r for r in video.rows if r.frame != 3)
+    video.list.itemDoubleClicked.emit(video.list.item(video.rows.index(row)))
+    assert dock.viewer.dims.current_step[0] == row.frame and OUTLINE_LAYER in dock.viewer.layers
+    assert dock.viewer.layers.selection.active.name == dock.labels_layer.name
+
+    # one round of propagation with few steps fills every other frame with pseudo labels
+    video.steps.setValue(4)
+    video.propagate_button.click()
+    assert not video.propagate_button.isEnabled() and video.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: video.job is None, timeout=60000)
+    assert "Propagation round 1" in video.figures.text()
+    after, prov2 = dock.project.read_labels(name)
+    others = np.arange(12) != 3
+    assert (prov2[others] == PSEUDO).all()
+    assert np.array_equal(after[3], labels[3]) and (prov2[3] == HUMAN).all()
+    assert np.array_equal(np.asarray(dock.labels_layer.data), after)  # the layer shows them
+    assert after[others].any()  # some object predicted somewhere
+    # the list is refreshed with units ranked by uncertainty from the new prediction
+    qtbot.waitUntil(lambda: video.list.count() == 6 and video.rows[0].score > 0, timeout=60000)
+    assert all(r.frame != 3 for r in video.rows)  # the fully human frame has nothing left to label
+
+
+def test_cancel_propagation_writes_nothing(dock, qtbot, monkeypatch):
+    pytest.importorskip("torch")
+    from napari_hitl.samples import sample_truth
+
+    dock.sample_box.setCurrentIndex(dock.sample_box.findText("timelapse"))
+    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
+    name, video = dock.current, dock.video
+    shown = []
+    monkeypatch.setattr("napari_hitl.napari._worker.show_error", shown.append)
+    video.propagate_button.click()  # nothing accepted yet: a clear error, nothing written
+    qtbot.waitUntil(lambda: video.job is None, timeout=60000)
+    assert dock.project.counts(name).pseudo == 0 and "no human labels" in shown[0]
+    assert video.propagate_button.isEnabled()
+    dock.viewer.dims.set_current_step(0, 0)
+    data = np.asarray(dock.labels_layer.data).copy()
+    data[0] = sample_truth("timelapse", name)[0]
+    dock.labels_layer.data = data
+    dock.accept_button.click()
+    video.steps.setValue(5000)
+    video.propagate_button.click()
+    video.cancel_button.click()
+    assert video.propagate_button.isEnabled() and not video.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=60000)
+    assert dock.project.counts(name).pseudo == 0 and len(shown) == 1
