@@ -44,3 +44,19 @@ def test_negative_only_without_a_mask_is_still_an_error():
         engine.predict(region)
     with pytest.raises(InputError, match="no positive prompt"):
         engine.predict(region, prev_mask=np.zeros((96, 96), bool))
+
+
+@pytest.mark.parametrize("engine_name", ["graph", "clicknet"])
+def test_full_image_mode_works_with_both_engines_on_a_prepared_image(engine_name):
+    from napari_hitl.interactive.canvas import segment_full_image
+    from napari_hitl.prompts import ExtremePoints
+
+    img, _, _ = _scene()
+    engine = get_engine(engine_name)
+    engine.prepare(img)
+    assert engine.shape == (96, 96)
+    regions = [RegionPrompts(1, extreme=ExtremePoints(np.array([[35, 20], [35, 49], [20, 35], [49, 35]], float))),
+               RegionPrompts(2, extreme=ExtremePoints(np.array([[72, 60], [72, 84], [60, 72], [84, 72]], float)))]
+    labels = segment_full_image(engine, None, regions)  # the canvas size comes from the engine
+    assert labels.shape == (96, 96)
+    assert (labels[25:45, 25:45] == 1).mean() > 0.8 and (labels[65:80, 65:80] == 2).mean() > 0.8

@@ -189,6 +189,13 @@ class ClickNetEngine(Engine):
         self._crop: tuple[float, float, float] | None = None
         self._cache = None
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the prepared image (the canvas of full-image mode)."""
+        if self._image is None:
+            raise InputError("clicknet: call prepare(image) before predict()")
+        return tuple(self._image.shape[:2])
+
     def prepare(self, image: np.ndarray) -> None:
         """Keep the image (float RGB) and encode the whole-image crop that first clicks use."""
         self._image = as_float_rgb(image)

@@ -24,7 +24,10 @@ _LAZY = {"graph": "napari_hitl.interactive.graph", "clicknet": "napari_hitl.inte
 
 
 class Engine(abc.ABC):
-    """Prompt -> mask engine: ``prepare(image)`` once, then ``predict(region, prev_mask, others)``."""
+    """Prompt -> mask engine: ``prepare(image)`` once, then ``predict(region, prev_mask, others)``.
+
+    After ``prepare``, ``engine.shape`` is the (H, W) of the image (full-image mode's canvas).
+    """
 
     #: the registry name (set by :func:`register_engine`)
     name: ClassVar[str] = ""
