@@ -41,3 +41,13 @@ def viewer_factory(make_napari_viewer):
         pytest.skip("napari's canvas needs OpenGL, which Qt offscreen lacks here: install Xvfb "
                     "(apt-get install xvfb) and pytest-xvfb runs the viewer tests on a virtual display")
     return make_napari_viewer
+
+
+@pytest.fixture
+def dock(viewer_factory, tmp_path, monkeypatch):
+    """The annotation dock in a fresh viewer, sample projects under ``tmp_path``; its worker stops after."""
+    monkeypatch.setenv("NAPARI_HITL_HOME", str(tmp_path / "home"))
+    viewer = viewer_factory()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
+    yield widget
+    widget.queue.stop()

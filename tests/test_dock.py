@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from napari_hitl.project import HUMAN, Project
-
-
-@pytest.fixture
-def dock(viewer_factory, tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_HITL_HOME", str(tmp_path / "home"))
-    viewer = viewer_factory()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
-    return widget
 
 
 def test_dock_loads_sample_and_accepts_labels(dock):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from napari.utils._test_utils import read_only_mouse_event
 from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 from skimage.measure import label as connected, regionprops
@@ -35,15 +34,6 @@ def drag(layer, points, button=1):
         mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", button=button, is_dragging=True,
                                                           position=(y, x)))
     mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", button=button, position=rest[-1]))
-
-
-@pytest.fixture
-def dock(viewer_factory, tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_HITL_HOME", str(tmp_path / "home"))
-    viewer = viewer_factory()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
-    yield widget
-    widget.queue.stop()
 
 
 def nuclei(name):

@@ -9,13 +9,11 @@ from napari_hitl.project import HUMAN, PSEUDO
 
 
 @pytest.fixture
-def dock(viewer_factory, tmp_path, monkeypatch, qtbot):
-    monkeypatch.setenv("NAPARI_HITL_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr("napari_hitl.napari._worker.IDLE_EXIT_S", 0.2)  # the worker ends before teardown
-    viewer = viewer_factory()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
-    yield widget
-    qtbot.waitUntil(lambda: not widget.queue.busy and not widget.queue._alive, timeout=30000)
+def dock(dock, monkeypatch, qtbot):
+    """The shared dock, whose worker thread ends before teardown."""
+    monkeypatch.setattr("napari_hitl.napari._worker.IDLE_EXIT_S", 0.2)
+    yield dock
+    qtbot.waitUntil(lambda: not dock.queue.busy and not dock.queue._alive, timeout=30000)
 
 
 def test_timelapse_units_and_propagation(dock, qtbot):
