@@ -89,3 +89,40 @@ def test_warp_torch_matches_numpy_warp():
     ours = warp_torch(torch.from_numpy(probs)[None], torch.from_numpy(flow)[None])[0].numpy()
     ref = warp_probs(probs, flow)
     assert np.allclose(ours[:, 2:-2, 2:-4], ref[:, 2:-2, 2:-4], atol=1e-4)
+
+
+def test_round_one_ranks_units_that_move_against_the_camera(tmp_path):
+    """A panning background with a square moving the other way: motion scores put the square's
+    units on top, and round one picks only from the more-moving half (diversity inside it)."""
+    from napari_hitl.video.propagate import motion_scores, select_units
+    from napari_hitl.video.units import UnitSet
+
+    h, w, n = 128, 200, 5
+    bg = _texture(h, w + 40, 0)
+    fg = _texture(60, 60, 1)
+    frames, truth = [], []
+    for t in range(n):
+        f = bg[:, 2 * t:2 * t + w].copy()  # camera pans: background moves 2 px left per frame
+        m = np.zeros((h, w), np.int16)
+        x = 40 + 5 * t                     # the square moves 5 px right per frame
+        f[34:94, x:x + 60] = fg
+        m[34:94, x:x + 60] = 1
+        frames.append(f)
+        truth.append(m)
+    flows = FlowCache(np.stack(frames), tmp_path)
+    units = UnitSet.from_spec("rect20", frames)
+    scores = motion_scores(units, flows)
+
+    def on_square(i):
+        (y0, x0, y1, x1), _ = units.local_mask(i)
+        return truth[units.frame_of(i)][y0:y1, x0:x1].all()
+
+    inside = np.array([on_square(i) for i in range(len(units))])
+    assert scores[inside].mean() > 4 * scores[~inside].mean()
+    assert np.median(scores[inside]) > np.percentile(scores[~inside], 90)
+    feats = np.random.default_rng(0).random((len(units), 8)).astype(np.float32)
+    picks = select_units(scores, feats, 6, np.zeros(len(units), bool), first_round=False)
+    assert len(picks) == 6 and all(scores[i] >= np.median(scores) for i in picks)
+    # a single frame has no motion: zeros, and round one falls back to diversity alone
+    one = frames[:1]
+    assert not motion_scores(UnitSet.from_spec("rect20", one), FlowCache(np.stack(one), tmp_path / "one")).any()

@@ -296,7 +296,8 @@ class UnitRow:
     index: int
     frame: int
     bbox: tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive), full resolution
-    score: float                      # mean margin uncertainty (0 before the first round)
+    score: float                      # mean margin uncertainty, or motion in round one (0: none)
+    score_kind: str = "uncertainty"   # what ``score`` is: "uncertainty" or "motion" (px per frame)
 
 
 class VideoHost:
@@ -342,18 +343,18 @@ class VideoHost:
 
 
 def video_units(host: VideoHost, k: int, lock, ctx) -> list[UnitRow] | None:
-    """The ``k`` units of the time-lapse to label next (diversity in round one, then margin
-    uncertainty + diversity), skipping units a human already labelled."""
+    """The ``k`` units of the time-lapse to label next (motion + diversity in round one, then
+    margin uncertainty + diversity), skipping units a human already labelled."""
     s = host.get(lock)
     if host.feats is None and not host.predict(ctx):
         return None
-    picks = s.select(k, host.probs, host.feats, first_round=host.rounds == 0)
-    scores = np.zeros(len(s.units)) if host.rounds == 0 else None
-    if scores is None:
-        from napari_hitl.video.propagate import unit_scores
+    from napari_hitl.video.propagate import select_units
 
-        scores, _ = unit_scores(s.units, host.probs, host.feats)
-    return [UnitRow(int(i), s.units.frame_of(i), s.units.unit(i).bbox, float(scores[i])) for i in picks]
+    scores, pooled, ranked = s.scores(host.probs, host.feats, first_round=host.rounds == 0)
+    picks = select_units(scores, pooled, k, s.annotated, not ranked)
+    kind = "uncertainty" if host.rounds else "motion"
+    return [UnitRow(int(i), s.units.frame_of(i), s.units.unit(i).bbox, float(scores[i]) if ranked else 0.0, kind)
+            for i in picks]
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The time-lapse panel: annotation units to label next across frames, and Propagate.
 
 Shown when the open image is a time-lapse. The list holds the units (40 px rectangles) the
-video session picks (diversity first, then margin uncertainty); double-click one to jump to
-its frame with its outline drawn. Propagate runs one round on the dock's worker queue
+video session picks (motion + diversity first, then margin uncertainty + diversity);
+double-click one to jump to its frame with its outline drawn. Propagate runs one round on the dock's worker queue
 (fine-tune with the temporal loss on the accepted human labels, predict every frame) and
 writes the predictions of unlabelled pixels as pseudo labels, never over human ones.
 """
@@ -127,7 +127,7 @@ class VideoPanel(QGroupBox):
         self.list.clear()
         for r in self.rows:
             y0, x0, y1, x1 = r.bbox
-            score = f" · uncertainty {r.score:.2f}" if r.score > 0 else ""
+            score = f" · {r.score_kind} {r.score:.2f}" if r.score > 0 else ""
             item = QListWidgetItem(f"frame {r.frame} · unit {r.index} · y {y0}-{y1}, x {x0}-{x1}{score}")
             item.setData(Qt.UserRole, r.index)
             self.list.addItem(item)
