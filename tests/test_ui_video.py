@@ -41,6 +41,7 @@ def test_timelapse_units_and_propagation(dock, qtbot):
     video.count.setValue(6)
     video.find_button.click()
     qtbot.waitUntil(lambda: video.list.count() == 6, timeout=60000)
+    assert all(r.score_kind == "motion" for r in video.rows)  # round one: no model yet
     frames = {r.frame for r in video.rows}
     assert len(frames) > 1 and all(0 <= f < 12 for f in frames)
     row = next(r for r in video.rows if r.frame != 3)
@@ -61,8 +62,17 @@ def test_timelapse_units_and_propagation(dock, qtbot):
     assert np.array_equal(np.asarray(dock.labels_layer.data), after)  # the layer shows them
     assert after[others].any()  # some object predicted somewhere
     # the list is refreshed with units ranked by uncertainty from the new prediction
-    qtbot.waitUntil(lambda: video.list.count() == 6 and video.rows[0].score > 0, timeout=60000)
+    qtbot.waitUntil(lambda: video.list.count() == 6 and video.rows[0].score_kind == "uncertainty", timeout=60000)
     assert all(r.frame != 3 for r in video.rows)  # the fully human frame has nothing left to label
+    assert all(r.score > 0 and r.score_kind == "uncertainty" for r in video.rows)
+
+    # whole frames as units: the list names frames, never the fully labelled one
+    video.unit_box.setCurrentText("whole frames")
+    video.find_button.click()
+    h, w = truth.shape[1:]
+    qtbot.waitUntil(lambda: video.list.count() == 6 and video.rows[0].bbox == (0, 0, h, w), timeout=60000)
+    assert all(r.bbox == (0, 0, h, w) and r.frame != 3 for r in video.rows)
+    assert len({r.frame for r in video.rows}) == 6 and video.host.unit == "frame"
 
 
 def test_cancel_propagation_writes_nothing(dock, qtbot, monkeypatch):

@@ -313,10 +313,19 @@ class VideoHost:
         self.feats = None
         self.rounds = 0
 
-    def get(self, lock):
-        """The session, its human labels and annotated units re-read from the project."""
+    def get(self, lock, unit: str | None = None):
+        """The session, its human labels and annotated units re-read from the project; ``unit``
+        (e.g. 'rect80', 'superpixel300', 'frame') switches the annotation units, keeping the
+        flows and the fine-tuned model."""
         from napari_hitl.video.propagate import VideoSession
+        from napari_hitl.video.units import UnitSet, parse_unit
 
+        if unit is not None and unit != self.unit:
+            parse_unit(unit)  # a clear error before anything changes
+            if self.session is not None:
+                self.session.units = UnitSet.from_spec(unit, list(self.project.read_image(self.name)))
+                self.session.annotated = np.zeros(len(self.session.units), bool)
+            self.unit = unit
         if self.session is None:
             frames = self.project.read_image(self.name)
             self.session = VideoSession(list(frames), self.project.n_classes, self.unit,
@@ -342,10 +351,11 @@ class VideoHost:
         return True
 
 
-def video_units(host: VideoHost, k: int, lock, ctx) -> list[UnitRow] | None:
-    """The ``k`` units of the time-lapse to label next (motion + diversity in round one, then
-    margin uncertainty + diversity), skipping units a human already labelled."""
-    s = host.get(lock)
+def video_units(host: VideoHost, k: int, lock, ctx, unit: str | None = None) -> list[UnitRow] | None:
+    """The ``k`` units (of kind ``unit``, default the host's) of the time-lapse to label next
+    (motion + diversity in round one, then margin uncertainty + diversity), skipping units a
+    human already labelled."""
+    s = host.get(lock, unit)
     if host.feats is None and not host.predict(ctx):
         return None
     from napari_hitl.video.propagate import select_units

@@ -1,7 +1,7 @@
 """The time-lapse panel: annotation units to label next across frames, and Propagate.
 
-Shown when the open image is a time-lapse. The list holds the units (40 px rectangles) the
-video session picks (motion + diversity first, then margin uncertainty + diversity);
+Shown when the open image is a time-lapse. The list holds the units (40 or 80 px rectangles,
+superpixels or whole frames, chosen in the panel) the video session picks (motion + diversity first, then margin uncertainty + diversity);
 double-click one to jump to its frame with its outline drawn. Propagate runs one round on the dock's worker queue
 (fine-tune with the temporal loss on the accepted human labels, predict every frame) and
 writes the predictions of unlabelled pixels as pseudo labels, never over human ones.
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QComboBox,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -32,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: name of the shapes layer that outlines the chosen unit
 OUTLINE_LAYER = "unit outline"
+#: annotation units the panel offers: label shown -> unit spec of :mod:`napari_hitl.video.units`
+UNIT_CHOICES = {"40 px rectangles": "rect40", "80 px rectangles": "rect80",
+                "superpixels": "superpixel300", "whole frames": "frame"}
 
 
 class VideoPanel(QGroupBox):
@@ -54,8 +58,12 @@ class VideoPanel(QGroupBox):
         self.count.setRange(1, 100)
         self.count.setValue(8)
         self.count.setToolTip("how many units to list")
+        self.unit_box = QComboBox()
+        self.unit_box.addItems(list(UNIT_CHOICES))
+        self.unit_box.setToolTip("what one unit to label is: a grid rectangle, a superpixel or a whole frame")
         row.addWidget(self.find_button)
         row.addWidget(self.count)
+        row.addWidget(self.unit_box)
         lay.addLayout(row)
         row = QHBoxLayout()
         self.propagate_button = QPushButton("Propagate")
@@ -113,13 +121,14 @@ class VideoPanel(QGroupBox):
         if not self._ready():
             return
         host, k, lock = self.host, self.count.value(), self.dock.project_lock
+        unit = UNIT_CHOICES[self.unit_box.currentText()]
 
         def finished(rows):
             if rows is not None and host is self.host:
                 self.show_units(rows)
 
         self.dock.say("Choosing units to label…")
-        self.dock.queue.submit("video-units", lambda ctx: _jobs.video_units(host, k, lock, ctx), finished,
+        self.dock.queue.submit("video-units", lambda ctx: _jobs.video_units(host, k, lock, ctx, unit), finished,
                                channel="video-units")
 
     def show_units(self, rows: list[_jobs.UnitRow]) -> None:
