@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=0.5,
                         help="working resolution of flow and model, as a factor of the frame size")
     parser.add_argument("--steps", type=int, default=120, help="fine-tuning steps per round")
-    parser.add_argument("--lam", type=float, default=1.0, help="weight of the temporal-consistency term")
+    parser.add_argument("--lam", type=float, default=None,
+                        help="weight of the temporal-consistency term (default: FineTuneSettings.lam)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated subset of methods (finetune+temporal always runs: it picks the units)")
     parser.add_argument("--flow", default="dis", help="flow method: dis, dis_fast, farneback")
@@ -168,7 +169,7 @@ def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pat
     from napari_hitl.video.units import full_annotation_cost
 
     t0 = time.perf_counter()
-    settings = FineTuneSettings(steps=args.steps, lam=args.lam, seed=args.seed)
+    settings = FineTuneSettings(steps=args.steps, lam=session_lam(args), seed=args.seed)
     session = VideoSession(frames, 2, args.unit, cache_dir=cache / name, scale=args.scale,
                            flow_method=args.flow, settings=settings,
                            progress=lambda what, d, n: say(f"[{name}] {what}", d, n))
@@ -184,7 +185,7 @@ def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pat
         f"{session.work_shape[1]}x{session.work_shape[0]}; {len(session.units)} units ({session.units.name}); "
         f"full annotation {full} clicks, {budget} per round; flows {setup['flows']:.0f} s")
     methods = _methods(args)
-    tuners = {"finetune+temporal": session.new_tuner(args.lam)}
+    tuners = {"finetune+temporal": session.new_tuner()}
     if "finetune" in methods:
         tuners["finetune"] = session.new_tuner(0.0)
     t = time.perf_counter()
@@ -226,6 +227,13 @@ def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pat
             "work_size": list(session.work_shape), "units": len(session.units), "unit": session.units.name,
             "full_cost": int(full), "budget_per_round": budget, "setup_seconds": setup, "rounds": rounds,
             "device": tuners["finetune+temporal"].device_description}
+
+
+def session_lam(args) -> float:
+    """The temporal weight a run uses: ``--lam``, else the default of FineTuneSettings."""
+    from napari_hitl.video.propagate import FineTuneSettings
+
+    return FineTuneSettings().lam if args.lam is None else float(args.lam)
 
 
 def _methods(args) -> list[str]:
@@ -319,7 +327,8 @@ def run(args) -> int:
         cache = Path(tmp.name)
     results: list[dict] = []
     report = {"benchmark": "video", "data": str(args.data), "unit": args.unit, "rounds": args.rounds,
-              "budget_pct_per_round": args.budget, "scale": args.scale, "steps": args.steps, "lam": args.lam,
+              "budget_pct_per_round": args.budget, "scale": args.scale, "steps": args.steps,
+              "lam": session_lam(args),
               "flow": args.flow, "limit_frames": args.limit_frames, "threads": args.threads,
               "seed": args.seed, "videos": results}
     t_all = time.perf_counter()
