@@ -98,6 +98,10 @@ class LoopSettings:
     edge_weight: float = 1.0         # superpixel score weight of image edges (0: plain mean)
     measure: str = "margin"          # pixel uncertainty for superpixels: margin, entropy, confidence
     class_balanced: bool = True
+    # image strategies after round one: cluster the more uncertain half into the budget (k-means
+    # over pooled features) instead of the top-k, which on video-like sets (camvid: consecutive
+    # frames of four drives) asks for near-duplicates
+    diversity: bool = True
     background: int | None = 0       # class that is not "object" for local consistency (None: none)
     pseudo: PseudoSettings = field(default_factory=PseudoSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -224,7 +228,7 @@ class LoopDriver:
         feats = np.stack([p.features.astype(np.float32).reshape(p.features.shape[0], -1).mean(1)
                           for p in self.predictions])
         strategy = "consistency" if first_round and s.strategy != "random" else s.strategy
-        ranking = rank_images(scores, strategy, s.budget, feats, diversity=False,
+        ranking = rank_images(scores, strategy, s.budget, feats, diversity=s.diversity,
                               first_round=first_round and s.strategy != "random",
                               exclude=self.asked_images, seed=s.seed + self.round)
         return ranking.picked
