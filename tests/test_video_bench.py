@@ -41,3 +41,18 @@ def test_scores_and_options(tmp_path):
     assert bv._methods(argparse.Namespace(methods="propagation")) == ["propagation", "finetune+temporal"]
     with pytest.raises(InputError, match="does not exist"):
         bv.find_videos(tmp_path / "nope")
+
+
+def test_timing_round_plays_the_sequence_forward_and_back(tmp_path, capsys):
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    frames = (rng.random((4, 64, 96, 3)) * 255).astype(np.uint8)
+    truth = np.zeros((4, 64, 96), np.int16)
+    truth[:, 16:40, 20:60] = 1
+    args = argparse.Namespace(unit="rect32", scale=1.0, flow="dis", steps=2, lam=None, seed=0, budget=20.0)
+    out = bv.run_timing("toy", frames, truth, args, tmp_path, n=9)
+    assert out["frames"] == 9 and out["size"] == [64, 96] and out["steps"] == 2
+    stages = ("flows", "first_predict", "pick", "fine_tune", "predict")
+    assert all(out[k] >= 0 for k in stages)
+    assert out["round"] == pytest.approx(out["pick"] + out["fine_tune"] + out["predict"])
+    assert "one round on 9 frames 96x64" in capsys.readouterr().out

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="folder for cached flows (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timing", action="store_true",
+                        help="only time one round as the dock runs it (flows, pick, fine-tune + temporal, "
+                        "predict) on 100 frames: the first sequence played forward and back")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--plot", help="write a PNG plot of mIoU and temporal consistency vs clicks here")
 
@@ -300,6 +303,50 @@ def plot(path: Path, summary: list[dict], title: str) -> None:
     plt.close(fig)
 
 
+def run_timing(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Path, n: int = 100) -> dict:
+    """Seconds of one round on ``n`` frames (the sequence played forward and back): flows, pick a
+    budget of units from the truth, fine-tune with the temporal term, predict every frame."""
+    from napari_hitl.video.propagate import FineTuneSettings, VideoSession
+    from napari_hitl.video.units import full_annotation_cost
+
+    order = (list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))) or [0]
+    idx = [order[i % len(order)] for i in range(n)]
+    frames, truth = frames[idx], truth[idx]
+    out = {"video": name, "frames": n, "size": [int(frames.shape[1]), int(frames.shape[2])], "steps": args.steps}
+    t0 = time.perf_counter()
+    session = VideoSession(frames, 2, args.unit, cache_dir=cache / f"timing-{name}", scale=args.scale,
+                           flow_method=args.flow,
+                           settings=FineTuneSettings(steps=args.steps, lam=session_lam(args), seed=args.seed))
+    out["units"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    session.precompute_flows()
+    out["flows"] = time.perf_counter() - t
+    t = time.perf_counter()
+    tuner = session.new_tuner()
+    probs, feats = tuner.predict(with_features=True)
+    out["first_predict"] = time.perf_counter() - t
+    budget = max(1, int(round(full_annotation_cost(truth) * args.budget / 100.0)))
+    t = time.perf_counter()
+    session.annotate_budget(truth, budget, probs, feats, first_round=True, seed=args.seed)
+    out["pick"] = time.perf_counter() - t
+    t = time.perf_counter()
+    tuner.fit(session.work_labels())
+    out["fine_tune"] = time.perf_counter() - t
+    t = time.perf_counter()
+    session.labels_from_probs(tuner.predict())
+    out["predict"] = time.perf_counter() - t
+    out["round"] = out["pick"] + out["fine_tune"] + out["predict"]
+    out["round_with_flows"] = out["round"] + out["flows"] + out["first_predict"]
+    out["device"] = tuner.device_description
+    print(f"one round on {n} frames {frames.shape[2]}x{frames.shape[1]} ({name}, working "
+          f"{session.work_shape[1]}x{session.work_shape[0]}, {args.steps} steps, {tuner.device_description}): "
+          f"flows {out['flows']:.0f} s (once per video), first prediction {out['first_predict']:.0f} s, "
+          f"pick {out['pick']:.0f} s, fine-tune {out['fine_tune']:.0f} s, predict {out['predict']:.0f} s; "
+          f"round {out['round'] / 60:.1f} min, {out['round_with_flows'] / 60:.1f} min with flows and the "
+          f"first prediction", flush=True)
+    return out
+
+
 def run(args) -> int:
     import torch
 
@@ -332,6 +379,18 @@ def run(args) -> int:
               "flow": args.flow, "limit_frames": args.limit_frames, "threads": args.threads,
               "seed": args.seed, "videos": results}
     t_all = time.perf_counter()
+    if args.timing:
+        name, folder, layout = videos[0]
+        frames, truth = load_video(folder, layout, 0)
+        try:
+            report["timing"] = run_timing(name, frames, truth, args, cache)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        if args.json:
+            atomic_write_json(args.json, report)
+            print(f"wrote {args.json}")
+        return 0
     try:
         for name, folder, layout in videos:
             frames, truth = load_video(folder, layout, args.limit_frames)
