@@ -99,9 +99,11 @@ class LoopSettings:
     measure: str = "margin"          # pixel uncertainty for superpixels: margin, entropy, confidence
     class_balanced: bool = True
     # image strategies after round one: cluster the more uncertain half into the budget (k-means
-    # over pooled features) instead of the top-k, which on video-like sets (camvid: consecutive
-    # frames of four drives) asks for near-duplicates
-    diversity: bool = True
+    # over pooled features) instead of asking the top-k. Measured both ways: on camvid (consecutive
+    # frames of four drives, where the top-k are near-duplicates) entropy with diversity reached
+    # model mIoU 0.380 at 5,553 clicks against 0.328 at 5,047 without; on dsb2018 (few images, the
+    # hard ones matter) 0.533 at 1,737 against 0.718 at 1,873. Off by default: microscopy first.
+    diversity: bool = False
     background: int | None = 0       # class that is not "object" for local consistency (None: none)
     pseudo: PseudoSettings = field(default_factory=PseudoSettings)
     train: TrainSettings = field(default_factory=TrainSettings)

@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", type=int, default=60, help="at most this many pool images (0: all)")
     parser.add_argument("--heldout", type=int, default=30, help="at most this many held-out images (0: all)")
     parser.add_argument("--no-pseudo", action="store_true", help="train on human labels only")
-    parser.add_argument("--no-diversity", action="store_true", help="image strategies ask the top-k images "
-                        "after round one instead of clustering the more uncertain half into the budget")
+    parser.add_argument("--diversity", action="store_true", help="after round one, image strategies cluster "
+                        "the more uncertain half into the budget instead of asking the top-k images")
     parser.add_argument("--no-full", action="store_true", help="skip the full-supervision reference run")
     parser.add_argument("--timing", action="store_true", help="also time a training round on 50 images "
                         "512x512 and prediction + ranking throughput")
@@ -151,7 +151,7 @@ def run_strategy(ds, strategy: str, args, log=print) -> dict:
     settings = LoopSettings(strategy=strategy, rounds=args.rounds, budget=args.budget,
                             superpixels_per_image=args.sp_per_image, n_segments=args.n_segments,
                             background=ds["background"], pseudo=PseudoSettings(enabled=not args.no_pseudo),
-                            diversity=not args.no_diversity,
+                            diversity=args.diversity,
                             train=_train_settings(args), seed=args.seed)
 
     def evaluate(driver):
