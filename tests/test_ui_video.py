@@ -99,3 +99,30 @@ def test_cancel_propagation_writes_nothing(dock, qtbot, monkeypatch):
     assert video.propagate_button.isEnabled() and not video.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: not dock.queue.busy, timeout=60000)
     assert dock.project.counts(name).pseudo == 0 and len(shown) == 1
+
+
+def test_a_click_pauses_propagation_which_then_resumes(dock, qtbot):
+    """Propagate is preemptible: a click waiting is answered between fine-tuning steps, then the
+    round goes on from the step it reached (the steps add up to the asked number)."""
+    pytest.importorskip("torch")
+    from napari_hitl.samples import sample_truth
+
+    dock.sample_box.setCurrentIndex(dock.sample_box.findText("timelapse"))
+    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
+    name, video = dock.current, dock.video
+    dock.viewer.dims.set_current_step(0, 0)
+    data = np.asarray(dock.labels_layer.data).copy()
+    data[0] = sample_truth("timelapse", name)[0]
+    dock.labels_layer.data = data
+    dock.accept_button.click()
+    video.steps.setValue(60)
+    video.propagate_button.click()
+    qtbot.waitUntil(lambda: video.progress.format().startswith("fine-tune"), timeout=60000)
+    answered = []
+    dock.queue.submit("predict", lambda ctx: "click", lambda r: answered.append((r, video.job is not None)),
+                      channel="predict", interactive=True)
+    qtbot.waitUntil(lambda: bool(answered), timeout=60000)
+    assert answered == [("click", True)]  # answered while the round was still running
+    qtbot.waitUntil(lambda: video.job is None, timeout=120000)
+    assert "Propagation round 1: 60 steps" in video.figures.text()
+    assert dock.project.counts(name).pseudo > 0

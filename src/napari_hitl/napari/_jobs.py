@@ -383,28 +383,40 @@ class PropagateFigures:
                 f"{self.human_frames} frames with human labels, {self.pseudo_pixels} pseudo pixels written")
 
 
-def video_propagate(host: VideoHost, steps: int, lock, ctx) -> PropagateFigures | None:
+def video_propagate(host: VideoHost, steps: int, lock, ctx, state: dict | None = None) -> PropagateFigures | None:
     """One round on the time-lapse: fine-tune with the temporal loss on the human labels, predict
     every frame, and write the predictions as pseudo labels wherever no human or accepted
-    (machine) label is. Returns None when cancelled (nothing is written then)."""
-    t0 = time.perf_counter()
+    (machine) label is. Returns None when cancelled (nothing is written then).
+
+    Preemptible: a click waiting makes it stop between steps and return None; the queue then
+    calls it again with the same ``state``, which carries the steps already done, so the round
+    goes on where it stopped instead of starting over. Writing is never interrupted by a click.
+    """
+    state = {} if state is None else state
     s = host.get(lock)
-    if not (s.labels >= 0).any():
-        raise InputError("no human labels in this time-lapse yet: label part of a frame and press Accept first")
+    if "t0" not in state:
+        if not (s.labels >= 0).any():
+            raise InputError("no human labels in this time-lapse yet: label part of a frame and press Accept first")
+        state.update(t0=time.perf_counter(), done=0, loss=float("nan"), labels=s.work_labels())
     s.flows.precompute(gaps=[g for g in s.settings.gaps if g < s.num_frames],
                        progress=lambda d, n: ctx.progress("flow", d, n))
     if host.tuner is None:
         host.tuner = s.new_tuner()
-    fit = host.tuner.fit(s.work_labels(), steps=steps, should_stop=ctx.should_stop,
-                         progress=lambda i, n, loss: ctx.progress("fine-tune", i, n))
-    if fit["cancelled"] or not host.predict(ctx):
+    if state["done"] < steps:
+        fit = host.tuner.fit(state["labels"], steps=steps - state["done"], should_stop=ctx.should_stop,
+                             progress=lambda i, n, loss: ctx.progress("fine-tune", state["done"] + i, steps))
+        state["done"] += fit["steps"]
+        state["loss"] = fit["loss"] if fit["steps"] else state["loss"]
+        if fit["cancelled"]:
+            return None
+    if not host.predict(ctx):
         return None
     host.rounds += 1
     pred = s.labels_from_probs(host.probs)
     written = 0
     with lock:
         for t in range(s.num_frames):
-            if ctx.should_stop():
+            if ctx.job.cancelled:
                 break
             _, prov = host.project.read_labels(host.name, frame=t)
             where = (prov != HUMAN) & (prov != MACHINE)
@@ -413,4 +425,5 @@ def video_propagate(host: VideoHost, steps: int, lock, ctx) -> PropagateFigures 
                 written += int(where.sum())
             ctx.progress("write", t + 1, s.num_frames)
     human_frames = int(((s.labels >= 0).reshape(s.num_frames, -1)).any(1).sum())
-    return PropagateFigures(host.rounds, fit["steps"], time.perf_counter() - t0, fit["loss"], human_frames, written)
+    return PropagateFigures(host.rounds, state["done"], time.perf_counter() - state["t0"], state["loss"],
+                            human_frames, written)

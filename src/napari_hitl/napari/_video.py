@@ -1,10 +1,12 @@
 """The time-lapse panel: annotation units to label next across frames, and Propagate.
 
 Shown when the open image is a time-lapse. The list holds the units (40 or 80 px rectangles,
-superpixels or whole frames, chosen in the panel) the video session picks (motion + diversity first, then margin uncertainty + diversity);
-double-click one to jump to its frame with its outline drawn. Propagate runs one round on the dock's worker queue
-(fine-tune with the temporal loss on the accepted human labels, predict every frame) and
-writes the predictions of unlabelled pixels as pseudo labels, never over human ones.
+superpixels or whole frames, chosen in the panel) the video session picks (motion + diversity
+first, then margin uncertainty + diversity); double-click one to jump to its frame with its
+outline drawn. Propagate runs one round on the dock's worker queue (fine-tune with the
+temporal loss on the accepted human labels, predict every frame; it pauses while a click is
+answered) and writes the predictions of unlabelled pixels as pseudo labels, never over human
+ones.
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ class VideoPanel(QGroupBox):
             self.dock.say("Propagation is already running.")
             return
         host, steps, lock = self.host, self.steps.value(), self.dock.project_lock
+        state: dict = {}  # carries the steps done across pauses for clicks
 
         def finished(figures):
             self.running(False)
@@ -183,9 +186,10 @@ class VideoPanel(QGroupBox):
 
         self.running(True)
         self.dock.say("Propagating…")
-        self.job = self.dock.queue.submit("video-propagate", lambda ctx: _jobs.video_propagate(host, steps, lock, ctx),
+        self.job = self.dock.queue.submit("video-propagate",
+                                          lambda ctx: _jobs.video_propagate(host, steps, lock, ctx, state),
                                           finished, channel="video-propagate", on_progress=self.step,
-                                          on_error=lambda err: self.running(False))
+                                          preemptible=True, on_error=lambda err: self.running(False))
 
     def cancel(self) -> None:
         """Stop the running round (nothing is written when it stops before predicting)."""
