@@ -19,7 +19,7 @@ import numpy as np
 
 from napari_hitl.errors import InputError
 from napari_hitl.video.flow import FlowCache, warp
-from napari_hitl.video.units import UnitSet
+from napari_hitl.video.units import UnitSet, mean_per_unit
 
 #: label value of pixels no human has labelled
 UNLABELLED = -1
@@ -363,10 +363,7 @@ def unit_scores(units: UnitSet, probs: np.ndarray | None, feats: np.ndarray) -> 
         pooled[sl] = feats[t].reshape(feats.shape[1], -1).mean(1)  # get the frame's mean
         pooled[sl][:min(n, len(got))] = got[:n]
         if probs is not None:
-            u = margin_uncertainty(probs[t]).ravel()
-            ids = umap.ravel()
-            scores[sl] = np.bincount(ids, weights=u, minlength=n)[:n] / np.maximum(
-                np.bincount(ids, minlength=n)[:n], 1)
+            scores[sl] = mean_per_unit(umap, margin_uncertainty(probs[t]), n)
     return scores, pooled
 
 
@@ -387,11 +384,8 @@ def motion_scores(units: UnitSet, flows: FlowCache) -> np.ndarray:
     for t in range(n):
         fl = flows.flow(t, t + 1 if t + 1 < n else t - 1)
         residual = np.linalg.norm(fl - np.median(fl.reshape(-1, 2), 0), axis=-1)
-        umap = units.frame_map_at(t, residual.shape)
-        k = units.count(t)
         sl = slice(units.offsets[t], units.offsets[t + 1])
-        scores[sl] = np.bincount(umap.ravel(), weights=residual.ravel(), minlength=k)[:k] / np.maximum(
-            np.bincount(umap.ravel(), minlength=k)[:k], 1)
+        scores[sl] = mean_per_unit(units.frame_map_at(t, residual.shape), residual, units.count(t))
     return scores
 
 

@@ -185,10 +185,7 @@ class UnitSet:
         values = np.asarray(values, np.float64)
         if values.shape != self.shape:
             raise InputError(f"map of shape {values.shape} does not match the units' frame shape {self.shape}")
-        ids = self.frame_map(t).ravel()
-        n = self.count(t)
-        sums = np.bincount(ids, weights=values.ravel(), minlength=n)
-        return sums / np.maximum(np.bincount(ids, minlength=n), 1)
+        return mean_per_unit(self.frame_map(t), values, self.count(t))
 
     def frame_map_at(self, t: int, shape: tuple[int, int]) -> np.ndarray:
         """Frame ``t``'s unit map resampled (nearest) to another ``shape``, e.g. a working resolution."""
@@ -209,6 +206,14 @@ class UnitSet:
         bbox, local = self.local_mask(index)
         y0, x0, y1, x1 = bbox
         return int(sample_clicks(np.asarray(truth_frame)[y0:y1, x0:x1], local))
+
+
+def mean_per_unit(unit_map: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``values`` over each of the ``n`` units of ``unit_map`` (same shape; 0 for a unit
+    with no pixel, e.g. one too small to survive resampling to a working resolution)."""
+    ids = np.asarray(unit_map).ravel()
+    sums = np.bincount(ids, weights=np.asarray(values, np.float64).ravel(), minlength=n)[:n]
+    return sums / np.maximum(np.bincount(ids, minlength=n)[:n], 1)
 
 
 def full_annotation_cost(truth, progress=None) -> int:
