@@ -166,16 +166,27 @@ class _Progress:
         sys.stderr.flush()
 
 
+def new_session(frames: np.ndarray, args, cache_dir: Path, progress=None):
+    """The binary :class:`~napari_hitl.video.propagate.VideoSession` a run works with (unit,
+    scale, flow method and fine-tuning settings from the command line)."""
+    from napari_hitl.video.propagate import FineTuneSettings, VideoSession
+
+    settings = FineTuneSettings(steps=args.steps, lam=session_lam(args), seed=args.seed)
+    return VideoSession(frames, 2, args.unit, cache_dir=cache_dir, scale=args.scale, flow_method=args.flow,
+                        settings=settings, progress=progress)
+
+
+def round_budget(full_cost: int, args) -> int:
+    """Clicks per round: ``--budget`` percent of the full annotation's clicks (at least one)."""
+    return max(1, int(round(full_cost * args.budget / 100.0)))
+
+
 def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Path, say) -> dict:
     """All rounds of one video; returns its figures (per round, per method)."""
-    from napari_hitl.video.propagate import FineTuneSettings, VideoSession
     from napari_hitl.video.units import full_annotation_cost
 
     t0 = time.perf_counter()
-    settings = FineTuneSettings(steps=args.steps, lam=session_lam(args), seed=args.seed)
-    session = VideoSession(frames, 2, args.unit, cache_dir=cache / name, scale=args.scale,
-                           flow_method=args.flow, settings=settings,
-                           progress=lambda what, d, n: say(f"[{name}] {what}", d, n))
+    session = new_session(frames, args, cache / name, progress=lambda what, d, n: say(f"[{name}] {what}", d, n))
     setup = {"units": time.perf_counter() - t0}
     t = time.perf_counter()
     session.precompute_flows()
@@ -183,7 +194,7 @@ def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pat
     t = time.perf_counter()
     full = full_annotation_cost(truth)
     setup["full_cost"] = time.perf_counter() - t
-    budget = max(1, int(round(full * args.budget / 100.0)))
+    budget = round_budget(full, args)
     say(f"[{name}] {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> working "
         f"{session.work_shape[1]}x{session.work_shape[0]}; {len(session.units)} units ({session.units.name}); "
         f"full annotation {full} clicks, {budget} per round; flows {setup['flows']:.0f} s")
@@ -306,7 +317,6 @@ def plot(path: Path, summary: list[dict], title: str) -> None:
 def run_timing(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Path, n: int = 100) -> dict:
     """Seconds of one round on ``n`` frames (the sequence played forward and back): flows, pick a
     budget of units from the truth, fine-tune with the temporal term, predict every frame."""
-    from napari_hitl.video.propagate import FineTuneSettings, VideoSession
     from napari_hitl.video.units import full_annotation_cost
 
     order = (list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))) or [0]
@@ -314,9 +324,7 @@ def run_timing(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pa
     frames, truth = frames[idx], truth[idx]
     out = {"video": name, "frames": n, "size": [int(frames.shape[1]), int(frames.shape[2])], "steps": args.steps}
     t0 = time.perf_counter()
-    session = VideoSession(frames, 2, args.unit, cache_dir=cache / f"timing-{name}", scale=args.scale,
-                           flow_method=args.flow,
-                           settings=FineTuneSettings(steps=args.steps, lam=session_lam(args), seed=args.seed))
+    session = new_session(frames, args, cache / f"timing-{name}")
     out["units"] = time.perf_counter() - t0
     t = time.perf_counter()
     session.precompute_flows()
@@ -325,7 +333,7 @@ def run_timing(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pa
     tuner = session.new_tuner()
     probs, feats = tuner.predict(with_features=True)
     out["first_predict"] = time.perf_counter() - t
-    budget = max(1, int(round(full_annotation_cost(truth) * args.budget / 100.0)))
+    budget = round_budget(full_annotation_cost(truth), args)
     t = time.perf_counter()
     session.annotate_budget(truth, budget, probs, feats, first_round=True, seed=args.seed)
     out["pick"] = time.perf_counter() - t
