@@ -16,23 +16,33 @@ def dock(dock, monkeypatch, qtbot):
     qtbot.waitUntil(lambda: not dock.queue.busy and not dock.queue._alive, timeout=30000)
 
 
+def _open_timelapse(dock):
+    """Open the time-lapse sample in the dock; returns its name."""
+    dock.sample_box.setCurrentIndex(dock.sample_box.findText("timelapse"))
+    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
+    return dock.current
+
+
+def _accept(dock, t: int, rows: slice, labels: np.ndarray) -> None:
+    """Paint ``labels`` into ``rows`` of frame ``t`` of the labels layer, show that frame, Accept."""
+    dock.viewer.dims.set_current_step(0, t)
+    data = np.asarray(dock.labels_layer.data).copy()
+    data[t, rows] = labels
+    dock.labels_layer.data = data
+    dock.accept_button.click()
+
+
 def test_timelapse_units_and_propagation(dock, qtbot):
     pytest.importorskip("torch")
     from napari_hitl.napari._video import OUTLINE_LAYER
     from napari_hitl.samples import sample_truth
 
-    dock.sample_box.setCurrentIndex(dock.sample_box.findText("timelapse"))
-    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
-    name, video = dock.current, dock.video
+    name, video = _open_timelapse(dock), dock.video
     assert dock.project.record(name).frames == 12 and video.isVisibleTo(dock)
     truth = sample_truth("timelapse", name)
 
     # accept part of the truth on frame 3: only that frame becomes human
-    dock.viewer.dims.set_current_step(0, 3)
-    data = np.asarray(dock.labels_layer.data).copy()
-    data[3, :96] = truth[3, :96]
-    dock.labels_layer.data = data
-    dock.accept_button.click()
+    _accept(dock, 3, slice(0, 96), truth[3, :96])
     labels, prov = dock.project.read_labels(name)
     assert (prov[3] == HUMAN).all() and (prov[np.arange(12) != 3] == 0).all()
     assert np.array_equal(labels[3, :96], truth[3, :96]) and labels[3, :96].any()
@@ -79,20 +89,14 @@ def test_cancel_propagation_writes_nothing(dock, qtbot, monkeypatch):
     pytest.importorskip("torch")
     from napari_hitl.samples import sample_truth
 
-    dock.sample_box.setCurrentIndex(dock.sample_box.findText("timelapse"))
-    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
-    name, video = dock.current, dock.video
+    name, video = _open_timelapse(dock), dock.video
     shown = []
     monkeypatch.setattr("napari_hitl.napari._worker.show_error", shown.append)
     video.propagate_button.click()  # nothing accepted yet: a clear error, nothing written
     qtbot.waitUntil(lambda: video.job is None, timeout=60000)
     assert dock.project.counts(name).pseudo == 0 and "no human labels" in shown[0]
     assert video.propagate_button.isEnabled()
-    dock.viewer.dims.set_current_step(0, 0)
-    data = np.asarray(dock.labels_layer.data).copy()
-    data[0] = sample_truth("timelapse", name)[0]
-    dock.labels_layer.data = data
-    dock.accept_button.click()
+    _accept(dock, 0, slice(None), sample_truth("timelapse", name)[0])
     video.steps.setValue(5000)
     video.propagate_button.click()
     video.cancel_button.click()
@@ -107,14 +111,8 @@ def test_a_click_pauses_propagation_which_then_resumes(dock, qtbot):
     pytest.importorskip("torch")
     from napari_hitl.samples import sample_truth
 
-    dock.sample_box.setCurrentIndex(dock.sample_box.findText("timelapse"))
-    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
-    name, video = dock.current, dock.video
-    dock.viewer.dims.set_current_step(0, 0)
-    data = np.asarray(dock.labels_layer.data).copy()
-    data[0] = sample_truth("timelapse", name)[0]
-    dock.labels_layer.data = data
-    dock.accept_button.click()
+    name, video = _open_timelapse(dock), dock.video
+    _accept(dock, 0, slice(None), sample_truth("timelapse", name)[0])
     video.steps.setValue(60)
     video.propagate_button.click()
     qtbot.waitUntil(lambda: video.progress.format().startswith("fine-tune"), timeout=60000)
