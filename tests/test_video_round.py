@@ -69,3 +69,27 @@ def _round(tmp_path):
     probs, feats = tuner.predict(with_features=True)
     rec2 = session.annotate_budget(truth, budget, probs, feats, first_round=False)
     assert not set(rec2.units) & set(rec.units)
+
+
+def test_temporal_term_adds_pairs_to_the_same_labelled_batches(tmp_path):
+    """Fine-tune and fine-tune + temporal with one seed see the same labelled frames at each step,
+    so they differ only by the temporal term; each pair's partner lies one of ``gaps`` away."""
+    pytest.importorskip("torch")
+    from napari_hitl.video.propagate import FineTuneSettings, VideoSession
+
+    frames, truth = _video()
+    session = VideoSession(frames, 2, "frame", cache_dir=tmp_path, scale=1.0,
+                           settings=FineTuneSettings(steps=5, seed=3, annotated_share=0.5))
+    plain, temporal = session.new_tuner(0.0, pretrained=False), session.new_tuner(pretrained=False)
+    annotated = np.array([1, 4, 8])
+    pick_p = np.array([0.5, 0.25, 0.25])
+    anchored = 0
+    for _ in range(50):
+        idx0, n0, pairs0 = plain._draw_batch(annotated, pick_p, len(frames))
+        idx1, n1, pairs1 = temporal._draw_batch(annotated, pick_p, len(frames))
+        assert n0 == n1 == 4 and idx0 == idx1[:4] and pairs0 == [] and len(pairs1) == 2
+        assert set(idx0) <= set(annotated.tolist())
+        for a, b, t, u in pairs1:
+            assert idx1[a] == t and idx1[b] == u and abs(t - u) in (1, 2, 3) and 0 <= u < len(frames)
+            anchored += a < n1
+    assert 30 < anchored < 70  # about half of the 100 pairs start at a labelled batch frame
