@@ -2,7 +2,8 @@
 
 The annotator is anything with the :class:`Annotator` methods: the UI (a person) or
 :class:`SimulatedAnnotator` (answers from ground truth, for benchmarks and tests). Every
-answer carries its cost in clicks: polygon clicks for a whole image, one click for a
+answer carries its cost in clicks: polygon clicks for a whole image (or click-robot clicks
+correcting the prediction, object by object, when that is cheaper), one click for a
 superpixel whose class is right (accept) or holds one class, polygon clicks inside a mixed
 superpixel. :class:`LoopDriver` keeps labels and provenance as plain arrays.
 """
@@ -53,23 +54,46 @@ class Annotator(Protocol):
 class SimulatedAnnotator:
     """Answers from ground-truth label maps, counting clicks like a careful person would.
 
-    Whole image: the true labels, polygon cost. Superpixel: if at least ``purity`` of its
+    Whole image: the true labels, polygon cost, or (with an interactive ``engine``, two classes)
+    the model's prediction corrected object by object with the click robot when cheaper. Superpixel: if at least ``purity`` of its
     (non-ignored) true pixels share one class, one click (accept when that is the predicted
     class, else pick the class) labels the whole superpixel with it; otherwise the person
     names the main class (one click) and traces the other classes inside as polygons.
     """
 
-    def __init__(self, truths: list[np.ndarray], ignore_index: int | None = None, purity: float = 0.95):
+    def __init__(self, truths: list[np.ndarray], ignore_index: int | None = None, purity: float = 0.95,
+                 engine=None, target: float = 0.9):
         self.truths = [np.asarray(t) for t in truths]
         self.ignore_index = ignore_index
         self.purity = float(purity)
+        self.engine = engine
+        self.target = float(target)
+        self.corrections: list[dict] = []  # per corrected image: clicks and how its objects went
 
     def _valid(self, t: np.ndarray) -> np.ndarray:
         return np.ones(t.shape, bool) if self.ignore_index is None else t != self.ignore_index
 
     def label_image(self, index, image, pred) -> Answer:
+        """The true labels at polygon cost; with an ``engine``, a two-class image whose prediction
+        is given is corrected object by object instead when that costs fewer clicks
+        (:func:`~napari_hitl.simulate.corrections.correct_objects`), and the corrected mask is
+        the answer."""
         t = self.truths[index]
-        return Answer(t.copy(), self._valid(t), HUMAN, image_clicks(t, ignore_index=self.ignore_index))
+        valid = self._valid(t)
+        polygons = image_clicks(t, ignore_index=self.ignore_index)
+        if self.engine is None or pred is None or np.asarray(pred).shape != t.shape or t[valid].max(initial=0) > 1:
+            return Answer(t.copy(), valid, HUMAN, polygons)
+        from napari_hitl.simulate.corrections import correct_objects
+
+        fix = correct_objects(image, np.asarray(pred) == 1, (t == 1) & valid, self.engine, self.target,
+                              ignore=~valid)
+        used = fix.clicks < polygons
+        self.corrections.append({"image": int(index), "clicks": fix.clicks, "polygon_clicks": polygons,
+                                 "used": bool(used), "erased": fix.erased, "cut": fix.cut, "kept": fix.kept,
+                                 "clicked": fix.clicked, "drawn": fix.drawn})
+        if not used:
+            return Answer(t.copy(), valid, HUMAN, polygons)
+        return Answer(fix.mask.astype(t.dtype), valid, HUMAN, fix.clicks)
 
     def label_superpixel(self, index, image, mask, predicted_class) -> Answer:
         t = self.truths[index]

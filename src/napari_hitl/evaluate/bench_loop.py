@@ -3,7 +3,9 @@
 A simulated annotator labels a pool for R rounds under each strategy (random, entropy,
 margin, consistency, superpixel, superpixel-diversity); after each round it prints the mIoU
 of the final labels over the pool (human + machine) and of the model on held-out images
-against cumulative clicks, beside full supervision (every pool image traced by hand).
+against cumulative clicks, beside full supervision (every pool image traced by hand). On
+two-class sets the annotator corrects the model's prediction of an asked image object by
+object with the click robot when that costs fewer clicks than polygons (``--corrections``).
 Also times one training round (50 images 512x512) and prediction + ranking throughput.
 """
 
@@ -38,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=0.5, help="downscale factor of all images (1 = full size)")
     parser.add_argument("--pool", type=int, default=60, help="at most this many pool images (0: all)")
     parser.add_argument("--heldout", type=int, default=30, help="at most this many held-out images (0: all)")
+    parser.add_argument("--corrections", default="graph",
+                        help="interactive engine the simulated annotator corrects two-class predictions "
+                             "with, object by object, when cheaper than polygons (graph, clicknet; none: "
+                             "always polygons). Sets of more classes always use polygons.")
     parser.add_argument("--no-pseudo", action="store_true", help="train on human labels only")
     parser.add_argument("--diversity", action="store_true", help="after round one, image strategies cluster "
                         "the more uncertain half into the budget instead of asking the top-k images")
@@ -158,7 +164,13 @@ def run_strategy(ds, strategy: str, args, log=print) -> dict:
         return {"label_miou": dataset_miou(driver.final_labels(), truths, ds["num_classes"], ds["ignore_index"]),
                 "model_miou": _heldout_miou(driver.trainer.model, ds)}
 
-    driver = LoopDriver([x[1] for x in ds["pool"]], SimulatedAnnotator(truths, ds["ignore_index"]),
+    engine = None
+    if args.corrections != "none" and ds["num_classes"] == 2:
+        from napari_hitl.interactive.engine import get_engine
+
+        engine = get_engine(args.corrections)
+    annotator = SimulatedAnnotator(truths, ds["ignore_index"], engine=engine)
+    driver = LoopDriver([x[1] for x in ds["pool"]], annotator,
                         ds["num_classes"], settings, names=[x[0] for x in ds["pool"]], evaluate=evaluate)
 
     def on_round(rec):
@@ -167,7 +179,7 @@ def run_strategy(ds, strategy: str, args, log=print) -> dict:
             f"(train {rec.train_seconds:.0f}s, predict {rec.predict_seconds:.0f}s, loss {rec.loss:.3f})")
 
     driver.run(on_round=on_round)
-    return {"strategy": strategy, "rounds": driver.records_as_dicts()}
+    return {"strategy": strategy, "rounds": driver.records_as_dicts(), "corrections": annotator.corrections}
 
 
 def run_full(ds, args, log=print) -> dict:
@@ -337,13 +349,19 @@ def run(args) -> int:
     for s in strategies:
         if s not in LOOP_STRATEGIES:
             raise InputError(f"unknown --strategy {s!r}; use one of {', '.join(LOOP_STRATEGIES)} or 'all'")
+    if args.corrections != "none":
+        from napari_hitl.interactive.engine import get_engine
+
+        get_engine(args.corrections)  # an unknown engine is named now, not after the data loads
     t0 = time.perf_counter()
     ds = load_dataset(Path(args.data), args.scale, args.pool, args.heldout, args.seed)
     shapes = sorted({x[1].shape[:2] for x in ds["pool"]})
     print(f"{ds['name']}: pool {len(ds['pool'])} images, held-out {len(ds['heldout'])}, scale {args.scale} "
           f"(sizes {shapes[0]}..{shapes[-1]}), {ds['num_classes']} classes; rounds {args.rounds}, budget "
           f"{args.budget}/round, {args.steps} steps x batch {args.batch} x crop {args.crop}; "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+          f"torch threads {torch.get_num_threads()}; whole images "
+          + (f"corrected with the {args.corrections} engine when cheaper than polygons"
+             if args.corrections != "none" and ds["num_classes"] == 2 else "drawn as polygons"), flush=True)
     result = {"dataset": ds["name"], "args": {k: v for k, v in vars(args).items() if k != "func"},
               "pool": len(ds["pool"]), "heldout": len(ds["heldout"]), "strategies": {}}
     log = lambda msg: print(msg, flush=True)  # noqa: E731

@@ -1,0 +1,106 @@
+"""Correcting a model's two-class prediction object by object, as a person with the click tools would.
+
+A whole-image prediction of many objects (nuclei) is fixed one object at a time: each
+predicted piece that touches no true object is erased with one fill click; each true object
+whose predicted mask has IoU below ``target`` gets the click robot (:func:`run_clicks`) on a
+crop around it, starting from its predicted mask, with the other true objects ignored (they
+are foreground either way). Predicted parts outside every object's crop that are attached to
+an object are traced as polygons and cut away. An object the robot cannot bring to ``target`` within the clicks
+its polygon would cost is drawn as a polygon instead. One more click accepts the image. A
+single engine prediction on the whole image would move every object at once, which is why the
+work is split per object (on dsb2018 a whole-image graph engine took IoU 0.80 to 0.62).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from napari_hitl.errors import InputError
+from napari_hitl.simulate.clicker import run_clicks
+from napari_hitl.simulate.cost import polygon_clicks
+
+__all__ = ["Correction", "correct_objects"]
+
+
+@dataclass
+class Correction:
+    """The corrected mask and what it cost: clicks in all, and how each object was handled."""
+
+    mask: np.ndarray
+    clicks: int
+    erased: int = 0       # predicted pieces on no object, one click each
+    cut: int = 0          # predicted parts away from every object but attached to one, traced
+    kept: int = 0         # objects already at the target IoU
+    clicked: int = 0      # objects the click robot fixed
+    drawn: int = 0        # objects drawn as polygons
+
+
+def correct_objects(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, engine, target: float = 0.9,
+                    margin: int = 12, ignore: np.ndarray | None = None) -> Correction:
+    """Turn ``pred`` (H, W bool) into a mask close to ``truth`` (H, W bool) object by object.
+
+    ``engine``: an interactive :class:`~napari_hitl.interactive.engine.Engine`, prepared here
+    on a crop around each object that needs clicks. ``ignore``: pixels nobody scores (void).
+    Returns the corrected mask and its cost (see the module docstring).
+    """
+    from napari_hitl.evaluate.metrics import iou
+
+    truth = np.asarray(truth, bool)
+    pred = np.asarray(pred, bool)
+    image = np.asarray(image)
+    if pred.shape != truth.shape or image.shape[:2] != truth.shape:
+        raise InputError(f"image {image.shape[:2]}, prediction {pred.shape} and truth {truth.shape} "
+                         "must have one height and width")
+    void = np.zeros(truth.shape, bool) if ignore is None else np.asarray(ignore, bool)
+    out = Correction(pred.copy(), 1)  # one click accepts the image
+    pieces, n = ndimage.label(pred, np.ones((3, 3), bool))
+    for k, sl in enumerate(ndimage.find_objects(pieces), 1):
+        piece = pieces[sl] == k
+        if not (piece & truth[sl] & ~void[sl]).any():
+            out.mask[sl][piece] = False
+            out.clicks += 1
+            out.erased += 1
+    objects, n = ndimage.label(truth, np.ones((3, 3), bool))
+    h, w = truth.shape
+    crops = []
+    near = np.zeros(truth.shape, bool)
+    for sl in ndimage.find_objects(objects):
+        y0, y1 = max(0, sl[0].start - margin), min(h, sl[0].stop + margin)
+        x0, x1 = max(0, sl[1].start - margin), min(w, sl[1].stop + margin)
+        crops.append((slice(y0, y1), slice(x0, x1)))
+        near[crops[-1]] = True
+    # predicted parts away from every object, attached to one: traced as a polygon and cut away
+    away, n = ndimage.label(out.mask & ~near, np.ones((3, 3), bool))
+    for k, sl in enumerate(ndimage.find_objects(away), 1):
+        part = away[sl] == k
+        out.mask[sl][part] = False
+        out.clicks += polygon_clicks(part.astype(np.uint8), background=0)
+        out.cut += 1
+    for k, crop in enumerate(crops, 1):
+        obj = objects[crop] == k
+        others = (truth[crop] & ~obj) | void[crop]
+        cur = out.mask[crop]
+        # the object's predicted mask: the pieces of the current mask that touch it
+        lab, _ = ndimage.label(cur, np.ones((3, 3), bool))
+        touching = np.unique(lab[obj & cur])
+        start = np.isin(lab, touching[touching > 0])
+        if iou(start, obj, others) >= target:
+            out.kept += 1
+            continue
+        poly = polygon_clicks(obj.astype(np.uint8), background=0)
+        engine.prepare(image[crop])
+        run = run_clicks(engine, obj, max_clicks=max(1, poly - 1), ignore=others,
+                         start=start if start.any() else None, stop_at=target)
+        if run.clicks and run.final_iou >= target:
+            new, cost = run.mask, len(run.clicks)
+            out.clicked += 1
+        else:
+            new, cost = obj, poly
+            out.drawn += 1
+        cur[start & ~others] = False
+        cur[new & ~others] = True
+        out.clicks += cost
+    return out
