@@ -55,10 +55,11 @@ class SimulatedAnnotator:
     """Answers from ground-truth label maps, counting clicks like a careful person would.
 
     Whole image: the true labels, polygon cost, or (with an interactive ``engine``, two classes)
-    the model's prediction corrected object by object with the click robot when cheaper. Superpixel: if at least ``purity`` of its
-    (non-ignored) true pixels share one class, one click (accept when that is the predicted
-    class, else pick the class) labels the whole superpixel with it; otherwise the person
-    names the main class (one click) and traces the other classes inside as polygons.
+    the model's prediction corrected object by object with the click robot when cheaper.
+    Superpixel: if at least ``purity`` of its (non-ignored) true pixels share one class, one
+    click (accept when that is the predicted class, else pick the class) labels the whole
+    superpixel with it; otherwise the person names the main class (one click) and traces the
+    other classes inside as polygons.
     """
 
     def __init__(self, truths: list[np.ndarray], ignore_index: int | None = None, purity: float = 0.95,
@@ -81,19 +82,19 @@ class SimulatedAnnotator:
         t = self.truths[index]
         valid = self._valid(t)
         polygons = image_clicks(t, ignore_index=self.ignore_index)
-        if self.engine is None or pred is None or np.asarray(pred).shape != t.shape or t[valid].max(initial=0) > 1:
-            return Answer(t.copy(), valid, HUMAN, polygons)
-        from napari_hitl.simulate.corrections import correct_objects
+        if self.engine is not None and pred is not None and np.asarray(pred).shape == t.shape \
+                and t[valid].max(initial=0) <= 1:
+            from napari_hitl.simulate.corrections import correct_objects
 
-        fix = correct_objects(image, np.asarray(pred) == 1, (t == 1) & valid, self.engine, self.target,
-                              ignore=~valid)
-        used = fix.clicks < polygons
-        self.corrections.append({"image": int(index), "clicks": fix.clicks, "polygon_clicks": polygons,
-                                 "used": bool(used), "erased": fix.erased, "cut": fix.cut, "kept": fix.kept,
-                                 "clicked": fix.clicked, "drawn": fix.drawn})
-        if not used:
-            return Answer(t.copy(), valid, HUMAN, polygons)
-        return Answer(fix.mask.astype(t.dtype), valid, HUMAN, fix.clicks)
+            fix = correct_objects(image, np.asarray(pred) == 1, (t == 1) & valid, self.engine, self.target,
+                                  ignore=~valid)
+            used = fix.clicks < polygons
+            self.corrections.append({"image": int(index), "clicks": fix.clicks, "polygon_clicks": polygons,
+                                     "used": bool(used), "erased": fix.erased, "cut": fix.cut,
+                                     "kept": fix.kept, "clicked": fix.clicked, "drawn": fix.drawn})
+            if used:
+                return Answer(fix.mask.astype(t.dtype), valid, HUMAN, fix.clicks)
+        return Answer(t.copy(), valid, HUMAN, polygons)
 
     def label_superpixel(self, index, image, mask, predicted_class) -> Answer:
         t = self.truths[index]

@@ -146,7 +146,8 @@ def _heldout_miou(model, ds) -> float:
                         ds["ignore_index"])
 
 
-def run_strategy(ds, strategy: str, args, log=print) -> dict:
+def run_strategy(ds, strategy: str, args, log=print, engine=None) -> dict:
+    """One strategy's rounds; ``engine`` (if any) corrects the predictions of asked images."""
     from napari_hitl.active.loop import LoopDriver, LoopSettings, SimulatedAnnotator
     from napari_hitl.active.pseudo import PseudoSettings
 
@@ -164,11 +165,6 @@ def run_strategy(ds, strategy: str, args, log=print) -> dict:
         return {"label_miou": dataset_miou(driver.final_labels(), truths, ds["num_classes"], ds["ignore_index"]),
                 "model_miou": _heldout_miou(driver.trainer.model, ds)}
 
-    engine = None
-    if args.corrections != "none" and ds["num_classes"] == 2:
-        from napari_hitl.interactive.engine import get_engine
-
-        engine = get_engine(args.corrections)
     annotator = SimulatedAnnotator(truths, ds["ignore_index"], engine=engine)
     driver = LoopDriver([x[1] for x in ds["pool"]], annotator,
                         ds["num_classes"], settings, names=[x[0] for x in ds["pool"]], evaluate=evaluate)
@@ -349,19 +345,22 @@ def run(args) -> int:
     for s in strategies:
         if s not in LOOP_STRATEGIES:
             raise InputError(f"unknown --strategy {s!r}; use one of {', '.join(LOOP_STRATEGIES)} or 'all'")
+    engine = None
     if args.corrections != "none":
         from napari_hitl.interactive.engine import get_engine
 
-        get_engine(args.corrections)  # an unknown engine is named now, not after the data loads
+        engine = get_engine(args.corrections)  # an unknown engine is named now, not after the data loads
     t0 = time.perf_counter()
     ds = load_dataset(Path(args.data), args.scale, args.pool, args.heldout, args.seed)
+    if ds["num_classes"] != 2:
+        engine = None  # corrections are object by object on two-class sets only
     shapes = sorted({x[1].shape[:2] for x in ds["pool"]})
     print(f"{ds['name']}: pool {len(ds['pool'])} images, held-out {len(ds['heldout'])}, scale {args.scale} "
           f"(sizes {shapes[0]}..{shapes[-1]}), {ds['num_classes']} classes; rounds {args.rounds}, budget "
           f"{args.budget}/round, {args.steps} steps x batch {args.batch} x crop {args.crop}; "
           f"torch threads {torch.get_num_threads()}; whole images "
           + (f"corrected with the {args.corrections} engine when cheaper than polygons"
-             if args.corrections != "none" and ds["num_classes"] == 2 else "drawn as polygons"), flush=True)
+             if engine is not None else "drawn as polygons"), flush=True)
     result = {"dataset": ds["name"], "args": {k: v for k, v in vars(args).items() if k != "func"},
               "pool": len(ds["pool"]), "heldout": len(ds["heldout"]), "strategies": {}}
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -369,7 +368,7 @@ def run(args) -> int:
         if not args.no_full:
             result["full"] = run_full(ds, args, log)
         for s in strategies:
-            result["strategies"][s] = run_strategy(ds, s, args, log)
+            result["strategies"][s] = run_strategy(ds, s, args, log, engine)
         print()
         print(summarise(result))
     if args.timing or args.timing_only:

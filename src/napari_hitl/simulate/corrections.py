@@ -1,14 +1,15 @@
 """Correcting a model's two-class prediction object by object, as a person with the click tools would.
 
 A whole-image prediction of many objects (nuclei) is fixed one object at a time: each
-predicted piece that touches no true object is erased with one fill click; each true object
-whose predicted mask has IoU below ``target`` gets the click robot (:func:`run_clicks`) on a
-crop around it, starting from its predicted mask, with the other true objects ignored (they
-are foreground either way). Predicted parts outside every object's crop that are attached to
-an object are traced as polygons and cut away. An object the robot cannot bring to ``target`` within the clicks
-its polygon would cost is drawn as a polygon instead. One more click accepts the image. A
-single engine prediction on the whole image would move every object at once, which is why the
-work is split per object (on dsb2018 a whole-image graph engine took IoU 0.80 to 0.62).
+predicted piece that touches no true object is erased with one fill click; predicted parts
+outside every object's crop that are attached to an object are traced as polygons and cut
+away; each true object whose predicted mask has IoU below ``target`` gets the click robot
+(:func:`run_clicks`) on a crop around it, starting from its predicted mask, with the other
+true objects ignored (they are foreground either way). An object the robot cannot bring to
+``target`` within the clicks its polygon would cost is drawn as a polygon instead. One more
+click accepts the image. A single engine prediction on the whole image would move every
+object at once, which is why the work is split per object (on dsb2018 a whole-image graph
+engine took IoU 0.80 to 0.62).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from napari_hitl.simulate.clicker import run_clicks
 from napari_hitl.simulate.cost import polygon_clicks
 
 __all__ = ["Correction", "correct_objects"]
+
+_EIGHT = np.ones((3, 3), bool)  # 8-connected components, as the polygon cost counts them
 
 
 @dataclass
@@ -56,14 +59,14 @@ def correct_objects(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, engi
                          "must have one height and width")
     void = np.zeros(truth.shape, bool) if ignore is None else np.asarray(ignore, bool)
     out = Correction(pred.copy(), 1)  # one click accepts the image
-    pieces, n = ndimage.label(pred, np.ones((3, 3), bool))
+    pieces, _ = ndimage.label(pred, _EIGHT)
     for k, sl in enumerate(ndimage.find_objects(pieces), 1):
         piece = pieces[sl] == k
         if not (piece & truth[sl] & ~void[sl]).any():
             out.mask[sl][piece] = False
             out.clicks += 1
             out.erased += 1
-    objects, n = ndimage.label(truth, np.ones((3, 3), bool))
+    objects, _ = ndimage.label(truth, _EIGHT)
     h, w = truth.shape
     crops = []
     near = np.zeros(truth.shape, bool)
@@ -73,7 +76,7 @@ def correct_objects(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, engi
         crops.append((slice(y0, y1), slice(x0, x1)))
         near[crops[-1]] = True
     # predicted parts away from every object, attached to one: traced as a polygon and cut away
-    away, n = ndimage.label(out.mask & ~near, np.ones((3, 3), bool))
+    away, _ = ndimage.label(out.mask & ~near, _EIGHT)
     for k, sl in enumerate(ndimage.find_objects(away), 1):
         part = away[sl] == k
         out.mask[sl][part] = False
@@ -84,7 +87,7 @@ def correct_objects(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, engi
         others = (truth[crop] & ~obj) | void[crop]
         cur = out.mask[crop]
         # the object's predicted mask: the pieces of the current mask that touch it
-        lab, _ = ndimage.label(cur, np.ones((3, 3), bool))
+        lab, _ = ndimage.label(cur, _EIGHT)
         touching = np.unique(lab[obj & cur])
         start = np.isin(lab, touching[touching > 0])
         if iou(start, obj, others) >= target:
