@@ -71,7 +71,31 @@ def test_simulated_annotator_costs():
     mixed[0:10, 0:10] = True  # a quarter of it is object
     ans = ann.label_superpixel(0, None, mixed, predicted_class=0)
     assert ans.clicks > 1 and ans.provenance == HUMAN and np.array_equal(ans.labels[mixed], gt[mixed])
+    # the panel's one-click answer (purity 0): the main class for all of it, right or not
+    dominant = SimulatedAnnotator([gt], purity=0.0).label_superpixel(0, None, mixed, predicted_class=0)
+    assert dominant.clicks == 1 and dominant.provenance == MACHINE and np.all(dominant.labels[mixed] == 0)
     whole = ann.label_image(0, None, None)
     assert whole.clicks >= 4 and np.array_equal(whole.labels, gt)
     with pytest.raises(InputError, match="strategy"):
         LoopSettings(strategy="telepathy")
+
+
+def test_image_answered_superpixel_by_superpixel():
+    """image_answer="superpixels": a picked image costs one click per superpixel and each
+    superpixel holds its main true class (the panel's one-click answer, purity 0)."""
+    torch.manual_seed(0)
+    images, truths = _set(n=4)
+    settings = LoopSettings(strategy="random", rounds=1, budget=1, n_segments=30, image_answer="superpixels",
+                            train=TrainSettings(steps=2, batch_size=2, crop=64, checkpoint_every=0))
+    driver = LoopDriver(images, SimulatedAnnotator(truths, purity=0.0), 2, settings)
+    rec = driver.run()[0]
+    (i,) = driver.asked_images
+    seg = driver.segments(i)
+    ids = np.unique(seg)
+    assert rec.clicks == rec.superpixels_asked == len(ids) and rec.images_asked == 1
+    assert np.all((driver.provenance[i] == HUMAN) | (driver.provenance[i] == MACHINE))
+    for j in ids:
+        inside = seg == j
+        assert np.all(driver.labels[i][inside] == np.bincount(truths[i][inside]).argmax())
+    with pytest.raises(InputError, match="image answer"):
+        LoopSettings(image_answer="telepathy")

@@ -5,7 +5,9 @@ The annotator is anything with the :class:`Annotator` methods: the UI (a person)
 answer carries its cost in clicks: polygon clicks for a whole image (or click-robot clicks
 correcting the prediction, object by object, when that is cheaper), one click for a
 superpixel whose class is right (accept) or holds one class, polygon clicks inside a mixed
-superpixel. :class:`LoopDriver` keeps labels and provenance as plain arrays.
+superpixel (or one click for any superpixel, its main class, as the panel answers). A whole
+image can also be answered superpixel by superpixel (``LoopSettings.image_answer``).
+:class:`LoopDriver` keeps labels and provenance as plain arrays.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from napari_hitl.active.pseudo import PseudoSettings, machine_labelled_images, pseudo_labels
 from napari_hitl.active.ranking import ImageScore, rank_images, score_maps
 from napari_hitl.active.superpixels import (Suggestion, diverse_suggestions, edge_strength, image_suggestions,
-                                            slic_superpixels, suggest_superpixels)
+                                            slic_superpixels, suggest_superpixels, superpixel_stats)
 from napari_hitl.errors import InputError
 from napari_hitl.model.train import HUMAN, MACHINE, PSEUDO, UNLABELLED, Sample, Trainer, TrainSettings
 from napari_hitl.simulate.cost import image_clicks, sample_clicks
@@ -29,6 +31,8 @@ __all__ = ["LOOP_STRATEGIES", "Answer", "Annotator", "SimulatedAnnotator", "Loop
 
 #: strategies of :class:`LoopDriver`: four pick whole images, two pick superpixels
 LOOP_STRATEGIES = ("random", "entropy", "margin", "consistency", "superpixel", "superpixel-diversity")
+#: how a picked whole image is answered: traced (polygons / corrections) or superpixel by superpixel
+IMAGE_ANSWERS = ("polygons", "superpixels")
 
 
 @dataclass
@@ -59,7 +63,9 @@ class SimulatedAnnotator:
     Superpixel: if at least ``purity`` of its (non-ignored) true pixels share one class, one
     click (accept when that is the predicted class, else pick the class) labels the whole
     superpixel with it; otherwise the person names the main class (one click) and traces the
-    other classes inside as polygons.
+    other classes inside as polygons. ``purity=0`` is what the napari panel offers: every
+    superpixel gets its main class in one click ("dominant labelling"; the minority pixels
+    inside become wrong labels, which the label mIoU counts).
     """
 
     def __init__(self, truths: list[np.ndarray], ignore_index: int | None = None, purity: float = 0.95,
@@ -123,6 +129,10 @@ class LoopSettings:
     edge_weight: float = 1.0         # superpixel score weight of image edges (0: plain mean)
     measure: str = "margin"          # pixel uncertainty for superpixels: margin, entropy, confidence
     class_balanced: bool = True
+    # image strategies: "superpixels" answers a picked image one superpixel at a time (each
+    # accepted or relabelled, one click) instead of tracing it: what the panel's suggestions
+    # do with every superpixel of the image suggested
+    image_answer: str = "polygons"
     # image strategies after round one: cluster the more uncertain half into the budget (k-means
     # over pooled features) instead of asking the top-k. Measured both ways: on camvid (consecutive
     # frames of four drives, where the top-k are near-duplicates) entropy with diversity reached
@@ -137,6 +147,8 @@ class LoopSettings:
     def __post_init__(self):
         if self.strategy not in LOOP_STRATEGIES:
             raise InputError(f"unknown strategy {self.strategy!r}; use one of {', '.join(LOOP_STRATEGIES)}")
+        if self.image_answer not in IMAGE_ANSWERS:
+            raise InputError(f"unknown image answer {self.image_answer!r}; use one of {', '.join(IMAGE_ANSWERS)}")
         if self.budget < 1 or self.rounds < 1:
             raise InputError(f"budget and rounds must be >= 1, got {self.budget} and {self.rounds}")
 
@@ -302,11 +314,19 @@ class LoopDriver:
                 self.asked_superpixels.setdefault(i, set()).add(sug.segment)
             return self.clicks - before, 0, len(picks)
         picks = self.select_images(first_round)
+        n_sp = 0
         for i in picks:
             p = self.predictions[i]
-            self._apply(i, self.annotator.label_image(i, self.images[i], None if p is None else p.pred))
+            if self.settings.image_answer == "superpixels":
+                seg = self.segments(i)
+                _, cls, area, _ = superpixel_stats(seg, p.conf, p.pred, self.num_classes)
+                for j in np.flatnonzero(area):
+                    self._apply(i, self.annotator.label_superpixel(i, self.images[i], seg == j, int(cls[j])))
+                n_sp += int(np.count_nonzero(area))
+            else:
+                self._apply(i, self.annotator.label_image(i, self.images[i], None if p is None else p.pred))
             self.asked_images.add(i)
-        return self.clicks - before, len(picks), 0
+        return self.clicks - before, len(picks), n_sp
 
     def update_pseudo(self) -> None:
         """Pseudo-label the gamma_t most consistent images (confidence > delta); humans win."""

@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "budget x --sp-per-image superpixels)")
     parser.add_argument("--sp-per-image", type=int, default=20, help="superpixels that count as one image of budget")
     parser.add_argument("--n-segments", type=int, default=150, help="SLIC superpixels per image")
+    parser.add_argument("--image-answer", default="polygons", choices=("polygons", "superpixels"),
+                        help="how image strategies' picks are answered: traced, or superpixel by superpixel")
+    parser.add_argument("--purity", type=float, default=0.95, help="superpixel answers: one click labels a "
+                        "superpixel whose main true class covers at least this share, mixed ones are traced "
+                        "as polygons; 0 = the panel's one-click answer (main class) for every superpixel")
     parser.add_argument("--steps", type=int, default=100, help="training steps per round")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--crop", type=int, default=160)
@@ -158,14 +163,14 @@ def run_strategy(ds, strategy: str, args, log=print, engine=None) -> dict:
     settings = LoopSettings(strategy=strategy, rounds=args.rounds, budget=args.budget,
                             superpixels_per_image=args.sp_per_image, n_segments=args.n_segments,
                             background=ds["background"], pseudo=PseudoSettings(enabled=not args.no_pseudo),
-                            diversity=args.diversity,
+                            diversity=args.diversity, image_answer=args.image_answer,
                             train=_train_settings(args), seed=args.seed)
 
     def evaluate(driver):
         return {"label_miou": dataset_miou(driver.final_labels(), truths, ds["num_classes"], ds["ignore_index"]),
                 "model_miou": _heldout_miou(driver.trainer.model, ds)}
 
-    annotator = SimulatedAnnotator(truths, ds["ignore_index"], engine=engine)
+    annotator = SimulatedAnnotator(truths, ds["ignore_index"], purity=args.purity, engine=engine)
     driver = LoopDriver([x[1] for x in ds["pool"]], annotator,
                         ds["num_classes"], settings, names=[x[0] for x in ds["pool"]], evaluate=evaluate)
 

@@ -164,9 +164,11 @@ class SuggestionsPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         self.count = QSpinBox()
-        self.count.setRange(1, 50)
+        self.count.setRange(1, 500)
         self.count.setValue(8)
         self.count.setPrefix("top ")
+        self.count.setToolTip("How many superpixels to suggest; 500 outlines them all, so the whole image "
+                              "is labelled one click per superpixel (on camvid that beat tracing it)")
         self.suggest_button = QPushButton("Suggest superpixels")
         self.suggest_button.setToolTip("Outline the open image's most uncertain superpixels (G: click them "
                                        "in the viewer: left accepts, right/Ctrl relabels)")
