@@ -99,3 +99,9 @@ def test_image_answered_superpixel_by_superpixel():
         assert np.all(driver.labels[i][inside] == np.bincount(truths[i][inside]).argmax())
     with pytest.raises(InputError, match="image answer"):
         LoopSettings(image_answer="telepathy")
+
+
+def test_simulated_annotator_refuses_a_prediction_of_another_shape():
+    gt = np.zeros((20, 20), np.uint16)
+    with pytest.raises(InputError, match="differ in shape"):
+        SimulatedAnnotator([gt]).label_image(0, None, np.zeros((10, 20), np.uint16))

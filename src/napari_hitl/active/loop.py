@@ -88,8 +88,10 @@ class SimulatedAnnotator:
         t = self.truths[index]
         valid = self._valid(t)
         polygons = image_clicks(t, ignore_index=self.ignore_index)
-        if self.engine is not None and pred is not None and np.asarray(pred).shape == t.shape \
-                and t[valid].max(initial=0) <= 1:
+        if pred is not None and np.asarray(pred).shape != t.shape:
+            raise InputError(f"prediction {np.asarray(pred).shape} and labels {t.shape} of image {index} differ "
+                             "in shape")
+        if self.engine is not None and pred is not None and t[valid].max(initial=0) <= 1:
             from napari_hitl.simulate.corrections import correct_objects
 
             fix = correct_objects(image, np.asarray(pred) == 1, (t == 1) & valid, self.engine, self.target,

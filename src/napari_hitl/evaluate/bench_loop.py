@@ -364,8 +364,11 @@ def run(args) -> int:
           f"(sizes {shapes[0]}..{shapes[-1]}), {ds['num_classes']} classes; rounds {args.rounds}, budget "
           f"{args.budget}/round, {args.steps} steps x batch {args.batch} x crop {args.crop}; "
           f"torch threads {torch.get_num_threads()}; whole images "
-          + (f"corrected with the {args.corrections} engine when cheaper than polygons"
-             if engine is not None else "drawn as polygons"), flush=True)
+          + ("answered superpixel by superpixel" if args.image_answer == "superpixels"
+             else f"corrected with the {args.corrections} engine when cheaper than polygons"
+             if engine is not None else "drawn as polygons")
+          + ("; every superpixel answer is one click (its main class)" if args.purity <= 0
+             else f"; superpixels under {args.purity:.0%} one class are traced"), flush=True)
     result = {"dataset": ds["name"], "args": {k: v for k, v in vars(args).items() if k != "func"},
               "pool": len(ds["pool"]), "heldout": len(ds["heldout"]), "strategies": {}}
     log = lambda msg: print(msg, flush=True)  # noqa: E731
