@@ -35,12 +35,15 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def viewer_factory(make_napari_viewer):
-    """``make_napari_viewer``, skipped where napari's canvas has no OpenGL (Qt offscreen)."""
+def viewer_factory(request):
+    """``make_napari_viewer``, skipped where napari's canvas has no OpenGL (Qt offscreen).
+
+    The skip comes before napari's fixture is set up: its teardown fails on a skipped test.
+    """
     if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
         pytest.skip("napari's canvas needs OpenGL, which Qt offscreen lacks here: install Xvfb "
                     "(apt-get install xvfb) and pytest-xvfb runs the viewer tests on a virtual display")
-    return make_napari_viewer
+    return request.getfixturevalue("make_napari_viewer")
 
 
 @pytest.fixture

@@ -174,6 +174,9 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     sug = dock.suggestions
     assert len(sug.items) == sug.count.value() and sug.layer is not None
     first, second = sug.items[0], sug.items[1]
+    ranks = sug.layer.data if sug.layer.data.ndim == 2 else sug.layer.data[sug.frame]
+    assert (ranks[sug.segments == second.segment] == 2).all()  # outlined by rank, nothing else marked
+    assert np.count_nonzero(ranks) == sum(s.area for s in sug.items)
     sug.accept(0)
     _, prov = dock.project.read_labels(dock.current)
     assert (prov[sug.segments == first.segment] == MACHINE).all()

@@ -215,8 +215,10 @@ class SuggestionsPanel(QWidget):
         labels_layer = self.dock.labels_layer
         data = np.zeros(labels_layer.data.shape, np.uint16)
         plane = data[self.frame] if data.ndim == 3 else data
+        lut = np.zeros(int(self.segments.max()) + 1, np.uint16)  # one pass, however many are suggested
         for rank, s in enumerate(self.items, start=1):
-            plane[self.segments == s.segment] = rank
+            lut[s.segment] = rank
+        plane[...] = lut[self.segments]
         return data
 
     def _redraw(self) -> None:
