@@ -168,7 +168,7 @@ class SuggestionsPanel(QWidget):
         self.count.setValue(8)
         self.count.setPrefix("top ")
         self.count.setToolTip("How many superpixels to suggest; 500 outlines them all, so the whole image "
-                              "is labelled one click per superpixel (on camvid that beat tracing it)")
+                              "is labelled one click per superpixel")
         self.suggest_button = QPushButton("Suggest superpixels")
         self.suggest_button.setToolTip("Outline the open image's most uncertain superpixels (G: click them "
                                        "in the viewer: left accepts, right/Ctrl relabels)")
