@@ -26,8 +26,8 @@ from napari_hitl.errors import InputError
 from napari_hitl.model.train import HUMAN, MACHINE, PSEUDO, UNLABELLED, Sample, Trainer, TrainSettings
 from napari_hitl.simulate.cost import image_clicks, sample_clicks
 
-__all__ = ["LOOP_STRATEGIES", "Answer", "Annotator", "SimulatedAnnotator", "LoopSettings", "RoundRecord",
-           "Prediction", "LoopDriver"]
+__all__ = ["LOOP_STRATEGIES", "IMAGE_ANSWERS", "Answer", "Annotator", "SimulatedAnnotator", "LoopSettings",
+           "RoundRecord", "Prediction", "LoopDriver"]
 
 #: strategies of :class:`LoopDriver`: four pick whole images, two pick superpixels
 LOOP_STRATEGIES = ("random", "entropy", "margin", "consistency", "superpixel", "superpixel-diversity")
@@ -138,8 +138,9 @@ class LoopSettings:
     # at 7,466 clicks (95% of tracing all 100 images, 11.9% of its clicks) and margin 0.451 at
     # 8,981 (99%, 14.3%), against 0.381 at 6,631 for consistency traced (budget 3). With seed 1
     # (another pool) neither passed 95% (margin 0.416, consistency 0.403, random 0.420 of a
-    # full 0.460) nor beat random in the first three rounds: the gain is within pool noise. Default "polygons": superpixel answers are measured on camvid only, and
-    # on dsb2018 traced / corrected answers already meet the targets.
+    # full 0.460) nor beat random in the first three rounds: the gain is within pool noise.
+    # Default "polygons": superpixel answers are measured on camvid only, and on dsb2018
+    # traced / corrected answers already meet the targets.
     image_answer: str = "polygons"
     # image strategies after round one: cluster the more uncertain half into the budget (k-means
     # over pooled features) instead of asking the top-k. Measured both ways: on camvid (consecutive

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hitl.active.loop import LOOP_STRATEGIES
+from napari_hitl.active.loop import IMAGE_ANSWERS, LOOP_STRATEGIES
 from napari_hitl.errors import InputError
 
 DATASETS = ("camvid", "dsb2018")
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "budget x --sp-per-image superpixels)")
     parser.add_argument("--sp-per-image", type=int, default=20, help="superpixels that count as one image of budget")
     parser.add_argument("--n-segments", type=int, default=150, help="SLIC superpixels per image")
-    parser.add_argument("--image-answer", default="polygons", choices=("polygons", "superpixels"),
+    parser.add_argument("--image-answer", default="polygons", choices=IMAGE_ANSWERS,
                         help="how image strategies' picks are answered: traced, or superpixel by superpixel")
     parser.add_argument("--purity", type=float, default=0.95, help="superpixel answers: one click labels a "
                         "superpixel whose main true class covers at least this share, mixed ones are traced "
