@@ -27,7 +27,7 @@ CAMVID_CLASSES, CAMVID_VOID = 11, 11
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="../shared/data/camvid or ../shared/data/dsb2018")
+    parser.add_argument("--data", help="../shared/data/camvid or ../shared/data/dsb2018 (not with --merge)")
     parser.add_argument("--strategy", default="all", help=f"one of {', '.join(LOOP_STRATEGIES)}, or 'all'")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--budget", type=int, default=2, help="images per round (superpixel strategies: "
@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--plot", help="write a PNG plot of mIoU vs clicks here")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: average the --json files of "
+                        "earlier runs (other seeds, other strategies) round by round, print the table of means "
+                        "and how many seeds beat random, and write --json / --plot of the means")
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -281,10 +284,19 @@ def _interp(rounds: list[dict], clicks: float, key: str) -> float | None:
     return float(np.interp(clicks, xs, [r["metrics"][key] for r in rounds]))
 
 
+def _vs_random(rand: list[dict], r: dict, key: str) -> tuple[float | None, bool]:
+    """Random's ``key`` at the clicks of round ``r`` (interpolated), else at the same round; (value, same round?)."""
+    v = _interp(rand, r["clicks"], key)
+    if v is not None:
+        return v, False
+    same = [x for x in rand if x["round"] == r["round"]]
+    return (same[0]["metrics"][key], True) if same else (None, False)
+
+
 def summarise(result: dict) -> str:
     full = result.get("full")
     lines = [f"{'strategy':<21} {'round':>5} {'clicks':>7} {'%full':>6} {'labels mIoU':>11} {'model mIoU':>10} "
-             f"{'vs random (labels/model)':>25}"]
+             f"{'vs random (labels/model)':>38}"]
     runs = result["strategies"]
     rand = runs.get("random")
     for name, run in runs.items():
@@ -292,13 +304,12 @@ def summarise(result: dict) -> str:
             pct = f"{100 * r['clicks'] / full['clicks']:6.1f}" if full else "     -"
             vs = ""
             if rand is not None and name != "random":
-                a, b = _interp(rand["rounds"], r["clicks"], "label_miou"), _interp(rand["rounds"], r["clicks"], "model_miou")
+                (a, same), (b, _) = _vs_random(rand["rounds"], r, "label_miou"), _vs_random(rand["rounds"], r, "model_miou")
                 if a is not None:
-                    vs = f"{r['metrics']['label_miou'] - a:+.3f} / {r['metrics']['model_miou'] - b:+.3f}"
-                else:
-                    vs = "(outside random's range)"
+                    vs = f"{'(same round) ' if same else ''}{r['metrics']['label_miou'] - a:+.3f} / " \
+                         f"{r['metrics']['model_miou'] - b:+.3f}"
             lines.append(f"{name:<21} {r['round']:>5} {r['clicks']:>7} {pct} {r['metrics']['label_miou']:11.3f} "
-                         f"{r['metrics']['model_miou']:10.3f} {vs:>25}")
+                         f"{r['metrics']['model_miou']:10.3f} {vs:>38}")
     if full:
         lines.append(f"{'full supervision':<21} {'-':>5} {full['clicks']:>7} {100.0:6.1f} {1.0:11.3f} "
                      f"{full['model_miou']:10.3f}")
@@ -312,6 +323,103 @@ def summarise(result: dict) -> str:
             else:
                 lines.append(f"  {name:<21} labels {a:.3f} ({100 * a:.1f}%)   model {b:.3f} "
                              f"({100 * b / max(full['model_miou'], 1e-9):.1f}% of {full['model_miou']:.3f})")
+    return "\n".join(lines)
+
+
+#: settings that must agree between runs that --merge averages
+MERGE_KEYS = ("rounds", "budget", "sp_per_image", "n_segments", "image_answer", "purity", "steps", "batch",
+              "crop", "scale", "pool", "heldout", "corrections", "no_pseudo")
+
+
+def _run_label(name: str, args: dict) -> str:
+    """A strategy's name in a merge: image strategies run with --diversity are kept apart."""
+    return f"{name}+diversity" if args.get("diversity") and name in ("entropy", "margin", "consistency") else name
+
+
+def merge(results: list[dict]) -> dict:
+    """Average runs of several seeds round by round (clicks and mIoU), as ``summarise`` and ``plot`` read.
+
+    Runs of one seed may come in several files (one strategy each); all must share the
+    :data:`MERGE_KEYS` settings. ``seed_wins`` holds, per strategy and seed, the model mIoU
+    against random at the same clicks (interpolated) and the best model mIoU within 15% of that
+    seed's full-supervision clicks.
+    """
+    if not results:
+        raise InputError("nothing to merge")
+    base = results[0]
+    per_seed: dict[int, dict] = {}
+    for res in results:
+        a = res.get("args", {})
+        if res.get("dataset") != base.get("dataset"):
+            raise InputError(f"runs on different sets ({base.get('dataset')}, {res.get('dataset')}) do not average")
+        diff = [k for k in MERGE_KEYS if a.get(k) != base.get("args", {}).get(k)]
+        if diff:
+            raise InputError(f"runs differ in {', '.join(diff)}: only runs with the same settings average")
+        seed = int(a.get("seed", 0))
+        slot = per_seed.setdefault(seed, {"strategies": {}, "full": None})
+        for name, run in res.get("strategies", {}).items():
+            label = _run_label(name, a)
+            if label in slot["strategies"]:
+                raise InputError(f"seed {seed} has two runs of {label}")
+            slot["strategies"][label] = run
+        slot["full"] = slot["full"] or res.get("full")
+    labels: list[str] = []
+    for slot in per_seed.values():
+        labels += [k for k in slot["strategies"] if k not in labels]
+    strategies = {}
+    for label in labels:
+        runs = {seed: slot["strategies"][label] for seed, slot in sorted(per_seed.items()) if label in slot["strategies"]}
+        n = min(len(r["rounds"]) for r in runs.values())
+        rounds = []
+        for j in range(n):
+            rs = [r["rounds"][j] for r in runs.values()]
+            rounds.append({"round": j, "clicks": int(round(np.mean([r["clicks"] for r in rs]))),
+                           "metrics": {k: float(np.mean([r["metrics"][k] for r in rs]))
+                                       for k in ("label_miou", "model_miou")},
+                           "model_miou_sd": float(np.std([r["metrics"]["model_miou"] for r in rs]))})
+        shown = label if len(runs) == len(per_seed) else f"{label} (seed {', '.join(map(str, runs))})"
+        strategies[shown] = {"strategy": label, "seeds": list(runs), "rounds": rounds}
+    fulls = [slot["full"] for slot in per_seed.values() if slot["full"]]
+    full = None
+    if fulls:
+        full = {"clicks": int(round(np.mean([f["clicks"] for f in fulls]))), "label_miou": 1.0,
+                "model_miou": float(np.mean([f["model_miou"] for f in fulls])), "seeds": len(fulls)}
+    wins = {}
+    for label in labels:
+        for seed, slot in sorted(per_seed.items()):
+            run, rand, f = slot["strategies"].get(label), slot["strategies"].get("random"), slot["full"]
+            if run is None:
+                continue
+            row = {"seed": seed, "vs_random": [], "best_within_15pct": None, "full_model_miou": None}
+            if rand is not None and label != "random":
+                for r in run["rounds"]:
+                    ref, _ = _vs_random(rand["rounds"], r, "model_miou")
+                    row["vs_random"].append(None if ref is None else r["metrics"]["model_miou"] - ref)
+            if f:
+                row["best_within_15pct"] = _at_budget(run["rounds"], 0.15 * f["clicks"], "model_miou")
+                row["full_model_miou"] = f["model_miou"]
+            wins.setdefault(label, []).append(row)
+    out = {"dataset": base.get("dataset"), "args": {k: base.get("args", {}).get(k) for k in MERGE_KEYS},
+           "seeds": sorted(per_seed), "strategies": strategies, "seed_wins": wins}
+    if full:
+        out["full"] = full
+    return out
+
+
+def seed_table(merged: dict) -> str:
+    """Per strategy and seed: rounds above random (model mIoU, same clicks) and % of full within 15% clicks."""
+    lines = ["per seed (model mIoU): rounds above random at the same clicks (or the same round where random's "
+             "clicks do not reach); best within 15% of full clicks"]
+    for label, rows in merged["seed_wins"].items():
+        parts = []
+        for row in rows:
+            d = [v for v in row["vs_random"] if v is not None]
+            above = f"{sum(v > 0 for v in d)}/{len(d)} above random" if d else "no random run"
+            best = row["best_within_15pct"]
+            pct = (f", {100 * best / max(row['full_model_miou'], 1e-9):.1f}% of full" if best is not None
+                   else ", no round within 15%" if row["full_model_miou"] is not None else "")
+            parts.append(f"seed {row['seed']}: {above if label != 'random' else 'reference'}{pct}")
+        lines.append(f"  {label:<23} " + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -343,8 +451,12 @@ def plot(result: dict, path: str) -> None:
 
 
 def run(args) -> int:
+    if args.merge:
+        return _run_merge(args)
     import torch
 
+    if not args.data:
+        raise InputError("--data is needed (a camvid/ or dsb2018/ folder from ../shared/data), or --merge")
     torch.set_num_threads(max(1, args.threads))
     strategies = list(LOOP_STRATEGIES) if args.strategy == "all" else [s.strip() for s in args.strategy.split(",")]
     for s in strategies:
@@ -390,4 +502,27 @@ def run(args) -> int:
         plot(result, args.plot)
         print(f"wrote {args.plot}")
     sys.stdout.flush()
+    return 0
+
+
+def _run_merge(args) -> int:
+    results = []
+    for path in args.merge:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as err:
+            raise InputError(f"--merge {path}: not a readable bench loop JSON ({err})") from err
+    merged = merge(results)
+    print(f"{merged['dataset']}: means over seeds {', '.join(map(str, merged['seeds']))} "
+          f"({len(results)} files)")
+    print(summarise(merged))
+    print()
+    print(seed_table(merged))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(merged, indent=1, default=float))
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(merged, args.plot)
+        print(f"wrote {args.plot}")
     return 0
