@@ -101,6 +101,66 @@ def test_image_answered_superpixel_by_superpixel():
         LoopSettings(image_answer="telepathy")
 
 
+def _quadrants():
+    """Truth 8x8 in four superpixels: class 1; class 2; 10 px class 1 and 6 px class 0; void (3)."""
+    seg = np.zeros((8, 8), np.int32)
+    seg[:4, 4:], seg[4:, :4], seg[4:, 4:] = 1, 2, 3
+    t = np.ones((8, 8), np.uint16)
+    t[:4, 4:] = 2
+    t[4:6, 0:3] = 0
+    t[4:, 4:] = 3
+    return seg, t
+
+
+def test_answer_superpixels_counts_accepts_once_with_accept_rest():
+    seg, t = _quadrants()
+    n1 = int((t[4:, :4] == 1).sum())
+    assert n1 > 8  # main class 1 in the mixed superpixel
+    ann = SimulatedAnnotator([t], ignore_index=3, purity=0.0)
+    predicted = np.array([1, 0, 1, 0])  # right, wrong, right, (void)
+    machine, human = ann.answer_superpixels(0, None, seg, predicted, accept_rest=True)
+    assert machine.provenance == MACHINE and human.provenance == HUMAN
+    assert machine.clicks + human.clicks == 2  # one relabel + one "accept all"
+    assert np.array_equal(machine.where, np.isin(seg, [0, 2])) and np.array_equal(human.where, seg == 1)
+    assert (machine.labels[seg == 2] == 1).all() and (human.labels[seg == 1] == 2).all()
+    # without accept_rest every superpixel costs its click, as label_superpixel answers one by one
+    machine, human = ann.answer_superpixels(0, None, seg, predicted)
+    one_by_one = [ann.label_superpixel(0, None, seg == j, int(predicted[j])) for j in range(4)]
+    assert machine.clicks + human.clicks == sum(a.clicks for a in one_by_one) == 4
+    for j, a in enumerate(one_by_one):
+        got = machine if a.provenance == MACHINE else human
+        assert np.array_equal(got.where & (seg == j), a.where), j
+        assert np.array_equal(got.labels[a.where], a.labels[a.where]), j
+    # a mixed superpixel under the purity is traced inside, never accepted whole
+    strict = SimulatedAnnotator([t], ignore_index=3, purity=0.95)
+    machine, human = strict.answer_superpixels(0, None, seg, predicted, accept_rest=True)
+    assert np.array_equal(machine.where, seg == 0)
+    assert np.array_equal(human.labels[seg == 2], t[seg == 2]) and human.clicks > 2
+    with pytest.raises(InputError, match="differ in shape"):
+        ann.answer_superpixels(0, None, seg[:4], predicted)
+
+
+def test_image_answered_with_superpixel_fixes_costs_the_wrong_ones_plus_one():
+    torch.manual_seed(0)
+    images, truths = _set(n=4)
+    settings = LoopSettings(strategy="random", budget=1, n_segments=30, image_answer="superpixel-fixes")
+    driver = LoopDriver(images, SimulatedAnnotator(truths, purity=0.0), 2, settings)
+    driver.predict_all()  # the untrained model's prediction is what the person corrects
+    preds = [p.pred.copy() for p in driver.predictions]
+    spent, n_img, n_sp = driver.ask(first_round=True)
+    (i,) = driver.asked_images
+    seg = driver.segments(i)
+    ids = np.unique(seg)
+    wrong = sum(np.bincount(preds[i][seg == j], minlength=2).argmax() != np.bincount(truths[i][seg == j]).argmax()
+                for j in ids)
+    assert n_img == 1 and n_sp == len(ids)
+    assert spent == driver.clicks == wrong + (wrong < len(ids))
+    assert np.all((driver.provenance[i] == HUMAN) | (driver.provenance[i] == MACHINE))
+    for j in ids:
+        inside = seg == j
+        assert np.all(driver.labels[i][inside] == np.bincount(truths[i][inside]).argmax())
+
+
 def test_simulated_annotator_refuses_a_prediction_of_another_shape():
     gt = np.zeros((20, 20), np.uint16)
     with pytest.raises(InputError, match="differ in shape"):

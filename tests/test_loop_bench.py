@@ -57,6 +57,15 @@ def test_merge_keeps_diversity_runs_apart_and_marks_partial_strategies():
     assert m["strategies"]["margin+diversity (seed 0)"]["seeds"] == [0]
 
 
+def test_merge_takes_only_the_full_reference_from_runs_with_other_answers():
+    m = merge([_result(0, {"margin": _run([1, 2], [0.2, 0.3])}),
+               _result(0, {"random": _run([1, 2], [0.1, 0.2])}, full=0.4, image_answer="polygons")])
+    assert set(m["strategies"]) == {"margin"} and m["full"]["model_miou"] == pytest.approx(0.4)
+    assert "image_answer" in m["notes"][0]
+    with pytest.raises(InputError, match="steps"):
+        merge([_result(0, {"margin": _run([1], [0.2])}), _result(0, {}, full=0.4, steps=99)])
+
+
 def test_merge_refuses_runs_that_do_not_compare():
     with pytest.raises(InputError, match="steps"):
         merge([_result(0, {"random": _run([1], [0.1])}), _result(1, {"random": _run([1], [0.1])}, steps=20)])

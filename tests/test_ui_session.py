@@ -186,6 +186,14 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     lab, prov = dock.project.read_labels(dock.current)
     assert (prov[sug.segments == second.segment] == HUMAN).all() and (lab[sug.segments == second.segment] == 1).all()
     assert len(sug.items) == sug.count.value() - 2
+    rest = list(sug.items)
+    sug.accept_all_button.click()  # the rest keep their predicted classes, in one click
+    lab, prov = dock.project.read_labels(dock.current)
+    for s in rest:
+        inside = sug.segments == s.segment
+        assert (prov[inside] == MACHINE).all() and (lab[inside] == s.predicted_class).all()
+    assert sug.items == [] and not np.any(sug.layer.data)
+    assert (prov[sug.segments == second.segment] == HUMAN).all()  # the relabelled one stays human
 
     # export: labels, provenance, manifest, model and a summary of human vs machine pixels
     out = tmp_path / "export"

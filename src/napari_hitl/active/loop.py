@@ -6,7 +6,9 @@ answer carries its cost in clicks: polygon clicks for a whole image (or click-ro
 correcting the prediction, object by object, when that is cheaper), one click for a
 superpixel whose class is right (accept) or holds one class, polygon clicks inside a mixed
 superpixel (or one click for any superpixel, its main class, as the panel answers). A whole
-image can also be answered superpixel by superpixel (``LoopSettings.image_answer``).
+image can also be answered superpixel by superpixel (``LoopSettings.image_answer``): one
+click each, or only the wrong ones relabelled and the rest accepted with one click (the
+multi-class counterpart of correcting the prediction).
 :class:`LoopDriver` keeps labels and provenance as plain arrays.
 """
 
@@ -20,8 +22,8 @@ import numpy as np
 
 from napari_hitl.active.pseudo import PseudoSettings, machine_labelled_images, pseudo_labels
 from napari_hitl.active.ranking import ImageScore, rank_images, score_maps
-from napari_hitl.active.superpixels import (Suggestion, diverse_suggestions, edge_strength, image_suggestions,
-                                            slic_superpixels, suggest_superpixels, superpixel_stats)
+from napari_hitl.active.superpixels import (Suggestion, class_votes, diverse_suggestions, edge_strength,
+                                            image_suggestions, slic_superpixels, suggest_superpixels)
 from napari_hitl.errors import InputError
 from napari_hitl.model.train import HUMAN, MACHINE, PSEUDO, UNLABELLED, Sample, Trainer, TrainSettings
 from napari_hitl.simulate.cost import image_clicks, sample_clicks
@@ -31,8 +33,9 @@ __all__ = ["LOOP_STRATEGIES", "IMAGE_ANSWERS", "Answer", "Annotator", "Simulated
 
 #: strategies of :class:`LoopDriver`: four pick whole images, two pick superpixels
 LOOP_STRATEGIES = ("random", "entropy", "margin", "consistency", "superpixel", "superpixel-diversity")
-#: how a picked whole image is answered: traced (polygons / corrections) or superpixel by superpixel
-IMAGE_ANSWERS = ("polygons", "superpixels")
+#: how a picked whole image is answered: traced (polygons / corrections), superpixel by superpixel
+#: (one click each), or superpixel fixes (the wrong ones one click each, the rest accepted in one)
+IMAGE_ANSWERS = ("polygons", "superpixels", "superpixel-fixes")
 
 
 @dataclass
@@ -54,6 +57,10 @@ class Annotator(Protocol):
     def label_superpixel(self, index: int, image: np.ndarray, mask: np.ndarray, predicted_class: int) -> Answer:
         """Accept ``predicted_class`` for the superpixel ``mask`` (one click) or relabel it."""
 
+    def answer_superpixels(self, index: int, image: np.ndarray, segments: np.ndarray, predicted: np.ndarray,
+                           accept_rest: bool = False) -> list[Answer]:
+        """Answer every superpixel of an image (``predicted``: class per superpixel id)."""
+
 
 class SimulatedAnnotator:
     """Answers from ground-truth label maps, counting clicks like a careful person would.
@@ -65,7 +72,8 @@ class SimulatedAnnotator:
     superpixel with it; otherwise the person names the main class (one click) and traces the
     other classes inside as polygons. ``purity=0`` is what the napari panel offers: every
     superpixel gets its main class in one click ("dominant labelling"; the minority pixels
-    inside become wrong labels, which the label mIoU counts).
+    inside become wrong labels, which the label mIoU counts). A whole image superpixel by
+    superpixel: :meth:`answer_superpixels`.
     """
 
     def __init__(self, truths: list[np.ndarray], ignore_index: int | None = None, purity: float = 0.95,
@@ -116,6 +124,42 @@ class SimulatedAnnotator:
             prov = MACHINE if main == int(predicted_class) else HUMAN
             return Answer(labels, mask.copy(), prov, 1)
         return Answer(t.copy(), inside, HUMAN, sample_clicks(t, mask, ignore_index=self.ignore_index))
+
+    def answer_superpixels(self, index, image, segments, predicted, accept_rest: bool = False) -> list[Answer]:
+        """A whole image superpixel by superpixel, each answered as :meth:`label_superpixel` does.
+
+        ``predicted``: each superpixel's predicted class. ``accept_rest``: the superpixels whose
+        predicted class is right are accepted together with one click (the panel's "Accept
+        all"), so only the wrong and the mixed ones cost clicks; otherwise every superpixel
+        costs its own click. Returns the accepted (MACHINE) and the drawn (HUMAN) answers.
+        """
+        t = self.truths[index]
+        seg = np.asarray(segments)
+        if seg.shape != t.shape:
+            raise InputError(f"superpixels {seg.shape} and labels {t.shape} of image {index} differ in shape")
+        valid = self._valid(t)
+        predicted = np.asarray(predicted, np.int64)
+        votes = class_votes(seg, t, int(t[valid].max(initial=0)) + 1, where=valid)
+        n = votes.sum(1)
+        main = votes.argmax(1)
+        pure = (n > 0) & (votes.max(1) >= self.purity * n)
+        right = pure & (main == predicted)
+        wrong = pure & ~right
+        mixed = (n > 0) & ~pure
+        labels = main[seg].astype(t.dtype)
+        clicks = int(wrong.sum())
+        for j in np.flatnonzero(mixed):  # traced inside (never with purity 0)
+            m = seg == j
+            labels[m] = t[m]
+            clicks += sample_clicks(t, m, ignore_index=self.ignore_index)
+        area = np.bincount(seg.ravel(), minlength=len(predicted))[:len(predicted)] > 0
+        if accept_rest:
+            accept_clicks = int(right.any())
+        else:  # one click each, also for superpixels with nothing to score (void only)
+            accept_clicks = int(right.sum())
+            clicks += int((area & (n == 0)).sum())
+        drawn = wrong[seg] | (mixed[seg] & valid)  # a one-click answer labels the whole superpixel
+        return [Answer(labels, right[seg], MACHINE, accept_clicks), Answer(labels, drawn, HUMAN, clicks)]
 
 
 @dataclass
@@ -326,12 +370,13 @@ class LoopDriver:
         n_sp = 0
         for i in picks:
             p = self.predictions[i]
-            if self.settings.image_answer == "superpixels":
+            if self.settings.image_answer != "polygons":
                 seg = self.segments(i)
-                _, cls, area, _ = superpixel_stats(seg, p.conf, p.pred, self.num_classes)
-                for j in np.flatnonzero(area):
-                    self._apply(i, self.annotator.label_superpixel(i, self.images[i], seg == j, int(cls[j])))
-                n_sp += int(np.count_nonzero(area))
+                votes = class_votes(seg, p.pred, self.num_classes)
+                for ans in self.annotator.answer_superpixels(i, self.images[i], seg, votes.argmax(1),
+                                                             self.settings.image_answer == "superpixel-fixes"):
+                    self._apply(i, ans)
+                n_sp += int(np.count_nonzero(votes.sum(1)))
             else:
                 self._apply(i, self.annotator.label_image(i, self.images[i], None if p is None else p.pred))
             self.asked_images.add(i)

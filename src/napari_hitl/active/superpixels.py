@@ -13,7 +13,7 @@ import numpy as np
 
 from napari_hitl.errors import InputError
 
-__all__ = ["slic_superpixels", "edge_strength", "superpixel_stats", "Suggestion", "image_suggestions",
+__all__ = ["slic_superpixels", "edge_strength", "superpixel_stats", "class_votes", "Suggestion", "image_suggestions",
            "suggest_superpixels", "diverse_suggestions"]
 
 
@@ -58,11 +58,21 @@ def superpixel_stats(segments: np.ndarray, uncertainty: np.ndarray, pred: np.nda
     w = np.ones_like(u) if edges is None or edge_weight == 0 else 1.0 + edge_weight * np.asarray(edges).ravel()
     area = np.bincount(seg, minlength=k).astype(np.int64)
     score = np.bincount(seg, weights=u * w, minlength=k) / np.maximum(np.bincount(seg, weights=w, minlength=k), 1e-12)
-    votes = np.bincount(seg * num_classes + np.asarray(pred).ravel().astype(np.int64),
-                        minlength=k * num_classes).reshape(k, num_classes)
+    votes = class_votes(segments, pred, num_classes)
     cls = votes.argmax(1)
     purity = votes.max(1) / np.maximum(area, 1)
     return score, cls, area, purity
+
+
+def class_votes(segments: np.ndarray, labels: np.ndarray, num_classes: int, where: np.ndarray | None = None) -> np.ndarray:
+    """``(K, num_classes)`` pixel counts of each class in each superpixel (only ``where`` pixels, if given)."""
+    seg = np.asarray(segments).ravel().astype(np.int64)
+    lab = np.asarray(labels).ravel().astype(np.int64)
+    k = int(seg.max()) + 1 if seg.size else 0
+    if where is not None:
+        keep = np.asarray(where).ravel()
+        seg, lab = seg[keep], lab[keep]
+    return np.bincount(seg * num_classes + lab, minlength=k * num_classes).reshape(k, num_classes)
 
 
 @dataclass

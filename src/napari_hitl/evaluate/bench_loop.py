@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sp-per-image", type=int, default=20, help="superpixels that count as one image of budget")
     parser.add_argument("--n-segments", type=int, default=150, help="SLIC superpixels per image")
     parser.add_argument("--image-answer", default="polygons", choices=IMAGE_ANSWERS,
-                        help="how image strategies' picks are answered: traced, or superpixel by superpixel")
+                        help="how image strategies' picks are answered: traced; superpixel by superpixel, one "
+                             "click each; or superpixel fixes: the superpixels whose predicted class is wrong "
+                             "one click each, the rest accepted together with one click (the panel's Accept all)")
     parser.add_argument("--purity", type=float, default=0.95, help="superpixel answers: one click labels a "
                         "superpixel whose main true class covers at least this share, mixed ones are traced "
                         "as polygons; 0 = the panel's one-click answer (main class) for every superpixel")
@@ -329,6 +331,8 @@ def summarise(result: dict) -> str:
 #: settings that must agree between runs that --merge averages
 MERGE_KEYS = ("rounds", "budget", "sp_per_image", "n_segments", "image_answer", "purity", "steps", "batch",
               "crop", "scale", "pool", "heldout", "corrections", "no_pseudo")
+#: settings the full-supervision reference depends on (it asks nothing, so answers and budgets do not matter)
+FULL_KEYS = ("rounds", "steps", "batch", "crop", "scale", "pool", "heldout")
 
 
 def _run_label(name: str, args: dict) -> str:
@@ -340,7 +344,8 @@ def merge(results: list[dict]) -> dict:
     """Average runs of several seeds round by round (clicks and mIoU), as ``summarise`` and ``plot`` read.
 
     Runs of one seed may come in several files (one strategy each); all must share the
-    :data:`MERGE_KEYS` settings. ``seed_wins`` holds, per strategy and seed, the model mIoU
+    :data:`MERGE_KEYS` settings of the first file. A file that differs only outside
+    :data:`FULL_KEYS` lends its full-supervision reference alone (listed in ``notes``). ``seed_wins`` holds, per strategy and seed, the model mIoU
     against random at the same clicks (interpolated) and the best model mIoU within 15% of that
     seed's full-supervision clicks.
     """
@@ -348,15 +353,20 @@ def merge(results: list[dict]) -> dict:
         raise InputError("nothing to merge")
     base = results[0]
     per_seed: dict[int, dict] = {}
+    notes: list[str] = []
     for res in results:
         a = res.get("args", {})
         if res.get("dataset") != base.get("dataset"):
             raise InputError(f"runs on different sets ({base.get('dataset')}, {res.get('dataset')}) do not average")
         diff = [k for k in MERGE_KEYS if a.get(k) != base.get("args", {}).get(k)]
-        if diff:
-            raise InputError(f"runs differ in {', '.join(diff)}: only runs with the same settings average")
         seed = int(a.get("seed", 0))
         slot = per_seed.setdefault(seed, {"strategies": {}, "full": None})
+        if diff and res.get("full") and all(a.get(k) == base.get("args", {}).get(k) for k in FULL_KEYS):
+            slot["full"] = slot["full"] or res["full"]
+            notes.append(f"seed {seed}: full supervision only from a run with other {', '.join(diff)}")
+            continue
+        if diff:
+            raise InputError(f"runs differ in {', '.join(diff)}: only runs with the same settings average")
         for name, run in res.get("strategies", {}).items():
             label = _run_label(name, a)
             if label in slot["strategies"]:
@@ -400,7 +410,7 @@ def merge(results: list[dict]) -> dict:
                 row["full_model_miou"] = f["model_miou"]
             wins.setdefault(label, []).append(row)
     out = {"dataset": base.get("dataset"), "args": {k: base.get("args", {}).get(k) for k in MERGE_KEYS},
-           "seeds": sorted(per_seed), "strategies": strategies, "seed_wins": wins}
+           "seeds": sorted(per_seed), "strategies": strategies, "seed_wins": wins, "notes": notes}
     if full:
         out["full"] = full
     return out
@@ -477,7 +487,8 @@ def run(args) -> int:
           f"{args.budget}/round, {args.steps} steps x batch {args.batch} x crop {args.crop}; "
           f"torch threads {torch.get_num_threads()}; whole images "
           + ("answered superpixel by superpixel" if args.image_answer == "superpixels"
-             else f"corrected with the {args.corrections} engine when cheaper than polygons"
+             else "answered by relabelling the wrong superpixels and accepting the rest in one click"
+             if args.image_answer == "superpixel-fixes" else f"corrected with the {args.corrections} engine when cheaper than polygons"
              if engine is not None else "drawn as polygons")
           + ("; every superpixel answer is one click (its main class)" if args.purity <= 0
              else f"; superpixels under {args.purity:.0%} one class are traced"), flush=True)
@@ -515,6 +526,8 @@ def _run_merge(args) -> int:
     merged = merge(results)
     print(f"{merged['dataset']}: means over seeds {', '.join(map(str, merged['seeds']))} "
           f"({len(results)} files)")
+    for note in merged["notes"]:
+        print(f"  note: {note}")
     print(summarise(merged))
     print()
     print(seed_table(merged))

@@ -4,7 +4,8 @@ Images are listed with a thumbnail, status and provenance share, sorted by the c
 score of the model's prediction (local consistency, entropy, margin, or diversity picks);
 double-click opens one. Suggestions are the most uncertain superpixels of the open image,
 shown as an outline overlay: accept one (keep the predicted class, saved as an accepted
-machine label) or relabel it with the selected class (saved as a human label) in one click.
+machine label) or relabel it with the selected class (saved as a human label) in one click,
+or accept all that are left in one click once the wrong ones are relabelled.
 """
 
 from __future__ import annotations
@@ -187,12 +188,18 @@ class SuggestionsPanel(QWidget):
         self.accept_button = QPushButton("Accept ✓")
         self.accept_button.setToolTip("Keep the predicted class of the selected superpixel")
         self.relabel_button = QPushButton("Relabel as selected class")
+        self.accept_all_button = QPushButton("Accept all ✓✓")
+        self.accept_all_button.setToolTip("Keep the predicted class of every superpixel still outlined, in one "
+                                          "click: relabel the wrong ones first (with 500 suggested, the whole "
+                                          "image is corrected this way)")
         row.addWidget(self.accept_button)
         row.addWidget(self.relabel_button)
+        row.addWidget(self.accept_all_button)
         layout.addLayout(row)
         self.suggest_button.clicked.connect(lambda: self.dock.suggest())
         self.accept_button.clicked.connect(lambda: self.dock._guard(self.accept, self.list.currentRow()))
         self.relabel_button.clicked.connect(lambda: self.dock._guard(self.relabel, self.list.currentRow()))
+        self.accept_all_button.clicked.connect(lambda: self.dock._guard(self.accept_all))
         self.list.itemDoubleClicked.connect(lambda _: self.dock._guard(self.accept, self.list.currentRow()))
 
     # ------------------------------------------------------------------ showing
@@ -264,6 +271,21 @@ class SuggestionsPanel(QWidget):
             s = self.items[index]
             self._answer(index, s.predicted_class, "machine")
 
+    def accept_all(self) -> None:
+        """Keep the predicted class of every remaining suggestion (saved as accepted machine labels)."""
+        if not self.items:
+            return
+        lut = np.zeros(int(self.segments.max()) + 1, np.uint16)
+        chosen = np.zeros(len(lut), bool)
+        for s in self.items:
+            lut[s.segment], chosen[s.segment] = s.predicted_class, True
+        n = len(self.items)
+        self._commit(lut[self.segments], chosen[self.segments], "machine", [s.segment for s in self.items])
+        self.items = []
+        self._redraw()
+        self.dock.ranking.refresh()
+        self.dock.say(f"{n} superpixels saved as accepted machine labels")
+
     def relabel(self, index: int, label: int | None = None) -> None:
         """Give suggestion ``index`` the selected class (saved as a human label)."""
         if 0 <= index < len(self.items):
@@ -271,11 +293,18 @@ class SuggestionsPanel(QWidget):
             self._answer(index, lab, "human")
 
     def _answer(self, index: int, label: int, source: str) -> None:
-        dock = self.dock
         s = self.items[index]
         mask = self.segments == s.segment
+        self._commit(np.full(mask.shape, label, np.uint16), mask, source, [s.segment])
+        del self.items[index]
+        self._redraw()
+        self.dock.ranking.refresh()
+        self.dock.say(f"Superpixel saved as {source} label {label}; {len(self.items)} suggestions left")
+
+    def _commit(self, plane: np.ndarray, mask: np.ndarray, source: str, segments: list[int]) -> None:
+        """Save ``plane`` on ``mask`` to the project and show what was saved on the labels layer."""
+        dock = self.dock
         frame = self.frame if dock.labels_layer.ndim == 3 else None
-        plane = np.full(mask.shape, label, np.uint16)
         with dock.project_lock:
             dock.project.commit_labels(self.image, plane, source=source, where=mask, frame=frame)
             saved, _ = dock.project.read_labels(self.image, frame=frame)
@@ -283,8 +312,4 @@ class SuggestionsPanel(QWidget):
         idx = (ys, xs) if frame is None else (np.full_like(ys, frame), ys, xs)
         with dock.labels_layer.block_history():
             dock.labels_layer.data_setitem(idx, saved[ys, xs].astype(dock.labels_layer.data.dtype))
-        self.asked.setdefault((self.image, self.frame), set()).add(s.segment)
-        del self.items[index]
-        self._redraw()
-        dock.ranking.refresh()
-        dock.say(f"Superpixel saved as {source} label {label}; {len(self.items)} suggestions left")
+        self.asked.setdefault((self.image, self.frame), set()).update(segments)
