@@ -5,8 +5,10 @@ margin, consistency, superpixel, superpixel-diversity); after each round it prin
 of the final labels over the pool (human + machine) and of the model on held-out images
 against cumulative clicks, beside full supervision (every pool image traced by hand). On
 two-class sets the annotator corrects the model's prediction of an asked image object by
-object with the click robot when that costs fewer clicks than polygons (``--corrections``).
-Also times one training round (50 images 512x512) and prediction + ranking throughput.
+object with the click robot when that costs fewer clicks than polygons (``--corrections``);
+on any set it can answer superpixel by superpixel instead (``--image-answer``). Also times one
+training round (50 images 512x512) and prediction + ranking throughput. ``--merge`` averages
+the JSON of runs with other seeds round by round and counts, per seed, the rounds above random.
 """
 
 from __future__ import annotations
