@@ -62,6 +62,9 @@ def test_merge_takes_only_the_full_reference_from_runs_with_other_answers():
                _result(0, {"random": _run([1, 2], [0.1, 0.2])}, full=0.4, image_answer="polygons")])
     assert set(m["strategies"]) == {"margin"} and m["full"]["model_miou"] == pytest.approx(0.4)
     assert "image_answer" in m["notes"][0]
+    # a reference trained as long in other rounds (4 x 5 = 2 x 10 steps) is the same reference
+    m = merge([_result(0, {"margin": _run([1], [0.2])}), _result(0, {}, full=0.5, rounds=4, steps=5)])
+    assert m["full"]["model_miou"] == pytest.approx(0.5)
     with pytest.raises(InputError, match="steps"):
         merge([_result(0, {"margin": _run([1], [0.2])}), _result(0, {}, full=0.4, steps=99)])
 

@@ -333,8 +333,13 @@ def summarise(result: dict) -> str:
 #: settings that must agree between runs that --merge averages
 MERGE_KEYS = ("rounds", "budget", "sp_per_image", "n_segments", "image_answer", "purity", "steps", "batch",
               "crop", "scale", "pool", "heldout", "corrections", "no_pseudo")
-#: settings the full-supervision reference depends on (it asks nothing, so answers and budgets do not matter)
-FULL_KEYS = ("rounds", "steps", "batch", "crop", "scale", "pool", "heldout")
+#: settings the full-supervision reference depends on besides its steps (rounds x steps): it asks
+#: nothing, so answers and budgets do not matter
+FULL_KEYS = ("batch", "crop", "scale", "pool", "heldout")
+
+
+def _full_settings(args: dict) -> tuple:
+    return (args.get("rounds", 0) * args.get("steps", 0),) + tuple(args.get(k) for k in FULL_KEYS)
 
 
 def _run_label(name: str, args: dict) -> str:
@@ -346,8 +351,9 @@ def merge(results: list[dict]) -> dict:
     """Average runs of several seeds round by round (clicks and mIoU), as ``summarise`` and ``plot`` read.
 
     Runs of one seed may come in several files (one strategy each); all must share the
-    :data:`MERGE_KEYS` settings of the first file. A file that differs only outside
-    :data:`FULL_KEYS` lends its full-supervision reference alone (listed in ``notes``). ``seed_wins`` holds, per strategy and seed, the model mIoU
+    :data:`MERGE_KEYS` settings of the first file. A file whose full-supervision run trained
+    as long (rounds x steps) on the same data (:data:`FULL_KEYS`) but that differs otherwise
+    lends that reference alone (listed in ``notes``). ``seed_wins`` holds, per strategy and seed, the model mIoU
     against random at the same clicks (interpolated) and the best model mIoU within 15% of that
     seed's full-supervision clicks.
     """
@@ -363,7 +369,7 @@ def merge(results: list[dict]) -> dict:
         diff = [k for k in MERGE_KEYS if a.get(k) != base.get("args", {}).get(k)]
         seed = int(a.get("seed", 0))
         slot = per_seed.setdefault(seed, {"strategies": {}, "full": None})
-        if diff and res.get("full") and all(a.get(k) == base.get("args", {}).get(k) for k in FULL_KEYS):
+        if diff and res.get("full") and _full_settings(a) == _full_settings(base.get("args", {})):
             slot["full"] = slot["full"] or res["full"]
             notes.append(f"seed {seed}: full supervision only from a run with other {', '.join(diff)}")
             continue
