@@ -452,7 +452,11 @@ def plot(result: dict, path: str) -> None:
     for ax, key, title in ((axes[0], "label_miou", "final labels (pool)"), (axes[1], "model_miou", "model (held-out)")):
         for name, run in result["strategies"].items():
             xs = [r["clicks"] for r in run["rounds"]]
-            ax.plot(xs, [r["metrics"][key] for r in run["rounds"]], marker="o", label=name)
+            ys = np.array([r["metrics"][key] for r in run["rounds"]])
+            line, = ax.plot(xs, ys, marker="o", label=name)
+            if key == "model_miou" and all("model_miou_sd" in r for r in run["rounds"]):  # merged seeds
+                sd = np.array([r["model_miou_sd"] for r in run["rounds"]])
+                ax.fill_between(xs, ys - sd, ys + sd, color=line.get_color(), alpha=0.15, lw=0)
         if full:
             ax.axhline(full[key], color="k", ls="--", lw=1, label=f"full supervision ({full['clicks']} clicks)")
             ax.axhline(0.95 * full[key], color="gray", ls=":", lw=1, label="95% of full")
@@ -460,7 +464,8 @@ def plot(result: dict, path: str) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("cumulative clicks")
         ax.set_ylabel("mIoU")
-        ax.set_title(f"{result['dataset']}: {title}")
+        seeds = f" (mean of seeds {', '.join(map(str, result['seeds']))})" if result.get("seeds") else ""
+        ax.set_title(f"{result['dataset']}: {title}{seeds}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
