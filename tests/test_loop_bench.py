@@ -55,6 +55,7 @@ def test_merge_keeps_diversity_runs_apart_and_marks_partial_strategies():
                _result(1, {"random": _run([1, 2], [0.1, 0.2])})])
     assert set(m["strategies"]) == {"random", "margin+diversity (seed 0)"}
     assert m["strategies"]["margin+diversity (seed 0)"]["seeds"] == [0]
+    assert "(random ran other seeds)" in summarise(m)  # means over other seeds do not compare
 
 
 def test_merge_takes_only_the_full_reference_from_runs_with_other_answers():

@@ -307,7 +307,9 @@ def summarise(result: dict) -> str:
         for r in run["rounds"]:
             pct = f"{100 * r['clicks'] / full['clicks']:6.1f}" if full else "     -"
             vs = ""
-            if rand is not None and name != "random":
+            if rand is not None and name != "random" and run.get("seeds") != rand.get("seeds"):
+                vs = "(random ran other seeds)"
+            elif rand is not None and name != "random":
                 (a, same), (b, _) = _vs_random(rand["rounds"], r, "label_miou"), _vs_random(rand["rounds"], r, "model_miou")
                 if a is not None:
                     vs = f"{'(same round) ' if same else ''}{r['metrics']['label_miou'] - a:+.3f} / " \

@@ -168,8 +168,8 @@ class SuggestionsPanel(QWidget):
         self.count.setRange(1, 500)
         self.count.setValue(8)
         self.count.setPrefix("top ")
-        self.count.setToolTip("How many superpixels to suggest; 500 outlines them all, so the whole image "
-                              "is labelled one click per superpixel")
+        self.count.setToolTip("How many superpixels to suggest; 500 outlines them all: relabel the wrong "
+                              "ones, then Accept all corrects the whole image")
         self.suggest_button = QPushButton("Suggest superpixels")
         self.suggest_button.setToolTip("Outline the open image's most uncertain superpixels (G: click them "
                                        "in the viewer: left accepts, right/Ctrl relabels)")
