@@ -175,14 +175,16 @@ class LoopSettings:
     edge_weight: float = 1.0         # superpixel score weight of image edges (0: plain mean)
     measure: str = "margin"          # pixel uncertainty for superpixels: margin, entropy, confidence
     class_balanced: bool = True
-    # image strategies: "superpixels" answers a picked image one superpixel at a time (each
-    # accepted or relabelled, one click) instead of tracing it: what the panel's suggestions
-    # do with every superpixel of the image suggested. Measured on camvid (11 classes, ~150
-    # superpixels an image against ~630 polygon clicks): consistency reached model mIoU 0.435
-    # at 7,466 clicks (95% of tracing all 100 images, 11.9% of its clicks) and margin 0.451 at
-    # 8,981 (99%, 14.3%), against 0.381 at 6,631 for consistency traced (budget 3). With seed 1
-    # (another pool) neither passed 95% (margin 0.416, consistency 0.403, random 0.420 of a
-    # full 0.460) nor beat random in the first three rounds: the gain is within pool noise.
+    # image strategies: how a picked image is answered. "polygons": traced (two-class sets:
+    # corrected object by object with the click robot when cheaper). "superpixels": one click
+    # per superpixel, accepted or relabelled. "superpixel-fixes": the superpixels whose
+    # predicted class is wrong are relabelled one click each and the rest accepted with one
+    # (the panel's Accept all). Same labels as "superpixels", far fewer clicks once the model
+    # has trained a round: on camvid ~30 clicks an image against ~150 superpixels and ~620
+    # polygon clicks. Measured on camvid (8 rounds x 10 images, docs/bench/loop_camvid_seeds.json):
+    # margin reached model mIoU 0.450 at 3,757 clicks on seed 0 (98.5% of tracing all 100
+    # images, 6.0% of its clicks; 0.451 took 8,981 clicks with "superpixels"), but 0.425
+    # (92.6%) and 0.437 (90.6%) on seeds 1 and 2, and beat random in 2/8 and 5/8 rounds there.
     # Default "polygons": superpixel answers are measured on camvid only, and on dsb2018
     # traced / corrected answers already meet the targets.
     image_answer: str = "polygons"
@@ -190,7 +192,9 @@ class LoopSettings:
     # over pooled features) instead of asking the top-k. Measured both ways: on camvid (consecutive
     # frames of four drives, where the top-k are near-duplicates) entropy with diversity reached
     # model mIoU 0.380 at 5,553 clicks against 0.328 at 5,047 without; on dsb2018 (few images, the
-    # hard ones matter) 0.533 at 1,737 against 0.718 at 1,873. Off by default: microscopy first.
+    # hard ones matter) 0.533 at 1,737 against 0.718 at 1,873. With superpixel answers (camvid
+    # seed 1) it changed nothing: margin 0.420 with, 0.416 without, random 0.420
+    # (docs/bench/camvid_runs). Off by default: microscopy first.
     diversity: bool = False
     background: int | None = 0       # class that is not "object" for local consistency (None: none)
     pseudo: PseudoSettings = field(default_factory=PseudoSettings)
