@@ -152,7 +152,7 @@ class SimulatedAnnotator:
             m = seg == j
             labels[m] = t[m]
             clicks += sample_clicks(t, m, ignore_index=self.ignore_index)
-        area = np.bincount(seg.ravel(), minlength=len(predicted))[:len(predicted)] > 0
+        area = np.bincount(seg.ravel(), minlength=len(n)) > 0
         if accept_rest:
             accept_clicks = int(right.any())
         else:  # one click each, also for superpixels with nothing to score (void only)

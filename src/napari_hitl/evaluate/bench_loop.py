@@ -500,11 +500,7 @@ def run(args) -> int:
     print(f"{ds['name']}: pool {len(ds['pool'])} images, held-out {len(ds['heldout'])}, scale {args.scale} "
           f"(sizes {shapes[0]}..{shapes[-1]}), {ds['num_classes']} classes; rounds {args.rounds}, budget "
           f"{args.budget}/round, {args.steps} steps x batch {args.batch} x crop {args.crop}; "
-          f"torch threads {torch.get_num_threads()}; whole images "
-          + ("answered superpixel by superpixel" if args.image_answer == "superpixels"
-             else "answered by relabelling the wrong superpixels and accepting the rest in one click"
-             if args.image_answer == "superpixel-fixes" else f"corrected with the {args.corrections} engine when cheaper than polygons"
-             if engine is not None else "drawn as polygons")
+          f"torch threads {torch.get_num_threads()}; whole images {_answer_words(args, engine)}"
           + ("; every superpixel answer is one click (its main class)" if args.purity <= 0
              else f"; superpixels under {args.purity:.0%} one class are traced"), flush=True)
     result = {"dataset": ds["name"], "args": {k: v for k, v in vars(args).items() if k != "func"},
@@ -520,6 +516,23 @@ def run(args) -> int:
     if args.timing or args.timing_only:
         result["timing"] = run_timings(ds, args, log)
     result["seconds"] = time.perf_counter() - t0
+    _write(result, args)
+    sys.stdout.flush()
+    return 0
+
+
+def _answer_words(args, engine) -> str:
+    """How the header says whole images are answered."""
+    if args.image_answer == "polygons":
+        return (f"corrected with the {args.corrections} engine when cheaper than polygons" if engine is not None
+                else "drawn as polygons")
+    return {"superpixels": "answered superpixel by superpixel",
+            "superpixel-fixes": "answered by relabelling the wrong superpixels and accepting the rest in one click",
+            }[args.image_answer]
+
+
+def _write(result: dict, args) -> None:
+    """Write ``--json`` and ``--plot`` (when there are strategies to plot)."""
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1, default=float))
@@ -527,8 +540,6 @@ def run(args) -> int:
     if args.plot and result["strategies"]:
         plot(result, args.plot)
         print(f"wrote {args.plot}")
-    sys.stdout.flush()
-    return 0
 
 
 def _run_merge(args) -> int:
@@ -546,11 +557,5 @@ def _run_merge(args) -> int:
     print(summarise(merged))
     print()
     print(seed_table(merged))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(merged, indent=1, default=float))
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot(merged, args.plot)
-        print(f"wrote {args.plot}")
+    _write(merged, args)
     return 0
