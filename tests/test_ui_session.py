@@ -194,6 +194,13 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
         assert (prov[inside] == MACHINE).all() and (lab[inside] == s.predicted_class).all()
     assert sug.items == [] and not np.any(sug.layer.data)
     assert (prov[sug.segments == second.segment] == HUMAN).all()  # the relabelled one stays human
+    # a finer cut is a new set of superpixels: none of it answered yet, ids of the old cut not excluded
+    coarse = int(sug.segments.max()) + 1
+    sug.size.setValue(2 * sug.size.value())
+    dock.suggest()
+    settle(qtbot, dock)
+    assert int(sug.segments.max()) + 1 > coarse and sug.n_segments == sug.size.value()
+    assert len(sug.items) == sug.count.value()
 
     # export: labels, provenance, manifest, model and a summary of human vs machine pixels
     out = tmp_path / "export"

@@ -508,16 +508,16 @@ class HitlWidget(QWidget):
             show_error("Open an image first.")
             return
         host, name, t = self.model, self.current, self.tools.frame()
-        k = self.suggestions.count.value()
+        k, n_segments = self.suggestions.count.value(), self.suggestions.size.value()
         cached = self.predictions.get(name)
-        exclude = set(self.suggestions.asked.get((name, t), set()))
+        exclude = set(self.suggestions.asked.get((name, t, n_segments), set()))
         n_classes = self.project.n_classes
 
         def fn(ctx):
             preds = cached or _jobs.predict_images(host, [name], {}, ctx)[name]
             image = host.project.read_image(name)
             plane = image[t] if host.project.record(name).is_stack else image
-            seg, sugs = _jobs.superpixel_suggestions(plane, preds[t], n_classes, k, exclude=exclude)
+            seg, sugs = _jobs.superpixel_suggestions(plane, preds[t], n_classes, k, n_segments, exclude)
             return preds, seg, sugs
 
         def finished(result):
@@ -525,7 +525,7 @@ class HitlWidget(QWidget):
             if host is not self.model:
                 return
             self.predictions[name] = preds
-            self.suggestions.show_suggestions(name, t, seg, sugs)
+            self.suggestions.show_suggestions(name, t, seg, sugs, n_segments)
 
         self.say("Finding uncertain superpixels…")
         self.queue.submit("suggest", fn, finished, channel="suggest")
