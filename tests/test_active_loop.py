@@ -161,6 +161,27 @@ def test_image_answered_with_superpixel_fixes_costs_the_wrong_ones_plus_one():
         assert np.all(driver.labels[i][inside] == np.bincount(truths[i][inside]).argmax())
 
 
+def test_cost_aware_loop_ranks_per_expected_click():
+    with pytest.raises(InputError, match="superpixel fixes"):
+        LoopSettings(strategy="margin", cost_aware=True)  # traced answers: no per-image cost estimate
+    with pytest.raises(InputError, match="superpixel fixes"):
+        LoopSettings(strategy="superpixel", cost_aware=True, image_answer="superpixel-fixes")
+    torch.manual_seed(0)
+    images, truths = _set(n=5)
+    settings = LoopSettings(strategy="margin", rounds=2, budget=1, n_segments=30, image_answer="superpixel-fixes",
+                            cost_aware=True, train=TrainSettings(steps=5, batch_size=2, crop=64, checkpoint_every=0))
+    driver = LoopDriver(images, SimulatedAnnotator(truths, purity=0.0), 2, settings)
+    first, second = driver.run()
+    assert first.expected_clicks is None  # round one picks for diversity: nothing estimated
+    ranking = driver.last_ranking
+    by_index = {s.index: s for s in ranking.scores}
+    (pick,) = ranking.picked
+    assert second.expected_clicks == pytest.approx(by_index[pick].expected_clicks)
+    assert all(s.expected_clicks >= 1.0 for s in ranking.scores)
+    ratio = [by_index[i].margin_uncertainty / by_index[i].expected_clicks for i in ranking.order]
+    assert ratio == sorted(ratio, reverse=True) and pick == ranking.order[0]
+
+
 def test_simulated_annotator_refuses_a_prediction_of_another_shape():
     gt = np.zeros((20, 20), np.uint16)
     with pytest.raises(InputError, match="differ in shape"):

@@ -5,8 +5,8 @@ import pytest
 
 from napari_hitl.active.pseudo import (CONFIDENT_BACKGROUND, CONFIDENT_OBJECT, IGNORED, PseudoSettings,
                                        machine_labelled_images, pseudo_labels, three_way_split)
-from napari_hitl.active.ranking import diversity_pick, kmeans, rank_images, score_image
-from napari_hitl.active.superpixels import Suggestion, superpixel_stats, suggest_superpixels
+from napari_hitl.active.ranking import ImageScore, diversity_pick, kmeans, rank_images, score_image
+from napari_hitl.active.superpixels import Suggestion, expected_fix_clicks, superpixel_stats, suggest_superpixels
 from napari_hitl.active.uncertainty import confidence, entropy, margin, margin_uncertainty, uncertainty_map
 from napari_hitl.errors import InputError
 from napari_hitl.project import HUMAN, MACHINE, PSEUDO, UNLABELLED
@@ -51,6 +51,25 @@ def test_local_consistency_ranks_blurry_edges_below_crisp_ones():
     # an image with no unsure object pixel is fully consistent
     sure = np.stack([np.full((8, 8), 0.01), np.full((8, 8), 0.99)]).astype(np.float32)
     assert score_image(sure, beta=0.9).consistency == 1.0
+
+
+def test_expected_fix_clicks_and_cost_aware_ranking():
+    seg = np.repeat(np.arange(4), 4).reshape(4, 4)  # four rows, one superpixel each
+    pred = np.zeros((4, 4), np.uint8)
+    conf = np.ones((4, 4), np.float32)
+    assert expected_fix_clicks(seg, pred, conf, 2) == 1.0  # sure of everything: one Accept all
+    conf[1] = 0.5            # row 1 voted right with confidence 0.5: half a click
+    pred[2, :2] = 1          # row 2 split 2/2: the vote (class 0) is backed by half its pixels
+    assert expected_fix_clicks(seg, pred, conf, 2) == pytest.approx(1.0 + 0.5 + 0.5)
+    with pytest.raises(InputError, match="differ in shape"):
+        expected_fix_clicks(seg, pred[:2], conf, 2)
+    # as unsure per image, but the second costs a third of the clicks: per click it comes first
+    scores = [ImageScore(0, margin_uncertainty=0.3, expected_clicks=30.0),
+              ImageScore(1, margin_uncertainty=0.2, expected_clicks=10.0),
+              ImageScore(2, margin_uncertainty=0.1, expected_clicks=1.0)]
+    assert rank_images(scores, "margin", 1).order == [0, 1, 2]
+    per_click = rank_images(scores, "margin", 1, cost_aware=True)
+    assert per_click.order == [2, 1, 0] and per_click.picked == [2]
 
 
 def test_kmeans_and_diversity_pick_one_per_cluster():

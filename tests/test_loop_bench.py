@@ -56,6 +56,11 @@ def test_merge_keeps_diversity_runs_apart_and_marks_partial_strategies():
     assert set(m["strategies"]) == {"random", "margin+diversity (seed 0)"}
     assert m["strategies"]["margin+diversity (seed 0)"]["seeds"] == [0]
     assert "(random ran other seeds)" in summarise(m)  # means over other seeds do not compare
+    # cost-aware runs are another strategy too, and their random runs stay the one random
+    m = merge([_result(0, {"random": _run([1, 2], [0.1, 0.2])}, cost_aware=True),
+               _result(0, {"margin": _run([1, 2], [0.2, 0.3])}, cost_aware=True, diversity=True),
+               _result(0, {"margin": _run([1, 2], [0.2, 0.3])})])
+    assert set(m["strategies"]) == {"random", "margin/click+diversity", "margin"}
 
 
 def test_merge_takes_only_the_full_reference_from_runs_with_other_answers():

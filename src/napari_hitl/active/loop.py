@@ -21,9 +21,10 @@ from typing import Callable, Protocol
 import numpy as np
 
 from napari_hitl.active.pseudo import PseudoSettings, machine_labelled_images, pseudo_labels
-from napari_hitl.active.ranking import ImageScore, rank_images, score_maps
+from napari_hitl.active.ranking import ImageScore, Ranking, rank_images, score_maps
 from napari_hitl.active.superpixels import (Suggestion, class_votes, diverse_suggestions, edge_strength,
-                                            image_suggestions, slic_superpixels, suggest_superpixels)
+                                            expected_fix_clicks, image_suggestions, slic_superpixels,
+                                            suggest_superpixels)
 from napari_hitl.errors import InputError
 from napari_hitl.model.train import HUMAN, MACHINE, PSEUDO, UNLABELLED, Sample, Trainer, TrainSettings
 from napari_hitl.simulate.cost import image_clicks, sample_clicks
@@ -200,6 +201,9 @@ class LoopSettings:
     # seed 1) it changed nothing: margin 0.420 with, 0.416 without, random 0.420
     # (docs/bench/camvid_runs). Off by default: microscopy first.
     diversity: bool = False
+    # image strategies answered by superpixel fixes: rank by uncertainty per expected click
+    # (expected_fix_clicks) instead of per image, since there an uncertain image costs more.
+    cost_aware: bool = False
     background: int | None = 0       # class that is not "object" for local consistency (None: none)
     pseudo: PseudoSettings = field(default_factory=PseudoSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -210,6 +214,9 @@ class LoopSettings:
             raise InputError(f"unknown strategy {self.strategy!r}; use one of {', '.join(LOOP_STRATEGIES)}")
         if self.image_answer not in IMAGE_ANSWERS:
             raise InputError(f"unknown image answer {self.image_answer!r}; use one of {', '.join(IMAGE_ANSWERS)}")
+        if self.cost_aware and (self.image_answer != "superpixel-fixes" or self.superpixel_mode):
+            raise InputError("cost-aware ranking needs an image strategy answered by superpixel fixes "
+                             "(the other answers cost about the same for every image)")
         if self.budget < 1 or self.rounds < 1:
             raise InputError(f"budget and rounds must be >= 1, got {self.budget} and {self.rounds}")
 
@@ -244,6 +251,7 @@ class RoundRecord:
     predict_seconds: float = 0.0
     select_seconds: float = 0.0
     loss: float = float("nan")
+    expected_clicks: float | None = None  # cost-aware ranking: its estimate of round_clicks
     metrics: dict = field(default_factory=dict)
 
 
@@ -278,6 +286,7 @@ class LoopDriver:
         self.round = 0
         self.trained = False
         self.records: list[RoundRecord] = []
+        self.last_ranking: Ranking | None = None
 
     # -- prediction ---------------------------------------------------------------------------
     def predict_all(self, should_stop=None) -> float:
@@ -308,8 +317,12 @@ class LoopDriver:
 
     def scores(self, beta: float) -> list[ImageScore]:
         s = self.settings
-        return [score_maps(p.conf, p.pred, p.margin, p.entropy, beta, s.background, i, self.names[i])
-                for i, p in enumerate(self.predictions)]
+        out = [score_maps(p.conf, p.pred, p.margin, p.entropy, beta, s.background, i, self.names[i])
+               for i, p in enumerate(self.predictions)]
+        if s.cost_aware:
+            for sc, p in zip(out, self.predictions):
+                sc.expected_clicks = expected_fix_clicks(self.segments(sc.index), p.pred, p.conf, self.num_classes)
+        return out
 
     # -- selection and answers ----------------------------------------------------------------
     def _uncertainty(self, p: Prediction) -> np.ndarray:
@@ -330,7 +343,8 @@ class LoopDriver:
         strategy = "consistency" if first_round and s.strategy != "random" else s.strategy
         ranking = rank_images(scores, strategy, s.budget, feats, diversity=s.diversity,
                               first_round=first_round and s.strategy != "random",
-                              exclude=self.asked_images, seed=s.seed + self.round)
+                              exclude=self.asked_images, seed=s.seed + self.round, cost_aware=s.cost_aware)
+        self.last_ranking = ranking
         return ranking.picked
 
     def select_superpixels(self, first_round: bool) -> list[Suggestion]:
@@ -442,6 +456,9 @@ class LoopDriver:
         pseudo = sum(int(np.count_nonzero(p == PSEUDO)) for p in self.provenance)
         rec = RoundRecord(self.round, self.clicks, spent, n_img, n_sp, done / total, pseudo / total,
                           res.seconds, t_pred, t_sel, res.final_loss)
+        if self.settings.cost_aware and not first and self.last_ranking is not None:
+            by_index = {sc.index: sc for sc in self.last_ranking.scores}
+            rec.expected_clicks = sum(by_index[i].expected_clicks for i in self.last_ranking.picked)
         if self.evaluate is not None:
             rec.metrics = dict(self.evaluate(self))
         self.records.append(rec)

@@ -1,7 +1,8 @@
 """Per-image scores (local consistency, mean entropy, mean margin uncertainty) and picks.
 
 :func:`score_image` summarises a prediction; :func:`rank_images` orders images by a
-strategy and picks the budget, optionally for diversity (k-means over pooled encoder
+strategy and picks the budget, optionally per expected click (cost-aware: uncertainty over
+what answering the image should cost) and for diversity (k-means over pooled encoder
 features: on the first round diversity alone, later the uncertain half clustered into the
 budget, taking the sample nearest each centre). :class:`Ranking` prints as a table.
 """
@@ -33,6 +34,7 @@ class ImageScore:
     margin_uncertainty: float = 0.0  # mean (1 - margin)
     object_fraction: float = 0.0    # share of pixels predicted as a non-background class
     unsure_fraction: float = 0.0    # share of object pixels with confidence < beta
+    expected_clicks: float = 1.0    # what answering it should cost (cost-aware ranking divides by it)
 
 
 def local_consistency(conf: np.ndarray, pred: np.ndarray, beta: float = 0.9,
@@ -167,9 +169,12 @@ class Ranking:
 
 
 def rank_images(scores: list[ImageScore], strategy: str, budget: int, features: np.ndarray | None = None,
-                diversity: bool = False, first_round: bool = False, exclude=(), seed: int = 0) -> Ranking:
+                diversity: bool = False, first_round: bool = False, exclude=(), seed: int = 0,
+                cost_aware: bool = False) -> Ranking:
     """Order images by ``strategy`` and pick ``budget`` of them (never those in ``exclude``).
 
+    With ``cost_aware`` the usefulness is divided by each score's ``expected_clicks``
+    (uncertainty bought per click rather than per image).
     With ``diversity`` (needs ``features``, one row per score, same order): on
     ``first_round`` pick by k-means over all candidates; otherwise cluster the more
     uncertain half of the candidates into ``budget`` clusters and take the nearest to each
@@ -184,6 +189,8 @@ def rank_images(scores: list[ImageScore], strategy: str, budget: int, features: 
         ordered = list(pos)
     else:
         vals = np.array([usefulness(scores[p], strategy) for p in pos])
+        if cost_aware:
+            vals = vals / np.maximum([scores[p].expected_clicks for p in pos], 1e-12)
         ordered = [pos[i] for i in np.argsort(-vals, kind="stable")]
     budget = max(0, min(int(budget), len(ordered)))
     if (diversity or first_round) and strategy != "random" and budget > 0:

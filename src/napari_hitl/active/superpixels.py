@@ -13,8 +13,8 @@ import numpy as np
 
 from napari_hitl.errors import InputError
 
-__all__ = ["slic_superpixels", "edge_strength", "superpixel_stats", "class_votes", "Suggestion", "image_suggestions",
-           "suggest_superpixels", "diverse_suggestions"]
+__all__ = ["slic_superpixels", "edge_strength", "superpixel_stats", "class_votes", "expected_fix_clicks", "Suggestion",
+           "image_suggestions", "suggest_superpixels", "diverse_suggestions"]
 
 
 def slic_superpixels(image: np.ndarray, n_segments: int = 200, compactness: float = 10.0) -> np.ndarray:
@@ -73,6 +73,27 @@ def class_votes(segments: np.ndarray, labels: np.ndarray, num_classes: int, wher
         keep = np.asarray(where).ravel()
         seg, lab = seg[keep], lab[keep]
     return np.bincount(seg * num_classes + lab, minlength=k * num_classes).reshape(k, num_classes)
+
+
+def expected_fix_clicks(segments: np.ndarray, pred: np.ndarray, conf: np.ndarray, num_classes: int) -> float:
+    """Expected clicks to answer an image by superpixel fixes, from its prediction alone.
+
+    One click accepts every right superpixel, each wrong one costs a click. A superpixel's
+    voted class counts as right with the mean confidence of its pixels that predict it (the
+    other pixels add nothing), so a superpixel the model splits or doubts is likely a click.
+    """
+    seg = np.asarray(segments)
+    pred, conf = np.asarray(pred), np.asarray(conf, np.float64)
+    if not (seg.shape == pred.shape == conf.shape):
+        raise InputError(f"superpixels {seg.shape}, prediction {pred.shape} and confidence {conf.shape} differ in shape")
+    if seg.size == 0:
+        return 1.0
+    cls = class_votes(seg, pred, num_classes).argmax(1)
+    flat = seg.ravel().astype(np.int64)
+    agree = pred.ravel() == cls[flat]
+    area = np.bincount(flat, minlength=len(cls))
+    right = np.bincount(flat, weights=conf.ravel() * agree, minlength=len(cls)) / np.maximum(area, 1)
+    return 1.0 + float((1.0 - right)[area > 0].sum())
 
 
 @dataclass

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pseudo", action="store_true", help="train on human labels only")
     parser.add_argument("--diversity", action="store_true", help="after round one, image strategies cluster "
                         "the more uncertain half into the budget instead of asking the top-k images")
+    parser.add_argument("--cost-aware", action="store_true", help="with --image-answer superpixel-fixes, "
+                        "image strategies rank by uncertainty per expected click (an uncertain image has more "
+                        "superpixels to fix) instead of per image")
     parser.add_argument("--no-full", action="store_true", help="skip the full-supervision reference run")
     parser.add_argument("--timing", action="store_true", help="also time a training round on 50 images "
                         "512x512 and prediction + ranking throughput")
@@ -170,7 +173,7 @@ def run_strategy(ds, strategy: str, args, log=print, engine=None) -> dict:
     settings = LoopSettings(strategy=strategy, rounds=args.rounds, budget=args.budget,
                             superpixels_per_image=args.sp_per_image, n_segments=args.n_segments,
                             background=ds["background"], pseudo=PseudoSettings(enabled=not args.no_pseudo),
-                            diversity=args.diversity, image_answer=args.image_answer,
+                            diversity=args.diversity, cost_aware=args.cost_aware, image_answer=args.image_answer,
                             train=_train_settings(args), seed=args.seed)
 
     def evaluate(driver):
@@ -184,7 +187,9 @@ def run_strategy(ds, strategy: str, args, log=print, engine=None) -> dict:
     def on_round(rec):
         log(f"  {strategy:<21} round {rec.round}: clicks {rec.clicks:>6}  labels mIoU "
             f"{rec.metrics['label_miou']:.3f}  model mIoU {rec.metrics['model_miou']:.3f}  "
-            f"(train {rec.train_seconds:.0f}s, predict {rec.predict_seconds:.0f}s, loss {rec.loss:.3f})")
+            f"(train {rec.train_seconds:.0f}s, predict {rec.predict_seconds:.0f}s, loss {rec.loss:.3f})"
+            + ("" if rec.expected_clicks is None else
+               f"; {rec.round_clicks} clicks this round, {rec.expected_clicks:.0f} expected"))
 
     driver.run(on_round=on_round)
     return {"strategy": strategy, "rounds": driver.records_as_dicts(), "corrections": annotator.corrections}
@@ -345,8 +350,10 @@ def _full_settings(args: dict) -> tuple:
 
 
 def _run_label(name: str, args: dict) -> str:
-    """A strategy's name in a merge: image strategies run with --diversity are kept apart."""
-    return f"{name}+diversity" if args.get("diversity") and name in ("entropy", "margin", "consistency") else name
+    """A strategy's name in a merge: image strategies run with --cost-aware or --diversity are kept apart."""
+    if name not in ("entropy", "margin", "consistency"):
+        return name
+    return name + "/click" * bool(args.get("cost_aware")) + "+diversity" * bool(args.get("diversity"))
 
 
 def merge(results: list[dict]) -> dict:
@@ -502,7 +509,8 @@ def run(args) -> int:
           f"{args.budget}/round, {args.steps} steps x batch {args.batch} x crop {args.crop}; "
           f"torch threads {torch.get_num_threads()}; whole images {_answer_words(args, engine)}"
           + ("; every superpixel answer is one click (its main class)" if args.purity <= 0
-             else f"; superpixels under {args.purity:.0%} one class are traced"), flush=True)
+             else f"; superpixels under {args.purity:.0%} one class are traced")
+          + ("; image strategies ranked by uncertainty per expected click" if args.cost_aware else ""), flush=True)
     result = {"dataset": ds["name"], "args": {k: v for k, v in vars(args).items() if k != "func"},
               "pool": len(ds["pool"]), "heldout": len(ds["heldout"]), "strategies": {}}
     log = lambda msg: print(msg, flush=True)  # noqa: E731
