@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the more uncertain half into the budget instead of asking the top-k images")
     parser.add_argument("--cost-aware", action="store_true", help="with --image-answer superpixel-fixes, "
                         "image strategies rank by uncertainty per expected click (an uncertain image has more "
-                        "superpixels to fix) instead of per image")
+                        "superpixels to fix) instead of per image; on camvid it trailed random in early rounds "
+                        "(docs/bench/loop_camvid_seeds400.json)")
     parser.add_argument("--no-full", action="store_true", help="skip the full-supervision reference run")
     parser.add_argument("--timing", action="store_true", help="also time a training round on 50 images "
                         "512x512 and prediction + ranking throughput")
