@@ -32,7 +32,7 @@ def _miou(labels, truths):
     return mean_iou(np.concatenate([x.ravel() for x in labels]), np.concatenate([x.ravel() for x in truths]), 2)
 
 
-@pytest.mark.parametrize("strategy", ["consistency", "superpixel"])
+@pytest.mark.parametrize("strategy", ["consistency", "coverage", "superpixel"])
 def test_loop_driver_improves_miou_over_two_rounds(strategy):
     torch.manual_seed(0)
     images, truths = _set()
@@ -78,6 +78,8 @@ def test_simulated_annotator_costs():
     assert whole.clicks >= 4 and np.array_equal(whole.labels, gt)
     with pytest.raises(InputError, match="strategy"):
         LoopSettings(strategy="telepathy")
+    with pytest.raises(InputError, match="coverage picks are diverse"):
+        LoopSettings(strategy="coverage", diversity=True)
 
 
 def test_image_answered_superpixel_by_superpixel():

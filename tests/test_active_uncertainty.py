@@ -5,7 +5,8 @@ import pytest
 
 from napari_hitl.active.pseudo import (CONFIDENT_BACKGROUND, CONFIDENT_OBJECT, IGNORED, PseudoSettings,
                                        machine_labelled_images, pseudo_labels, three_way_split)
-from napari_hitl.active.ranking import ImageScore, diversity_pick, kmeans, rank_images, score_image
+from napari_hitl.active.ranking import (ImageScore, coverage_pick, diversity_pick, kmeans, rank_images,
+                                       score_image)
 from napari_hitl.active.superpixels import Suggestion, expected_fix_clicks, superpixel_stats, suggest_superpixels
 from napari_hitl.active.uncertainty import confidence, entropy, margin, margin_uncertainty, uncertainty_map
 from napari_hitl.errors import InputError
@@ -81,6 +82,34 @@ def test_kmeans_and_diversity_pick_one_per_cluster():
     assert len(set(assign)) == 3
     picks = diversity_pick(x, 3)
     assert sorted(p // 20 for p in picks) == [0, 1, 2]
+
+
+def _group(centre, offsets):
+    """A centre direction and points around it; the centre itself is the group's most typical."""
+    c = np.asarray(centre, float)
+    return np.stack([c] + [c + o for o in offsets])
+
+
+def test_coverage_pick_takes_typical_images_of_the_least_covered_regions():
+    e = np.eye(3)
+    ring = [0.2 * e[1], -0.2 * e[1], 0.2 * e[2], -0.2 * e[2]]
+    a = _group(e[0], ring + [0.1 * e[1], -0.1 * e[2], 0.15 * e[2], -0.12 * e[1]])  # rows 0-8, centre 0
+    b = _group(e[1], [0.2 * e[0], -0.2 * e[0], 0.2 * e[2], -0.2 * e[2]])               # rows 9-13, centre 9
+    c = _group(e[2], [0.2 * e[0], -0.2 * e[1]])                                       # rows 14-16, centre 14
+    x = np.concatenate([a, b, c])
+    # nothing labelled: one per region, the largest region first, each its most typical member
+    assert coverage_pick(x, 3) == [0, 9, 14]
+    # region a already holds a labelled image: the next pick is the centre of region b, then c
+    assert coverage_pick(x[:14], 1, labelled=[3]) == [9]
+    assert coverage_pick(x, 2, labelled=[3]) == [9, 14]
+    # labelled rows are never picked again, and a tiny pool returns what is left
+    assert coverage_pick(x[:2], 5, labelled=[0]) == [1]
+    scores = [ImageScore(i) for i in range(len(x))]
+    ranking = rank_images(scores, "coverage", 2, x, exclude=[3])
+    assert ranking.picked == [9, 14] and ranking.order[:2] == [9, 14] and 3 not in ranking.order
+    assert sorted(ranking.order) == [i for i in range(len(x)) if i != 3]
+    with pytest.raises(InputError, match="features"):
+        rank_images(scores, "coverage", 2)
 
 
 def test_superpixel_stats_and_class_balanced_suggestions():

@@ -33,7 +33,7 @@ __all__ = ["LOOP_STRATEGIES", "IMAGE_ANSWERS", "Answer", "Annotator", "Simulated
            "RoundRecord", "Prediction", "LoopDriver"]
 
 #: strategies of :class:`LoopDriver`: four pick whole images, two pick superpixels
-LOOP_STRATEGIES = ("random", "entropy", "margin", "consistency", "superpixel", "superpixel-diversity")
+LOOP_STRATEGIES = ("random", "entropy", "margin", "consistency", "coverage", "superpixel", "superpixel-diversity")
 #: how a picked whole image is answered: traced (polygons / corrections), superpixel by superpixel
 #: (one click each), or superpixel fixes (the wrong ones one click each, the rest accepted in one)
 IMAGE_ANSWERS = ("polygons", "superpixels", "superpixel-fixes")
@@ -225,6 +225,9 @@ class LoopSettings:
         if self.cost_aware and (self.image_answer != "superpixel-fixes" or self.superpixel_mode):
             raise InputError("cost-aware ranking needs an image strategy answered by superpixel fixes "
                              "(the other answers cost about the same for every image)")
+        if self.strategy == "coverage" and (self.diversity or self.cost_aware):
+            raise InputError("coverage picks are diverse by themselves and rank no uncertainty: "
+                             "use it without diversity or cost-aware ranking")
         if self.budget < 1 or self.rounds < 1:
             raise InputError(f"budget and rounds must be >= 1, got {self.budget} and {self.rounds}")
 
@@ -348,9 +351,10 @@ class LoopDriver:
         scores = self.scores(s.pseudo.beta(self.round))
         feats = np.stack([p.features.astype(np.float32).reshape(p.features.shape[0], -1).mean(1)
                           for p in self.predictions])
-        strategy = "consistency" if first_round and s.strategy != "random" else s.strategy
+        own_first = s.strategy in ("random", "coverage")  # the others open with k-means picks
+        strategy = "consistency" if first_round and not own_first else s.strategy
         ranking = rank_images(scores, strategy, s.budget, feats, diversity=s.diversity,
-                              first_round=first_round and s.strategy != "random",
+                              first_round=first_round and not own_first,
                               exclude=self.asked_images, seed=s.seed + self.round, cost_aware=s.cost_aware)
         self.last_ranking = ranking
         return ranking.picked

@@ -4,7 +4,9 @@
 strategy and picks the budget, optionally per expected click (cost-aware: uncertainty over
 what answering the image should cost) and for diversity (k-means over pooled encoder
 features: on the first round diversity alone, later the uncertain half clustered into the
-budget, taking the sample nearest each centre). :class:`Ranking` prints as a table.
+budget, taking the sample nearest each centre). ``coverage`` ignores uncertainty and picks
+typical images of the feature regions the labelled images cover least (:func:`coverage_pick`).
+:class:`Ranking` prints as a table.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from napari_hitl.active.uncertainty import check_proba
 from napari_hitl.errors import InputError
 
 __all__ = ["ImageScore", "Ranking", "STRATEGIES", "local_consistency", "score_image", "score_maps",
-           "usefulness", "rank_images", "kmeans", "diversity_pick"]
+           "usefulness", "rank_images", "kmeans", "diversity_pick", "coverage_pick"]
 
 #: image-level strategies understood by :func:`rank_images`
-STRATEGIES = ("random", "entropy", "margin", "consistency")
+STRATEGIES = ("random", "entropy", "margin", "consistency", "coverage")
 
 
 @dataclass
@@ -86,14 +88,22 @@ def usefulness(score: ImageScore, strategy: str) -> float:
     raise InputError(f"unknown ranking strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """k-means (k-means++ seeding, Lloyd iterations) on rows of ``x``; returns (centres, assignment)."""
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, restarts: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """k-means (k-means++ seeding, Lloyd iterations) on rows of ``x``; returns (centres, assignment).
+
+    With ``restarts`` > 1 it runs from that many seedings and keeps the tightest clustering.
+    """
     x = np.asarray(x, np.float64)
     n = len(x)
     if n == 0 or k < 1:
         raise InputError(f"k-means needs at least one sample and k >= 1 (got {n} samples, k={k})")
     k = min(k, n)
-    rng = np.random.default_rng(seed)
+    runs = [_kmeans_once(x, k, np.random.default_rng(seed + r), iters) for r in range(max(1, restarts))]
+    return min(runs, key=lambda ca: float(((x - ca[0][ca[1]]) ** 2).sum()))
+
+
+def _kmeans_once(x: np.ndarray, k: int, rng: np.random.Generator, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(x)
     centres = [x[rng.integers(n)]]
     d2 = ((x - centres[0]) ** 2).sum(1)
     for _ in range(1, k):
@@ -141,6 +151,51 @@ def diversity_pick(features: np.ndarray, k: int, candidates=None, seed: int = 0)
     return picked
 
 
+def coverage_pick(features: np.ndarray, k: int, labelled=(), candidates=None, seed: int = 0,
+                  neighbours: int = 20) -> list[int]:
+    """Pick ``k`` typical images of the feature regions the labelled images cover least.
+
+    Clusters all rows of ``features`` into len(labelled) + k groups (k-means on L2-normalised
+    rows); then, k times, takes the group holding the fewest labelled or picked images (the
+    larger group first on ties) and picks its most typical candidate: the one whose
+    ``neighbours`` nearest group members lie closest (TypiClust, Hacohen et al. 2022: with few
+    labels, representative picks teach more than uncertain ones). Returns indices into
+    ``features``; ``candidates`` defaults to every row not in ``labelled``.
+    """
+    feats = np.asarray(features, np.float64)
+    n = len(feats)
+    done = {int(i) for i in labelled}
+    cand = [i for i in range(n) if i not in done] if candidates is None else \
+        [int(i) for i in candidates if int(i) not in done]
+    if not cand or k <= 0:
+        return []
+    if len(cand) <= k:
+        return cand
+    x = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    _, assign = kmeans(x, min(n, len(done) + k), seed, restarts=5)
+    groups = {int(g): np.flatnonzero(assign == g) for g in np.unique(assign)}
+    covered = {g: sum(int(i) in done for i in m) for g, m in groups.items()}
+    open_ = {g: [i for i in m if int(i) in set(cand)] for g, m in groups.items()}
+    typical = {}
+    for g, members in groups.items():
+        xm = x[members]
+        d = np.sqrt(np.maximum(2.0 - 2.0 * xm @ xm.T, 0.0))  # rows are unit length
+        nn = np.sort(d, axis=1)[:, 1:1 + neighbours]
+        t = 1.0 / np.maximum(nn.mean(1), 1e-12) if nn.shape[1] else np.ones(len(members))
+        typical.update({int(i): float(v) for i, v in zip(members, t)})
+    picked: list[int] = []
+    while len(picked) < k:
+        live = [g for g in groups if open_[g]]
+        if not live:
+            break
+        g = min(live, key=lambda g: (covered[g], -len(groups[g]), g))
+        best = max(open_[g], key=lambda i: (typical[int(i)], -int(i)))
+        picked.append(int(best))
+        open_[g].remove(best)
+        covered[g] += 1
+    return picked
+
+
 @dataclass
 class Ranking:
     """Images ordered by a strategy (most useful first) and the ones picked for the human."""
@@ -178,11 +233,21 @@ def rank_images(scores: list[ImageScore], strategy: str, budget: int, features: 
     With ``diversity`` (needs ``features``, one row per score, same order): on
     ``first_round`` pick by k-means over all candidates; otherwise cluster the more
     uncertain half of the candidates into ``budget`` clusters and take the nearest to each
-    centre. ``random`` orders at random (seeded).
+    centre. ``random`` orders at random (seeded). ``coverage`` (needs ``features``) treats
+    ``exclude`` as the labelled images and picks with :func:`coverage_pick`; its order is the
+    picks, then the rest by index.
     """
     excluded = set(int(i) for i in exclude)
     pos = [p for p, s in enumerate(scores) if s.index not in excluded]
     rng = np.random.default_rng(seed)
+    if strategy == "coverage":
+        if features is None:
+            raise InputError("coverage picks need pooled features, one row per image score")
+        done = [p for p, s in enumerate(scores) if s.index in excluded]
+        chosen = coverage_pick(np.asarray(features), max(0, int(budget)), done, pos, seed)
+        ordered = chosen + sorted(set(pos) - set(chosen))
+        return Ranking(strategy, list(scores), [scores[p].index for p in ordered],
+                       [scores[p].index for p in chosen], True)
     if strategy == "random":
         ordered = [pos[i] for i in rng.permutation(len(pos))]
     elif first_round:
