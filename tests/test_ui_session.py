@@ -165,6 +165,9 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
         assert sorted(orders[choice]) == sorted(r.name for r in dock.project.images)
     dock.ranking.set_choice("diversity")
     assert "★" in " ".join(dock.image_list.item(i).text() for i in range(4))
+    dock.ranking.set_choice("coverage")  # picks among what the labelled image does not cover
+    texts = [dock.image_list.item(i).text() for i in range(4)]
+    assert sum("★" in t for t in texts) == 3 and not any(t.startswith(f"{name} ") and "★" in t for t in texts)
     dock.open_next()
     assert dock.current != name and dock.project.counts(dock.current).status != "done"
 

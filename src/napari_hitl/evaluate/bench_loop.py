@@ -1,7 +1,7 @@
 """Learning-loop benchmark: mIoU of labels and model against annotation clicks, per strategy.
 
 A simulated annotator labels a pool for R rounds under each strategy (random, entropy,
-margin, consistency, superpixel, superpixel-diversity); after each round it prints the mIoU
+margin, consistency, coverage, superpixel, superpixel-diversity); after each round it prints the mIoU
 of the final labels over the pool (human + machine) and of the model on held-out images
 against cumulative clicks, beside full supervision (every pool image traced by hand). On
 two-class sets the annotator corrects the model's prediction of an asked image object by

@@ -24,7 +24,8 @@ from napari_hitl.errors import InputError
 from napari_hitl.project import HUMAN, MACHINE, PSEUDO
 
 #: ranking choices of the panel -> strategy of :func:`napari_hitl.active.ranking.rank_images`
-RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": "margin", "diversity": "diversity"}
+RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": "margin", "diversity": "diversity",
+            "coverage": "coverage"}
 #: file name of the dock's model checkpoint inside the project's models/ folder
 CHECKPOINT = "segnet.pt"
 
@@ -119,12 +120,14 @@ class RankedRow:
 
 
 def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice: str, beta: float = 0.9,
-              budget: int = 5) -> list[RankedRow]:
+              budget: int = 5, labelled=()) -> list[RankedRow]:
     """Rows in the order the person should look at them under ``choice`` (a key of RANKINGS).
 
     Shown value: local consistency (low first), mean entropy or mean margin uncertainty
-    (high first); "diversity" orders by margin with its k-means picks on top. Images without
-    a prediction come last, in project order.
+    (high first); "diversity" orders by margin with its k-means picks on top; "coverage" puts
+    on top typical images of what the ``labelled`` images (names) do not cover yet, the rest
+    by margin (the start of a project, when the model's uncertainty means little). Images
+    without a prediction come last, in project order.
     """
     if choice not in RANKINGS:
         raise InputError(f"unknown ranking {choice!r}; use one of {', '.join(RANKINGS)}")
@@ -133,11 +136,18 @@ def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice
     scores = [image_score(i, n, predictions[n], beta) for i, n in enumerate(have)]
     rows: list[RankedRow] = []
     if scores:
-        if strategy == "diversity":
+        if strategy in ("diversity", "coverage"):
             feats = np.stack([np.mean([p.features for p in predictions[n]], axis=0) for n in have])
-            ranking = rank_images(scores, "margin", min(budget, len(scores)), feats, diversity=True)
+            if strategy == "diversity":
+                ranking = rank_images(scores, "margin", min(budget, len(scores)), feats, diversity=True)
+            else:
+                lab = set(labelled)
+                done = [i for i, n in enumerate(have) if n in lab]
+                ranking = rank_images(scores, "coverage", min(budget, len(scores)), feats, exclude=done)
             picked = list(ranking.picked)
-            order = picked + [i for i in ranking.order if i not in picked]
+            rest = sorted((i for i in range(len(scores)) if i not in picked),
+                          key=lambda i: -scores[i].margin_uncertainty)
+            order = picked + rest
             value = "margin_uncertainty"
         else:
             ranking = rank_images(scores, strategy, 0)
