@@ -32,7 +32,7 @@ from napari_hitl.simulate.cost import image_clicks, sample_clicks
 __all__ = ["LOOP_STRATEGIES", "IMAGE_ANSWERS", "Answer", "Annotator", "SimulatedAnnotator", "LoopSettings",
            "RoundRecord", "Prediction", "LoopDriver"]
 
-#: strategies of :class:`LoopDriver`: four pick whole images, two pick superpixels
+#: strategies of :class:`LoopDriver`: five pick whole images, two pick superpixels
 LOOP_STRATEGIES = ("random", "entropy", "margin", "consistency", "coverage", "superpixel", "superpixel-diversity")
 #: how a picked whole image is answered: traced (polygons / corrections), superpixel by superpixel
 #: (one click each), or superpixel fixes (the wrong ones one click each, the rest accepted in one)

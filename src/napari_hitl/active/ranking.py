@@ -175,7 +175,8 @@ def coverage_pick(features: np.ndarray, k: int, labelled=(), candidates=None, se
     _, assign = kmeans(x, min(n, len(done) + k), seed, restarts=5)
     groups = {int(g): np.flatnonzero(assign == g) for g in np.unique(assign)}
     covered = {g: sum(int(i) in done for i in m) for g, m in groups.items()}
-    open_ = {g: [i for i in m if int(i) in set(cand)] for g, m in groups.items()}
+    cand_set = set(cand)
+    open_ = {g: [i for i in m if int(i) in cand_set] for g, m in groups.items()}
     typical = {}
     for g, members in groups.items():
         xm = x[members]
