@@ -126,6 +126,11 @@ def _kmeans_once(x: np.ndarray, k: int, rng: np.random.Generator, iters: int) ->
     return c, assign
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), so k-means compares directions."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def diversity_pick(features: np.ndarray, k: int, candidates=None, seed: int = 0) -> list[int]:
     """Cluster ``features[candidates]`` into ``k`` groups and return the candidate nearest each centre.
 
@@ -139,7 +144,7 @@ def diversity_pick(features: np.ndarray, k: int, candidates=None, seed: int = 0)
     if len(cand) <= k:
         return [int(i) for i in cand]
     x = feats[cand]
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = _unit_rows(x)
     centres, _ = kmeans(x, k, seed)
     dist = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
     picked: list[int] = []
@@ -171,7 +176,7 @@ def coverage_pick(features: np.ndarray, k: int, labelled=(), candidates=None, se
         return []
     if len(cand) <= k:
         return cand
-    x = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    x = _unit_rows(feats)
     _, assign = kmeans(x, min(n, len(done) + k), seed, restarts=5)
     groups = {int(g): np.flatnonzero(assign == g) for g in np.unique(assign)}
     covered = {g: sum(int(i) in done for i in m) for g, m in groups.items()}

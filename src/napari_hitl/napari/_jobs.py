@@ -140,14 +140,14 @@ def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice
             feats = np.stack([np.mean([p.features for p in predictions[n]], axis=0) for n in have])
             if strategy == "diversity":
                 ranking = rank_images(scores, "margin", min(budget, len(scores)), feats, diversity=True)
+                by_margin = ranking.order
             else:
                 lab = set(labelled)
                 done = [i for i, n in enumerate(have) if n in lab]
                 ranking = rank_images(scores, "coverage", min(budget, len(scores)), feats, exclude=done)
+                by_margin = rank_images(scores, "margin", 0).order
             picked = list(ranking.picked)
-            rest = sorted((i for i in range(len(scores)) if i not in picked),
-                          key=lambda i: -scores[i].margin_uncertainty)
-            order = picked + rest
+            order = picked + [i for i in by_margin if i not in ranking.picked]
             value = "margin_uncertainty"
         else:
             ranking = rank_images(scores, strategy, 0)
