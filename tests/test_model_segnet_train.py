@@ -82,8 +82,17 @@ def test_training_lowers_loss_and_checkpoint_reloads_identically(tmp_path):
     # the next round fine-tunes from there, it does not restart
     res2 = again.train_round(samples, steps=3)
     assert res2.round == 2 and again.global_step == 33
+    # a class added to the project: the saved model grows its head, the old classes are kept
+    saved = load_checkpoint(ckpt)["model"]
+    grown = Trainer(3, checkpoint_path=ckpt, device="cpu")
+    head = grown.model.state_dict()
+    assert head["head.weight"].shape[0] == 3
+    assert torch.equal(head["head.weight"][:2], saved["head.weight"]) and torch.equal(head["head.bias"][:2],
+                                                                                      saved["head.bias"])
+    assert grown.global_step == 33 and grown.predict_proba(samples[0].image).shape[0] == 3
+    grown.save(tmp_path / "three.pt")
     with pytest.raises(InputError, match="classes"):
-        Trainer(3, checkpoint_path=ckpt, device="cpu")
+        Trainer(2, checkpoint_path=tmp_path / "three.pt", device="cpu")
 
 
 def test_cancel_mid_round_leaves_last_checkpoint_intact_and_resumes(tmp_path):

@@ -150,13 +150,14 @@ def test_bad_sources(tmp_path):
 def test_corrupt_files_name_the_file_and_leave_the_rest(tmp_path, project):
     project.commit_labels("img0", np.ones((40, 60), np.uint8))
     project.commit_labels("img1", np.full((40, 60), 2, np.uint8))
-    (project.root / "labels" / "img0.npz").write_bytes(b"garbage")
-    with pytest.raises(CorruptFileError, match="img0.npz"):
+    bad = project.label_file("img0")
+    bad.write_bytes(b"garbage")
+    with pytest.raises(CorruptFileError, match=bad.name):
         project.read_labels("img0")
     assert (project.read_labels("img1")[0] == 2).all()
     project.close()
-    (tmp_path / "proj" / "images.json").write_text("{not json")
-    with pytest.raises(CorruptFileError, match="images.json"):
+    (tmp_path / "proj" / "project.db").write_bytes(b"{not a database" * 100)
+    with pytest.raises(CorruptFileError, match="project.db"):
         Project.open(tmp_path / "proj")
     with pytest.raises(ProjectError, match="not a napari-hitl project"):
         Project.open(tmp_path / "imgs")
@@ -167,12 +168,13 @@ def test_corrupt_files_name_the_file_and_leave_the_rest(tmp_path, project):
         Project.open(foreign)
 
 
-def test_summary_heals_when_stale(project):
+def test_counts_come_from_the_index(project):
     project.commit_labels("img0", np.ones((40, 60), np.uint8))
-    (project.root / "labels" / "summary.json").write_text("corrupt")
-    project._summary = None
-    assert project.counts("img0").human == 2400
-    assert project.total_counts().human == 2400
+    project.commit_labels("img1", np.ones((40, 60), np.uint8), source="pseudo", where=np.eye(40, 60, dtype=bool))
+    every = project.all_counts()
+    assert every["img0"].human == 2400 and every["img1"].pseudo == 40 and every["img2"].status == "new"
+    assert all(every[r.name] == project.counts(r.name) for r in project.images)
+    assert project.total_counts().human == 2400 and [r.name for r in project.iter_labelled()] == ["img0"]
 
 
 def test_readonly_and_lock(tmp_path, project):

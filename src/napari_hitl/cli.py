@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project")
     p.add_argument("out")
     p.add_argument("--format", choices=("tiff", "png", "zarr"), default="tiff")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
 
     p = sub.add_parser("bench", help="benchmarks that print the figures the issues name")
     bench = p.add_subparsers(dest="benchmark", required=True)
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except commands_errors() as err:
         print(f"napari-hitl: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # full disk, read-only folder, a file where a folder should be
+        where = f": {err.filename}" if err.filename else ""
+        print(f"napari-hitl: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
 
 

@@ -51,7 +51,8 @@ def export(args) -> int:
     from napari_hitl.io import export_project
 
     with Project.open(args.project, readonly=True) as project:
-        manifest = export_project(project, args.out, args.format, progress=lambda d, t: _bar(d, t, "export"))
+        manifest = export_project(project, args.out, args.format, overwrite=args.overwrite,
+                                  progress=lambda d, t: _bar(d, t, "export"))
     print(f"wrote {args.format} labels and provenance of every image to {args.out}; manifest {manifest}")
     return 0
 

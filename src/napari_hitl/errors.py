@@ -19,3 +19,12 @@ class ProjectLockedError(HitlError):
 
 class ProjectError(HitlError):
     """Anything else wrong with a project folder (missing, foreign, wrong version)."""
+
+
+class CommitError(ProjectError):
+    """A write to the project failed and was rolled back: nothing changed; the message names
+    the file and the reason (a full disk, a read-only folder)."""
+
+
+class ExportError(HitlError):
+    """An export could not be written (full disk, read-only target): the target is unchanged."""

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from napari_hitl.errors import CorruptFileError, InputError
+from napari_hitl.errors import CorruptFileError, ExportError, InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LABEL_FORMATS = ("tiff", "png", "zarr")
@@ -194,7 +195,8 @@ def as_float_rgb(image: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- atomic writes
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder so a rename inside it survives a crash (a no-op where folders cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover - e.g. Windows cannot open folders
@@ -207,6 +209,46 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_UMASK_LOCK = threading.Lock()
+#: image and class names become file-name parts (exports): at most this many UTF-8 bytes
+MAX_NAME_BYTES = 120
+
+
+def check_name(name: Any, what: str = "image name", path_part: bool = True) -> str:
+    """A name of at most 120 bytes without control characters; with ``path_part`` also safe as
+    one file-name part (exports use image names so): no separators, no leading '.'."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"{what} must be a non-empty string, got {name!r}")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InputError(f"{what} {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
+    if any(ord(c) < 32 for c in name):
+        raise InputError(f"{what} {name!r} holds control characters")
+    if path_part and (name.startswith(".") or any(c in name for c in "/\\:")):
+        raise InputError(f"{what} {name!r} may not start with '.' or hold '/', '\\' or ':'")
+    return name
+
+
+def _umask() -> int:
+    try:  # Linux: read the umask without changing it (os.umask would race other threads)
+        with open("/proc/self/status") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        with _UMASK_LOCK:
+            mask = os.umask(0o022)
+            os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the user's umask (0o644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode a new folder gets under the user's umask (0o755 under umask 022)."""
+    return 0o777 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], Any]) -> Path:
     """Write ``path`` through ``writer(fileobj)`` so that it is either all old or all new.
 
@@ -217,6 +259,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], Any]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; files follow the user's umask
         with os.fdopen(fd, "wb") as fh:
             writer(fh)
             fh.flush()
@@ -228,7 +271,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[BinaryIO], Any]) -> 
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -342,7 +385,7 @@ def _write_zarr(path: Path, labels: np.ndarray) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -375,53 +418,126 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
 
 # --------------------------------------------------------------------------- export
 
-def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *,
+EXPORT_ENTRIES = {"labels", "provenance", "model", "manifest.json", "summary.json"}
+
+
+def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwrite: bool = False,
                    progress: Callable[[int, int], Any] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> Path:
+                   should_stop: Callable[[], bool] | None = None,
+                   extra: Callable[[Path, dict], Any] | None = None) -> Path:
     """Write every image's labels and provenance of ``project`` to ``out`` plus ``manifest.json``.
 
     ``fmt`` is 'tiff', 'png' or 'zarr' (PNG writes a time-lapse as one file per frame).
     The manifest lists, per image, its source files, the files written, its shape and its
-    provenance counts (unlabelled/human/machine/pseudo pixels), and the class table; it is
-    written last, so an interrupted export has no manifest. Returns the manifest's path.
+    provenance counts (unlabelled/human/machine/pseudo pixels), and the class table.
+    Everything is read from one snapshot of the project and written into a fresh hidden
+    folder beside ``out`` that is renamed into place at the end, so ``out`` holds either the
+    whole export or what it held before; ``extra(folder, manifest)`` may add files (the
+    model, a summary) before the swap. ``out`` must be empty or absent, or hold an earlier
+    export and ``overwrite`` be set; it may not lie inside the project or contain it.
+    Returns the manifest's path.
     """
     if fmt not in LABEL_FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {LABEL_FORMATS}")
-    out = Path(out)
+    out = Path(out).expanduser().absolute()
+    _check_export_target(project, out, overwrite)
     ext = {"tiff": ".tif", "png": ".png", "zarr": ".zarr"}[fmt]
+    for stale in list(out.parent.glob(f".{out.name}.export-*")) + list(out.parent.glob(f".{out.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+        os.chmod(stage, dir_mode())
+    except OSError as err:
+        raise ExportError(f"cannot export to {out}: cannot create a folder in {out.parent} "
+                          f"({err.strerror or err})") from err
+    try:
+        with project.snapshot():
+            manifest = _export_into(project, stage, fmt, ext, progress, should_stop)
+        if extra is not None:
+            extra(stage, manifest)
+        atomic_write_json(stage / "manifest.json", manifest)
+        _swap_into_place(stage, out)
+    except OSError as err:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise ExportError(f"export to {out} failed, nothing there changed: "
+                          f"{err.strerror or err}{f' ({err.filename})' if err.filename else ''}") from err
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if hasattr(project, "log") and not getattr(project, "readonly", True):
+        project.log("export", out=str(out), format=fmt, images=len(manifest["images"]))
+    return out / "manifest.json"
+
+
+def _check_export_target(project, out: Path, overwrite: bool) -> None:
+    root = Path(project.root).resolve()
+    real = out.resolve()
+    if real == root or root in real.parents:
+        raise InputError(f"cannot export into the project folder itself ({out}); choose a folder outside it")
+    if real in root.parents:
+        raise InputError(f"cannot export to {out}: it contains the project folder; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"cannot export to {out}: it is a file, not a folder")
+    if not out.parent.is_dir():
+        raise InputError(f"cannot export to {out}: the folder {out.parent} does not exist")
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if entries and not overwrite:
+        raise InputError(f"{out} is not empty; choose an empty folder, or overwrite the earlier export "
+                         "(--overwrite)")
+    if entries - EXPORT_ENTRIES:
+        raise InputError(f"{out} holds files that are not an export ({', '.join(sorted(entries - EXPORT_ENTRIES)[:3])}"
+                         "); choose an empty folder")
+
+
+def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop) -> dict:
+    """Every image's labels and provenance into ``stage``; returns the manifest."""
     entries, totals = [], {}
     records = project.images
     for k, rec in enumerate(records):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt("export cancelled")
-        labels, prov = project.read_labels(rec.name)
+        name = check_name(rec.name)  # file names come from the project: never a path
+        labels, prov = project.read_labels(name)
         written = {}
         for kind, arr in (("labels", labels), ("provenance", prov)):
             if fmt == "png" and arr.ndim == 3:
                 files = []
                 for t in range(arr.shape[0]):
-                    rel = f"{kind}/{rec.name}/t{t:05d}.png"
-                    write_labels(out / rel, arr[t])
+                    rel = f"{kind}/{name}/t{t:05d}.png"
+                    write_labels(stage / rel, arr[t])
                     files.append(rel)
                 written[kind] = files
             else:
-                rel = f"{kind}/{rec.name}{ext}"
-                write_labels(out / rel, arr)
+                rel = f"{kind}/{name}{ext}"
+                write_labels(stage / rel, arr)
                 written[kind] = rel
-        counts = project.counts(rec.name)
+        counts = project.counts(name)
         for key, value in vars(counts).items():
             totals[key] = totals.get(key, 0) + value
-        entries.append({"name": rec.name, "source_files": [str(p) for p in project.image_paths(rec.name)],
+        entries.append({"name": name, "source_files": [str(p) for p in project.image_paths(name)],
                         "shape": list(rec.label_shape), "counts": vars(counts), **written})
         if progress is not None:
             progress(k + 1, len(records))
-    manifest = {
+    return {
         "project": str(project.root), "format": fmt,
         "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in project.classes],
         "provenance_codes": {"0": "unlabelled", "1": "human", "2": "machine", "3": "pseudo"},
         "images": entries, "totals": totals,
     }
-    path = atomic_write_json(out / "manifest.json", manifest)
-    if hasattr(project, "log") and not getattr(project, "readonly", True):
-        project.log("export", out=str(out), format=fmt, images=len(entries))
-    return path
+
+
+def _swap_into_place(stage: Path, out: Path) -> None:
+    """Rename the finished export to ``out``; an earlier export there is moved aside first."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(stage, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -2,51 +2,83 @@
 
 A project is a folder::
 
-    project.json     format, version, class table, where the images are
-    images.json      one record per image (name, files, shape, frames) - read once at open
-    labels/          <name>.npz per image ({labels, provenance}); a time-lapse has one
-                     folder per image and one .npz per frame
-    labels/summary.json  provenance counts per image, kept current on every commit
+    project.json     marker: format and version (a folder is a project once this exists)
+    project.db       SQLite index (WAL): settings, class table, images, which label file is
+                     current for each image or frame with its provenance counts, the journal
+    labels/          label arrays, one .npz ({labels, provenance}) per image or frame, each
+                     written once under a new unique name and never changed afterwards
     models/          checkpoints of the trainable model
     cache/           derived data (optical flow, features), safe to delete
-    journal.jsonl    append-only log of what happened
-    .lock            held (flock) by the one process that has the project open for writing
+    .lock            who holds the project open for writing (the lock is on the folder itself)
 
-Every write is atomic (see :func:`napari_hitl.io.atomic_write`), so a process killed at any
-moment leaves the last committed state. Human labels are never overwritten by machine
-labels. Opening a project reads only the two JSON files, never the images.
+A commit writes its new label files first; one SQLite transaction then switches every
+pointer of the commit (all frames of a stack), the counts and the journal entry at once, so
+a process killed at any moment leaves either the whole commit or none of it. Readers read
+inside one transaction (:meth:`Project.snapshot`) and see one commit; replaced label files
+are deleted only while no reader holds a snapshot. Opening for writing recovers from a crash
+(leftover temporary and unreferenced label files are removed) and migrates a project of the
+first format (JSON files) once. Every name, path, dtype and value read from the folder is
+checked: a project folder is untrusted input. Human labels are never overwritten by
+machine labels. Opening reads the index only, never the images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import json
 import os
+import re
+import secrets
 import shutil
 import socket
+import sqlite3
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from napari_hitl import io
-from napari_hitl.errors import CorruptFileError, InputError, ProjectError, ProjectLockedError
+from napari_hitl.io import MAX_NAME_BYTES, check_name
+from napari_hitl.errors import CommitError, CorruptFileError, InputError, ProjectError, ProjectLockedError
 
 FORMAT = "napari-hitl-project"
-VERSION = 1
+VERSION = 2
 PROJECT_FILE = "project.json"
+DB_FILE = "project.db"
 
 #: provenance codes of a pixel's label
 UNLABELLED, HUMAN, MACHINE, PSEUDO = 0, 1, 2, 3
 PROVENANCE_NAMES = {UNLABELLED: "unlabelled", HUMAN: "human", MACHINE: "machine", PSEUDO: "pseudo"}
 _PROVENANCE_CODES = {v: k for k, v in PROVENANCE_NAMES.items()}
 
+#: label values are stored as uint16, so class ids run 0..65535
+MAX_CLASSES = 65536
+_SHORT_PREFIX_BYTES = 90
+_LABEL_DTYPE, _PROV_DTYPE = np.uint16, np.uint8
+_IMAGE_DTYPES = {"uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64", "bool"}
+
 # A colour table that reads well on microscopy and photos (background is transparent black).
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
            (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0))
+
+_SCHEMA = """
+CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE classes(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, color TEXT NOT NULL);
+CREATE TABLE images(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, files TEXT NOT NULL,
+                    height INTEGER NOT NULL, width INTEGER NOT NULL, channels INTEGER NOT NULL,
+                    frames INTEGER NOT NULL, dtype TEXT NOT NULL);
+CREATE TABLE planes(image INTEGER NOT NULL, frame INTEGER NOT NULL, file TEXT NOT NULL,
+                    unlabelled INTEGER NOT NULL, human INTEGER NOT NULL, machine INTEGER NOT NULL,
+                    pseudo INTEGER NOT NULL, PRIMARY KEY(image, frame));
+CREATE TABLE journal(seq INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT NOT NULL, event TEXT NOT NULL,
+                     data TEXT NOT NULL);
+"""
 
 
 @dataclass(frozen=True)
@@ -123,17 +155,21 @@ class Counts:
         return "new"
 
 
-def default_classes(names: Sequence[str] | None = None) -> list[ClassInfo]:
-    """A class table from names (background first); default: background + object."""
-    names = list(names) if names else ["background", "object"]
-    if len(set(names)) != len(names):
-        raise InputError(f"class names must be unique, got {names}")
-    return [ClassInfo(i, n, PALETTE[i % len(PALETTE)]) for i, n in enumerate(names)]
+# ---------------------------------------------------------------------------- names and paths
+
+def short_name(base: str) -> str:
+    """``base`` if it fits a name, else a stable short form: its start and a hash of all of it."""
+    raw = base.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_NAME_BYTES:
+        return base
+    head = raw[:_SHORT_PREFIX_BYTES].decode("utf-8", "ignore")
+    return f"{head}-{hashlib.sha1(raw).hexdigest()[:10]}"
 
 
 def _safe_name(rel: str, taken: set[str]) -> str:
     base = Path(rel).stem
-    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base) or "image"
+    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base).lstrip(".") or "image"
+    base = short_name(base)
     name, k = base, 1
     while name in taken:
         k += 1
@@ -142,43 +178,86 @@ def _safe_name(rel: str, taken: set[str]) -> str:
     return name
 
 
-class _Lock:
-    """An exclusive advisory lock on ``.lock``; the OS drops it if the process dies."""
+def _inside(root: Path, rel: str, what: str, where: Path) -> Path:
+    """``root / rel`` for a relative path that stays inside ``root`` (checked lexically)."""
+    p = PurePosixPath(str(rel).replace("\\", "/"))
+    if not str(rel) or p.is_absolute() or re.match(r"^[A-Za-z]:", str(rel)) or any(
+            part in ("..", "") for part in p.parts) or "\x00" in str(rel):
+        raise CorruptFileError(f"{where}: {what} {str(rel)!r} points outside its folder")
+    return root.joinpath(*p.parts)
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.fh = None
+
+def default_classes(names: Sequence[str] | None = None) -> list[ClassInfo]:
+    """A class table from names (background first); default: background + object."""
+    names = list(names) if names else ["background", "object"]
+    if len(set(names)) != len(names):
+        raise InputError(f"class names must be unique, got {names}")
+    if len(names) > MAX_CLASSES:
+        raise InputError(f"at most {MAX_CLASSES} classes fit the label type, got {len(names)}")
+    for n in names:
+        check_name(n, "class name", path_part=False)
+    return [ClassInfo(i, n, PALETTE[i % len(PALETTE)]) for i, n in enumerate(names)]
+
+
+# ---------------------------------------------------------------------------- locks
+
+def _flock(fd: int, exclusive: bool, block: bool) -> bool:
+    """flock ``fd``; False if ``block`` is off and someone else holds a conflicting lock."""
+    if os.name == "nt":  # pragma: no cover - Windows has no flock; locks are advisory there
+        return True
+    import fcntl
+
+    flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if block else fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, flags)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class _Lock:
+    """The writer's exclusive lock, on the project folder itself (deleting ``.lock`` cannot
+    release it); ``.lock`` only says who holds it. The OS drops it if the process dies."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.fd: int | None = None
 
     def acquire(self) -> None:
-        fh = open(self.path, "a+")
+        info = self.root / ".lock"
+        if os.name == "nt":  # pragma: no cover - Windows: lock the info file
+            fd = os.open(info, os.O_RDWR | os.O_CREAT)
+            import msvcrt
+
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            except OSError:
+                os.close(fd)
+                raise ProjectLockedError(f"project {self.root} is already open for writing") from None
+        else:
+            fd = os.open(self.root, os.O_RDONLY)
+            if not _flock(fd, exclusive=True, block=False):
+                os.close(fd)
+                try:
+                    holder = info.read_text().strip() or "another process"
+                except OSError:
+                    holder = "another process"
+                raise ProjectLockedError(
+                    f"project {self.root} is already open for writing by {holder}; "
+                    "close it there, or open it read-only") from None
+        self.fd = fd
         try:
-            if os.name == "nt":  # pragma: no cover - Windows
-                import msvcrt
-
-                fh.seek(0)
-                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            io.atomic_write_bytes(info, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
         except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise ProjectLockedError(
-                f"project {self.path.parent} is already open for writing by {holder}; "
-                "close it there, or open it read-only") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"process {os.getpid()} on {socket.gethostname()}")
-        fh.flush()
-        self.fh = fh
+            pass  # informative only
 
     def release(self) -> None:
-        if self.fh is not None:
-            self.fh.close()  # closing drops the flock
-            self.fh = None
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the lock
+            self.fd = None
 
+
+# ---------------------------------------------------------------------------- the project
 
 class Project:
     """An annotation project folder. Use :meth:`create` or :meth:`open`; close when done.
@@ -187,14 +266,15 @@ class Project:
     project's lock; ``readonly=True`` takes no lock and refuses every write.
     """
 
-    def __init__(self, root: Path, meta: dict, records: list[ImageRecord], readonly: bool, lock: _Lock | None):
+    def __init__(self, root: Path, db: sqlite3.Connection, readonly: bool, lock: _Lock | None):
         self.root = root
-        self._meta = meta
-        self._records = records
-        self._index = {r.name: i for i, r in enumerate(records)}
         self.readonly = readonly
         self._lock = lock
-        self._summary: dict[str, dict] | None = None
+        self._db = db                      # the writer's connection (reads too when read-only)
+        self._mutex = threading.RLock()    # one thread at a time on the writer's connection
+        self._local = threading.local()    # a thread's open snapshot
+        self._garbage: list[Path] = []     # replaced label files not yet deleted
+        self._load_index()
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -205,13 +285,16 @@ class Project:
         ``timelapse=True`` makes the folder's images the frames of one stack. ``copy=True``
         copies the images into the project (self-contained); otherwise they are referenced.
         Unreadable images raise :class:`CorruptFileError` naming them, unless
-        ``skip_unreadable`` (then they are listed in the journal and left out).
+        ``skip_unreadable`` (then they are listed in the journal and left out). A folder left
+        by a creation that was interrupted is cleared and created again.
         """
         root = Path(root).expanduser().resolve()
         source = Path(source).expanduser().resolve()
         if (root / PROJECT_FILE).exists():
             raise ProjectError(f"{root} already holds a project; open it instead")
-        if root.exists() and any(root.iterdir()):
+        if root.exists() and not root.is_dir():
+            raise ProjectError(f"{root} is a file; choose a new folder for the project")
+        if root.exists() and any(root.iterdir()) and not _half_created(root):
             raise ProjectError(f"{root} exists and is not empty; choose a new folder for the project")
         if source.is_file():
             files, image_root = [source], source.parent
@@ -221,6 +304,7 @@ class Project:
             raise InputError(f"image source {source} does not exist")
         if not files:
             raise InputError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) in {source}")
+        class_table = default_classes(classes)
 
         infos, bad = [], []
         for f in files:
@@ -248,6 +332,8 @@ class Project:
             records = [ImageRecord(_safe_name(f.name, taken), (f.name,), i.shape, i.channels, i.frames, i.dtype)
                        for f, i in infos]
 
+        if root.exists():
+            _clear_half_created(root)
         root.mkdir(parents=True, exist_ok=True)
         for sub in ("labels", "models", "cache"):
             (root / sub).mkdir(exist_ok=True)
@@ -258,53 +344,85 @@ class Project:
             image_root_str = "images"
         else:
             image_root_str = str(image_root)
-        meta = {
-            "format": FORMAT, "version": VERSION, "name": root.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "image_root": image_root_str,
-            "classes": [asdict(c) for c in default_classes(classes)],
-        }
-        # images.json first, project.json last: a folder with project.json is complete.
-        io.atomic_write_json(root / "images.json", [r.to_json() for r in records])
-        io.atomic_write_json(root / PROJECT_FILE, meta)
-        project = cls.open(root)
-        project.log("created", source=str(source), images=len(records), timelapse=timelapse, copied=copy,
-                    skipped=bad)
-        return project
+        settings = {"name": root.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "image_root": image_root_str}
+        _build_db(root / DB_FILE, settings, class_table, records, planes=[],
+                  journal=[_entry("created", source=str(source), images=len(records), timelapse=timelapse,
+                                  copied=copy, skipped=bad)])
+        # project.json last: a folder with project.json is a complete project.
+        io.atomic_write_json(root / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
+        return cls.open(root)
 
     @classmethod
     def open(cls, root: str | os.PathLike, *, readonly: bool = False) -> Project:
-        """Open an existing project. Reads ``project.json`` and ``images.json`` only."""
+        """Open an existing project: reads its index, never the images.
+
+        Opened for writing, leftovers of a crash are cleaned up first; a project of the first
+        format is migrated once (read-only opening migrates too when no one holds the lock).
+        """
         root = Path(root).expanduser().resolve()
         meta_path = root / PROJECT_FILE
         if not root.is_dir():
             raise ProjectError(f"project folder {root} does not exist")
         if not meta_path.is_file():
+            if _half_created(root):
+                raise ProjectError(f"{root} holds a project whose creation was interrupted; "
+                                   "create it again (napari-hitl create)")
             raise ProjectError(f"{root} is not a napari-hitl project (no {PROJECT_FILE})")
         meta = io.read_json(meta_path)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CorruptFileError(f"{meta_path} is not a napari-hitl project file")
-        if int(meta.get("version", 0)) > VERSION:
-            raise ProjectError(f"{root} was written by a newer napari-hitl (format {meta['version']}); upgrade")
-        raw = io.read_json(root / "images.json")
         try:
-            records = [ImageRecord.from_json(d) for d in raw]
-            classes = [ClassInfo(int(c["id"]), str(c["name"]), tuple(c["color"])) for c in meta["classes"]]
-        except (KeyError, TypeError, ValueError) as err:
-            raise CorruptFileError(f"{root / 'images.json'} or {meta_path} has a malformed entry: {err}") from err
-        if [c.id for c in classes] != list(range(len(classes))):
-            raise CorruptFileError(f"{meta_path}: class ids must be 0..N-1 in order")
-        lock = None
-        if not readonly:
-            lock = _Lock(root / ".lock")
+            version = int(meta.get("version", 0))
+        except (TypeError, ValueError):
+            raise CorruptFileError(f"{meta_path}: version {meta.get('version')!r} is not a number") from None
+        if version > VERSION:
+            raise ProjectError(f"{root} was written by a newer napari-hitl (format {version}); upgrade")
+        if version < VERSION:
+            lock = _Lock(root)
             lock.acquire()
-        return cls(root, meta, records, readonly, lock)
+            try:
+                _migrate_v1(root, meta)
+            except BaseException:
+                lock.release()
+                raise
+            if readonly:
+                lock.release()
+            if not readonly:
+                return cls._open_db(root, readonly=False, lock=lock)
+        if readonly:
+            return cls._open_db(root, readonly=True, lock=None)
+        lock = _Lock(root)
+        lock.acquire()
+        return cls._open_db(root, readonly=False, lock=lock)
+
+    @classmethod
+    def _open_db(cls, root: Path, readonly: bool, lock: _Lock | None) -> Project:
+        path = root / DB_FILE
+        if not path.is_file():
+            if lock:
+                lock.release()
+            raise CorruptFileError(f"{path} is missing; the project's index is gone (restore it from a backup)")
+        try:
+            db = _connect(path, readonly)
+            project = cls(root, db, readonly, lock)
+        except BaseException:
+            if lock:
+                lock.release()
+            raise
+        if not readonly:
+            project._recover()
+        return project
 
     def close(self) -> None:
         """Release the write lock. The project stays consistent whether or not this runs."""
         if self._lock is not None:
+            self._collect()
             self._lock.release()
             self._lock = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def __enter__(self) -> Project:
         return self
@@ -316,10 +434,61 @@ class Project:
         mode = "read-only" if self.readonly else "writable"
         return f"Project({str(self.root)!r}, {len(self._records)} images, {mode})"
 
+    # ------------------------------------------------------------------ index
+    def _load_index(self) -> None:
+        """Read and check settings, classes and image records (untrusted: every field checked)."""
+        where = self.root / DB_FILE
+        try:
+            settings = dict(self._db.execute("SELECT key, value FROM settings"))
+            rows = self._db.execute("SELECT id, name, files, height, width, channels, frames, dtype "
+                                    "FROM images ORDER BY id").fetchall()
+        except sqlite3.DatabaseError as err:
+            raise CorruptFileError(f"{where} is not a readable project index ({err})") from err
+        if "image_root" not in settings:
+            raise CorruptFileError(f"{where} has no image root")
+        self._settings = settings
+        self._classes = self._read_classes(self._db)
+        records, ids = [], []
+        for iid, name, files, h, w, c, t, dtype in rows:
+            try:
+                check_name(name)
+                files = json.loads(files)
+                if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+                    raise ValueError("files must be a list of names")
+                for f in files:
+                    _inside(Path("."), f, "image file", where)
+                if not all(isinstance(v, int) and v > 0 for v in (h, w, c, t)) or c > 4:
+                    raise ValueError(f"shape {h}x{w}, {c} channels, {t} frames")
+                if len(files) not in (1, t) or dtype not in _IMAGE_DTYPES:
+                    raise ValueError(f"{len(files)} files for {t} frames, dtype {dtype!r}")
+            except (InputError, ValueError, TypeError) as err:
+                raise CorruptFileError(f"{where}: image {str(name)[:60]!r} has a malformed entry: {err}") from err
+            records.append(ImageRecord(name, tuple(files), (h, w), c, t, dtype))
+            ids.append(iid)
+        self._records = records
+        self._index = {r.name: i for i, r in enumerate(records)}
+        self._ids = {r.name: iid for r, iid in zip(records, ids)}
+
+    def _read_classes(self, db: sqlite3.Connection) -> list[ClassInfo]:
+        where = self.root / DB_FILE
+        out = []
+        for cid, name, color in db.execute("SELECT id, name, color FROM classes ORDER BY id"):
+            try:
+                check_name(name, "class name", path_part=False)
+                color = json.loads(color)
+                if len(color) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in color):
+                    raise ValueError(f"colour {color!r}")
+            except (InputError, ValueError, TypeError) as err:
+                raise CorruptFileError(f"{where}: class {cid} has a malformed entry: {err}") from err
+            out.append(ClassInfo(int(cid), name, tuple(color)))
+        if [c.id for c in out] != list(range(len(out))) or not 2 <= len(out) <= MAX_CLASSES:
+            raise CorruptFileError(f"{where}: class ids must be 0..N-1 in order, with 2 <= N <= {MAX_CLASSES}")
+        return out
+
     # ------------------------------------------------------------------ images
     @property
     def name(self) -> str:
-        return str(self._meta.get("name", self.root.name))
+        return str(self._settings.get("name", self.root.name))
 
     @property
     def images(self) -> list[ImageRecord]:
@@ -336,16 +505,17 @@ class Project:
             return self._records[int(image)]
         try:
             return self._records[self._index[image]]
-        except KeyError:
+        except (KeyError, TypeError):
             raise InputError(f"no image named {image!r} in project {self.root}") from None
 
     @property
     def image_root(self) -> Path:
-        root = Path(self._meta["image_root"])
-        return root if root.is_absolute() else self.root / root
+        root = Path(self._settings["image_root"])
+        return root if root.is_absolute() else _inside(self.root, str(root), "image root", self.root / DB_FILE)
 
     def image_paths(self, image: str | int) -> list[Path]:
-        return [self.image_root / f for f in self.record(image).files]
+        root = self.image_root
+        return [_inside(root, f, "image file", self.root / DB_FILE) for f in self.record(image).files]
 
     def read_image(self, image: str | int, frame: int | None = None) -> np.ndarray:
         """Pixels of an image: ``(H, W[, 3])``, or ``(T, H, W[, 3])`` for a time-lapse."""
@@ -372,67 +542,141 @@ class Project:
     # ------------------------------------------------------------------ classes
     @property
     def classes(self) -> list[ClassInfo]:
-        return [ClassInfo(int(c["id"]), str(c["name"]), tuple(c["color"])) for c in self._meta["classes"]]
+        return list(self._classes)
 
     @property
     def n_classes(self) -> int:
-        return len(self._meta["classes"])
+        return len(self._classes)
 
     def add_class(self, name: str, color: Sequence[int] | None = None) -> ClassInfo:
         """Append a class to the table (ids are never reused or renumbered)."""
         self._writable()
-        if any(c.name == name for c in self.classes):
+        check_name(name, "class name", path_part=False)
+        if any(c.name == name for c in self._classes):
             raise InputError(f"class {name!r} already exists")
         cid = self.n_classes
-        info = ClassInfo(cid, name, tuple(int(v) for v in (color or PALETTE[cid % len(PALETTE)])))
-        meta = dict(self._meta, classes=[*self._meta["classes"], asdict(info)])
-        io.atomic_write_json(self.root / PROJECT_FILE, meta)
-        self._meta = meta
-        self.log("class_added", id=cid, name=name)
+        if cid >= MAX_CLASSES:
+            raise InputError(f"the class table is full: labels are 16-bit, so at most {MAX_CLASSES} classes")
+        rgb = tuple(int(v) for v in (color or PALETTE[cid % len(PALETTE)]))
+        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+            raise InputError(f"a colour is three values 0..255, got {color!r}")
+        info = ClassInfo(cid, name, rgb)
+        with self._transaction(f"adding class {name!r}") as db:
+            db.execute("INSERT INTO classes(id, name, color) VALUES (?, ?, ?)", (cid, name, json.dumps(list(rgb))))
+            self._journal(db, "class_added", id=cid, name=name)
+        self._classes = [*self._classes, info]
         return info
 
     def rename_class(self, cid: int, name: str) -> None:
         self._writable()
+        check_name(name, "class name", path_part=False)
         if not 0 <= cid < self.n_classes:
             raise InputError(f"no class with id {cid}")
-        classes = [dict(c, name=name) if c["id"] == cid else c for c in self._meta["classes"]]
-        meta = dict(self._meta, classes=classes)
-        io.atomic_write_json(self.root / PROJECT_FILE, meta)
-        self._meta = meta
-        self.log("class_renamed", id=cid, name=name)
+        if any(c.name == name and c.id != cid for c in self._classes):
+            raise InputError(f"class {name!r} already exists")
+        with self._transaction(f"renaming class {cid}") as db:
+            db.execute("UPDATE classes SET name = ? WHERE id = ?", (name, cid))
+            self._journal(db, "class_renamed", id=cid, name=name)
+        self._classes = [ClassInfo(c.id, name, c.color) if c.id == cid else c for c in self._classes]
+
+    # ------------------------------------------------------------------ snapshots
+    @contextmanager
+    def snapshot(self) -> Iterator[Project]:
+        """Read inside one transaction: every read in the block sees the same commit.
+
+        Replaced label files are kept while any snapshot is open (in any process), so a long
+        export never finds a file gone. Nested calls share the outer snapshot.
+        """
+        if getattr(self._local, "conn", None) is not None:
+            yield self
+            return
+        if self._db is None:
+            raise ProjectError(f"project {self.root} is closed")
+        fd = os.open(self.root / DB_FILE, os.O_RDONLY)
+        conn = None
+        try:
+            _flock(fd, exclusive=False, block=True)
+            conn = _connect(self.root / DB_FILE, readonly=True)
+            conn.execute("BEGIN")
+            conn.execute("SELECT count(*) FROM classes").fetchone()  # the read transaction starts here
+            self._local.conn = conn
+            yield self
+        finally:
+            self._local.conn = None
+            if conn is not None:
+                conn.close()
+            os.close(fd)  # drops the shared lock
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        with self.snapshot():
+            yield self._local.conn
 
     # ------------------------------------------------------------------ labels
-    def _label_path(self, rec: ImageRecord, frame: int | None) -> Path:
-        if rec.is_stack:
-            return self.root / "labels" / rec.name / f"t{frame:05d}.npz"
-        return self.root / "labels" / f"{rec.name}.npz"
+    def label_file(self, image: str | int, frame: int | None = None) -> Path | None:
+        """The current label file of an image (or one frame of a stack); None if unlabelled."""
+        rec = self.record(image)
+        t = self._frame_index(rec, frame)
+        with self._reader() as db:
+            row = db.execute("SELECT file FROM planes WHERE image = ? AND frame = ?",
+                             (self._ids[rec.name], t)).fetchone()
+        return None if row is None else self._label_path(row[0])
 
-    def _read_plane(self, rec: ImageRecord, frame: int | None) -> tuple[np.ndarray, np.ndarray]:
-        path = self._label_path(rec, frame)
-        if not path.exists():
-            return np.zeros(rec.shape, np.uint16), np.zeros(rec.shape, np.uint8)
+    def _label_path(self, rel: str) -> Path:
+        path = _inside(self.root / "labels", rel, "label file", self.root / DB_FILE)
+        if path.suffix != ".npz":
+            raise CorruptFileError(f"{self.root / DB_FILE}: label file {rel!r} is not an .npz file")
+        return path
+
+    def _frame_index(self, rec: ImageRecord, frame: int | None) -> int:
+        if not rec.is_stack:
+            return 0
+        if frame is None:
+            raise InputError(f"{rec.name!r} is a time-lapse: give a frame")
+        self._check_frame(rec, frame)
+        return int(frame)
+
+    def _read_planes(self, db: sqlite3.Connection, rec: ImageRecord, frames: list[int]):
+        """``[(labels, provenance, file or None)]`` for ``frames``, read in the caller's snapshot."""
+        n_classes = db.execute("SELECT count(*) FROM classes").fetchone()[0]
+        files = dict(db.execute("SELECT frame, file FROM planes WHERE image = ?", (self._ids[rec.name],)))
+        return [(*self._read_file(rec, files[t], n_classes), files[t]) if t in files else
+                (np.zeros(rec.shape, _LABEL_DTYPE), np.zeros(rec.shape, _PROV_DTYPE), None) for t in frames]
+
+    def _read_file(self, rec: ImageRecord, rel: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        path = self._label_path(rel)
         try:
             with np.load(path, allow_pickle=False) as z:
                 labels, prov = z["labels"], z["provenance"]
         except Exception as err:  # noqa: BLE001 - any decode failure names the file
             raise CorruptFileError(f"label file {path} is unreadable ({err}); the other images are unaffected. "
-                                   "Delete it to start this image's labels afresh.") from err
+                                   "Clear this image's labels to start it afresh.") from err
+        problem = None
         if labels.shape != tuple(rec.shape) or prov.shape != tuple(rec.shape):
-            raise CorruptFileError(f"label file {path} has shape {labels.shape}, expected {rec.shape}")
+            problem = f"has shape {labels.shape}, expected {rec.shape}"
+        elif labels.dtype != _LABEL_DTYPE or prov.dtype != _PROV_DTYPE:
+            problem = f"holds {labels.dtype} labels and {prov.dtype} provenance, expected uint16 and uint8"
+        elif labels.size and int(labels.max()) >= n_classes:
+            problem = f"holds the label {int(labels.max())}, beyond the class table (0..{n_classes - 1})"
+        elif prov.size and int(prov.max()) > PSEUDO:
+            problem = f"holds the provenance code {int(prov.max())} (0..3 are known)"
+        if problem:
+            raise CorruptFileError(f"label file {path} {problem}; the other images are unaffected")
         return labels, prov
 
     def read_labels(self, image: str | int, frame: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(labels uint16, provenance uint8)`` of an image (zeros where nothing is labelled).
 
-        For a time-lapse without ``frame``, both arrays are ``(T, H, W)``.
+        For a time-lapse without ``frame``, both arrays are ``(T, H, W)``, all frames from one
+        commit snapshot.
         """
         rec = self.record(image)
+        frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [self._frame_index(rec, frame)]
+        with self._reader() as db:
+            planes = self._read_planes(db, rec, frames)
         if rec.is_stack and frame is None:
-            planes = [self._read_plane(rec, t) for t in range(rec.frames)]
             return np.stack([p[0] for p in planes]), np.stack([p[1] for p in planes])
-        if rec.is_stack:
-            self._check_frame(rec, frame)
-        return self._read_plane(rec, frame if rec.is_stack else None)
+        return planes[0][0], planes[0][1]
 
     def _check_frame(self, rec: ImageRecord, frame: int) -> None:
         if not 0 <= frame < rec.frames:
@@ -443,8 +687,9 @@ class Project:
         """Persist labels for the pixels in ``where`` (default: all) and return the new counts.
 
         ``source`` is 'human', 'machine' (accepted predictions) or 'pseudo'. Machine and
-        pseudo labels never replace a human label: those pixels keep theirs. The write is
-        atomic and journalled before this returns.
+        pseudo labels never replace a human label: those pixels keep theirs. All frames of
+        the commit and its journal entry land together or not at all, before this returns; a
+        failure raises :class:`CommitError` saying that nothing changed.
         """
         self._writable()
         rec = self.record(image)
@@ -462,100 +707,184 @@ class Project:
             where = np.asarray(where)
             if where.dtype != bool or where.shape != shape:
                 raise InputError(f"'where' must be a boolean mask of shape {shape}, got {where.dtype} {where.shape}")
-        frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [frame]
-        written = 0
-        for i, t in enumerate(frames):
-            plane = labels[i] if len(frames) > 1 else labels
-            mask = None if where is None else (where[i] if len(frames) > 1 else where)
-            written += self._commit_plane(rec, t if rec.is_stack else None, plane, code, mask)
-        counts = self._update_summary(rec)
-        self.log("commit", image=rec.name, frame=frame, source=PROVENANCE_NAMES[code], pixels=written,
-                 human=counts.human)
+        frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [self._frame_index(rec, frame)]
+        stacked = rec.is_stack and frame is None
+        written = [0]
+
+        def update(t, i, old_labels, old_prov):
+            plane = labels[i] if stacked else labels
+            take = np.ones(rec.shape, bool) if where is None else (where[i] if stacked else where).copy()
+            if code != HUMAN:
+                take &= old_prov != HUMAN  # human labels always win
+            written[0] += int(take.sum())
+            if take.all():
+                return plane.astype(_LABEL_DTYPE), np.full(rec.shape, code, _PROV_DTYPE)
+            return (np.where(take, plane, old_labels).astype(_LABEL_DTYPE),
+                    np.where(take, np.uint8(code), old_prov).astype(_PROV_DTYPE))
+
+        needs_old = where is not None or code != HUMAN
+        counts = self._commit(rec, frames, update, needs_old, "commit",
+                              lambda c: dict(image=rec.name, frame=frame, source=PROVENANCE_NAMES[code],
+                                             pixels=written[0], human=c.human))
         return counts
-
-    def _commit_plane(self, rec, frame, plane, code, where) -> int:
-        old_labels, old_prov = self._read_plane(rec, frame)
-        take = np.ones(rec.shape, bool) if where is None else where.copy()
-        if code != HUMAN:
-            take &= old_prov != HUMAN  # human labels always win
-        new_labels = np.where(take, plane, old_labels).astype(np.uint16)
-        new_prov = np.where(take, np.uint8(code), old_prov).astype(np.uint8)
-        self._write_plane(rec, frame, new_labels, new_prov)
-        return int(take.sum())
-
-    def _write_plane(self, rec, frame, labels, prov) -> None:
-        def writer(fh):
-            buf = _io.BytesIO()
-            np.savez_compressed(buf, labels=labels, provenance=prov)
-            fh.write(buf.getvalue())
-
-        io.atomic_write(self._label_path(rec, frame), writer)
 
     def clear_labels(self, image: str | int, where: np.ndarray | None = None, frame: int | None = None) -> Counts:
         """Forget labels (any provenance) in ``where`` - a person's reset, journalled."""
         self._writable()
         rec = self.record(image)
-        frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [frame]
-        for i, t in enumerate(frames):
-            t = t if rec.is_stack else None
-            labels, prov = self._read_plane(rec, t)
-            mask = np.ones(rec.shape, bool) if where is None else np.asarray(where)[i] if len(frames) > 1 else where
-            self._write_plane(rec, t, np.where(mask, 0, labels).astype(np.uint16),
-                              np.where(mask, 0, prov).astype(np.uint8))
-        counts = self._update_summary(rec)
-        self.log("clear", image=rec.name, frame=frame)
+        frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [self._frame_index(rec, frame)]
+        stacked = rec.is_stack and frame is None
+
+        def update(t, i, old_labels, old_prov):
+            mask = np.ones(rec.shape, bool) if where is None else np.asarray(where)[i] if stacked else np.asarray(where)
+            return np.where(mask, 0, old_labels).astype(_LABEL_DTYPE), np.where(mask, 0, old_prov).astype(_PROV_DTYPE)
+
+        return self._commit(rec, frames, update, True, "clear", lambda c: dict(image=rec.name, frame=frame))
+
+    def _commit(self, rec: ImageRecord, frames: list[int], update, needs_old: bool, event: str, entry) -> Counts:
+        """Write new label files for ``frames``, then switch their pointers, counts and the
+        journal entry in one transaction; on failure remove the new files and say so."""
+        iid = self._ids[rec.name]
+        new_files: list[Path] = []
+        with self._mutex:
+            try:
+                old = dict(self._db.execute("SELECT frame, file FROM planes WHERE image = ?", (iid,)))
+                n_classes = self.n_classes
+                rows = []
+                for i, t in enumerate(frames):
+                    if needs_old and t in old:
+                        old_labels, old_prov = self._read_file(rec, old[t], n_classes)
+                    elif needs_old:
+                        old_labels, old_prov = np.zeros(rec.shape, _LABEL_DTYPE), np.zeros(rec.shape, _PROV_DTYPE)
+                    else:
+                        old_labels = old_prov = None
+                    new_labels, new_prov = update(t, i, old_labels, old_prov)
+                    rel = f"i{iid:06d}-t{t:05d}-{secrets.token_hex(6)}.npz"
+                    path = self.root / "labels" / rel
+                    new_files.append(path)
+                    _write_npz(path, new_labels, new_prov)
+                    c = Counts.of(new_prov)
+                    rows.append((iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo))
+            except OSError as err:
+                self._discard(new_files)
+                raise CommitError(f"{event} of {rec.name!r} rolled back, nothing changed: cannot write "
+                                  f"{err.filename or (new_files[-1] if new_files else 'a label file')} "
+                                  f"({err.strerror or err})") from err
+            except BaseException:
+                self._discard(new_files)
+                raise
+            try:
+                with self._transaction(f"{event} of {rec.name!r}", files=new_files) as db:
+                    db.executemany("INSERT OR REPLACE INTO planes(image, frame, file, unlabelled, human, machine, "
+                                   "pseudo) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    counts = self._counts_of(db, rec)
+                    self._journal(db, event, **entry(counts))
+            except BaseException:
+                self._discard(new_files)
+                raise
+            self._garbage.extend(self._label_path(old[t]) for t in frames if t in old)
+        self._collect()
         return counts
 
-    # ------------------------------------------------------------------ provenance summary
-    def _summary_path(self) -> Path:
-        return self.root / "labels" / "summary.json"
-
-    def _load_summary(self) -> dict[str, dict]:
-        if self._summary is None:
-            path = self._summary_path()
+    @contextmanager
+    def _transaction(self, what: str, files: list[Path] = ()) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the index; a failure rolls it back and says so."""
+        self._writable()
+        with self._mutex:
+            db = self._db
             try:
-                self._summary = io.read_json(path) if path.exists() else {}
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.execute("COMMIT")
+            except (sqlite3.Error, OSError) as err:
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise CommitError(f"{what} rolled back, nothing changed: the project index "
+                                  f"{self.root / DB_FILE} could not be written ({err})") from err
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _discard(files: list[Path]) -> None:
+        for f in files:
+            try:
+                f.unlink()
+            except OSError:
+                pass
+
+    def _collect(self) -> None:
+        """Delete replaced label files unless a reader holds a snapshot (then keep them for later)."""
+        if not self._garbage or self._db is None:
+            return
+        with self._mutex:
+            fd = os.open(self.root / DB_FILE, os.O_RDONLY)
+            try:
+                if not _flock(fd, exclusive=True, block=False):
+                    return
+                garbage, self._garbage = self._garbage, []
+                self._discard(garbage)
+            finally:
+                os.close(fd)
+
+    def _recover(self) -> None:
+        """After a crash: remove temporary files and label files no commit points to."""
+        removed = 0
+        for folder in (self.root, self.root / "labels", self.root / "models"):
+            if folder.is_dir():
+                for p in folder.glob(".*.tmp"):
+                    try:
+                        p.unlink()
+                        removed += 1
+                    except OSError:
+                        pass
+        labels = self.root / "labels"
+        referenced = set()
+        for (rel,) in self._db.execute("SELECT file FROM planes"):
+            try:
+                referenced.add(str(self._label_path(rel)))
             except CorruptFileError:
-                self._summary = {}  # derived data: rebuilt entry by entry from the label files
-        return self._summary
+                pass  # a tampered pointer: reading that image says so; nothing outside is touched
+        orphans = [p for p in labels.rglob("*.npz") if str(p) not in referenced] if labels.is_dir() else []
+        self._garbage.extend(orphans)
+        self._collect()
+        removed += len(orphans) - len(self._garbage)
+        if removed:
+            self.log("recovered", removed_files=removed)
 
-    def _stamp(self, rec: ImageRecord) -> list:
-        paths = ([self._label_path(rec, t) for t in range(rec.frames)] if rec.is_stack
-                 else [self._label_path(rec, None)])
-        stamp = []
-        for p in paths:
-            try:
-                st = p.stat()
-                stamp.append([st.st_mtime_ns, st.st_size])
-            except FileNotFoundError:
-                stamp.append(None)
-        return stamp
-
-    def _update_summary(self, rec: ImageRecord) -> Counts:
-        _, prov = self.read_labels(rec.name)
-        counts = Counts.of(prov)
-        summary = dict(self._load_summary())
-        summary[rec.name] = {"counts": asdict(counts), "stamp": self._stamp(rec)}
-        if not self.readonly:
-            io.atomic_write_json(self._summary_path(), summary)
-        self._summary = summary
-        return counts
+    # ------------------------------------------------------------------ provenance counts
+    def _counts_of(self, db: sqlite3.Connection, rec: ImageRecord) -> Counts:
+        row = db.execute("SELECT count(*), total(unlabelled), total(human), total(machine), total(pseudo) "
+                         "FROM planes WHERE image = ?", (self._ids[rec.name],)).fetchone()
+        missing = (rec.frames - row[0]) * rec.shape[0] * rec.shape[1]
+        return Counts(int(row[1]) + missing, int(row[2]), int(row[3]), int(row[4]))
 
     def counts(self, image: str | int) -> Counts:
-        """Provenance counts of one image, from the summary (recomputed if it is stale)."""
+        """Provenance counts of one image, from the index."""
         rec = self.record(image)
-        entry = self._load_summary().get(rec.name)
-        if entry is None:
-            if all(s is None for s in self._stamp(rec)):
-                return Counts(unlabelled=int(np.prod(rec.label_shape)))
-        elif entry.get("stamp") == self._stamp(rec):
-            return Counts(**entry["counts"])
-        return self._update_summary(rec)
+        with self._reader() as db:
+            return self._counts_of(db, rec)
+
+    def all_counts(self) -> dict[str, Counts]:
+        """Provenance counts of every image, by name, from one snapshot (one query)."""
+        with self._reader() as db:
+            rows = {iid: r for iid, *r in db.execute(
+                "SELECT image, count(*), total(unlabelled), total(human), total(machine), total(pseudo) "
+                "FROM planes GROUP BY image")}
+        out = {}
+        for rec in self._records:
+            n, u, h, m, p = rows.get(self._ids[rec.name], (0, 0, 0, 0, 0))
+            out[rec.name] = Counts(int(u) + (rec.frames - n) * rec.shape[0] * rec.shape[1], int(h), int(m), int(p))
+        return out
 
     def total_counts(self) -> Counts:
         total = Counts()
-        for rec in self._records:
-            total = total + self.counts(rec.name)
+        for c in self.all_counts().values():
+            total = total + c
         return total
 
     # ------------------------------------------------------------------ models
@@ -570,6 +899,7 @@ class Project:
     def save_checkpoint(self, state: Any, name: str = "latest") -> Path:
         """Save a torch state (dict of tensors and plain values) atomically as models/<name>.pt."""
         self._writable()
+        check_name(name, "checkpoint name")
         import torch
 
         path = self.checkpoint_dir / f"{name}.pt"
@@ -579,6 +909,7 @@ class Project:
 
     def load_checkpoint(self, name: str = "latest") -> Any | None:
         """Load models/<name>.pt (weights only, no code execution) or None if absent."""
+        check_name(name, "checkpoint name")
         path = self.checkpoint_dir / f"{name}.pt"
         if not path.exists():
             return None
@@ -590,31 +921,30 @@ class Project:
             raise CorruptFileError(f"checkpoint {path} is unreadable ({err}); delete it to retrain") from err
 
     # ------------------------------------------------------------------ journal
-    @property
-    def journal_path(self) -> Path:
-        return self.root / "journal.jsonl"
-
     def log(self, event: str, **data: Any) -> None:
-        """Append one event to the journal (flushed and fsynced before returning)."""
+        """Append one event to the journal (durable before this returns)."""
         if self.readonly:
             return
-        entry = {"t": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, **data}
-        line = json.dumps(entry, default=str) + "\n"
-        with open(self.journal_path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with self._transaction(f"journal entry {event!r}") as db:
+            self._journal(db, event, **data)
+
+    @staticmethod
+    def _journal(db: sqlite3.Connection, event: str, **data: Any) -> None:
+        e = _entry(event, **data)
+        db.execute("INSERT INTO journal(t, event, data) VALUES (?, ?, ?)",
+                   (e.pop("t"), e.pop("event"), json.dumps(e, default=str)))
 
     def journal(self) -> list[dict]:
-        """All journal entries; a torn last line (a crash mid-append) is skipped."""
-        if not self.journal_path.exists():
-            return []
+        """All journal entries, oldest first."""
+        with self._reader() as db:
+            rows = db.execute("SELECT t, event, data FROM journal ORDER BY seq").fetchall()
         out = []
-        for line in self.journal_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for t, event, data in rows:
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+                extra = json.loads(data)
+            except (TypeError, json.JSONDecodeError):
+                extra = {"unreadable": str(data)[:200]}
+            out.append({"t": t, "event": event, **(extra if isinstance(extra, dict) else {})})
         return out
 
     # ------------------------------------------------------------------ helpers
@@ -626,11 +956,200 @@ class Project:
 
     def iter_labelled(self, min_human: int = 1) -> Iterator[ImageRecord]:
         """Records with at least ``min_human`` human-labelled pixels."""
+        counts = self.all_counts()
         for rec in self._records:
-            if self.counts(rec.name).human >= min_human:
+            if counts[rec.name].human >= min_human:
                 yield rec
 
 
 def is_project(path: str | os.PathLike) -> bool:
     """True if ``path`` is a project folder."""
     return (Path(path) / PROJECT_FILE).is_file()
+
+
+# ---------------------------------------------------------------------------- storage helpers
+
+def _entry(event: str, **data: Any) -> dict:
+    return {"t": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, **data}
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, full durability."""
+    try:
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA busy_timeout = 30000")
+        if not readonly:
+            db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        reason = str(err)
+        try:
+            if os.statvfs(path.parent).f_bavail == 0:
+                reason += "; no space left on the disk holding it (free some and retry)"
+        except (OSError, AttributeError):
+            pass
+        raise CorruptFileError(f"{path} is not a readable project index ({reason})") from err
+    return db
+
+
+def _write_npz(path: Path, labels: np.ndarray, prov: np.ndarray) -> None:
+    buf = _io.BytesIO()
+    np.savez_compressed(buf, labels=labels, provenance=prov)
+    io.atomic_write_bytes(path, buf.getvalue())
+
+
+def _build_db(path: Path, settings: dict, classes: list[ClassInfo], records: list[ImageRecord],
+              planes: list[tuple], journal: list[dict]) -> None:
+    """Write a complete index to ``path`` through a temporary file and one rename."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        db = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            db.executescript(_SCHEMA)
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO settings VALUES (?, ?)", [(k, str(v)) for k, v in settings.items()])
+            db.executemany("INSERT INTO classes VALUES (?, ?, ?)",
+                           [(c.id, c.name, json.dumps(list(c.color))) for c in classes])
+            db.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(i, r.name, json.dumps(list(r.files)), r.shape[0], r.shape[1], r.channels, r.frames,
+                             r.dtype) for i, r in enumerate(records)])
+            db.executemany("INSERT INTO planes VALUES (?, ?, ?, ?, ?, ?, ?)", planes)
+            for e in journal:
+                e = dict(e)
+                db.execute("INSERT INTO journal(t, event, data) VALUES (?, ?, ?)",
+                           (e.pop("t", ""), e.pop("event", "?"), json.dumps(e, default=str)))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, io.file_mode())
+        for stale in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if stale.exists():
+                stale.unlink()
+        os.replace(tmp, path)
+        io.fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+_PARTIAL = {DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", "labels", "models", "cache", "images", ".lock"}
+
+
+def _half_created(root: Path) -> bool:
+    """True if ``root`` holds only what an interrupted :meth:`Project.create` leaves."""
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return False
+    if not entries or (root / PROJECT_FILE).exists():
+        return False
+    for p in entries:
+        if p.name.endswith(".tmp"):
+            continue
+        if p.name not in _PARTIAL:
+            return False
+        if p.name in ("labels", "models") and p.is_dir() and any(p.iterdir()):
+            return False
+    return True
+
+
+def _clear_half_created(root: Path) -> None:
+    for p in root.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+# ---------------------------------------------------------------------------- migration
+
+def _read_v1_journal(path: Path) -> list[dict]:
+    """Entries of a first-format journal; a torn line loses only itself, not its neighbour."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    decoder, out, pos = json.JSONDecoder(), [], 0
+    while True:
+        start = text.find('{"t"', pos)
+        if start < 0:
+            return out
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            pos = start + 1
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+        pos = end
+
+
+def _migrate_v1(root: Path, meta: dict) -> None:
+    """Move a first-format project (JSON index, one .npz per image) into the SQLite index.
+
+    The old files are read and checked, the new index is built beside them and switched in by
+    one rename, and ``project.json`` is rewritten last: a crash at any point leaves a project
+    that migrates again on the next open. The old JSON files move to ``backup-v1/``.
+    """
+    where = root / "images.json"
+    try:
+        raw = io.read_json(where)
+        records = [ImageRecord.from_json(d) for d in raw]
+        classes = [ClassInfo(int(c["id"]), str(c["name"]), tuple(int(v) for v in c["color"]))
+                   for c in meta["classes"]]
+        image_root = str(meta["image_root"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CorruptFileError(f"{where} or {root / PROJECT_FILE} has a malformed entry: {err}") from err
+    if [c.id for c in classes] != list(range(len(classes))):
+        raise CorruptFileError(f"{root / PROJECT_FILE}: class ids must be 0..N-1 in order")
+    for c in classes:
+        try:
+            check_name(c.name, "class name", path_part=False)
+        except InputError as err:
+            raise CorruptFileError(f"{root / PROJECT_FILE}: {err}") from None
+    records = [r if len(r.name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES else
+               ImageRecord(short_name(r.name), r.files, r.shape, r.channels, r.frames, r.dtype) for r in records]
+    for r in records:
+        try:
+            check_name(r.name)
+            for f in r.files:
+                _inside(Path("."), f, "image file", where)
+        except InputError as err:
+            raise CorruptFileError(f"{where}: {err}") from None
+    if len({r.name for r in records}) != len(records):
+        raise CorruptFileError(f"{where}: image names are not unique")
+    planes = []
+    for iid, rec in enumerate(records):
+        for t in range(rec.frames):
+            rel = f"{rec.name}/t{t:05d}.npz" if rec.is_stack else f"{rec.name}.npz"
+            path = root / "labels" / rel
+            if not path.exists():
+                continue
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    labels, prov = np.asarray(z["labels"]), np.asarray(z["provenance"])
+                if labels.shape != rec.shape or prov.shape != rec.shape:
+                    raise ValueError(f"shape {labels.shape}, expected {rec.shape}")
+                if labels.dtype != _LABEL_DTYPE or prov.dtype != _PROV_DTYPE or (prov.size and prov.max() > PSEUDO) \
+                        or (labels.size and labels.max() >= len(classes)):
+                    raise ValueError("labels or provenance out of range")
+            except Exception as err:  # noqa: BLE001 - a bad label file is named, the migration stops
+                raise CorruptFileError(f"label file {path} cannot be migrated ({err}); move it aside and "
+                                       "open the project again to migrate the rest") from err
+            c = Counts.of(prov)
+            planes.append((iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo))
+    journal = _read_v1_journal(root / "journal.jsonl")
+    journal.append(_entry("migrated", from_version=int(meta.get("version", 1)), to_version=VERSION,
+                          images=len(records), label_files=len(planes)))
+    settings = {"name": str(meta.get("name", root.name)), "created": str(meta.get("created", "")),
+                "image_root": image_root}
+    _build_db(root / DB_FILE, settings, classes, records, planes, journal)
+    backup = root / "backup-v1"
+    backup.mkdir(exist_ok=True)
+    shutil.copy2(root / PROJECT_FILE, backup / PROJECT_FILE)
+    io.atomic_write_json(root / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
+    for name in ("images.json", "journal.jsonl", "labels/summary.json"):
+        if (root / name).exists():
+            os.replace(root / name, backup / Path(name).name)

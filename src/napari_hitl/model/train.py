@@ -131,6 +131,19 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+def extend_head(state: dict, fresh: dict, old_classes: int) -> dict:
+    """``state`` of a model with ``old_classes`` outputs grown to the shape of ``fresh``: the
+    old classes' head rows are kept, the new classes' rows come from ``fresh`` (initialised)."""
+    out = dict(state)
+    for key in ("head.weight", "head.bias"):
+        if key not in state or key not in fresh:
+            raise CorruptFileError(f"checkpoint has no {key}; it is not a napari-hitl segmentation model")
+        grown = fresh[key].clone()
+        grown[:old_classes] = state[key]
+        out[key] = grown
+    return out
+
+
 class Trainer:
     """Fine-tunes a :func:`~napari_hitl.model.segnet.build_segnet` model round after round.
 
@@ -188,11 +201,14 @@ class Trainer:
     def load(self, path) -> None:
         """Restore model, optimiser, round and step counters from a checkpoint."""
         ckpt = load_checkpoint(path)
-        if int(ckpt["num_classes"]) != self.num_classes:
-            raise InputError(f"checkpoint {path} has {ckpt['num_classes']} classes, the project has "
-                             f"{self.num_classes}")
-        self.model.load_state_dict(ckpt["model"])
-        if ckpt.get("optimizer"):
+        old = int(ckpt["num_classes"])
+        if old > self.num_classes:
+            raise InputError(f"checkpoint {path} has {old} classes, the project only {self.num_classes}")
+        if old < self.num_classes:  # classes were added since: keep the old ones, start the new ones fresh
+            self.model.load_state_dict(extend_head(ckpt["model"], self.model.state_dict(), old))
+        else:
+            self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer") and old == self.num_classes:  # moments of a smaller head do not fit
             self.optimizer.load_state_dict(ckpt["optimizer"])
         self.round = int(ckpt.get("round", 0))
         self.round_step = int(ckpt.get("round_step", 0))

@@ -12,7 +12,7 @@ import json
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -268,27 +268,33 @@ def train_job(host: ModelHost, settings, steps: int, pseudo: PseudoSettings | No
                         trainer.device_description)
 
 
-def export_all(project, out, fmt: str, lock, ctx) -> dict:
+def export_all(project, out, fmt: str, lock, ctx, overwrite: bool = True) -> dict:
     """Export every label (``labels/``, ``provenance/``, ``manifest.json``), the model checkpoint
-    (``model/``) and ``summary.json`` (human vs machine pixels) into ``out``; returns the summary."""
+    (``model/``) and ``summary.json`` (human vs machine pixels) into ``out``, all from one
+    snapshot and swapped into place together; returns the summary."""
     from napari_hitl.io import export_project
 
     out = Path(out)
+    summary = {}
+
+    def add_model_and_summary(stage: Path, manifest: dict) -> None:
+        per_image = {e["name"]: e["counts"] for e in manifest["images"]}
+        total = manifest["totals"]
+        pixels = max(1, sum(total.values()))
+        model = None
+        ckpt = project.checkpoint_dir / CHECKPOINT
+        if ckpt.exists():
+            (stage / "model").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ckpt, stage / "model" / CHECKPOINT)
+            model = out / "model" / CHECKPOINT
+        summary.update({"project": str(project.root), "format": fmt, "manifest": str(out / "manifest.json"),
+                        "model": None if model is None else str(model), "pixels": total,
+                        "share": {k: v / pixels for k, v in total.items()}, "images": per_image})
+        (stage / "summary.json").write_text(json.dumps(summary, indent=2))
+
     with lock:
-        manifest = export_project(project, out, fmt, should_stop=ctx.should_stop)
-        per_image = {r.name: asdict(project.counts(r.name)) for r in project.images}
-    total = {k: sum(v[k] for v in per_image.values()) for k in ("unlabelled", "human", "machine", "pseudo")}
-    pixels = max(1, sum(total.values()))
-    model = None
-    ckpt = project.checkpoint_dir / CHECKPOINT
-    if ckpt.exists():
-        (out / "model").mkdir(parents=True, exist_ok=True)
-        model = out / "model" / CHECKPOINT
-        shutil.copy2(ckpt, model)
-    summary = {"project": str(project.root), "format": fmt, "manifest": str(manifest),
-               "model": None if model is None else str(model), "pixels": total,
-               "share": {k: v / pixels for k, v in total.items()}, "images": per_image}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        export_project(project, out, fmt, overwrite=overwrite, should_stop=ctx.should_stop,
+                       extra=add_model_and_summary)
     return summary
 
 
