@@ -994,8 +994,14 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
 
 
 def _write_npz(path: Path, labels: np.ndarray, prov: np.ndarray) -> None:
+    """An .npz as ``np.load`` reads it, deflated at level 1: a 512x512 plane in ~5 ms, not ~30."""
+    import zipfile
+
     buf = _io.BytesIO()
-    np.savez_compressed(buf, labels=labels, provenance=prov)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for key, arr in (("labels", labels), ("provenance", prov)):
+            with z.open(f"{key}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
     io.atomic_write_bytes(path, buf.getvalue())
 
 
