@@ -69,9 +69,10 @@ def simulate(args) -> int:
     from napari_hitl import io, samples
     from napari_hitl.active.pseudo import PseudoSettings, pseudo_labels
     from napari_hitl.active.ranking import rank_images, score_image
+    from napari_hitl.app.model_host import ModelHost
     from napari_hitl.evaluate.metrics import iou
     from napari_hitl.interactive.engine import get_engine
-    from napari_hitl.model.train import Trainer, TrainSettings, samples_from_project
+    from napari_hitl.model.train import TrainSettings, samples_from_project
 
     if args.project:
         project = Project.open(args.project)
@@ -108,8 +109,7 @@ def simulate(args) -> int:
         spent, _ = annotate(records[0].name, None)
 
         print(f"2. training the model on the human labels ({args.steps} steps)")
-        trainer = Trainer(project.n_classes, checkpoint_path=project.checkpoint_dir / "latest.pt",
-                          settings=TrainSettings(steps=args.steps, crop=192, seed=0))
+        trainer = ModelHost(project).get(TrainSettings(steps=args.steps, crop=192, seed=0))
         print(f"   device: {trainer.device_description}")
         result = trainer.train_round(samples_from_project(project),
                                      progress=lambda step, total, loss: _bar(step, total, f"   loss {loss:.3f}"))

@@ -20,62 +20,13 @@ import numpy as np
 from napari_hitl.active.loop import Prediction
 from napari_hitl.active.pseudo import PseudoSettings, machine_labelled_images, pseudo_labels
 from napari_hitl.active.ranking import ImageScore, rank_images, score_maps
+from napari_hitl.app.model_host import ModelHost, checkpoint_path
 from napari_hitl.errors import InputError
 from napari_hitl.project import HUMAN, MACHINE, PSEUDO
 
 #: ranking choices of the panel -> strategy of :func:`napari_hitl.active.ranking.rank_images`
 RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": "margin", "diversity": "diversity",
             "coverage": "coverage"}
-#: file name of the dock's model checkpoint inside the project's models/ folder
-CHECKPOINT = "segnet.pt"
-
-
-def warm_up(ctx=None) -> str:
-    """Import torch and build what first use of the model would (the optimiser machinery, SLIC),
-    leaving one CPU core to the UI. Run on the worker when a project opens: imports and first-time
-    initialisation hold Python's GIL for up to a few hundred ms, which is better paid before the
-    person starts clicking than during a click. Returns the device description."""
-    import os
-
-    import torch
-
-    from napari_hitl.model.backbone import describe_device, select_device
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
-    import skimage.segmentation  # noqa: F401 - superpixels
-    from napari_hitl.model import segnet, train  # noqa: F401
-
-    return describe_device(select_device())
-
-
-class ModelHost:
-    """The project's trainable model; lives on the worker thread (created on first use)."""
-
-    def __init__(self, project):
-        self.project = project
-        self.trainer = None
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.project.checkpoint_dir / CHECKPOINT
-
-    def get(self, settings=None):
-        """The :class:`~napari_hitl.model.train.Trainer` (resumed from the project's checkpoint)."""
-        from napari_hitl.model.train import Trainer
-
-        if self.trainer is None:
-            self.trainer = Trainer(self.project.n_classes, checkpoint_path=self.checkpoint, settings=settings)
-        elif settings is not None:
-            self.trainer.settings = settings
-        return self.trainer
-
-    @property
-    def trained(self) -> bool:
-        """True once a round finished (now or in an earlier session)."""
-        if self.trainer is not None:
-            return bool(self.trainer.history)
-        return self.checkpoint.exists()
 
 
 def predict_images(host: ModelHost, names: list[str], done: dict, ctx) -> dict[str, list[Prediction]]:
@@ -280,10 +231,10 @@ def export_all(project, out, fmt: str, lock, ctx) -> dict:
     total = {k: sum(v[k] for v in per_image.values()) for k in ("unlabelled", "human", "machine", "pseudo")}
     pixels = max(1, sum(total.values()))
     model = None
-    ckpt = project.checkpoint_dir / CHECKPOINT
+    ckpt = checkpoint_path(project)
     if ckpt.exists():
         (out / "model").mkdir(parents=True, exist_ok=True)
-        model = out / "model" / CHECKPOINT
+        model = out / "model" / ckpt.name
         shutil.copy2(ckpt, model)
     summary = {"project": str(project.root), "format": fmt, "manifest": str(manifest),
                "model": None if model is None else str(model), "pixels": total,

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_hitl.app.model_host import ModelHost, warm_up
 from napari_hitl.errors import HitlError
 from napari_hitl.napari import _jobs
 from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, image_layer_data
@@ -68,7 +69,7 @@ class HitlWidget(QWidget):
         self.labels_layer = None
         self.predictions: dict = {}  # image name -> list[Prediction] (one per frame)
         self.project_lock = threading.RLock()
-        self.model: _jobs.ModelHost | None = None
+        self.model: ModelHost | None = None
         self.accepted_since_training = 0
         self.train_job = None
         self._devices: dict[str, str] = {}
@@ -295,7 +296,7 @@ class HitlWidget(QWidget):
             self.queue.cancel()
             self.project.close()
         self.project = project
-        self.model = _jobs.ModelHost(project)
+        self.model = ModelHost(project)
         self.predictions = {}
         self.ranking.rows = None
         self.accepted_since_training = 0
@@ -308,7 +309,7 @@ class HitlWidget(QWidget):
         self.class_box.blockSignals(False)
         self.refresh_list()
         self._load_thumbnails()
-        self.queue.submit("warm-up", _jobs.warm_up, lambda device: self.show_device(model=device))
+        self.queue.submit("warm-up", warm_up, lambda device: self.show_device(model=device))
         self.project_changed.emit()
         if show:
             self.show_image(project.images[0].name)
