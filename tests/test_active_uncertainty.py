@@ -8,7 +8,8 @@ from napari_hitl.active.pseudo import (CONFIDENT_BACKGROUND, CONFIDENT_OBJECT, I
 from napari_hitl.active.ranking import (ImageScore, coverage_pick, diversity_pick, kmeans, rank_images,
                                        score_image)
 from napari_hitl.active.superpixels import Suggestion, expected_fix_clicks, superpixel_stats, suggest_superpixels
-from napari_hitl.active.uncertainty import confidence, entropy, margin, margin_uncertainty, uncertainty_map
+from napari_hitl.active.uncertainty import (Prediction, confidence, entropy, margin, margin_uncertainty,
+                                            uncertainty_map)
 from napari_hitl.errors import InputError
 from napari_hitl.project import HUMAN, MACHINE, PSEUDO, UNLABELLED
 
@@ -32,6 +33,11 @@ def test_uncertainty_maps_match_hand_computed_values():
         confidence(np.ones((4, 4)))
     with pytest.raises(InputError, match="bogus"):
         uncertainty_map(q, "bogus")
+    pred = Prediction.from_probs(p, features=np.ones(4))
+    assert pred.pred.dtype == np.uint16 and pred.pred.tolist() == [[0, 0, 0]] and pred.features.shape == (4,)
+    np.testing.assert_allclose(pred.conf, confidence(p))
+    np.testing.assert_allclose(pred.margin, margin(p))
+    np.testing.assert_allclose(pred.entropy, entropy(p, normalize=True))
 
 
 def _disk_proba(blur: float, size=64, r=16):

@@ -185,7 +185,7 @@ def test_an_idle_worker_thread_ends_and_the_next_job_starts_another(qtbot, monke
 
 
 def test_coverage_ranking_puts_typical_images_of_unlabelled_regions_first():
-    from napari_hitl.active.loop import Prediction
+    from napari_hitl.active.uncertainty import Prediction
     from napari_hitl.napari._jobs import rank_rows
 
     e = np.eye(3)

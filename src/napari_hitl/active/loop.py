@@ -25,6 +25,7 @@ from napari_hitl.active.ranking import ImageScore, Ranking, rank_images, score_m
 from napari_hitl.active.superpixels import (Suggestion, class_votes, diverse_suggestions, edge_strength,
                                             expected_fix_clicks, image_suggestions, slic_superpixels,
                                             suggest_superpixels)
+from napari_hitl.active.uncertainty import Prediction
 from napari_hitl.errors import InputError
 from napari_hitl.model.train import HUMAN, MACHINE, PSEUDO, UNLABELLED, Sample, Trainer, TrainSettings
 from napari_hitl.simulate.cost import image_clicks, sample_clicks
@@ -240,17 +241,6 @@ class LoopSettings:
 
 
 @dataclass
-class Prediction:
-    """Derived maps of one image's prediction (kept instead of full probabilities)."""
-
-    pred: np.ndarray          # (H, W) uint8/uint16 arg-max
-    conf: np.ndarray          # (H, W) float32
-    margin: np.ndarray        # (H, W) float32
-    entropy: np.ndarray       # (H, W) float32, normalised
-    features: np.ndarray | None = None  # (D, h, w) stride-16 encoder features
-
-
-@dataclass
 class RoundRecord:
     """State after a round: cost so far and what it bought."""
 
@@ -305,7 +295,6 @@ class LoopDriver:
     # -- prediction ---------------------------------------------------------------------------
     def predict_all(self, should_stop=None) -> float:
         """Predict every image (probabilities reduced to maps + features); returns seconds."""
-        from napari_hitl.active.uncertainty import entropy, margin
         from napari_hitl.model.segnet import predict_proba_batch
 
         t0 = time.perf_counter()
@@ -315,8 +304,7 @@ class LoopDriver:
             if out is None:
                 continue
             p, f = out
-            self.predictions[i] = Prediction(p.argmax(0).astype(np.uint16), p.max(0), margin(p),
-                                             entropy(p, normalize=True), f.astype(np.float16))
+            self.predictions[i] = Prediction.from_probs(p, f.astype(np.float16))
         return time.perf_counter() - t0
 
     def segments(self, i: int) -> np.ndarray:

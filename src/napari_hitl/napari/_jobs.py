@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_hitl.active.loop import Prediction
 from napari_hitl.active.pseudo import PseudoSettings, machine_labelled_images, pseudo_labels
 from napari_hitl.active.ranking import ImageScore, rank_images, score_maps
+from napari_hitl.active.uncertainty import Prediction
 from napari_hitl.app.model_host import ModelHost, checkpoint_path
 from napari_hitl.errors import InputError
 from napari_hitl.project import HUMAN, MACHINE, PSEUDO
@@ -31,7 +31,6 @@ RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": 
 
 def predict_images(host: ModelHost, names: list[str], done: dict, ctx) -> dict[str, list[Prediction]]:
     """Predict ``names`` (every frame of a time-lapse) into ``done``; stops early when asked."""
-    from napari_hitl.active.uncertainty import entropy, margin
     from napari_hitl.model.segnet import predict_with_features
 
     model = host.get().model
@@ -46,8 +45,7 @@ def predict_images(host: ModelHost, names: list[str], done: dict, ctx) -> dict[s
         preds = []
         for plane in planes:
             p, f = predict_with_features(model, plane)
-            preds.append(Prediction(p.argmax(0).astype(np.uint16), p.max(0), margin(p),
-                                    entropy(p, normalize=True), f.mean(axis=(1, 2)).astype(np.float32)))
+            preds.append(Prediction.from_probs(p, f.mean(axis=(1, 2)).astype(np.float32)))
         done[name] = preds
         ctx.progress(i + 1, len(names))
     return done
