@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from napari_hitl import cli
-from napari_hitl.app.model_host import CHECKPOINT, ModelHost
+from napari_hitl.app.model_host import CHECKPOINT
 from napari_hitl.project import Project
 
 
@@ -62,21 +62,20 @@ def test_simulate_runs_a_session_on_the_sample_project(capsys):
 
 
 def _dock_opens_the_simulated_model(root, out):
-    """The model ``simulate`` trained is the one the dock's host opens: predicting without
+    """The model ``simulate`` trained is the one a session (the dock's) opens: predicting without
     training gives the IoU simulate printed for that image (an untrained model would not)."""
     from napari_hitl import samples
+    from napari_hitl.app.session import Session
     from napari_hitl.evaluate.metrics import iou
-    from napari_hitl.napari._jobs import predict_images
 
     printed = {line.split()[3]: float(line.split()[4]) for line in out.splitlines()
                if line.strip().startswith("model IoU on")}
     assert printed
-    with Project.open(root) as p:
-        host = ModelHost(p)
-        assert host.trained  # found before anything trains
+    with Session.open(root) as session:
+        assert session.model.trained  # found before anything trains
         ctx = SimpleNamespace(should_stop=lambda: False, progress=lambda *a: None)
-        preds = predict_images(host, list(printed), {}, ctx)
-        assert len(host.get().history) == 1  # the one round simulate trained, none here
+        preds = session.predict_job(list(printed))(ctx)
+        assert len(session.model.get().history) == 1  # the one round simulate trained, none here
     for name, value in printed.items():
         got = iou(preds[name][0].pred > 0, samples.sample_truth("nuclei", name) > 0)
         assert abs(got - value) < 1.5e-3, (name, got, value)
