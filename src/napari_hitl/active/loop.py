@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from napari_hitl.active.pseudo import PseudoSettings, machine_labelled_images, pseudo_labels
-from napari_hitl.active.ranking import ImageScore, Ranking, rank_images, score_maps
+from napari_hitl.active.ranking import SCORERS, STRATEGIES, ImageScore, Ranking, rank_images, score_maps
 from napari_hitl.active.superpixels import (Suggestion, class_votes, diverse_suggestions, edge_strength,
                                             expected_fix_clicks, image_suggestions, slic_superpixels,
                                             suggest_superpixels)
@@ -37,7 +37,7 @@ __all__ = ["LOOP_STRATEGIES", "IMAGE_ANSWERS", "Answer", "Annotator", "Simulated
 #: ignores the model's uncertainty (typical images of what is not labelled yet); on camvid with
 #: superpixel fixes it beat random in round 0 on all 367 images (+0.039 model mIoU, 3 seeds,
 #: docs/bench/loop_camvid_coverage.json) but not in every round, on either pool size.
-LOOP_STRATEGIES = ("random", "entropy", "margin", "consistency", "coverage", "superpixel", "superpixel-diversity")
+LOOP_STRATEGIES = (*STRATEGIES, "superpixel", "superpixel-diversity")
 #: how a picked whole image is answered: traced (polygons / corrections), superpixel by superpixel
 #: (one click each), or superpixel fixes (the wrong ones one click each, the rest accepted in one)
 IMAGE_ANSWERS = ("polygons", "superpixels", "superpixel-fixes")
@@ -342,7 +342,7 @@ class LoopDriver:
         scores = self.scores(s.pseudo.beta(self.round))
         feats = np.stack([p.features.astype(np.float32).reshape(p.features.shape[0], -1).mean(1)
                           for p in self.predictions])
-        own_first = s.strategy in ("random", "coverage")  # the others open with k-means picks
+        own_first = s.strategy not in SCORERS  # the uncertainty strategies open with k-means picks
         strategy = "consistency" if first_round and not own_first else s.strategy
         ranking = rank_images(scores, strategy, s.budget, feats, diversity=s.diversity,
                               first_round=first_round and not own_first,

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_hitl.active.ranking import ImageScore, rank_images, score_maps
+from napari_hitl.active.ranking import SCORERS, ImageScore, rank_images, score_maps
 from napari_hitl.active.uncertainty import Prediction
 from napari_hitl.errors import InputError
 
-#: ranking choices of the panel -> strategy of :func:`napari_hitl.active.ranking.rank_images`
+#: the panel's orders: label -> a strategy of :mod:`napari_hitl.active.ranking` (a scorer of its
+#: SCORERS registry, or coverage), or "diversity" (margin, its k-means picks on top)
 RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": "margin", "diversity": "diversity",
             "coverage": "coverage"}
 
@@ -49,7 +50,7 @@ def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice
     scores = [image_score(i, n, predictions[n], beta) for i, n in enumerate(have)]
     rows: list[RankedRow] = []
     if scores:
-        if strategy in ("diversity", "coverage"):
+        if strategy not in SCORERS:  # diversity or coverage: picks on top, the rest by margin
             feats = np.stack([np.mean([p.features for p in predictions[n]], axis=0) for n in have])
             if strategy == "diversity":
                 ranking = rank_images(scores, "margin", min(budget, len(scores)), feats, diversity=True)
@@ -61,12 +62,11 @@ def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice
                 by_margin = rank_images(scores, "margin", 0).order
             picked = list(ranking.picked)
             order = picked + [i for i in by_margin if i not in ranking.picked]
-            value = "margin_uncertainty"
+            value = SCORERS["margin"].field
         else:
             ranking = rank_images(scores, strategy, 0)
             order, picked = list(ranking.order), []
-            value = "consistency" if strategy == "consistency" else (
-                "entropy" if strategy == "entropy" else "margin_uncertainty")
+            value = SCORERS[strategy].field
         for i in order:
             s = scores[i]
             rows.append(RankedRow(s.name, float(getattr(s, value)), i in picked, s))
