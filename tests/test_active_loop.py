@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from napari_hitl.active.loop import LoopDriver, LoopSettings, SimulatedAnnotator
+from napari_hitl.active.loop import LoopDriver, LoopSettings
 from napari_hitl.errors import InputError
 from napari_hitl.model.train import TrainSettings
 from napari_hitl.project import HUMAN, MACHINE
+from napari_hitl.simulate.annotator import SimulatedAnnotator
 
 torch = pytest.importorskip("torch")
 
