@@ -27,6 +27,21 @@ def shared_data():
     return SHARED_DATA
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (README's test command, which CI runs, passes it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` skip unless ``--run-slow``: a plain ``pytest`` stays quick."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (README's test command and CI do)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
     """Use the virtual X display that pytest-xvfb starts; without one, Qt runs offscreen."""

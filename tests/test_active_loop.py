@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from napari_hitl.active.loop import LoopDriver, LoopSettings, SimulatedAnnotator
+from napari_hitl.active.loop import LoopDriver, LoopSettings
 from napari_hitl.errors import InputError
 from napari_hitl.model.train import TrainSettings
 from napari_hitl.project import HUMAN, MACHINE
+from napari_hitl.simulate.annotator import SimulatedAnnotator
 
 torch = pytest.importorskip("torch")
 
@@ -32,7 +33,8 @@ def _miou(labels, truths):
     return mean_iou(np.concatenate([x.ravel() for x in labels]), np.concatenate([x.ravel() for x in truths]), 2)
 
 
-@pytest.mark.parametrize("strategy", ["consistency", "coverage", "superpixel"])
+@pytest.mark.parametrize("strategy", ["consistency", pytest.param("coverage", marks=pytest.mark.slow),
+                                      pytest.param("superpixel", marks=pytest.mark.slow)])
 def test_loop_driver_improves_miou_over_two_rounds(strategy):
     torch.manual_seed(0)
     images, truths = _set()
@@ -163,11 +165,15 @@ def test_image_answered_with_superpixel_fixes_costs_the_wrong_ones_plus_one():
         assert np.all(driver.labels[i][inside] == np.bincount(truths[i][inside]).argmax())
 
 
-def test_cost_aware_loop_ranks_per_expected_click():
+def test_cost_aware_ranking_needs_superpixel_fixes():
     with pytest.raises(InputError, match="superpixel fixes"):
         LoopSettings(strategy="margin", cost_aware=True)  # traced answers: no per-image cost estimate
     with pytest.raises(InputError, match="superpixel fixes"):
         LoopSettings(strategy="superpixel", cost_aware=True, image_answer="superpixel-fixes")
+
+
+@pytest.mark.slow
+def test_cost_aware_loop_ranks_per_expected_click():
     torch.manual_seed(0)
     images, truths = _set(n=5)
     settings = LoopSettings(strategy="margin", rounds=2, budget=1, n_segments=30, image_answer="superpixel-fixes",

@@ -5,10 +5,11 @@ import pytest
 
 from napari_hitl.active.pseudo import (CONFIDENT_BACKGROUND, CONFIDENT_OBJECT, IGNORED, PseudoSettings,
                                        machine_labelled_images, pseudo_labels, three_way_split)
-from napari_hitl.active.ranking import (ImageScore, coverage_pick, diversity_pick, kmeans, rank_images,
-                                       score_image)
+from napari_hitl.active.ranking import (SCORERS, STRATEGIES, ImageScore, coverage_pick, diversity_pick, kmeans,
+                                       rank_images, score_image)
 from napari_hitl.active.superpixels import Suggestion, expected_fix_clicks, superpixel_stats, suggest_superpixels
-from napari_hitl.active.uncertainty import confidence, entropy, margin, margin_uncertainty, uncertainty_map
+from napari_hitl.active.uncertainty import (Prediction, confidence, entropy, margin, margin_uncertainty,
+                                            uncertainty_map)
 from napari_hitl.errors import InputError
 from napari_hitl.project import HUMAN, MACHINE, PSEUDO, UNLABELLED
 
@@ -32,6 +33,11 @@ def test_uncertainty_maps_match_hand_computed_values():
         confidence(np.ones((4, 4)))
     with pytest.raises(InputError, match="bogus"):
         uncertainty_map(q, "bogus")
+    pred = Prediction.from_probs(p, features=np.ones(4))
+    assert pred.pred.dtype == np.uint16 and pred.pred.tolist() == [[0, 0, 0]] and pred.features.shape == (4,)
+    np.testing.assert_allclose(pred.conf, confidence(p))
+    np.testing.assert_allclose(pred.margin, margin(p))
+    np.testing.assert_allclose(pred.entropy, entropy(p, normalize=True))
 
 
 def _disk_proba(blur: float, size=64, r=16):
@@ -150,3 +156,18 @@ def test_progressive_schedules():
     assert machine_labelled_images({0: 0.5, 1: 0.9, 2: 0.7, 3: 0.95}, 0.5, exclude={3}) == [1, 2]
     with pytest.raises(InputError, match="delta"):
         PseudoSettings(delta=1.5)
+
+
+def test_one_strategy_registry_for_ranking_the_loop_and_the_panel():
+    from napari_hitl.active.loop import LOOP_STRATEGIES, LoopSettings
+    from napari_hitl.active.ranking import usefulness
+    from napari_hitl.app.rank import RANKINGS
+
+    s = ImageScore(0, consistency=0.25, entropy=0.5, margin_uncertainty=0.75)
+    assert {n: usefulness(s, n) for n in SCORERS} == {"entropy": 0.5, "margin": 0.75, "consistency": 0.75}
+    assert set(SCORERS) < set(STRATEGIES) and LOOP_STRATEGIES[:len(STRATEGIES)] == STRATEGIES
+    assert set(RANKINGS.values()) <= set(STRATEGIES) | {"diversity"}
+    for name in LOOP_STRATEGIES:
+        LoopSettings(strategy=name)
+    with pytest.raises(InputError, match="unknown ranking strategy"):
+        usefulness(s, "coverage")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from napari_hitl import cli
+from napari_hitl.app.model_host import CHECKPOINT
 from napari_hitl.project import Project
 
 
@@ -50,12 +52,33 @@ def test_simulate_runs_a_session_on_the_sample_project(capsys):
     with Project.open(root, readonly=True) as p:
         statuses = sorted(p.counts(r.name).status for r in p.images)
         assert statuses.count("done") == 2 and p.total_counts().pseudo > 0
-        assert p.load_checkpoint("latest") is not None
+        assert p.load_checkpoint(CHECKPOINT) is not None
         commits = [e for e in p.journal() if e["event"] == "commit"]
         assert [e["source"] for e in commits[:2]] == ["human", "human"]
         assert {e["source"] for e in commits[2:]} == {"pseudo"}
+    _dock_opens_the_simulated_model(root, out)
     assert cli.main(["simulate", "--engine-option", "nonsense"]) == 1
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def _dock_opens_the_simulated_model(root, out):
+    """The model ``simulate`` trained is the one a session (the dock's) opens: predicting without
+    training gives the IoU simulate printed for that image (an untrained model would not)."""
+    from napari_hitl import samples
+    from napari_hitl.app.session import Session
+    from napari_hitl.evaluate.metrics import iou
+
+    printed = {line.split()[3]: float(line.split()[4]) for line in out.splitlines()
+               if line.strip().startswith("model IoU on")}
+    assert printed
+    with Session.open(root) as session:
+        assert session.model.trained  # found before anything trains
+        ctx = SimpleNamespace(should_stop=lambda: False, progress=lambda *a: None)
+        preds = session.predict_job(list(printed))(ctx)
+        assert len(session.model.get().history) == 1  # the one round simulate trained, none here
+    for name, value in printed.items():
+        got = iou(preds[name][0].pred > 0, samples.sample_truth("nuclei", name) > 0)
+        assert abs(got - value) < 1.5e-3, (name, got, value)
 
 
 def test_demo_without_display_explains_and_runs_headless(monkeypatch, capsys):

@@ -45,3 +45,11 @@ def test_bench_full_image_mode(tmp_path):
     assert main(["bench", "interactive", "--full-image", "--data", str(root), "--json", str(out)]) == 0
     res = json.loads(out.read_text())[0]
     assert res["regions"] == 3 and res["mean_region_iou"]["2"] > 0.8
+
+
+def test_click_timing_reports_medians_on_a_small_image():
+    from napari_hitl.evaluate.timing import time_clicks
+
+    out = time_clicks(size=128, clicks=2, repeats=1)
+    assert out["size"] == 128 and out["clicks"] == 2 and 0 < out["click_ms_median"] <= out["click_ms_p95"] * 1.0001
+    assert out["prepare_ms_median"] > 0 and 0.0 <= out["final_iou"] <= 1.0

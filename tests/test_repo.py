@@ -27,6 +27,7 @@ def test_readme_has_the_two_commands_and_ci_runs_the_second():
     (test,) = _block_after("<!-- test-command -->")
     assert "napari-hitl demo" in main and 'pip install -e ".[all]"' in main
     assert "pytest" in test and ".[all,testing]" in test
+    assert "--run-slow" in test  # CI runs this command: it must not skip the slow tests
     if shutil.which("awk") is None:
         pytest.skip("awk is needed to check .ci/run's extraction")
     script = (REPO / ".ci" / "run").read_text()

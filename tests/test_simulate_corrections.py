@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_hitl.active.loop import SimulatedAnnotator
 from napari_hitl.errors import InputError
 from napari_hitl.evaluate.metrics import iou
 from napari_hitl.interactive.engine import get_engine
+from napari_hitl.simulate.annotator import SimulatedAnnotator
 from napari_hitl.simulate.corrections import correct_objects
 from napari_hitl.simulate.cost import image_clicks
 

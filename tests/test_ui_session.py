@@ -147,10 +147,10 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert not dock.training.train_button.isEnabled()
     qtbot.waitUntil(lambda: dock.training.figures.text().startswith("Round"), timeout=120_000)
     settle(qtbot, dock, 120_000)
-    assert len(dock.predictions) == 4
+    assert len(dock.session.predictions) == 4
     assert (dock.project.checkpoint_dir / "segnet.pt").exists()
     assert dock.training.train_button.isEnabled()
-    assert f"model: {dock.model.trainer.device_description}" in dock.device_label.text()
+    assert f"model: {dock.session.model.trainer.device_description}" in dock.device_label.text()
 
     # the ranking panel re-sorts by each score
     orders = {}
@@ -180,6 +180,7 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     ranks = sug.layer.data if sug.layer.data.ndim == 2 else sug.layer.data[sug.frame]
     assert (ranks[sug.segments == second.segment] == 2).all()  # outlined by rank, nothing else marked
     assert np.count_nonzero(ranks) == sum(s.area for s in sug.items)
+    answers = dock.session.answers_since_training
     sug.accept(0)
     _, prov = dock.project.read_labels(dock.current)
     assert (prov[sug.segments == first.segment] == MACHINE).all()
@@ -196,6 +197,7 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
         inside = sug.segments == s.segment
         assert (prov[inside] == MACHINE).all() and (lab[inside] == s.predicted_class).all()
     assert sug.items == [] and not np.any(sug.layer.data)
+    assert dock.session.answers_since_training == answers + 3  # each answer counts towards auto-training
     assert (prov[sug.segments == second.segment] == HUMAN).all()  # the relabelled one stays human
     # a finer cut is a new set of superpixels: none of it answered yet, ids of the old cut not excluded
     coarse = int(sug.segments.max()) + 1

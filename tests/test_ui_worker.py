@@ -182,23 +182,3 @@ def test_an_idle_worker_thread_ends_and_the_next_job_starts_another(qtbot, monke
     q.submit("b", lambda ctx: 2, got.append)
     qtbot.waitUntil(lambda: got == [1, 2], timeout=5000)
     q.stop()
-
-
-def test_coverage_ranking_puts_typical_images_of_unlabelled_regions_first():
-    from napari_hitl.active.loop import Prediction
-    from napari_hitl.napari._jobs import rank_rows
-
-    e = np.eye(3)
-    # two feature regions: a (4 images, one labelled) and b (3 images); b's centre is 'b0'
-    dirs = {"a0": e[0], "a1": e[0] + 0.2 * e[1], "a2": e[0] - 0.2 * e[1], "a3": e[0] + 0.2 * e[2],
-            "b0": e[1], "b1": e[1] + 0.2 * e[0], "b2": e[1] - 0.2 * e[0]}
-    names = list(dirs)
-    preds = {}
-    for k, (n, d) in enumerate(dirs.items()):
-        m = np.full((8, 8), 0.1 * (k + 1), np.float32)  # margin uncertainty 1 - m shrinks down the list
-        preds[n] = [Prediction(np.zeros((8, 8), np.uint8), 1 - m, m, m, d.astype(np.float32))]  # pooled, as the dock keeps
-    rows = rank_rows(names, preds, "coverage", budget=1, labelled=["a0"])
-    assert rows[0].name == "b0" and rows[0].picked and not any(r.picked for r in rows[1:])
-    assert [r.name for r in rows[1:]] == ["a0", "a1", "a2", "a3", "b1", "b2"]  # the rest: most uncertain first
-    # nothing labelled yet: the bigger region's centre comes first
-    assert [r.name for r in rank_rows(names, preds, "coverage", budget=2) if r.picked] == ["a0", "b0"]

@@ -42,7 +42,9 @@ def test_round_beats_propagation_only(tmp_path):
 def _round(tmp_path):
     import torch
 
+    from napari_hitl.evaluate.annotate import annotate_budget
     from napari_hitl.evaluate.bench_video import score
+    from napari_hitl.simulate.cost import unit_clicks
     from napari_hitl.video.propagate import FineTuneSettings, VideoSession
 
     torch.manual_seed(0)
@@ -53,8 +55,8 @@ def _round(tmp_path):
     assert session.work_shape == (64, 96)
     tuner = session.new_tuner()
     probs, feats = tuner.predict(with_features=True)
-    budget = session.units.cost(0, truth[0])  # about one frame's worth of clicks
-    rec = session.annotate_budget(truth, budget, probs, feats, first_round=True)
+    budget = unit_clicks(session.units, 0, truth[0])  # about one frame's worth of clicks
+    rec = annotate_budget(session, truth, budget, probs, feats, first_round=True)
     assert len(rec.units) == 1 and 0 < rec.clicks <= budget and session.clicks == rec.clicks
     t = session.units.frame_of(rec.units[0])
     assert np.array_equal(session.labels[t], truth[t]) and (session.labels[np.arange(10) != t] == -1).all()
@@ -67,7 +69,7 @@ def _round(tmp_path):
     assert ours["miou"] > 0.85
     # the next round never asks for a unit twice
     probs, feats = tuner.predict(with_features=True)
-    rec2 = session.annotate_budget(truth, budget, probs, feats, first_round=False)
+    rec2 = annotate_budget(session, truth, budget, probs, feats, first_round=False)
     assert not set(rec2.units) & set(rec.units)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_hitl.errors import InputError
-from napari_hitl.video.units import UnitSet, full_annotation_cost, parse_unit
+from napari_hitl.video.units import UnitSet, parse_unit
 
 
 def test_parse_unit():
@@ -59,17 +59,17 @@ def test_frames_and_superpixels():
 
 
 def test_unit_cost_is_the_polygon_cost_of_its_sample():
-    from napari_hitl.simulate.cost import image_clicks, sample_clicks
+    from napari_hitl.simulate.cost import full_annotation_cost, image_clicks, sample_clicks, unit_clicks
 
     lab = np.zeros((60, 80), np.int16)
     units = UnitSet.rectangles(1, (60, 80), size=40)
-    assert units.cost(0, lab) == 1  # one class: one click
+    assert unit_clicks(units, 0, lab) == 1  # one class: one click
     lab[10:30, 20:50] = 1
     lab[40:50, 60:70] = 1
     for i in range(len(units)):
         y0, x0, y1, x1 = units.unit(i).bbox
-        assert units.cost(i, lab) == sample_clicks(lab[y0:y1, x0:x1], np.ones((y1 - y0, x1 - x0), bool))
+        assert unit_clicks(units, i, lab) == sample_clicks(lab[y0:y1, x0:x1], np.ones((y1 - y0, x1 - x0), bool))
     # the cell (0:40, 0:40) cuts the object: only the outline inside the cell is traced
-    assert 2 < units.cost(0, lab) < image_clicks(lab)
-    assert UnitSet.frames(1, (60, 80)).cost(0, lab) == image_clicks(lab)
+    assert 2 < unit_clicks(units, 0, lab) < image_clicks(lab)
+    assert unit_clicks(UnitSet.frames(1, (60, 80)), 0, lab) == image_clicks(lab)
     assert full_annotation_cost(np.stack([lab, lab])) == 2 * image_clicks(lab)

@@ -68,11 +68,14 @@ def simulate(args) -> int:
     5. pseudo-label: confident pixels of the rest are saved as pseudo labels (never over human).
     """
     from napari_hitl import io, samples
-    from napari_hitl.active.pseudo import PseudoSettings, pseudo_labels
+    from napari_hitl.active.pseudo import PseudoSettings
     from napari_hitl.active.ranking import rank_images, score_image
+    from napari_hitl.active.uncertainty import Prediction
+    from napari_hitl.app.pseudo import commit_pseudo_labels
+    from napari_hitl.app.session import Session
     from napari_hitl.evaluate.metrics import iou
     from napari_hitl.interactive.engine import get_engine
-    from napari_hitl.model.train import Trainer, TrainSettings, samples_from_project
+    from napari_hitl.model.train import TrainSettings, samples_from_project
 
     if args.project:
         project = Project.open(args.project)
@@ -89,7 +92,7 @@ def simulate(args) -> int:
                               else ["method=walker"] if args.engine == "graph" else [])
     engine = get_engine(args.engine, **options)
     pseudo = PseudoSettings(delta=args.delta)
-    with project:
+    with Session(project) as session:
         records = [r for r in project.images if not r.is_stack]
         if len(records) < 2:
             raise InputError(f"{project.root} needs at least two 2-D images for a session")
@@ -100,7 +103,7 @@ def simulate(args) -> int:
         def annotate(name: str, start: np.ndarray | None) -> tuple[int, float]:
             mask, clicks, score, ms = _click_session(engine, project.read_image(name), truths[name].astype(bool),
                                                      start, args.target_iou, args.max_clicks)
-            counts = project.commit_labels(name, mask.astype(np.uint8), source="human")
+            counts = session.commit(name, mask.astype(np.uint8), source="human")
             print(f"  {name:<22} {len(clicks):>2} clicks  IoU {score:.3f}  median {ms:5.0f} ms/click  "
                   f"-> saved {counts.human} human pixels")
             return len(clicks), score
@@ -109,8 +112,7 @@ def simulate(args) -> int:
         spent, _ = annotate(records[0].name, None)
 
         print(f"2. training the model on the human labels ({args.steps} steps)")
-        trainer = Trainer(project.n_classes, checkpoint_path=project.checkpoint_dir / "latest.pt",
-                          settings=TrainSettings(steps=args.steps, crop=192, seed=0))
+        trainer = session.model.get(TrainSettings(steps=args.steps, crop=192, seed=0))
         print(f"   device: {trainer.device_description}")
         result = trainer.train_round(samples_from_project(project),
                                      progress=lambda step, total, loss: _bar(step, total, f"   loss {loss:.3f}"))
@@ -136,11 +138,8 @@ def simulate(args) -> int:
         for name in rest:
             if name == worst:
                 continue
-            labels, prov = project.read_labels(name)
-            p = probs[name]
-            new_labels, new_prov = pseudo_labels(p.max(0), p.argmax(0), pseudo.delta, labels, prov)
-            where = new_prov == 3
-            counts = project.commit_labels(name, new_labels, source="pseudo", where=where)
+            where, new_labels = commit_pseudo_labels(project, name, Prediction.from_probs(probs[name]), pseudo.delta)
+            counts = project.counts(name)
             right = float((new_labels[where] == truths[name][where]).mean()) if where.any() else float("nan")
             print(f"   {name:<22} {counts.pseudo / counts.total:6.1%} of pixels pseudo-labelled, "
                   f"{right:6.1%} of them right")

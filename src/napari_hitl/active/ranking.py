@@ -18,11 +18,28 @@ import numpy as np
 from napari_hitl.active.uncertainty import check_proba
 from napari_hitl.errors import InputError
 
-__all__ = ["ImageScore", "Ranking", "STRATEGIES", "local_consistency", "score_image", "score_maps",
+__all__ = ["ImageScore", "Ranking", "Scorer", "SCORERS", "STRATEGIES", "local_consistency", "score_image", "score_maps",
            "usefulness", "rank_images", "kmeans", "diversity_pick", "coverage_pick"]
 
-#: image-level strategies understood by :func:`rank_images`
-STRATEGIES = ("random", "entropy", "margin", "consistency", "coverage")
+@dataclass(frozen=True)
+class Scorer:
+    """How an uncertainty strategy scores an image: the :class:`ImageScore` field it reads, and
+    whether a high value means ask first (local consistency: a low value does)."""
+
+    field: str
+    high_first: bool = True
+
+    def __call__(self, score: ImageScore) -> float:
+        value = float(getattr(score, self.field))
+        return value if self.high_first else 1.0 - value
+
+
+#: the strategy registry: name -> scorer of the strategies that rank by uncertainty
+SCORERS = {"entropy": Scorer("entropy"), "margin": Scorer("margin_uncertainty"),
+           "consistency": Scorer("consistency", high_first=False)}
+#: image-level strategies understood by :func:`rank_images`: the scorers, random order, and
+#: coverage (typical images of what is not labelled, no uncertainty)
+STRATEGIES = ("random", *SCORERS, "coverage")
 
 
 @dataclass
@@ -79,12 +96,8 @@ def score_image(proba: np.ndarray, beta: float = 0.9, background: int | None = 0
 
 def usefulness(score: ImageScore, strategy: str) -> float:
     """How much asking the human about this image should help under ``strategy`` (higher first)."""
-    if strategy == "entropy":
-        return score.entropy
-    if strategy == "margin":
-        return score.margin_uncertainty
-    if strategy == "consistency":
-        return 1.0 - score.consistency
+    if strategy in SCORERS:
+        return SCORERS[strategy](score)
     raise InputError(f"unknown ranking strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 

@@ -6,11 +6,13 @@ superpixel suggestions, pseudo-label thresholds); all return ``(H, W)`` float32 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from napari_hitl.errors import InputError
 
-__all__ = ["check_proba", "confidence", "entropy", "margin", "margin_uncertainty", "uncertainty_map",
+__all__ = ["Prediction", "check_proba", "confidence", "entropy", "margin", "margin_uncertainty", "uncertainty_map",
            "MEASURES"]
 
 #: names accepted by :func:`uncertainty_map`
@@ -60,3 +62,20 @@ def uncertainty_map(proba: np.ndarray, measure: str = "margin") -> np.ndarray:
     if measure == "confidence":
         return (1.0 - confidence(proba)).astype(np.float32)
     raise InputError(f"unknown uncertainty measure {measure!r}; use one of {', '.join(MEASURES)}")
+
+
+@dataclass
+class Prediction:
+    """Derived maps of one image's prediction (kept instead of full probabilities)."""
+
+    pred: np.ndarray          # (H, W) uint16 arg-max
+    conf: np.ndarray          # (H, W) float32
+    margin: np.ndarray        # (H, W) float32
+    entropy: np.ndarray       # (H, W) float32, normalised
+    features: np.ndarray | None = None  # encoder features: (D, h, w) maps, or (D,) pooled
+
+    @classmethod
+    def from_probs(cls, proba: np.ndarray, features: np.ndarray | None = None) -> Prediction:
+        """The maps of ``(C, H, W)`` probabilities (the one conversion the loop and the dock share)."""
+        p = check_proba(proba)
+        return cls(p.argmax(0).astype(np.uint16), p.max(0), margin(p), entropy(p, normalize=True), features)

@@ -164,7 +164,8 @@ def _heldout_miou(model, ds) -> float:
 
 def run_strategy(ds, strategy: str, args, log=print, engine=None) -> dict:
     """One strategy's rounds; ``engine`` (if any) corrects the predictions of asked images."""
-    from napari_hitl.active.loop import LoopDriver, LoopSettings, SimulatedAnnotator
+    from napari_hitl.active.loop import LoopDriver, LoopSettings
+    from napari_hitl.simulate.annotator import SimulatedAnnotator
     from napari_hitl.active.pseudo import PseudoSettings
 
     import torch

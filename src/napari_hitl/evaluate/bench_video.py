@@ -183,7 +183,8 @@ def round_budget(full_cost: int, args) -> int:
 
 def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Path, say) -> dict:
     """All rounds of one video; returns its figures (per round, per method)."""
-    from napari_hitl.video.units import full_annotation_cost
+    from napari_hitl.evaluate.annotate import annotate_budget
+    from napari_hitl.simulate.cost import full_annotation_cost
 
     t0 = time.perf_counter()
     session = new_session(frames, args, cache / name, progress=lambda what, d, n: say(f"[{name}] {what}", d, n))
@@ -207,7 +208,7 @@ def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pat
     setup["first_features"] = time.perf_counter() - t
     rounds = []
     for r in range(1, args.rounds + 1):
-        rec = session.annotate_budget(truth, budget, probs, feats, first_round=(r == 1), seed=args.seed + r)
+        rec = annotate_budget(session, truth, budget, probs, feats, first_round=(r == 1), seed=args.seed + r)
         row = {"round": r, "units": len(rec.units), "unit_ids": list(rec.units), "clicks": session.clicks,
                "clicks_pct": 100.0 * session.clicks / full, "seconds": dict(rec.seconds), "methods": {}}
         if "propagation" in methods:
@@ -317,7 +318,8 @@ def plot(path: Path, summary: list[dict], title: str) -> None:
 def run_timing(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Path, n: int = 100) -> dict:
     """Seconds of one round on ``n`` frames (the sequence played forward and back): flows, pick a
     budget of units from the truth, fine-tune with the temporal term, predict every frame."""
-    from napari_hitl.video.units import full_annotation_cost
+    from napari_hitl.evaluate.annotate import annotate_budget
+    from napari_hitl.simulate.cost import full_annotation_cost
 
     order = (list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))) or [0]
     idx = [order[i % len(order)] for i in range(n)]
@@ -335,7 +337,7 @@ def run_timing(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pa
     out["first_predict"] = time.perf_counter() - t
     budget = round_budget(full_annotation_cost(truth), args)
     t = time.perf_counter()
-    session.annotate_budget(truth, budget, probs, feats, first_round=True, seed=args.seed)
+    annotate_budget(session, truth, budget, probs, feats, first_round=True, seed=args.seed)
     out["pick"] = time.perf_counter() - t
     t = time.perf_counter()
     tuner.fit(session.work_labels())

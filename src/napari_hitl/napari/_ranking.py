@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hitl.napari._jobs import RANKINGS, rank_rows
+from napari_hitl.app.rank import RANKINGS, rank_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_hitl.napari._widget import HitlWidget
@@ -98,12 +98,13 @@ class RankingPanel(QWidget):
 
     def resort(self) -> None:
         """Sort again by the chosen score from the cached predictions (no model call)."""
-        if self.dock.project is None or not self.dock.predictions:
+        session = self.dock.session
+        if session is None or not session.predictions:
             self.refresh()
             return
-        names = [r.name for r in self.dock.project.images]
-        labelled = [n for n in names if self.dock.project.counts(n).human > 0]
-        self.rows = rank_rows(names, self.dock.predictions, self.choice, labelled=labelled)
+        names = session.names
+        labelled = [n for n in names if session.project.counts(n).human > 0]
+        self.rows = rank_rows(names, session.predictions, self.choice, labelled=labelled)
         self.refresh()
 
     def order(self) -> list[str]:
@@ -325,9 +326,8 @@ class SuggestionsPanel(QWidget):
         """Save ``plane`` on ``mask`` to the project and show what was saved on the labels layer."""
         dock = self.dock
         frame = self.frame if dock.labels_layer.ndim == 3 else None
-        with dock.project_lock:
-            dock.project.commit_labels(self.image, plane, source=source, where=mask, frame=frame)
-            saved, _ = dock.project.read_labels(self.image, frame=frame)
+        dock.session.commit(self.image, plane, source=source, where=mask, frame=frame)
+        saved, _ = dock.session.read_labels(self.image, frame=frame)
         ys, xs = np.nonzero(mask)
         idx = (ys, xs) if frame is None else (np.full_like(ys, frame), ys, xs)
         with dock.labels_layer.block_history():

@@ -74,10 +74,11 @@ class TrainingPanel(QWidget):
         form = QFormLayout()
         auto = QHBoxLayout()
         self.auto = QCheckBox("after every")
-        self.auto_n = _spin(1, 1000, 3, tip="accepted images between automatic training rounds")
+        self.auto_n = _spin(1, 1000, 3, tip="saved answers (accepted images, answered suggestions) between "
+                                            "automatic training rounds")
         auto.addWidget(self.auto)
         auto.addWidget(self.auto_n)
-        auto.addWidget(QLabel("accepted images"))
+        auto.addWidget(QLabel("saved answers"))
         form.addRow("Auto-train", auto)
         self.steps = _spin(1, 100000, d.steps, tip="optimiser steps per round")
         self.batch = _spin(1, 64, d.batch_size, tip="crops per step")

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_hitl.napari import _jobs
+from napari_hitl.app.video import UnitRow, VideoHost
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_hitl.napari._widget import HitlWidget
@@ -46,9 +46,9 @@ class VideoPanel(QGroupBox):
     def __init__(self, dock: HitlWidget):
         super().__init__("Time-lapse: units to label next")
         self.dock = dock
-        self.host: _jobs.VideoHost | None = None
+        self.host: VideoHost | None = None
         self.job = None
-        self.rows: list[_jobs.UnitRow] = []
+        self.rows: list[UnitRow] = []
         lay = QVBoxLayout(self)
         self.list = QListWidget()
         self.list.setToolTip("double-click a unit to jump to its frame and outline it")
@@ -109,7 +109,7 @@ class VideoPanel(QGroupBox):
             self.list.clear()
             self.figures.setText("")
         if stack and self.host is None:
-            self.host = _jobs.VideoHost(project, name)
+            self.host = self.dock.session.video(name)
 
     def _ready(self) -> bool:
         if self.host is None or self.dock.project is None:
@@ -122,7 +122,7 @@ class VideoPanel(QGroupBox):
         """List the units to label next (on the worker: the first call builds the session)."""
         if not self._ready():
             return
-        host, k, lock = self.host, self.count.value(), self.dock.project_lock
+        host, k = self.host, self.count.value()
         unit = UNIT_CHOICES[self.unit_box.currentText()]
 
         def finished(rows):
@@ -130,10 +130,10 @@ class VideoPanel(QGroupBox):
                 self.show_units(rows)
 
         self.dock.say("Choosing units to label…")
-        self.dock.queue.submit("video-units", lambda ctx: _jobs.video_units(host, k, lock, ctx, unit), finished,
+        self.dock.queue.submit("video-units", self.dock.session.units_job(host, k, unit), finished,
                                channel="video-units")
 
-    def show_units(self, rows: list[_jobs.UnitRow]) -> None:
+    def show_units(self, rows: list[UnitRow]) -> None:
         self.rows = list(rows)
         self.list.clear()
         for r in self.rows:
@@ -150,7 +150,7 @@ class VideoPanel(QGroupBox):
         if row is not None:
             self.go_to(row)
 
-    def go_to(self, row: _jobs.UnitRow) -> None:
+    def go_to(self, row: UnitRow) -> None:
         """Jump to the unit's frame and outline it (one shapes layer, replaced each time)."""
         viewer = self.dock.viewer
         viewer.dims.set_current_step(0, row.frame)
@@ -172,8 +172,7 @@ class VideoPanel(QGroupBox):
         if self.job is not None:
             self.dock.say("Propagation is already running.")
             return
-        host, steps, lock = self.host, self.steps.value(), self.dock.project_lock
-        state: dict = {}  # carries the steps done across pauses for clicks
+        host, steps = self.host, self.steps.value()
 
         def finished(figures):
             self.running(False)
@@ -187,7 +186,7 @@ class VideoPanel(QGroupBox):
         self.running(True)
         self.dock.say("Propagating…")
         self.job = self.dock.queue.submit("video-propagate",
-                                          lambda ctx: _jobs.video_propagate(host, steps, lock, ctx, state),
+                                          self.dock.session.propagate_job(host, steps),
                                           finished, channel="video-propagate", on_progress=self.step,
                                           preemptible=True, on_error=lambda err: self.running(False))
 

@@ -1,14 +1,14 @@
 """The annotation dock: project, interactive tools, ranked images, suggestions, training, export.
 
-The dock owns the one writable :class:`~napari_hitl.project.Project` of the viewer. Layers
-that carry ``metadata['hitl_project']`` (from the reader or a sample) are adopted: the dock
-opens their project and shows its images. Every model call runs on the dock's
-:class:`~napari_hitl.napari._worker.ModelQueue`; the UI thread only paints results.
+The dock holds the viewer's one :class:`~napari_hitl.app.session.Session` (the writable
+project, its lock, model and predictions). Layers that carry ``metadata['hitl_project']``
+(from the reader or a sample) are adopted: the dock opens their project and shows its
+images. Every session job runs on the dock's :class:`~napari_hitl.napari._worker.ModelQueue`;
+the UI thread only paints results.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_hitl.app.export import summary_text
+from napari_hitl.app.model_host import warm_up
+from napari_hitl.app.session import Session
 from napari_hitl.errors import HitlError
-from napari_hitl.napari import _jobs
 from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, image_layer_data
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
 from napari_hitl.napari._tools import MODE_TITLES, MODES, ToolController, check_engine, shortcut_help
@@ -62,14 +64,10 @@ class HitlWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.project: Project | None = None
+        self.session: Session | None = None
         self.current: str | None = None
         self.image_layer = None
         self.labels_layer = None
-        self.predictions: dict = {}  # image name -> list[Prediction] (one per frame)
-        self.project_lock = threading.RLock()
-        self.model: _jobs.ModelHost | None = None
-        self.accepted_since_training = 0
         self.train_job = None
         self._devices: dict[str, str] = {}
         self.queue = ModelQueue(self)
@@ -212,6 +210,11 @@ class HitlWidget(QWidget):
         self.reset_button.clicked.connect(lambda: self.run_action("reset"))
         return group
 
+    @property
+    def project(self) -> Project | None:
+        """The open project (the session's), or None."""
+        return None if self.session is None else self.session.project
+
     # ------------------------------------------------------------------ small helpers
     def say(self, text: str) -> None:
         """Show a line of status at the bottom of the dock."""
@@ -293,12 +296,10 @@ class HitlWidget(QWidget):
         project = path_or_project if isinstance(path_or_project, Project) else Project.open(path_or_project)
         if self.project is not None and self.project.root != project.root:
             self.queue.cancel()
-            self.project.close()
-        self.project = project
-        self.model = _jobs.ModelHost(project)
-        self.predictions = {}
+            self.session.close()
+        self.session = Session(project)
+        self.session.on("committed", self._committed)
         self.ranking.rows = None
-        self.accepted_since_training = 0
         self.project_label.setText(f"<b>{project.name}</b> — {len(project)} images, "
                                    f"classes: {', '.join(c.name for c in project.classes[1:])}<br>{project.root}")
         self.class_box.blockSignals(True)
@@ -308,19 +309,17 @@ class HitlWidget(QWidget):
         self.class_box.blockSignals(False)
         self.refresh_list()
         self._load_thumbnails()
-        self.queue.submit("warm-up", _jobs.warm_up, lambda device: self.show_device(model=device))
+        self.queue.submit("warm-up", warm_up, lambda device: self.show_device(model=device))
         self.project_changed.emit()
         if show:
             self.show_image(project.images[0].name)
 
     def close_project(self) -> None:
         self.queue.cancel()
-        if self.project is not None:
-            self.project.close()
-        self.project = None
-        self.model = None
+        if self.session is not None:
+            self.session.close()
+        self.session = None
         self.current = None
-        self.predictions = {}
         self.video.image_shown(None)
         self.image_list.clear()
         self.project_label.setText("No project open")
@@ -453,27 +452,27 @@ class HitlWidget(QWidget):
 
         def commit():
             data = np.asarray(self.labels_layer.data)
-            with self.project_lock:
-                if self.project.record(self.current).is_stack:
-                    t = self.tools.frame()
-                    counts = self.project.commit_labels(self.current, data[t], source="human", frame=t)
-                else:
-                    counts = self.project.commit_labels(self.current, data, source="human")
+            if self.project.record(self.current).is_stack:
+                t = self.tools.frame()
+                counts = self.session.commit(self.current, data[t], source="human", frame=t)
+            else:
+                counts = self.session.commit(self.current, data, source="human")
             self.tools.committed()
             self.status.setText(f"Saved {self.current}: {counts.human} human pixels")
-            self.refresh_list()
-            self.accepted_since_training += 1
-            if self.training.auto.isChecked() and self.accepted_since_training >= self.training.auto_n.value():
-                self.train()
 
         self._guard(commit)
+
+    def _committed(self, name: str, counts) -> None:
+        """Any saved answer (accepted labels, suggestions): refresh the list; train when due."""
+        self.refresh_list()
+        if self.training.auto.isChecked() and self.session.wants_training(self.training.auto_n.value()):
+            QTimer.singleShot(0, self.train)
 
     def reload_labels(self, name: str) -> None:
         """Show the project's saved labels of ``name`` in the labels layer (after propagation)."""
         if name != self.current or self.labels_layer is None or self.project is None:
             return
-        with self.project_lock:
-            labels, _ = self.project.read_labels(name)
+        labels, _ = self.session.read_labels(name)
         self.labels_layer.data = labels
         self.refresh_list()
 
@@ -483,23 +482,18 @@ class HitlWidget(QWidget):
         if self.project is None:
             show_error("Open a project first.")
             return
-        host = self.model
-        names = [r.name for r in self.project.images]
-        done: dict = {}
-
-        def fn(ctx):
-            return _jobs.predict_images(host, names, done, ctx)
+        session = self.session
 
         def finished(preds):
-            if host is not self.model:
+            if session is not self.session:
                 return
-            self.predictions.update(preds)
+            session.predicted(preds)
             self.ranking.resort()
-            self.show_device(model=host.trainer.device_description)
+            self.show_device(model=session.model.trainer.device_description)
             self.say(f"Ranked {len(preds)} images by {self.ranking.choice}")
 
         self.say("Predicting every image…")
-        self.queue.submit("rank", fn, finished, channel="rank", preemptible=True,
+        self.queue.submit("rank", session.predict_job(), finished, channel="rank", preemptible=True,
                           on_progress=lambda i, n: self.say(f"Predicting {i}/{n}…"))
 
     def suggest(self) -> None:
@@ -507,28 +501,20 @@ class HitlWidget(QWidget):
         if self.project is None or self.current is None:
             show_error("Open an image first.")
             return
-        host, name, t = self.model, self.current, self.tools.frame()
+        session, name, t = self.session, self.current, self.tools.frame()
         k, n_segments = self.suggestions.count.value(), self.suggestions.size.value()
-        cached = self.predictions.get(name)
-        exclude = set(self.suggestions.asked.get((name, t, n_segments), set()))
-        n_classes = self.project.n_classes
-
-        def fn(ctx):
-            preds = cached or _jobs.predict_images(host, [name], {}, ctx)[name]
-            image = host.project.read_image(name)
-            plane = image[t] if host.project.record(name).is_stack else image
-            seg, sugs = _jobs.superpixel_suggestions(plane, preds[t], n_classes, k, n_segments, exclude)
-            return preds, seg, sugs
+        exclude = self.suggestions.asked.get((name, t, n_segments), set())
 
         def finished(result):
             preds, seg, sugs = result
-            if host is not self.model:
+            if session is not self.session:
                 return
-            self.predictions[name] = preds
+            session.predicted({name: preds})
             self.suggestions.show_suggestions(name, t, seg, sugs, n_segments)
 
         self.say("Finding uncertain superpixels…")
-        self.queue.submit("suggest", fn, finished, channel="suggest")
+        self.queue.submit("suggest", session.suggest_job(name, t, k, n_segments, exclude), finished,
+                          channel="suggest")
 
     def train(self) -> None:
         """One training round in the background (pauses for clicks); then re-predict and re-rank."""
@@ -538,24 +524,17 @@ class HitlWidget(QWidget):
         if self.train_job is not None:
             self.say("Training is already running.")
             return
-        host = self.model
+        session = self.session
         settings = self.training.train_settings()
-        pseudo = self.training.pseudo_settings()
-        predictions = dict(self.predictions)
-        state: dict = {}
-
-        def fn(ctx):
-            return _jobs.train_job(host, settings, settings.steps, pseudo, predictions, self.project_lock, state, ctx)
 
         def finished(figures):
             self.train_job = None
             self.training.running(False)
-            if figures is None or host is not self.model:
+            if figures is None or session is not self.session:
                 return
+            session.trained(figures)
             self.training.figures.setText(figures.text())
             self.show_device(model=figures.device)
-            self.accepted_since_training = 0
-            self.predictions = {}
             self.refresh_list()
             self.rank()
 
@@ -565,7 +544,8 @@ class HitlWidget(QWidget):
 
         self.training.running(True)
         self.say("Training…")
-        self.train_job = self.queue.submit("train", fn, finished, channel="train", preemptible=True,
+        self.train_job = self.queue.submit("train", session.train_job(settings, self.training.pseudo_settings()),
+                                           finished, channel="train", preemptible=True,
                                            on_error=failed, on_progress=self.training.step)
 
     def cancel_training(self) -> None:
@@ -581,18 +561,13 @@ class HitlWidget(QWidget):
         if self.project is None:
             show_error("Open a project first.")
             return
-        project, lock = self.project, self.project_lock
-
-        def fn(ctx):
-            return _jobs.export_all(project, out, fmt, lock, ctx)
-
         def finished(summary):
-            self.exporter.summary.setText(f"Exported to {out}<br>{_jobs.summary_text(summary)}"
+            self.exporter.summary.setText(f"Exported to {out}<br>{summary_text(summary)}"
                                           f"{'<br>model: ' + summary['model'] if summary['model'] else ''}")
             self.say(f"Exported {len(summary['images'])} images to {out}")
 
         self.say("Exporting…")
-        self.queue.submit("export", fn, finished, channel="export")
+        self.queue.submit("export", self.session.export_job(out, fmt), finished, channel="export")
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
         self.queue.stop()

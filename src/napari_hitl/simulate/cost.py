@@ -14,7 +14,7 @@ import numpy as np
 
 from napari_hitl.errors import InputError
 
-__all__ = ["polygon_clicks", "sample_clicks", "image_clicks"]
+__all__ = ["polygon_clicks", "sample_clicks", "image_clicks", "unit_clicks", "full_annotation_cost"]
 
 
 def _components(mask: np.ndarray):
@@ -137,3 +137,23 @@ def image_clicks(labels: np.ndarray, tolerance: float = 1.0, ignore_index: int |
     """Clicks to label a whole frame, counted like a rectangle sample covering the image."""
     labels = _check(labels)
     return sample_clicks(labels, np.ones(labels.shape, bool), tolerance, ignore_index)
+
+
+def unit_clicks(units, index: int, truth_frame: np.ndarray) -> int:
+    """Clicks to label unit ``index`` of a :class:`~napari_hitl.video.units.UnitSet` from the true
+    labels of its frame: a whole frame is traced, any other unit costs as a sample."""
+    if units.kind == "frame":
+        return int(image_clicks(np.asarray(truth_frame)))
+    bbox, local = units.local_mask(index)
+    y0, x0, y1, x1 = bbox
+    return int(sample_clicks(np.asarray(truth_frame)[y0:y1, x0:x1], local))
+
+
+def full_annotation_cost(truth, progress=None) -> int:
+    """Clicks to label every frame of ``truth`` (T, H, W) completely: the 100% of click budgets."""
+    total = 0
+    for t, lab in enumerate(truth):
+        total += int(image_clicks(np.asarray(lab)))
+        if progress is not None:
+            progress(t + 1, len(truth))
+    return total

@@ -498,15 +498,6 @@ class VideoSession:
         self.annotated[index] = True
         self.clicks += int(clicks)
 
-    def annotate_from_truth(self, index: int, truth: np.ndarray) -> int:
-        """Simulated annotator: label unit ``index`` from the true frames (T, H, W); returns its clicks."""
-        t = self.units.frame_of(index)
-        bbox, _ = self.units.local_mask(index)
-        y0, x0, y1, x1 = bbox
-        clicks = self.units.cost(index, truth[t])
-        self.set_unit_labels(index, np.asarray(truth[t][y0:y1, x0:x1]), clicks)
-        return clicks
-
     def work_labels(self) -> np.ndarray:
         """Human labels at the working resolution (-1 unlabelled)."""
         return resize_labels(self.labels, self.work_shape)
@@ -552,36 +543,3 @@ class VideoSession:
         """Compute every flow the propagation and the temporal term need (cached on disk)."""
         cb = None if self.progress is None else (lambda d, n: self.progress("flow", d, n))
         self.flows.precompute(gaps=[g for g in gaps if g < self.num_frames], progress=cb)
-
-    def annotate_budget(self, truth: np.ndarray, budget: int, probs, feats, first_round: bool,
-                        seed: int = 0, mean_cost: float = 2.0) -> RoundRecord:
-        """Simulated round of labelling: pick units and label them from ``truth`` until ``budget``
-        clicks are spent (a unit that would exceed it is skipped). Returns the round's record."""
-        rec = RoundRecord(len(self.rounds) + 1)
-        t0 = time.perf_counter()
-        tries = 0
-        scores, pooled, ranked = self.scores(probs, feats, first_round)
-        rec.seconds["score"] = time.perf_counter() - t0
-        skipped = np.zeros(len(self.units), bool)
-        while rec.clicks < budget and tries < 4:
-            tries += 1
-            k = max(1, int(np.ceil((budget - rec.clicks) / max(mean_cost, 1.0))))
-            picks = select_units(scores, pooled, k, self.annotated | skipped, not ranked, seed + tries)
-            if not picks:
-                break
-            for i in picks:
-                t = self.units.frame_of(i)
-                bbox, _ = self.units.local_mask(i)
-                cost = self.units.cost(i, truth[t])
-                if rec.clicks + cost > budget:
-                    skipped[i] = True
-                    continue
-                y0, x0, y1, x1 = bbox
-                self.set_unit_labels(i, np.asarray(truth[t][y0:y1, x0:x1]), cost)
-                rec.units.append(int(i))
-                rec.clicks += cost
-            if rec.units:
-                mean_cost = rec.clicks / len(rec.units)
-        rec.seconds["select+annotate"] = time.perf_counter() - t0
-        self.rounds.append(rec)
-        return rec

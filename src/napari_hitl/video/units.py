@@ -1,8 +1,8 @@
 """Annotation units of a video: whole frames, grid rectangles ("rect40" = 40x40 px cells) or SLIC superpixels.
 
 The units of a frame partition it, so a frame's units are one integer map (unit id per
-pixel) and per-unit statistics are bincounts. Each unit knows its frame and pixel mask;
-its click cost is the polygon cost of DESIGN.md (``napari_hitl.simulate.cost``).
+pixel) and per-unit statistics are bincounts. Each unit knows its frame and pixel mask (what a
+unit costs a simulated person: :func:`napari_hitl.simulate.cost.unit_clicks`).
 """
 
 from __future__ import annotations
@@ -196,17 +196,6 @@ class UnitSet:
             return m
         return cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
 
-    # -- cost --------------------------------------------------------------------------------
-    def cost(self, index: int, truth_frame: np.ndarray) -> int:
-        """Clicks to label unit ``index`` from the true labels of its frame (DESIGN.md polygon cost)."""
-        from napari_hitl.simulate.cost import image_clicks, sample_clicks
-
-        if self.kind == "frame":
-            return int(image_clicks(np.asarray(truth_frame)))
-        bbox, local = self.local_mask(index)
-        y0, x0, y1, x1 = bbox
-        return int(sample_clicks(np.asarray(truth_frame)[y0:y1, x0:x1], local))
-
 
 def mean_per_unit(unit_map: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     """Mean of ``values`` over each of the ``n`` units of ``unit_map`` (same shape; 0 for a unit
@@ -214,15 +203,3 @@ def mean_per_unit(unit_map: np.ndarray, values: np.ndarray, n: int) -> np.ndarra
     ids = np.asarray(unit_map).ravel()
     sums = np.bincount(ids, weights=np.asarray(values, np.float64).ravel(), minlength=n)[:n]
     return sums / np.maximum(np.bincount(ids, minlength=n)[:n], 1)
-
-
-def full_annotation_cost(truth, progress=None) -> int:
-    """Clicks to label every frame of ``truth`` (T, H, W) completely: the 100% of click budgets."""
-    from napari_hitl.simulate.cost import image_clicks
-
-    total = 0
-    for t, lab in enumerate(truth):
-        total += int(image_clicks(np.asarray(lab)))
-        if progress is not None:
-            progress(t + 1, len(truth))
-    return total

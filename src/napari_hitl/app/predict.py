@@ -1,0 +1,45 @@
+"""Predictions of the project's images with its model, and superpixel suggestions from them.
+
+Jobs take a context with ``should_stop()`` and ``progress(...)`` and return plain results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_hitl.active.uncertainty import Prediction
+from napari_hitl.app.model_host import ModelHost
+
+
+def predict_images(host: ModelHost, names: list[str], done: dict, ctx) -> dict[str, list[Prediction]]:
+    """Predict ``names`` (every frame of a time-lapse) into ``done``; stops early when asked."""
+    from napari_hitl.model.segnet import predict_with_features
+
+    model = host.get().model
+    project = host.project
+    for i, name in enumerate(names):
+        if name in done:
+            continue
+        if ctx.should_stop():
+            return done
+        image = project.read_image(name)
+        planes = list(image) if project.record(name).is_stack else [image]
+        preds = []
+        for plane in planes:
+            p, f = predict_with_features(model, plane)
+            preds.append(Prediction.from_probs(p, f.mean(axis=(1, 2)).astype(np.float32)))
+        done[name] = preds
+        ctx.progress(i + 1, len(names))
+    return done
+
+
+def superpixel_suggestions(image: np.ndarray, pred: Prediction, num_classes: int, k: int = 8,
+                           n_segments: int = 150, exclude=()):
+    """``(segments, suggestions)``: SLIC superpixels of one plane and the ``k`` most uncertain
+    (margin, edge-weighted, class-balanced) as :class:`~napari_hitl.active.superpixels.Suggestion`."""
+    from napari_hitl.active.superpixels import edge_strength, image_suggestions, slic_superpixels, suggest_superpixels
+
+    seg = slic_superpixels(image, n_segments=n_segments)
+    cands = image_suggestions(0, seg, 1.0 - pred.margin, pred.pred, num_classes, edge_strength(image), 1.0,
+                              exclude=exclude)
+    return seg, suggest_superpixels(cands, k, class_balanced=True)

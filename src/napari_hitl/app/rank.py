@@ -1,0 +1,74 @@
+"""The ranking panel's orders: the project's images scored from their predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_hitl.active.ranking import SCORERS, ImageScore, rank_images, score_maps
+from napari_hitl.active.uncertainty import Prediction
+from napari_hitl.errors import InputError
+
+#: the panel's orders: label -> a strategy of :mod:`napari_hitl.active.ranking` (a scorer of its
+#: SCORERS registry, or coverage), or "diversity" (margin, its k-means picks on top)
+RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": "margin", "diversity": "diversity",
+            "coverage": "coverage"}
+
+
+def image_score(index: int, name: str, preds: list[Prediction], beta: float) -> ImageScore:
+    """One :class:`ImageScore` per image (a time-lapse: the mean over its frames)."""
+    per = [score_maps(p.conf, p.pred, p.margin, p.entropy, beta, 0, index, name) for p in preds]
+    fields = ("consistency", "entropy", "margin_uncertainty", "object_fraction", "unsure_fraction")
+    return ImageScore(index, name, **{f: float(np.mean([getattr(s, f) for s in per])) for f in fields})
+
+
+@dataclass
+class RankedRow:
+    """One row of the ranking panel."""
+
+    name: str
+    value: float      # the shown score (see :func:`rank_rows`)
+    picked: bool      # a diversity pick
+    score: ImageScore
+
+
+def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice: str, beta: float = 0.9,
+              budget: int = 5, labelled=()) -> list[RankedRow]:
+    """Rows in the order the person should look at them under ``choice`` (a key of RANKINGS).
+
+    Shown value: local consistency (low first), mean entropy or mean margin uncertainty
+    (high first); "diversity" orders by margin with its k-means picks on top; "coverage" puts
+    on top typical images of what the ``labelled`` images (names) do not cover yet, the rest
+    by margin (the start of a project, when the model's uncertainty means little). Images
+    without a prediction come last, in project order.
+    """
+    if choice not in RANKINGS:
+        raise InputError(f"unknown ranking {choice!r}; use one of {', '.join(RANKINGS)}")
+    strategy = RANKINGS[choice]
+    have = [n for n in names if n in predictions]
+    scores = [image_score(i, n, predictions[n], beta) for i, n in enumerate(have)]
+    rows: list[RankedRow] = []
+    if scores:
+        if strategy not in SCORERS:  # diversity or coverage: picks on top, the rest by margin
+            feats = np.stack([np.mean([p.features for p in predictions[n]], axis=0) for n in have])
+            if strategy == "diversity":
+                ranking = rank_images(scores, "margin", min(budget, len(scores)), feats, diversity=True)
+                by_margin = ranking.order
+            else:
+                lab = set(labelled)
+                done = [i for i, n in enumerate(have) if n in lab]
+                ranking = rank_images(scores, "coverage", min(budget, len(scores)), feats, exclude=done)
+                by_margin = rank_images(scores, "margin", 0).order
+            picked = list(ranking.picked)
+            order = picked + [i for i in by_margin if i not in ranking.picked]
+            value = SCORERS["margin"].field
+        else:
+            ranking = rank_images(scores, strategy, 0)
+            order, picked = list(ranking.order), []
+            value = SCORERS[strategy].field
+        for i in order:
+            s = scores[i]
+            rows.append(RankedRow(s.name, float(getattr(s, value)), i in picked, s))
+    rows += [RankedRow(n, float("nan"), False, ImageScore(-1, n)) for n in names if n not in predictions]
+    return rows

@@ -1,0 +1,155 @@
+"""One open project and the work on it, shared by the dock and the command line (no Qt).
+
+A :class:`Session` owns the project, the single lock its writers take, the model host (the
+one checkpoint), the cache of predictions and the count of accepted answers since the last
+training round. Its ``*_job`` methods return ``fn(ctx)`` callables for a worker
+(``ctx.should_stop()``, ``ctx.progress(...)``): they read and write the project under the
+lock and return plain results; the caller hands them back with :meth:`Session.predicted` or
+:meth:`Session.trained` on its own thread. Listeners registered with :meth:`Session.on` hear
+``committed(name, counts)``, ``predicted(predictions)`` and ``trained(figures)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from napari_hitl.active.pseudo import PseudoSettings
+from napari_hitl.active.uncertainty import Prediction
+from napari_hitl.app.model_host import ModelHost
+from napari_hitl.project import Counts, Project
+
+#: what a listener can hear (see the module docstring)
+EVENTS = ("committed", "predicted", "trained")
+#: label sources that count as answers towards auto-training (pseudo labels do not)
+ANSWERS = ("human", "machine")
+
+
+class Session:
+    """The open project, its lock, model, predictions and answer count (see the module docstring)."""
+
+    def __init__(self, project: Project):
+        self.project = project
+        self.lock = threading.RLock()
+        self.model = ModelHost(project)
+        self.predictions: dict[str, list[Prediction]] = {}  # image name -> one per frame
+        self.answers_since_training = 0
+        self._listeners: dict[str, list[Callable]] = {e: [] for e in EVENTS}
+
+    @classmethod
+    def open(cls, path) -> Session:
+        return cls(Project.open(path))
+
+    def close(self) -> None:
+        self.project.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.project.images]
+
+    # ------------------------------------------------------------------ events
+    def on(self, event: str, fn: Callable) -> None:
+        """Call ``fn(*args)`` whenever ``event`` (one of EVENTS) happens."""
+        self._listeners[event].append(fn)
+
+    def _emit(self, event: str, *args) -> None:
+        for fn in list(self._listeners[event]):
+            fn(*args)
+
+    # ------------------------------------------------------------------ labels
+    def commit(self, name: str, labels, *, source: str = "human", where=None, frame: int | None = None) -> Counts:
+        """The one path a person's labels take to the project: saved at once under the lock; human
+        and accepted (machine) labels count towards auto-training."""
+        with self.lock:
+            counts = self.project.commit_labels(name, labels, source=source, where=where, frame=frame)
+        if source in ANSWERS:
+            self.answers_since_training += 1
+        self._emit("committed", name, counts)
+        return counts
+
+    def read_labels(self, name: str, frame: int | None = None):
+        with self.lock:
+            return self.project.read_labels(name, frame=frame)
+
+    def wants_training(self, every: int) -> bool:
+        """True once ``every`` answers were saved since the last training round."""
+        return self.answers_since_training >= every
+
+    # ------------------------------------------------------------------ jobs
+    def predict_job(self, names: list[str] | None = None):
+        """``fn(ctx)``: predict ``names`` (default all; resumable after a pause) -> {name: predictions}."""
+        from napari_hitl.app.predict import predict_images
+
+        names = self.names if names is None else list(names)
+        done: dict = {}
+        return lambda ctx: predict_images(self.model, names, done, ctx)
+
+    def predicted(self, predictions: dict[str, list[Prediction]]) -> None:
+        """Keep finished predictions (call on the thread that owns the session)."""
+        self.predictions.update(predictions)
+        self._emit("predicted", predictions)
+
+    def suggest_job(self, name: str, frame: int, k: int, n_segments: int, exclude=()):
+        """``fn(ctx)``: the ``k`` most uncertain superpixels of one plane -> (predictions, segments,
+        suggestions); reuses the cached prediction of ``name``."""
+        from napari_hitl.app.predict import predict_images, superpixel_suggestions
+
+        cached = self.predictions.get(name)
+        exclude = set(exclude)
+        n_classes = self.project.n_classes
+
+        def fn(ctx):
+            preds = cached or predict_images(self.model, [name], {}, ctx)[name]
+            image = self.project.read_image(name)
+            plane = image[frame] if self.project.record(name).is_stack else image
+            seg, sugs = superpixel_suggestions(plane, preds[frame], n_classes, k, n_segments, exclude)
+            return preds, seg, sugs
+
+        return fn
+
+    def train_job(self, settings, pseudo: PseudoSettings | None):
+        """``fn(ctx)``: one training round on the project (resumable) -> TrainFigures or None."""
+        from napari_hitl.app.train import train_job
+
+        predictions = dict(self.predictions)
+        state: dict = {}
+        return lambda ctx: train_job(self.model, settings, settings.steps, pseudo, predictions, self.lock,
+                                     state, ctx)
+
+    def trained(self, figures) -> None:
+        """A round finished: answers start counting again, old predictions are dropped."""
+        self.answers_since_training = 0
+        self.predictions = {}
+        self._emit("trained", figures)
+
+    def export_job(self, out, fmt: str = "tiff"):
+        """``fn(ctx)``: labels, provenance, model and summary into ``out`` -> the summary dict."""
+        from napari_hitl.app.export import export_all
+
+        return lambda ctx: export_all(self.project, out, fmt, self.lock, ctx)
+
+    # ------------------------------------------------------------------ time-lapses
+    def video(self, name: str):
+        """A new :class:`~napari_hitl.app.video.VideoHost` of time-lapse ``name`` (its own tuner)."""
+        from napari_hitl.app.video import VideoHost
+
+        return VideoHost(self.project, name)
+
+    def units_job(self, host, k: int, unit: str | None = None):
+        """``fn(ctx)``: the ``k`` units of the time-lapse to label next -> list[UnitRow] or None."""
+        from napari_hitl.app.video import video_units
+
+        return lambda ctx: video_units(host, k, self.lock, ctx, unit)
+
+    def propagate_job(self, host, steps: int):
+        """``fn(ctx)``: one propagation round (resumable) -> PropagateFigures or None."""
+        from napari_hitl.app.video import video_propagate
+
+        state: dict = {}
+        return lambda ctx: video_propagate(host, steps, self.lock, ctx, state)

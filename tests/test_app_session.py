@@ -1,0 +1,85 @@
+"""The application session without a viewer: one commit path, answer counting, pseudo-labels,
+and the ranking panel's orders."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_hitl.active.uncertainty import Prediction
+from napari_hitl.app.model_host import checkpoint_path
+from napari_hitl.app.pseudo import commit_pseudo_labels
+from napari_hitl.app.session import Session
+from napari_hitl.project import HUMAN, MACHINE, PSEUDO, Project
+
+
+@pytest.fixture
+def session(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8)).save(imgs / f"img{i}.png")
+    with Session(Project.create(tmp_path / "proj", imgs, classes=["bg", "cell"])) as s:
+        yield s
+
+
+def test_every_answer_goes_through_commit_and_counts_towards_training(session):
+    heard = []
+    session.on("committed", lambda name, counts: heard.append((name, counts.human, counts.machine)))
+    ones = np.ones((20, 30), np.uint8)
+    top = np.zeros((20, 30), bool)
+    top[:5] = True
+    session.commit("img0", ones, source="human")
+    session.commit("img1", ones, source="machine", where=top)  # an accepted suggestion
+    assert heard == [("img0", 600, 0), ("img1", 0, 150)]
+    assert session.answers_since_training == 2 and session.wants_training(2) and not session.wants_training(3)
+    session.commit("img2", ones, source="pseudo")  # the machine's own guesses are no answers
+    assert session.answers_since_training == 2
+    session.trained(None)
+    assert session.answers_since_training == 0 and session.predictions == {}
+
+
+def test_pseudo_labels_never_overwrite_human_or_accepted_pixels(session):
+    lab = np.zeros((20, 30), np.uint8)
+    lab[:, :10] = 1
+    session.commit("img0", lab, source="human", where=lab == 1)
+    right = np.zeros((20, 30), bool)
+    right[:, 25:] = True
+    session.commit("img0", np.ones((20, 30), np.uint8), source="machine", where=right)
+    proba = np.zeros((2, 20, 30), np.float32)
+    proba[0], proba[1] = 0.05, 0.95  # sure it is all class 1 ...
+    proba[:, 15:, :] = 0.5            # ... except the bottom rows
+    where, _ = commit_pseudo_labels(session.project, "img0", Prediction.from_probs(proba), delta=0.9)
+    labels, prov = session.read_labels("img0")
+    assert where.sum() == 15 * 15 and (prov[:15, 10:25] == PSEUDO).all() and (labels[:15, 10:25] == 1).all()
+    assert (prov[:, :10] == HUMAN).all() and (prov[:, 25:] == MACHINE).all() and (prov[15:, 10:25] == 0).all()
+
+
+def test_a_fresh_project_has_no_model_and_the_checkpoint_has_one_name(session):
+    assert not session.model.trained
+    assert checkpoint_path(session.project) == session.project.checkpoint_dir / "segnet.pt"
+    ctx = SimpleNamespace(should_stop=lambda: True, progress=lambda *a: None)
+    assert session.predict_job()(ctx) == {}  # asked to stop before the first image
+
+
+def test_coverage_ranking_puts_typical_images_of_unlabelled_regions_first():
+    from napari_hitl.app.rank import rank_rows
+
+    e = np.eye(3)
+    # two feature regions: a (4 images, one labelled) and b (3 images); b's centre is 'b0'
+    dirs = {"a0": e[0], "a1": e[0] + 0.2 * e[1], "a2": e[0] - 0.2 * e[1], "a3": e[0] + 0.2 * e[2],
+            "b0": e[1], "b1": e[1] + 0.2 * e[0], "b2": e[1] - 0.2 * e[0]}
+    names = list(dirs)
+    preds = {}
+    for k, (n, d) in enumerate(dirs.items()):
+        m = np.full((8, 8), 0.1 * (k + 1), np.float32)  # margin uncertainty 1 - m shrinks down the list
+        preds[n] = [Prediction(np.zeros((8, 8), np.uint8), 1 - m, m, m, d.astype(np.float32))]  # pooled, as the dock keeps
+    rows = rank_rows(names, preds, "coverage", budget=1, labelled=["a0"])
+    assert rows[0].name == "b0" and rows[0].picked and not any(r.picked for r in rows[1:])
+    assert [r.name for r in rows[1:]] == ["a0", "a1", "a2", "a3", "b1", "b2"]  # the rest: most uncertain first
+    # nothing labelled yet: the bigger region's centre comes first
+    assert [r.name for r in rank_rows(names, preds, "coverage", budget=2) if r.picked] == ["a0", "b0"]
