@@ -436,18 +436,24 @@ def test_export_reads_one_snapshot_while_a_writer_commits(tmp_path):
         assert seen and (exported == 0).all() and manifest["totals"]["human"] == 6 * 12 * 14
 
 
-def test_a_new_class_keeps_the_saved_model(tmp_path, proj):
+def test_a_new_class_keeps_the_saved_model(tmp_path, proj, monkeypatch):
     torch = pytest.importorskip("torch")
-    from napari_hitl.model.train import Trainer, TrainSettings
+    from napari_hitl.app.model_host import ModelHost
+    from napari_hitl.model import train
 
-    ckpt = proj.checkpoint_dir / "segnet.pt"
-    Trainer(proj.n_classes, checkpoint_path=ckpt, settings=TrainSettings(steps=1), pretrained=False,
-            device="cpu").save()
+    real = train.Trainer
+    monkeypatch.setattr(train, "Trainer", lambda *a, **k: real(*a, **{**k, "pretrained": False, "device": "cpu"}))
+    host = ModelHost(proj)
+    first = host.get()
+    first.save()
+    old = first.model.head.weight.detach().clone()
     proj.add_class("membrane")
-    grown = Trainer(proj.n_classes, checkpoint_path=ckpt, pretrained=False, device="cpu")
-    assert grown.model.head.weight.shape[0] == 4
-    old = torch.load(ckpt, weights_only=True)["model"]["head.weight"]
+    grown = host.get()  # the host notices the new class and grows the model through its checkpoint
+    assert grown is not first and grown.model.head.weight.shape[0] == 4
     assert torch.equal(grown.model.head.weight.detach()[:3], old)
+    proj.close()
+    again = ModelHost(Project.open(proj.root)).get()  # and a later session loads the saved model
+    assert again.model.head.weight.shape[0] == 4
 
 
 # --------------------------------------------------------------------------- kill -9

@@ -4,33 +4,38 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 from napari_hitl.app.model_host import checkpoint_path
 
 
-def export_all(project, out, fmt: str, lock, ctx) -> dict:
+def export_all(project, out, fmt: str, lock, ctx, overwrite: bool = True) -> dict:
     """Export every label (``labels/``, ``provenance/``, ``manifest.json``), the model checkpoint
-    (``model/``) and ``summary.json`` (human vs machine pixels) into ``out``; returns the summary."""
+    (``model/``) and ``summary.json`` (human vs machine pixels) into ``out``, all read from one
+    snapshot and swapped into place together; returns the summary."""
     from napari_hitl.io import export_project
 
     out = Path(out)
+    summary = {}
+
+    def add_model_and_summary(stage: Path, manifest: dict) -> None:
+        per_image = {e["name"]: e["counts"] for e in manifest["images"]}
+        total = manifest["totals"]
+        pixels = max(1, sum(total.values()))
+        model = None
+        ckpt = checkpoint_path(project)
+        if ckpt.exists():
+            (stage / "model").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ckpt, stage / "model" / ckpt.name)
+            model = out / "model" / ckpt.name
+        summary.update({"project": str(project.root), "format": fmt, "manifest": str(out / "manifest.json"),
+                        "model": None if model is None else str(model), "pixels": total,
+                        "share": {k: v / pixels for k, v in total.items()}, "images": per_image})
+        (stage / "summary.json").write_text(json.dumps(summary, indent=2))
+
     with lock:
-        manifest = export_project(project, out, fmt, should_stop=ctx.should_stop)
-        per_image = {r.name: asdict(project.counts(r.name)) for r in project.images}
-    total = {k: sum(v[k] for v in per_image.values()) for k in ("unlabelled", "human", "machine", "pseudo")}
-    pixels = max(1, sum(total.values()))
-    model = None
-    ckpt = checkpoint_path(project)
-    if ckpt.exists():
-        (out / "model").mkdir(parents=True, exist_ok=True)
-        model = out / "model" / ckpt.name
-        shutil.copy2(ckpt, model)
-    summary = {"project": str(project.root), "format": fmt, "manifest": str(manifest),
-               "model": None if model is None else str(model), "pixels": total,
-               "share": {k: v / pixels for k, v in total.items()}, "images": per_image}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        export_project(project, out, fmt, overwrite=overwrite, should_stop=ctx.should_stop,
+                       extra=add_model_and_summary)
     return summary
 
 

@@ -51,6 +51,10 @@ class ModelHost:
         """The :class:`~napari_hitl.model.train.Trainer` (resumed from the project's checkpoint)."""
         from napari_hitl.model.train import Trainer
 
+        if self.trainer is not None and self.trainer.num_classes != self.project.n_classes:
+            self.trainer.save()  # a class was added: reload through the checkpoint, which grows the head
+            settings = settings or self.trainer.settings
+            self.trainer = None
         if self.trainer is None:
             self.trainer = Trainer(self.project.n_classes, checkpoint_path=self.checkpoint, settings=settings)
         elif settings is not None:
