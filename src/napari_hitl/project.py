@@ -774,7 +774,7 @@ class Project:
                 self._discard(new_files)
                 raise
             try:
-                with self._transaction(f"{event} of {rec.name!r}", files=new_files) as db:
+                with self._transaction(f"{event} of {rec.name!r}") as db:
                     db.executemany("INSERT OR REPLACE INTO planes(image, frame, file, unlabelled, human, machine, "
                                    "pseudo) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                     counts = self._counts_of(db, rec)
@@ -782,12 +782,16 @@ class Project:
             except BaseException:
                 self._discard(new_files)
                 raise
-            self._garbage.extend(self._label_path(old[t]) for t in frames if t in old)
+            for t in (t for t in frames if t in old):
+                try:
+                    self._garbage.append(self._label_path(old[t]))
+                except CorruptFileError:
+                    pass  # a tampered pointer that was just replaced: there is no file of ours to delete
         self._collect()
         return counts
 
     @contextmanager
-    def _transaction(self, what: str, files: list[Path] = ()) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
         """One write transaction on the index; a failure rolls it back and says so."""
         self._writable()
         with self._mutex:
