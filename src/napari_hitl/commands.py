@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_hitl.errors import InputError
-from napari_hitl.project import Project
+from napari_hitl.project import Counts, Project
 
 
 def _bar(done: int, total: int, label: str = "") -> None:
@@ -34,9 +34,10 @@ def info(args) -> int:
     with Project.open(args.project, readonly=True) as project:
         print(f"project {project.root}")
         print(f"  images: {len(project)}   classes: {', '.join(f'{c.id}={c.name}' for c in project.classes)}")
-        total = project.total_counts()
+        every = project.all_counts()  # one query, one snapshot: the rows add up to the total
+        total = sum(every.values(), Counts())
         for rec in project.images:
-            c = project.counts(rec.name)
+            c = every[rec.name]
             frames = f" x{rec.frames}" if rec.is_stack else ""
             print(f"  {rec.name:<32} {rec.shape[0]}x{rec.shape[1]}{frames:<5} {c.status:<8} "
                   f"human {c.human:>9}  machine {c.machine:>9}  pseudo {c.pseudo:>9}")

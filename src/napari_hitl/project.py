@@ -215,6 +215,13 @@ def _flock(fd: int, exclusive: bool, block: bool) -> bool:
     return True
 
 
+def _funlock(fd: int) -> None:
+    if os.name != "nt":
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 class _Lock:
     """The writer's exclusive lock, on the project folder itself (deleting ``.lock`` cannot
     release it); ``.lock`` only says who holds it. The OS drops it if the process dies."""
@@ -274,6 +281,7 @@ class Project:
         self._mutex = threading.RLock()    # one thread at a time on the writer's connection
         self._local = threading.local()    # a thread's open snapshot
         self._garbage: list[Path] = []     # replaced label files not yet deleted
+        self._readers: list[tuple[sqlite3.Connection, int]] = []  # every thread's read connection
         self._load_index()
 
     # ------------------------------------------------------------------ create / open
@@ -423,6 +431,12 @@ class Project:
         if self._db is not None:
             self._db.close()
             self._db = None
+        with self._mutex:
+            for conn, fd in self._readers:
+                conn.close()
+                os.close(fd)
+            self._readers = []
+        self._local = threading.local()
 
     def __enter__(self) -> Project:
         return self
@@ -590,22 +604,36 @@ class Project:
         if getattr(self._local, "conn", None) is not None:
             yield self
             return
+        conn, fd = self._thread_reader()
+        _flock(fd, exclusive=False, block=True)
+        try:
+            conn.execute("BEGIN")
+            try:
+                conn.execute("SELECT count(*) FROM classes").fetchone()  # the read transaction starts here
+                self._local.conn = conn
+                yield self
+            finally:
+                self._local.conn = None
+                conn.execute("ROLLBACK")
+        finally:
+            _funlock(fd)
+
+    def _thread_reader(self) -> tuple[sqlite3.Connection, int]:
+        """This thread's read connection and its file descriptor for the readers' lock (kept open)."""
         if self._db is None:
             raise ProjectError(f"project {self.root} is closed")
-        fd = os.open(self.root / DB_FILE, os.O_RDONLY)
-        conn = None
-        try:
-            _flock(fd, exclusive=False, block=True)
-            conn = _connect(self.root / DB_FILE, readonly=True)
-            conn.execute("BEGIN")
-            conn.execute("SELECT count(*) FROM classes").fetchone()  # the read transaction starts here
-            self._local.conn = conn
-            yield self
-        finally:
-            self._local.conn = None
-            if conn is not None:
-                conn.close()
-            os.close(fd)  # drops the shared lock
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            fd = os.open(self.root / DB_FILE, os.O_RDONLY)
+            try:
+                reader = (_connect(self.root / DB_FILE, readonly=True), fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._local.reader = reader
+            with self._mutex:
+                self._readers.append(reader)
+        return reader
 
     @contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
