@@ -11,6 +11,7 @@ from PIL import Image
 
 from napari_hitl import cli
 from napari_hitl.app.model_host import CHECKPOINT
+from napari_hitl.errors import InputError
 from napari_hitl.project import Project
 
 
@@ -99,3 +100,21 @@ def test_bench_commands_are_listed(capsys):
     out = capsys.readouterr().out
     for name in ("interactive", "loop", "video"):
         assert name in out
+
+
+def test_version_engine_choices_and_a_single_class(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.startswith("napari-hitl ")
+    with pytest.raises(SystemExit):
+        cli.main(["simulate", "--engine", "nope"])
+    assert "choose from" in capsys.readouterr().err
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(imgs / "a.png")
+    assert cli.main(["create", str(tmp_path / "p"), str(imgs), "--classes", "nucleus"]) == 0
+    assert "background (0), nucleus (1)" in capsys.readouterr().out
+    with Project.open(tmp_path / "p", readonly=True) as p:
+        assert [c.name for c in p.classes] == ["background", "nucleus"]
+    with pytest.raises(InputError, match="background class first"):
+        Project.create(tmp_path / "q", imgs, classes=["nucleus"])

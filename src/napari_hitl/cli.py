@@ -27,9 +27,23 @@ def _bench_module(name: str):
         raise
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("napari-hitl")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-hitl", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from napari_hitl.interactive.engine import available_engines
+
+    parser = argparse.ArgumentParser(
+        prog="napari-hitl", description="Human-in-the-loop segmentation for napari: projects, export, the demo, "
+        "a simulated annotation session and the benchmarks.")
+    parser.add_argument("--version", action="version", version=f"napari-hitl {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="open napari with the plugin docked on the sample project "
                        "(or, with --headless / no display, run the simulated session)")
@@ -39,12 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="headless: a simulated annotator labels a project and reports")
     p.add_argument("--project", help="project folder (default: a fresh copy of the sample project)")
     p.add_argument("--truth", help="folder of ground-truth label images named like the project's images")
-    p.add_argument("--engine", default="graph", help="interactive engine for the click robot")
+    p.add_argument("--engine", default="graph", choices=available_engines(),
+                   help="interactive engine for the click robot (default: %(default)s)")
     p.add_argument("--engine-option", action="append", default=None, metavar="KEY=VALUE",
                    help="engine option (repeatable); default for the graph engine: method=walker, "
                         "which handles many objects in one mask (nuclei) best")
-    p.add_argument("--target-iou", type=float, default=0.9)
-    p.add_argument("--max-clicks", type=int, default=20)
+    p.add_argument("--target-iou", type=float, default=0.9,
+                   help="the robot stops clicking on an image at this overlap with the truth (default: %(default)s)")
+    p.add_argument("--max-clicks", type=int, default=20, help="most clicks per image (default: %(default)s)")
     p.add_argument("--steps", type=int, default=60, help="training steps of the model's round")
     p.add_argument("--delta", type=float, default=0.9, help="confidence above which pixels are pseudo-labelled")
 
@@ -52,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project")
     p.add_argument("source", help="folder of images, a multi-page TIFF, or a frame folder with --timelapse")
     p.add_argument("--timelapse", action="store_true", help="treat the folder's images as frames of one stack")
-    p.add_argument("--classes", nargs="+", default=None, help="class names, background first")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="class names, background first (default: background object; a single name gets "
+                        "background added before it)")
 
     p = sub.add_parser("info", help="summarise a project (images, classes, provenance counts)")
     p.add_argument("project")

@@ -24,7 +24,11 @@ def _bar(done: int, total: int, label: str = "") -> None:
 
 
 def create(args) -> int:
-    with Project.create(args.project, args.source, classes=args.classes, timelapse=args.timelapse) as project:
+    classes = args.classes
+    if classes is not None and len(classes) == 1 and classes[0].lower() != "background":
+        classes = ["background", *classes]  # class 0 is the background: a lone name would be it
+        print(f"note: class 0 is the background, so the classes are: background (0), {classes[1]} (1)")
+    with Project.create(args.project, args.source, classes=classes, timelapse=args.timelapse) as project:
         print(f"created {project.root}: {len(project)} image(s), classes "
               f"{', '.join(c.name for c in project.classes)}; images referenced from {project.image_root}")
     return 0

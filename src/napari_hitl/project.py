@@ -190,6 +190,9 @@ def _inside(root: Path, rel: str, what: str, where: Path) -> Path:
 def default_classes(names: Sequence[str] | None = None) -> list[ClassInfo]:
     """A class table from names (background first); default: background + object."""
     names = list(names) if names else ["background", "object"]
+    if len(names) < 2:
+        raise InputError(f"a project needs a background class first and at least one class to annotate; got only "
+                         f"{names}: give e.g. 'background {names[0] if names else 'object'}'")
     if len(set(names)) != len(names):
         raise InputError(f"class names must be unique, got {names}")
     if len(names) > MAX_CLASSES:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_hitl.progress import text_progress
+
 FRAMES, SHAPE, VALUES = 6, (12, 14), 5
 
 
@@ -205,8 +207,7 @@ def run(args) -> int:
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="napari-hitl-crash-") as tmp:
         report = probe(Path(tmp), args.iterations, args.max_delay, args.seed,
-                       progress=lambda d, n: print(f"\rkill -9 {d}/{n}", end="", file=sys.stderr, flush=True))
-    print(file=sys.stderr)
+                       progress=lambda d, n: text_progress(d, n, "kill -9"))
     d = asdict(report)
     d["seconds"] = round(time.perf_counter() - t, 1)
     for key in ("iterations", "commits", "reads", "exports_checked", "checkpoints_checked", "torn_reads",
