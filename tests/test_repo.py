@@ -75,3 +75,13 @@ def test_core_import_stays_light():
             "print(sorted(m for m in ('torch', 'napari', 'qtpy', 'PyQt5') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"importing the core pulled in {out.stdout.strip()}"
+
+
+def test_torch_is_a_range_and_the_readme_commands_install_the_tested_release():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (torch,) = [d for d in meta["dependencies"] if d.startswith("torch")]
+    assert ">=" in torch and "<" in torch and "==" not in torch, torch  # a user's torch in range stays
+    assert meta["optional-dependencies"]["tested"] == ["torch==2.13.0"]
+    assert "tested" in meta["optional-dependencies"]["all"][0]  # README's commands install .[all...]
