@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_hitl import cli
+from napari_hitl import cli, io
 from napari_hitl.app.model_host import CHECKPOINT
 from napari_hitl.errors import InputError
 from napari_hitl.project import Project
@@ -34,6 +34,19 @@ def test_create_info_export(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "p"), str(tmp_path / "out"), "--format", "png"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["totals"]["human"] == 120
+    # the same export as the dock's: a summary beside the manifest; unlabelled pixels distinct
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["pixels"]["human"] == 120 and summary["model"] is None and "no trained model" in \
+        capsys.readouterr().out
+    out = tmp_path / "out"
+    assert manifest["unlabelled_value"] == 255
+    assert (io.read_labels(out / "labels" / "x0.png") == 255).all() and (io.read_labels(out / "labels" / "x1.png") == 1).all()
+    assert cli.main(["export", str(tmp_path / "p"), str(out), "--format", "png", "--colour", "--overwrite",
+                     "--unlabelled-as-background"]) == 0
+    with Image.open(out / "labels" / "x1.png") as img:
+        assert img.mode == "P" and tuple(img.getpalette()[3:6]) == tuple(Project.open(tmp_path / "p", readonly=True)
+                                                                          .classes[1].color)
+    assert (io.read_labels(out / "labels" / "x1.png") == 1).all() and (io.read_labels(out / "labels" / "x0.png") == 0).all()
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

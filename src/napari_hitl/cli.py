@@ -75,11 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a project (images, classes, provenance counts)")
     p.add_argument("project")
 
-    p = sub.add_parser("export", help="write all labels of a project with a manifest")
+    p = sub.add_parser("export", help="write all labels, their provenance, the model and a summary of a project")
     p.add_argument("project")
     p.add_argument("out")
     p.add_argument("--format", choices=("tiff", "png", "zarr"), default="tiff")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    p.add_argument("--colour", action="store_true", help="PNG labels indexed with the class colours, so image "
+                   "viewers show them (the values stay the labels)")
+    p.add_argument("--unlabelled-as-background", action="store_true",
+                   help="write 0 where no one labelled (default: 255, or 65535 with more than 255 classes; "
+                        "the provenance files mark those pixels with 0 either way)")
 
     p = sub.add_parser("bench", help="benchmarks that print the figures the issues name")
     bench = p.add_subparsers(dest="benchmark", required=True)

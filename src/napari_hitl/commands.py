@@ -5,22 +5,14 @@ Each function takes the parsed arguments, prints what it did and returns an exit
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from napari_hitl.errors import InputError
+from napari_hitl.progress import text_progress
 from napari_hitl.project import Counts, Project
-
-
-def _bar(done: int, total: int, label: str = "") -> None:
-    """A one-line progress bar on stderr (the CLI's progress display)."""
-    width = 30
-    filled = int(width * done / max(total, 1))
-    end = "\n" if done >= total else ""
-    print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
 
 
 def create(args) -> int:
@@ -53,12 +45,15 @@ def info(args) -> int:
 
 
 def export(args) -> int:
-    from napari_hitl.io import export_project
+    from napari_hitl.app.export import export_all, summary_text
 
     with Project.open(args.project, readonly=True) as project:
-        manifest = export_project(project, args.out, args.format, overwrite=args.overwrite,
-                                  progress=lambda d, t: _bar(d, t, "export"))
-    print(f"wrote {args.format} labels and provenance of every image to {args.out}; manifest {manifest}")
+        summary = export_all(project, args.out, args.format, overwrite=args.overwrite,
+                             progress=lambda d, t: text_progress(d, t, "export"),
+                             unlabelled=None if args.unlabelled_as_background else "auto", colour=args.colour)
+    model = f", the model ({summary['model']})" if summary["model"] else " (no trained model yet)"
+    print(f"wrote {args.format} labels and provenance of every image to {args.out}{model}, summary.json and "
+          f"manifest.json; pixels: {summary_text(summary)}")
     return 0
 
 
@@ -120,7 +115,7 @@ def simulate(args) -> int:
         trainer = session.model.get(TrainSettings(steps=args.steps, crop=192, seed=0))
         print(f"   device: {trainer.device_description}")
         result = trainer.train_round(samples_from_project(project),
-                                     progress=lambda step, total, loss: _bar(step, total, f"   loss {loss:.3f}"))
+                                     progress=lambda step, total, loss: text_progress(step, total, f"   loss {loss:.3f}"))
         print(f"   {result.steps_done} steps in {result.seconds:.0f} s, loss {result.final_loss:.3f}; "
               f"checkpoint {result.checkpoint}")
 

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 
@@ -328,10 +328,13 @@ def label_format(path: str | os.PathLike) -> str:
     return fmt
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
+def write_labels(path: str | os.PathLike, labels: np.ndarray,
+                 palette: Sequence[Sequence[int]] | None = None) -> Path:
     """Write a label array to TIFF, PNG (8-bit if values fit, else 16-bit) or zarr, atomically.
 
     PNG holds one 2-D plane; TIFF and zarr hold any dimensionality (a time-lapse stack too).
+    With ``palette`` (RGB per value) an 8-bit PNG is written indexed, so image viewers show
+    the colours while the values stay the labels.
     """
     path = Path(path)
     labels = check_labels(labels)
@@ -342,6 +345,15 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
             raise InputError(f"PNG holds one 2-D plane; labels have shape {labels.shape} (use TIFF or zarr)")
         if hi > 65535:
             raise InputError(f"PNG holds at most 16-bit values; labels reach {hi} (use TIFF or zarr)")
+        if palette is not None and hi < 256:
+            from PIL import Image
+
+            img = Image.fromarray(labels.astype(np.uint8), mode="P")
+            flat = [int(v) for rgb in list(palette)[:256] for v in rgb]
+            img.putpalette(flat + [0] * (768 - len(flat)))
+            buf = BytesIO()
+            img.save(buf, format="PNG")
+            return atomic_write_bytes(path, buf.getvalue())
         import cv2
 
         data = labels.astype(np.uint8 if hi < 256 else np.uint16)
@@ -404,6 +416,11 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
             import tifffile
 
             return np.asarray(tifffile.imread(path))
+        from PIL import Image
+
+        with Image.open(path) as img:
+            if img.mode == "P":  # an indexed PNG: the indices are the labels
+                return np.asarray(img)
         import cv2
 
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -421,10 +438,15 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
 EXPORT_ENTRIES = {"labels", "provenance", "model", "manifest.json", "summary.json"}
 
 
+#: the label value an export writes where no one labelled (Pascal VOC's "void"), if classes fit 8 bits
+UNLABELLED_VALUE = 255
+
+
 def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwrite: bool = False,
                    progress: Callable[[int, int], Any] | None = None,
                    should_stop: Callable[[], bool] | None = None,
-                   extra: Callable[[Path, dict], Any] | None = None) -> Path:
+                   extra: Callable[[Path, dict], Any] | None = None,
+                   unlabelled: int | str | None = "auto", colour: bool = False) -> Path:
     """Write every image's labels and provenance of ``project`` to ``out`` plus ``manifest.json``.
 
     ``fmt`` is 'tiff', 'png' or 'zarr' (PNG writes a time-lapse as one file per frame).
@@ -435,10 +457,19 @@ def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwr
     whole export or what it held before; ``extra(folder, manifest)`` may add files (the
     model, a summary) before the swap. ``out`` must be empty or absent, or hold an earlier
     export and ``overwrite`` be set; it may not lie inside the project or contain it.
+    Unlabelled pixels get the label ``unlabelled`` ('auto': 255, or 65535 with more than 255
+    classes; None: 0, like the background), named in the manifest; the provenance files say
+    the same with 0. ``colour`` writes PNG labels indexed with the class colours.
     Returns the manifest's path.
     """
     if fmt not in LABEL_FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {LABEL_FORMATS}")
+    n_classes = len(project.classes)
+    if unlabelled == "auto":
+        unlabelled = UNLABELLED_VALUE if n_classes <= UNLABELLED_VALUE else 65535
+    if unlabelled is not None and not (n_classes <= int(unlabelled) <= 65535):
+        raise InputError(f"the unlabelled value {unlabelled} must lie beyond the classes (0..{n_classes - 1}) "
+                         "and fit 16 bits")
     out = Path(out).expanduser().absolute()
     _check_export_target(project, out, overwrite)
     ext = {"tiff": ".tif", "png": ".png", "zarr": ".zarr"}[fmt]
@@ -452,7 +483,7 @@ def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwr
                           f"({err.strerror or err})") from err
     try:
         with project.snapshot():
-            manifest = _export_into(project, stage, fmt, ext, progress, should_stop)
+            manifest = _export_into(project, stage, fmt, ext, progress, should_stop, unlabelled, colour)
         if extra is not None:
             extra(stage, manifest)
         atomic_write_json(stage / "manifest.json", manifest)
@@ -489,27 +520,35 @@ def _check_export_target(project, out: Path, overwrite: bool) -> None:
                          "); choose an empty folder")
 
 
-def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop) -> dict:
+def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop, unlabelled: int | None,
+                 colour: bool) -> dict:
     """Every image's labels and provenance into ``stage``; returns the manifest."""
     entries, totals = [], {}
     records = project.images
+    colours = [list(c.color) for c in project.classes]
+    if unlabelled == UNLABELLED_VALUE:
+        colours += [[0, 0, 0]] * (UNLABELLED_VALUE - len(colours)) + [[255, 255, 255]]
+    palettes = {"labels": colours if colour else None,
+                "provenance": [[0, 0, 0], [0, 200, 0], [0, 120, 255], [255, 160, 0]] if colour else None}
     for k, rec in enumerate(records):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt("export cancelled")
         name = check_name(rec.name)  # file names come from the project: never a path
         labels, prov = project.read_labels(name)
+        if unlabelled is not None:
+            labels = np.where(prov == 0, np.uint16(unlabelled), labels)
         written = {}
         for kind, arr in (("labels", labels), ("provenance", prov)):
             if fmt == "png" and arr.ndim == 3:
                 files = []
                 for t in range(arr.shape[0]):
                     rel = f"{kind}/{name}/t{t:05d}.png"
-                    write_labels(stage / rel, arr[t])
+                    write_labels(stage / rel, arr[t], palettes[kind])
                     files.append(rel)
                 written[kind] = files
             else:
                 rel = f"{kind}/{name}{ext}"
-                write_labels(stage / rel, arr)
+                write_labels(stage / rel, arr, palettes[kind])
                 written[kind] = rel
         counts = project.counts(name)
         for key, value in vars(counts).items():
@@ -522,6 +561,9 @@ def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop
         "project": str(project.root), "format": fmt,
         "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in project.classes],
         "provenance_codes": {"0": "unlabelled", "1": "human", "2": "machine", "3": "pseudo"},
+        "unlabelled_value": unlabelled,
+        "unlabelled": ("labels hold unlabelled_value where no one labelled (provenance 0)" if unlabelled is not None
+                       else "labels hold 0 where no one labelled, like the background: read provenance 0"),
         "images": entries, "totals": totals,
     }
 

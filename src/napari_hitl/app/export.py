@@ -9,10 +9,14 @@ from pathlib import Path
 from napari_hitl.app.model_host import checkpoint_path
 
 
-def export_all(project, out, fmt: str, lock, ctx, overwrite: bool = True) -> dict:
+def export_all(project, out, fmt: str, lock=None, ctx=None, overwrite: bool = True, progress=None,
+               unlabelled: int | str | None = "auto", colour: bool = False) -> dict:
     """Export every label (``labels/``, ``provenance/``, ``manifest.json``), the model checkpoint
     (``model/``) and ``summary.json`` (human vs machine pixels) into ``out``, all read from one
-    snapshot and swapped into place together; returns the summary."""
+    snapshot and swapped into place together; returns the summary. The dock and
+    ``napari-hitl export`` both call this, so both write the same."""
+    from contextlib import nullcontext
+
     from napari_hitl.io import export_project
 
     out = Path(out)
@@ -33,9 +37,9 @@ def export_all(project, out, fmt: str, lock, ctx, overwrite: bool = True) -> dic
                         "share": {k: v / pixels for k, v in total.items()}, "images": per_image})
         (stage / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    with lock:
-        export_project(project, out, fmt, overwrite=overwrite, should_stop=ctx.should_stop,
-                       extra=add_model_and_summary)
+    with lock if lock is not None else nullcontext():
+        export_project(project, out, fmt, overwrite=overwrite, should_stop=None if ctx is None else ctx.should_stop,
+                       progress=progress, extra=add_model_and_summary, unlabelled=unlabelled, colour=colour)
     return summary
 
 
