@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -65,10 +66,10 @@ def test_simulate_runs_a_session_on_the_sample_project(capsys):
     root = out.split("project at ")[1].split()[0]
     with Project.open(root, readonly=True) as p:
         statuses = sorted(p.counts(r.name).status for r in p.images)
-        assert statuses.count("done") == 2 and p.total_counts().pseudo > 0
+        assert statuses.count("simulated") == 2 and p.total_counts().pseudo > 0 and p.total_counts().human == 0
         assert p.load_checkpoint(CHECKPOINT) is not None
         commits = [e for e in p.journal() if e["event"] == "commit"]
-        assert [e["source"] for e in commits[:2]] == ["human", "human"]
+        assert [e["source"] for e in commits[:2]] == ["simulated", "simulated"]
         assert {e["source"] for e in commits[2:]} == {"pseudo"}
     _dock_opens_the_simulated_model(root, out)
     assert cli.main(["simulate", "--engine-option", "nonsense"]) == 1
@@ -131,3 +132,23 @@ def test_version_engine_choices_and_a_single_class(tmp_path, capsys):
         assert [c.name for c in p.classes] == ["background", "nucleus"]
     with pytest.raises(InputError, match="background class first"):
         Project.create(tmp_path / "q", imgs, classes=["nucleus"])
+
+
+@pytest.mark.slow
+def test_simulate_on_a_project_works_on_a_copy(tmp_path, capsys):
+    """The robot's labels never land in the person's project unless --in-place, and then as simulated."""
+    from napari_hitl import samples
+
+    with samples.sample_project("nuclei", dest=tmp_path / "mine") as mine:
+        root = mine.root
+    truth = Path(samples.__file__).parent / "sample_data" / "nuclei" / "labels"
+    args = ["simulate", "--project", str(root), "--truth", str(truth), "--max-clicks", "2", "--steps", "2"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "working on a copy" in out and str(root) not in out.split("project at ")[1]
+    with Project.open(root, readonly=True) as p:
+        assert p.total_counts().total == p.total_counts().unlabelled  # untouched
+    assert cli.main(args + ["--in-place"]) == 0
+    with Project.open(root, readonly=True) as p:
+        total = p.total_counts()
+        assert total.simulated > 0 and total.human == 0

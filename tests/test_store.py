@@ -468,3 +468,21 @@ def test_kill_9_at_random_moments(tmp_path):
     assert report.ok, report.failures[:5]
     assert report.iterations == 100 and report.commits >= 50 and report.reads >= 100
     assert report.exports_checked >= 5 and report.checkpoints_checked >= 5
+
+
+def test_a_copy_is_one_snapshot_and_stands_alone(tmp_path):
+    imgs = _images(tmp_path / "imgs")
+    with Project.create(tmp_path / "p", imgs, copy=True, classes=["bg", "a", "b"]) as p:
+        p.commit_labels("img0", np.ones((12, 14), np.uint8))
+        p.commit_labels("img1", np.full((12, 14), 2, np.uint8), source="simulated")
+        copy = p.copy_to(tmp_path / "copy")
+        p.commit_labels("img0", np.full((12, 14), 2, np.uint8))  # the original moves on
+    shutil.rmtree(tmp_path / "p")
+    with Project.open(copy) as c:
+        assert (c.read_labels("img0")[0] == 1).all() and c.counts("img1").status == "simulated"
+        assert c.read_image("img1").shape == (12, 14) and c.journal()[-1]["event"] == "copied"
+        # machine labels never replace simulated ones, as they never replace a person's
+        c.commit_labels("img1", np.ones((12, 14), np.uint8), source="pseudo")
+        assert (c.read_labels("img1")[0] == 2).all()
+    with pytest.raises(ProjectError, match="not empty"):
+        Project.open(copy, readonly=True).copy_to(tmp_path / "imgs")

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="headless: a simulated annotator labels a project and reports")
     p.add_argument("--project", help="project folder (default: a fresh copy of the sample project)")
     p.add_argument("--truth", help="folder of ground-truth label images named like the project's images")
+    p.add_argument("--in-place", action="store_true", help="write the robot's labels (marked simulated) into "
+                   "--project itself; by default the session runs on a copy")
     p.add_argument("--engine", default="graph", choices=available_engines(),
                    help="interactive engine for the click robot (default: %(default)s)")
     p.add_argument("--engine-option", action="append", default=None, metavar="KEY=VALUE",

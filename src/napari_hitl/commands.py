@@ -36,8 +36,10 @@ def info(args) -> int:
             c = every[rec.name]
             frames = f" x{rec.frames}" if rec.is_stack else ""
             print(f"  {rec.name:<32} {rec.shape[0]}x{rec.shape[1]}{frames:<5} {c.status:<8} "
-                  f"human {c.human:>9}  machine {c.machine:>9}  pseudo {c.pseudo:>9}")
-        print(f"  total pixels: human {total.human}, machine {total.machine}, pseudo {total.pseudo}, "
+                  f"human {c.human:>9}  machine {c.machine:>9}  pseudo {c.pseudo:>9}"
+                  + (f"  simulated {c.simulated:>9}" if c.simulated else ""))
+        print(f"  total pixels: human {total.human}, simulated {total.simulated}, machine {total.machine}, "
+              f"pseudo {total.pseudo}, "
               f"unlabelled {total.unlabelled}")
         checkpoints = sorted(p.name for p in project.checkpoint_dir.glob("*.pt"))
         print(f"  checkpoints: {', '.join(checkpoints) or 'none'}")
@@ -60,12 +62,15 @@ def export(args) -> int:
 def simulate(args) -> int:
     """A simulated person runs one human-in-the-loop session on a project and reports each step.
 
+    With ``--project`` it works on a copy unless ``--in-place``; the robot's labels are saved
+    as 'simulated', never as a person's ('human').
+
     1. clicks: the click robot (``simulate.clicker``) segments the first image with an
-       interactive engine until the IoU target or the click cap; accepted as human labels;
-    2. train: the semantic model fine-tunes on the human labels (checkpoint in the project);
+       interactive engine until the IoU target or the click cap; saved as simulated labels;
+    2. train: the semantic model fine-tunes on those labels (checkpoint in the project);
     3. rank: the model predicts the other images, which are ranked by local consistency;
     4. correct: the robot corrects the least consistent image, starting from the model's mask;
-    5. pseudo-label: confident pixels of the rest are saved as pseudo labels (never over human).
+    5. pseudo-label: confident pixels of the rest are saved as pseudo labels (never over answers).
     """
     from napari_hitl import io, samples
     from napari_hitl.active.pseudo import PseudoSettings
@@ -78,11 +83,16 @@ def simulate(args) -> int:
     from napari_hitl.model.train import TrainSettings, samples_from_project
 
     if args.project:
-        project = Project.open(args.project)
         if not args.truth:
-            project.close()
             raise InputError("--truth is needed with --project: a folder of ground-truth label images "
                              "named like the project's images")
+        if args.in_place:
+            project = Project.open(args.project)
+        else:  # the robot's labels never land in the person's project unless asked
+            with Project.open(args.project, readonly=True) as original:
+                copy = original.copy_to(Path(tempfile.mkdtemp(prefix="napari-hitl-simulate-")) / original.root.name)
+            print(f"working on a copy of {original.root} at {copy} (--in-place writes into the project itself)")
+            project = Project.open(copy)
         truth_of = lambda name: io.read_labels(next(Path(args.truth).glob(f"{name}.*")))  # noqa: E731
     else:
         dest = Path(tempfile.mkdtemp(prefix="napari-hitl-simulate-")) / "nuclei-project"
@@ -103,15 +113,15 @@ def simulate(args) -> int:
         def annotate(name: str, start: np.ndarray | None) -> tuple[int, float]:
             mask, clicks, score, ms = _click_session(engine, project.read_image(name), truths[name].astype(bool),
                                                      start, args.target_iou, args.max_clicks)
-            counts = session.commit(name, mask.astype(np.uint8), source="human")
+            counts = session.commit(name, mask.astype(np.uint8), source="simulated")
             print(f"  {name:<22} {len(clicks):>2} clicks  IoU {score:.3f}  median {ms:5.0f} ms/click  "
-                  f"-> saved {counts.human} human pixels")
+                  f"-> saved {counts.simulated} pixels, marked simulated (never shown as a person's)")
             return len(clicks), score
 
         print("1. clicks on the first image")
         spent, _ = annotate(records[0].name, None)
 
-        print(f"2. training the model on the human labels ({args.steps} steps)")
+        print(f"2. training the model on the robot's labels ({args.steps} steps)")
         trainer = session.model.get(TrainSettings(steps=args.steps, crop=192, seed=0))
         print(f"   device: {trainer.device_description}")
         result = trainer.train_round(samples_from_project(project),
@@ -145,7 +155,7 @@ def simulate(args) -> int:
                   f"{right:6.1%} of them right")
 
         total = project.total_counts()
-        print(f"done: {spent} clicks; {total.human} human, {total.pseudo} pseudo, {total.unlabelled} unlabelled "
+        print(f"done: {spent} clicks; {total.simulated} simulated, {total.pseudo} pseudo, {total.unlabelled} unlabelled "
               f"pixels; project at {project.root}")
         print(f"reopen it in napari with:  napari {project.root}")
     return 0

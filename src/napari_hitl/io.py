@@ -529,7 +529,8 @@ def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop
     if unlabelled == UNLABELLED_VALUE:
         colours += [[0, 0, 0]] * (UNLABELLED_VALUE - len(colours)) + [[255, 255, 255]]
     palettes = {"labels": colours if colour else None,
-                "provenance": [[0, 0, 0], [0, 200, 0], [0, 120, 255], [255, 160, 0]] if colour else None}
+                "provenance": [[0, 0, 0], [0, 200, 0], [0, 120, 255], [255, 160, 0], [160, 160, 160]] if colour
+                else None}
     for k, rec in enumerate(records):
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt("export cancelled")
@@ -560,7 +561,7 @@ def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop
     return {
         "project": str(project.root), "format": fmt,
         "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in project.classes],
-        "provenance_codes": {"0": "unlabelled", "1": "human", "2": "machine", "3": "pseudo"},
+        "provenance_codes": {"0": "unlabelled", "1": "human", "2": "machine", "3": "pseudo", "4": "simulated"},
         "unlabelled_value": unlabelled,
         "unlabelled": ("labels hold unlabelled_value where no one labelled (provenance 0)" if unlabelled is not None
                        else "labels hold 0 where no one labelled, like the background: read provenance 0"),

@@ -52,8 +52,14 @@ PROJECT_FILE = "project.json"
 DB_FILE = "project.db"
 
 #: provenance codes of a pixel's label
-UNLABELLED, HUMAN, MACHINE, PSEUDO = 0, 1, 2, 3
-PROVENANCE_NAMES = {UNLABELLED: "unlabelled", HUMAN: "human", MACHINE: "machine", PSEUDO: "pseudo"}
+UNLABELLED, HUMAN, MACHINE, PSEUDO, SIMULATED = 0, 1, 2, 3, 4
+PROVENANCE_NAMES = {UNLABELLED: "unlabelled", HUMAN: "human", MACHINE: "machine", PSEUDO: "pseudo",
+                    SIMULATED: "simulated"}
+#: codes whose labels machine (accepted or pseudo) labels never replace: a person's, or a
+#: simulated person's (``napari-hitl simulate``), never shown as a person's
+KEPT = (HUMAN, SIMULATED)
+#: codes of labels someone answered for: kept by pseudo-labelling, trained on at full weight
+ANSWERED = (HUMAN, MACHINE, SIMULATED)
 _PROVENANCE_CODES = {v: k for k, v in PROVENANCE_NAMES.items()}
 
 #: label values are stored as uint16, so class ids run 0..65535
@@ -75,7 +81,7 @@ CREATE TABLE images(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, files TEX
                     frames INTEGER NOT NULL, dtype TEXT NOT NULL);
 CREATE TABLE planes(image INTEGER NOT NULL, frame INTEGER NOT NULL, file TEXT NOT NULL,
                     unlabelled INTEGER NOT NULL, human INTEGER NOT NULL, machine INTEGER NOT NULL,
-                    pseudo INTEGER NOT NULL, PRIMARY KEY(image, frame));
+                    pseudo INTEGER NOT NULL, simulated INTEGER NOT NULL, PRIMARY KEY(image, frame));
 CREATE TABLE journal(seq INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT NOT NULL, event TEXT NOT NULL,
                      data TEXT NOT NULL);
 """
@@ -130,26 +136,30 @@ class Counts:
     human: int = 0
     machine: int = 0
     pseudo: int = 0
+    simulated: int = 0
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
 
     @classmethod
     def of(cls, provenance: np.ndarray) -> Counts:
-        bins = np.bincount(provenance.ravel(), minlength=4)
-        return cls(int(bins[0]), int(bins[1]), int(bins[2]), int(bins[3]))
+        bins = np.bincount(provenance.ravel(), minlength=5)
+        return cls(*(int(b) for b in bins[:5]))
 
     @property
     def total(self) -> int:
-        return self.unlabelled + self.human + self.machine + self.pseudo
+        return self.unlabelled + self.human + self.machine + self.pseudo + self.simulated
 
     @property
     def status(self) -> str:
-        """'done' (all human), 'partial' (some human), 'machine' (no human, some machine), 'new'."""
+        """'done' (all human), 'partial' (some human), 'simulated' (a robot's labels, no human),
+        'machine' (no human, some machine), 'new'."""
         if self.total and self.human == self.total:
             return "done"
         if self.human:
             return "partial"
+        if self.simulated:
+            return "simulated"
         if self.machine or self.pseudo:
             return "machine"
         return "new"
@@ -689,8 +699,8 @@ class Project:
             problem = f"holds {labels.dtype} labels and {prov.dtype} provenance, expected uint16 and uint8"
         elif labels.size and int(labels.max()) >= n_classes:
             problem = f"holds the label {int(labels.max())}, beyond the class table (0..{n_classes - 1})"
-        elif prov.size and int(prov.max()) > PSEUDO:
-            problem = f"holds the provenance code {int(prov.max())} (0..3 are known)"
+        elif prov.size and int(prov.max()) > SIMULATED:
+            problem = f"holds the provenance code {int(prov.max())} (0..{SIMULATED} are known)"
         if problem:
             raise CorruptFileError(f"label file {path} {problem}; the other images are unaffected")
         return labels, prov
@@ -725,8 +735,8 @@ class Project:
         self._writable()
         rec = self.record(image)
         code = _PROVENANCE_CODES.get(source, source) if isinstance(source, str) else int(source)
-        if code not in (HUMAN, MACHINE, PSEUDO):
-            raise InputError(f"source must be 'human', 'machine' or 'pseudo', got {source!r}")
+        if code not in (HUMAN, MACHINE, PSEUDO, SIMULATED):
+            raise InputError(f"source must be 'human', 'machine', 'pseudo' or 'simulated', got {source!r}")
         if rec.is_stack and frame is None:
             shape = rec.label_shape
         else:
@@ -745,15 +755,15 @@ class Project:
         def update(t, i, old_labels, old_prov):
             plane = labels[i] if stacked else labels
             take = np.ones(rec.shape, bool) if where is None else (where[i] if stacked else where).copy()
-            if code != HUMAN:
-                take &= old_prov != HUMAN  # human labels always win
+            if code not in KEPT:
+                take &= ~np.isin(old_prov, KEPT)  # human (and simulated) labels always win
             written[0] += int(take.sum())
             if take.all():
                 return plane.astype(_LABEL_DTYPE), np.full(rec.shape, code, _PROV_DTYPE)
             return (np.where(take, plane, old_labels).astype(_LABEL_DTYPE),
                     np.where(take, np.uint8(code), old_prov).astype(_PROV_DTYPE))
 
-        needs_old = where is not None or code != HUMAN
+        needs_old = where is not None or code not in KEPT
         counts = self._commit(rec, frames, update, needs_old, "commit",
                               lambda c: dict(image=rec.name, frame=frame, source=PROVENANCE_NAMES[code],
                                              pixels=written[0], human=c.human))
@@ -795,7 +805,7 @@ class Project:
                     new_files.append(path)
                     _write_npz(path, new_labels, new_prov)
                     c = Counts.of(new_prov)
-                    rows.append((iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo))
+                    rows.append((iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo, c.simulated))
             except OSError as err:
                 self._discard(new_files)
                 raise CommitError(f"{event} of {rec.name!r} rolled back, nothing changed: cannot write "
@@ -807,7 +817,7 @@ class Project:
             try:
                 with self._transaction(f"{event} of {rec.name!r}") as db:
                     db.executemany("INSERT OR REPLACE INTO planes(image, frame, file, unlabelled, human, machine, "
-                                   "pseudo) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                                   "pseudo, simulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                     counts = self._counts_of(db, rec)
                     self._journal(db, event, **entry(counts))
             except BaseException:
@@ -891,12 +901,43 @@ class Project:
         if removed:
             self.log("recovered", removed_files=removed)
 
+    def copy_to(self, dest: str | os.PathLike) -> Path:
+        """Copy the project, as of one snapshot, into the new folder ``dest``: index, label files,
+        checkpoints, and the images where the project holds them (referenced ones stay where
+        they are). Returns the copy's root."""
+        dest = Path(dest).expanduser().resolve()
+        if dest.exists() and any(dest.iterdir()):
+            raise ProjectError(f"{dest} exists and is not empty; choose a new folder for the copy")
+        for sub in ("labels", "models", "cache"):
+            (dest / sub).mkdir(parents=True, exist_ok=True)
+        with self._reader() as db:
+            settings = dict(db.execute("SELECT key, value FROM settings"))
+            planes = db.execute("SELECT image, frame, file, unlabelled, human, machine, pseudo, simulated "
+                                "FROM planes").fetchall()
+            journal = [{"t": t, "event": e, **json.loads(d)} for t, e, d in
+                       db.execute("SELECT t, event, data FROM journal ORDER BY seq")]
+            for row in planes:
+                target = _inside(dest / "labels", row[2], "label file", self.root / DB_FILE)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self._label_path(row[2]), target)
+            classes = self._read_classes(db)
+        for ckpt in self.checkpoint_dir.glob("*.pt"):
+            shutil.copy2(ckpt, dest / "models" / ckpt.name)
+        if not Path(settings["image_root"]).is_absolute():
+            shutil.copytree(self.image_root, _inside(dest, settings["image_root"], "image root", dest))
+        journal.append(_entry("copied", source=str(self.root)))
+        index = {self._ids[r.name]: i for i, r in enumerate(self._records)}  # the copy numbers images 0..N-1
+        planes = [(index[row[0]], *row[1:]) for row in planes]
+        _build_db(dest / DB_FILE, dict(settings, name=dest.name), classes, self._records, planes, journal)
+        io.atomic_write_json(dest / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
+        return dest
+
     # ------------------------------------------------------------------ provenance counts
     def _counts_of(self, db: sqlite3.Connection, rec: ImageRecord) -> Counts:
-        row = db.execute("SELECT count(*), total(unlabelled), total(human), total(machine), total(pseudo) "
-                         "FROM planes WHERE image = ?", (self._ids[rec.name],)).fetchone()
+        row = db.execute("SELECT count(*), total(unlabelled), total(human), total(machine), total(pseudo), "
+                         "total(simulated) FROM planes WHERE image = ?", (self._ids[rec.name],)).fetchone()
         missing = (rec.frames - row[0]) * rec.shape[0] * rec.shape[1]
-        return Counts(int(row[1]) + missing, int(row[2]), int(row[3]), int(row[4]))
+        return Counts(int(row[1]) + missing, *(int(v) for v in row[2:]))
 
     def counts(self, image: str | int) -> Counts:
         """Provenance counts of one image, from the index."""
@@ -908,12 +949,12 @@ class Project:
         """Provenance counts of every image, by name, from one snapshot (one query)."""
         with self._reader() as db:
             rows = {iid: r for iid, *r in db.execute(
-                "SELECT image, count(*), total(unlabelled), total(human), total(machine), total(pseudo) "
-                "FROM planes GROUP BY image")}
+                "SELECT image, count(*), total(unlabelled), total(human), total(machine), total(pseudo), "
+                "total(simulated) FROM planes GROUP BY image")}
         out = {}
         for rec in self._records:
-            n, u, h, m, p = rows.get(self._ids[rec.name], (0, 0, 0, 0, 0))
-            out[rec.name] = Counts(int(u) + (rec.frames - n) * rec.shape[0] * rec.shape[1], int(h), int(m), int(p))
+            n, u, *rest = rows.get(self._ids[rec.name], (0, 0, 0, 0, 0, 0))
+            out[rec.name] = Counts(int(u) + (rec.frames - n) * rec.shape[0] * rec.shape[1], *(int(v) for v in rest))
         return out
 
     def total_counts(self) -> Counts:
@@ -1055,7 +1096,7 @@ def _build_db(path: Path, settings: dict, classes: list[ClassInfo], records: lis
             db.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            [(i, r.name, json.dumps(list(r.files)), r.shape[0], r.shape[1], r.channels, r.frames,
                              r.dtype) for i, r in enumerate(records)])
-            db.executemany("INSERT INTO planes VALUES (?, ?, ?, ?, ?, ?, ?)", planes)
+            db.executemany("INSERT INTO planes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", planes)
             for e in journal:
                 e = dict(e)
                 db.execute("INSERT INTO journal(t, event, data) VALUES (?, ?, ?)",
@@ -1180,7 +1221,7 @@ def _migrate_v1(root: Path, meta: dict) -> None:
                 raise CorruptFileError(f"label file {path} cannot be migrated ({err}); move it aside and "
                                        "open the project again to migrate the rest") from err
             c = Counts.of(prov)
-            planes.append((iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo))
+            planes.append((iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo, c.simulated))
     journal = _read_v1_journal(root / "journal.jsonl")
     journal.append(_entry("migrated", from_version=int(meta.get("version", 1)), to_version=VERSION,
                           images=len(records), label_files=len(planes)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_hitl.errors import InputError
-from napari_hitl.model.train import HUMAN, MACHINE, PSEUDO, UNLABELLED
+from napari_hitl.model.train import ANSWERED, PSEUDO, UNLABELLED
 
 __all__ = ["PseudoSettings", "IGNORED", "CONFIDENT_OBJECT", "CONFIDENT_BACKGROUND", "three_way_split",
            "pseudo_labels", "machine_labelled_images"]
@@ -67,7 +67,7 @@ def pseudo_labels(conf: np.ndarray, pred: np.ndarray, delta: float, labels: np.n
                   provenance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Merge confident predictions into a label map without touching human/accepted pixels.
 
-    Returns new ``(labels, provenance)``: HUMAN and MACHINE pixels are copied unchanged;
+    Returns new ``(labels, provenance)``: answered (HUMAN, MACHINE, SIMULATED) pixels are copied unchanged;
     every other pixel becomes PSEUDO with the predicted class if its confidence exceeds
     ``delta`` and UNLABELLED otherwise (old pseudo-labels are replaced by the new ones).
     """
@@ -79,7 +79,7 @@ def pseudo_labels(conf: np.ndarray, pred: np.ndarray, delta: float, labels: np.n
     if np.shape(labels) != conf.shape or np.shape(provenance) != conf.shape or pred.shape != conf.shape:
         raise InputError(f"confidence {conf.shape}, prediction {pred.shape}, labels {np.shape(labels)} and "
                          f"provenance {np.shape(provenance)} must have the same shape")
-    keep = (provenance == HUMAN) | (provenance == MACHINE)
+    keep = np.isin(provenance, ANSWERED)
     sure = (conf > delta) & ~keep
     new_labels = np.where(keep, labels, np.where(sure, pred, 0)).astype(np.asarray(labels).dtype)
     new_prov = np.where(keep, provenance, np.where(sure, PSEUDO, UNLABELLED)).astype(np.uint8)

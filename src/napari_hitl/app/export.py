@@ -46,4 +46,5 @@ def export_all(project, out, fmt: str, lock=None, ctx=None, overwrite: bool = Tr
 def summary_text(summary: dict) -> str:
     """'human 12.0% · machine 3.0% · pseudo 40.0% · unlabelled 45.0%' from an export summary."""
     share = summary["share"]
-    return " · ".join(f"{k} {100 * share[k]:.1f}%" for k in ("human", "machine", "pseudo", "unlabelled"))
+    keys = ("human", "simulated", "machine", "pseudo", "unlabelled")
+    return " · ".join(f"{k} {100 * share[k]:.1f}%" for k in keys if k != "simulated" or share.get(k))

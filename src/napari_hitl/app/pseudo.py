@@ -25,7 +25,8 @@ def _update_pseudo(project, predictions, settings: PseudoSettings, t: int) -> in
     names = [r.name for r in project.images]
     cons, human = {}, set()
     for i, name in enumerate(names):
-        if project.counts(name).human:
+        c = project.counts(name)
+        if c.human or c.simulated:
             human.add(i)
         if name in predictions:
             cons[i] = image_score(i, name, predictions[name], beta).consistency

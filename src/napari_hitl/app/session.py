@@ -22,7 +22,7 @@ from napari_hitl.project import Counts, Project
 #: what a listener can hear (see the module docstring)
 EVENTS = ("committed", "predicted", "trained")
 #: label sources that count as answers towards auto-training (pseudo labels do not)
-ANSWERS = ("human", "machine")
+ANSWERS = ("human", "machine", "simulated")
 
 
 class Session:

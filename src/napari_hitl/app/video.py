@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_hitl.errors import InputError
-from napari_hitl.project import HUMAN, MACHINE
+from napari_hitl.project import ANSWERED, KEPT
 
 
 @dataclass
@@ -56,7 +56,7 @@ class VideoHost:
         s = self.session
         with lock:
             labels, prov = self.project.read_labels(self.name)
-        human = prov == HUMAN
+        human = np.isin(prov, KEPT)
         s.labels = np.where(human, labels, -1).astype(np.int16)
         for t in range(s.num_frames):
             sl = slice(s.units.offsets[t], s.units.offsets[t + 1])
@@ -142,7 +142,7 @@ def video_propagate(host: VideoHost, steps: int, lock, ctx, state: dict | None =
             if ctx.job.cancelled:
                 break
             _, prov = host.project.read_labels(host.name, frame=t)
-            where = (prov != HUMAN) & (prov != MACHINE)
+            where = ~np.isin(prov, ANSWERED)
             if where.any():
                 host.project.commit_labels(host.name, pred[t], source="pseudo", where=where, frame=t)
                 written += int(where.sum())

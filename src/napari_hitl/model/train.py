@@ -18,7 +18,7 @@ import numpy as np
 
 from napari_hitl.errors import CorruptFileError, InputError
 from napari_hitl.io import as_float_rgb
-from napari_hitl.project import HUMAN, MACHINE, PSEUDO, UNLABELLED  # provenance codes of a pixel
+from napari_hitl.project import ANSWERED, HUMAN, MACHINE, PSEUDO, UNLABELLED  # provenance codes of a pixel
 
 CHECKPOINT_VERSION = 1
 
@@ -55,7 +55,7 @@ class TrainSettings:
     lr: float = 1e-3            # decoder learning rate
     encoder_lr_scale: float = 0.3  # encoder learning rate = lr * this
     weight_decay: float = 1e-4
-    pseudo_weight: float = 0.5  # loss weight of PSEUDO pixels (HUMAN, MACHINE: 1)
+    pseudo_weight: float = 0.5  # loss weight of PSEUDO pixels (HUMAN, MACHINE, SIMULATED: 1)
     class_weight_clip: tuple[float, float] = (0.2, 5.0)  # inverse-frequency weights clipped here
     scale_range: tuple[float, float] = (0.7, 1.4)  # random rescale of crops
     labelled_crop_bias: float = 0.8  # chance a crop is centred on a labelled pixel
@@ -93,7 +93,7 @@ def class_weights(samples: Iterable[Sample], num_classes: int, clip=(0.2, 5.0),
     for s in samples:
         prov = np.asarray(s.provenance)
         lab = np.asarray(s.labels)
-        w = np.where(prov == PSEUDO, pseudo_weight, (prov == HUMAN) | (prov == MACHINE)).astype(np.float64)
+        w = np.where(prov == PSEUDO, pseudo_weight, np.isin(prov, ANSWERED)).astype(np.float64)
         valid = (w > 0) & (lab < num_classes)
         counts += np.bincount(lab[valid].astype(np.int64), weights=w[valid], minlength=num_classes)[:num_classes]
     total = counts.sum()
@@ -270,11 +270,11 @@ class Trainer:
             prov = np.asarray(smp.provenance)
             lab = np.asarray(smp.labels)
             pix = np.where(prov == PSEUDO, s.pseudo_weight,
-                           ((prov == HUMAN) | (prov == MACHINE)).astype(np.float32)).astype(np.float32)
+                           np.isin(prov, ANSWERED).astype(np.float32)).astype(np.float32)
             bad = lab >= self.num_classes
             pix[bad] = 0
             cw = pix * cweights[np.minimum(lab, self.num_classes - 1).astype(np.int64)]
-            labelled = np.argwhere((prov == HUMAN) | (prov == MACHINE))
+            labelled = np.argwhere(np.isin(prov, ANSWERED))
             if len(labelled) == 0:
                 labelled = np.argwhere(pix > 0)
             if len(labelled) > 20000:  # keep memory bounded; any subset is a fine crop-centre pool

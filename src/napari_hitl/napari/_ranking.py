@@ -103,7 +103,7 @@ class RankingPanel(QWidget):
             self.refresh()
             return
         names = session.names
-        labelled = [n for n in names if session.project.counts(n).human > 0]
+        labelled = [n for n, c in session.project.all_counts().items() if n in names and (c.human or c.simulated)]
         self.rows = rank_rows(names, session.predictions, self.choice, labelled=labelled)
         self.refresh()
 
