@@ -138,7 +138,7 @@ def has_display() -> bool:
 
 HEADLESS_HELP = """No display found, so napari cannot open a window here.
   - On a desktop: run `napari-hitl demo` there (napari opens with the dock and the sample project).
-  - Over SSH: use `ssh -X`, or a virtual screen: `xvfb-run -a napari-hitl demo`.
+  - Over SSH: use `ssh -X` (X forwarding) so the window opens on your screen.
   - Headless: `napari-hitl simulate` (a simulated person annotates the sample project),
     `napari-hitl bench ...` for the benchmarks.
 Running the headless session now (`napari-hitl simulate`):

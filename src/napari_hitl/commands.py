@@ -109,6 +109,9 @@ def simulate(args) -> int:
         truths = {r.name: (truth_of(r.name) > 0).astype(np.uint8) for r in records}
         print(f"simulated session on {project.root}: {len(records)} images, engine {args.engine!r} {options}, "
               f"IoU target {args.target_iou:.2f}, at most {args.max_clicks} clicks per image")
+        minutes = (40 + 1.5 * args.steps) / 60  # measured on a 2-core CPU: clicks ~40 s, ~1.5 s a training step
+        print(f"This takes about {max(1, round(minutes))} minute(s) on a 2-core CPU, less on a GPU. A robot plays "
+              "the person: it clicks where the mask is wrong, as a person would.")
 
         def annotate(name: str, start: np.ndarray | None) -> tuple[int, float]:
             mask, clicks, score, ms = _click_session(engine, project.read_image(name), truths[name].astype(bool),
@@ -125,7 +128,7 @@ def simulate(args) -> int:
         trainer = session.model.get(TrainSettings(steps=args.steps, crop=192, seed=0))
         print(f"   device: {trainer.device_description}")
         result = trainer.train_round(samples_from_project(project),
-                                     progress=lambda step, total, loss: text_progress(step, total, f"   loss {loss:.3f}"))
+                                     progress=lambda step, total, loss: text_progress(step, total, f"   training step (loss {loss:.3f})"))
         print(f"   {result.steps_done} steps in {result.seconds:.0f} s, loss {result.final_loss:.3f}; "
               f"checkpoint {result.checkpoint}")
 
@@ -134,10 +137,13 @@ def simulate(args) -> int:
         probs = {name: trainer.predict_proba(project.read_image(name)) for name in rest}
         scores = [score_image(probs[n], beta=pseudo.beta(0), index=i, name=n) for i, n in enumerate(rest)]
         ranking = rank_images(scores, "consistency", budget=1)
+        print("   (consist. = how sure the model is along object edges; the least sure image is asked first)")
         for line in ranking.table().splitlines():
             print("   " + line)
         for name in rest:
-            print(f"   model IoU on {name:<22} {iou(probs[name].argmax(0) > 0, truths[name] > 0):.3f}")
+            value = iou(probs[name].argmax(0) > 0, truths[name] > 0)
+            print(f"   model IoU on {name:<22} {value:.3f}  (overlap of the model's nuclei with the true ones, "
+                  f"1 = perfect; no one has labelled this image)")
 
         worst = rest[ranking.picked[0]] if ranking.picked else rest[ranking.order[0]]
         print(f"4. correcting the least consistent image, {worst}, from the model's mask")
@@ -150,13 +156,16 @@ def simulate(args) -> int:
                 continue
             where, new_labels = commit_pseudo_labels(project, name, Prediction.from_probs(probs[name]), pseudo.delta)
             counts = project.counts(name)
-            right = float((new_labels[where] == truths[name][where]).mean()) if where.any() else float("nan")
-            print(f"   {name:<22} {counts.pseudo / counts.total:6.1%} of pixels pseudo-labelled, "
+            if not where.any():
+                print(f"   {name:<22} no pixel was confident enough to be labelled by the model")
+                continue
+            right = float((new_labels[where] == truths[name][where]).mean())
+            print(f"   {name:<22} {counts.pseudo / counts.total:6.1%} of pixels labelled by the model, "
                   f"{right:6.1%} of them right")
 
         total = project.total_counts()
-        print(f"done: {spent} clicks; {total.simulated} simulated, {total.pseudo} pseudo, {total.unlabelled} unlabelled "
-              f"pixels; project at {project.root}")
+        print(f"done: {spent} clicks; {total.simulated} pixels labelled by the robot, {total.pseudo} by the model "
+              f"(pseudo labels), {total.unlabelled} left unlabelled; project at {project.root}")
         print(f"reopen it in napari with:  napari {project.root}")
     return 0
 

@@ -17,4 +17,5 @@ def text_progress(done: int, total: int, label: str = "", stream: TextIO | None 
         end = "\n" if done >= total else ""
         print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=stream, flush=True)
     elif done >= total or done * 10 // total != (done - 1) * 10 // total:
-        print(f"{label} {done}/{total} ({100 * done // total}%)".strip(), file=stream, flush=True)
+        print(f"{label} {done}/{total} ({100 * done // total}%)" if label else f"{done}/{total} ({100 * done // total}%)",
+              file=stream, flush=True)
