@@ -60,7 +60,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 def test_simulate_runs_a_session_on_the_sample_project(capsys):
     assert cli.main(["simulate", "--max-clicks", "3", "--steps", "4", "--delta", "0.5"]) == 0
     out = capsys.readouterr().out
-    for step in ("1. clicks", "2. training", "device: cpu", "3. predicting", "4. correcting", "5. pseudo-labels"):
+    for step in ("1. clicks", "2. training", "device: CPU (", "3. predicting", "4. correcting", "5. pseudo-labels"):
         assert step in out
     assert out.count("clicks  IoU") == 2 and "rank  image" in out
     root = out.split("project at ")[1].split()[0]

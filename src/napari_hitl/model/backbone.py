@@ -55,13 +55,18 @@ def select_device(prefer: str | None = None):
 
 
 def describe_device(device) -> str:
-    """Human-readable device name, e.g. 'cuda (NVIDIA H100)' or 'cpu (2 threads)'."""
+    """Where the work runs, in plain words: 'GPU NVIDIA H100 (CUDA)', 'Apple GPU (MPS)' or
+    'CPU (2 threads) - no GPU found'."""
     import torch
 
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
+        return f"GPU {torch.cuda.get_device_name(device)} (CUDA)"
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        found = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+        return f"CPU ({n} thread{'' if n == 1 else 's'}) - {'a GPU is present but not used' if found else 'no GPU found'}"
     return str(device)
 
 
