@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# napari's settings (reader preferences that the plugin writes) go to a throwaway file, never the user's
+os.environ.setdefault("NAPARI_CONFIG", str(Path(tempfile.mkdtemp(prefix="napari-hitl-tests-")) / "settings.yaml"))
 SHARED_DATA = Path(os.environ.get("NAPARI_HITL_DATA", REPO.parent / "shared" / "data"))
 
 

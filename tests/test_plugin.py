@@ -131,3 +131,41 @@ def test_samples_open_a_project_and_dock(viewer_factory, tmp_path):
     assert dock.image_list.count() == 4
     viewer.open_sample("napari-hitl", "timelapse")
     assert dock.project.images[0].frames == 12
+
+
+def test_demo_docks_under_the_title_of_the_plugins_menu(viewer_factory):
+    """`napari-hitl demo` names its dock as napari's Plugins menu does, and the README says so."""
+    from napari._app_model import get_app_model
+
+    from napari_hitl.napari.app import dock_title
+
+    viewer_factory()  # the menus exist once a viewer does
+    titles = [item.command.title for item in get_app_model().menus.get_menu("napari/plugins")
+              if getattr(item, "command", None) is not None and item.command.id == "napari-hitl.make_dock"]
+    assert titles == [dock_title()] == ["Annotation dock (Human-in-the-loop segmentation)"]
+    readme = (REPO / "README.md").read_text()
+    assert f"*Plugins > {dock_title()}*" in readme and "DESIGN.md" not in readme
+
+
+def test_napari_project_opens_the_dock_without_asking(viewer_factory, tmp_path, capsys):
+    """`napari PROJECT`: once the project was created (or opened in the dock), napari opens it
+    with the dock, every image listed, and no reader dialog."""
+    from napari.errors import MultipleReaderError
+
+    from napari_hitl.cli import main
+    from napari_hitl.napari._widget import HitlWidget, find_dock
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((12, 14), 40 * i, np.uint8)).save(imgs / f"p{i}.png")
+    Project.create(tmp_path / "plain", imgs).close()
+    viewer = viewer_factory()
+    with pytest.raises(MultipleReaderError):  # napari's folder reader claims any folder too
+        viewer.open(str(tmp_path / "plain"), plugin=None)  # as `napari PATH` does
+    assert main(["create", str(tmp_path / "proj"), str(imgs)]) == 0
+    assert f"napari {tmp_path / 'proj'}" in capsys.readouterr().out
+    viewer.open(str(tmp_path / "proj"), plugin=None)
+    dock = find_dock(viewer)
+    assert isinstance(dock, HitlWidget) and dock.project.root == (tmp_path / "proj").resolve()
+    assert dock.image_list.count() == 3

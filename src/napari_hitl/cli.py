@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             return demo(args)
         from napari_hitl import commands
 
-        return int(getattr(commands, args.command)(args) or 0)
+        code = int(getattr(commands, args.command)(args) or 0)
+        if args.command == "create" and code == 0:
+            _claim_for_napari(args.project)
+        return code
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return 130
@@ -123,6 +126,20 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {err.filename}" if err.filename else ""
         print(f"napari-hitl: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
+
+
+def _claim_for_napari(root) -> None:
+    """Register the new project folder in napari's reader preferences, so `napari PROJECT`
+    opens it with the dock and asks nothing (the CLI is the composition root: it may)."""
+    try:
+        from napari_hitl.napari._layers import claim_project_folder
+
+        claim_project_folder(root)
+    except Exception as err:  # noqa: BLE001 - napari missing or its settings unwritable: the project is fine
+        print(f"note: napari's reader preferences were not updated ({err}); open the project from the dock "
+              "or with `napari PROJECT --plugin napari-hitl`", file=sys.stderr)
+        return
+    print(f"open it with:  napari {root}")
 
 
 def has_display() -> bool:

@@ -6,6 +6,10 @@ adopt a project that a reader or a sample opened.
 
 from __future__ import annotations
 
+import glob
+import os
+from pathlib import Path
+
 from napari_hitl.project import Project
 
 META_PROJECT = "hitl_project"
@@ -33,3 +37,29 @@ def image_layer_data(project: Project, name: str) -> list[tuple]:
         (labels, {"name": f"{rec.name} labels", "metadata": dict(meta), "colormap": label_colormap(project),
                   "opacity": 0.6}, "labels"),
     ]
+
+
+def dock_in_current_viewer() -> None:
+    """Dock the annotation widget in the current viewer, if there is one and it is not docked
+    (the dock then adopts the project of the layers a reader or a sample added)."""
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return
+    from napari_hitl.napari._widget import find_dock
+
+    if find_dock(viewer) is None:
+        viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
+
+
+def claim_project_folder(root) -> None:
+    """Tell napari that this project folder opens with napari-hitl, as ticking "remember" in
+    napari's reader dialog would, so ``napari PROJECT`` asks nothing (a folder is also
+    claimed by napari's own folder reader, so napari would otherwise ask)."""
+    from napari.settings import get_settings
+
+    plugins = get_settings().plugins
+    pattern = glob.escape(os.path.realpath(str(Path(root)))) + os.sep
+    if plugins.extension2reader.get(pattern) != "napari-hitl":
+        plugins.extension2reader = {**plugins.extension2reader, pattern: "napari-hitl"}

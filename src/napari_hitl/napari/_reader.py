@@ -1,4 +1,5 @@
-"""npe2 reader: a project folder opens its first image with labels; an image folder opens its images."""
+"""npe2 reader: a project folder opens its first image with labels and the dock (which lists
+every image); an image folder opens its images."""
 
 from __future__ import annotations
 
@@ -30,12 +31,17 @@ def get_reader(path):
 
 
 def read_project(path) -> list[tuple]:
-    """Layers of the project's first image (the dock then navigates the rest)."""
-    from napari_hitl.napari._layers import image_layer_data
+    """Layers of the project's first image; the dock docks itself and adopts the project (it
+    lists every image). The folder is claimed in napari's reader preferences, so next time
+    ``napari PROJECT`` opens it without asking which reader to use."""
+    from napari_hitl.napari._layers import claim_project_folder, dock_in_current_viewer, image_layer_data
 
     path = path[0] if isinstance(path, (list, tuple)) else path
     with Project.open(path, readonly=True) as project:
-        return image_layer_data(project, project.images[0].name)
+        layers = image_layer_data(project, project.images[0].name)
+        claim_project_folder(project.root)
+    dock_in_current_viewer()
+    return layers
 
 
 def read_image_folder(path) -> list[tuple]:

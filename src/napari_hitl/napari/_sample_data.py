@@ -8,23 +8,12 @@ from napari_hitl.samples import sample_project
 def _open(name: str) -> list[tuple]:
     from napari_hitl.napari._layers import image_layer_data
 
+    from napari_hitl.napari._layers import dock_in_current_viewer
+
     with sample_project(name) as project:
         layers = image_layer_data(project, project.images[0].name)
-    _dock_widget()
+    dock_in_current_viewer()
     return layers
-
-
-def _dock_widget() -> None:
-    """Dock the annotation widget in the current viewer, if there is one and it is not docked."""
-    import napari
-
-    viewer = napari.current_viewer()
-    if viewer is None:
-        return
-    from napari_hitl.napari._widget import find_dock
-
-    if find_dock(viewer) is None:
-        viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
 
 
 def sample_nuclei() -> list[tuple]:

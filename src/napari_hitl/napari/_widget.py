@@ -33,7 +33,7 @@ from napari_hitl.app.export import summary_text
 from napari_hitl.app.model_host import warm_up
 from napari_hitl.app.session import Session
 from napari_hitl.errors import HitlError
-from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, image_layer_data
+from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, claim_project_folder, image_layer_data
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
 from napari_hitl.napari._tools import MODE_TITLES, MODES, ToolController, check_engine, shortcut_help
 from napari_hitl.napari._training import ExportPanel, TrainingPanel
@@ -298,6 +298,7 @@ class HitlWidget(QWidget):
             self.queue.cancel()
             self.session.close()
         self.session = Session(project)
+        claim_project_folder(project.root)  # `napari PROJECT` opens it without a reader dialog from now on
         self.session.on("committed", self._committed)
         self.ranking.rows = None
         self.project_label.setText(f"<b>{project.name}</b> — {len(project)} images, "

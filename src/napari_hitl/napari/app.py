@@ -9,9 +9,23 @@ def launch(project_path: str | None = None, run: bool = True) -> int:
 
     from napari_hitl.samples import sample_project
 
+    from napari_hitl.napari._widget import HitlWidget
+
     viewer = napari.Viewer(title="napari-hitl")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
+    widget = HitlWidget(viewer)
+    # the title napari gives the dock from Plugins > Annotation dock (Human-in-the-loop segmentation)
+    viewer.window.add_dock_widget(widget, name=dock_title(), area="right")
     widget.open_project(project_path if project_path else sample_project("nuclei"))
     if run:
         napari.run()
     return 0
+
+
+def dock_title() -> str:
+    """'Annotation dock (Human-in-the-loop segmentation)': the widget's and the plugin's display
+    names from the manifest, as napari's Plugins menu writes them."""
+    import npe2
+
+    manifest = npe2.PluginManager.instance().get_manifest("napari-hitl")
+    (widget,) = manifest.contributions.widgets
+    return f"{widget.display_name} ({manifest.display_name})"
