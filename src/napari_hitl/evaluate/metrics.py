@@ -1,4 +1,6 @@
-"""Segmentation metrics: IoU, mean IoU over classes, pixel accuracy, boundary IoU, NoC and IoU@k.
+"""Segmentation metrics: IoU, mean IoU over classes, pixel accuracy, boundary IoU, NoC and IoU@k,
+and for objects (instance maps, 0 = no object) F1 at an IoU threshold, the DSB2018 average
+precision over IoU 0.5:0.95 and the aggregated Jaccard index.
 
 Masks are bool HxW arrays; label maps are integer HxW arrays. ``ignore`` masks (e.g. the
 GrabCut 128 band) and ``ignore_index`` values (e.g. CamVid void) are left out of every score.
@@ -13,7 +15,7 @@ import numpy as np
 from napari_hitl.errors import InputError
 
 __all__ = ["iou", "mean_iou", "confusion_matrix", "pixel_accuracy", "boundary_band", "boundary_iou",
-           "noc", "iou_at_k"]
+           "noc", "iou_at_k", "instance_iou", "object_f1", "average_precision", "aggregated_jaccard"]
 
 
 def _pair(pred, truth, what="pred") -> tuple[np.ndarray, np.ndarray]:
@@ -122,3 +124,71 @@ def iou_at_k(ious: Sequence[float], k: int) -> float:
     if k < 1 or not ious:
         raise InputError(f"iou_at_k needs k >= 1 and a non-empty curve, got k={k}, {len(ious)} values")
     return float(ious[min(k, len(ious)) - 1])
+
+
+def instance_iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """IoU of every true object (rows, ids in increasing order) with every predicted one (columns)."""
+    pred, truth = _pair(pred, truth)
+    for name, arr in (("pred", pred), ("truth", truth)):
+        if not np.issubdtype(arr.dtype, np.integer) or (arr.size and arr.min() < 0):
+            raise InputError(f"{name} must be an instance map of non-negative integers, got {arr.dtype}")
+    t_ids, t_inv = np.unique(truth.ravel(), return_inverse=True)
+    p_ids, p_inv = np.unique(pred.ravel(), return_inverse=True)
+    inter = np.bincount(t_inv * len(p_ids) + p_inv, minlength=len(t_ids) * len(p_ids)).reshape(len(t_ids), -1)
+    t_area, p_area = inter.sum(1), inter.sum(0)
+    t_keep, p_keep = t_ids != 0, p_ids != 0
+    inter = inter[t_keep][:, p_keep]
+    union = t_area[t_keep][:, None] + p_area[p_keep][None, :] - inter
+    return inter / np.maximum(union, 1)
+
+
+def _matches(ious: np.ndarray, threshold: float) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) at IoU > ``threshold`` (>= 0.5: one-to-one)."""
+    if threshold < 0.5:
+        raise InputError(f"matching by IoU is one-to-one only from 0.5 on, got {threshold}")
+    tp = int(np.count_nonzero(ious > threshold))
+    n_true, n_pred = ious.shape
+    return tp, n_pred - tp, n_true - tp
+
+
+def object_f1(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    """F1 of object detection: an object is found when a prediction overlaps it with IoU above
+    ``threshold``; 1.0 when there are no objects and none predicted."""
+    tp, fp, fn = _matches(instance_iou(pred, truth), threshold)
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def average_precision(pred: np.ndarray, truth: np.ndarray,
+                      thresholds: Sequence[float] = tuple(np.arange(0.5, 1.0, 0.05))) -> float:
+    """The Data Science Bowl 2018 score: TP / (TP + FP + FN) averaged over IoU thresholds 0.5:0.95."""
+    ious = instance_iou(pred, truth)
+    scores = []
+    for t in thresholds:
+        tp, fp, fn = _matches(ious, float(t))
+        scores.append(1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def aggregated_jaccard(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Aggregated Jaccard index (Kumar et al. 2017): each true object with its best-overlapping
+    prediction, intersections over unions summed, predictions matched by none added to the union."""
+    pred, truth = _pair(pred, truth)
+    ious = instance_iou(pred, truth)
+    t_ids, p_ids = np.unique(truth[truth > 0]), np.unique(pred[pred > 0])
+    if len(t_ids) == 0:
+        return 1.0 if len(p_ids) == 0 else 0.0
+    t_area = np.array([np.count_nonzero(truth == i) for i in t_ids])
+    p_area = np.array([np.count_nonzero(pred == i) for i in p_ids])
+    inter_total = union_total = 0
+    used = np.zeros(len(p_ids), bool)
+    for r in range(len(t_ids)):
+        if len(p_ids) == 0 or ious[r].max() == 0:
+            union_total += t_area[r]
+            continue
+        j = int(ious[r].argmax())
+        inter = np.count_nonzero((truth == t_ids[r]) & (pred == p_ids[j]))
+        inter_total += inter
+        union_total += t_area[r] + p_area[j] - inter
+        used[j] = True
+    union_total += int(p_area[~used].sum())
+    return float(inter_total / max(union_total, 1))
