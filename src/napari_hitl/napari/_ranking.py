@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSize, Qt, Signal
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
@@ -29,8 +29,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hitl.app.rank import RANKINGS, rank_rows
+from napari_hitl.napari._progress import JobProgress
 
 if TYPE_CHECKING:  # pragma: no cover
+    from napari_hitl.app.session import Session
     from napari_hitl.napari._widget import HitlWidget
 
 THUMB = 40
@@ -58,11 +60,15 @@ def to_icon(rgb: np.ndarray) -> QIcon:
 
 
 class RankingPanel(QWidget):
-    """The project's images in ranked order (see the module docstring)."""
+    """The session's images in ranked order (see the module docstring); ``rank_requested`` when
+    Predict & rank is pressed, ``progress`` shows the prediction job."""
 
-    def __init__(self, dock: HitlWidget):
+    rank_requested = Signal()
+
+    def __init__(self):
         super().__init__()
-        self.dock = dock
+        self.session: Session | None = None
+        self.current: str | None = None  # the image shown in the viewer (selected in the list)
         self.rows = None  # list[RankedRow] once ranked
         self.icons: dict[str, QIcon] = {}
         layout = QVBoxLayout(self)
@@ -86,8 +92,16 @@ class RankingPanel(QWidget):
         self.list.setIconSize(QSize(THUMB, THUMB))
         self.list.setToolTip("Double-click an image to open it")
         layout.addWidget(self.list, 1)
+        self.progress = JobProgress("ranking", "stop predicting (the images predicted so far are kept)")
+        layout.addWidget(self.progress)
         self.sort_box.currentIndexChanged.connect(lambda _: self.resort())
-        self.rank_button.clicked.connect(lambda: self.dock.rank())
+        self.rank_button.clicked.connect(self.rank_requested.emit)
+
+    def set_session(self, session: Session | None) -> None:
+        """Show another session's images (None: nothing open), unranked."""
+        self.session = session
+        self.rows = None
+        self.refresh()
 
     @property
     def choice(self) -> str:
@@ -98,7 +112,7 @@ class RankingPanel(QWidget):
 
     def resort(self) -> None:
         """Sort again by the chosen score from the cached predictions (no model call)."""
-        session = self.dock.session
+        session = self.session
         if session is None or not session.predictions:
             self.refresh()
             return
@@ -126,9 +140,9 @@ class RankingPanel(QWidget):
     def refresh(self) -> None:
         """Rebuild the rows: status, human share and the chosen score of each image."""
         self.list.clear()
-        project = self.dock.project
-        if project is None:
+        if self.session is None:
             return
+        project = self.session.project
         known = {r.name for r in project.images}
         if self.rows is not None and {r.name for r in self.rows} == known:
             entries = [(r.name, r.value, r.picked) for r in self.rows]
@@ -152,7 +166,7 @@ class RankingPanel(QWidget):
             if name in self.icons:
                 item.setIcon(self.icons[name])
             self.list.addItem(item)
-            if name == self.dock.current:
+            if name == self.current:
                 item.setSelected(True)
 
 

@@ -22,13 +22,13 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
 )
 
 from napari_hitl.app.video import UnitRow, VideoHost
+from napari_hitl.napari._progress import JobProgress
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_hitl.napari._widget import HitlWidget
@@ -77,21 +77,16 @@ class VideoPanel(QGroupBox):
         self.steps.setValue(120)
         row.addWidget(self.steps)
         row.addWidget(self.propagate_button)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        row.addWidget(self.cancel_button)
         lay.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("idle")
+        self.progress = JobProgress("video propagation", "stop the round (nothing is written when it stops "
+                                                         "before predicting)")
         lay.addWidget(self.progress)
         self.figures = QLabel("")
         self.figures.setWordWrap(True)
         lay.addWidget(self.figures)
         self.find_button.clicked.connect(self.find_units)
         self.propagate_button.clicked.connect(self.propagate)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.progress.cancel_requested.connect(self.cancel)
         self.list.itemActivated.connect(self._activated)
         self.list.itemDoubleClicked.connect(self._activated)
         self.setVisible(False)
@@ -200,12 +195,10 @@ class VideoPanel(QGroupBox):
         if not on:
             self.job = None
         self.propagate_button.setEnabled(not on)
-        self.cancel_button.setEnabled(on)
-        self.progress.setRange(0, 0 if on else 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("starting…" if on else "idle")
+        if on:
+            self.progress.start()
+        else:
+            self.progress.finish()
 
     def step(self, stage: str, done: int, total: int) -> None:
-        self.progress.setRange(0, max(1, total))
-        self.progress.setValue(done)
-        self.progress.setFormat(f"{stage} {done}/{total}")
+        self.progress.step(done, total, f"{stage} {done}/{total}")

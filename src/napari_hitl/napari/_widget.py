@@ -65,7 +65,7 @@ class HitlWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.session: Session | None = None
-        self.current: str | None = None
+        self._current: str | None = None
         self.image_layer = None
         self.labels_layer = None
         self.train_job = None
@@ -93,11 +93,12 @@ class HitlWidget(QWidget):
         self.device_label.setWordWrap(True)
         layout.addWidget(self.device_label)
         layout.addWidget(self._build_tools())
-        self.ranking = RankingPanel(self)
+        self.ranking = RankingPanel()
         self.image_list = self.ranking.list
         self.suggestions = SuggestionsPanel(self)
-        self.training = TrainingPanel(self)
-        self.exporter = ExportPanel(self)
+        self.training = TrainingPanel()
+        self.exporter = ExportPanel()
+        self.rank_job = None
         self.tabs = QTabWidget()
         images = QWidget()
         box = QVBoxLayout(images)
@@ -124,6 +125,11 @@ class HitlWidget(QWidget):
         self.accept_button.clicked.connect(self.accept_labels)
         self.next_button.clicked.connect(self.open_next)
         self.queue.busy_changed.connect(self._busy)
+        self.ranking.rank_requested.connect(self.rank)
+        self.ranking.progress.cancel_requested.connect(self.cancel_ranking)
+        self.training.train_requested.connect(self.train)
+        self.training.progress.cancel_requested.connect(self.cancel_training)
+        self.exporter.export_requested.connect(self.export)
         self.viewer.layers.events.inserted.connect(self._layer_inserted)
         for layer in list(self.viewer.layers):
             self._adopt(layer)
@@ -215,6 +221,16 @@ class HitlWidget(QWidget):
         """The open project (the session's), or None."""
         return None if self.session is None else self.session.project
 
+    @property
+    def current(self) -> str | None:
+        """The name of the image shown in the viewer."""
+        return self._current
+
+    @current.setter
+    def current(self, name: str | None) -> None:
+        self._current = name
+        self.ranking.current = name
+
     # ------------------------------------------------------------------ small helpers
     def say(self, text: str) -> None:
         """Show a line of status at the bottom of the dock."""
@@ -299,7 +315,7 @@ class HitlWidget(QWidget):
             self.session.close()
         self.session = Session(project)
         self.session.on("committed", self._committed)
-        self.ranking.rows = None
+        self.ranking.set_session(self.session)
         self.project_label.setText(f"<b>{project.name}</b> — {len(project)} images, "
                                    f"classes: {', '.join(c.name for c in project.classes[1:])}<br>{project.root}")
         self.class_box.blockSignals(True)
@@ -320,6 +336,7 @@ class HitlWidget(QWidget):
             self.session.close()
         self.session = None
         self.current = None
+        self.ranking.set_session(None)
         self.video.image_shown(None)
         self.image_list.clear()
         self.project_label.setText("No project open")
@@ -482,19 +499,35 @@ class HitlWidget(QWidget):
         if self.project is None:
             show_error("Open a project first.")
             return
-        session = self.session
+        session, progress = self.session, self.ranking.progress
 
         def finished(preds):
+            self.rank_job = None
             if session is not self.session:
                 return
             session.predicted(preds)
             self.ranking.resort()
             self.show_device(model=session.model.trainer.device_description)
+            progress.finish(f"Ranked {len(preds)} images by {self.ranking.choice}")
             self.say(f"Ranked {len(preds)} images by {self.ranking.choice}")
 
+        def failed(err):
+            self.rank_job = None
+            progress.finish("")
+
         self.say("Predicting every image…")
-        self.queue.submit("rank", session.predict_job(), finished, channel="rank", preemptible=True,
-                          on_progress=lambda i, n: self.say(f"Predicting {i}/{n}…"))
+        progress.start("predicting…")
+        self.rank_job = self.queue.submit("rank", session.predict_job(), finished, channel="rank", preemptible=True,
+                                          on_error=failed,
+                                          on_progress=lambda i, n: progress.step(i, n, f"predicting {i}/{n}"))
+
+    def cancel_ranking(self) -> None:
+        """Stop predicting (the images predicted so far are not ranked)."""
+        if self.rank_job is not None:
+            self.rank_job.cancel()
+            self.rank_job = None
+        self.ranking.progress.finish("Ranking cancelled.")
+        self.say("Ranking cancelled.")
 
     def suggest(self) -> None:
         """Find the open image's most uncertain superpixels in the background and outline them."""
