@@ -71,7 +71,7 @@ class HitlWidget(QWidget):
         self.train_job = None
         self._devices: dict[str, str] = {}
         self.queue = ModelQueue(self)
-        self.tools = ToolController(self)
+        self.tools = ToolController(napari_viewer, self.queue)
 
         self.setToolTip("napari-hitl: open a project, pick an image, click / scribble / extreme points, "
                         "press Accept.\n\nShortcuts (on the labels layer):\n" + shortcut_help())
@@ -125,6 +125,13 @@ class HitlWidget(QWidget):
         self.accept_button.clicked.connect(self.accept_labels)
         self.next_button.clicked.connect(self.open_next)
         self.queue.busy_changed.connect(self._busy)
+        self.tools.status.connect(self.say)
+        self.tools.mode_changed.connect(self.tool_changed)
+        self.tools.action_requested.connect(self.run_action)
+        self.tools.engine_ready.connect(self.engine_ready)
+        self.tools.suggestion_clicked.connect(lambda t, y, x, positive: self._guard(
+            self.suggestions.click_at, t, y, x, positive))
+        self.tools.failed.connect(self._report)
         self.ranking.rank_requested.connect(self.rank)
         self.ranking.progress.cancel_requested.connect(self.cancel_ranking)
         self.training.train_requested.connect(self.train)
@@ -241,9 +248,13 @@ class HitlWidget(QWidget):
         try:
             return fn(*args)
         except HitlError as err:
-            show_error(str(err))
-            self.status.setText(f"⚠ {err}")
+            self._report(err)
         return None
+
+    def _report(self, err: HitlError) -> None:
+        """An error the person can fix: a notification and the status line."""
+        show_error(str(err))
+        self.status.setText(f"⚠ {err}")
 
     def run_action(self, action: str) -> None:
         """Run a named action (tool buttons and keyboard shortcuts share these)."""
@@ -393,7 +404,7 @@ class HitlWidget(QWidget):
             self._attach(self.labels_layer)
 
     def _attach(self, labels_layer) -> None:
-        self.tools.attach(labels_layer)
+        self.tools.attach(labels_layer, self.image_layer, self.current)
         labels_layer.events.selected_label.connect(self._sync_class)
         labels_layer.brush_size = self.brush.value()
         if labels_layer.selected_label < 1:
