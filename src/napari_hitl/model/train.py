@@ -96,14 +96,32 @@ def class_weights(samples: Iterable[Sample], num_classes: int, clip=(0.2, 5.0),
         w = np.where(prov == PSEUDO, pseudo_weight, (prov == HUMAN) | (prov == MACHINE)).astype(np.float64)
         valid = (w > 0) & (lab < num_classes)
         counts += np.bincount(lab[valid].astype(np.int64), weights=w[valid], minlength=num_classes)[:num_classes]
-    total = counts.sum()
-    if total <= 0:
+    if counts.sum() <= 0:
         return np.ones(num_classes, np.float32)
-    freq = counts / total
+    return inverse_frequency_weights(counts, clip)
+
+
+def inverse_frequency_weights(counts: np.ndarray, clip=(0.2, 5.0)) -> np.ndarray:
+    """float32 weights 1 / (frequency * classes seen) from per-class pixel ``counts``, clipped;
+    classes never seen get the upper clip value. Shared by rounds on images and on videos."""
+    counts = np.asarray(counts, np.float64)
+    freq = counts / max(counts.sum(), 1e-12)
     seen = freq > 0
-    weights = np.full(num_classes, clip[1], np.float64)
+    weights = np.full(len(counts), clip[1], np.float64)
     weights[seen] = 1.0 / (freq[seen] * seen.sum())
     return np.clip(weights, clip[0], clip[1]).astype(np.float32)
+
+
+def adamw(model, lr: float, encoder_lr_scale: float, weight_decay: float):
+    """AdamW over the trainable encoder parameters (at ``lr * encoder_lr_scale``) and the decoder
+    (at ``lr``); each group keeps its ``base_lr`` for the rounds' warm-up and cosine schedule."""
+    import torch
+
+    enc = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+    dec = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    groups = [{"params": enc, "lr": lr * encoder_lr_scale, "base_lr": lr * encoder_lr_scale}] if enc else []
+    groups.append({"params": dec, "lr": lr, "base_lr": lr})
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -143,8 +161,6 @@ class Trainer:
 
     def __init__(self, num_classes: int, checkpoint_path=None, settings: TrainSettings | None = None,
                  device=None, pretrained: bool = True):
-        import torch
-
         from napari_hitl.model.backbone import describe_device, select_device
         from napari_hitl.model.segnet import build_segnet
 
@@ -154,12 +170,8 @@ class Trainer:
         self.device = device if device is not None and not isinstance(device, str) else select_device(device)
         self.device_description = describe_device(self.device)
         self.model = build_segnet(self.num_classes, pretrained=pretrained).to(self.device)
-        enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.")]
-        dec = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.")]
         s = self.settings
-        self.optimizer = torch.optim.AdamW(
-            [{"params": enc, "lr": s.lr * s.encoder_lr_scale, "base_lr": s.lr * s.encoder_lr_scale},
-             {"params": dec, "lr": s.lr, "base_lr": s.lr}], weight_decay=s.weight_decay)
+        self.optimizer = adamw(self.model, s.lr, s.encoder_lr_scale, s.weight_decay)
         self.round = 0          # rounds started so far
         self.round_step = 0     # steps done in the current round
         self.round_steps = 0    # steps planned for the current round
