@@ -95,7 +95,7 @@ class HitlWidget(QWidget):
         layout.addWidget(self._build_tools())
         self.ranking = RankingPanel()
         self.image_list = self.ranking.list
-        self.suggestions = SuggestionsPanel(self)
+        self.suggestions = SuggestionsPanel(napari_viewer)
         self.training = TrainingPanel()
         self.exporter = ExportPanel()
         self.rank_job = None
@@ -107,7 +107,7 @@ class HitlWidget(QWidget):
         sug = QGroupBox("Suggested superpixels of this image")
         QVBoxLayout(sug).addWidget(self.suggestions)
         box.addWidget(sug, 2)
-        self.video = VideoPanel(self)
+        self.video = VideoPanel(napari_viewer, self.queue)
         box.addWidget(self.video, 3)
         self.tabs.addTab(images, "Images")
         self.tabs.addTab(self.training, "Train")
@@ -137,6 +137,11 @@ class HitlWidget(QWidget):
         self.training.train_requested.connect(self.train)
         self.training.progress.cancel_requested.connect(self.cancel_training)
         self.exporter.export_requested.connect(self.export)
+        self.suggestions.suggest_requested.connect(self.suggest)
+        self.suggestions.status.connect(self.say)
+        self.suggestions.failed.connect(self._report)
+        self.video.status.connect(self.say)
+        self.video.labels_saved.connect(self.reload_labels)
         self.viewer.layers.events.inserted.connect(self._layer_inserted)
         for layer in list(self.viewer.layers):
             self._adopt(layer)
@@ -348,7 +353,8 @@ class HitlWidget(QWidget):
         self.session = None
         self.current = None
         self.ranking.set_session(None)
-        self.video.image_shown(None)
+        self.suggestions.image_shown(None, None, None)
+        self.video.image_shown(None, None)
         self.image_list.clear()
         self.project_label.setText("No project open")
         self.project_changed.emit()
@@ -410,7 +416,8 @@ class HitlWidget(QWidget):
         if labels_layer.selected_label < 1:
             labels_layer.selected_label = 1
         self._sync_class()
-        self.video.image_shown(self.current)
+        self.suggestions.image_shown(self.session, self.current, labels_layer)
+        self.video.image_shown(self.session, self.current, labels_layer)
 
     # ------------------------------------------------------------------ images
     def refresh_list(self) -> None:
