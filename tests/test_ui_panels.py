@@ -85,3 +85,28 @@ def test_job_progress_shows_in_napari_activity_while_running(qtbot):
     assert (activity.n, activity.total) == (1, 4)
     widget.finish("Round 1 done")
     assert widget.activity is None and widget.status.text() == "Round 1 done" and widget.bar.format() == "idle"
+
+
+def test_annotate_panel_tells_with_signals_and_shows_what_it_is_told(qtbot):
+    from napari_hitl.napari._annotate import AnnotatePanel
+    from napari_hitl.project import ClassInfo
+
+    panel = AnnotatePanel("graph", full_image=True)
+    qtbot.addWidget(panel)
+    assert panel.engine_box.currentText() == "graph" and panel.full_image.isChecked()
+    with qtbot.assertNotEmitted(panel.class_chosen):
+        panel.set_classes([ClassInfo(1, "cell", (255, 0, 0)), ClassInfo(2, "debris", (0, 255, 0))])
+    with qtbot.waitSignal(panel.class_chosen, timeout=1000) as got:
+        panel.class_box.setCurrentIndex(1)
+    assert got.args == [2]
+    with qtbot.waitSignal(panel.mode_chosen, timeout=1000) as got:
+        panel.tool_buttons["scribble"].click()
+    assert got.args == ["scribble"]
+    panel.show_mode("click")
+    assert panel.tool_buttons["click"].isChecked() and not panel.tool_buttons["scribble"].isChecked()
+    for action in ("new_region", "undo", "reset", "accept", "next"):
+        button = {"new_region": panel.new_region_button, "undo": panel.undo_button, "reset": panel.reset_button,
+                  "accept": panel.accept_button, "next": panel.next_button}[action]
+        with qtbot.waitSignal(panel.action_requested, timeout=1000) as got:
+            button.click()
+        assert got.args == [action]

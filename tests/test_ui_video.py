@@ -29,7 +29,7 @@ def _accept(dock, t: int, rows: slice, labels: np.ndarray) -> None:
     data = np.asarray(dock.labels_layer.data).copy()
     data[t, rows] = labels
     dock.labels_layer.data = data
-    dock.accept_button.click()
+    dock.annotate.accept_button.click()
 
 
 def test_timelapse_units_and_propagation(dock, qtbot):
