@@ -3,13 +3,12 @@ and the ranking panel's orders."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from napari_hitl.active.uncertainty import Prediction
+from napari_hitl.app.jobs import drive
 from napari_hitl.app.model_host import checkpoint_path
 from napari_hitl.app.pseudo import commit_pseudo_labels
 from napari_hitl.app.session import Session
@@ -62,8 +61,7 @@ def test_pseudo_labels_never_overwrite_human_or_accepted_pixels(session):
 def test_a_fresh_project_has_no_model_and_the_checkpoint_has_one_name(session):
     assert not session.model.trained
     assert checkpoint_path(session.project) == session.project.checkpoint_dir / "segnet.pt"
-    ctx = SimpleNamespace(should_stop=lambda: True, progress=lambda *a: None)
-    assert session.predict_job()(ctx) == {}  # asked to stop before the first image
+    assert drive(session.predict_job()(), should_stop=lambda: True) is None  # stopped before the first image
 
 
 def test_coverage_ranking_puts_typical_images_of_unlabelled_regions_first():
@@ -83,3 +81,16 @@ def test_coverage_ranking_puts_typical_images_of_unlabelled_regions_first():
     assert [r.name for r in rows[1:]] == ["a0", "a1", "a2", "a3", "b1", "b2"]  # the rest: most uncertain first
     # nothing labelled yet: the bigger region's centre comes first
     assert [r.name for r in rank_rows(names, preds, "coverage", budget=2) if r.picked] == ["a0", "b0"]
+
+
+def test_training_is_a_generator_job_that_goes_on_after_a_stop(session):
+    from napari_hitl.model.train import TrainSettings
+
+    session.commit("img0", np.ones((20, 30), np.uint8))
+    job = session.train_job(TrainSettings(steps=4, batch_size=1, crop=32, checkpoint_every=0), None)
+    seen = []
+    assert drive(job(), should_stop=lambda: len(seen) >= 2, progress=lambda *a: seen.append(a)) is None
+    assert [s[:2] for s in seen] == [(1, 4), (2, 4)] and not session.model.trained  # a pause: no round yet
+    figures = drive(job(), progress=lambda *a: seen.append(a))  # the same job again: steps 3 and 4
+    assert [s[0] for s in seen] == [1, 2, 3, 4] and (figures.round, figures.steps, figures.images) == (1, 4, 1)
+    assert figures.loss_first == seen[0][2] and session.model.trained and checkpoint_path(session.project).exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -80,6 +79,7 @@ def _dock_opens_the_simulated_model(root, out):
     """The model ``simulate`` trained is the one a session (the dock's) opens: predicting without
     training gives the IoU simulate printed for that image (an untrained model would not)."""
     from napari_hitl import samples
+    from napari_hitl.app.jobs import drive
     from napari_hitl.app.session import Session
     from napari_hitl.evaluate.metrics import iou
 
@@ -88,8 +88,7 @@ def _dock_opens_the_simulated_model(root, out):
     assert printed
     with Session.open(root) as session:
         assert session.model.trained  # found before anything trains
-        ctx = SimpleNamespace(should_stop=lambda: False, progress=lambda *a: None)
-        preds = session.predict_job(list(printed))(ctx)
+        preds = drive(session.predict_job(list(printed))())
         assert len(session.model.get().history) == 1  # the one round simulate trained, none here
     for name, value in printed.items():
         got = iou(preds[name][0].pred > 0, samples.sample_truth("nuclei", name) > 0)

@@ -18,11 +18,11 @@ def test_dock_loads_sample_and_accepts_labels(dock):
     data = np.asarray(labels.data).copy()
     data[10:30, 10:30] = 1
     labels.data = data
-    dock.accept_button.click()
+    dock.annotate.accept_button.click()
     got, prov = dock.project.read_labels(first)
     assert (got[10:30, 10:30] == 1).all() and (prov == HUMAN).all()
     assert "done" in dock.image_list.item(0).text()
-    dock.next_button.click()
+    dock.annotate.next_button.click()
     assert dock.current != first and len(viewer.layers) == 2
     root = dock.project.root
     dock.close_project()

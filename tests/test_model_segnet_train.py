@@ -9,7 +9,8 @@ from napari_hitl.errors import CorruptFileError, InputError
 from napari_hitl.io import as_float_rgb
 from napari_hitl.model.segnet import (FEATURE_DIM, build_segnet, pool_features,
                                       predict_proba, predict_proba_batch, predict_with_features)
-from napari_hitl.model.train import Sample, Trainer, TrainSettings, class_weights, load_checkpoint
+from napari_hitl.model.train import (Sample, Trainer, TrainSettings, class_weights, inverse_frequency_weights,
+                                     load_checkpoint)
 from napari_hitl.project import HUMAN, PSEUDO, UNLABELLED
 
 torch = pytest.importorskip("torch")
@@ -65,6 +66,9 @@ def test_class_weights_inverse_frequency_clipped():
     w = class_weights([Sample(np.zeros((10, 10), np.uint8), lab, prov)], 3, clip=(0.1, 10))
     assert w[1] / w[0] == pytest.approx(4.0)
     assert w[2] == 10  # unseen class: upper clip
+    # the one formula, shared with the video fine-tuning (class counts of its labelled pixels)
+    np.testing.assert_array_equal(w, inverse_frequency_weights(np.array([40, 10, 0]), clip=(0.1, 10)))
+    np.testing.assert_allclose(inverse_frequency_weights(np.array([30, 10, 0])), [2 / 3, 2.0, 5.0], rtol=1e-6)
 
 
 def test_training_lowers_loss_and_checkpoint_reloads_identically(tmp_path):

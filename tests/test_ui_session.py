@@ -48,7 +48,7 @@ def settle(qtbot, dock, timeout=WAIT):
 
 def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     viewer = dock.viewer
-    dock.engine_box.setCurrentText("graph")  # no weights needed: the session does not depend on training
+    dock.annotate.engine_box.setCurrentText("graph")  # no weights needed: the session does not depend on training
     dock.sample_box.setCurrentIndex(dock.sample_box.findText("nuclei"))
     dock.sample_box.activated.emit(dock.sample_box.currentIndex())
     name = dock.current
@@ -61,7 +61,7 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert "clicks: graph on CPU" in dock.device_label.text()  # the graph engine always runs on the CPU
 
     # three clicks: positive on nucleus A, a new region on B, a negative click in the background
-    dock.tool_buttons["click"].click()
+    dock.annotate.tool_buttons["click"].click()
     assert dock.tools.mode == "click" and layer.mode == "pan_zoom" and not layer.mouse_pan
     press(layer, ya, xa)
     dock.run_action("new_region")
@@ -80,20 +80,20 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert precision > 0.8, f"the clicked regions are mostly not nucleus (precision {precision:.2f})"
 
     # accept: saved at once as human labels
-    dock.accept_button.click()
+    dock.annotate.accept_button.click()
     saved, prov = dock.project.read_labels(name)
     assert saved[ya, xa] == 1 and (prov == HUMAN).all()
     assert dock.tools.session().regions == []
 
     # scribble from inside A into B (full-image mode): A grows, B shrinks
-    assert dock.full_image.isChecked()
+    assert dock.annotate.full_image.isChecked()
     press(layer, ya, xa)
     dock.run_action("new_region")
     press(layer, yb, xb)
     settle(qtbot, dock)
     ra, rb = dock.tools.session().regions
     before_a, before_b = ra.mask.copy(), rb.mask.copy()
-    dock.tool_buttons["scribble"].click()
+    dock.annotate.tool_buttons["scribble"].click()
     line = [(ya + (yb - ya) * k / 10, xa + (xb - xa) * k / 10) for k in range(11)]
     drag(layer, line)
     settle(qtbot, dock)
@@ -103,7 +103,7 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert len(dock.tools.shapes_layer.data) == 1
 
     # extreme points on nucleus C create a region; undo removes the prompts one by one
-    dock.tool_buttons["extreme"].click()
+    dock.annotate.tool_buttons["extreme"].click()
     ext = extreme_points(inst == c.label, jitter=0).points
     n_regions = len(dock.tools.session().regions)
     for y, x in ext[[2, 1, 3, 0]]:  # any order
@@ -120,7 +120,7 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert dock.tools.prompt_signs().count("extreme") == 4
     shown = np.asarray(layer.data)
     assert shown[rc.mask].min() == 1
-    dock.undo_button.click()  # the extreme points go as one prompt
+    dock.annotate.undo_button.click()  # the extreme points go as one prompt
     settle(qtbot, dock)
     assert len(dock.tools.session().regions) == n_regions
     assert "extreme" not in dock.tools.prompt_signs()
@@ -130,7 +130,7 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     dock.run_action("reset")
     assert dock.tools.session().regions == [] and len(dock.tools.points_layer.data) == 0
     np.testing.assert_array_equal(np.asarray(layer.data), saved)
-    dock.tool_buttons["click"].click()
+    dock.annotate.tool_buttons["click"].click()
     press(layer, *bg)  # a positive click in the background paints something new...
     settle(qtbot, dock)
     assert (np.asarray(layer.data) != saved).any()
@@ -184,7 +184,7 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     sug.accept(0)
     _, prov = dock.project.read_labels(dock.current)
     assert (prov[sug.segments == first.segment] == MACHINE).all()
-    dock.tool_buttons["suggest"].click()
+    dock.annotate.tool_buttons["suggest"].click()
     yy, xx = np.argwhere(sug.segments == second.segment)[0]
     press(dock.labels_layer, yy, xx, modifiers=["Control"])  # Ctrl+click: relabel as the selected class
     lab, prov = dock.project.read_labels(dock.current)
@@ -240,7 +240,7 @@ def test_an_engine_error_becomes_a_notification(dock, qtbot, monkeypatch):
 
     keymap = dock.labels_layer.keymap  # the tools' shortcuts live on the labels layer
     keymap[KeyBinding.from_str("Shift-E")](dock.labels_layer)
-    assert dock.tools.mode == "extreme" and dock.tool_buttons["extreme"].isChecked()
+    assert dock.tools.mode == "extreme" and dock.annotate.tool_buttons["extreme"].isChecked()
     keymap[KeyBinding.from_str("C")](dock.labels_layer)
     assert dock.tools.mode == "click"
     assert "Backspace: undo the last prompt" in dock.toolTip()

@@ -29,7 +29,7 @@ def _accept(dock, t: int, rows: slice, labels: np.ndarray) -> None:
     data = np.asarray(dock.labels_layer.data).copy()
     data[t, rows] = labels
     dock.labels_layer.data = data
-    dock.accept_button.click()
+    dock.annotate.accept_button.click()
 
 
 def test_timelapse_units_and_propagation(dock, qtbot):
@@ -62,7 +62,7 @@ def test_timelapse_units_and_propagation(dock, qtbot):
     # one round of propagation with few steps fills every other frame with pseudo labels
     video.steps.setValue(4)
     video.propagate_button.click()
-    assert not video.propagate_button.isEnabled() and video.cancel_button.isEnabled()
+    assert not video.propagate_button.isEnabled() and video.progress.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: video.job is None, timeout=60000)
     assert "Propagation round 1" in video.figures.text()
     after, prov2 = dock.project.read_labels(name)
@@ -99,8 +99,8 @@ def test_cancel_propagation_writes_nothing(dock, qtbot, monkeypatch):
     _accept(dock, 0, slice(None), sample_truth("timelapse", name)[0])
     video.steps.setValue(5000)
     video.propagate_button.click()
-    video.cancel_button.click()
-    assert video.propagate_button.isEnabled() and not video.cancel_button.isEnabled()
+    video.progress.cancel_button.click()
+    assert video.propagate_button.isEnabled() and not video.progress.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: not dock.queue.busy, timeout=60000)
     assert dock.project.counts(name).pseudo == 0 and len(shown) == 1
 
@@ -115,7 +115,7 @@ def test_a_click_pauses_propagation_which_then_resumes(dock, qtbot):
     _accept(dock, 0, slice(None), sample_truth("timelapse", name)[0])
     video.steps.setValue(60)
     video.propagate_button.click()
-    qtbot.waitUntil(lambda: video.progress.format().startswith("fine-tune"), timeout=60000)
+    qtbot.waitUntil(lambda: video.progress.bar.format().startswith("fine-tune"), timeout=60000)
     answered = []
     dock.queue.submit("predict", lambda ctx: "click", lambda r: answered.append((r, video.job is not None)),
                       channel="predict", interactive=True)

@@ -97,6 +97,29 @@ def test_cancel_stops_a_running_job_without_a_result(qtbot):
     assert job.cancelled and got == []
 
 
+def test_a_generator_job_reports_its_steps_pauses_for_a_click_and_goes_on(qtbot):
+    q = ModelQueue()
+    done, events, progress, started = [0], [], [], threading.Event()
+
+    def job(ctx):  # a resumable generator job: what it did lives outside the generator
+        def steps():
+            while done[0] < 40:
+                started.set()
+                time.sleep(0.005)
+                done[0] += 1
+                yield done[0], 40
+            return "trained"
+        return steps()
+
+    q.submit("train", job, events.append, preemptible=True, on_progress=lambda i, n: progress.append(i))
+    qtbot.waitUntil(started.is_set, timeout=5000)
+    q.submit("predict", lambda ctx: "click", events.append, interactive=True)
+    qtbot.waitUntil(lambda: "trained" in events, timeout=10000)
+    q.stop()
+    assert events == ["click", "trained"]  # answered while the job was paused between steps
+    assert done[0] == 40 and progress == sorted(progress) and progress[-1] == 40
+
+
 # ---------------------------------------------------------------------- prompt session
 
 def test_session_regions_undo_and_composite():

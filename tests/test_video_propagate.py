@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_hitl.video.finetune import temporal_loss, warp_torch
 from napari_hitl.video.flow import FlowCache
-from napari_hitl.video.propagate import (fill_nearest, propagate_labels, temporal_loss, warp_torch,
-                                         working_shape)
+from napari_hitl.video.propagate import NO_LABEL, fill_nearest, human_labels, propagate_labels, working_shape
 
 
 def _texture(h, w, seed):
@@ -94,7 +94,7 @@ def test_warp_torch_matches_numpy_warp():
 def test_round_one_ranks_units_that_move_against_the_camera(tmp_path):
     """A panning background with a square moving the other way: motion scores put the square's
     units on top, and round one picks only from the more-moving half (diversity inside it)."""
-    from napari_hitl.video.propagate import motion_scores, select_units
+    from napari_hitl.video.selection import motion_scores, select_units
     from napari_hitl.video.units import UnitSet
 
     h, w, n = 128, 200, 5
@@ -126,3 +126,13 @@ def test_round_one_ranks_units_that_move_against_the_camera(tmp_path):
     # a single frame has no motion: zeros, and round one falls back to diversity alone
     one = frames[:1]
     assert not motion_scores(UnitSet.from_spec("rect20", one), FlowCache(np.stack(one), tmp_path / "one")).any()
+
+
+def test_human_labels_mark_every_other_pixel_no_label():
+    from napari_hitl.project import HUMAN, MACHINE, PSEUDO, UNLABELLED
+
+    labels = np.array([[0, 1, 2, 1]], np.uint16)
+    prov = np.array([[HUMAN, HUMAN, MACHINE, PSEUDO]], np.uint8)
+    got = human_labels(labels, prov)
+    assert got.dtype == np.int16 and got.tolist() == [[0, 1, NO_LABEL, NO_LABEL]]
+    assert (human_labels(labels, np.full_like(prov, UNLABELLED)) == NO_LABEL).all()

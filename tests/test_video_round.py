@@ -45,7 +45,8 @@ def _round(tmp_path):
     from napari_hitl.evaluate.annotate import annotate_budget
     from napari_hitl.evaluate.bench_video import score
     from napari_hitl.simulate.cost import unit_clicks
-    from napari_hitl.video.propagate import FineTuneSettings, VideoSession
+    from napari_hitl.video.finetune import FineTuneSettings
+    from napari_hitl.video.session import VideoSession
 
     torch.manual_seed(0)
     frames, truth = _video()
@@ -77,7 +78,8 @@ def test_temporal_term_adds_pairs_to_the_same_labelled_batches(tmp_path):
     """Fine-tune and fine-tune + temporal with one seed see the same labelled frames at each step,
     so they differ only by the temporal term; each pair's partner lies one of ``gaps`` away."""
     pytest.importorskip("torch")
-    from napari_hitl.video.propagate import FineTuneSettings, VideoSession
+    from napari_hitl.video.finetune import FineTuneSettings
+    from napari_hitl.video.session import VideoSession
 
     frames, truth = _video()
     session = VideoSession(frames, 2, "frame", cache_dir=tmp_path, scale=1.0,

@@ -69,18 +69,21 @@ def simulate(args) -> int:
        interactive engine until the IoU target or the click cap; saved as simulated labels;
     2. train: the semantic model fine-tunes on those labels (checkpoint in the project);
     3. rank: the model predicts the other images, which are ranked by local consistency;
+    steps 2 and 3 are the session jobs the dock runs (:mod:`napari_hitl.app`);
     4. correct: the robot corrects the least consistent image, starting from the model's mask;
     5. pseudo-label: confident pixels of the rest are saved as pseudo labels (never over answers).
     """
     from napari_hitl import io, samples
     from napari_hitl.active.pseudo import PseudoSettings
-    from napari_hitl.active.ranking import rank_images, score_image
-    from napari_hitl.active.uncertainty import Prediction
+    from napari_hitl.active.ranking import rank_images
+    from napari_hitl.app.jobs import drive
+    from napari_hitl.app.model_host import checkpoint_path
     from napari_hitl.app.pseudo import commit_pseudo_labels
+    from napari_hitl.app.rank import image_score
     from napari_hitl.app.session import Session
     from napari_hitl.evaluate.metrics import iou
     from napari_hitl.interactive.engine import get_engine
-    from napari_hitl.model.train import TrainSettings, samples_from_project
+    from napari_hitl.model.train import TrainSettings
 
     if args.project:
         if not args.truth:
@@ -125,36 +128,36 @@ def simulate(args) -> int:
         spent, _ = annotate(records[0].name, None)
 
         print(f"2. training the model on the robot's labels ({args.steps} steps)")
-        trainer = session.model.get(TrainSettings(steps=args.steps, crop=192, seed=0))
-        print(f"   device: {trainer.device_description}")
-        result = trainer.train_round(samples_from_project(project),
-                                     progress=lambda step, total, loss: text_progress(step, total, f"   training step (loss {loss:.3f})"))
-        print(f"   {result.steps_done} steps in {result.seconds:.0f} s, loss {result.final_loss:.3f}; "
-              f"checkpoint {result.checkpoint}")
+        settings = TrainSettings(steps=args.steps, crop=192, seed=0)
+        print(f"   device: {session.model.get(settings).device_description}")
+        figures = drive(session.train_job(settings, None)(),
+                        progress=lambda step, total, loss: text_progress(step, total, f"   training step (loss {loss:.3f})"))
+        print(f"   {figures.steps} steps in {figures.seconds:.0f} s, loss {figures.loss_last:.3f}; "
+              f"checkpoint {checkpoint_path(project)}")
 
         print("3. predicting and ranking the other images (least consistent first)")
         rest = [r.name for r in records[1:]]
-        probs = {name: trainer.predict_proba(project.read_image(name)) for name in rest}
-        scores = [score_image(probs[n], beta=pseudo.beta(0), index=i, name=n) for i, n in enumerate(rest)]
+        preds = {name: p[0] for name, p in drive(session.predict_job(rest)()).items()}
+        scores = [image_score(i, n, [preds[n]], pseudo.beta(0)) for i, n in enumerate(rest)]
         ranking = rank_images(scores, "consistency", budget=1)
         print("   (consist. = how sure the model is along object edges; the least sure image is asked first)")
         for line in ranking.table().splitlines():
             print("   " + line)
         for name in rest:
-            value = iou(probs[name].argmax(0) > 0, truths[name] > 0)
+            value = iou(preds[name].pred > 0, truths[name] > 0)
             print(f"   model IoU on {name:<22} {value:.3f}  (overlap of the model's nuclei with the true ones, "
                   f"1 = perfect; no one has labelled this image)")
 
         worst = rest[ranking.picked[0]] if ranking.picked else rest[ranking.order[0]]
         print(f"4. correcting the least consistent image, {worst}, from the model's mask")
-        n, _ = annotate(worst, probs[worst].argmax(0) > 0)
+        n, _ = annotate(worst, preds[worst].pred > 0)
         spent += n
 
         print(f"5. pseudo-labels (confidence > {pseudo.delta:.2f}) for the rest")
         for name in rest:
             if name == worst:
                 continue
-            where, new_labels = commit_pseudo_labels(project, name, Prediction.from_probs(probs[name]), pseudo.delta)
+            where, new_labels = commit_pseudo_labels(project, name, preds[name], pseudo.delta)
             counts = project.counts(name)
             if not where.any():
                 print(f"   {name:<22} no pixel was confident enough to be labelled by the model")

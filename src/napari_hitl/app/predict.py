@@ -1,9 +1,11 @@
 """Predictions of the project's images with its model, and superpixel suggestions from them.
 
-Jobs take a context with ``should_stop()`` and ``progress(...)`` and return plain results.
+Prediction is a generator job (see :mod:`napari_hitl.app.jobs`).
 """
 
 from __future__ import annotations
+
+from typing import Generator
 
 import numpy as np
 
@@ -11,8 +13,11 @@ from napari_hitl.active.uncertainty import Prediction
 from napari_hitl.app.model_host import ModelHost
 
 
-def predict_images(host: ModelHost, names: list[str], done: dict, ctx) -> dict[str, list[Prediction]]:
-    """Predict ``names`` (every frame of a time-lapse) into ``done``; stops early when asked."""
+def predict_images(host: ModelHost, names: list[str], done: dict
+                   ) -> Generator[tuple[int, int], None, dict[str, list[Prediction]]]:
+    """Predict ``names`` (every frame of a time-lapse) into ``done``, skipping those already
+    there: yields ``(i, n)`` after each image and returns ``done`` (closed early, ``done`` holds
+    what is finished: call again to go on)."""
     from napari_hitl.model.segnet import predict_with_features
 
     model = host.get().model
@@ -20,8 +25,6 @@ def predict_images(host: ModelHost, names: list[str], done: dict, ctx) -> dict[s
     for i, name in enumerate(names):
         if name in done:
             continue
-        if ctx.should_stop():
-            return done
         image = project.read_image(name)
         planes = list(image) if project.record(name).is_stack else [image]
         preds = []
@@ -29,7 +32,7 @@ def predict_images(host: ModelHost, names: list[str], done: dict, ctx) -> dict[s
             p, f = predict_with_features(model, plane)
             preds.append(Prediction.from_probs(p, f.mean(axis=(1, 2)).astype(np.float32)))
         done[name] = preds
-        ctx.progress(i + 1, len(names))
+        yield i + 1, len(names)
     return done
 
 

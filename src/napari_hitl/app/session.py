@@ -2,10 +2,12 @@
 
 A :class:`Session` owns the project, the single lock its writers take, the model host (the
 one checkpoint), the cache of predictions and the count of accepted answers since the last
-training round. Its ``*_job`` methods return ``fn(ctx)`` callables for a worker
-(``ctx.should_stop()``, ``ctx.progress(...)``): they read and write the project under the
-lock and return plain results; the caller hands them back with :meth:`Session.predicted` or
-:meth:`Session.trained` on its own thread. Listeners registered with :meth:`Session.on` hear
+training round. Its ``*_job`` methods return ``fn(ctx)`` callables for a worker:
+predicting, suggesting and training return generators that yield progress and are stopped by
+closing them (:func:`napari_hitl.app.jobs.drive` runs them); export and the time-lapse jobs
+use ``ctx.should_stop()`` and ``ctx.progress(...)``. They read and write the project under
+the lock and return plain results; the caller hands them back with :meth:`Session.predicted`
+or :meth:`Session.trained` on its own thread. Listeners registered with :meth:`Session.on` hear
 ``committed(name, counts)``, ``predicted(predictions)`` and ``trained(figures)``.
 """
 
@@ -83,12 +85,13 @@ class Session:
 
     # ------------------------------------------------------------------ jobs
     def predict_job(self, names: list[str] | None = None):
-        """``fn(ctx)``: predict ``names`` (default all; resumable after a pause) -> {name: predictions}."""
+        """``fn(ctx)`` -> a generator job: predict ``names`` (default all; resumable after a pause),
+        returns {name: predictions}."""
         from napari_hitl.app.predict import predict_images
 
         names = self.names if names is None else list(names)
         done: dict = {}
-        return lambda ctx: predict_images(self.model, names, done, ctx)
+        return lambda ctx=None: predict_images(self.model, names, done)
 
     def predicted(self, predictions: dict[str, list[Prediction]]) -> None:
         """Keep finished predictions (call on the thread that owns the session)."""
@@ -96,16 +99,16 @@ class Session:
         self._emit("predicted", predictions)
 
     def suggest_job(self, name: str, frame: int, k: int, n_segments: int, exclude=()):
-        """``fn(ctx)``: the ``k`` most uncertain superpixels of one plane -> (predictions, segments,
-        suggestions); reuses the cached prediction of ``name``."""
+        """``fn(ctx)`` -> a generator job: the ``k`` most uncertain superpixels of one plane, returns
+        (predictions, segments, suggestions); reuses the cached prediction of ``name``."""
         from napari_hitl.app.predict import predict_images, superpixel_suggestions
 
         cached = self.predictions.get(name)
         exclude = set(exclude)
         n_classes = self.project.n_classes
 
-        def fn(ctx):
-            preds = cached or predict_images(self.model, [name], {}, ctx)[name]
+        def fn(ctx=None):
+            preds = cached or (yield from predict_images(self.model, [name], {}))[name]
             image = self.project.read_image(name)
             plane = image[frame] if self.project.record(name).is_stack else image
             seg, sugs = superpixel_suggestions(plane, preds[frame], n_classes, k, n_segments, exclude)
@@ -114,13 +117,14 @@ class Session:
         return fn
 
     def train_job(self, settings, pseudo: PseudoSettings | None):
-        """``fn(ctx)``: one training round on the project (resumable) -> TrainFigures or None."""
+        """``fn(ctx)`` -> a generator job: one training round on the project (resumable), returns
+        TrainFigures."""
         from napari_hitl.app.train import train_job
 
         predictions = dict(self.predictions)
         state: dict = {}
-        return lambda ctx: train_job(self.model, settings, settings.steps, pseudo, predictions, self.lock,
-                                     state, ctx)
+        return lambda ctx=None: train_job(self.model, settings, settings.steps, pseudo, predictions, self.lock,
+                                          state)
 
     def trained(self, figures) -> None:
         """A round finished: answers start counting again, old predictions are dropped."""

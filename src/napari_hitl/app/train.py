@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Generator
 
 import numpy as np
 
@@ -35,9 +36,11 @@ class TrainFigures:
                 f"({self.human_pixels} human, {self.machine_pixels} accepted, {self.pseudo_pixels} pseudo pixels)")
 
 
-def train_job(host: ModelHost, settings, steps: int, pseudo: PseudoSettings | None,
-              predictions: dict, lock, state: dict, ctx) -> TrainFigures | None:
-    """One training round (resumable: ``state`` carries what a preempted call already did)."""
+def train_job(host: ModelHost, settings, steps: int, pseudo: PseudoSettings | None, predictions: dict, lock,
+              state: dict) -> Generator[tuple[int, int, float], None, TrainFigures]:
+    """One training round as a generator job: yields ``(step, total, loss)`` and returns the
+    round's figures. Resumable: closed between steps, the round stays in progress and ``state``
+    carries what this call already did, so the next call goes on where it stopped."""
     from napari_hitl.model.train import samples_from_project
 
     trainer = host.get(settings)
@@ -51,16 +54,24 @@ def train_job(host: ModelHost, settings, steps: int, pseudo: PseudoSettings | No
     if not samples:
         raise InputError("nothing to train on yet: accept the labels of at least one image first")
 
-    def progress(step, total, loss):
-        state["losses"].append(loss)
-        ctx.progress(step, total, loss)
-
-    res = trainer.train_round(samples, steps=steps, progress=progress, should_stop=ctx.should_stop)
-    if res.cancelled:
-        return None
+    res = yield from _recording(trainer.iter_round(samples, steps=steps), state["losses"])
     counts = [np.bincount(np.asarray(s.provenance).ravel(), minlength=4) for s in samples]
     c = np.sum(counts, axis=0)
     losses = state["losses"] or [float("nan")]
     return TrainFigures(res.round, trainer.round_steps, time.perf_counter() - state["t0"], float(losses[0]),
                         float(np.mean(losses[-5:])), len(samples), int(c[1]), int(c[2]), int(c[3]),
                         trainer.device_description)
+
+
+def _recording(steps: Generator, losses: list) -> Generator:
+    """``steps`` of a round, passed on, each loss appended to ``losses``; returns its result."""
+    try:
+        while True:
+            try:
+                item = next(steps)
+            except StopIteration as done:
+                return done.value
+            losses.append(item[2])
+            yield item
+    finally:
+        steps.close()

@@ -10,6 +10,7 @@ import numpy as np
 
 from napari_hitl.errors import InputError
 from napari_hitl.project import ANSWERED, KEPT
+from napari_hitl.video.propagate import human_labels
 
 
 @dataclass
@@ -24,7 +25,7 @@ class UnitRow:
 
 
 class VideoHost:
-    """The :class:`~napari_hitl.video.propagate.VideoSession` of one time-lapse of the project and
+    """The :class:`~napari_hitl.video.session.VideoSession` of one time-lapse of the project and
     its fine-tuned model; lives on the worker thread (built on first use, flows cached in the
     project's cache folder so they are computed once)."""
 
@@ -40,7 +41,7 @@ class VideoHost:
         """The session, its human labels and annotated units re-read from the project; ``unit``
         (e.g. 'rect80', 'superpixel300', 'frame') switches the annotation units, keeping the
         flows and the fine-tuned model."""
-        from napari_hitl.video.propagate import VideoSession
+        from napari_hitl.video.session import VideoSession
         from napari_hitl.video.units import UnitSet, parse_unit
 
         if unit is not None and unit != self.unit:
@@ -57,7 +58,7 @@ class VideoHost:
         with lock:
             labels, prov = self.project.read_labels(self.name)
         human = np.isin(prov, KEPT)
-        s.labels = np.where(human, labels, -1).astype(np.int16)
+        s.labels = human_labels(labels, prov)
         for t in range(s.num_frames):
             sl = slice(s.units.offsets[t], s.units.offsets[t + 1])
             s.annotated[sl] = s.units.unit_means(t, human[t]) > 0.5
@@ -81,7 +82,7 @@ def video_units(host: VideoHost, k: int, lock, ctx, unit: str | None = None) -> 
     s = host.get(lock, unit)
     if host.feats is None and not host.predict(ctx):
         return None
-    from napari_hitl.video.propagate import select_units
+    from napari_hitl.video.selection import select_units
 
     scores, pooled, ranked = s.scores(host.probs, host.feats, first_round=host.rounds == 0)
     picks = select_units(scores, pooled, k, s.annotated, not ranked)

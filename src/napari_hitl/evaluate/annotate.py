@@ -8,11 +8,12 @@ import time
 import numpy as np
 
 from napari_hitl.simulate.cost import unit_clicks
-from napari_hitl.video.propagate import RoundRecord, select_units
+from napari_hitl.video.selection import select_units
+from napari_hitl.video.session import RoundRecord
 
 
 def annotate_from_truth(session, index: int, truth: np.ndarray, clicks: int | None = None) -> int:
-    """Label unit ``index`` of a :class:`~napari_hitl.video.propagate.VideoSession` from the true
+    """Label unit ``index`` of a :class:`~napari_hitl.video.session.VideoSession` from the true
     frames (T, H, W); ``clicks`` is its cost when already known. Returns its clicks."""
     t = session.units.frame_of(index)
     (y0, x0, y1, x1), _ = session.units.local_mask(index)

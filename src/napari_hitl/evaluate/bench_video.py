@@ -167,9 +167,10 @@ class _Progress:
 
 
 def new_session(frames: np.ndarray, args, cache_dir: Path, progress=None):
-    """The binary :class:`~napari_hitl.video.propagate.VideoSession` a run works with (unit,
+    """The binary :class:`~napari_hitl.video.session.VideoSession` a run works with (unit,
     scale, flow method and fine-tuning settings from the command line)."""
-    from napari_hitl.video.propagate import FineTuneSettings, VideoSession
+    from napari_hitl.video.finetune import FineTuneSettings
+    from napari_hitl.video.session import VideoSession
 
     settings = FineTuneSettings(steps=args.steps, lam=session_lam(args), seed=args.seed)
     return VideoSession(frames, 2, args.unit, cache_dir=cache_dir, scale=args.scale, flow_method=args.flow,
@@ -246,7 +247,7 @@ def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pat
 
 def session_lam(args) -> float:
     """The temporal weight a run uses: ``--lam``, else the default of FineTuneSettings."""
-    from napari_hitl.video.propagate import FineTuneSettings
+    from napari_hitl.video.finetune import FineTuneSettings
 
     return FineTuneSettings().lam if args.lam is None else float(args.lam)
 

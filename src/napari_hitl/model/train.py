@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Generator, Iterable
 
 import numpy as np
 
@@ -96,14 +96,32 @@ def class_weights(samples: Iterable[Sample], num_classes: int, clip=(0.2, 5.0),
         w = np.where(prov == PSEUDO, pseudo_weight, np.isin(prov, ANSWERED)).astype(np.float64)
         valid = (w > 0) & (lab < num_classes)
         counts += np.bincount(lab[valid].astype(np.int64), weights=w[valid], minlength=num_classes)[:num_classes]
-    total = counts.sum()
-    if total <= 0:
+    if counts.sum() <= 0:
         return np.ones(num_classes, np.float32)
-    freq = counts / total
+    return inverse_frequency_weights(counts, clip)
+
+
+def inverse_frequency_weights(counts: np.ndarray, clip=(0.2, 5.0)) -> np.ndarray:
+    """float32 weights 1 / (frequency * classes seen) from per-class pixel ``counts``, clipped;
+    classes never seen get the upper clip value. Shared by rounds on images and on videos."""
+    counts = np.asarray(counts, np.float64)
+    freq = counts / max(counts.sum(), 1e-12)
     seen = freq > 0
-    weights = np.full(num_classes, clip[1], np.float64)
+    weights = np.full(len(counts), clip[1], np.float64)
     weights[seen] = 1.0 / (freq[seen] * seen.sum())
     return np.clip(weights, clip[0], clip[1]).astype(np.float32)
+
+
+def adamw(model, lr: float, encoder_lr_scale: float, weight_decay: float):
+    """AdamW over the trainable encoder parameters (at ``lr * encoder_lr_scale``) and the decoder
+    (at ``lr``); each group keeps its ``base_lr`` for the rounds' warm-up and cosine schedule."""
+    import torch
+
+    enc = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+    dec = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    groups = [{"params": enc, "lr": lr * encoder_lr_scale, "base_lr": lr * encoder_lr_scale}] if enc else []
+    groups.append({"params": dec, "lr": lr, "base_lr": lr})
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -156,8 +174,6 @@ class Trainer:
 
     def __init__(self, num_classes: int, checkpoint_path=None, settings: TrainSettings | None = None,
                  device=None, pretrained: bool = True):
-        import torch
-
         from napari_hitl.model.backbone import describe_device, select_device
         from napari_hitl.model.segnet import build_segnet
 
@@ -167,12 +183,8 @@ class Trainer:
         self.device = device if device is not None and not isinstance(device, str) else select_device(device)
         self.device_description = describe_device(self.device)
         self.model = build_segnet(self.num_classes, pretrained=pretrained).to(self.device)
-        enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.")]
-        dec = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.")]
         s = self.settings
-        self.optimizer = torch.optim.AdamW(
-            [{"params": enc, "lr": s.lr * s.encoder_lr_scale, "base_lr": s.lr * s.encoder_lr_scale},
-             {"params": dec, "lr": s.lr, "base_lr": s.lr}], weight_decay=s.weight_decay)
+        self.optimizer = adamw(self.model, s.lr, s.encoder_lr_scale, s.weight_decay)
         self.round = 0          # rounds started so far
         self.round_step = 0     # steps done in the current round
         self.round_steps = 0    # steps planned for the current round
@@ -293,12 +305,26 @@ class Trainer:
         nothing more is written (the last checkpoint stays intact) and ``cancelled`` is true;
         the next call continues the same round.
         """
+        stop = should_stop.is_set if isinstance(should_stop, threading.Event) else should_stop
+        steps_ = self.iter_round(samples, steps, stop)
+        while True:
+            try:
+                step, total, loss = next(steps_)
+            except StopIteration as done:
+                return done.value
+            if progress is not None:
+                progress(step, total, loss)
+
+    def iter_round(self, samples: list[Sample], steps: int | None = None, should_stop: Callable[[], bool] | None = None
+                   ) -> Generator[tuple[int, int, float], None, TrainResult]:
+        """:meth:`train_round` as a generator: yields ``(step, total, loss)`` after each step and
+        returns the :class:`TrainResult`. Closing it between steps leaves the round in progress
+        (the last checkpoint intact), like a cancel: the next round call continues it."""
         import time
 
         import torch
         from torch.nn import functional as F
 
-        stop = should_stop.is_set if isinstance(should_stop, threading.Event) else should_stop
         samples = [s for s in samples if s.labelled_pixels > 0]
         if not samples:
             raise InputError("no labelled pixels to train on: label at least part of one image first")
@@ -318,37 +344,38 @@ class Trainer:
         # pick images in proportion to the square root of their labelled pixels
         sizes = np.array([max(1, len(p[3])) for p in prepared], np.float64) ** 0.5
         pick_p = sizes / sizes.sum()
-        while self.round_step < self.round_steps:
-            if stop is not None and stop():
-                result.cancelled = True
-                break
-            frac = self.round_step / max(1, self.round_steps)
-            warm = min(1.0, (self.round_step + 1) / 10)
-            for g in self.optimizer.param_groups:
-                g["lr"] = float(g["base_lr"] * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac))))
-            idx = self._rng.choice(len(prepared), size=s.batch_size, p=pick_p)
-            crops = [self._crop(*prepared[i]) for i in idx]
-            x = torch.from_numpy(np.stack([c[0] for c in crops])).to(self.device)
-            y = torch.from_numpy(np.stack([c[1] for c in crops])).to(self.device)
-            w = torch.from_numpy(np.stack([c[2] for c in crops])).to(self.device)
-            y = y.clamp(0, self.num_classes - 1)
-            logits = self.model(x)
-            per_pixel = F.cross_entropy(logits, y, reduction="none")
-            loss = (per_pixel * w).sum() / w.sum().clamp_min(1.0)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.round_step += 1
-            self.global_step += 1
-            value = float(loss.detach())
-            result.losses.append(value)
-            result.steps_done += 1
-            if progress is not None:
-                progress(self.round_step, self.round_steps, value)
-            if (self.checkpoint_path is not None and s.checkpoint_every
-                    and self.round_step % s.checkpoint_every == 0 and self.round_step < self.round_steps):
-                result.checkpoint = self.save()
-        self.model.eval()
+        try:
+            while self.round_step < self.round_steps:
+                if should_stop is not None and should_stop():
+                    result.cancelled = True
+                    break
+                frac = self.round_step / max(1, self.round_steps)
+                warm = min(1.0, (self.round_step + 1) / 10)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = float(g["base_lr"] * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac))))
+                idx = self._rng.choice(len(prepared), size=s.batch_size, p=pick_p)
+                crops = [self._crop(*prepared[i]) for i in idx]
+                x = torch.from_numpy(np.stack([c[0] for c in crops])).to(self.device)
+                y = torch.from_numpy(np.stack([c[1] for c in crops])).to(self.device)
+                w = torch.from_numpy(np.stack([c[2] for c in crops])).to(self.device)
+                y = y.clamp(0, self.num_classes - 1)
+                logits = self.model(x)
+                per_pixel = F.cross_entropy(logits, y, reduction="none")
+                loss = (per_pixel * w).sum() / w.sum().clamp_min(1.0)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.round_step += 1
+                self.global_step += 1
+                value = float(loss.detach())
+                result.losses.append(value)
+                result.steps_done += 1
+                if (self.checkpoint_path is not None and s.checkpoint_every
+                        and self.round_step % s.checkpoint_every == 0 and self.round_step < self.round_steps):
+                    result.checkpoint = self.save()
+                yield self.round_step, self.round_steps, value
+        finally:
+            self.model.eval()
         result.seconds = time.perf_counter() - t0
         if not result.cancelled:
             self.history.append({"round": self.round, "steps": self.round_steps,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSize, Qt, Signal
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
@@ -29,9 +29,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_hitl.app.rank import RANKINGS, rank_rows
+from napari_hitl.errors import HitlError
+from napari_hitl.napari._progress import JobProgress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_hitl.napari._widget import HitlWidget
+    from napari_hitl.app.session import Session
 
 THUMB = 40
 
@@ -58,11 +60,15 @@ def to_icon(rgb: np.ndarray) -> QIcon:
 
 
 class RankingPanel(QWidget):
-    """The project's images in ranked order (see the module docstring)."""
+    """The session's images in ranked order (see the module docstring); ``rank_requested`` when
+    Predict & rank is pressed, ``progress`` shows the prediction job."""
 
-    def __init__(self, dock: HitlWidget):
+    rank_requested = Signal()
+
+    def __init__(self):
         super().__init__()
-        self.dock = dock
+        self.session: Session | None = None
+        self.current: str | None = None  # the image shown in the viewer (selected in the list)
         self.rows = None  # list[RankedRow] once ranked
         self.icons: dict[str, QIcon] = {}
         layout = QVBoxLayout(self)
@@ -86,8 +92,16 @@ class RankingPanel(QWidget):
         self.list.setIconSize(QSize(THUMB, THUMB))
         self.list.setToolTip("Double-click an image to open it")
         layout.addWidget(self.list, 1)
+        self.progress = JobProgress("ranking", "stop predicting (the images predicted so far are kept)")
+        layout.addWidget(self.progress)
         self.sort_box.currentIndexChanged.connect(lambda _: self.resort())
-        self.rank_button.clicked.connect(lambda: self.dock.rank())
+        self.rank_button.clicked.connect(self.rank_requested.emit)
+
+    def set_session(self, session: Session | None) -> None:
+        """Show another session's images (None: nothing open), unranked."""
+        self.session = session
+        self.rows = None
+        self.refresh()
 
     @property
     def choice(self) -> str:
@@ -98,7 +112,7 @@ class RankingPanel(QWidget):
 
     def resort(self) -> None:
         """Sort again by the chosen score from the cached predictions (no model call)."""
-        session = self.dock.session
+        session = self.session
         if session is None or not session.predictions:
             self.refresh()
             return
@@ -126,9 +140,9 @@ class RankingPanel(QWidget):
     def refresh(self) -> None:
         """Rebuild the rows: status, human share and the chosen score of each image."""
         self.list.clear()
-        project = self.dock.project
-        if project is None:
+        if self.session is None:
             return
+        project = self.session.project
         known = {r.name for r in project.images}
         if self.rows is not None and {r.name for r in self.rows} == known:
             entries = [(r.name, r.value, r.picked) for r in self.rows]
@@ -152,17 +166,26 @@ class RankingPanel(QWidget):
             if name in self.icons:
                 item.setIcon(self.icons[name])
             self.list.addItem(item)
-            if name == self.dock.current:
+            if name == self.current:
                 item.setSelected(True)
 
 
 class SuggestionsPanel(QWidget):
-    """Superpixel suggestions of the open image (see the module docstring)."""
+    """Superpixel suggestions of the open image (see the module docstring), drawn in ``viewer``;
+    answers are saved through the session. Asks with ``suggest_requested``, tells with
+    ``status`` and ``failed`` (an error the person can fix)."""
 
-    def __init__(self, dock: HitlWidget):
+    suggest_requested = Signal()
+    status = Signal(str)
+    failed = Signal(object)
+
+    def __init__(self, viewer):
         super().__init__()
-        self.dock = dock
-        self.image: str | None = None
+        self.viewer = viewer
+        self.session: Session | None = None
+        self.shown: str | None = None  # the image in the viewer
+        self.labels_layer = None  # its labels layer
+        self.image: str | None = None  # the image the suggestions are of
         self.frame = 0
         self.segments: np.ndarray | None = None
         self.items: list = []  # Suggestion, in rank order
@@ -214,18 +237,28 @@ class SuggestionsPanel(QWidget):
         row.addWidget(self.relabel_button)
         row.addWidget(self.accept_all_button)
         layout.addLayout(row)
-        self.suggest_button.clicked.connect(lambda: self.dock.suggest())
-        self.accept_button.clicked.connect(lambda: self.dock._guard(self.accept, self.list.currentRow()))
-        self.relabel_button.clicked.connect(lambda: self.dock._guard(self.relabel, self.list.currentRow()))
-        self.accept_all_button.clicked.connect(lambda: self.dock._guard(self.accept_all))
-        self.list.itemDoubleClicked.connect(lambda _: self.dock._guard(self.accept, self.list.currentRow()))
+        self.suggest_button.clicked.connect(self.suggest_requested.emit)
+        self.accept_button.clicked.connect(lambda: self._guard(self.accept, self.list.currentRow()))
+        self.relabel_button.clicked.connect(lambda: self._guard(self.relabel, self.list.currentRow()))
+        self.accept_all_button.clicked.connect(lambda: self._guard(self.accept_all))
+        self.list.itemDoubleClicked.connect(lambda _: self._guard(self.accept, self.list.currentRow()))
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except HitlError as err:
+            self.failed.emit(err)
+
+    def image_shown(self, session: Session | None, name: str | None, labels_layer) -> None:
+        """The viewer shows image ``name`` of ``session`` in ``labels_layer`` (None: nothing)."""
+        self.session, self.shown, self.labels_layer = session, name, labels_layer
 
     # ------------------------------------------------------------------ showing
     def show_suggestions(self, name: str, frame: int, segments: np.ndarray, suggestions: list,
                          n_segments: int) -> None:
         """Show new suggestions for image ``name`` (frame ``frame``, cut into about ``n_segments``
         superpixels) as list rows and an overlay."""
-        if name != self.dock.current:
+        if name != self.shown:
             return
         self.image, self.frame, self.segments, self.items = name, frame, segments, list(suggestions)
         self.n_segments = n_segments
@@ -235,13 +268,12 @@ class SuggestionsPanel(QWidget):
         self.image, self.segments, self.items = None, None, []
         self.list.clear()
         self.hint.setVisible(True)
-        if self.layer is not None and self.layer in self.dock.viewer.layers:
-            self.dock.viewer.layers.remove(self.layer)
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.viewer.layers.remove(self.layer)
         self.layer = None
 
     def _overlay(self) -> np.ndarray:
-        labels_layer = self.dock.labels_layer
-        data = np.zeros(labels_layer.data.shape, np.uint16)
+        data = np.zeros(self.labels_layer.data.shape, np.uint16)
         plane = data[self.frame] if data.ndim == 3 else data
         lut = np.zeros(int(self.segments.max()) + 1, np.uint16)  # one pass, however many are suggested
         for rank, s in enumerate(self.items, start=1):
@@ -252,24 +284,24 @@ class SuggestionsPanel(QWidget):
     def _redraw(self) -> None:
         self.list.clear()
         self.hint.setVisible(not self.items)
-        classes = {c.id: c.name for c in self.dock.project.classes}
+        classes = {c.id: c.name for c in self.session.project.classes}
         for rank, s in enumerate(self.items, start=1):
             self.list.addItem(f"#{rank}  uncertainty {s.score:.2f}  → {classes.get(s.predicted_class, s.predicted_class)}"
                               f"  ({s.area} px)")
         if self.items:
             self.list.setCurrentRow(0)
-        viewer = self.dock.viewer
+        viewer = self.viewer
         data = self._overlay()
         if self.layer is None or self.layer not in viewer.layers:
             self.layer = viewer.add_labels(data, name=f"{self.image} suggestions", opacity=0.9, blending="translucent")
             self.layer.contour = 2
             self.layer.editable = False
             self.layer.metadata["hitl_prompts"] = True
-            if self.dock.labels_layer is not None:
-                viewer.layers.selection.active = self.dock.labels_layer
+            if self.labels_layer is not None:
+                viewer.layers.selection.active = self.labels_layer
         else:
             self.layer.data = data
-        self.dock.say(f"{len(self.items)} suggestions: Accept keeps the predicted class, Relabel uses the selected one")
+        self.status.emit(f"{len(self.items)} suggestions: Accept keeps the predicted class, Relabel uses the selected one")
 
     # ------------------------------------------------------------------ answering
     def click_at(self, frame: int, y: float, x: float, positive: bool) -> None:
@@ -284,7 +316,7 @@ class SuggestionsPanel(QWidget):
             if s.segment == seg:
                 (self.accept if positive else self.relabel)(i)
                 return
-        self.dock.say("That is not a suggested superpixel (the outlined ones are).")
+        self.status.emit("That is not a suggested superpixel (the outlined ones are).")
 
     def accept(self, index: int) -> None:
         """Keep the predicted class of suggestion ``index`` (saved as an accepted machine label)."""
@@ -304,13 +336,12 @@ class SuggestionsPanel(QWidget):
         self._commit(lut[self.segments], chosen[self.segments], "machine", [s.segment for s in self.items])
         self.items = []
         self._redraw()
-        self.dock.ranking.refresh()
-        self.dock.say(f"{n} superpixels saved as accepted machine labels")
+        self.status.emit(f"{n} superpixels saved as accepted machine labels")
 
     def relabel(self, index: int, label: int | None = None) -> None:
         """Give suggestion ``index`` the selected class (saved as a human label)."""
         if 0 <= index < len(self.items):
-            lab = label if label is not None else int(self.dock.labels_layer.selected_label)
+            lab = label if label is not None else int(self.labels_layer.selected_label)
             self._answer(index, lab, "human")
 
     def _answer(self, index: int, label: int, source: str) -> None:
@@ -319,17 +350,16 @@ class SuggestionsPanel(QWidget):
         self._commit(np.full(mask.shape, label, np.uint16), mask, source, [s.segment])
         del self.items[index]
         self._redraw()
-        self.dock.ranking.refresh()
-        self.dock.say(f"Superpixel saved as {source} label {label}; {len(self.items)} suggestions left")
+        self.status.emit(f"Superpixel saved as {source} label {label}; {len(self.items)} suggestions left")
 
     def _commit(self, plane: np.ndarray, mask: np.ndarray, source: str, segments: list[int]) -> None:
         """Save ``plane`` on ``mask`` to the project and show what was saved on the labels layer."""
-        dock = self.dock
-        frame = self.frame if dock.labels_layer.ndim == 3 else None
-        dock.session.commit(self.image, plane, source=source, where=mask, frame=frame)
-        saved, _ = dock.session.read_labels(self.image, frame=frame)
+        layer = self.labels_layer
+        frame = self.frame if layer.ndim == 3 else None
+        self.session.commit(self.image, plane, source=source, where=mask, frame=frame)
+        saved, _ = self.session.read_labels(self.image, frame=frame)
         ys, xs = np.nonzero(mask)
         idx = (ys, xs) if frame is None else (np.full_like(ys, frame), ys, xs)
-        with dock.labels_layer.block_history():
-            dock.labels_layer.data_setitem(idx, saved[ys, xs].astype(dock.labels_layer.data.dtype))
+        with layer.block_history():
+            layer.data_setitem(idx, saved[ys, xs].astype(layer.data.dtype))
         self.asked.setdefault((self.image, self.frame, self.n_segments), set()).update(segments)

@@ -5,20 +5,18 @@ selected label. Every prompt is shown at once in a Points layer (green positive,
 negative, yellow extreme points, orange while an extreme-point quadruple is incomplete) and a
 Shapes layer (scribbles), then the engine runs on the dock's worker queue and the newest
 answer is painted into the Labels layer through napari's own history (Ctrl+Z undoes it).
+The controller tells the dock what happened with signals; it never calls the dock.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
+from qtpy.QtCore import QObject, Signal
 
 from napari_hitl.errors import HitlError, InputError
 from napari_hitl.napari._session import PromptSession, predict_regions
-
-if TYPE_CHECKING:  # pragma: no cover
-    from napari_hitl.napari._widget import HitlWidget
 
 #: tool modes; "off" leaves the Labels layer to napari's own tools
 MODES = ("off", "click", "scribble", "extreme", "suggest")
@@ -80,11 +78,28 @@ def _is_negative(event) -> bool:
     return getattr(event, "button", 1) == 2 or "control" in mods or "meta" in mods
 
 
-class ToolController:
-    """The interactive tools of one :class:`HitlWidget` (see the module docstring)."""
+class ToolController(QObject):
+    """The interactive tools on one viewer's Labels layer, run on ``queue`` (see the module docstring)."""
 
-    def __init__(self, dock: HitlWidget):
-        self.dock = dock
+    #: a line of status for the person
+    status = Signal(str)
+    #: the tool mode changed (also when the person picks one of napari's own label tools)
+    mode_changed = Signal(str)
+    #: a keyboard shortcut asks for a named action (see SHORTCUTS)
+    action_requested = Signal(str)
+    #: the engine is prepared for the shown plane, on this device
+    engine_ready = Signal(str)
+    #: a click in suggestion mode: frame, y, x, positive
+    suggestion_clicked = Signal(int, float, float, bool)
+    #: a prompt failed with an error the person can fix (a HitlError)
+    failed = Signal(object)
+
+    def __init__(self, viewer, queue):
+        super().__init__()
+        self.viewer = viewer
+        self.queue = queue
+        self.image: str | None = None  # name of the shown image
+        self.image_layer = None
         self.mode = "off"
         self.engine_name = "clicknet"
         self.full_image = True
@@ -101,21 +116,22 @@ class ToolController:
         self._drawn_paths: list = []
 
     # ------------------------------------------------------------------ layers
-    def attach(self, labels_layer) -> None:
-        """Bind the tools to a freshly shown Labels layer (prompt layers come with the first prompt)."""
+    def attach(self, labels_layer, image_layer, image: str) -> None:
+        """Bind the tools to the freshly shown layers of image ``image`` (prompt layers come with the
+        first prompt)."""
         self.detach()
-        self.layer = labels_layer
+        self.layer, self.image_layer, self.image = labels_layer, image_layer, image
         labels_layer.mouse_drag_callbacks.append(self._on_drag)
         labels_layer.events.mode.connect(self._on_layer_mode)
         for key, (_, action) in SHORTCUTS.items():
             labels_layer.bind_key(key, self._key_handler(action), overwrite=True)
-        self.dock.viewer.layers.selection.active = labels_layer
+        self.viewer.layers.selection.active = labels_layer
         self.set_mode(self.mode)
         self.prepare()
 
     def _ensure_prompt_layers(self) -> None:
         """Add the Points (clicks, extreme points) and Shapes (scribbles) layers on the first prompt."""
-        viewer = self.dock.viewer
+        viewer = self.viewer
         if self.points_layer is not None and self.points_layer in viewer.layers:
             return
         ndim = self.layer.ndim
@@ -131,7 +147,7 @@ class ToolController:
         viewer.layers.selection.active = self.layer
 
     def detach(self) -> None:
-        viewer = self.dock.viewer
+        viewer = self.viewer
         if self.layer is not None:
             if self._on_drag in self.layer.mouse_drag_callbacks:
                 self.layer.mouse_drag_callbacks.remove(self._on_drag)
@@ -155,19 +171,19 @@ class ToolController:
         if self.layer is not None and mode != "off":
             self.layer.mode = "pan_zoom"
             self.layer.mouse_pan = False
-            self.dock.viewer.layers.selection.active = self.layer
+            self.viewer.layers.selection.active = self.layer
         elif self.layer is not None:
             self.layer.mouse_pan = self.layer.mode == "pan_zoom"
-        self.dock.tool_changed(mode)
+        self.mode_changed.emit(mode)
 
     def _on_layer_mode(self, event=None) -> None:
         if self.layer is not None and self.layer.mode != "pan_zoom" and self.mode != "off":
             self.mode = "off"  # the person picked a napari tool (paint, erase...): ours step aside
-            self.dock.tool_changed("off")
+            self.mode_changed.emit("off")
 
     def _key_handler(self, action: str):
         def handler(layer):
-            self.dock.run_action(action)
+            self.action_requested.emit(action)
         handler.__doc__ = action
         return handler
 
@@ -175,14 +191,14 @@ class ToolController:
         """Current time point of a time-lapse (0 for a single image)."""
         if self.layer is None or self.layer.ndim < 3:
             return 0
-        return int(self.dock.viewer.dims.current_step[0])
+        return int(self.viewer.dims.current_step[0])
 
     def session(self, frame: int | None = None) -> PromptSession | None:
         """The prompt session of the shown image at ``frame`` (created on first use)."""
-        if self.layer is None or self.dock.current is None:
+        if self.layer is None or self.image is None:
             return None
         t = self.frame() if frame is None else frame
-        key = (self.dock.current, t)
+        key = (self.image, t)
         if key not in self.sessions:
             self.sessions[key] = PromptSession(self._plane(t))
         return self.sessions[key]
@@ -192,7 +208,7 @@ class ToolController:
         return data[t] if data.ndim == 3 else data
 
     def _image_plane(self, t: int) -> np.ndarray:
-        img = np.asarray(self.dock.image_layer.data)
+        img = np.asarray(self.image_layer.data)
         stack = self.layer.ndim == 3
         return img[t] if stack else img
 
@@ -213,7 +229,7 @@ class ToolController:
         negative = _is_negative(event)
         t, y, x = self._data_yx(event)
         if self.mode != "scribble":
-            self.dock._guard(self._press, t, y, x, not negative)
+            self._guard(self._press, t, y, x, not negative)
             return
         points = [(y, x)]
         yield
@@ -226,7 +242,14 @@ class ToolController:
                     self._last_drag_draw = now
                     self._draw_prompts(live=(t, points, not negative))
             yield
-        self.dock._guard(self.scribble, points, not negative, t)
+        self._guard(self.scribble, points, not negative, t)
+
+    def _guard(self, fn, *args) -> None:
+        """Run a prompt; an error the person can fix goes out as ``failed``."""
+        try:
+            fn(*args)
+        except HitlError as err:
+            self.failed.emit(err)
 
     def _press(self, t: int, y: float, x: float, positive: bool) -> None:
         if self.mode == "click":
@@ -234,7 +257,7 @@ class ToolController:
         elif self.mode == "extreme":
             self.extreme_point(y, x, t)
         elif self.mode == "suggest":
-            self.dock.suggestions.click_at(t, y, x, positive)
+            self.suggestion_clicked.emit(t, y, x, positive)
 
     # ------------------------------------------------------------------ prompts
     def _inside(self, y: float, x: float) -> bool:
@@ -249,7 +272,7 @@ class ToolController:
             return
         r = s.add_click(y, x, positive, self.label())
         if r is None:
-            self.dock.say("A negative click needs a region: click positive on the object first.")
+            self.status.emit("A negative click needs a region: click positive on the object first.")
             return
         self._after_prompt(s, r, frame)
 
@@ -260,7 +283,7 @@ class ToolController:
             return
         r = s.add_scribble(points, positive, self.label())
         if r is None:
-            self.dock.say("A negative scribble needs a region: click positive on the object first.")
+            self.status.emit("A negative scribble needs a region: click positive on the object first.")
             self._draw_prompts()
             return
         self._after_prompt(s, r, frame)
@@ -278,7 +301,7 @@ class ToolController:
             self._draw_prompts()
             raise
         if r is None:
-            self.dock.say(f"Extreme point {len(s.pending_extreme)} of 4 (left, right, top, bottom in any order)")
+            self.status.emit(f"Extreme point {len(s.pending_extreme)} of 4 (left, right, top, bottom in any order)")
             self._draw_prompts()
             return
         self._after_prompt(s, r, frame)
@@ -287,13 +310,13 @@ class ToolController:
         s = self.session()
         if s is not None:
             s.new_region = True
-            self.dock.say("The next positive prompt starts a new region.")
+            self.status.emit("The next positive prompt starts a new region.")
 
     def undo(self) -> None:
         """Undo the last prompt of the shown plane and re-predict."""
         s = self.session()
         if s is None or not s.history:
-            self.dock.say("No prompt to undo.")
+            self.status.emit("No prompt to undo.")
             return
         r = s.undo()
         self._draw_prompts()
@@ -311,12 +334,12 @@ class ToolController:
         s.reset()
         self._draw_prompts()
         self.show(s)
-        self.dock.say("Prompts reset.")
+        self.status.emit("Prompts reset.")
 
     def committed(self) -> None:
         """After an accept: what is shown becomes the starting point, prompts are cleared."""
         for (name, t), s in self.sessions.items():
-            if name == self.dock.current:
+            if name == self.image:
                 s.commit(self._plane(t))
         self._draw_prompts()
 
@@ -327,22 +350,22 @@ class ToolController:
     # ------------------------------------------------------------------ prediction
     def prepare(self) -> None:
         """Prepare the engine for the shown plane in the background, so the first click is quick."""
-        if self.layer is None or self.dock.image_layer is None:
+        if self.layer is None or self.image_layer is None:
             return
         t = self.frame()
-        key, image, name = (self.dock.current, t), self._image_plane(t), self.engine_name
+        key, image, name = (self.image, t), self._image_plane(t), self.engine_name
 
         def fn(ctx):
             self.host.get(name, key, image)
             return self.host.device(name)
 
-        self.dock.queue.submit("prepare", fn, self.dock.engine_ready, channel="prepare", interactive=True)
+        self.queue.submit("prepare", fn, self.engine_ready.emit, channel="prepare", interactive=True)
 
     def predict(self, s: PromptSession, target=None, frame: int | None = None) -> None:
         """Queue the engine on the session's regions; only the newest answer is painted."""
         t = self.frame() if frame is None else frame
         snap = s.snapshot(target)
-        key, image = (self.dock.current, t), self._image_plane(t)
+        key, image = (self.image, t), self._image_plane(t)
         name, full = self.engine_name, self.full_image
 
         def fn(ctx):
@@ -350,12 +373,12 @@ class ToolController:
             return predict_regions(engine, snap, full)
 
         def done(masks):
-            if self.sessions.get(key) is s and self.dock.current == key[0]:
+            if self.sessions.get(key) is s and self.image == key[0]:
                 s.set_masks(masks)
                 self.show(s, t)
 
-        self.dock.say("Segmenting…")
-        self.dock.queue.submit("predict", fn, done, channel="predict", interactive=True)
+        self.status.emit("Segmenting…")
+        self.queue.submit("predict", fn, done, channel="predict", interactive=True)
 
     def show(self, s: PromptSession, frame: int | None = None) -> None:
         """Paint the session's composite into the Labels layer (napari history: Ctrl+Z undoes)."""
@@ -371,12 +394,12 @@ class ToolController:
             with self.layer.block_history():
                 self.layer.data_setitem(idx, new[changed].astype(self.layer.data.dtype))
         s.shown = new
-        job = self.dock.queue.delivering
+        job = self.queue.delivering
         if job is not None and job.answered is not None:
             self.last_latency = time.perf_counter() - job.answered
             self.latencies.append(self.last_latency)
         n = len(s.regions)
-        self.dock.say(f"{n} region{'s' if n != 1 else ''} · {len(s.history)} prompt{'s' if len(s.history) != 1 else ''}"
+        self.status.emit(f"{n} region{'s' if n != 1 else ''} · {len(s.history)} prompt{'s' if len(s.history) != 1 else ''}"
                       " · Backspace undoes, Accept saves")
 
     # ------------------------------------------------------------------ prompt layers
@@ -391,7 +414,7 @@ class ToolController:
             return [t, y, x] if stack else [y, x]
 
         for (name, t), s in self.sessions.items():
-            if name != self.dock.current:
+            if name != self.image:
                 continue
             for r in s.regions:
                 for c in r.prompts.clicks:

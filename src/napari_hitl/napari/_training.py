@@ -1,15 +1,15 @@
 """Training and export controls of the dock.
 
-Training: train now, or automatically after N accepted images; steps, batch and crop size;
+Training: train now, or automatically after N saved answers; steps, batch and crop size;
 pseudo-labels (confidence threshold delta and the progressive schedule of beta and gamma);
 a progress bar with cancel; the last round's figures. Export: every label with its
 provenance and a manifest, the model checkpoint, and a summary of human vs machine pixels.
+The panels ask for work with signals; the dock runs it on the session.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -19,7 +19,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -28,9 +27,7 @@ from qtpy.QtWidgets import (
 
 from napari_hitl.active.pseudo import PseudoSettings
 from napari_hitl.io import LABEL_FORMATS
-
-if TYPE_CHECKING:  # pragma: no cover
-    from napari_hitl.napari._widget import HitlWidget
+from napari_hitl.napari._progress import JobProgress
 
 
 def _spin(lo, hi, value, step=None, decimals=None, tip=""):
@@ -46,30 +43,23 @@ def _spin(lo, hi, value, step=None, decimals=None, tip=""):
 
 
 class TrainingPanel(QWidget):
-    """Train-now / auto-train controls, pseudo-label settings, progress and figures."""
+    """Train-now / auto-train controls, pseudo-label settings, progress and figures;
+    ``train_requested`` on Train now, ``progress.cancel_requested`` on Cancel."""
 
-    def __init__(self, dock: HitlWidget):
+    train_requested = Signal()
+
+    def __init__(self):
         super().__init__()
         from napari_hitl.model.train import TrainSettings
 
-        self.dock = dock
         d = TrainSettings()
         p = PseudoSettings()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        row = QHBoxLayout()
         self.train_button = QPushButton("Train now")
         self.train_button.setToolTip("Fine-tune the model on every labelled image in the background")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        row.addWidget(self.train_button, 1)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("idle")
-        self.progress.setTextVisible(True)
+        layout.addWidget(self.train_button)
+        self.progress = JobProgress("training", "stop the round between steps (the last checkpoint stays)")
         layout.addWidget(self.progress)
         form = QFormLayout()
         auto = QHBoxLayout()
@@ -115,8 +105,7 @@ class TrainingPanel(QWidget):
         self.figures.setWordWrap(True)
         layout.addWidget(self.figures)
         layout.addStretch(1)
-        self.train_button.clicked.connect(lambda: self.dock.train())
-        self.cancel_button.clicked.connect(lambda: self.dock.cancel_training())
+        self.train_button.clicked.connect(self.train_requested.emit)
 
     def train_settings(self):
         from napari_hitl.model.train import TrainSettings
@@ -130,27 +119,23 @@ class TrainingPanel(QWidget):
 
     def running(self, on: bool) -> None:
         self.train_button.setEnabled(not on)
-        self.cancel_button.setEnabled(on)
         if on:
-            self.progress.setRange(0, 0)  # busy until the first step reports
-            self.progress.setFormat("starting…")
+            self.progress.start()
         else:
-            self.progress.setRange(0, 1)
-            self.progress.setValue(0)
-            self.progress.setFormat("idle")
+            self.progress.finish()
 
     def step(self, step: int, total: int, loss: float) -> None:
-        self.progress.setRange(0, total)
-        self.progress.setValue(step)
-        self.progress.setFormat(f"step {step}/{total} · loss {loss:.3f}")
+        self.progress.step(step, total, f"step {step}/{total} · loss {loss:.3f}")
 
 
 class ExportPanel(QWidget):
-    """Export every label, the model and a human-vs-machine summary into a folder."""
+    """Export every label, the model and a human-vs-machine summary into a folder;
+    ``export_requested(folder, format)`` once a folder is chosen."""
 
-    def __init__(self, dock: HitlWidget):
+    export_requested = Signal(str, str)
+
+    def __init__(self):
         super().__init__()
-        self.dock = dock
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
@@ -171,4 +156,4 @@ class ExportPanel(QWidget):
     def _ask(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Export labels and model into")
         if path:
-            self.dock.export(path, self.format.currentText())
+            self.export_requested.emit(path, self.format.currentText())

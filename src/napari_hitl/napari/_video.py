@@ -3,10 +3,10 @@
 Shown when the open image is a time-lapse. The list holds the units (40 or 80 px rectangles,
 superpixels or whole frames, chosen in the panel) the video session picks (motion + diversity
 first, then margin uncertainty + diversity); double-click one to jump to its frame with its
-outline drawn. Propagate runs one round on the dock's worker queue (fine-tune with the
+outline drawn. Propagate runs one round on the session's worker queue (fine-tune with the
 temporal loss on the accepted human labels, predict every frame; it pauses while a click is
 answered) and writes the predictions of unlabelled pixels as pseudo labels, never over human
-ones.
+ones. The panel tells the dock with signals (``status``, ``labels_saved``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QGroupBox,
@@ -22,16 +22,16 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
 )
 
 from napari_hitl.app.video import UnitRow, VideoHost
+from napari_hitl.napari._progress import JobProgress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_hitl.napari._widget import HitlWidget
+    from napari_hitl.app.session import Session
 
 #: name of the shapes layer that outlines the chosen unit
 OUTLINE_LAYER = "unit outline"
@@ -41,11 +41,20 @@ UNIT_CHOICES = {"40 px rectangles": "rect40", "80 px rectangles": "rect80",
 
 
 class VideoPanel(QGroupBox):
-    """Units of the open time-lapse to label next, and one-round propagation to every frame."""
+    """Units of the open time-lapse to label next, and one-round propagation to every frame;
+    jobs run on ``queue``, units are outlined in ``viewer``."""
 
-    def __init__(self, dock: HitlWidget):
+    #: a line of status for the person
+    status = Signal(str)
+    #: a round wrote labels of this image into the project (the shown layer should reload them)
+    labels_saved = Signal(str)
+
+    def __init__(self, viewer, queue):
         super().__init__("Time-lapse: units to label next")
-        self.dock = dock
+        self.viewer = viewer
+        self.queue = queue
+        self.session: Session | None = None
+        self.labels_layer = None
         self.host: VideoHost | None = None
         self.job = None
         self.rows: list[UnitRow] = []
@@ -77,30 +86,27 @@ class VideoPanel(QGroupBox):
         self.steps.setValue(120)
         row.addWidget(self.steps)
         row.addWidget(self.propagate_button)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        row.addWidget(self.cancel_button)
         lay.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("idle")
+        self.progress = JobProgress("video propagation", "stop the round (nothing is written when it stops "
+                                                         "before predicting)")
         lay.addWidget(self.progress)
         self.figures = QLabel("")
         self.figures.setWordWrap(True)
         lay.addWidget(self.figures)
         self.find_button.clicked.connect(self.find_units)
         self.propagate_button.clicked.connect(self.propagate)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.progress.cancel_requested.connect(self.cancel)
         self.list.itemActivated.connect(self._activated)
         self.list.itemDoubleClicked.connect(self._activated)
         self.setVisible(False)
 
     # ------------------------------------------------------------------ state
-    def image_shown(self, name: str) -> None:
-        """Show the panel for a time-lapse (a new video session per image), hide it otherwise."""
-        project = self.dock.project
-        stack = project is not None and project.record(name).is_stack
+    def image_shown(self, session: Session | None, name: str | None, labels_layer=None) -> None:
+        """The viewer shows image ``name`` of ``session`` in ``labels_layer`` (None: nothing): show
+        the panel for a time-lapse (a new video session per image), hide it otherwise."""
+        self.session, self.labels_layer = session, labels_layer
+        project = None if session is None else session.project
+        stack = project is not None and name is not None and project.record(name).is_stack
         self.setVisible(stack)
         if self.host is not None and (not stack or self.host.project is not project or self.host.name != name):
             self.cancel()
@@ -109,10 +115,10 @@ class VideoPanel(QGroupBox):
             self.list.clear()
             self.figures.setText("")
         if stack and self.host is None:
-            self.host = self.dock.session.video(name)
+            self.host = session.video(name)
 
     def _ready(self) -> bool:
-        if self.host is None or self.dock.project is None:
+        if self.host is None or self.session is None:
             show_error("Open a time-lapse first.")
             return False
         return True
@@ -129,8 +135,8 @@ class VideoPanel(QGroupBox):
             if rows is not None and host is self.host:
                 self.show_units(rows)
 
-        self.dock.say("Choosing units to label…")
-        self.dock.queue.submit("video-units", self.dock.session.units_job(host, k, unit), finished,
+        self.status.emit("Choosing units to label…")
+        self.queue.submit("video-units", self.session.units_job(host, k, unit), finished,
                                channel="video-units")
 
     def show_units(self, rows: list[UnitRow]) -> None:
@@ -142,7 +148,7 @@ class VideoPanel(QGroupBox):
             item = QListWidgetItem(f"frame {r.frame} · unit {r.index} · y {y0}-{y1}, x {x0}-{x1}{score}")
             item.setData(Qt.UserRole, r.index)
             self.list.addItem(item)
-        self.dock.say(f"{len(self.rows)} units to label next")
+        self.status.emit(f"{len(self.rows)} units to label next")
 
     def _activated(self, item) -> None:
         index = item.data(Qt.UserRole)
@@ -152,7 +158,7 @@ class VideoPanel(QGroupBox):
 
     def go_to(self, row: UnitRow) -> None:
         """Jump to the unit's frame and outline it (one shapes layer, replaced each time)."""
-        viewer = self.dock.viewer
+        viewer = self.viewer
         viewer.dims.set_current_step(0, row.frame)
         y0, x0, y1, x1 = row.bbox
         t = row.frame
@@ -161,8 +167,8 @@ class VideoPanel(QGroupBox):
             viewer.layers.remove(OUTLINE_LAYER)
         viewer.add_shapes([rect], shape_type="polygon", edge_color="yellow", face_color="transparent",
                           edge_width=2, name=OUTLINE_LAYER)
-        if self.dock.labels_layer is not None:
-            viewer.layers.selection.active = self.dock.labels_layer
+        if self.labels_layer is not None:
+            viewer.layers.selection.active = self.labels_layer
 
     # ------------------------------------------------------------------ propagate
     def propagate(self) -> None:
@@ -170,7 +176,7 @@ class VideoPanel(QGroupBox):
         if not self._ready():
             return
         if self.job is not None:
-            self.dock.say("Propagation is already running.")
+            self.status.emit("Propagation is already running.")
             return
         host, steps = self.host, self.steps.value()
 
@@ -179,16 +185,15 @@ class VideoPanel(QGroupBox):
             if figures is None or host is not self.host:
                 return
             self.figures.setText(figures.text())
-            self.dock.reload_labels(host.name)
-            self.dock.say(figures.text())
+            self.labels_saved.emit(host.name)
+            self.status.emit(figures.text())
             self.find_units()
 
         self.running(True)
-        self.dock.say("Propagating…")
-        self.job = self.dock.queue.submit("video-propagate",
-                                          self.dock.session.propagate_job(host, steps),
-                                          finished, channel="video-propagate", on_progress=self.step,
-                                          preemptible=True, on_error=lambda err: self.running(False))
+        self.status.emit("Propagating…")
+        self.job = self.queue.submit("video-propagate", self.session.propagate_job(host, steps), finished,
+                                     channel="video-propagate", on_progress=self.step, preemptible=True,
+                                     on_error=lambda err: self.running(False))
 
     def cancel(self) -> None:
         """Stop the running round (nothing is written when it stops before predicting)."""
@@ -200,12 +205,10 @@ class VideoPanel(QGroupBox):
         if not on:
             self.job = None
         self.propagate_button.setEnabled(not on)
-        self.cancel_button.setEnabled(on)
-        self.progress.setRange(0, 0 if on else 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("starting…" if on else "idle")
+        if on:
+            self.progress.start()
+        else:
+            self.progress.finish()
 
     def step(self, stage: str, done: int, total: int) -> None:
-        self.progress.setRange(0, max(1, total))
-        self.progress.setValue(done)
-        self.progress.setFormat(f"{stage} {done}/{total}")
+        self.progress.step(done, total, f"{stage} {done}/{total}")

@@ -15,15 +15,12 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
-    QButtonGroup,
-    QCheckBox,
     QComboBox,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -33,9 +30,10 @@ from napari_hitl.app.export import summary_text
 from napari_hitl.app.model_host import warm_up
 from napari_hitl.app.session import Session
 from napari_hitl.errors import HitlError
+from napari_hitl.napari._annotate import AnnotatePanel
 from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, claim_project_folder, image_layer_data
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
-from napari_hitl.napari._tools import MODE_TITLES, MODES, ToolController, check_engine, shortcut_help
+from napari_hitl.napari._tools import MODES, ToolController, check_engine, shortcut_help
 from napari_hitl.napari._training import ExportPanel, TrainingPanel
 from napari_hitl.napari._video import VideoPanel
 from napari_hitl.napari._worker import ModelQueue
@@ -65,13 +63,13 @@ class HitlWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.session: Session | None = None
-        self.current: str | None = None
+        self._current: str | None = None
         self.image_layer = None
         self.labels_layer = None
         self.train_job = None
         self._devices: dict[str, str] = {}
         self.queue = ModelQueue(self)
-        self.tools = ToolController(self)
+        self.tools = ToolController(napari_viewer, self.queue)
 
         self.setToolTip("napari-hitl: open a project, pick an image, click / scribble / extreme points, "
                         "press Accept.\n\nShortcuts (on the labels layer):\n" + shortcut_help())
@@ -92,12 +90,14 @@ class HitlWidget(QWidget):
         self.device_label = QLabel("Device: chosen when the model first runs (GPU if there is one, else CPU)")
         self.device_label.setWordWrap(True)
         layout.addWidget(self.device_label)
-        layout.addWidget(self._build_tools())
-        self.ranking = RankingPanel(self)
+        self.annotate = AnnotatePanel(self.tools.engine_name, self.tools.full_image)
+        layout.addWidget(self.annotate)
+        self.ranking = RankingPanel()
         self.image_list = self.ranking.list
-        self.suggestions = SuggestionsPanel(self)
-        self.training = TrainingPanel(self)
-        self.exporter = ExportPanel(self)
+        self.suggestions = SuggestionsPanel(napari_viewer)
+        self.training = TrainingPanel()
+        self.exporter = ExportPanel()
+        self.rank_job = None
         self.tabs = QTabWidget()
         images = QWidget()
         box = QVBoxLayout(images)
@@ -106,7 +106,7 @@ class HitlWidget(QWidget):
         sug = QGroupBox("Suggested superpixels of this image")
         QVBoxLayout(sug).addWidget(self.suggestions)
         box.addWidget(sug, 2)
-        self.video = VideoPanel(self)
+        self.video = VideoPanel(napari_viewer, self.queue)
         box.addWidget(self.video, 3)
         self.tabs.addTab(images, "Images")
         self.tabs.addTab(self.training, "Train")
@@ -121,99 +121,48 @@ class HitlWidget(QWidget):
         self.sample_box.activated.connect(self._sample_chosen)
         self.image_list.itemActivated.connect(self._item_activated)
         self.image_list.itemDoubleClicked.connect(self._item_activated)
-        self.accept_button.clicked.connect(self.accept_labels)
-        self.next_button.clicked.connect(self.open_next)
+        self.annotate.mode_chosen.connect(lambda mode: self._guard(self.tools.set_mode, mode))
+        self.annotate.engine_chosen.connect(lambda name: self._guard(self.set_engine, name))
+        self.annotate.full_image_toggled.connect(lambda on: setattr(self.tools, "full_image", on))
+        self.annotate.brush_changed.connect(self._brush_changed)
+        self.annotate.class_chosen.connect(self._class_chosen)
+        self.annotate.action_requested.connect(self.run_action)
         self.queue.busy_changed.connect(self._busy)
+        self.tools.status.connect(self.say)
+        self.tools.mode_changed.connect(self.tool_changed)
+        self.tools.action_requested.connect(self.run_action)
+        self.tools.engine_ready.connect(self.engine_ready)
+        self.tools.suggestion_clicked.connect(lambda t, y, x, positive: self._guard(
+            self.suggestions.click_at, t, y, x, positive))
+        self.tools.failed.connect(self._report)
+        self.ranking.rank_requested.connect(self.rank)
+        self.ranking.progress.cancel_requested.connect(self.cancel_ranking)
+        self.training.train_requested.connect(self.train)
+        self.training.progress.cancel_requested.connect(self.cancel_training)
+        self.exporter.export_requested.connect(self.export)
+        self.suggestions.suggest_requested.connect(self.suggest)
+        self.suggestions.status.connect(self.say)
+        self.suggestions.failed.connect(self._report)
+        self.video.status.connect(self.say)
+        self.video.labels_saved.connect(self.reload_labels)
         self.viewer.layers.events.inserted.connect(self._layer_inserted)
         for layer in list(self.viewer.layers):
             self._adopt(layer)
-
-    def _build_tools(self) -> QGroupBox:
-        group = QGroupBox("Annotate")
-        lay = QVBoxLayout(group)
-        row = QHBoxLayout()
-        self.tool_buttons = {}
-        self.tool_group = QButtonGroup(self)
-        self.tool_group.setExclusive(True)
-        keys = {"click": "C", "scribble": "S", "extreme": "Shift+E", "suggest": "G", "off": ""}
-        for mode in ("click", "scribble", "extreme", "suggest", "off"):
-            b = QPushButton(MODE_TITLES[mode].replace(" (napari tools)", ""))
-            b.setCheckable(True)
-            tips = {"click": "left click: positive, right click or Ctrl+click: negative",
-                    "scribble": "drag across the object (right button or Ctrl: negative); a scribble that "
-                                "starts in one region and enters another extends the first and shrinks the other",
-                    "extreme": "click the leftmost, rightmost, top and bottom points of an object (any order)",
-                    "suggest": "click a suggested superpixel: left keeps its predicted class, right relabels it",
-                    "off": "napari's own label tools (paint, erase, fill)"}
-            b.setToolTip(f"{tips[mode]}{f' ({keys[mode]})' if keys[mode] else ''}")
-            self.tool_group.addButton(b)
-            self.tool_buttons[mode] = b
-            b.clicked.connect(lambda _=False, m=mode: self._guard(self.tools.set_mode, m))
-            row.addWidget(b)
-        self.tool_buttons["off"].setChecked(True)
-        lay.addLayout(row)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Class"))
-        self.class_box = QComboBox()
-        self.class_box.setToolTip("the class that clicks, scribbles and extreme points segment "
-                                  "(napari's selected label; - and = change it)")
-        row.addWidget(self.class_box, 1)
-        row.addWidget(QLabel("Engine"))
-        self.engine_box = QComboBox()
-        from napari_hitl.interactive.engine import available_engines
-
-        self.engine_box.addItems(available_engines())
-        self.engine_box.setCurrentText(self.tools.engine_name)
-        self.engine_box.setToolTip("clicknet: learned click model (fast); graph: random walker on colour "
-                                   "(no weights)")
-        row.addWidget(self.engine_box)
-        lay.addLayout(row)
-        row = QHBoxLayout()
-        self.full_image = QCheckBox("Full-image mode")
-        self.full_image.setChecked(self.tools.full_image)
-        self.full_image.setToolTip("regions compete for every pixel: one region's prompts tell the others "
-                                   "to shrink (off: each region on its own)")
-        row.addWidget(self.full_image)
-        row.addWidget(QLabel("Brush"))
-        self.brush = QSpinBox()
-        self.brush.setRange(1, 200)
-        self.brush.setValue(10)
-        self.brush.setToolTip("napari's paint / erase brush size ([ and ])")
-        row.addWidget(self.brush)
-        lay.addLayout(row)
-        row = QHBoxLayout()
-        self.new_region_button = QPushButton("New region")
-        self.new_region_button.setToolTip("the next positive prompt starts a new region (N)")
-        self.undo_button = QPushButton("Undo prompt")
-        self.undo_button.setToolTip("remove the last click, scribble or extreme point (Backspace); "
-                                    "Ctrl+Z undoes mask edits as in napari")
-        self.reset_button = QPushButton("Reset")
-        self.reset_button.setToolTip("forget this image's prompts; its labels go back to how they were (R)")
-        for b in (self.new_region_button, self.undo_button, self.reset_button):
-            row.addWidget(b)
-        lay.addLayout(row)
-        row = QHBoxLayout()
-        self.accept_button = QPushButton("Accept labels")
-        self.accept_button.setToolTip("Save the labels layer as human labels of this image (Ctrl+Enter)")
-        self.next_button = QPushButton("Next ▶")
-        self.next_button.setToolTip("the next image that is not fully labelled, in ranked order (Shift+N)")
-        row.addWidget(self.accept_button)
-        row.addWidget(self.next_button)
-        lay.addLayout(row)
-
-        self.class_box.currentIndexChanged.connect(self._class_chosen)
-        self.engine_box.currentTextChanged.connect(lambda name: self._guard(self.set_engine, name))
-        self.full_image.toggled.connect(lambda on: setattr(self.tools, "full_image", bool(on)))
-        self.brush.valueChanged.connect(self._brush_changed)
-        self.new_region_button.clicked.connect(lambda: self.run_action("new_region"))
-        self.undo_button.clicked.connect(lambda: self.run_action("undo"))
-        self.reset_button.clicked.connect(lambda: self.run_action("reset"))
-        return group
 
     @property
     def project(self) -> Project | None:
         """The open project (the session's), or None."""
         return None if self.session is None else self.session.project
+
+    @property
+    def current(self) -> str | None:
+        """The name of the image shown in the viewer."""
+        return self._current
+
+    @current.setter
+    def current(self, name: str | None) -> None:
+        self._current = name
+        self.ranking.current = name
 
     # ------------------------------------------------------------------ small helpers
     def say(self, text: str) -> None:
@@ -225,9 +174,13 @@ class HitlWidget(QWidget):
         try:
             return fn(*args)
         except HitlError as err:
-            show_error(str(err))
-            self.status.setText(f"⚠ {err}")
+            self._report(err)
         return None
+
+    def _report(self, err: HitlError) -> None:
+        """An error the person can fix: a notification and the status line."""
+        show_error(str(err))
+        self.status.setText(f"⚠ {err}")
 
     def run_action(self, action: str) -> None:
         """Run a named action (tool buttons and keyboard shortcuts share these)."""
@@ -247,15 +200,12 @@ class HitlWidget(QWidget):
             raise HitlError(f"unknown action {action!r}")
 
     def tool_changed(self, mode: str) -> None:
-        button = self.tool_buttons.get(mode)
-        if button is not None and not button.isChecked():
-            button.setChecked(True)
+        self.annotate.show_mode(mode)
 
     def set_engine(self, name: str) -> None:
         """Choose the interactive engine by name ('clicknet', 'graph')."""
         self.tools.engine_name = check_engine(name)
-        if self.engine_box.currentText() != name:
-            self.engine_box.setCurrentText(name)
+        self.annotate.show_engine(name)
         self.tools.prepare()
 
     def engine_ready(self, device: str) -> None:
@@ -274,17 +224,13 @@ class HitlWidget(QWidget):
         if not busy and self.status.text() in ("Segmenting…", "Working…"):
             self.say("Ready")
 
-    def _class_chosen(self, index: int) -> None:
-        cid = self.class_box.itemData(index)
-        if cid is not None and self.labels_layer is not None and self.labels_layer.selected_label != cid:
+    def _class_chosen(self, cid: int) -> None:
+        if self.labels_layer is not None and self.labels_layer.selected_label != cid:
             self.labels_layer.selected_label = int(cid)
 
     def _sync_class(self, event=None) -> None:
-        if self.labels_layer is None:
-            return
-        idx = self.class_box.findData(int(self.labels_layer.selected_label))
-        if idx >= 0 and idx != self.class_box.currentIndex():
-            self.class_box.setCurrentIndex(idx)
+        if self.labels_layer is not None:
+            self.annotate.show_class(int(self.labels_layer.selected_label))
 
     def _brush_changed(self, value: int) -> None:
         if self.labels_layer is not None:
@@ -300,14 +246,10 @@ class HitlWidget(QWidget):
         self.session = Session(project)
         claim_project_folder(project.root)  # `napari PROJECT` opens it without a reader dialog from now on
         self.session.on("committed", self._committed)
-        self.ranking.rows = None
+        self.ranking.set_session(self.session)
         self.project_label.setText(f"<b>{project.name}</b> — {len(project)} images, "
                                    f"classes: {', '.join(c.name for c in project.classes[1:])}<br>{project.root}")
-        self.class_box.blockSignals(True)
-        self.class_box.clear()
-        for c in project.classes[1:]:
-            self.class_box.addItem(f"{c.id}: {c.name}", c.id)
-        self.class_box.blockSignals(False)
+        self.annotate.set_classes(project.classes[1:])
         self.refresh_list()
         self._load_thumbnails()
         self.queue.submit("warm-up", warm_up, lambda device: self.show_device(model=device))
@@ -321,7 +263,9 @@ class HitlWidget(QWidget):
             self.session.close()
         self.session = None
         self.current = None
-        self.video.image_shown(None)
+        self.ranking.set_session(None)
+        self.suggestions.image_shown(None, None, None)
+        self.video.image_shown(None, None)
         self.image_list.clear()
         self.project_label.setText("No project open")
         self.project_changed.emit()
@@ -377,13 +321,14 @@ class HitlWidget(QWidget):
             self._attach(self.labels_layer)
 
     def _attach(self, labels_layer) -> None:
-        self.tools.attach(labels_layer)
+        self.tools.attach(labels_layer, self.image_layer, self.current)
         labels_layer.events.selected_label.connect(self._sync_class)
-        labels_layer.brush_size = self.brush.value()
+        labels_layer.brush_size = self.annotate.brush.value()
         if labels_layer.selected_label < 1:
             labels_layer.selected_label = 1
         self._sync_class()
-        self.video.image_shown(self.current)
+        self.suggestions.image_shown(self.session, self.current, labels_layer)
+        self.video.image_shown(self.session, self.current, labels_layer)
 
     # ------------------------------------------------------------------ images
     def refresh_list(self) -> None:
@@ -483,19 +428,35 @@ class HitlWidget(QWidget):
         if self.project is None:
             show_error("Open a project first.")
             return
-        session = self.session
+        session, progress = self.session, self.ranking.progress
 
         def finished(preds):
+            self.rank_job = None
             if session is not self.session:
                 return
             session.predicted(preds)
             self.ranking.resort()
             self.show_device(model=session.model.trainer.device_description)
+            progress.finish(f"Ranked {len(preds)} images by {self.ranking.choice}")
             self.say(f"Ranked {len(preds)} images by {self.ranking.choice}")
 
+        def failed(err):
+            self.rank_job = None
+            progress.finish("")
+
         self.say("Predicting every image…")
-        self.queue.submit("rank", session.predict_job(), finished, channel="rank", preemptible=True,
-                          on_progress=lambda i, n: self.say(f"Predicting {i}/{n}…"))
+        progress.start("predicting…")
+        self.rank_job = self.queue.submit("rank", session.predict_job(), finished, channel="rank", preemptible=True,
+                                          on_error=failed,
+                                          on_progress=lambda i, n: progress.step(i, n, f"predicting {i}/{n}"))
+
+    def cancel_ranking(self) -> None:
+        """Stop predicting (the images predicted so far are not ranked)."""
+        if self.rank_job is not None:
+            self.rank_job.cancel()
+            self.rank_job = None
+        self.ranking.progress.finish("Ranking cancelled.")
+        self.say("Ranking cancelled.")
 
     def suggest(self) -> None:
         """Find the open image's most uncertain superpixels in the background and outline them."""

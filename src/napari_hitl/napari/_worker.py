@@ -11,6 +11,7 @@ notifications.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import queue
@@ -24,6 +25,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 
+from napari_hitl.app.jobs import drive
 from napari_hitl.errors import HitlError
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,10 @@ IDLE_EXIT_S = 5.0
 
 @dataclass(eq=False)
 class Job:
-    """A unit of model work: ``fn(ctx)`` runs on the worker, ``on_done(result)`` on the UI thread."""
+    """A unit of model work: ``fn(ctx)`` runs on the worker, ``on_done(result)`` on the UI thread.
+
+    ``fn`` may return a generator (a job of :mod:`napari_hitl.app.jobs`): the worker then runs it
+    step by step, reports what it yields as progress and closes it when the job should stop."""
 
     kind: str
     fn: Callable[[JobContext], Any]
@@ -210,6 +215,8 @@ class ModelQueue(QObject):
             result, error = None, None
             try:
                 result = job.fn(ctx)
+                if inspect.isgenerator(result):  # a generator job: progress per step, stopped by closing it
+                    result = drive(result, ctx.should_stop, ctx.progress)
             except BaseException as err:  # noqa: BLE001 - every failure is reported to the person
                 error = err
                 error.hitl_traceback = traceback.format_exc()
