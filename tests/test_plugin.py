@@ -169,3 +169,27 @@ def test_napari_project_opens_the_dock_without_asking(viewer_factory, tmp_path, 
     dock = find_dock(viewer)
     assert isinstance(dock, HitlWidget) and dock.project.root == (tmp_path / "proj").resolve()
     assert dock.image_list.count() == 3
+
+
+def test_the_dock_fits_napari_default_window(viewer_factory, tmp_path, monkeypatch, qtbot):
+    """At napari's default window size (1089x702) the dock does not make the window grow, and
+    once it docks, the sample image lies wholly inside the canvas (the view is refit)."""
+    from napari_hitl.napari._widget import find_dock
+
+    monkeypatch.setenv("NAPARI_HITL_HOME", str(tmp_path / "home"))
+    viewer = viewer_factory(show=True)
+    window = viewer.window._qt_window
+    window.resize(1089, 702)
+    viewer.open_sample("napari-hitl", "nuclei")  # the image first, then the dock docks beside it
+    dock = find_dock(viewer)
+    qtbot.waitUntil(lambda: dock.isVisible(), timeout=10_000)
+    qtbot.wait(300)
+    assert (window.width(), window.height()) == (1089, 702)
+    canvas_h, canvas_w = viewer.window._qt_viewer.canvas.size
+    assert canvas_w >= 380, f"the canvas is squeezed to {canvas_w} px"
+    image = viewer.layers[dock.current]
+    h, w = image.data.shape[:2]
+    zoom = viewer.camera.zoom
+    assert h * zoom <= canvas_h + 1 and w * zoom <= canvas_w + 1, (h * zoom, w * zoom, canvas_h, canvas_w)
+    assert abs(viewer.camera.center[-1] - (w - 1) / 2) < 1 and abs(viewer.camera.center[-2] - (h - 1) / 2) < 1
+    assert not dock.suggestions.answers.isVisible()  # no empty suggestion box before there are suggestions

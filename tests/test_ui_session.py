@@ -151,6 +151,14 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert (dock.project.checkpoint_dir / "segnet.pt").exists()
     assert dock.training.train_button.isEnabled()
     assert f"model: {dock.session.model.trainer.device_description}" in dock.device_label.text()
+    # the model's prediction of the shown image is a layer of its own, under the person's labels,
+    # and its uncertainty an optional (hidden) layer above the image
+    names = [lay.name for lay in viewer.layers]
+    pred_layer, unc_layer = viewer.layers[f"{name} prediction"], viewer.layers[f"{name} uncertainty"]
+    assert names.index(f"{name} uncertainty") < names.index(f"{name} prediction") < names.index(layer.name)
+    np.testing.assert_array_equal(pred_layer.data, dock.session.predictions[name][0].pred)
+    assert pred_layer.visible and not unc_layer.visible and 0 <= float(unc_layer.data.min()) <= 1
+    assert viewer.layers.selection.active.name == layer.name  # the person keeps editing their labels
 
     # the ranking panel re-sorts by each score
     orders = {}
@@ -170,6 +178,8 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert sum("★" in t for t in texts) == 3 and not any(t.startswith(f"{name} ") and "★" in t for t in texts)
     dock.open_next()
     assert dock.current != name and dock.project.counts(dock.current).status != "done"
+    assert f"{name} prediction" not in [lay.name for lay in viewer.layers]  # the old image's went with it
+    assert f"{dock.current} prediction" in [lay.name for lay in viewer.layers]
 
     # superpixel suggestions of the open image: accept one, relabel another
     dock.suggest()
@@ -216,7 +226,8 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert summary["pixels"]["human"] > 0 and summary["pixels"]["machine"] > 0
     assert len(list((out / "labels").glob("*.tif"))) == 4
     assert "human" in dock.exporter.summary.text()
-    assert [lay.name for lay in viewer.layers][:2] == [dock.current, f"{dock.current} labels"]
+    shown = [lay.name for lay in viewer.layers if not lay.name.endswith((" prediction", " uncertainty"))]
+    assert shown[:2] == [dock.current, f"{dock.current} labels"]
 
 
 def test_an_engine_error_becomes_a_notification(dock, qtbot, monkeypatch):

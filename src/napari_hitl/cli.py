@@ -37,7 +37,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from napari_hitl.interactive.engine import available_engines
+    from napari_hitl.interactive.engine import DEFAULT_ENGINE, available_engines
 
     parser = argparse.ArgumentParser(
         prog="napari-hitl", description="Human-in-the-loop segmentation for napari: projects, export, the demo, "
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", help="folder of ground-truth label images named like the project's images")
     p.add_argument("--in-place", action="store_true", help="write the robot's labels (marked simulated) into "
                    "--project itself; by default the session runs on a copy")
-    p.add_argument("--engine", default="graph", choices=available_engines(),
+    p.add_argument("--engine", default=DEFAULT_ENGINE, choices=available_engines(),
                    help="interactive engine for the click robot (default: %(default)s)")
     p.add_argument("--engine-option", action="append", default=None, metavar="KEY=VALUE",
                    help="engine option (repeatable); default for the graph engine: method=walker, "
@@ -170,7 +170,13 @@ def demo(args) -> int:
             print(HEADLESS_HELP)
         from napari_hitl import commands
 
-        sim = build_parser().parse_args(["simulate"] + (["--project", args.project] if args.project else []))
+        # the robot annotates all nuclei of an image as one region: the graph engine's random walker
+        # handles many objects in one mask (the learned engine, everyone's default, segments one object
+        # a region: IoU 0.35 after 20 clicks here against 0.83)
+        print("The robot clicks with the graph engine (random walker): it labels all nuclei of an image as "
+              "one region, which the walker handles best.")
+        sim = build_parser().parse_args(["simulate", "--engine", "graph"]
+                                        + (["--project", args.project] if args.project else []))
         return int(commands.simulate(sim) or 0)
     # The CLI is the composition root: the one core module allowed to start the UI.
     from napari_hitl.napari.app import launch

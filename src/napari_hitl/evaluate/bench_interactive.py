@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_hitl.errors import InputError
+from napari_hitl.interactive.engine import DEFAULT_ENGINE, available_engines
 
 MAX_CLICKS = 20
 IOU_AT = (1, 3, 5)
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", action="append", required=True,
                         help="dataset folder with images/ and masks/ (repeatable); with --full-image "
                              "a folder with images/ and class-id masks/ (e.g. camvid/val)")
-    parser.add_argument("--engine", default="graph", help="engine name (default: graph)")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=available_engines(),
+                        help="engine name (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images per dataset")
     parser.add_argument("--json", default=None, help="write the results as JSON to this file")
     parser.add_argument("--full-image", action="store_true", help="full-image mode on multi-region label maps")

@@ -8,6 +8,7 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -16,7 +17,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_hitl.napari._tools import MODE_TITLES
+from napari_hitl.napari._tools import MODE_TITLES, SHORTCUTS
 
 
 class AnnotatePanel(QGroupBox):
@@ -38,12 +39,12 @@ class AnnotatePanel(QGroupBox):
     def __init__(self, engine: str, full_image: bool):
         super().__init__("Annotate")
         lay = QVBoxLayout(self)
-        row = QHBoxLayout()
+        grid = QGridLayout()  # three tools a row: the dock stays narrow
         self.tool_buttons = {}
         self.tool_group = QButtonGroup(self)
         self.tool_group.setExclusive(True)
-        keys = {"click": "C", "scribble": "S", "extreme": "Shift+E", "suggest": "G", "off": ""}
-        for mode in ("click", "scribble", "extreme", "suggest", "off"):
+        keys = {mode: key.replace("-", "+") for key, (_, mode) in SHORTCUTS.items()}  # one table of keys
+        for k, mode in enumerate(("click", "scribble", "extreme", "suggest", "off")):
             b = QPushButton(MODE_TITLES[mode].replace(" (napari tools)", ""))
             b.setCheckable(True)
             tips = {"click": "left click: positive, right click or Ctrl+click: negative",
@@ -52,13 +53,13 @@ class AnnotatePanel(QGroupBox):
                     "extreme": "click the leftmost, rightmost, top and bottom points of an object (any order)",
                     "suggest": "click a suggested superpixel: left keeps its predicted class, right relabels it",
                     "off": "napari's own label tools (paint, erase, fill)"}
-            b.setToolTip(f"{tips[mode]}{f' ({keys[mode]})' if keys[mode] else ''}")
+            b.setToolTip(f"{tips[mode]}{f' ({keys[mode]})' if mode in keys else ''}")
             self.tool_group.addButton(b)
             self.tool_buttons[mode] = b
             b.clicked.connect(lambda _=False, m=mode: self.mode_chosen.emit(m))
-            row.addWidget(b)
+            grid.addWidget(b, k // 3, k % 3)
         self.tool_buttons["off"].setChecked(True)
-        lay.addLayout(row)
+        lay.addLayout(grid)
         row = QHBoxLayout()
         row.addWidget(QLabel("Class"))
         self.class_box = QComboBox()

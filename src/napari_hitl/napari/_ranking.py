@@ -215,20 +215,25 @@ class SuggestionsPanel(QWidget):
                                        "in the viewer: left accepts, right/Ctrl relabels)")
         row.addWidget(self.count)
         row.addWidget(self.size)
-        row.addWidget(self.suggest_button, 1)
         layout.addLayout(row)
+        layout.addWidget(self.suggest_button)
         self.hint = QLabel("Train a round (or use the untrained model), then Suggest superpixels: the most "
                            "uncertain ones are outlined on the image and listed here.")
         self.hint.setWordWrap(True)
         self.hint.setStyleSheet("color: gray")
         layout.addWidget(self.hint)
+        # the list and its answer buttons show only while there are suggestions
+        self.answers = QWidget()
+        answers = QVBoxLayout(self.answers)
+        answers.setContentsMargins(0, 0, 0, 0)
         self.list = QListWidget()
         self.list.setMaximumHeight(130)
-        layout.addWidget(self.list)
+        answers.addWidget(self.list)
         row = QHBoxLayout()
         self.accept_button = QPushButton("Accept ✓")
         self.accept_button.setToolTip("Keep the predicted class of the selected superpixel")
-        self.relabel_button = QPushButton("Relabel as selected class")
+        self.relabel_button = QPushButton("Relabel")
+        self.relabel_button.setToolTip("Give the selected superpixel the class selected under Annotate")
         self.accept_all_button = QPushButton("Accept all ✓✓")
         self.accept_all_button.setToolTip("Keep the predicted class of every superpixel still outlined, in one "
                                           "click: relabel the wrong ones first (with all of them suggested, the "
@@ -236,7 +241,9 @@ class SuggestionsPanel(QWidget):
         row.addWidget(self.accept_button)
         row.addWidget(self.relabel_button)
         row.addWidget(self.accept_all_button)
-        layout.addLayout(row)
+        answers.addLayout(row)
+        layout.addWidget(self.answers)
+        self.answers.setVisible(False)
         self.suggest_button.clicked.connect(self.suggest_requested.emit)
         self.accept_button.clicked.connect(lambda: self._guard(self.accept, self.list.currentRow()))
         self.relabel_button.clicked.connect(lambda: self._guard(self.relabel, self.list.currentRow()))
@@ -268,6 +275,7 @@ class SuggestionsPanel(QWidget):
         self.image, self.segments, self.items = None, None, []
         self.list.clear()
         self.hint.setVisible(True)
+        self.answers.setVisible(False)
         if self.layer is not None and self.layer in self.viewer.layers:
             self.viewer.layers.remove(self.layer)
         self.layer = None
@@ -284,6 +292,7 @@ class SuggestionsPanel(QWidget):
     def _redraw(self) -> None:
         self.list.clear()
         self.hint.setVisible(not self.items)
+        self.answers.setVisible(bool(self.items))
         classes = {c.id: c.name for c in self.session.project.classes}
         for rank, s in enumerate(self.items, start=1):
             self.list.addItem(f"#{rank}  uncertainty {s.score:.2f}  → {classes.get(s.predicted_class, s.predicted_class)}"

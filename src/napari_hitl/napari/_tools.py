@@ -16,6 +16,7 @@ import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from napari_hitl.errors import HitlError, InputError
+from napari_hitl.interactive.engine import DEFAULT_ENGINE
 from napari_hitl.napari._session import PromptSession, predict_regions
 
 #: tool modes; "off" leaves the Labels layer to napari's own tools
@@ -24,10 +25,11 @@ MODE_TITLES = {"off": "Off (napari tools)", "click": "Click", "scribble": "Scrib
                "extreme": "Extreme points", "suggest": "Suggestions"}
 
 #: keyboard shortcuts on the Labels layer (napari's own: P paint, E erase, F fill, Z pan/zoom,
-#: [ ] brush size, Ctrl+Z / Ctrl+Shift+Z undo / redo of label edits)
+#: [ ] brush size, Ctrl+Z / Ctrl+Shift+Z undo / redo of label edits). Scribble is B (a brush
+#: stroke), not S: S means "segment" in micro-sam, which many of our users also have.
 SHORTCUTS = {
     "C": ("click tool", "click"),
-    "S": ("scribble tool", "scribble"),
+    "B": ("scribble tool (a brush stroke)", "scribble"),
     "Shift-E": ("extreme-point tool", "extreme"),
     "G": ("superpixel suggestions tool", "suggest"),
     "N": ("next prompt starts a new region", "new_region"),
@@ -101,7 +103,7 @@ class ToolController(QObject):
         self.image: str | None = None  # name of the shown image
         self.image_layer = None
         self.mode = "off"
-        self.engine_name = "clicknet"
+        self.engine_name = DEFAULT_ENGINE
         self.full_image = True
         self.host = EngineHost()
         self.sessions: dict[tuple[str, int], PromptSession] = {}

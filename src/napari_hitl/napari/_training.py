@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 from napari_hitl.active.pseudo import PseudoSettings
 from napari_hitl.io import LABEL_FORMATS
 from napari_hitl.napari._progress import JobProgress
+from napari_hitl.napari._section import section
 
 
 def _spin(lo, hi, value, step=None, decimals=None, tip=""):
@@ -63,44 +64,45 @@ class TrainingPanel(QWidget):
         layout.addWidget(self.progress)
         form = QFormLayout()
         auto = QHBoxLayout()
-        self.auto = QCheckBox("after every")
-        self.auto_n = _spin(1, 1000, 3, tip="saved answers (accepted images, answered suggestions) between "
+        self.auto = QCheckBox("every")
+        self.auto.setToolTip("Train a round by itself after this many saved answers")
+        self.auto_n = _spin(1, 1000, 3, tip="Saved answers (accepted images, answered suggestions) between "
                                             "automatic training rounds")
+        self.auto_n.setSuffix(" answers")
         auto.addWidget(self.auto)
-        auto.addWidget(self.auto_n)
-        auto.addWidget(QLabel("saved answers"))
-        form.addRow("Auto-train", auto)
-        self.steps = _spin(1, 100000, d.steps, tip="optimiser steps per round")
-        self.batch = _spin(1, 64, d.batch_size, tip="crops per step")
-        self.crop = _spin(32, 1024, d.crop, step=32, tip="training crop side in pixels")
-        sizes = QHBoxLayout()
-        for w, name in ((self.steps, "steps"), (self.batch, "batch"), (self.crop, "crop")):
-            sizes.addWidget(w)
-            sizes.addWidget(QLabel(name))
-        form.addRow("Round", sizes)
+        auto.addWidget(self.auto_n, 1)
+        form.addRow("Train by itself", auto)
+        self.steps = _spin(1, 100000, d.steps, tip="How many learning steps one round takes (more: slower, "
+                                                   "closer fit to your labels)")
+        self.batch = _spin(1, 64, d.batch_size, tip="How many image crops each step learns from")
+        self.crop = _spin(32, 1024, d.crop, step=32, tip="Side of the square crops cut from your images, in pixels")
+        self.crop.setSuffix(" px")
+        form.addRow("Steps per round", self.steps)
+        form.addRow("Crops per step", self.batch)
+        form.addRow("Crop size", self.crop)
         layout.addLayout(form)
-        group = QGroupBox("Pseudo-labels (the model labels the pixels it is sure of)")
+        group = QGroupBox("The model labels the pixels it is sure of")
         group.setCheckable(True)
         group.setChecked(p.enabled)
+        group.setToolTip("Between rounds the model fills in the pixels it is sure of, on the images it is most "
+                         "consistent on; your labels always win over them, and they weigh half in training")
         self.pseudo_group = group
         pform = QFormLayout(group)
-        self.delta = _spin(0.5, 1.0, p.delta, 0.01, 3, "a pixel keeps the machine's label above this confidence")
-        self.beta0 = _spin(0.0, 1.0, p.beta0, 0.01, 3, "local-consistency threshold at round 0")
-        self.dbeta = _spin(0.0, 0.5, p.dbeta, 0.01, 3, "beta drops by this each round")
-        self.gamma0 = _spin(0.0, 1.0, p.gamma0, 0.05, 3, "share of images the machine may label at round 0")
-        self.dgamma = _spin(0.0, 1.0, p.dgamma, 0.05, 3, "gamma grows by this each round")
-        pform.addRow("confidence δ", self.delta)
-        sched = QHBoxLayout()
-        for w, name in ((self.beta0, "β₀"), (self.dbeta, "−Δβ/round")):
-            sched.addWidget(QLabel(name))
-            sched.addWidget(w)
-        pform.addRow("consistency β", sched)
-        sched = QHBoxLayout()
-        for w, name in ((self.gamma0, "γ₀"), (self.dgamma, "+Δγ/round")):
-            sched.addWidget(QLabel(name))
-            sched.addWidget(w)
-        pform.addRow("image share γ", sched)
-        layout.addWidget(group)
+        self.delta = _spin(0.5, 1.0, p.delta, 0.01, 3, "The model labels a pixel only when it is at least this sure "
+                                                      "(1 = certain)")
+        self.beta0 = _spin(0.0, 1.0, p.beta0, 0.01, 3, "How sure the model must be along object edges for an image "
+                                                      "to count as consistent, in the first round (β₀)")
+        self.dbeta = _spin(0.0, 0.5, p.dbeta, 0.01, 3, "Each round that bar drops by this much (Δβ), as the model "
+                                                      "earns trust")
+        self.gamma0 = _spin(0.0, 1.0, p.gamma0, 0.05, 3, "Share of the images the model may label in the first "
+                                                        "round: the most consistent ones (γ₀)")
+        self.dgamma = _spin(0.0, 1.0, p.dgamma, 0.05, 3, "Each round that share grows by this much (Δγ)")
+        pform.addRow("Sure enough at (δ)", self.delta)
+        pform.addRow("Edge sureness, round 1 (β₀)", self.beta0)
+        pform.addRow("  less each round (Δβ)", self.dbeta)
+        pform.addRow("Share of images, round 1 (γ₀)", self.gamma0)
+        pform.addRow("  more each round (Δγ)", self.dgamma)
+        layout.addWidget(section("Pseudo-labels", group, expanded=False))
         self.figures = QLabel("No training round yet.")
         self.figures.setWordWrap(True)
         layout.addWidget(self.figures)

@@ -17,7 +17,6 @@ from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -31,8 +30,10 @@ from napari_hitl.app.model_host import warm_up
 from napari_hitl.app.session import Session
 from napari_hitl.errors import HitlError
 from napari_hitl.napari._annotate import AnnotatePanel
-from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, claim_project_folder, image_layer_data
+from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, claim_project_folder, image_layer_data, label_colormap
+from napari_hitl.napari._prediction import PredictionLayers
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
+from napari_hitl.napari._section import section
 from napari_hitl.napari._tools import MODES, ToolController, check_engine, shortcut_help
 from napari_hitl.napari._training import ExportPanel, TrainingPanel
 from napari_hitl.napari._video import VideoPanel
@@ -41,6 +42,10 @@ from napari_hitl.project import Project
 from napari_hitl.samples import SAMPLES, sample_project
 
 DOCK_NAME = "Annotation dock (napari-hitl)"
+
+
+#: the dock's widest, in pixels: napari's default window keeps a canvas of about 420 px beside it
+DOCK_WIDTH = 350
 
 
 def find_dock(viewer) -> HitlWidget | None:
@@ -70,16 +75,23 @@ class HitlWidget(QWidget):
         self._devices: dict[str, str] = {}
         self.queue = ModelQueue(self)
         self.tools = ToolController(napari_viewer, self.queue)
+        self.prediction = PredictionLayers(napari_viewer)  # the model's view of the shown image
 
         self.setToolTip("napari-hitl: open a project, pick an image, click / scribble / extreme points, "
                         "press Accept.\n\nShortcuts (on the labels layer):\n" + shortcut_help())
+        # narrow enough for napari's default window (1089x702) beside its layer controls
+        self.setMaximumWidth(DOCK_WIDTH)
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
         row = QHBoxLayout()
-        self.open_button = QPushButton("Open project…")
-        self.new_button = QPushButton("New from folder…")
+        self.open_button = QPushButton("Open…")
+        self.new_button = QPushButton("New…")
         self.sample_box = QComboBox()
-        self.sample_box.addItem("Open sample…")
+        self.sample_box.addItem("Sample…")
         self.sample_box.addItems(sorted(SAMPLES))
+        self.open_button.setToolTip("Open a napari-hitl project folder")
+        self.new_button.setToolTip("Create a project from a folder of images (or a time-lapse)")
+        self.sample_box.setToolTip("Open a ready-to-try sample project")
         row.addWidget(self.open_button)
         row.addWidget(self.new_button)
         row.addWidget(self.sample_box)
@@ -87,11 +99,14 @@ class HitlWidget(QWidget):
         self.project_label = QLabel("No project open")
         self.project_label.setWordWrap(True)
         layout.addWidget(self.project_label)
-        self.device_label = QLabel("Device: chosen when the model first runs (GPU if there is one, else CPU)")
+        self.device_label = QLabel("Device: chosen when the model first runs")
         self.device_label.setWordWrap(True)
         layout.addWidget(self.device_label)
         self.annotate = AnnotatePanel(self.tools.engine_name, self.tools.full_image)
-        layout.addWidget(self.annotate)
+        self.annotate.setTitle("")
+        self.annotate.setFlat(True)
+        self.annotate.layout().setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(section("Annotate", self.annotate, expanded=True))
         self.ranking = RankingPanel()
         self.image_list = self.ranking.list
         self.suggestions = SuggestionsPanel(napari_viewer)
@@ -103,11 +118,10 @@ class HitlWidget(QWidget):
         box = QVBoxLayout(images)
         box.setContentsMargins(2, 2, 2, 2)
         box.addWidget(self.ranking, 3)
-        sug = QGroupBox("Suggested superpixels of this image")
-        QVBoxLayout(sug).addWidget(self.suggestions)
-        box.addWidget(sug, 2)
+        self.suggestions_section = section("Suggested superpixels", self.suggestions, expanded=False)
+        box.addWidget(self.suggestions_section)
         self.video = VideoPanel(napari_viewer, self.queue)
-        box.addWidget(self.video, 3)
+        box.addWidget(section("Time-lapse", self.video, expanded=False))
         self.tabs.addTab(images, "Images")
         self.tabs.addTab(self.training, "Train")
         self.tabs.addTab(self.exporter, "Export")
@@ -115,6 +129,10 @@ class HitlWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+
+        for combo in (self.sample_box, self.annotate.class_box, self.annotate.engine_box, self.ranking.sort_box):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)  # shrink with the dock; the full text is in the list
 
         self.open_button.clicked.connect(self._ask_open)
         self.new_button.clicked.connect(self._ask_new)
@@ -248,7 +266,8 @@ class HitlWidget(QWidget):
         self.session.on("committed", self._committed)
         self.ranking.set_session(self.session)
         self.project_label.setText(f"<b>{project.name}</b> — {len(project)} images, "
-                                   f"classes: {', '.join(c.name for c in project.classes[1:])}<br>{project.root}")
+                                   f"classes: {', '.join(c.name for c in project.classes[1:])}")
+        self.project_label.setToolTip(str(project.root))
         self.annotate.set_classes(project.classes[1:])
         self.refresh_list()
         self._load_thumbnails()
@@ -264,6 +283,7 @@ class HitlWidget(QWidget):
         self.session = None
         self.current = None
         self.ranking.set_session(None)
+        self.prediction.clear()
         self.suggestions.image_shown(None, None, None)
         self.video.image_shown(None, None)
         self.image_list.clear()
@@ -362,6 +382,7 @@ class HitlWidget(QWidget):
         self.suggestions.clear()
         if self.current is not None:
             self.tools.forget_image(self.current)
+        self.prediction.clear()
         for layer in (self.image_layer, self.labels_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
@@ -371,9 +392,20 @@ class HitlWidget(QWidget):
         self.labels_layer = self.viewer.add_labels(lab, **lab_kw)
         self.viewer.layers.selection.active = self.labels_layer
         self._attach(self.labels_layer)
+        QTimer.singleShot(0, self.viewer.reset_view)  # fit the image to the canvas as it is now
+        self._show_prediction()
         self.refresh_list()
         self.status.setText(f"Showing {name}")
         self.image_opened.emit(name)
+
+    def _show_prediction(self) -> None:
+        """Once the model is trained, show its prediction of the shown image (if predicted) as
+        layers under the person's labels (see :mod:`napari_hitl.napari._prediction`)."""
+        if self.session is None or self.current is None or not self.session.model.trained:
+            return
+        preds = self.session.predictions.get(self.current)
+        if preds:
+            self.prediction.show(self.current, preds, label_colormap(self.project), below=self.labels_layer)
 
     def open_next(self) -> None:
         """Show the next image that is not fully labelled by a human: the most useful one when the
@@ -435,6 +467,7 @@ class HitlWidget(QWidget):
             if session is not self.session:
                 return
             session.predicted(preds)
+            self._show_prediction()
             self.ranking.resort()
             self.show_device(model=session.model.trainer.device_description)
             progress.finish(f"Ranked {len(preds)} images by {self.ranking.choice}")
@@ -472,7 +505,9 @@ class HitlWidget(QWidget):
             if session is not self.session:
                 return
             session.predicted({name: preds})
+            self._show_prediction()
             self.suggestions.show_suggestions(name, t, seg, sugs, n_segments)
+            self.suggestions_section.expand(animate=False)
 
         self.say("Finding uncertain superpixels…")
         self.queue.submit("suggest", session.suggest_job(name, t, k, n_segments, exclude), finished,
@@ -530,6 +565,11 @@ class HitlWidget(QWidget):
 
         self.say("Exporting…")
         self.queue.submit("export", self.session.export_job(out, fmt), finished, channel="export")
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        """Docking narrows the canvas: fit the view again once the dock is laid out."""
+        super().showEvent(event)
+        QTimer.singleShot(0, self.viewer.reset_view)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
         self.queue.stop()
