@@ -31,7 +31,7 @@ CAMVID_CLASSES, CAMVID_VOID = 11, 11
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="../shared/data/camvid or ../shared/data/dsb2018 (not with --merge)")
     parser.add_argument("--strategy", default="all", help=f"one of {', '.join(LOOP_STRATEGIES)}, or 'all'")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=4, help="annotate-then-train rounds (default: %(default)s)")
     parser.add_argument("--budget", type=int, default=2, help="images per round (superpixel strategies: "
                         "budget x --sp-per-image superpixels)")
     parser.add_argument("--sp-per-image", type=int, default=20, help="superpixels that count as one image of budget")
@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "superpixel whose main true class covers at least this share, mixed ones are traced "
                         "as polygons; 0 = the panel's one-click answer (main class) for every superpixel")
     parser.add_argument("--steps", type=int, default=100, help="training steps per round")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--crop", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=4, help="image crops per training step")
+    parser.add_argument("--crop", type=int, default=160, help="side of the training crops, in pixels")
     parser.add_argument("--scale", type=float, default=0.5, help="downscale factor of all images (1 = full size)")
     parser.add_argument("--pool", type=int, default=60, help="at most this many pool images (0: all)")
     parser.add_argument("--heldout", type=int, default=30, help="at most this many held-out images (0: all)")

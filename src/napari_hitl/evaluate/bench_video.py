@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "or one sequence folder (frames/ + masks/)")
     parser.add_argument("--unit", default="rect40", help="annotation unit: frame, rect<N> (e.g. rect40), "
                         "superpixel<N> (e.g. superpixel300)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="annotate-then-propagate rounds (default: %(default)s)")
     parser.add_argument("--budget", type=float, default=1.5,
                         help="clicks per round, in %% of the clicks a full annotation of the video costs")
     parser.add_argument("--sequences", help="comma-separated subset of sequences (default: all)")
