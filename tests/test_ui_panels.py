@@ -110,3 +110,17 @@ def test_annotate_panel_tells_with_signals_and_shows_what_it_is_told(qtbot):
         with qtbot.waitSignal(panel.action_requested, timeout=1000) as got:
             button.click()
         assert got.args == [action]
+
+
+def test_shortcuts_keep_napari_and_micro_sam_keys():
+    """Our tool keys live on the labels layer: none may take a key napari gives labels layers
+    (B preserves labels, M a new label, ...), and S stays micro-sam's "segment"."""
+    from napari.utils.shortcuts import default_shortcuts
+
+    from napari_hitl.napari._tools import SHORTCUTS
+
+    labels_keys = {str(k) for name, keys in default_shortcuts.items()
+                   if "labels" in name or name.endswith(("new_label", "preserve_labels")) for k in keys}
+    ours = {key.replace("-", "+").replace("Control", "Ctrl") for key in SHORTCUTS}
+    assert not ours & labels_keys, ours & labels_keys
+    assert "S" not in ours and SHORTCUTS["W"][1] == "scribble"

@@ -25,11 +25,12 @@ MODE_TITLES = {"off": "Off (napari tools)", "click": "Click", "scribble": "Scrib
                "extreme": "Extreme points", "suggest": "Suggestions"}
 
 #: keyboard shortcuts on the Labels layer (napari's own: P paint, E erase, F fill, Z pan/zoom,
-#: [ ] brush size, Ctrl+Z / Ctrl+Shift+Z undo / redo of label edits). Scribble is B (a brush
-#: stroke), not S: S means "segment" in micro-sam, which many of our users also have.
+#: [ ] brush size, B preserve labels, M new label, Ctrl+Z / Ctrl+Shift+Z undo / redo of label
+#: edits). Scribble is W (write a stroke), not S: S means "segment" in micro-sam, which many of
+#: our users also have.
 SHORTCUTS = {
     "C": ("click tool", "click"),
-    "B": ("scribble tool (a brush stroke)", "scribble"),
+    "W": ("scribble tool (write a stroke)", "scribble"),
     "Shift-E": ("extreme-point tool", "extreme"),
     "G": ("superpixel suggestions tool", "suggest"),
     "N": ("next prompt starts a new region", "new_region"),
