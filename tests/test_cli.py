@@ -30,7 +30,8 @@ def test_create_info_export(tmp_path, capsys):
         p.commit_labels("x1", np.ones((10, 12), np.uint8))
     assert cli.main(["info", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
-    assert "x1" in out and "done" in out and "human 120" in out
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("x1 "))
+    assert row == ["x1", "12x10", "done", "120", "0", "0", "0"]  # width x height, then pixels per provenance
     assert cli.main(["export", str(tmp_path / "p"), str(tmp_path / "out"), "--format", "png"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["totals"]["human"] == 120
@@ -41,6 +42,8 @@ def test_create_info_export(tmp_path, capsys):
     out = tmp_path / "out"
     assert manifest["unlabelled_value"] == 255
     assert (io.read_labels(out / "labels" / "x0.png") == 255).all() and (io.read_labels(out / "labels" / "x1.png") == 1).all()
+    assert cli.main(["export", str(tmp_path / "p"), str(out), "--colour", "--overwrite"]) == 1  # tiff has no colours
+    assert "format png" in capsys.readouterr().err
     assert cli.main(["export", str(tmp_path / "p"), str(out), "--format", "png", "--colour", "--overwrite",
                      "--unlabelled-as-background"]) == 0
     with Image.open(out / "labels" / "x1.png") as img:
@@ -131,6 +134,8 @@ def test_version_engine_choices_and_a_single_class(tmp_path, capsys):
         assert [c.name for c in p.classes] == ["background", "nucleus"]
     with pytest.raises(InputError, match="background class first"):
         Project.create(tmp_path / "q", imgs, classes=["nucleus"])
+    assert cli.main(["create", str(tmp_path / "r"), str(imgs), "--classes", "nucleus", "background"]) == 1
+    assert "list 'background' first" in capsys.readouterr().err
 
 
 @pytest.mark.slow

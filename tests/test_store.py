@@ -389,7 +389,7 @@ def test_export_is_all_or_nothing_and_guarded(tmp_path, proj, capsys):
     proj.commit_labels("img0", np.ones((12, 14), np.uint8))
     io.export_project(proj, out, "tiff")
     first = json.loads((out / "manifest.json").read_text())
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(InputError, match="earlier export"):
         io.export_project(proj, out, "tiff")
     proj.commit_labels("img1", np.full((12, 14), 2, np.uint8))
     with pytest.raises(KeyboardInterrupt):  # cancelled half way: the earlier export stays whole

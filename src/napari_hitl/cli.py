@@ -64,11 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the robot stops clicking on an image at this overlap with the truth (default: %(default)s)")
     p.add_argument("--max-clicks", type=int, default=20, help="most clicks per image (default: %(default)s)")
     p.add_argument("--steps", type=int, default=40,
-                   help="training steps of the model's round (default: %(default)s, about a minute on 2 CPU cores)")
-    p.add_argument("--delta", type=float, default=0.9, help="confidence above which pixels are pseudo-labelled")
+                   help="training steps of the model's round (default: %(default)s, about a minute on an idle "
+                        "2-core CPU)")
+    p.add_argument("--delta", type=float, default=0.9,
+                   help="confidence above which pixels are pseudo-labelled (default: %(default)s)")
 
     p = sub.add_parser("create", help="create a project folder from a folder of images")
-    p.add_argument("project")
+    p.add_argument("project", help="the new project's folder (must not exist, or be empty)")
     p.add_argument("source", help="folder of images, a multi-page TIFF, or a frame folder with --timelapse")
     p.add_argument("--timelapse", action="store_true", help="treat the folder's images as frames of one stack")
     p.add_argument("--classes", nargs="+", default=None,
@@ -76,12 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "background added before it)")
 
     p = sub.add_parser("info", help="summarise a project (images, classes, provenance counts)")
-    p.add_argument("project")
+    p.add_argument("project", help="the project's folder")
 
     p = sub.add_parser("export", help="write all labels, their provenance, the model and a summary of a project")
-    p.add_argument("project")
-    p.add_argument("out")
-    p.add_argument("--format", choices=("tiff", "png", "zarr"), default="tiff")
+    p.add_argument("project", help="the project's folder")
+    p.add_argument("out", help="the folder to write (new, empty, or an earlier export with --overwrite)")
+    p.add_argument("--format", choices=("tiff", "png", "zarr"), default="tiff", help="label file format "
+                   "(default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
     p.add_argument("--colour", action="store_true", help="PNG labels indexed with the class colours, so image "
                    "viewers show them (the values stay the labels)")
@@ -123,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     except commands_errors() as err:
         print(f"napari-hitl: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `napari-hitl info P | head`: the reader left; nothing to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as err:  # full disk, read-only folder, a file where a folder should be
         where = f": {err.filename}" if err.filename else ""
         print(f"napari-hitl: error: {err.strerror or err}{where}", file=sys.stderr)
@@ -157,9 +165,9 @@ def has_display() -> bool:
 HEADLESS_HELP = """No display found, so napari cannot open a window here.
   - On a desktop: run `napari-hitl demo` there (napari opens with the dock and the sample project).
   - Over SSH: use `ssh -X` (X forwarding) so the window opens on your screen.
-  - Headless: `napari-hitl simulate` (a simulated person annotates the sample project),
-    `napari-hitl bench ...` for the benchmarks.
-Running the headless session now (`napari-hitl simulate`):
+  - Headless: `napari-hitl simulate --engine graph` (a simulated person annotates the sample
+    project), `napari-hitl bench ...` for the benchmarks.
+Running the headless session now (`napari-hitl simulate --engine graph`):
 """
 
 

@@ -32,12 +32,13 @@ def info(args) -> int:
         print(f"  images: {len(project)}   classes: {', '.join(f'{c.id}={c.name}' for c in project.classes)}")
         every = project.all_counts()  # one query, one snapshot: the rows add up to the total
         total = sum(every.values(), Counts())
+        print(f"  {'image':<32} {'width x height':<15} {'status':<10} labelled pixels by: human, simulated "
+              "(robot), machine (accepted), pseudo (the model's)")
         for rec in project.images:
             c = every[rec.name]
-            frames = f" x{rec.frames}" if rec.is_stack else ""
-            print(f"  {rec.name:<32} {rec.shape[0]}x{rec.shape[1]}{frames:<5} {c.status:<8} "
-                  f"human {c.human:>9}  machine {c.machine:>9}  pseudo {c.pseudo:>9}"
-                  + (f"  simulated {c.simulated:>9}" if c.simulated else ""))
+            size = f"{rec.shape[1]}x{rec.shape[0]}" + (f" x{rec.frames}" if rec.is_stack else "")
+            print(f"  {rec.name:<32} {size:<15} {c.status:<10} "
+                  f"{c.human:>9} {c.simulated:>9} {c.machine:>9} {c.pseudo:>9}")
         print(f"  total pixels: human {total.human}, simulated {total.simulated}, machine {total.machine}, "
               f"pseudo {total.pseudo}, "
               f"unlabelled {total.unlabelled}")
@@ -113,8 +114,9 @@ def simulate(args) -> int:
         print(f"simulated session on {project.root}: {len(records)} images, engine {args.engine!r} {options}, "
               f"IoU target {args.target_iou:.2f}, at most {args.max_clicks} clicks per image")
         minutes = (40 + 1.5 * args.steps) / 60  # measured on a 2-core CPU: clicks ~40 s, ~1.5 s a training step
-        print(f"This takes about {max(1, round(minutes))} minute(s) on a 2-core CPU, less on a GPU. A robot plays "
-              "the person: it clicks where the mask is wrong, as a person would.")
+        print(f"This takes about {max(1, round(minutes))} minute(s) on an idle 2-core CPU (longer while other work "
+              "runs, less on a GPU). A robot plays the person: it clicks where the mask is wrong, as a person "
+              "would.")
 
         def annotate(name: str, start: np.ndarray | None) -> tuple[int, float]:
             mask, clicks, score, ms = _click_session(engine, project.read_image(name), truths[name].astype(bool),
@@ -132,7 +134,7 @@ def simulate(args) -> int:
         print(f"   device: {session.model.get(settings).device_description}")
         figures = drive(session.train_job(settings, None)(),
                         progress=lambda step, total, loss: text_progress(step, total, f"   training step (loss {loss:.3f})"))
-        print(f"   {figures.steps} steps in {figures.seconds:.0f} s, loss {figures.loss_last:.3f}; "
+        print(f"   {figures.steps} steps in {figures.seconds:.0f} s, mean loss of the last steps {figures.loss_last:.3f}; "
               f"checkpoint {checkpoint_path(project)}")
 
         print("3. predicting and ranking the other images (least consistent first)")

@@ -464,6 +464,8 @@ def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwr
     """
     if fmt not in LABEL_FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {LABEL_FORMATS}")
+    if colour and fmt != "png":
+        raise InputError(f"colour applies to PNG labels; export with format png (not {fmt})")
     n_classes = len(project.classes)
     if unlabelled == "auto":
         unlabelled = UNLABELLED_VALUE if n_classes <= UNLABELLED_VALUE else 65535
@@ -512,12 +514,11 @@ def _check_export_target(project, out: Path, overwrite: bool) -> None:
     if not out.parent.is_dir():
         raise InputError(f"cannot export to {out}: the folder {out.parent} does not exist")
     entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    if entries and not overwrite:
-        raise InputError(f"{out} is not empty; choose an empty folder, or overwrite the earlier export "
-                         "(--overwrite)")
     if entries - EXPORT_ENTRIES:
         raise InputError(f"{out} holds files that are not an export ({', '.join(sorted(entries - EXPORT_ENTRIES)[:3])}"
                          "); choose an empty folder")
+    if entries and not overwrite:
+        raise InputError(f"{out} holds an earlier export; replace it with --overwrite, or choose an empty folder")
 
 
 def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop, unlabelled: int | None,

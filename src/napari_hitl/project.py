@@ -205,6 +205,8 @@ def default_classes(names: Sequence[str] | None = None) -> list[ClassInfo]:
                          f"{names}: give e.g. 'background {names[0] if names else 'object'}'")
     if len(set(names)) != len(names):
         raise InputError(f"class names must be unique, got {names}")
+    if any(n.strip().lower() == "background" for n in names[1:]):
+        raise InputError(f"class 0 is the background: list 'background' first, got {names}")
     if len(names) > MAX_CLASSES:
         raise InputError(f"at most {MAX_CLASSES} classes fit the label type, got {len(names)}")
     for n in names:

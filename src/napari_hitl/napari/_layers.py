@@ -49,8 +49,11 @@ def dock_in_current_viewer() -> None:
         return
     from napari_hitl.napari._widget import find_dock
 
-    if find_dock(viewer) is None:
-        viewer.window.add_plugin_dock_widget("napari-hitl", "Annotation dock")
+    if find_dock(viewer) is None:  # under the title napari's Plugins menu gives it
+        from napari_hitl.napari._widget import HitlWidget
+        from napari_hitl.napari.app import dock_title
+
+        viewer.window.add_dock_widget(HitlWidget(viewer), name=dock_title(), area="right")
 
 
 def claim_project_folder(root) -> None:

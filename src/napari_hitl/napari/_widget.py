@@ -507,7 +507,7 @@ class HitlWidget(QWidget):
             session.predicted({name: preds})
             self._show_prediction()
             self.suggestions.show_suggestions(name, t, seg, sugs, n_segments)
-            self.suggestions_section.expand(animate=False)
+            self.suggestions_section.expand()
 
         self.say("Finding uncertain superpixels…")
         self.queue.submit("suggest", session.suggest_job(name, t, k, n_segments, exclude), finished,
