@@ -213,3 +213,12 @@ def test_recorded_val_split_matches_the_rule():
         stems = [p.stem for p in (data / name / "images").iterdir()]
         assert tc.val_split(stems, name) == names
         assert 1 <= len(names) <= math.ceil(tc.VAL_FRACTION * len(stems)) and set(names) <= set(stems)
+
+
+def test_ship_rule_needs_a_clear_gain():
+    from napari_hitl.interactive.train_clicknet import ship_beats
+
+    gen1 = {"noc90": 8.63, "iou1": 0.435}
+    assert ship_beats({"noc90": 8.2, "iou1": 0.44}, gen1)
+    assert not ship_beats({"noc90": 8.45, "iou1": 0.451}, gen1)  # 0.18 clicks on 60 objects: noise
+    assert not ship_beats({"noc90": 7.0, "iou1": 0.40}, gen1)  # fewer clicks but a worse first click
