@@ -222,3 +222,14 @@ def test_ship_rule_needs_a_clear_gain():
     assert ship_beats({"noc90": 8.2, "iou1": 0.44}, gen1)
     assert not ship_beats({"noc90": 8.45, "iou1": 0.451}, gen1)  # 0.18 clicks on 60 objects: noise
     assert not ship_beats({"noc90": 7.0, "iou1": 0.40}, gen1)  # fewer clicks but a worse first click
+
+
+def test_learning_curve_plot(tmp_path):
+    from napari_hitl.interactive.train_clicknet import plot_curve
+
+    point = {"objects": 2, "per_set": {"bsds_regions": {"noc90": 9.0, "iou1": 0.4}}}
+    curve = {"points": [{**point, "samples_total": 100, "noc90": 9.0, "iou1": 0.4},
+                        {**point, "samples_total": 900, "noc90": 7.5, "iou1": 0.5}]}
+    (tmp_path / "curve.json").write_text(json.dumps(curve))
+    plot_curve(tmp_path / "curve.json", tmp_path / "out" / "curve.png")
+    assert (tmp_path / "out" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
