@@ -520,11 +520,14 @@ def main(argv=None) -> int:
         log(f"saved checkpoint ({tag}) at step {tot['step']}, {tot['samples']} samples, "
             f"{tot['cpu_seconds'] / 3600:.2f} CPU h")
 
-    def evaluate(weights: Path, label: str) -> dict:
+    def evaluate(weights: Path, label: str, samples_total: int | None = None) -> dict:
+        """Validate ``weights``, append the point to the curve (x: ``samples_total``, by default the run's)."""
         t = time.time()
         res = validate(weights, val_items, objects)
         tot = totals()
-        point = {"label": label, "samples": tot["samples"], "samples_total": tot["prior_samples"] + tot["samples"],
+        if samples_total is None:
+            samples_total = tot["prior_samples"] + tot["samples"]
+        point = {"label": label, "samples": tot["samples"], "samples_total": samples_total,
                  "step": tot["step"], "cpu_hours": round(tot["cpu_seconds"] / 3600, 3),
                  "time": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), **res}
         curve["points"].append(point)
@@ -537,7 +540,9 @@ def main(argv=None) -> int:
 
     if objects and not curve["points"]:
         if args.ship and args.ship.is_file():
-            evaluate(args.ship, f"shipped {args.ship.name} (before this run)")
+            ship_meta = args.ship.with_suffix(".json")
+            seen = json.loads(ship_meta.read_text()).get("samples") if ship_meta.is_file() else None
+            evaluate(args.ship, f"shipped {args.ship.name} (before this run)", seen)
         if not args.ship or args.resume or args.init != args.ship:
             _atomic_save(_half_state(net), out / "clicknet.pt")
             evaluate(out / "clicknet.pt", "start")
