@@ -17,7 +17,8 @@ def test_training_script_smoke(tmp_path):
     data = data_dir("bsds_regions").parent
     out = tmp_path / "run"
     rc = train_clicknet.main(["--data", str(data), "--out", str(out), "--limit", "2", "--steps", "2",
-                              "--batch", "2", "--max-rounds", "1", "--threads", "1"])
+                              "--batch", "2", "--max-rounds", "1", "--threads", "1",
+                              "--cache-crops", "8", "--eval-every", "0"])
     assert rc == 0
     meta = json.loads((out / "clicknet.json").read_text())
     assert meta["steps"] == 2 and meta["samples"] == 4 and meta["seed"] == 0
