@@ -115,12 +115,6 @@ class ImageRecord:
     def label_shape(self) -> tuple[int, ...]:
         return (self.frames, *self.shape) if self.is_stack else tuple(self.shape)
 
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["files"] = list(self.files)
-        d["shape"] = list(self.shape)
-        return d
-
     @classmethod
     def from_json(cls, d: dict) -> ImageRecord:
         return cls(name=str(d["name"]), files=tuple(d["files"]), shape=tuple(int(s) for s in d["shape"]),
@@ -916,8 +910,7 @@ class Project:
             settings = dict(db.execute("SELECT key, value FROM settings"))
             planes = db.execute("SELECT image, frame, file, unlabelled, human, machine, pseudo, simulated "
                                 "FROM planes").fetchall()
-            journal = [{"t": t, "event": e, **json.loads(d)} for t, e, d in
-                       db.execute("SELECT t, event, data FROM journal ORDER BY seq")]
+            journal = self.journal()  # the same snapshot (nested), with its check of each entry
             for row in planes:
                 target = _inside(dest / "labels", row[2], "label file", self.root / DB_FILE)
                 target.parent.mkdir(parents=True, exist_ok=True)
