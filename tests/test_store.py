@@ -105,7 +105,8 @@ def test_migration_is_crash_safe(tmp_path, monkeypatch):
         Project.open(root)
     monkeypatch.setattr(io, "atomic_write_json", real)
     assert json.loads((root / "project.json").read_text())["version"] == 1
-    assert (root / "images.json").exists()  # the old format is untouched until the switch
+    # the old index and label files are kept (moved to the backup just before the switch)
+    assert (root / "backup-v1" / "images.json").exists() and (root / "backup-v1" / "labels" / "cells_a.npz").exists()
     with Project.open(root) as p:
         assert p.counts("cells_a").human == 16 * 20
         assert [e["event"] for e in p.journal()].count("migrated") == 1
@@ -167,11 +168,15 @@ def test_tampered_names_and_paths_are_refused(tmp_path, proj):
 
 
 @pytest.mark.parametrize("content, message", [
-    (dict(labels=np.full((12, 14), np.nan, np.float32), provenance=np.ones((12, 14), np.uint8)), "float32"),
-    (dict(labels=np.full((12, 14), 9, np.uint16), provenance=np.ones((12, 14), np.uint8)), "label 9"),
-    (dict(labels=np.ones((12, 14), np.uint16), provenance=np.full((12, 14), 7, np.uint8)), "provenance code 7"),
-    (dict(labels=np.ones((3, 3), np.uint16), provenance=np.ones((3, 3), np.uint8)), "shape"),
-    (dict(labels=np.ones((12, 14), np.uint16)), "unreadable"),
+    (dict(instances=np.full((12, 14), np.nan, np.float32), provenance=np.ones((12, 14), np.uint8)), "float32"),
+    (dict(instances=np.full((12, 14), 9, np.uint32), provenance=np.ones((12, 14), np.uint8)),
+     "object 9, which the index does not list"),
+    (dict(instances=np.ones((12, 14), np.uint32), provenance=np.full((12, 14), 7, np.uint8)), "provenance code 7"),
+    (dict(instances=np.ones((12, 14), np.uint32), provenance=np.zeros((12, 14), np.uint8)),
+     "objects on unlabelled pixels"),
+    (dict(instances=np.ones((3, 3), np.uint32), provenance=np.ones((3, 3), np.uint8)), "shape"),
+    (dict(instances=np.ones((12, 14), np.uint32)), "unreadable"),
+    (dict(labels=np.ones((12, 14), np.uint16), provenance=np.ones((12, 14), np.uint8)), "unreadable"),
 ])
 def test_label_files_are_checked_on_read(proj, content, message):
     proj.commit_labels("img0", np.ones((12, 14), np.uint8))
@@ -351,7 +356,8 @@ def test_a_really_full_disk_gives_definite_answers(tmp_path, capsys):
         with Project.create(small / "p", imgs, classes=[f"c{i}" for i in range(200)]) as p:
             with pytest.raises(CommitError) as err:
                 for _ in range(100):
-                    labels = rng.integers(0, 200, (256, 256), dtype=np.uint8)  # incompressible
+                    # blocks of random classes: a label file that hardly compresses, ~1000 objects
+                    labels = np.kron(rng.integers(0, 200, (32, 32), dtype=np.uint8), np.ones((8, 8), np.uint8))
                     p.commit_labels("img0", labels)
                     landed, last = landed + 1, labels
             assert "rolled back, nothing changed" in str(err.value)

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", default=None,
                    help="class names, background first (default: background object; a single name gets "
                         "background added before it)")
+    p.add_argument("--stuff", nargs="+", default=None, metavar="CLASS",
+                   help="classes that are areas, not objects (sky, road): one area per image instead of an id "
+                        "per object")
+    p.add_argument("--labels-from", default=None, metavar="EXPORT",
+                   help="import the labels of an earlier export (its classes, object ids and provenance) into "
+                        "the new project, matched to the images by name")
 
     p = sub.add_parser("info", help="summarise a project (images, classes, provenance counts)")
     p.add_argument("project", help="the project's folder")

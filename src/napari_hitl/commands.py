@@ -20,9 +20,26 @@ def create(args) -> int:
     if classes is not None and len(classes) == 1 and classes[0].lower() != "background":
         classes = ["background", *classes]  # class 0 is the background: a lone name would be it
         print(f"note: class 0 is the background, so the classes are: background (0), {classes[1]} (1)")
-    with Project.create(args.project, args.source, classes=classes, timelapse=args.timelapse) as project:
+    stuff = list(args.stuff or ())
+    if args.labels_from:
+        from napari_hitl.io import read_export_manifest
+
+        manifest = read_export_manifest(args.labels_from)
+        theirs = [c["name"] for c in manifest["classes"]]
+        if classes is not None and classes != theirs:
+            raise InputError(f"--classes {classes} differ from the export's classes {theirs}; leave --classes out")
+        classes = theirs
+        stuff = [c["name"] for c in manifest["classes"][1:] if c.get("kind") == "stuff"]
+    with Project.create(args.project, args.source, classes=classes, stuff=stuff, timelapse=args.timelapse) as project:
         print(f"created {project.root}: {len(project)} image(s), classes "
-              f"{', '.join(c.name for c in project.classes)}; images referenced from {project.image_root}")
+              f"{', '.join(c.name + (' (stuff)' if c.kind == 'stuff' and c.id else '') for c in project.classes)}"
+              f"; images referenced from {project.image_root}")
+        if args.labels_from:
+            from napari_hitl.io import import_export
+
+            n = import_export(project, args.labels_from, progress=lambda d, t: text_progress(d, t, "import"))
+            print(f"imported the labels of {n} image(s) from {args.labels_from} (object ids, classes and "
+                  f"provenance as exported); {len(project.objects())} objects")
     return 0
 
 

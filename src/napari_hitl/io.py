@@ -8,6 +8,7 @@ fsynced, then renamed over the target, so a process killed mid-write leaves the 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -329,12 +330,13 @@ def label_format(path: str | os.PathLike) -> str:
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray,
-                 palette: Sequence[Sequence[int]] | None = None) -> Path:
+                 palette: Sequence[Sequence[int]] | None = None, png16: bool = False) -> Path:
     """Write a label array to TIFF, PNG (8-bit if values fit, else 16-bit) or zarr, atomically.
 
     PNG holds one 2-D plane; TIFF and zarr hold any dimensionality (a time-lapse stack too).
     With ``palette`` (RGB per value) an 8-bit PNG is written indexed, so image viewers show
-    the colours while the values stay the labels.
+    the colours while the values stay the labels. ``png16`` always writes 16-bit PNG
+    (instance ids: one type for every image of an export).
     """
     path = Path(path)
     labels = check_labels(labels)
@@ -356,7 +358,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray,
             return atomic_write_bytes(path, buf.getvalue())
         import cv2
 
-        data = labels.astype(np.uint8 if hi < 256 else np.uint16)
+        data = labels.astype(np.uint8 if hi < 256 and not png16 else np.uint16)
         ok, buf = cv2.imencode(".png", data)
         if not ok:  # pragma: no cover - cv2 reports no reason
             raise InputError(f"could not encode {path} as PNG")
@@ -435,8 +437,14 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
 
 # --------------------------------------------------------------------------- export
 
-EXPORT_ENTRIES = {"labels", "provenance", "model", "manifest.json", "summary.json"}
+EXPORT_ENTRIES = {"labels", "instances", "provenance", "objects.csv", "model", "manifest.json", "summary.json"}
 
+
+#: what the provenance codes mean (the project's codes; the exports name them)
+PROVENANCE_LABELS = {0: "unlabelled", 1: "human", 2: "machine", 3: "pseudo", 4: "simulated"}
+#: the columns of an export's objects.csv
+OBJECT_COLUMNS = ("image", "frame", "id", "class", "class_name", "area", "y0", "x0", "y1", "x1", "cy", "cx",
+                  "provenance")
 
 #: the label value an export writes where no one labelled (Pascal VOC's "void"), if classes fit 8 bits
 UNLABELLED_VALUE = 255
@@ -447,11 +455,16 @@ def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwr
                    should_stop: Callable[[], bool] | None = None,
                    extra: Callable[[Path, dict], Any] | None = None,
                    unlabelled: int | str | None = "auto", colour: bool = False) -> Path:
-    """Write every image's labels and provenance of ``project`` to ``out`` plus ``manifest.json``.
+    """Write every image's labels, instances and provenance of ``project`` to ``out``, plus
+    ``objects.csv`` (one row per object) and ``manifest.json``.
 
-    ``fmt`` is 'tiff', 'png' or 'zarr' (PNG writes a time-lapse as one file per frame).
-    The manifest lists, per image, its source files, the files written, its shape and its
-    provenance counts (unlabelled/human/machine/pseudo pixels), and the class table.
+    ``fmt`` is 'tiff', 'png' or 'zarr' (PNG writes a time-lapse as one file per frame; its
+    instance maps are 16-bit, so an image with object ids above 65535 needs TIFF or zarr).
+    ``labels/`` holds the class of each pixel, ``instances/`` the object id of each pixel
+    (0: none; the ids are the project's, so an import gives the same ids). The manifest
+    lists, per image, its source files, the files written, its shape and its provenance
+    counts (unlabelled/human/machine/pseudo pixels), and the class table with each class's
+    kind (thing: objects; stuff: one area per image).
     Everything is read from one snapshot of the project and written into a fresh hidden
     folder beside ``out`` that is renamed into place at the end, so ``out`` holds either the
     whole export or what it held before; ``extra(folder, manifest)`` may add files (the
@@ -523,51 +536,148 @@ def _check_export_target(project, out: Path, overwrite: bool) -> None:
 
 def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop, unlabelled: int | None,
                  colour: bool) -> dict:
-    """Every image's labels and provenance into ``stage``; returns the manifest."""
+    """Every image's labels, instances and provenance into ``stage`` and ``objects.csv``;
+    returns the manifest."""
+    from napari_hitl import instances as inst
+
     entries, totals = [], {}
     records = project.images
-    colours = [list(c.color) for c in project.classes]
+    classes = project.classes
+    colours = [list(c.color) for c in classes]
     if unlabelled == UNLABELLED_VALUE:
         colours += [[0, 0, 0]] * (UNLABELLED_VALUE - len(colours)) + [[255, 255, 255]]
-    palettes = {"labels": colours if colour else None,
+    palettes = {"labels": colours if colour else None, "instances": None,
                 "provenance": [[0, 0, 0], [0, 200, 0], [0, 120, 255], [255, 160, 0], [160, 160, 160]] if colour
                 else None}
-    for k, rec in enumerate(records):
-        if should_stop is not None and should_stop():
-            raise KeyboardInterrupt("export cancelled")
-        name = check_name(rec.name)  # file names come from the project: never a path
-        labels, prov = project.read_labels(name)
-        if unlabelled is not None:
-            labels = np.where(prov == 0, np.uint16(unlabelled), labels)
-        written = {}
-        for kind, arr in (("labels", labels), ("provenance", prov)):
-            if fmt == "png" and arr.ndim == 3:
-                files = []
-                for t in range(arr.shape[0]):
-                    rel = f"{kind}/{name}/t{t:05d}.png"
-                    write_labels(stage / rel, arr[t], palettes[kind])
-                    files.append(rel)
-                written[kind] = files
-            else:
-                rel = f"{kind}/{name}{ext}"
-                write_labels(stage / rel, arr, palettes[kind])
-                written[kind] = rel
-        counts = project.counts(name)
-        for key, value in vars(counts).items():
-            totals[key] = totals.get(key, 0) + value
-        entries.append({"name": name, "source_files": [str(p) for p in project.image_paths(name)],
-                        "shape": list(rec.label_shape), "counts": vars(counts), **written})
-        if progress is not None:
-            progress(k + 1, len(records))
+    n_objects = 0
+    with open(stage / "objects.csv", "w", newline="", encoding="utf-8") as fh:
+        table = csv.writer(fh)
+        table.writerow(OBJECT_COLUMNS)
+        for k, rec in enumerate(records):
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt("export cancelled")
+            name = check_name(rec.name)  # file names come from the project: never a path
+            ids, prov, id_classes = project.read_instances(name)
+            labels = inst.semantic(ids, id_classes)
+            if unlabelled is not None:
+                labels = np.where(prov == 0, np.uint16(unlabelled), labels)
+            if fmt == "png" and ids.size and int(ids.max()) > 65535:
+                raise InputError(f"{name!r} has object ids up to {int(ids.max())}, beyond 16-bit PNG; "
+                                 "export as tiff or zarr")
+            written = {}
+            for kind, arr in (("labels", labels), ("instances", ids), ("provenance", prov)):
+                if fmt == "png" and arr.ndim == 3:
+                    files = []
+                    for t in range(arr.shape[0]):
+                        rel = f"{kind}/{name}/t{t:05d}.png"
+                        write_labels(stage / rel, arr[t], palettes[kind], png16=kind == "instances")
+                        files.append(rel)
+                    written[kind] = files
+                else:
+                    rel = f"{kind}/{name}{ext}"
+                    write_labels(stage / rel, arr, palettes[kind], png16=kind == "instances")
+                    written[kind] = rel
+            objs = project.objects(name)
+            for o in objs:
+                table.writerow([name, o["frame"] if rec.is_stack else "", o["id"], o["class"],
+                                classes[o["class"]].name, o["area"], o["y0"], o["x0"], o["y1"], o["x1"],
+                                f"{o['cy']:.2f}", f"{o['cx']:.2f}", PROVENANCE_LABELS.get(o["provenance"], "?")])
+            n_objects += len(objs)
+            counts = project.counts(name)
+            for key, value in vars(counts).items():
+                totals[key] = totals.get(key, 0) + value
+            entries.append({"name": name, "source_files": [str(p) for p in project.image_paths(name)],
+                            "shape": list(rec.label_shape), "counts": vars(counts), "objects": len(objs),
+                            **written})
+            if progress is not None:
+                progress(k + 1, len(records))
     return {
         "project": str(project.root), "format": fmt,
-        "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in project.classes],
-        "provenance_codes": {"0": "unlabelled", "1": "human", "2": "machine", "3": "pseudo", "4": "simulated"},
+        "classes": [{"id": c.id, "name": c.name, "color": list(c.color), "kind": c.kind} for c in classes],
+        "provenance_codes": {str(k): v for k, v in PROVENANCE_LABELS.items()},
         "unlabelled_value": unlabelled,
         "unlabelled": ("labels hold unlabelled_value where no one labelled (provenance 0)" if unlabelled is not None
                        else "labels hold 0 where no one labelled, like the background: read provenance 0"),
-        "images": entries, "totals": totals,
+        "instances": "instances hold one id per object (0: no object); objects.csv gives each id's class, "
+                     "area, box (y0, x0, y1, x1; end exclusive), centroid and provenance",
+        "images": entries, "objects": n_objects, "totals": totals,
     }
+
+
+def read_export_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of an export folder, checked (an export is untrusted input)."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise InputError(f"{folder} is not a napari-hitl export (no manifest.json)")
+    manifest = read_json(path)
+    try:
+        classes = manifest["classes"]
+        if [int(c["id"]) for c in classes] != list(range(len(classes))):
+            raise ValueError("class ids must be 0..N-1 in order")
+        for c in classes:
+            check_name(c["name"], "class name", path_part=False)
+            if c.get("kind", "thing") not in ("thing", "stuff"):
+                raise ValueError(f"kind {c.get('kind')!r}")
+        for e in manifest["images"]:
+            check_name(e["name"])
+            for kind in ("instances", "provenance", "labels"):
+                rels = e[kind] if isinstance(e[kind], list) else [e[kind]]
+                for rel in rels:
+                    parts = Path(str(rel)).parts
+                    if Path(str(rel)).is_absolute() or ".." in parts or not parts or parts[0] != kind:
+                        raise ValueError(f"file {rel!r} lies outside {kind}/")
+    except (KeyError, TypeError, ValueError, InputError) as err:
+        raise CorruptFileError(f"{path} is not a valid export manifest ({err})") from err
+    return manifest
+
+
+def import_export(project, folder: str | os.PathLike, *, progress: Callable[[int, int], Any] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> int:
+    """Commit the labels of an export (:func:`export_project`) into ``project``, image by image,
+    with the export's object ids, classes and per-pixel provenance. Images are matched by
+    name; the class tables must agree. Returns the number of images imported."""
+    folder = Path(folder)
+    manifest = read_export_manifest(folder)
+    theirs = [(c["name"], c.get("kind", "thing")) for c in manifest["classes"]]
+    ours = [(c.name, c.kind) for c in project.classes]
+    if theirs != ours:
+        raise InputError(f"the export's classes {theirs} differ from the project's {ours}; create the project "
+                         "with the export's classes")
+    unlabelled = manifest.get("unlabelled_value")
+    names = {r.name for r in project.images}
+    missing = [e["name"] for e in manifest["images"] if e["name"] not in names]
+    if missing:
+        raise InputError(f"the export has images the project lacks: {missing[:3]}")
+    done = 0
+    for k, e in enumerate(manifest["images"]):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt("import cancelled")
+        rec = project.record(e["name"])
+
+        def read(kind):
+            rels = e[kind] if isinstance(e[kind], list) else [e[kind]]
+            arrs = [read_labels(folder / rel) for rel in rels]
+            return arrs[0] if len(arrs) == 1 else np.stack(arrs)
+
+        ids, prov, labels = read("instances"), read("provenance"), read("labels")
+        if not (ids.shape == prov.shape == labels.shape == tuple(rec.label_shape)):
+            raise CorruptFileError(f"{folder}: the files of {e['name']!r} have shapes {ids.shape}, {prov.shape}, "
+                                   f"{labels.shape}; the image needs {tuple(rec.label_shape)}")
+        if unlabelled is not None:
+            labels = np.where(prov == 0, 0, labels)
+        sel = ids != 0
+        pairs = np.unique(np.stack([ids[sel].astype(np.int64), labels[sel].astype(np.int64)]), axis=1)
+        if len(np.unique(pairs[0])) != pairs.shape[1]:
+            bad = pairs[0][np.flatnonzero(np.diff(pairs[0]) == 0)[0]]
+            raise CorruptFileError(f"{folder}: object {int(bad)} of {e['name']!r} has pixels of two classes")
+        classes = {int(i): int(c) for i, c in pairs.T}
+        if ids.any() or prov.any():
+            project.commit_instances(e["name"], ids, classes, provenance=prov, event="import", export=str(folder))
+            done += 1
+        if progress is not None:
+            progress(k + 1, len(manifest["images"]))
+    return done
 
 
 def _swap_into_place(stage: Path, out: Path) -> None:

@@ -3,10 +3,11 @@
 A project is a folder::
 
     project.json     marker: format and version (a folder is a project once this exists)
-    project.db       SQLite index (WAL): settings, class table, images, which label file is
-                     current for each image or frame with its provenance counts, the journal
-    labels/          label arrays, one .npz ({labels, provenance}) per image or frame, each
-                     written once under a new unique name and never changed afterwards
+    project.db       SQLite index (WAL): settings, class table (thing or stuff), images,
+                     which label file is current for each image or frame with its provenance
+                     counts, the objects of each plane (class, area, box), the journal
+    labels/          label arrays, one .npz ({instances uint32, provenance uint8}) per image
+                     or frame, each written once under a new unique name, never changed
     models/          checkpoints of the trainable model
     cache/           derived data (optical flow, features), safe to delete
     .lock            who holds the project open for writing (the lock is on the folder itself)
@@ -17,7 +18,9 @@ a process killed at any moment leaves either the whole commit or none of it. Rea
 inside one transaction (:meth:`Project.snapshot`) and see one commit; replaced label files
 are deleted only while no reader holds a snapshot. Opening for writing recovers from a crash
 (leftover temporary and unreferenced label files are removed) and migrates a project of the
-first format (JSON files) once. Every name, path, dtype and value read from the folder is
+first format (JSON files) or the second (class maps, no instances) once. Labels are
+instances: an object id per pixel plus a class per object in the index; the class map
+(:meth:`Project.read_labels`) is derived. Every name, path, dtype and value read from the folder is
 checked: a project folder is untrusted input. Human labels are never overwritten by
 machine labels. Opening reads the index only, never the images.
 """
@@ -42,12 +45,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from napari_hitl import instances as inst
 from napari_hitl import io
+from napari_hitl.instances import KINDS, STUFF, THING
 from napari_hitl.io import MAX_NAME_BYTES, check_name
 from napari_hitl.errors import CommitError, CorruptFileError, InputError, ProjectError, ProjectLockedError
 
 FORMAT = "napari-hitl-project"
-VERSION = 2
+VERSION = 3
 PROJECT_FILE = "project.json"
 DB_FILE = "project.db"
 
@@ -65,7 +70,7 @@ _PROVENANCE_CODES = {v: k for k, v in PROVENANCE_NAMES.items()}
 #: label values are stored as uint16, so class ids run 0..65535
 MAX_CLASSES = 65536
 _SHORT_PREFIX_BYTES = 90
-_LABEL_DTYPE, _PROV_DTYPE = np.uint16, np.uint8
+_LABEL_DTYPE, _INST_DTYPE, _PROV_DTYPE = np.uint16, np.uint32, np.uint8
 _IMAGE_DTYPES = {"uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64", "bool"}
 
 # A colour table that reads well on microscopy and photos (background is transparent black).
@@ -75,13 +80,18 @@ PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200
 
 _SCHEMA = """
 CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE classes(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, color TEXT NOT NULL);
+CREATE TABLE classes(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, color TEXT NOT NULL,
+                     kind TEXT NOT NULL DEFAULT 'thing');
 CREATE TABLE images(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, files TEXT NOT NULL,
                     height INTEGER NOT NULL, width INTEGER NOT NULL, channels INTEGER NOT NULL,
                     frames INTEGER NOT NULL, dtype TEXT NOT NULL);
 CREATE TABLE planes(image INTEGER NOT NULL, frame INTEGER NOT NULL, file TEXT NOT NULL,
                     unlabelled INTEGER NOT NULL, human INTEGER NOT NULL, machine INTEGER NOT NULL,
                     pseudo INTEGER NOT NULL, simulated INTEGER NOT NULL, PRIMARY KEY(image, frame));
+CREATE TABLE objects(image INTEGER NOT NULL, frame INTEGER NOT NULL, id INTEGER NOT NULL,
+                     class INTEGER NOT NULL, area INTEGER NOT NULL, provenance INTEGER NOT NULL,
+                     y0 INTEGER NOT NULL, x0 INTEGER NOT NULL, y1 INTEGER NOT NULL, x1 INTEGER NOT NULL,
+                     cy REAL NOT NULL, cx REAL NOT NULL, PRIMARY KEY(image, frame, id));
 CREATE TABLE journal(seq INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT NOT NULL, event TEXT NOT NULL,
                      data TEXT NOT NULL);
 """
@@ -89,11 +99,13 @@ CREATE TABLE journal(seq INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT NOT NULL, eve
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One entry of the class table. Class 0 is the background."""
+    """One entry of the class table. Class 0 is the background. A "thing" class has objects
+    (an id each); a "stuff" class (background, sky) is one area per image."""
 
     id: int
     name: str
     color: tuple[int, int, int]
+    kind: str = THING
 
 
 @dataclass(frozen=True)
@@ -191,8 +203,9 @@ def _inside(root: Path, rel: str, what: str, where: Path) -> Path:
     return root.joinpath(*p.parts)
 
 
-def default_classes(names: Sequence[str] | None = None) -> list[ClassInfo]:
-    """A class table from names (background first); default: background + object."""
+def default_classes(names: Sequence[str] | None = None, stuff: Sequence[str] = ()) -> list[ClassInfo]:
+    """A class table from names (background first); default: background + object. Classes
+    named in ``stuff`` (and the background) are stuff, the others things (objects)."""
     names = list(names) if names else ["background", "object"]
     if len(names) < 2:
         raise InputError(f"a project needs a background class first and at least one class to annotate; got only "
@@ -205,7 +218,11 @@ def default_classes(names: Sequence[str] | None = None) -> list[ClassInfo]:
         raise InputError(f"at most {MAX_CLASSES} classes fit the label type, got {len(names)}")
     for n in names:
         check_name(n, "class name", path_part=False)
-    return [ClassInfo(i, n, PALETTE[i % len(PALETTE)]) for i, n in enumerate(names)]
+    unknown = sorted(set(stuff) - set(names))
+    if unknown:
+        raise InputError(f"stuff classes {unknown} are not among the classes {names}")
+    return [ClassInfo(i, n, PALETTE[i % len(PALETTE)], STUFF if (i == 0 or n in stuff) else THING)
+            for i, n in enumerate(names)]
 
 
 # ---------------------------------------------------------------------------- locks
@@ -296,11 +313,13 @@ class Project:
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, root: str | os.PathLike, source: str | os.PathLike, *, classes: Sequence[str] | None = None,
-               timelapse: bool = False, copy: bool = False, skip_unreadable: bool = False) -> Project:
+               stuff: Sequence[str] = (), timelapse: bool = False, copy: bool = False,
+               skip_unreadable: bool = False) -> Project:
         """Create a project at ``root`` from a folder of images or one (multi-page) image file.
 
         ``timelapse=True`` makes the folder's images the frames of one stack. ``copy=True``
         copies the images into the project (self-contained); otherwise they are referenced.
+        Classes named in ``stuff`` are areas, not objects (sky, road); the others are objects.
         Unreadable images raise :class:`CorruptFileError` naming them, unless
         ``skip_unreadable`` (then they are listed in the journal and left out). A folder left
         by a creation that was interrupted is cleared and created again.
@@ -321,7 +340,7 @@ class Project:
             raise InputError(f"image source {source} does not exist")
         if not files:
             raise InputError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) in {source}")
-        class_table = default_classes(classes)
+        class_table = default_classes(classes, stuff)
 
         infos, bad = [], []
         for f in files:
@@ -363,7 +382,7 @@ class Project:
             image_root_str = str(image_root)
         settings = {"name": root.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "image_root": image_root_str}
-        _build_db(root / DB_FILE, settings, class_table, records, planes=[],
+        _build_db(root / DB_FILE, settings, class_table, records, planes=[], objects=[],
                   journal=[_entry("created", source=str(source), images=len(records), timelapse=timelapse,
                                   copied=copy, skipped=bad)])
         # project.json last: a folder with project.json is a complete project.
@@ -396,10 +415,12 @@ class Project:
         if version > VERSION:
             raise ProjectError(f"{root} was written by a newer napari-hitl (format {version}); upgrade")
         if version < VERSION:
+            if version not in (1, 2):
+                raise CorruptFileError(f"{meta_path}: unknown format version {version}")
             lock = _Lock(root)
             lock.acquire()
             try:
-                _migrate_v1(root, meta)
+                _migrate(root, meta, version)
             except BaseException:
                 lock.release()
                 raise
@@ -495,15 +516,17 @@ class Project:
     def _read_classes(self, db: sqlite3.Connection) -> list[ClassInfo]:
         where = self.root / DB_FILE
         out = []
-        for cid, name, color in db.execute("SELECT id, name, color FROM classes ORDER BY id"):
+        for cid, name, color, kind in db.execute("SELECT id, name, color, kind FROM classes ORDER BY id"):
             try:
                 check_name(name, "class name", path_part=False)
                 color = json.loads(color)
                 if len(color) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in color):
                     raise ValueError(f"colour {color!r}")
+                if kind not in KINDS or (cid == 0 and kind != STUFF):
+                    raise ValueError(f"kind {str(kind)[:20]!r} (class 0 is stuff, others thing or stuff)")
             except (InputError, ValueError, TypeError) as err:
                 raise CorruptFileError(f"{where}: class {cid} has a malformed entry: {err}") from err
-            out.append(ClassInfo(int(cid), name, tuple(color)))
+            out.append(ClassInfo(int(cid), name, tuple(color), kind))
         if [c.id for c in out] != list(range(len(out))) or not 2 <= len(out) <= MAX_CLASSES:
             raise CorruptFileError(f"{where}: class ids must be 0..N-1 in order, with 2 <= N <= {MAX_CLASSES}")
         return out
@@ -571,10 +594,13 @@ class Project:
     def n_classes(self) -> int:
         return len(self._classes)
 
-    def add_class(self, name: str, color: Sequence[int] | None = None) -> ClassInfo:
-        """Append a class to the table (ids are never reused or renumbered)."""
+    def add_class(self, name: str, color: Sequence[int] | None = None, kind: str = THING) -> ClassInfo:
+        """Append a class to the table (ids are never reused or renumbered); ``kind`` is
+        'thing' (objects, an id each) or 'stuff' (one area per image)."""
         self._writable()
         check_name(name, "class name", path_part=False)
+        if kind not in KINDS:
+            raise InputError(f"a class is a 'thing' or 'stuff', got {kind!r}")
         if any(c.name == name for c in self._classes):
             raise InputError(f"class {name!r} already exists")
         cid = self.n_classes
@@ -583,10 +609,11 @@ class Project:
         rgb = tuple(int(v) for v in (color or PALETTE[cid % len(PALETTE)]))
         if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
             raise InputError(f"a colour is three values 0..255, got {color!r}")
-        info = ClassInfo(cid, name, rgb)
+        info = ClassInfo(cid, name, rgb, kind)
         with self._transaction(f"adding class {name!r}") as db:
-            db.execute("INSERT INTO classes(id, name, color) VALUES (?, ?, ?)", (cid, name, json.dumps(list(rgb))))
-            self._journal(db, "class_added", id=cid, name=name)
+            db.execute("INSERT INTO classes(id, name, color, kind) VALUES (?, ?, ?, ?)",
+                       (cid, name, json.dumps(list(rgb)), kind))
+            self._journal(db, "class_added", id=cid, name=name, kind=kind)
         self._classes = [*self._classes, info]
         return info
 
@@ -600,7 +627,23 @@ class Project:
         with self._transaction(f"renaming class {cid}") as db:
             db.execute("UPDATE classes SET name = ? WHERE id = ?", (name, cid))
             self._journal(db, "class_renamed", id=cid, name=name)
-        self._classes = [ClassInfo(c.id, name, c.color) if c.id == cid else c for c in self._classes]
+        self._classes = [ClassInfo(c.id, name, c.color, c.kind) if c.id == cid else c for c in self._classes]
+
+    def set_class_kind(self, cid: int, kind: str) -> None:
+        """Make class ``cid`` a 'thing' (objects) or 'stuff' (areas) while it has no labels yet."""
+        self._writable()
+        if kind not in KINDS:
+            raise InputError(f"a class is a 'thing' or 'stuff', got {kind!r}")
+        if not 1 <= cid < self.n_classes:
+            raise InputError(f"class {cid} cannot change kind (the background is always stuff)")
+        with self._transaction(f"changing the kind of class {cid}") as db:
+            used = db.execute("SELECT count(*) FROM objects WHERE class = ?", (cid,)).fetchone()[0]
+            if used and self._classes[cid].kind != kind:
+                raise InputError(f"class {self._classes[cid].name!r} already has {used} labelled areas; its kind "
+                                 "can change only before it is used")
+            db.execute("UPDATE classes SET kind = ? WHERE id = ?", (kind, cid))
+            self._journal(db, "class_kind", id=cid, kind=kind)
+        self._classes = [ClassInfo(c.id, c.name, c.color, kind) if c.id == cid else c for c in self._classes]
 
     # ------------------------------------------------------------------ snapshots
     @contextmanager
@@ -674,35 +717,69 @@ class Project:
         return int(frame)
 
     def _read_planes(self, db: sqlite3.Connection, rec: ImageRecord, frames: list[int]):
-        """``[(labels, provenance, file or None)]`` for ``frames``, read in the caller's snapshot."""
+        """``[(instances, provenance, classes, file or None)]`` for ``frames``, read in the caller's snapshot."""
+        iid = self._ids[rec.name]
         n_classes = db.execute("SELECT count(*) FROM classes").fetchone()[0]
-        files = dict(db.execute("SELECT frame, file FROM planes WHERE image = ?", (self._ids[rec.name],)))
-        return [(*self._read_file(rec, files[t], n_classes), files[t]) if t in files else
-                (np.zeros(rec.shape, _LABEL_DTYPE), np.zeros(rec.shape, _PROV_DTYPE), None) for t in frames]
+        files = dict(db.execute("SELECT frame, file FROM planes WHERE image = ?", (iid,)))
+        out = []
+        for t in frames:
+            if t not in files:
+                out.append((np.zeros(rec.shape, _INST_DTYPE), np.zeros(rec.shape, _PROV_DTYPE), {}, None))
+                continue
+            classes = dict(db.execute("SELECT id, class FROM objects WHERE image = ? AND frame = ?", (iid, t)))
+            out.append((*self._read_file(rec, files[t], n_classes, classes), classes, files[t]))
+        return out
 
-    def _read_file(self, rec: ImageRecord, rel: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read_file(self, rec: ImageRecord, rel: str, n_classes: int,
+                   classes: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
         path = self._label_path(rel)
         try:
             with np.load(path, allow_pickle=False) as z:
-                labels, prov = z["labels"], z["provenance"]
+                ids, prov = z["instances"], z["provenance"]
         except Exception as err:  # noqa: BLE001 - any decode failure names the file
             raise CorruptFileError(f"label file {path} is unreadable ({err}); the other images are unaffected. "
                                    "Clear this image's labels to start it afresh.") from err
         problem = None
-        if labels.shape != tuple(rec.shape) or prov.shape != tuple(rec.shape):
-            problem = f"has shape {labels.shape}, expected {rec.shape}"
-        elif labels.dtype != _LABEL_DTYPE or prov.dtype != _PROV_DTYPE:
-            problem = f"holds {labels.dtype} labels and {prov.dtype} provenance, expected uint16 and uint8"
-        elif labels.size and int(labels.max()) >= n_classes:
-            problem = f"holds the label {int(labels.max())}, beyond the class table (0..{n_classes - 1})"
+        if ids.shape != tuple(rec.shape) or prov.shape != tuple(rec.shape):
+            problem = f"has shape {ids.shape}, expected {rec.shape}"
+        elif ids.dtype != _INST_DTYPE or prov.dtype != _PROV_DTYPE:
+            problem = f"holds {ids.dtype} object ids and {prov.dtype} provenance, expected uint32 and uint8"
         elif prov.size and int(prov.max()) > SIMULATED:
             problem = f"holds the provenance code {int(prov.max())} (0..{SIMULATED} are known)"
+        elif any(not 1 <= c < n_classes for c in classes.values()):
+            problem = f"has objects of a class beyond the class table (1..{n_classes - 1})"
+        elif ids.size and bool(((ids != 0) & (prov == UNLABELLED)).any()):
+            problem = "has objects on unlabelled pixels"
+        else:
+            present = inst.ids_of(ids)
+            missing = np.setdiff1d(present, np.fromiter(classes, np.int64, len(classes)))
+            if missing.size:
+                problem = f"holds object {int(missing[0])}, which the index does not list"
         if problem:
             raise CorruptFileError(f"label file {path} {problem}; the other images are unaffected")
-        return labels, prov
+        return ids, prov
+
+    def read_instances(self, image: str | int, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``(instances uint32, provenance uint8, classes)`` of an image: an object id per pixel
+        (0: no object), the provenance per pixel, and the class of each object id.
+
+        For a time-lapse without ``frame`` the arrays are ``(T, H, W)`` from one snapshot and
+        ``classes`` covers every frame (an id is one object over time).
+        """
+        rec = self.record(image)
+        frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [self._frame_index(rec, frame)]
+        with self._reader() as db:
+            planes = self._read_planes(db, rec, frames)
+        if rec.is_stack and frame is None:
+            classes: dict[int, int] = {}
+            for p in planes:
+                classes.update(p[2])
+            return np.stack([p[0] for p in planes]), np.stack([p[1] for p in planes]), classes
+        return planes[0][0], planes[0][1], planes[0][2]
 
     def read_labels(self, image: str | int, frame: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(labels uint16, provenance uint8)`` of an image (zeros where nothing is labelled).
+        """``(labels uint16, provenance uint8)`` of an image: the class of each pixel, derived
+        from its instances (zeros where nothing is labelled).
 
         For a time-lapse without ``frame``, both arrays are ``(T, H, W)``, all frames from one
         commit snapshot.
@@ -711,95 +788,201 @@ class Project:
         frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [self._frame_index(rec, frame)]
         with self._reader() as db:
             planes = self._read_planes(db, rec, frames)
+        sem = [inst.semantic(p[0], p[2]) for p in planes]
         if rec.is_stack and frame is None:
-            return np.stack([p[0] for p in planes]), np.stack([p[1] for p in planes])
-        return planes[0][0], planes[0][1]
+            return np.stack(sem), np.stack([p[1] for p in planes])
+        return sem[0], planes[0][1]
+
+    def objects(self, image: str | int | None = None) -> list[dict]:
+        """The objects of one image (or of all), from the index: image, frame, id, class, area,
+        provenance, box (y0, x0, y1, x1, half-open) and centroid (cy, cx)."""
+        names = {iid: name for name, iid in self._ids.items()}
+        query = "SELECT image, frame, id, class, area, provenance, y0, x0, y1, x1, cy, cx FROM objects"
+        args: tuple = ()
+        if image is not None:
+            query += " WHERE image = ?"
+            args = (self._ids[self.record(image).name],)
+        with self._reader() as db:
+            rows = db.execute(query + " ORDER BY image, frame, id", args).fetchall()
+        keys = ("frame", "id", "class", "area", "provenance", "y0", "x0", "y1", "x1", "cy", "cx")
+        return [{"image": names[r[0]], **dict(zip(keys, r[1:]))} for r in rows if r[0] in names]
 
     def _check_frame(self, rec: ImageRecord, frame: int) -> None:
         if not 0 <= frame < rec.frames:
             raise InputError(f"frame {frame} is outside 0..{rec.frames - 1} of {rec.name!r}")
 
-    def commit_labels(self, image: str | int, labels: np.ndarray, *, source: str | int = HUMAN,
-                      where: np.ndarray | None = None, frame: int | None = None) -> Counts:
-        """Persist labels for the pixels in ``where`` (default: all) and return the new counts.
-
-        ``source`` is 'human', 'machine' (accepted predictions) or 'pseudo'. Machine and
-        pseudo labels never replace a human label: those pixels keep theirs. All frames of
-        the commit and its journal entry land together or not at all, before this returns; a
-        failure raises :class:`CommitError` saying that nothing changed.
-        """
-        self._writable()
-        rec = self.record(image)
+    def _source_code(self, source: str | int) -> int:
         code = _PROVENANCE_CODES.get(source, source) if isinstance(source, str) else int(source)
         if code not in (HUMAN, MACHINE, PSEUDO, SIMULATED):
             raise InputError(f"source must be 'human', 'machine', 'pseudo' or 'simulated', got {source!r}")
+        return code
+
+    def _commit_args(self, rec: ImageRecord, frame: int | None, where) -> tuple[tuple, list[int], bool, Any]:
         if rec.is_stack and frame is None:
             shape = rec.label_shape
         else:
             if rec.is_stack:
                 self._check_frame(rec, frame)
             shape = tuple(rec.shape)
-        labels = io.check_labels(labels, shape, self.n_classes, what=f"labels for {rec.name!r}")
         if where is not None:
             where = np.asarray(where)
             if where.dtype != bool or where.shape != shape:
                 raise InputError(f"'where' must be a boolean mask of shape {shape}, got {where.dtype} {where.shape}")
         frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [self._frame_index(rec, frame)]
-        stacked = rec.is_stack and frame is None
+        return shape, frames, rec.is_stack and frame is None, where
+
+    def commit_labels(self, image: str | int, labels: np.ndarray, *, source: str | int = HUMAN,
+                      where: np.ndarray | None = None, frame: int | None = None) -> Counts:
+        """Persist a class map for the pixels in ``where`` (default: all); return the new counts.
+
+        Each connected area of a thing class becomes an object (joining an object of its class
+        that it lies on or touches), each stuff class one area. ``source`` is 'human',
+        'machine' (accepted predictions), 'pseudo' or 'simulated'. Machine and pseudo labels
+        never replace a human label: those pixels keep theirs. All frames of the commit and
+        its journal entry land together or not at all, before this returns; a failure raises
+        :class:`CommitError` saying that nothing changed.
+        """
+        self._writable()
+        rec = self.record(image)
+        code = self._source_code(source)
+        shape, frames, stacked, where = self._commit_args(rec, frame, where)
+        labels = io.check_labels(labels, shape, self.n_classes, what=f"labels for {rec.name!r}")
+        kinds = [c.kind for c in self._classes]
         written = [0]
 
-        def update(t, i, old_labels, old_prov):
+        def update(t, i, old_ids, old_prov, old_classes, next_id):
             plane = labels[i] if stacked else labels
             take = np.ones(rec.shape, bool) if where is None else (where[i] if stacked else where).copy()
             if code not in KEPT:
                 take &= ~np.isin(old_prov, KEPT)  # human (and simulated) labels always win
             written[0] += int(take.sum())
-            if take.all():
-                return plane.astype(_LABEL_DTYPE), np.full(rec.shape, code, _PROV_DTYPE)
-            return (np.where(take, plane, old_labels).astype(_LABEL_DTYPE),
-                    np.where(take, np.uint8(code), old_prov).astype(_PROV_DTYPE))
+            ids, classes = inst.from_semantic(plane, kinds, where=take, old=old_ids, old_classes=old_classes,
+                                              next_id=next_id)
+            return ids, np.where(take, np.uint8(code), old_prov).astype(_PROV_DTYPE), classes
 
-        needs_old = where is not None or code not in KEPT
-        counts = self._commit(rec, frames, update, needs_old, "commit",
-                              lambda c: dict(image=rec.name, frame=frame, source=PROVENANCE_NAMES[code],
-                                             pixels=written[0], human=c.human))
-        return counts
+        return self._commit(rec, frames, update, "commit",
+                            lambda c: dict(image=rec.name, frame=frame, source=PROVENANCE_NAMES[code],
+                                           pixels=written[0], human=c.human),
+                            replaces_all=where is None and code in KEPT)
+
+    def commit_instances(self, image: str | int, instances: np.ndarray, classes: dict[int, int], *,
+                         source: str | int = HUMAN, where: np.ndarray | None = None, frame: int | None = None,
+                         provenance: np.ndarray | None = None, event: str = "commit", **detail: Any) -> Counts:
+        """Persist an instance map (an object id per pixel, 0: none) and the class of each of its
+        objects for the pixels in ``where`` (default: all); return the new counts.
+
+        A person's commit (``source`` 'human' or 'simulated') keeps the ids as given: they are
+        the ids the person sees. Machine and pseudo objects get fresh ids and never replace a
+        person's pixels. Background (class 0) is id 0 on a labelled pixel. ``provenance`` (a
+        per-pixel code array) replaces ``source`` when importing labels that carry their own.
+        ``event`` and ``detail`` name the edit in the journal (e.g. 'merge', ids=[3, 4]).
+        Every id in ``instances`` needs a class and every class an id, else nothing changes.
+        """
+        self._writable()
+        rec = self.record(image)
+        shape, frames, stacked, where = self._commit_args(rec, frame, where)
+        what = f"instances for {rec.name!r}"
+        ids = inst.check_instances(instances, shape, what)
+        table = inst.check_classes(ids, classes, self.n_classes, what)
+        kinds = [c.kind for c in self._classes]
+        if provenance is not None:
+            provenance = np.asarray(provenance)
+            if provenance.shape != shape or provenance.dtype.kind not in "ui" or (
+                    provenance.size and not 0 <= int(provenance.min()) <= int(provenance.max()) <= SIMULATED):
+                raise InputError(f"provenance for {rec.name!r} must be codes 0..{SIMULATED} of shape {shape}")
+            if bool(((ids != 0) & (provenance == UNLABELLED)).any()):
+                raise InputError(f"{what}: an object lies on pixels whose provenance says unlabelled")
+            code = HUMAN
+        else:
+            code = self._source_code(source)
+        if not isinstance(event, str) or not event.isidentifier():
+            raise InputError(f"journal event {event!r} must be a word")
+        written = [0]
+
+        def update(t, i, old_ids, old_prov, old_classes, next_id):
+            plane = ids[i] if stacked else ids
+            take = np.ones(rec.shape, bool) if where is None else (where[i] if stacked else where).copy()
+            prov_plane = None if provenance is None else (provenance[i] if stacked else provenance)
+            if code not in KEPT:
+                take &= ~np.isin(old_prov, KEPT)
+                plane, plane_classes = _renumber(plane, table, next_id)
+            else:
+                plane_classes = table
+            written[0] += int(take.sum())
+            new_ids = np.where(take, plane, old_ids).astype(_INST_DTYPE)
+            new_prov = np.where(take, np.uint8(code) if prov_plane is None else prov_plane.astype(_PROV_DTYPE),
+                                old_prov).astype(_PROV_DTYPE)
+            new_classes = {**old_classes, **plane_classes}
+            # a stuff class keeps one id per plane: areas of it given under other ids join it
+            for c in {v for v in plane_classes.values() if kinds[v] == STUFF}:
+                same = sorted(k for k, v in new_classes.items() if v == c)
+                if len(same) > 1:
+                    new_ids, new_classes = inst.merge(new_ids, new_classes, same)
+            present = set(inst.ids_of(new_ids).tolist())
+            return new_ids, new_prov, {k: v for k, v in new_classes.items() if k in present}
+
+        return self._commit(rec, frames, update, event,
+                            lambda c: dict(image=rec.name, frame=frame, source=PROVENANCE_NAMES[code],
+                                           pixels=written[0], human=c.human, **detail),
+                            replaces_all=where is None and code in KEPT)
 
     def clear_labels(self, image: str | int, where: np.ndarray | None = None, frame: int | None = None) -> Counts:
         """Forget labels (any provenance) in ``where`` - a person's reset, journalled."""
         self._writable()
         rec = self.record(image)
-        frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [self._frame_index(rec, frame)]
-        stacked = rec.is_stack and frame is None
+        _, frames, stacked, where = self._commit_args(rec, frame, where)
 
-        def update(t, i, old_labels, old_prov):
-            mask = np.ones(rec.shape, bool) if where is None else np.asarray(where)[i] if stacked else np.asarray(where)
-            return np.where(mask, 0, old_labels).astype(_LABEL_DTYPE), np.where(mask, 0, old_prov).astype(_PROV_DTYPE)
+        def update(t, i, old_ids, old_prov, old_classes, next_id):
+            mask = np.ones(rec.shape, bool) if where is None else where[i] if stacked else where
+            ids = np.where(mask, 0, old_ids).astype(_INST_DTYPE)
+            present = set(inst.ids_of(ids).tolist())
+            return (ids, np.where(mask, 0, old_prov).astype(_PROV_DTYPE),
+                    {k: v for k, v in old_classes.items() if k in present})
 
-        return self._commit(rec, frames, update, True, "clear", lambda c: dict(image=rec.name, frame=frame))
+        return self._commit(rec, frames, update, "clear", lambda c: dict(image=rec.name, frame=frame),
+                            replaces_all=where is None)
 
-    def _commit(self, rec: ImageRecord, frames: list[int], update, needs_old: bool, event: str, entry) -> Counts:
-        """Write new label files for ``frames``, then switch their pointers, counts and the
-        journal entry in one transaction; on failure remove the new files and say so."""
+    def _commit(self, rec: ImageRecord, frames: list[int], update, event: str, entry,
+                replaces_all: bool = False) -> Counts:
+        """Write new label files for ``frames``, then switch their pointers, objects, counts and
+        the journal entry in one transaction; on failure remove the new files and say so.
+
+        ``update(t, i, old_ids, old_prov, old_classes, next_id)`` returns the new plane
+        ``(ids, provenance, classes)``; ``next_id`` is above every id the image has used. A
+        commit that ``replaces_all`` pixels also replaces an unreadable old file (the way out).
+        """
         iid = self._ids[rec.name]
         new_files: list[Path] = []
         with self._mutex:
             try:
                 old = dict(self._db.execute("SELECT frame, file FROM planes WHERE image = ?", (iid,)))
+                top = self._db.execute("SELECT max(id) FROM objects WHERE image = ?", (iid,)).fetchone()[0]
+                next_id = int(top or 0) + 1
                 n_classes = self.n_classes
-                rows = []
+                rows, object_rows = [], []
                 for i, t in enumerate(frames):
-                    if needs_old and t in old:
-                        old_labels, old_prov = self._read_file(rec, old[t], n_classes)
-                    elif needs_old:
-                        old_labels, old_prov = np.zeros(rec.shape, _LABEL_DTYPE), np.zeros(rec.shape, _PROV_DTYPE)
-                    else:
-                        old_labels = old_prov = None
-                    new_labels, new_prov = update(t, i, old_labels, old_prov)
+                    old_classes = dict(self._db.execute("SELECT id, class FROM objects WHERE image = ? AND frame = ?",
+                                                        (iid, t)))
+                    old_ids = old_prov = None
+                    if t in old:
+                        try:
+                            old_ids, old_prov = self._read_file(rec, old[t], n_classes, old_classes)
+                        except CorruptFileError:
+                            if not replaces_all:
+                                raise
+                    if old_ids is None:
+                        old_ids, old_prov = np.zeros(rec.shape, _INST_DTYPE), np.zeros(rec.shape, _PROV_DTYPE)
+                        old_classes = {}
+                    new_ids, new_prov, new_classes = update(t, i, old_ids, old_prov, old_classes, next_id)
+                    objs = inst.objects(new_ids, new_classes, new_prov)
+                    if objs:
+                        next_id = max(next_id, objs[-1].id + 1)
+                    object_rows.extend((iid, t, o.id, o.cls, o.area, o.provenance, *o.bbox, *o.centroid)
+                                       for o in objs)
                     rel = f"i{iid:06d}-t{t:05d}-{secrets.token_hex(6)}.npz"
                     path = self.root / "labels" / rel
                     new_files.append(path)
-                    _write_npz(path, new_labels, new_prov)
+                    _write_npz(path, new_ids, new_prov)
                     c = Counts.of(new_prov)
                     rows.append((iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo, c.simulated))
             except OSError as err:
@@ -814,6 +997,8 @@ class Project:
                 with self._transaction(f"{event} of {rec.name!r}") as db:
                     db.executemany("INSERT OR REPLACE INTO planes(image, frame, file, unlabelled, human, machine, "
                                    "pseudo, simulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    db.executemany("DELETE FROM objects WHERE image = ? AND frame = ?", [(iid, t) for t in frames])
+                    db.executemany("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", object_rows)
                     counts = self._counts_of(db, rec)
                     self._journal(db, event, **entry(counts))
             except BaseException:
@@ -910,6 +1095,7 @@ class Project:
             settings = dict(db.execute("SELECT key, value FROM settings"))
             planes = db.execute("SELECT image, frame, file, unlabelled, human, machine, pseudo, simulated "
                                 "FROM planes").fetchall()
+            objects = db.execute("SELECT * FROM objects").fetchall()
             journal = self.journal()  # the same snapshot (nested), with its check of each entry
             for row in planes:
                 target = _inside(dest / "labels", row[2], "label file", self.root / DB_FILE)
@@ -923,7 +1109,8 @@ class Project:
         journal.append(_entry("copied", source=str(self.root)))
         index = {self._ids[r.name]: i for i, r in enumerate(self._records)}  # the copy numbers images 0..N-1
         planes = [(index[row[0]], *row[1:]) for row in planes]
-        _build_db(dest / DB_FILE, dict(settings, name=dest.name), classes, self._records, planes, journal)
+        objects = [(index[row[0]], *row[1:]) for row in objects]
+        _build_db(dest / DB_FILE, dict(settings, name=dest.name), classes, self._records, planes, objects, journal)
         io.atomic_write_json(dest / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
         return dest
 
@@ -1033,6 +1220,18 @@ class Project:
                 yield rec
 
 
+def _renumber(ids: np.ndarray, classes: dict[int, int], first: int) -> tuple[np.ndarray, dict[int, int]]:
+    """``ids`` with its objects numbered ``first``, ``first + 1``, ... (machine objects are new objects)."""
+    present = inst.ids_of(ids)
+    if not present.size:
+        return ids, {}
+    if first + len(present) - 1 > inst.MAX_ID:
+        raise InputError(f"object ids ran past {inst.MAX_ID}; renumber the image's objects (export and import)")
+    pos = np.searchsorted(present, ids)
+    new = np.where(ids == 0, 0, first + np.minimum(pos, len(present) - 1)).astype(_INST_DTYPE)
+    return new, {first + k: classes[int(o)] for k, o in enumerate(present)}
+
+
 def is_project(path: str | os.PathLike) -> bool:
     """True if ``path`` is a project folder."""
     return (Path(path) / PROJECT_FILE).is_file()
@@ -1064,20 +1263,20 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return db
 
 
-def _write_npz(path: Path, labels: np.ndarray, prov: np.ndarray) -> None:
+def _write_npz(path: Path, ids: np.ndarray, prov: np.ndarray) -> None:
     """An .npz as ``np.load`` reads it, deflated at level 1: a 512x512 plane in ~5 ms, not ~30."""
     import zipfile
 
     buf = _io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        for key, arr in (("labels", labels), ("provenance", prov)):
+        for key, arr in (("instances", ids), ("provenance", prov)):
             with z.open(f"{key}.npy", "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
     io.atomic_write_bytes(path, buf.getvalue())
 
 
 def _build_db(path: Path, settings: dict, classes: list[ClassInfo], records: list[ImageRecord],
-              planes: list[tuple], journal: list[dict]) -> None:
+              planes: list[tuple], objects: list[tuple], journal: list[dict]) -> None:
     """Write a complete index to ``path`` through a temporary file and one rename."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -1085,13 +1284,15 @@ def _build_db(path: Path, settings: dict, classes: list[ClassInfo], records: lis
         try:
             db.executescript(_SCHEMA)
             db.execute("BEGIN")
+            settings = dict(settings, format_version=VERSION)
             db.executemany("INSERT INTO settings VALUES (?, ?)", [(k, str(v)) for k, v in settings.items()])
-            db.executemany("INSERT INTO classes VALUES (?, ?, ?)",
-                           [(c.id, c.name, json.dumps(list(c.color))) for c in classes])
+            db.executemany("INSERT INTO classes VALUES (?, ?, ?, ?)",
+                           [(c.id, c.name, json.dumps(list(c.color)), c.kind) for c in classes])
             db.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            [(i, r.name, json.dumps(list(r.files)), r.shape[0], r.shape[1], r.channels, r.frames,
                              r.dtype) for i, r in enumerate(records)])
             db.executemany("INSERT INTO planes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", planes)
+            db.executemany("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", objects)
             for e in journal:
                 e = dict(e)
                 db.execute("INSERT INTO journal(t, event, data) VALUES (?, ?, ?)",
@@ -1143,7 +1344,148 @@ def _clear_half_created(root: Path) -> None:
 
 # ---------------------------------------------------------------------------- migration
 
+def _convert_plane(root: Path, iid: int, t: int, labels: np.ndarray, prov: np.ndarray,
+                   kinds: list[str]) -> tuple[tuple, list[tuple]]:
+    """A class-map plane of an older format as an instance plane: writes its new label file
+    and returns its ``planes`` row and ``objects`` rows."""
+    ids, classes = inst.from_semantic(labels, kinds, where=prov != UNLABELLED)
+    rel = f"i{iid:06d}-t{t:05d}-{secrets.token_hex(6)}.npz"
+    _write_npz(root / "labels" / rel, ids, prov)
+    c = Counts.of(prov)
+    objects = [(iid, t, o.id, o.cls, o.area, o.provenance, *o.bbox, *o.centroid)
+               for o in inst.objects(ids, classes, prov)]
+    return (iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo, c.simulated), objects
+
+
+def _read_old_plane(path: Path, rec: ImageRecord, n_classes: int, max_code: int) -> tuple[np.ndarray, np.ndarray]:
+    """A class-map label file of format 1 or 2, checked."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            labels, prov = np.asarray(z["labels"]), np.asarray(z["provenance"])
+        if labels.shape != rec.shape or prov.shape != rec.shape:
+            raise ValueError(f"shape {labels.shape}, expected {rec.shape}")
+        if labels.dtype != _LABEL_DTYPE or prov.dtype != _PROV_DTYPE or (prov.size and prov.max() > max_code) \
+                or (labels.size and labels.max() >= n_classes):
+            raise ValueError("labels or provenance out of range")
+    except Exception as err:  # noqa: BLE001 - a bad label file is named, the migration stops
+        raise CorruptFileError(f"label file {path} cannot be migrated ({err}); move it aside and "
+                               "open the project again to migrate the rest") from err
+    return labels, prov
+
+
+def _db_version(path: Path) -> int:
+    """The format an index file was built for (2 if it does not say), 0 if there is none."""
+    if not path.is_file():
+        return 0
+    db = _connect(path, readonly=True)
+    try:
+        row = db.execute("SELECT value FROM settings WHERE key = 'format_version'").fetchone()
+    except sqlite3.DatabaseError:
+        row = None
+    finally:
+        db.close()
+    try:
+        return int(row[0]) if row else 2
+    except (TypeError, ValueError):
+        return 2
+
+
+def _migrate(root: Path, meta: dict, version: int) -> None:
+    """Bring a project of format 1 or 2 to the current one, once, under the writer's lock.
+
+    Old label files are read and checked, written anew as instance planes (each connected
+    area of a thing class one object, each stuff class one area), a complete new index is
+    built beside the old one and switched in by one rename, the old files move to
+    ``backup-v<N>/`` and ``project.json`` is rewritten last. A crash at any point leaves a
+    project that opens and finishes the migration (or redoes it) on the next open.
+    """
+    backup = root / f"backup-v{version}"
+    if _db_version(root / DB_FILE) != VERSION:
+        if version == 1:
+            _migrate_v1(root, meta)
+        else:
+            _migrate_v2(root, backup)
+    # the new index is in place: move every label file it does not point to into the backup
+    db = _connect(root / DB_FILE, readonly=True)
+    try:
+        current = {rel for (rel,) in db.execute("SELECT file FROM planes")}
+    finally:
+        db.close()
+    labels = root / "labels"
+    for p in sorted(labels.rglob("*.npz")) if labels.is_dir() else []:
+        rel = p.relative_to(labels).as_posix()
+        if rel not in current:
+            target = backup / "labels" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, target)
+    for d in sorted((d for d in labels.rglob("*") if d.is_dir()), reverse=True) if labels.is_dir() else []:
+        try:
+            d.rmdir()  # the per-stack folders of format 1, now empty
+        except OSError:
+            pass
+    if version == 1:
+        backup.mkdir(exist_ok=True)
+        if not (backup / PROJECT_FILE).exists():
+            shutil.copy2(root / PROJECT_FILE, backup / PROJECT_FILE)
+        for name in ("images.json", "journal.jsonl", "labels/summary.json"):
+            if (root / name).exists():
+                os.replace(root / name, backup / Path(name).name)
+    io.atomic_write_json(root / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
+
+
+def _migrate_v2(root: Path, backup: Path) -> None:
+    """Format 2 (class maps in the SQLite index) to instances; the old index is kept in ``backup``."""
+    path = root / DB_FILE
+    old = _connect(path, readonly=False)
+    try:
+        old.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file before it is copied
+        backup.mkdir(exist_ok=True)
+        copy = sqlite3.connect(str(backup / DB_FILE))
+        try:
+            old.backup(copy)
+        finally:
+            copy.close()
+        settings = {k: v for k, v in old.execute("SELECT key, value FROM settings") if k != "format_version"}
+        class_rows = old.execute("SELECT id, name, color FROM classes ORDER BY id").fetchall()
+        image_rows = old.execute("SELECT id, name, files, height, width, channels, frames, dtype "
+                                 "FROM images ORDER BY id").fetchall()
+        plane_rows = old.execute("SELECT image, frame, file FROM planes ORDER BY image, frame").fetchall()
+        journal = [{"t": t, "event": e, **(json.loads(d) if d.startswith("{") else {})}
+                   for t, e, d in old.execute("SELECT t, event, data FROM journal ORDER BY seq")]
+    except (sqlite3.DatabaseError, json.JSONDecodeError, TypeError, AttributeError) as err:
+        raise CorruptFileError(f"{path} cannot be migrated: {err}") from err
+    finally:
+        old.close()
+    try:
+        classes = [ClassInfo(int(cid), str(name), tuple(int(v) for v in json.loads(color)),
+                             STUFF if int(cid) == 0 else THING) for cid, name, color in class_rows]
+        records = {int(iid): ImageRecord(str(name), tuple(json.loads(files)), (int(h), int(w)), int(c), int(t),
+                                         str(dtype)) for iid, name, files, h, w, c, t, dtype in image_rows}
+    except (TypeError, ValueError) as err:
+        raise CorruptFileError(f"{path} has a malformed entry: {err}") from err
+    if [c.id for c in classes] != list(range(len(classes))):
+        raise CorruptFileError(f"{path}: class ids must be 0..N-1 in order")
+    kinds = [c.kind for c in classes]
+    order = sorted(records)
+    index = {iid: k for k, iid in enumerate(order)}
+    planes, objects = [], []
+    for iid, t, rel in plane_rows:
+        if iid not in records:
+            continue
+        rec = records[iid]
+        labels, prov = _read_old_plane(_inside(root / "labels", rel, "label file", path), rec, len(classes), SIMULATED)
+        row, objs = _convert_plane(root, index[iid], int(t), labels, prov, kinds)
+        planes.append(row)
+        objects.extend(objs)
+    journal.append(_entry("migrated", from_version=2, to_version=VERSION, images=len(records),
+                          label_files=len(planes), objects=len(objects),
+                          note="each connected area of a class became one object; classes other than "
+                               "the background are things (objects)"))
+    _build_db(path, settings, classes, [records[i] for i in order], planes, objects, journal)
+
+
 def _read_v1_journal(path: Path) -> list[dict]:
+
     """Entries of a first-format journal; a torn line loses only itself, not its neighbour."""
     if not path.exists():
         return []
@@ -1164,18 +1506,17 @@ def _read_v1_journal(path: Path) -> list[dict]:
 
 
 def _migrate_v1(root: Path, meta: dict) -> None:
-    """Move a first-format project (JSON index, one .npz per image) into the SQLite index.
+    """Format 1 (JSON index, one class-map .npz per image) to the SQLite index with instances.
 
-    The old files are read and checked, the new index is built beside them and switched in by
-    one rename, and ``project.json`` is rewritten last: a crash at any point leaves a project
-    that migrates again on the next open. The old JSON files move to ``backup-v1/``.
+    The old files are read and checked and the new index is built beside them and switched in
+    by one rename; :func:`_migrate` then moves the old files to ``backup-v1/``.
     """
     where = root / "images.json"
     try:
         raw = io.read_json(where)
         records = [ImageRecord.from_json(d) for d in raw]
-        classes = [ClassInfo(int(c["id"]), str(c["name"]), tuple(int(v) for v in c["color"]))
-                   for c in meta["classes"]]
+        classes = [ClassInfo(int(c["id"]), str(c["name"]), tuple(int(v) for v in c["color"]),
+                             STUFF if int(c["id"]) == 0 else THING) for c in meta["classes"]]
         image_root = str(meta["image_root"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CorruptFileError(f"{where} or {root / PROJECT_FILE} has a malformed entry: {err}") from err
@@ -1197,36 +1538,21 @@ def _migrate_v1(root: Path, meta: dict) -> None:
             raise CorruptFileError(f"{where}: {err}") from None
     if len({r.name for r in records}) != len(records):
         raise CorruptFileError(f"{where}: image names are not unique")
-    planes = []
+    kinds = [c.kind for c in classes]
+    planes, objects = [], []
     for iid, rec in enumerate(records):
         for t in range(rec.frames):
             rel = f"{rec.name}/t{t:05d}.npz" if rec.is_stack else f"{rec.name}.npz"
             path = root / "labels" / rel
             if not path.exists():
                 continue
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    labels, prov = np.asarray(z["labels"]), np.asarray(z["provenance"])
-                if labels.shape != rec.shape or prov.shape != rec.shape:
-                    raise ValueError(f"shape {labels.shape}, expected {rec.shape}")
-                if labels.dtype != _LABEL_DTYPE or prov.dtype != _PROV_DTYPE or (prov.size and prov.max() > PSEUDO) \
-                        or (labels.size and labels.max() >= len(classes)):
-                    raise ValueError("labels or provenance out of range")
-            except Exception as err:  # noqa: BLE001 - a bad label file is named, the migration stops
-                raise CorruptFileError(f"label file {path} cannot be migrated ({err}); move it aside and "
-                                       "open the project again to migrate the rest") from err
-            c = Counts.of(prov)
-            planes.append((iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo, c.simulated))
+            labels, prov = _read_old_plane(path, rec, len(classes), PSEUDO)
+            row, objs = _convert_plane(root, iid, t, labels, prov, kinds)
+            planes.append(row)
+            objects.extend(objs)
     journal = _read_v1_journal(root / "journal.jsonl")
     journal.append(_entry("migrated", from_version=int(meta.get("version", 1)), to_version=VERSION,
-                          images=len(records), label_files=len(planes)))
+                          images=len(records), label_files=len(planes), objects=len(objects)))
     settings = {"name": str(meta.get("name", root.name)), "created": str(meta.get("created", "")),
                 "image_root": image_root}
-    _build_db(root / DB_FILE, settings, classes, records, planes, journal)
-    backup = root / "backup-v1"
-    backup.mkdir(exist_ok=True)
-    shutil.copy2(root / PROJECT_FILE, backup / PROJECT_FILE)
-    io.atomic_write_json(root / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
-    for name in ("images.json", "journal.jsonl", "labels/summary.json"):
-        if (root / name).exists():
-            os.replace(root / name, backup / Path(name).name)
+    _build_db(root / DB_FILE, settings, classes, records, planes, objects, journal)

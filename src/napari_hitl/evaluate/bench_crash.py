@@ -60,6 +60,7 @@ def _commits(project, image: str) -> int:
 
 def _writer(root: Path, out: Path, ready: int, acks: int) -> None:
     """The child: commit the stack, save checkpoints and export until killed."""
+    import scipy.ndimage  # noqa: F401 - imported before "ready", so kills land in commits, not imports
     import torch
 
     from napari_hitl.io import export_project
