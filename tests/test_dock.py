@@ -37,3 +37,46 @@ def test_dock_reports_errors_as_notifications(dock, tmp_path, monkeypatch):
     assert shown and "does not exist" in shown[0]
     dock.accept_labels()
     assert "Open a project" in shown[-1]
+
+
+def test_objects_are_deleted_merged_split_and_undone_in_the_dock(dock):
+    from test_ui_session import press
+
+    dock.sample_box.setCurrentIndex(dock.sample_box.findText("nuclei"))
+    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
+    name, layer = dock.current, dock.labels_layer
+    data = np.zeros(layer.data.shape, np.uint32)
+    data[10:30, 10:30] = 100
+    data[10:30, 30:50] = 200  # touches object 100: two objects, two ids
+    layer.data = data
+    dock.annotate.accept_button.click()
+    ids, _, classes = dock.project.read_instances(name)
+    assert classes == {100: 1, 200: 1} and (ids == data).all()
+
+    layer.selected_label = 200
+    layer.selected_label = 100  # picked 200, then 100: Merge joins 200 into 100
+    dock.annotate.object_buttons["merge_objects"].click()
+    ids, _, classes = dock.project.read_instances(name)
+    assert classes == {100: 1} and (ids[10:30, 10:50] == 100).all() and (np.asarray(layer.data) == ids).all()
+    dock.annotate.object_buttons["undo_edit"].click()
+    ids, _, classes = dock.project.read_instances(name)
+    assert classes == {100: 1, 200: 1} and (np.asarray(layer.data) == data).all()
+
+    layer.selected_label = 100
+    dock.annotate.object_buttons["split_object"].click()
+    assert dock.tools.mode == "split"
+    press(layer, 12, 12)
+    press(layer, 27, 27)  # two clicks on the two parts of object 100
+    ids, _, classes = dock.project.read_instances(name)
+    assert len(classes) == 3 and ids[12, 12] != ids[27, 27] and dock.tools.mode == "off"
+
+    layer.selected_label = 200
+    dock.annotate.object_buttons["delete_object"].click()
+    ids, prov, classes = dock.project.read_instances(name)
+    assert 200 not in classes and (ids[10:30, 30:50] == 0).all() and (prov[10:30, 30:50] == HUMAN).all()
+    events = [e["event"] for e in dock.project.journal()]
+    assert events[-4:] == ["merge", "undo", "split", "delete"]
+    layer.selected_label = 200  # no longer in the image: a clear message, nothing changes
+    dock.annotate.object_buttons["delete_object"].click()
+    assert "not in this image" in dock.status.text()
+    assert [e["event"] for e in dock.project.journal()][-1] == "delete"

@@ -72,26 +72,32 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert len(dock.tools.points_layer.data) == 3
     settle(qtbot, dock)
     data = np.asarray(layer.data)
-    assert data[ya, xa] == 1 and data[yb, xb] == 1
     session = dock.tools.session()
     assert len(session.regions) == 2
+    # each region is its own object (an id each, napari's colour each), both of class 1
+    assert data[ya, xa] == session.regions[0].oid and data[yb, xb] == session.regions[1].oid
+    assert data[ya, xa] != data[yb, xb] and dock.tools.object_classes() == {int(data[ya, xa]): 1,
+                                                                             int(data[yb, xb]): 1}
     both = session.regions[0].mask | session.regions[1].mask
     precision = (both & (inst > 0)).sum() / both.sum()
     assert precision > 0.8, f"the clicked regions are mostly not nucleus (precision {precision:.2f})"
 
     # accept: saved at once as human labels
     dock.annotate.accept_button.click()
-    saved, prov = dock.project.read_labels(name)
-    assert saved[ya, xa] == 1 and (prov == HUMAN).all()
+    semantic, prov = dock.project.read_labels(name)
+    assert semantic[ya, xa] == 1 and (prov == HUMAN).all()
+    saved, _, classes = dock.project.read_instances(name)
+    assert saved[ya, xa] != saved[yb, xb] and classes[int(saved[ya, xa])] == 1 == classes[int(saved[yb, xb])]
     assert dock.tools.session().regions == []
 
     # scribble from inside A into B (full-image mode): A grows, B shrinks
     assert dock.annotate.full_image.isChecked()
-    press(layer, ya, xa)
+    press(layer, ya, xa)  # on the saved object A: a region that corrects A (same id)
     dock.run_action("new_region")
     press(layer, yb, xb)
     settle(qtbot, dock)
     ra, rb = dock.tools.session().regions
+    assert ra.oid == saved[ya, xa] and rb.oid not in classes
     before_a, before_b = ra.mask.copy(), rb.mask.copy()
     dock.annotate.tool_buttons["scribble"].click()
     line = [(ya + (yb - ya) * k / 10, xa + (xb - xa) * k / 10) for k in range(11)]
@@ -119,7 +125,7 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     assert on_c > 0.6, f"the extreme-point region is mostly not nucleus C ({on_c:.2f})"
     assert dock.tools.prompt_signs().count("extreme") == 4
     shown = np.asarray(layer.data)
-    assert shown[rc.mask].min() == 1
+    assert (shown[rc.mask] == rc.oid).all() and dock.tools.object_classes()[rc.oid] == 1
     dock.annotate.undo_button.click()  # the extreme points go as one prompt
     settle(qtbot, dock)
     assert len(dock.tools.session().regions) == n_regions
@@ -256,8 +262,8 @@ def test_an_engine_error_becomes_a_notification(dock, qtbot, monkeypatch):
     assert dock.tools.mode == "click"
     assert "Backspace: undo the last prompt" in dock.toolTip()
     press(dock.labels_layer, 20, 20)
-    qtbot.waitUntil(lambda: any("the engine fell over" in s for s in shown), timeout=WAIT)
-    assert any("predict failed" in s for s in shown)
+    # the engine fails twice: preparing it as the image opens, and on the click
+    qtbot.waitUntil(lambda: any("predict failed" in s and "the engine fell over" in s for s in shown), timeout=WAIT)
     np.testing.assert_array_equal(np.asarray(dock.labels_layer.data), before)  # nothing painted
     settle(qtbot, dock)
     dock.set_engine("graph")  # the person can switch engines and go on

@@ -69,7 +69,9 @@ def test_timelapse_units_and_propagation(dock, qtbot):
     others = np.arange(12) != 3
     assert (prov2[others] == PSEUDO).all()
     assert np.array_equal(after[3], labels[3]) and (prov2[3] == HUMAN).all()
-    assert np.array_equal(np.asarray(dock.labels_layer.data), after)  # the layer shows them
+    ids, _, classes = dock.project.read_instances(name)
+    assert np.array_equal(np.asarray(dock.labels_layer.data), ids)  # the layer shows the saved objects
+    assert dock.labels_layer.metadata["hitl_classes"] == classes
     assert after[others].any()  # some object predicted somewhere
     # the list is refreshed with units ranked by uncertainty from the new prediction
     qtbot.waitUntil(lambda: video.list.count() == 6 and video.rows[0].score_kind == "uncertainty", timeout=60000)

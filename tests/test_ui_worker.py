@@ -137,19 +137,41 @@ def test_session_regions_undo_and_composite():
     assert s.add_click(5, 5, False, 1) is a  # a negative inside A's mask goes to A
     s.set_masks({b.id: np.zeros((20, 30), bool)})
     shown = s.composite()
-    assert shown[5, 5] == 1 and shown[0, 0] == 2
+    assert shown[5, 5] == a.oid and shown[0, 0] == 2 and a.oid not in (0, 2) and b.oid not in (0, 2, a.oid)
+    assert s.object_classes() == {a.oid: 1, b.oid: 1}
     # a hand edit in the layer survives the next composite
     edited = shown.copy()
-    edited[19, 0] = 3
+    edited[19, 0] = 7
     s.shown = shown
     s.absorb(edited)
-    assert s.composite()[19, 0] == 3
+    assert s.composite()[19, 0] == 7
     # undo in reverse order; a region losing its last positive prompt goes away
     assert s.undo() is a  # the negative click on A
     assert s.undo() is None and s.region(b.id) is None  # B had one click
     assert s.undo() is a and len(a.prompts.clicks) == 1
     assert s.undo() is None and s.regions == []
     assert s.undo() is None
+
+
+def test_a_prompt_on_a_saved_object_corrects_that_object():
+    base = np.zeros((20, 30), np.uint32)
+    base[2:8, 2:8] = 4     # a saved cell (class 1)
+    base[10:16, 10:16] = 9  # a saved object of class 2
+    s = PromptSession(base, classes={4: 1, 9: 2})
+    r = s.add_click(5, 5, True, 1)
+    assert r.oid == 4 and r.mask.sum() == 36  # the object's own mask is the region's starting mask
+    r.mask = np.zeros((20, 30), bool)
+    r.mask[2:6, 2:6] = True  # the engine shrank it
+    out = s.composite()
+    assert (out[2:6, 2:6] == 4).all() and (out[6:8, 2:8] == 0).all() and (out[10:16, 10:16] == 9).all()
+    neg = s.add_click(12, 12, False, 1)  # a negative click on an object of another class corrects it too
+    assert neg.oid == 9 and neg.label == 2
+    s.new_region = True
+    fresh = s.add_click(18, 25, True, 1)  # a new region: a new object
+    assert fresh.oid not in (4, 9) and s.object_classes()[fresh.oid] == 1
+    assert s.undo() is None and s.region(fresh.id) is None
+    assert s.undo() is None and s.region(neg.id) is None  # the correction is undone: object 9 as saved
+    np.testing.assert_array_equal(s.composite()[10:16, 10:16], 9)
 
 
 def test_extreme_points_in_any_order_and_scribble_start_decides_the_region():

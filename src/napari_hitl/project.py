@@ -890,7 +890,7 @@ class Project:
             if provenance.shape != shape or provenance.dtype.kind not in "ui" or (
                     provenance.size and not 0 <= int(provenance.min()) <= int(provenance.max()) <= SIMULATED):
                 raise InputError(f"provenance for {rec.name!r} must be codes 0..{SIMULATED} of shape {shape}")
-            if bool(((ids != 0) & (provenance == UNLABELLED)).any()):
+            if bool(((ids != 0) & (provenance == UNLABELLED) & (True if where is None else where)).any()):
                 raise InputError(f"{what}: an object lies on pixels whose provenance says unlabelled")
             code = HUMAN
         else:

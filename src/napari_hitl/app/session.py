@@ -14,17 +14,39 @@ or :meth:`Session.trained` on its own thread. Listeners registered with :meth:`S
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
+from napari_hitl import instances as inst
 from napari_hitl.active.pseudo import PseudoSettings
 from napari_hitl.active.uncertainty import Prediction
 from napari_hitl.app.model_host import ModelHost
-from napari_hitl.project import Counts, Project
+from napari_hitl.errors import InputError
+from napari_hitl.project import HUMAN, Counts, Project
 
 #: what a listener can hear (see the module docstring)
 EVENTS = ("committed", "predicted", "trained")
 #: label sources that count as answers towards auto-training (pseudo labels do not)
 ANSWERS = ("human", "machine", "simulated")
+
+
+#: object edits a person makes, journalled under these event names
+EDITS = ("delete", "merge", "split")
+
+
+@dataclass
+class Edit:
+    """One object edit, kept so it can be undone: the plane before it and the pixels it changed."""
+
+    name: str
+    frame: int | None
+    op: str
+    before: np.ndarray
+    classes: dict[int, int]
+    changed: np.ndarray
+    provenance: np.ndarray  # the provenance the changed pixels had
 
 
 class Session:
@@ -36,6 +58,7 @@ class Session:
         self.model = ModelHost(project)
         self.predictions: dict[str, list[Prediction]] = {}  # image name -> one per frame
         self.answers_since_training = 0
+        self.edits: list[Edit] = []  # object edits, newest last, for undo
         self._listeners: dict[str, list[Callable]] = {e: [] for e in EVENTS}
 
     @classmethod
@@ -78,6 +101,67 @@ class Session:
     def read_labels(self, name: str, frame: int | None = None):
         with self.lock:
             return self.project.read_labels(name, frame=frame)
+
+    def read_instances(self, name: str, frame: int | None = None):
+        with self.lock:
+            return self.project.read_instances(name, frame=frame)
+
+    def commit_instances(self, name: str, ids, classes: dict[int, int], *, source: str = "human", where=None,
+                         frame: int | None = None) -> Counts:
+        """A person's (or accepted machine) objects to the project, like :meth:`commit`."""
+        with self.lock:
+            counts = self.project.commit_instances(name, ids, classes, source=source, where=where, frame=frame)
+        if source in ANSWERS:
+            self.answers_since_training += 1
+        self._emit("committed", name, counts)
+        return counts
+
+    def edit_objects(self, name: str, plane: np.ndarray, classes: dict[int, int], op: str, ids, *,
+                     frame: int | None = None, line=None, seeds=None) -> tuple[np.ndarray, dict[int, int]]:
+        """Delete, merge or split objects of ``plane`` (what the person sees, with its classes),
+        save the pixels that change as the person's (journalled as ``op``) and return the new
+        plane and classes. :meth:`undo_edit` takes it back."""
+        if op not in EDITS:
+            raise InputError(f"an object edit is one of {EDITS}, got {op!r}")
+        plane = inst.check_instances(plane, what="objects")
+        ids = [int(i) for i in ids]
+        if op == "delete":
+            new, new_classes = inst.delete(plane, classes, ids[0])
+        elif op == "merge":
+            new, new_classes = inst.merge(plane, classes, ids)
+        else:
+            new, new_classes, created = inst.split(plane, classes, ids[0], line=line, seeds=seeds)
+            ids = [ids[0], created]
+        changed = new != plane
+        with self.lock:
+            _, prov, _ = self.project.read_instances(name, frame=frame)
+            before = plane.copy()
+            self.project.commit_instances(name, new, new_classes, where=changed, frame=frame, event=op, ids=ids)
+            counts = self.project.counts(name)
+        self.edits.append(Edit(name, frame, op, before, dict(classes), changed, prov[changed]))
+        self.answers_since_training += 1
+        self._emit("committed", name, counts)
+        return new, new_classes
+
+    def undo_edit(self) -> tuple[Edit, np.ndarray, dict[int, int]] | None:
+        """Take back the newest object edit (journalled as 'undo'); returns it with the plane
+        and classes restored, or None if there is nothing to undo."""
+        if not self.edits:
+            return None
+        e = self.edits.pop()
+        with self.lock:
+            _, prov, _ = self.project.read_instances(e.name, frame=e.frame)
+            prov = prov.copy()
+            prov[e.changed] = e.provenance
+            # an object the person had made but not saved yet comes back as theirs
+            prov[e.changed & (e.before != 0) & (prov == 0)] = HUMAN
+            present = set(inst.ids_of(e.before).tolist())
+            classes = {k: v for k, v in e.classes.items() if k in present}
+            self.project.commit_instances(e.name, e.before, classes, where=e.changed, frame=e.frame,
+                                          provenance=prov, event="undo", of=e.op)
+            counts = self.project.counts(e.name)
+        self._emit("committed", e.name, counts)
+        return e, e.before, classes
 
     def wants_training(self, every: int) -> bool:
         """True once ``every`` answers were saved since the last training round."""

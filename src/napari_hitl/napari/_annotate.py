@@ -63,8 +63,8 @@ class AnnotatePanel(QGroupBox):
         row = QHBoxLayout()
         row.addWidget(QLabel("Class"))
         self.class_box = QComboBox()
-        self.class_box.setToolTip("the class that clicks, scribbles and extreme points segment "
-                                  "(napari's selected label; - and = change it)")
+        self.class_box.setToolTip("the class of new objects (clicks, scribbles, extreme points, napari's "
+                                  "brush); picking an object shows its class")
         row.addWidget(self.class_box, 1)
         row.addWidget(QLabel("Engine"))
         self.engine_box = QComboBox()
@@ -108,6 +108,18 @@ class AnnotatePanel(QGroupBox):
         row.addWidget(self.accept_button)
         row.addWidget(self.next_button)
         lay.addLayout(row)
+        row = QHBoxLayout()  # object edits: saved and journalled at once
+        self.object_buttons = {}
+        for action, title, tip in (
+                ("delete_object", "Delete", "delete the selected object (napari's selected label)"),
+                ("merge_objects", "Merge", "merge the object picked before into the selected one"),
+                ("split_object", "Split", "split the selected object: a stroke across it, or a click on each part"),
+                ("undo_edit", "Undo edit", "take back the last delete, merge or split")):
+            b = QPushButton(title)
+            b.setToolTip(f"{tip} (saved at once)")
+            self.object_buttons[action] = b
+            row.addWidget(b)
+        lay.addLayout(row)
 
 
         self.class_box.currentIndexChanged.connect(self._class_index)
@@ -116,7 +128,7 @@ class AnnotatePanel(QGroupBox):
         self.brush.valueChanged.connect(self.brush_changed.emit)
         for action, button in (("new_region", self.new_region_button), ("undo", self.undo_button),
                                ("reset", self.reset_button), ("accept", self.accept_button),
-                               ("next", self.next_button)):
+                               ("next", self.next_button), *self.object_buttons.items()):
             button.clicked.connect(lambda _=False, a=action: self.action_requested.emit(a))
 
     def _class_index(self, index: int) -> None:
@@ -133,10 +145,12 @@ class AnnotatePanel(QGroupBox):
         self.class_box.blockSignals(False)
 
     def show_class(self, cid: int) -> None:
-        """Show class ``cid`` as chosen (napari's selected label changed)."""
+        """Show class ``cid`` as chosen (the picked object has it) without announcing a choice."""
         idx = self.class_box.findData(int(cid))
         if idx >= 0 and idx != self.class_box.currentIndex():
+            self.class_box.blockSignals(True)
             self.class_box.setCurrentIndex(idx)
+            self.class_box.blockSignals(False)
 
     def show_mode(self, mode: str) -> None:
         """Check the button of ``mode``."""

@@ -14,6 +14,8 @@ from napari_hitl.project import Project
 
 META_PROJECT = "hitl_project"
 META_IMAGE = "hitl_image"
+#: the class of each object id shown in a Labels layer ({id: class})
+META_CLASSES = "hitl_classes"
 
 
 def label_colormap(project: Project):
@@ -27,15 +29,17 @@ def label_colormap(project: Project):
 
 
 def image_layer_data(project: Project, name: str) -> list[tuple]:
-    """``[(image, kwargs, 'image'), (labels, kwargs, 'labels')]`` for one project image."""
+    """``[(image, kwargs, 'image'), (objects, kwargs, 'labels')]`` for one project image: the
+    Labels layer holds an id per object (napari's colours per object) and the class of each
+    id in its metadata."""
     rec = project.record(name)
     image = project.read_image(name)
-    labels, _ = project.read_labels(name)
+    ids, _, classes = project.read_instances(name)
     meta = {META_PROJECT: str(project.root), META_IMAGE: rec.name}
     return [
         (image, {"name": rec.name, "rgb": rec.channels == 3, "metadata": dict(meta)}, "image"),
-        (labels, {"name": f"{rec.name} labels", "metadata": dict(meta), "colormap": label_colormap(project),
-                  "opacity": 0.6}, "labels"),
+        (ids, {"name": f"{rec.name} labels", "metadata": {**meta, META_CLASSES: dict(classes)}, "opacity": 0.6},
+         "labels"),
     ]
 
 

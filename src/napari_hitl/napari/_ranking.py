@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_hitl.app.rank import RANKINGS, rank_rows
 from napari_hitl.errors import HitlError
+from napari_hitl.napari._layers import META_CLASSES
 from napari_hitl.napari._progress import JobProgress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -185,6 +186,7 @@ class SuggestionsPanel(QWidget):
         self.session: Session | None = None
         self.shown: str | None = None  # the image in the viewer
         self.labels_layer = None  # its labels layer
+        self.current_class = lambda: 1  # the class Relabel gives (the dock's class selector)
         self.image: str | None = None  # the image the suggestions are of
         self.frame = 0
         self.segments: np.ndarray | None = None
@@ -350,7 +352,7 @@ class SuggestionsPanel(QWidget):
     def relabel(self, index: int, label: int | None = None) -> None:
         """Give suggestion ``index`` the selected class (saved as a human label)."""
         if 0 <= index < len(self.items):
-            lab = label if label is not None else int(self.labels_layer.selected_label)
+            lab = label if label is not None else int(self.current_class())
             self._answer(index, lab, "human")
 
     def _answer(self, index: int, label: int, source: str) -> None:
@@ -366,9 +368,10 @@ class SuggestionsPanel(QWidget):
         layer = self.labels_layer
         frame = self.frame if layer.ndim == 3 else None
         self.session.commit(self.image, plane, source=source, where=mask, frame=frame)
-        saved, _ = self.session.read_labels(self.image, frame=frame)
+        saved, _, classes = self.session.read_instances(self.image, frame=frame)
         ys, xs = np.nonzero(mask)
         idx = (ys, xs) if frame is None else (np.full_like(ys, frame), ys, xs)
         with layer.block_history():
             layer.data_setitem(idx, saved[ys, xs].astype(layer.data.dtype))
+        layer.metadata[META_CLASSES] = {**layer.metadata.get(META_CLASSES, {}), **classes}
         self.asked.setdefault((self.image, self.frame, self.n_segments), set()).update(segments)

@@ -1,9 +1,10 @@
 """Prompt state of one image plane in the dock: regions, their prompts, masks and undo history.
 
 Plain numpy (no Qt): the tools add prompts here, a worker turns a :meth:`PromptSession.snapshot`
-into masks with :func:`predict_regions`, and :meth:`PromptSession.composite` gives the labels
-to show: the labels the plane had (``base``, plus any hand edits absorbed from the layer)
-with every region's mask painted in its class.
+into masks with :func:`predict_regions`, and :meth:`PromptSession.composite` gives the object
+ids to show: the objects the plane had (``base``, plus any hand edits absorbed from the layer)
+with every region's mask painted as its object. Each region is one object (an instance id
+and a class); a prompt on an object the plane already had corrects that object.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from napari_hitl.prompts import Click, ExtremePoints, RegionPrompts, Scribble
 
 @dataclass
 class Region:
-    """One region being segmented: an id, its prompts (which carry its class) and its mask."""
+    """One region being segmented: an id, its prompts (which carry its class), its mask and the
+    object id it paints (a new object, or an object of the plane it corrects)."""
 
     id: int
     prompts: RegionPrompts
     mask: np.ndarray | None = None
+    oid: int = 0
 
     @property
     def label(self) -> int:
@@ -55,6 +58,7 @@ class PromptSession:
     """Regions and prompts on one (H, W) label plane; ``history`` lists prompts for undo."""
 
     base: np.ndarray
+    classes: dict[int, int] = field(default_factory=dict)  # class of each object id in ``base``
     regions: list[Region] = field(default_factory=list)
     history: list[tuple[str, int]] = field(default_factory=list)  # (kind, region id)
     pending_extreme: list[tuple[float, float]] = field(default_factory=list)
@@ -65,8 +69,20 @@ class PromptSession:
 
     def __post_init__(self):
         self.base = np.array(self.base, copy=True)
+        self.classes = {int(k): int(v) for k, v in self.classes.items()}
         if self.shown is None:
             self.shown = self.base.copy()
+
+    def next_oid(self) -> int:
+        """An object id no object of this plane (or region) uses yet."""
+        used = [int(self.base.max()) if self.base.size else 0, *self.classes, *(r.oid for r in self.regions)]
+        return max(used) + 1
+
+    def object_classes(self) -> dict[int, int]:
+        """The class of every object id the composite shows (base objects and regions)."""
+        out = dict(self.classes)
+        out.update({r.oid: r.label for r in self.regions})
+        return out
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -85,23 +101,39 @@ class PromptSession:
                 return r
         return None
 
-    def _new(self, label: int) -> Region:
-        r = Region(self._next_id, RegionPrompts(int(label)))
+    def _new(self, label: int, adopt: int = 0) -> Region:
+        """A new region: a new object of class ``label``, or the plane's object ``adopt``."""
+        oid = adopt or self.next_oid()
+        mask = (self.base == adopt) if adopt else None
+        r = Region(self._next_id, RegionPrompts(int(label)), mask=mask, oid=oid)
         self._next_id += 1
         self.regions.append(r)
         self.new_region = False
         return r
 
+    def object_at(self, y: float, x: float) -> int:
+        """The id of the plane's own object (not a region) at (y, x); 0 if none."""
+        iy, ix = int(round(y)), int(round(x))
+        if not (0 <= iy < self.shape[0] and 0 <= ix < self.shape[1]):
+            return 0
+        oid = int(self.base[iy, ix])
+        return oid if oid in self.classes and all(r.oid != oid for r in self.regions) else 0
+
     def _target(self, y: float, x: float, positive: bool, label: int) -> Region | None:
         """Which region a prompt at (y, x) belongs to.
 
         Inside a region's mask: that region (a positive prompt of another class starts a new
-        region instead). Elsewhere: the active region if it has the selected class (negatives:
-        whatever its class), else a new region for a positive prompt, none for a negative.
+        region instead). On an object the plane already had (of the selected class, or any
+        class for a negative prompt): a region that corrects that object. Elsewhere: the
+        active region if it has the selected class (negatives: whatever its class), else a
+        new region for a positive prompt, none for a negative.
         """
         hit = self.region_at(y, x)
         if hit is not None and (not positive or hit.label == label):
             return hit
+        own = self.object_at(y, x)
+        if own and not self.new_region and (not positive or self.classes[own] == label):
+            return self._new(self.classes[own], adopt=own)
         active = self.region(self.active)
         if active is not None and not self.new_region and (not positive or active.label == label):
             return active
@@ -175,8 +207,9 @@ class PromptSession:
             r.prompts.scribbles.pop()
         elif kind == "extreme":
             r.prompts.extreme = None
-        if not r.prompts.has_positive:
-            self.regions.remove(r)
+        empty = not (r.prompts.clicks or r.prompts.scribbles or r.prompts.extreme is not None)
+        if empty or (not r.prompts.has_positive and r.oid not in self.classes):
+            self.regions.remove(r)  # a new object without a positive prompt, or a correction undone
             self.history = [h for h in self.history if h[1] != rid]
             if self.active == rid:
                 self.active = self.regions[-1].id if self.regions else None
@@ -213,16 +246,24 @@ class PromptSession:
             self.base[changed] = current[changed]
 
     def composite(self) -> np.ndarray:
-        """``base`` with each region's mask painted in its class (later regions on top)."""
+        """``base`` with each region's mask painted as its object (later regions on top); an
+        object a region corrects keeps only the region's mask."""
         out = self.base.copy()
         for r in self.regions:
             if r.mask is not None:
-                out[r.mask] = r.label
+                if r.oid in self.classes:
+                    out[(out == r.oid) & ~r.mask] = 0
+                out[r.mask] = r.oid
         return out
 
-    def commit(self, current: np.ndarray) -> None:
-        """After an accept: what the layer shows becomes the base; prompts are done."""
+    def commit(self, current: np.ndarray, classes: dict[int, int] | None = None) -> None:
+        """After an accept: what the layer shows becomes the base (with its objects' classes);
+        prompts are done."""
+        if classes is None:
+            classes = self.object_classes()
         self.base = np.array(current, copy=True)
+        present = set(np.unique(self.base).tolist())
+        self.classes = {k: v for k, v in classes.items() if k in present}
         self.shown = self.base.copy()
         self.reset()
 

@@ -1,7 +1,9 @@
 """Click, scribble and extreme-point tools on the dock's Labels layer, and the prompt layers.
 
-Left click (or drag, for scribbles) is positive, right click or Ctrl+click negative, for the
-selected label. Every prompt is shown at once in a Points layer (green positive, magenta
+The Labels layer shows objects: one id per object (napari's colours), a class per id in
+``layer.metadata['hitl_classes']``. A new region is a new object of the dock's class; a prompt
+on an object the image already had corrects that object. Left click (or drag, for
+scribbles) is positive, right click or Ctrl+click negative. Every prompt is shown at once in a Points layer (green positive, magenta
 negative, yellow extreme points, orange while an extreme-point quadruple is incomplete) and a
 Shapes layer (scribbles), then the engine runs on the dock's worker queue and the newest
 answer is painted into the Labels layer through napari's own history (Ctrl+Z undoes it).
@@ -17,12 +19,13 @@ from qtpy.QtCore import QObject, Signal
 
 from napari_hitl.errors import HitlError, InputError
 from napari_hitl.interactive.engine import DEFAULT_ENGINE
+from napari_hitl.napari._layers import META_CLASSES
 from napari_hitl.napari._session import PromptSession, predict_regions
 
 #: tool modes; "off" leaves the Labels layer to napari's own tools
-MODES = ("off", "click", "scribble", "extreme", "suggest")
+MODES = ("off", "click", "scribble", "extreme", "suggest", "split")
 MODE_TITLES = {"off": "Off (napari tools)", "click": "Click", "scribble": "Scribble",
-               "extreme": "Extreme points", "suggest": "Suggestions"}
+               "extreme": "Extreme points", "suggest": "Suggestions", "split": "Split object"}
 
 #: keyboard shortcuts on the Labels layer (napari's own: P paint, E erase, F fill, Z pan/zoom,
 #: [ ] brush size, B preserve labels, M new label, Ctrl+Z / Ctrl+Shift+Z undo / redo of label
@@ -96,6 +99,8 @@ class ToolController(QObject):
     suggestion_clicked = Signal(int, float, float, bool)
     #: a prompt failed with an error the person can fix (a HitlError)
     failed = Signal(object)
+    #: split mode: frame, (N, 2) points and 'line' (a stroke across the object) or 'seeds' (two clicks)
+    split_asked = Signal(int, object, str)
 
     def __init__(self, viewer, queue):
         super().__init__()
@@ -106,6 +111,8 @@ class ToolController(QObject):
         self.mode = "off"
         self.engine_name = DEFAULT_ENGINE
         self.full_image = True
+        self.cls = 1  # the class new objects get (the dock's class selector)
+        self.split_points: list = []  # split mode: the first of two clicks
         self.host = EngineHost()
         self.sessions: dict[tuple[str, int], PromptSession] = {}
         self.layer = None
@@ -171,6 +178,7 @@ class ToolController(QObject):
         if mode not in MODES:
             raise InputError(f"unknown tool {mode!r}; use one of {', '.join(MODES)}")
         self.mode = mode
+        self.split_points = []
         if self.layer is not None and mode != "off":
             self.layer.mode = "pan_zoom"
             self.layer.mouse_pan = False
@@ -203,8 +211,22 @@ class ToolController(QObject):
         t = self.frame() if frame is None else frame
         key = (self.image, t)
         if key not in self.sessions:
-            self.sessions[key] = PromptSession(self._plane(t))
+            self.sessions[key] = PromptSession(self._plane(t), classes=self.layer_classes())
         return self.sessions[key]
+
+    def layer_classes(self) -> dict[int, int]:
+        """The class of each object id the layer was loaded with (and saved since)."""
+        return dict(self.layer.metadata.get(META_CLASSES, {})) if self.layer is not None else {}
+
+    def object_classes(self, frame: int | None = None) -> dict[int, int]:
+        """The class of every object id in the shown plane: saved objects, regions, and ids
+        painted by hand with napari's brush (those take the dock's class)."""
+        t = self.frame() if frame is None else frame
+        plane = self._plane(t)
+        s = self.sessions.get((self.image, t))
+        classes = {**self.layer_classes(), **(s.object_classes() if s is not None else {})}
+        present = [int(i) for i in np.unique(plane) if i]
+        return {i: classes.get(i, self.cls) for i in present}
 
     def _plane(self, t: int) -> np.ndarray:
         data = np.asarray(self.layer.data)
@@ -216,8 +238,8 @@ class ToolController(QObject):
         return img[t] if stack else img
 
     def label(self) -> int:
-        sel = int(self.layer.selected_label) if self.layer is not None else 1
-        return sel if sel >= 1 else 1
+        """The class of new regions."""
+        return max(int(self.cls), 1)
 
     # ------------------------------------------------------------------ mouse
     def _data_yx(self, event) -> tuple[int, float, float]:
@@ -231,7 +253,7 @@ class ToolController(QObject):
             return
         negative = _is_negative(event)
         t, y, x = self._data_yx(event)
-        if self.mode != "scribble":
+        if self.mode not in ("scribble", "split"):
             self._guard(self._press, t, y, x, not negative)
             return
         points = [(y, x)]
@@ -245,8 +267,23 @@ class ToolController(QObject):
                     self._last_drag_draw = now
                     self._draw_prompts(live=(t, points, not negative))
             yield
+        if self.mode == "split":
+            self._split_stroke(t, points)
+            return
         self._guard(self.scribble, points, not negative, t)
 
+    def _split_stroke(self, t: int, points: list) -> None:
+        """Split mode: a stroke asks for a split along it; a click is one of two seeds."""
+        if len(points) > 2:
+            self.split_points = []
+            self.split_asked.emit(t, np.asarray(points, np.float64), "line")
+            return
+        self.split_points.append(points[0])
+        if len(self.split_points) < 2:
+            self.status.emit("Split: click the second part of the object (or draw a stroke across it)")
+            return
+        seeds, self.split_points = self.split_points, []
+        self.split_asked.emit(t, np.asarray(seeds, np.float64), "seeds")
     def _guard(self, fn, *args) -> None:
         """Run a prompt; an error the person can fix goes out as ``failed``."""
         try:
@@ -339,15 +376,20 @@ class ToolController(QObject):
         self.show(s)
         self.status.emit("Prompts reset.")
 
-    def committed(self) -> None:
-        """After an accept: what is shown becomes the starting point, prompts are cleared."""
+    def committed(self, classes: dict[int, int] | None = None) -> None:
+        """After an accept: what is shown becomes the starting point (``classes``: the saved
+        class of each object), prompts are cleared."""
+        if classes is not None and self.layer is not None:
+            self.layer.metadata[META_CLASSES] = {**self.layer_classes(), **classes}
         for (name, t), s in self.sessions.items():
             if name == self.image:
-                s.commit(self._plane(t))
+                s.commit(self._plane(t), {**self.layer_classes(), **s.object_classes()})
         self._draw_prompts()
 
     def _after_prompt(self, s: PromptSession, r, frame) -> None:
         self._draw_prompts()
+        if self.layer is not None and r is not None and r.oid:
+            self.layer.selected_label = int(r.oid)  # napari's brush continues this object
         self.predict(s, r, frame)
 
     # ------------------------------------------------------------------ prediction

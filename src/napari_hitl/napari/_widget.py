@@ -28,9 +28,10 @@ from qtpy.QtWidgets import (
 from napari_hitl.app.export import summary_text
 from napari_hitl.app.model_host import warm_up
 from napari_hitl.app.session import Session
-from napari_hitl.errors import HitlError
+from napari_hitl.errors import HitlError, InputError
 from napari_hitl.napari._annotate import AnnotatePanel
-from napari_hitl.napari._layers import META_IMAGE, META_PROJECT, claim_project_folder, image_layer_data, label_colormap
+from napari_hitl.napari._layers import (META_CLASSES, META_IMAGE, META_PROJECT, claim_project_folder,
+                                        image_layer_data, label_colormap)
 from napari_hitl.napari._prediction import PredictionLayers
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
 from napari_hitl.napari._section import section
@@ -71,6 +72,7 @@ class HitlWidget(QWidget):
         self._current: str | None = None
         self.image_layer = None
         self.labels_layer = None
+        self.picked: list[int] = []  # the last two objects picked (napari selected label), for Merge
         self.train_job = None
         self._devices: dict[str, str] = {}
         self.queue = ModelQueue(self)
@@ -153,11 +155,13 @@ class HitlWidget(QWidget):
         self.tools.suggestion_clicked.connect(lambda t, y, x, positive: self._guard(
             self.suggestions.click_at, t, y, x, positive))
         self.tools.failed.connect(self._report)
+        self.tools.split_asked.connect(lambda t, pts, kind: self._guard(self.split_object, t, pts, kind))
         self.ranking.rank_requested.connect(self.rank)
         self.ranking.progress.cancel_requested.connect(self.cancel_ranking)
         self.training.train_requested.connect(self.train)
         self.training.progress.cancel_requested.connect(self.cancel_training)
         self.exporter.export_requested.connect(self.export)
+        self.suggestions.current_class = lambda: self.tools.cls
         self.suggestions.suggest_requested.connect(self.suggest)
         self.suggestions.status.connect(self.say)
         self.suggestions.failed.connect(self._report)
@@ -214,6 +218,14 @@ class HitlWidget(QWidget):
             self.accept_labels()
         elif action == "next":
             self.open_next()
+        elif action == "delete_object":
+            self._guard(self.edit_objects, "delete")
+        elif action == "merge_objects":
+            self._guard(self.edit_objects, "merge")
+        elif action == "split_object":
+            self._guard(self.start_split)
+        elif action == "undo_edit":
+            self._guard(self.undo_edit)
         else:
             raise HitlError(f"unknown action {action!r}")
 
@@ -243,12 +255,111 @@ class HitlWidget(QWidget):
             self.say("Ready")
 
     def _class_chosen(self, cid: int) -> None:
-        if self.labels_layer is not None and self.labels_layer.selected_label != cid:
-            self.labels_layer.selected_label = int(cid)
+        """A class picked in the dock: new regions get it, and napari's brush paints a new object of it."""
+        self.tools.cls = int(cid)
+        layer = self.labels_layer
+        if layer is not None:
+            s = self.tools.session()
+            selected = int(layer.selected_label)
+            if self.tools.object_classes().get(selected, self.tools.layer_classes().get(selected)) != cid:
+                fresh = max(s.next_oid() if s is not None else 1, int(np.asarray(layer.data).max()) + 1)
+                layer.selected_label = fresh
+            if s is not None:
+                s.new_region = True
 
     def _sync_class(self, event=None) -> None:
-        if self.labels_layer is not None:
-            self.annotate.show_class(int(self.labels_layer.selected_label))
+        """napari's selected label picks an object: the dock shows its class, and remembers the
+        object picked before it (Merge joins the two)."""
+        layer = self.labels_layer
+        if layer is None:
+            return
+        oid = int(layer.selected_label)
+        if oid and oid != (self.picked[-1] if self.picked else None):
+            self.picked = [*self.picked[-1:], oid]
+        cls = {**self.tools.layer_classes(), **self.tools.object_classes()}.get(oid)
+        if cls is not None:
+            self.tools.cls = int(cls)
+            self.annotate.show_class(int(cls))
+
+    # ------------------------------------------------------------------ object edits
+    def _plane_and_classes(self) -> tuple[np.ndarray, dict[int, int], int | None]:
+        if self.project is None or self.labels_layer is None or self.current is None:
+            raise InputError("Open a project and an image first.")
+        t = self.tools.frame()
+        data = np.asarray(self.labels_layer.data)
+        stack = self.project.record(self.current).is_stack
+        plane = data[t] if stack else data
+        return plane, self.tools.object_classes(t), (t if stack else None)
+
+    def edit_objects(self, op: str) -> None:
+        """Delete the selected object, or merge the object picked before it into it (saved and
+        journalled at once; Undo edit takes it back)."""
+        plane, classes, frame = self._plane_and_classes()
+        oid = int(self.labels_layer.selected_label)
+        if oid not in classes:
+            raise InputError(f"Object {oid} is not in this image: pick an object with napari's label picker first.")
+        if op == "merge":
+            other = next((p for p in reversed(self.picked[:-1]) if p != oid and p in classes), None)
+            if other is None:
+                raise InputError("Merge joins two objects: pick one, then the other (napari's label picker), "
+                                 "then Merge.")
+            ids = [oid, other]
+        else:
+            ids = [oid]
+        new, new_classes = self.session.edit_objects(self.current, plane, classes, op, ids, frame=frame)
+        self._show_plane(new, new_classes, frame)
+        self.say(f"{'Deleted' if op == 'delete' else 'Merged'} object{'s' if op == 'merge' else ''} "
+                 f"{', '.join(map(str, ids))} (saved; Undo edit takes it back)")
+
+    def start_split(self) -> None:
+        """Split mode: a stroke across the selected object, or two clicks on its two parts."""
+        plane, classes, _ = self._plane_and_classes()
+        if int(self.labels_layer.selected_label) not in classes:
+            raise InputError("Pick the object to split first (napari's label picker).")
+        self.tools.set_mode("split")
+        self.say("Split: draw a stroke across the object, or click its two parts")
+
+    def split_object(self, t: int, points, kind: str) -> None:
+        plane, classes, frame = self._plane_and_classes()
+        oid = int(self.labels_layer.selected_label)
+        if kind == "line":
+            from napari_hitl.prompts import line_map
+
+            line = line_map(np.asarray(points, np.float64), plane.shape, width=3).astype(bool)
+            new, new_classes = self.session.edit_objects(self.current, plane, classes, "split", [oid], frame=frame,
+                                                         line=line)
+        else:
+            seeds = tuple((int(round(y)), int(round(x))) for y, x in points)
+            new, new_classes = self.session.edit_objects(self.current, plane, classes, "split", [oid], frame=frame,
+                                                         seeds=seeds)
+        self._show_plane(new, new_classes, frame)
+        self.tools.set_mode("off")
+        self.say(f"Split object {oid} in two (saved; Undo edit takes it back)")
+
+    def undo_edit(self) -> None:
+        done = self.session.undo_edit() if self.session is not None else None
+        if done is None:
+            self.say("No object edit to undo.")
+            return
+        edit, plane, classes = done
+        if edit.name == self.current:
+            self._show_plane(plane, classes, edit.frame)
+        self.say(f"Undid the {edit.op} (saved)")
+
+    def _show_plane(self, plane: np.ndarray, classes: dict[int, int], frame: int | None) -> None:
+        """Show an edited plane; its objects and classes become the prompts' starting point."""
+        layer = self.labels_layer
+        current = np.asarray(layer.data)
+        now = current[frame] if frame is not None else current
+        changed = np.nonzero(now != plane)
+        if changed[0].size:
+            idx = changed if frame is None else (np.full_like(changed[0], frame), *changed)
+            with layer.block_history():
+                layer.data_setitem(idx, plane[changed].astype(layer.data.dtype))
+        layer.metadata[META_CLASSES] = {**self.tools.layer_classes(), **classes}
+        s = self.tools.sessions.get((self.current, frame or 0))
+        if s is not None:
+            s.commit(plane, classes)
 
     def _brush_changed(self, value: int) -> None:
         if self.labels_layer is not None:
@@ -344,8 +455,10 @@ class HitlWidget(QWidget):
         self.tools.attach(labels_layer, self.image_layer, self.current)
         labels_layer.events.selected_label.connect(self._sync_class)
         labels_layer.brush_size = self.annotate.brush.value()
-        if labels_layer.selected_label < 1:
-            labels_layer.selected_label = 1
+        self.picked = []
+        # napari's brush starts a new object of the dock's class
+        labels_layer.selected_label = max(int(np.asarray(labels_layer.data).max()),
+                                          *self.tools.layer_classes(), 0) + 1
         self._sync_class()
         self.suggestions.image_shown(self.session, self.current, labels_layer)
         self.video.image_shown(self.session, self.current, labels_layer)
@@ -430,12 +543,13 @@ class HitlWidget(QWidget):
 
         def commit():
             data = np.asarray(self.labels_layer.data)
+            t = self.tools.frame()
+            classes = self.tools.object_classes(t)
             if self.project.record(self.current).is_stack:
-                t = self.tools.frame()
-                counts = self.session.commit(self.current, data[t], source="human", frame=t)
+                counts = self.session.commit_instances(self.current, data[t], classes, source="human", frame=t)
             else:
-                counts = self.session.commit(self.current, data, source="human")
-            self.tools.committed()
+                counts = self.session.commit_instances(self.current, data, classes, source="human")
+            self.tools.committed(classes)
             self.status.setText(f"Saved {self.current}: {counts.human} human pixels")
 
         self._guard(commit)
@@ -450,8 +564,10 @@ class HitlWidget(QWidget):
         """Show the project's saved labels of ``name`` in the labels layer (after propagation)."""
         if name != self.current or self.labels_layer is None or self.project is None:
             return
-        labels, _ = self.session.read_labels(name)
-        self.labels_layer.data = labels
+        ids, _, classes = self.session.read_instances(name)
+        self.labels_layer.metadata[META_CLASSES] = dict(classes)
+        self.tools.forget_image(name)
+        self.labels_layer.data = ids
         self.refresh_list()
 
     # ------------------------------------------------------------------ model work
