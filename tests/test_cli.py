@@ -31,7 +31,7 @@ def test_create_info_export(tmp_path, capsys):
     assert cli.main(["info", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("x1 "))
-    assert row == ["x1", "12x10", "done", "120", "0", "0", "0"]  # width x height, then pixels per provenance
+    assert row == ["x1", "12x10", "done", "1", "120", "0", "0", "0"]  # size, status, objects, pixels per provenance
     assert cli.main(["export", str(tmp_path / "p"), str(tmp_path / "out"), "--format", "png"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["totals"]["human"] == 120

@@ -46,16 +46,23 @@ def create(args) -> int:
 def info(args) -> int:
     with Project.open(args.project, readonly=True) as project:
         print(f"project {project.root}")
-        print(f"  images: {len(project)}   classes: {', '.join(f'{c.id}={c.name}' for c in project.classes)}")
-        every = project.all_counts()  # one query, one snapshot: the rows add up to the total
+        print(f"  images: {len(project)}   classes: "
+              f"{', '.join(f'{c.id}={c.name}' + (' (stuff)' if c.kind == 'stuff' and c.id else '') for c in project.classes)}")
+        with project.snapshot():  # one snapshot: the rows add up to the total
+            every = project.all_counts()
+            objects: dict[str, int] = {}
+            for o in project.objects():
+                if project.classes[o["class"]].kind == "thing":
+                    objects[o["image"]] = objects.get(o["image"], 0) + 1
         total = sum(every.values(), Counts())
-        print(f"  {'image':<32} {'width x height':<15} {'status':<10} labelled pixels by: human, simulated "
-              "(robot), machine (accepted), pseudo (the model's)")
+        print(f"  {'image':<32} {'width x height':<15} {'status':<10} {'objects':>7}  labelled pixels by: human, "
+              "simulated (robot), machine (accepted), pseudo (the model's)")
         for rec in project.images:
             c = every[rec.name]
             size = f"{rec.shape[1]}x{rec.shape[0]}" + (f" x{rec.frames}" if rec.is_stack else "")
-            print(f"  {rec.name:<32} {size:<15} {c.status:<10} "
+            print(f"  {rec.name:<32} {size:<15} {c.status:<10} {objects.get(rec.name, 0):>7}  "
                   f"{c.human:>9} {c.simulated:>9} {c.machine:>9} {c.pseudo:>9}")
+        print(f"  objects: {sum(objects.values())} (stuff areas not counted)")
         print(f"  total pixels: human {total.human}, simulated {total.simulated}, machine {total.machine}, "
               f"pseudo {total.pseudo}, "
               f"unlabelled {total.unlabelled}")

@@ -184,29 +184,40 @@ def from_semantic(labels: np.ndarray, kinds: list[str], *, where: np.ndarray | N
 
 
 def _reused_ids(comp: np.ndarray, n: int, old: np.ndarray, old_classes: Mapping[int, int], c: int) -> dict:
-    """For each new area, the old object of class ``c`` it lies on or touches most (each old id
-    goes to one area at most), so painting onto or beside an object extends it."""
+    """For each new area, the old object of class ``c`` it lies on most or, lying on none, the
+    one it touches most (each old id goes to one area at most), so re-committing keeps ids
+    and painting beside an object extends it."""
     from scipy import ndimage
 
-    box = ndimage.find_objects((comp > 0).astype(np.uint8))[0]
-    box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)  # the areas and the ring around them
-    grown = ndimage.grey_dilation(comp[box], size=(3,) * comp.ndim)
-    sel = grown > 0
-    cvals, ovals = grown[sel].astype(np.int64), old[box][sel].astype(np.int64)
-    same = (ovals != 0) & (_class_of(ovals, old_classes) == c)
-    cvals, ovals = cvals[same], ovals[same]
-    if not cvals.size:
-        return {}
-    keys, counts = np.unique(ovals * (n + 1) + cvals, return_counts=True)
-    pairs = np.stack([keys % (n + 1), keys // (n + 1)])
+    votes = _votes(comp, old, old_classes, c)
+    lonely = np.setdiff1d(np.arange(1, n + 1), votes[0]) if votes[0].size else np.arange(1, n + 1)
+    if lonely.size:  # areas on no old object: look at the ring around them
+        sub = np.where(np.isin(comp, lonely), comp, 0)
+        box = ndimage.find_objects((sub > 0).astype(np.uint8))[0]
+        box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+        ring = _votes(ndimage.grey_dilation(sub[box], size=(3,) * comp.ndim), old[box], old_classes, c)
+        votes = tuple(np.concatenate([v, r]) for v, r in zip(votes, ring))
     out, taken = {}, set()
-    for k in np.argsort(-counts, kind="stable"):
-        ci, oi = int(pairs[0, k]), int(pairs[1, k])
+    for k in np.argsort(-votes[2], kind="stable"):
+        ci, oi = int(votes[0][k]), int(votes[1][k])
         if ci in out or oi in taken:
             continue
         out[ci] = oi
         taken.add(oi)
     return out
+
+
+def _votes(comp: np.ndarray, old: np.ndarray, old_classes: Mapping[int, int], c: int):
+    """``(area, old id, pixel count)`` for every pair of a new area and an old object of class ``c``."""
+    sel = comp > 0
+    cvals, ovals = comp[sel].astype(np.int64), old[sel].astype(np.int64)
+    same = (ovals != 0) & (_class_of(ovals, old_classes) == c)
+    cvals, ovals = cvals[same], ovals[same]
+    if not cvals.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    base = int(cvals.max()) + 1
+    keys, counts = np.unique(ovals * base + cvals, return_counts=True)
+    return keys % base, keys // base, counts
 
 
 def _class_of(ids: np.ndarray, classes: Mapping[int, int]) -> np.ndarray:
@@ -228,8 +239,14 @@ def objects(instances: np.ndarray, classes: Mapping[int, int], provenance: np.nd
     if not nz.size:
         return []
     vals = flat[nz]
-    ids, comp = np.unique(vals, return_inverse=True)
-    comp = comp.astype(np.int64) + 1
+    if int(vals.max()) < _LUT_LIMIT:  # compact ids through a table: no sort
+        ids = np.flatnonzero(np.bincount(vals)).astype(np.int64)
+        lut = np.zeros(int(ids[-1]) + 1, np.int64)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        comp = lut[vals]
+    else:
+        ids, comp = np.unique(vals, return_inverse=True)
+        comp = comp.astype(np.int64) + 1
     n = len(ids)
     area = np.bincount(comp, minlength=n + 1)[1:]
     rr, cc = np.divmod(nz, instances.shape[1])
