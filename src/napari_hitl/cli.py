@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="import the labels of an earlier export (its classes, object ids and provenance) into "
                         "the new project, matched to the images by name")
 
+    p = sub.add_parser("predict", help="predict and rank every image as Dask tasks (resumes where it stopped)")
+    p.add_argument("project", help="the project's folder")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler (tcp://host:8786); its workers must see the project and "
+                        "images at the same paths (default: a local cluster over this machine's cores)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    p.add_argument("--threads-per-worker", type=int, default=1, help="threads per local worker (default: 1)")
+    p.add_argument("--rank", default="local consistency",
+                   help="the order printed at the end: local consistency, entropy, margin, diversity, coverage")
+    p.add_argument("--top", type=int, default=10, help="how many of the ranked images to print")
+
     p = sub.add_parser("info", help="summarise a project (images, classes, provenance counts)")
     p.add_argument("project", help="the project's folder")
 

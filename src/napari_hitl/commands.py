@@ -224,3 +224,61 @@ def _click_session(engine, image, truth, start, target, max_clicks):
     run = run_clicks(engine, truth, max_clicks, start=start, stop_at=target)
     score = run.final_iou if run.ious else iou(run.mask, truth)
     return run.mask, run.clicks, score, float(np.median(run.ms)) if run.ms else 0.0
+
+
+def predict(args) -> int:
+    """Predict and rank every image on Dask (a LocalCluster here, or ``--scheduler``)."""
+    import signal
+
+    from distributed import Client
+
+    from napari_hitl.app.batch import local_cluster, predict_project
+    from napari_hitl.app.rank import RANKINGS, rank_results
+    from napari_hitl.app.session import Session
+    from napari_hitl.progress import rate_progress
+
+    if args.rank not in RANKINGS:
+        raise InputError(f"unknown ranking {args.rank!r}; use one of {', '.join(RANKINGS)}")
+    stop = []
+
+    def interrupted(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(True)
+        print("\nstopping: finished images are kept (Ctrl+C again to quit at once)", flush=True)
+
+    with Session(Project.open(args.project)) as session:
+        cluster = None
+        if args.scheduler:
+            client = Client(args.scheduler, timeout=30)
+            where = f"the cluster at {args.scheduler}"
+        else:
+            cluster = local_cluster(args.workers, args.threads_per_worker)
+            client = Client(cluster)
+            where = "a local cluster"
+        old = signal.signal(signal.SIGINT, interrupted)
+        try:
+            n = len(client.nthreads())
+            print(f"predicting {len(session.project)} images on {where}: {n} worker(s), "
+                  f"{sum(client.nthreads().values())} thread(s)", flush=True)
+            report = predict_project(session, client, progress=rate_progress("predict"),
+                                     should_stop=lambda: bool(stop))
+        finally:
+            signal.signal(signal.SIGINT, old)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        names = session.names
+        rows = rank_results(names, session.project.results(report.model), args.rank)
+        rate = len(report.predicted) / report.seconds if report.seconds else 0.0
+        print(f"model {report.model}: predicted {len(report.predicted)} image(s) in {report.seconds:.1f} s "
+              f"({rate:.2f}/s), {report.skipped} already done"
+              + (f", {len(report.failed)} failed" if report.failed else "")
+              + (" - cancelled: run again to go on" if report.cancelled else ""))
+        for name, why in list(report.failed.items())[:5]:
+            print(f"  failed: {name}: {why}")
+        ranked = [r for r in rows if r.value == r.value]
+        print(f"most useful to annotate next ({args.rank}):")
+        for r in ranked[:args.top]:
+            print(f"  {r.name:<32} {r.value:.3f}{'  (diverse pick)' if r.picked else ''}")
+    return 1 if report.failed else 0

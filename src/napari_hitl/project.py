@@ -92,6 +92,8 @@ CREATE TABLE objects(image INTEGER NOT NULL, frame INTEGER NOT NULL, id INTEGER 
                      class INTEGER NOT NULL, area INTEGER NOT NULL, provenance INTEGER NOT NULL,
                      y0 INTEGER NOT NULL, x0 INTEGER NOT NULL, y1 INTEGER NOT NULL, x1 INTEGER NOT NULL,
                      cy REAL NOT NULL, cx REAL NOT NULL, PRIMARY KEY(image, frame, id));
+CREATE TABLE results(image INTEGER NOT NULL, model TEXT NOT NULL, scores TEXT NOT NULL, features BLOB NOT NULL,
+                     cache TEXT NOT NULL, PRIMARY KEY(image, model));
 CREATE TABLE journal(seq INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT NOT NULL, event TEXT NOT NULL,
                      data TEXT NOT NULL);
 """
@@ -1144,6 +1146,47 @@ class Project:
         for c in self.all_counts().values():
             total = total + c
         return total
+
+    # ------------------------------------------------------------------ batch prediction results
+    def save_result(self, image: str | int, model: str, scores: dict[str, float], features: np.ndarray,
+                    cache: str | os.PathLike) -> None:
+        """Save one image's prediction result of ``model`` (a token): its uncertainty scores, its
+        pooled features and where its probabilities are cached (inside ``cache/``); journalled."""
+        self._writable()
+        rec = self.record(image)
+        if not isinstance(model, str) or not re.fullmatch(r"[0-9a-f]{4,64}", model):
+            raise InputError(f"a model token is hex digits, got {model!r}")
+        feats = np.asarray(features, np.float32).ravel()
+        rel = Path(cache).resolve().relative_to(self.cache_dir.resolve()).as_posix()
+        payload = json.dumps({k: float(v) for k, v in scores.items()})
+        with self._transaction(f"result of {rec.name!r}") as db:
+            db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
+                       (self._ids[rec.name], model, payload, feats.tobytes(), rel))
+            self._journal(db, "predicted", image=rec.name, model=model)
+
+    def results(self, model: str) -> dict[str, dict]:
+        """The saved prediction results of ``model``, by image name: ``scores`` (dict), ``features``
+        (float32) and ``cache`` (the path of its probabilities); checked as untrusted input."""
+        names = {iid: name for name, iid in self._ids.items()}
+        with self._reader() as db:
+            rows = db.execute("SELECT image, scores, features, cache FROM results WHERE model = ?", (model,)).fetchall()
+        out = {}
+        where = self.root / DB_FILE
+        for iid, scores, feats, rel in rows:
+            if iid not in names:
+                continue
+            try:
+                scores = json.loads(scores)
+                if not isinstance(scores, dict) or not all(isinstance(v, (int, float)) for v in scores.values()):
+                    raise ValueError("scores are not numbers")
+                if not isinstance(feats, bytes) or len(feats) % 4 or len(feats) > 1 << 20:
+                    raise ValueError("features are not float32")
+            except (ValueError, TypeError) as err:
+                raise CorruptFileError(f"{where}: the result of {names[iid]!r} is malformed ({err})") from err
+            out[names[iid]] = {"scores": {str(k): float(v) for k, v in scores.items()},
+                               "features": np.frombuffer(feats, np.float32).copy(),
+                               "cache": _inside(self.cache_dir, rel, "cached prediction", where)}
+        return out
 
     # ------------------------------------------------------------------ models
     @property

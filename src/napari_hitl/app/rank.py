@@ -45,13 +45,32 @@ def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice
     """
     if choice not in RANKINGS:
         raise InputError(f"unknown ranking {choice!r}; use one of {', '.join(RANKINGS)}")
-    strategy = RANKINGS[choice]
     have = [n for n in names if n in predictions]
     scores = [image_score(i, n, predictions[n], beta) for i, n in enumerate(have)]
+    return _rank(names, have, scores, lambda: np.stack([np.mean([p.features for p in predictions[n]], axis=0)
+                                                         for n in have]), choice, budget, labelled)
+
+
+def rank_results(names: list[str], results: dict[str, dict], choice: str, budget: int = 5,
+                 labelled=()) -> list[RankedRow]:
+    """:func:`rank_rows` from saved batch results (scores and pooled features, see
+    :mod:`napari_hitl.app.batch`) instead of predictions held in memory."""
+    if choice not in RANKINGS:
+        raise InputError(f"unknown ranking {choice!r}; use one of {', '.join(RANKINGS)}")
+    have = [n for n in names if n in results]
+    fields = ("consistency", "entropy", "margin_uncertainty", "object_fraction", "unsure_fraction")
+    scores = [ImageScore(i, n, **{f: float(results[n]["scores"].get(f, float("nan"))) for f in fields})
+              for i, n in enumerate(have)]
+    return _rank(names, have, scores, lambda: np.stack([results[n]["features"] for n in have]), choice, budget,
+                 labelled)
+
+
+def _rank(names, have, scores, features, choice, budget, labelled) -> list[RankedRow]:
+    strategy = RANKINGS[choice]
     rows: list[RankedRow] = []
     if scores:
         if strategy not in SCORERS:  # diversity or coverage: picks on top, the rest by margin
-            feats = np.stack([np.mean([p.features for p in predictions[n]], axis=0) for n in have])
+            feats = features()
             if strategy == "diversity":
                 ranking = rank_images(scores, "margin", min(budget, len(scores)), feats, diversity=True)
                 by_margin = ranking.order
@@ -70,5 +89,6 @@ def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice
         for i in order:
             s = scores[i]
             rows.append(RankedRow(s.name, float(getattr(s, value)), i in picked, s))
-    rows += [RankedRow(n, float("nan"), False, ImageScore(-1, n)) for n in names if n not in predictions]
+    done = set(have)
+    rows += [RankedRow(n, float("nan"), False, ImageScore(-1, n)) for n in names if n not in done]
     return rows

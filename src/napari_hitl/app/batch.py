@@ -1,0 +1,218 @@
+"""Predict and rank a whole project as Dask tasks, so the work spreads over cores and machines.
+
+The client (this process, the project's one writer) sends the model's weights to every worker
+once, then submits one task per image, keeping only a bounded number in flight so its memory
+does not grow with the project. A task reads its image from disk, predicts it, writes the
+class probabilities as chunked zarr into the project's cache and returns only small results:
+the image's uncertainty scores and pooled features. The client saves each result in the
+project as it arrives (one transaction each), so a run that is cancelled or killed resumes
+where it stopped and an image is never saved twice for one model. A LocalCluster over this
+machine's cores is the default; ``scheduler`` names an existing cluster (its workers must see
+the project and the images at the same paths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from napari_hitl.errors import InputError
+
+#: the project cache folder holding the probability maps, per model token
+CACHE_FOLDER = "predictions"
+
+_MODELS: dict[str, object] = {}  # on each worker: model token -> model (weights arrive once)
+
+
+@dataclass
+class BatchReport:
+    """What a run did: images predicted now, skipped (already done for this model), failed."""
+
+    model: str
+    predicted: list[str] = field(default_factory=list)
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    cancelled: bool = False
+    seconds: float = 0.0
+    workers: int = 0
+
+
+def model_bytes(host) -> tuple[bytes, str]:
+    """The project's model checkpoint as bytes and its token (a hash of them). A project with no
+    trained model first saves the model it would predict with (journalled), so a run that
+    resumes later finds the same token."""
+    path = host.checkpoint
+    if not path.is_file():
+        host.get().save()
+        host.project.log("checkpoint", name=path.stem, note="saved before batch prediction (untrained head)")
+    data = path.read_bytes()
+    return data, hashlib.sha1(data).hexdigest()[:16]
+
+
+def _worker_model(token: str, weights: bytes, num_classes: int):
+    """The model of ``token`` on this worker, built from ``weights`` on first use."""
+    model = _MODELS.get(token)
+    if model is None:
+        import torch
+
+        from napari_hitl.model.train import Trainer
+
+        threads = int(os.environ.get("NAPARI_HITL_WORKER_THREADS", "1"))
+        torch.set_num_threads(max(1, threads))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.pt"
+            path.write_bytes(weights)
+            trainer = Trainer(num_classes, checkpoint_path=path)
+        model = trainer.model.eval()
+        _MODELS.clear()  # one model per worker: an old token's weights are not kept
+        _MODELS[token] = model
+    return model
+
+
+def predict_task(name: str, paths: list[str], stack: bool, token: str, weights: bytes, num_classes: int,
+                 cache: str, beta: float = 0.9) -> dict:
+    """One image on a worker: predict, write the probabilities to ``cache`` (zarr, atomically),
+    return ``{"name", "scores", "features", "cache", "seconds"}`` (small)."""
+    from napari_hitl import io
+    from napari_hitl.active.uncertainty import Prediction
+    from napari_hitl.app.rank import image_score
+    from napari_hitl.model.segnet import predict_with_features
+
+    t0 = time.perf_counter()
+    model = _worker_model(token, weights, num_classes)
+    if len(paths) > 1:
+        planes = [io.read_image(p) for p in paths]
+    else:
+        image = io.read_image(paths[0])
+        planes = list(image) if stack else [image]
+    preds, probs = [], []
+    for plane in planes:
+        p, f = predict_with_features(model, plane)
+        preds.append(Prediction.from_probs(p, f.mean(axis=(1, 2)).astype(np.float32)))
+        probs.append(p.astype(np.float16))
+    _write_probs(Path(cache), np.stack(probs))
+    score = image_score(0, name, preds, beta)
+    fields = ("consistency", "entropy", "margin_uncertainty", "object_fraction", "unsure_fraction")
+    return {"name": name, "scores": {f: float(getattr(score, f)) for f in fields},
+            "features": np.mean([p.features for p in preds], axis=0).astype(np.float32),
+            "cache": cache, "seconds": time.perf_counter() - t0}
+
+
+def _write_probs(path: Path, probs: np.ndarray) -> None:
+    """Probabilities ``(T, C, H, W)`` as a chunked zarr folder, swapped into place whole."""
+    import zarr
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        arr = zarr.open_array(str(tmp / "p.zarr"), mode="w", shape=probs.shape, dtype=probs.dtype,
+                              chunks=(1, 1, min(probs.shape[2], 512), min(probs.shape[3], 512)))
+        arr[...] = probs
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp / "p.zarr", path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_probs(project, name: str, model: str) -> np.ndarray:
+    """The cached probabilities ``(T, C, H, W)`` of image ``name`` under ``model`` (read lazily
+    from zarr; only what is indexed is loaded)."""
+    import zarr
+
+    result = project.results(model).get(name)
+    if result is None:
+        raise InputError(f"{name!r} has no prediction of model {model} yet; run napari-hitl predict")
+    return zarr.open_array(str(result["cache"]), mode="r")
+
+
+def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
+    """A :class:`distributed.LocalCluster` of worker processes over this machine's cores."""
+    from distributed import LocalCluster
+
+    workers = workers or max(1, os.cpu_count() or 1)
+    os.environ["NAPARI_HITL_WORKER_THREADS"] = str(threads_per_worker)
+    return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                        dashboard_address=None, silence_logs=40)
+
+
+def predict_project(session, client, names: list[str] | None = None, *,
+                    progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None, in_flight: int | None = None) -> BatchReport:
+    """Predict ``names`` (default: every image) of ``session``'s project on the Dask ``client``,
+    saving each result as it arrives; images already predicted by this model are skipped.
+    At most ``in_flight`` tasks (default: 2 per worker thread) are submitted at a time."""
+    from distributed import as_completed
+
+    project = session.project
+    names = [r.name for r in project.images] if names is None else list(names)
+    weights, token = model_bytes(session.model)
+    report = BatchReport(model=token)
+    t0 = time.perf_counter()
+    done = project.results(token)
+    todo = [n for n in names if n not in done]
+    report.skipped = len(names) - len(todo)
+    threads = sum(client.nthreads().values()) or 1
+    report.workers = len(client.nthreads())
+    in_flight = in_flight or 2 * threads
+    weights_future = client.scatter(weights, broadcast=True)
+    cache_root = project.cache_dir / CACHE_FOLDER / token
+    n_classes = project.n_classes
+    total, finished = len(names), report.skipped
+    if progress is not None:
+        progress(finished, total)
+
+    def submit(name):
+        rec = project.record(name)
+        paths = [str(p) for p in project.image_paths(name)]
+        return client.submit(predict_task, name, paths, rec.is_stack, token, weights_future, n_classes,
+                             str(cache_root / f"{name}.zarr"), key=f"predict-{token}-{name}", pure=False,
+                             retries=2)
+
+    queue = iter(todo)
+    pending = as_completed()
+    submitted = set()
+    for name in queue:
+        submitted.add(f := submit(name))
+        pending.add(f)
+        if len(submitted) >= in_flight:
+            break
+    try:
+        for future in pending:
+            submitted.discard(future)
+            if should_stop is not None and should_stop():
+                report.cancelled = True
+                break
+            name = future.key.split(f"predict-{token}-", 1)[-1]
+            try:
+                result = future.result()
+            except Exception as err:  # noqa: BLE001 - one image's failure is reported, the run goes on
+                report.failed[name] = f"{type(err).__name__}: {err}"
+            else:
+                project.save_result(result["name"], token, result["scores"], result["features"], result["cache"])
+                report.predicted.append(result["name"])
+            finished += 1
+            if progress is not None:
+                progress(finished, total)
+            nxt = next(queue, None)
+            if nxt is not None:
+                submitted.add(f := submit(nxt))
+                pending.add(f)
+    finally:
+        if submitted and (report.cancelled or len(report.predicted) + len(report.failed) < len(todo)):
+            report.cancelled = True
+            client.cancel(list(submitted))
+        client.cancel(weights_future)
+        report.seconds = time.perf_counter() - t0
+    project.log("batch_predicted", model=token, predicted=len(report.predicted), skipped=report.skipped,
+                failed=len(report.failed), cancelled=report.cancelled, workers=report.workers,
+                seconds=round(report.seconds, 1))
+    return report
