@@ -15,6 +15,7 @@ BENCHMARKS = {
     "loop": "napari_hitl.evaluate.bench_loop",
     "video": "napari_hitl.evaluate.bench_video",
     "crash": "napari_hitl.evaluate.bench_crash",
+    "scale": "napari_hitl.evaluate.bench_scale",
 }
 
 

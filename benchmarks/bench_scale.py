@@ -1,0 +1,17 @@
+"""Scale benchmark: predict + rank a generated project on Dask with 1 and 2 workers.
+
+Usage: python benchmarks/bench_scale.py [--n 20000] [--size 512] [--json out.json]
+The same as `napari-hitl bench scale`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from napari_hitl.evaluate import bench_scale
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench_scale.add_arguments(parser)
+    sys.exit(bench_scale.run(parser.parse_args()))
