@@ -401,6 +401,9 @@ class Trainer:
                     inst_value = float(inst_loss.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if inst_value is None:  # no instance target in this batch: the head is not touched (no decay)
+                    for p in self.model.inst_head.parameters():
+                        p.grad = None
                 self.optimizer.step()
                 self.round_step += 1
                 self.global_step += 1
