@@ -99,6 +99,12 @@ def test_instance_head_trains_and_its_loss_falls():
     probs, boundary, distance = predict_instance_maps(trainer.model, _touching_samples(1)[0].image, tile=64, overlap=16)
     assert probs.shape == (2, 64, 64) and boundary.shape == distance.shape == (64, 64)
     assert 0 <= boundary.min() and boundary.max() <= 1
+    big = np.tile(_touching_samples(1)[0].image, (2, 3))[:100, :150]  # tiled: the head's maps blend like the classes
+    probs, boundary, distance = predict_instance_maps(trainer.model, big, tile=64, overlap=16)
+    assert probs.shape == (2, 100, 150) and boundary.shape == (100, 150)
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+    whole = predict_instance_maps(trainer.model, big, tile=1024)[1]
+    assert np.abs(whole - boundary).mean() < 0.1
 
 
 def test_semantic_only_samples_leave_the_instance_head_alone():
