@@ -163,8 +163,9 @@ def test_one_strategy_registry_for_ranking_the_loop_and_the_panel():
     from napari_hitl.active.ranking import usefulness
     from napari_hitl.app.rank import RANKINGS
 
-    s = ImageScore(0, consistency=0.25, entropy=0.5, margin_uncertainty=0.75)
-    assert {n: usefulness(s, n) for n in SCORERS} == {"entropy": 0.5, "margin": 0.75, "consistency": 0.75}
+    s = ImageScore(0, consistency=0.25, entropy=0.5, margin_uncertainty=0.75, object_uncertainty=0.4)
+    assert {n: usefulness(s, n) for n in SCORERS} == {"entropy": 0.5, "margin": 0.75, "consistency": 0.75,
+                                                     "objects": 0.4}
     assert set(SCORERS) < set(STRATEGIES) and LOOP_STRATEGIES[:len(STRATEGIES)] == STRATEGIES
     assert set(RANKINGS.values()) <= set(STRATEGIES) | {"diversity"}
     for name in LOOP_STRATEGIES:

@@ -5,7 +5,9 @@ The annotator is anything with the :class:`Annotator` methods: the UI (a person)
 benchmarks and tests). Every answer carries its cost in clicks. A whole image can also be
 answered superpixel by superpixel (``LoopSettings.image_answer``): one click each, or only
 the wrong ones relabelled and the rest accepted with one click (the multi-class counterpart
-of correcting the prediction).
+of correcting the prediction). With ``LoopSettings.instances`` the model's instance head is
+decoded into objects, images are answered object by object (``Annotator.label_instances``),
+pseudo-labels are whole confident objects, and the driver keeps an instance map per image.
 :class:`LoopDriver` keeps labels and provenance as plain arrays.
 """
 
@@ -17,6 +19,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from napari_hitl.active.objects import pseudo_instances
 from napari_hitl.active.pseudo import PseudoSettings, machine_labelled_images, pseudo_labels
 from napari_hitl.active.ranking import SCORERS, STRATEGIES, ImageScore, Ranking, rank_images, score_maps
 from napari_hitl.active.superpixels import (Suggestion, class_votes, diverse_suggestions, edge_strength,
@@ -47,6 +50,7 @@ class Answer:
     where: np.ndarray        # (H, W) bool: pixels this answer labels
     provenance: int          # HUMAN (drawn) or MACHINE (prediction accepted)
     clicks: int
+    instances: np.ndarray | None = None  # (H, W) object ids on ``where`` (instance answers)
 
 
 class Annotator(Protocol):
@@ -62,6 +66,10 @@ class Annotator(Protocol):
                            accept_rest: bool = False) -> list[Answer]:
         """Answer every superpixel of an image (``predicted``: class per superpixel id)."""
 
+    def label_instances(self, index: int, image: np.ndarray, pred_instances: np.ndarray | None) -> Answer:
+        """Label a whole image object by object (``pred_instances``: the decoded prediction, may be
+        None); the answer carries ``instances``."""
+
 
 @dataclass
 class LoopSettings:
@@ -76,6 +84,10 @@ class LoopSettings:
     edge_weight: float = 1.0         # superpixel score weight of image edges (0: plain mean)
     measure: str = "margin"          # pixel uncertainty for superpixels: margin, entropy, confidence
     class_balanced: bool = True
+    # instances: the model's instance head is decoded into objects (model.instances), picked
+    # images are answered object by object, pseudo-labels are whole confident objects
+    instances: bool = False
+    stuff: tuple = ()                # classes that are not objects (stay semantic) in instance mode
     # image strategies: how a picked image is answered. "polygons": traced (two-class sets:
     # corrected object by object with the click robot when cheaper). "superpixels": one click
     # per superpixel, accepted or relabelled. "superpixel-fixes": the superpixels whose
@@ -128,6 +140,9 @@ class LoopSettings:
         if self.strategy == "coverage" and (self.diversity or self.cost_aware):
             raise InputError("coverage picks are diverse by themselves and rank no uncertainty: "
                              "use it without diversity or cost-aware ranking")
+        if self.instances and (self.superpixel_mode or self.image_answer != "polygons"):
+            raise InputError("instance mode answers whole images object by object: use an image strategy "
+                             "with image answer 'polygons'")
         if self.budget < 1 or self.rounds < 1:
             raise InputError(f"budget and rounds must be >= 1, got {self.budget} and {self.rounds}")
 
@@ -177,6 +192,8 @@ class LoopDriver:
         self.evaluate = evaluate
         self.labels = [np.zeros(np.asarray(im).shape[:2], np.uint16) for im in self.images]
         self.provenance = [np.zeros(np.asarray(im).shape[:2], np.uint8) for im in self.images]
+        self.instance_labels = ([np.zeros(np.asarray(im).shape[:2], np.uint32) for im in self.images]
+                                if self.settings.instances else None)
         self.predictions: list[Prediction | None] = [None] * len(self.images)
         self.asked_images: set[int] = set()
         self.asked_superpixels: dict[int, set[int]] = {}
@@ -194,13 +211,16 @@ class LoopDriver:
         from napari_hitl.model.segnet import predict_proba_batch
 
         t0 = time.perf_counter()
+        inst = self.settings.instances
         outs = predict_proba_batch(self.trainer.model, self.images, batch_size=4, with_features=True,
-                                   should_stop=should_stop)
+                                   should_stop=should_stop, with_instances=inst)
         for i, out in enumerate(outs):
             if out is None:
                 continue
             p, f = out
-            self.predictions[i] = Prediction.from_probs(p, f.astype(np.float16))
+            self.predictions[i] = (Prediction.from_instance_maps(p, self.num_classes, f.astype(np.float16),
+                                                                 self.settings.stuff)
+                                   if inst else Prediction.from_probs(p, f.astype(np.float16)))
         return time.perf_counter() - t0
 
     def segments(self, i: int) -> np.ndarray:
@@ -215,7 +235,8 @@ class LoopDriver:
 
     def scores(self, beta: float) -> list[ImageScore]:
         s = self.settings
-        out = [score_maps(p.conf, p.pred, p.margin, p.entropy, beta, s.background, i, self.names[i])
+        out = [score_maps(p.conf, p.pred, p.margin, p.entropy, beta, s.background, i, self.names[i],
+                          p.instances, p.boundary)
                for i, p in enumerate(self.predictions)]
         if s.cost_aware:
             for sc, p in zip(out, self.predictions):
@@ -274,6 +295,10 @@ class LoopDriver:
         where = ans.where & (self.provenance[i] != HUMAN) if ans.provenance != HUMAN else ans.where
         self.labels[i][where] = ans.labels[where]
         self.provenance[i][where] = ans.provenance
+        if self.instance_labels is not None:
+            if ans.instances is None:
+                raise InputError("instance mode needs answers with an instance map")
+            self.instance_labels[i][where] = np.asarray(ans.instances)[where]
         self.clicks += int(ans.clicks)
 
     def ask(self, first_round: bool) -> tuple[int, int, int]:
@@ -298,6 +323,8 @@ class LoopDriver:
                                                              self.settings.image_answer == "superpixel-fixes"):
                     self._apply(i, ans)
                 n_sp += int(np.count_nonzero(votes.sum(1)))
+            elif self.settings.instances:
+                self._apply(i, self.annotator.label_instances(i, self.images[i], None if p is None else p.instances))
             else:
                 self._apply(i, self.annotator.label_image(i, self.images[i], None if p is None else p.pred))
             self.asked_images.add(i)
@@ -310,18 +337,44 @@ class LoopDriver:
             stale = self.provenance[i] == PSEUDO
             self.provenance[i][stale] = UNLABELLED
             self.labels[i][stale] = 0
+            if self.instance_labels is not None:
+                self.instance_labels[i][stale] = 0
         if not s.enabled or not self.trained:
             return
         scores = self.scores(s.beta(self.round))
-        cons = {sc.index: sc.consistency for sc in scores}
+        if self.instance_labels is not None:  # the images whose least certain objects are surest
+            cons = {sc.index: 1.0 - sc.object_uncertainty for sc in scores}
+        else:
+            cons = {sc.index: sc.consistency for sc in scores}
         for i in machine_labelled_images(cons, s.gamma(self.round), exclude=self.asked_images):
             p = self.predictions[i]
-            self.labels[i], self.provenance[i] = pseudo_labels(p.conf, p.pred, s.delta, self.labels[i],
-                                                               self.provenance[i])
+            if self.instance_labels is not None:
+                bg = self.settings.background
+                bg_conf = None if bg is None else np.where(p.pred == bg, p.conf, 0.0)
+                self.labels[i], self.provenance[i], self.instance_labels[i] = pseudo_instances(
+                    p.instances, p.object_conf, s.delta, p.classes, self.labels[i], self.provenance[i],
+                    self.instance_labels[i], bg_conf)
+            else:
+                self.labels[i], self.provenance[i] = pseudo_labels(p.conf, p.pred, s.delta, self.labels[i],
+                                                                   self.provenance[i])
 
     def samples(self) -> list[Sample]:
-        return [Sample(self.images[i], self.labels[i], self.provenance[i], self.names[i])
+        inst = self.instance_labels
+        return [Sample(self.images[i], self.labels[i], self.provenance[i], self.names[i],
+                       None if inst is None else inst[i])
                 for i in range(len(self.images)) if np.any(self.provenance[i] != UNLABELLED)]
+
+    def final_instances(self) -> list[np.ndarray]:
+        """Instance maps of every image: the answered objects of asked images, the model's elsewhere."""
+        if self.instance_labels is None:
+            raise InputError("final_instances needs the loop in instance mode (LoopSettings.instances)")
+        out = []
+        for i, p in enumerate(self.predictions):
+            if i in self.asked_images or p is None or p.instances is None:
+                out.append(self.instance_labels[i].copy())
+            else:
+                out.append(p.instances.copy())
+        return out
 
     def final_labels(self) -> list[np.ndarray]:
         """Labels of every image: human/accepted where labelled, the model's prediction elsewhere."""

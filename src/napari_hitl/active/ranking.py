@@ -6,6 +6,7 @@ what answering the image should cost) and for diversity (k-means over pooled enc
 features: on the first round diversity alone, later the uncertain half clustered into the
 budget, taking the sample nearest each centre). ``coverage`` ignores uncertainty and picks
 typical images of the feature regions the labelled images cover least (:func:`coverage_pick`).
+``objects`` ranks by the least certain objects of an image (:mod:`napari_hitl.active.objects`).
 :class:`Ranking` prints as a table.
 """
 
@@ -36,7 +37,7 @@ class Scorer:
 
 #: the strategy registry: name -> scorer of the strategies that rank by uncertainty
 SCORERS = {"entropy": Scorer("entropy"), "margin": Scorer("margin_uncertainty"),
-           "consistency": Scorer("consistency", high_first=False)}
+           "consistency": Scorer("consistency", high_first=False), "objects": Scorer("object_uncertainty")}
 #: image-level strategies understood by :func:`rank_images`: the scorers, random order, and
 #: coverage (typical images of what is not labelled, no uncertainty)
 STRATEGIES = ("random", *SCORERS, "coverage")
@@ -54,6 +55,7 @@ class ImageScore:
     object_fraction: float = 0.0    # share of pixels predicted as a non-background class
     unsure_fraction: float = 0.0    # share of object pixels with confidence < beta
     expected_clicks: float = 1.0    # what answering it should cost (cost-aware ranking divides by it)
+    object_uncertainty: float = 0.0  # 1 - mean confidence of its least certain objects (active.objects)
 
 
 def local_consistency(conf: np.ndarray, pred: np.ndarray, beta: float = 0.9,
@@ -73,11 +75,20 @@ def local_consistency(conf: np.ndarray, pred: np.ndarray, beta: float = 0.9,
 
 
 def score_maps(conf: np.ndarray, pred: np.ndarray, margin_map: np.ndarray, entropy_map: np.ndarray,
-               beta: float = 0.9, background: int | None = 0, index: int = 0, name: str = "") -> ImageScore:
-    """:class:`ImageScore` from precomputed maps (confidence, arg-max, margin, normalised entropy)."""
+               beta: float = 0.9, background: int | None = 0, index: int = 0, name: str = "",
+               instances: np.ndarray | None = None, boundary: np.ndarray | None = None) -> ImageScore:
+    """:class:`ImageScore` from precomputed maps (confidence, arg-max, margin, normalised entropy).
+
+    ``instances`` (and the instance head's ``boundary`` map) give the objects the object score
+    reads; without them the connected pieces of each predicted non-background class are the objects.
+    """
+    from napari_hitl.active.objects import object_confidence, object_uncertainty, objects_from_prediction
+
     obj = np.ones(conf.shape, bool) if background is None else pred != background
     n_obj = int(obj.sum())
+    inst = objects_from_prediction(pred, background) if instances is None else instances
     return ImageScore(
+        object_uncertainty=object_uncertainty(object_confidence(inst, conf, boundary)),
         index=index, name=name, consistency=local_consistency(conf, pred, beta, background),
         entropy=float(np.mean(entropy_map)), margin_uncertainty=float(np.mean(1.0 - margin_map)),
         object_fraction=n_obj / max(1, conf.size),

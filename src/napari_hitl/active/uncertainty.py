@@ -73,9 +73,31 @@ class Prediction:
     margin: np.ndarray        # (H, W) float32
     entropy: np.ndarray       # (H, W) float32, normalised
     features: np.ndarray | None = None  # encoder features: (D, h, w) maps, or (D,) pooled
+    instances: np.ndarray | None = None  # (H, W) uint32 decoded objects (models with the instance head)
+    classes: dict | None = None          # id -> class of ``instances``
+    boundary: np.ndarray | None = None   # (H, W) float32 boundary probability of the instance head
+    object_conf: np.ndarray | None = None  # per-id confidence of ``instances`` (index 0 unused)
 
     @classmethod
     def from_probs(cls, proba: np.ndarray, features: np.ndarray | None = None) -> Prediction:
         """The maps of ``(C, H, W)`` probabilities (the one conversion the loop and the dock share)."""
         p = check_proba(proba)
         return cls(p.argmax(0).astype(np.uint16), p.max(0), margin(p), entropy(p, normalize=True), features)
+
+    @classmethod
+    def from_instance_maps(cls, stacked: np.ndarray, num_classes: int, features: np.ndarray | None = None,
+                           stuff=(), **decode_kw) -> Prediction:
+        """The maps of a ``with_instances`` prediction (C class probabilities, then boundary and
+        distance), with its objects decoded and scored (:mod:`napari_hitl.active.objects`)."""
+        from napari_hitl.active.objects import object_confidence
+        from napari_hitl.model.instances import instances_from_maps
+
+        arr = np.asarray(stacked)
+        if arr.ndim != 3 or arr.shape[0] != num_classes + 2:
+            raise InputError(f"expected ({num_classes} + 2, H, W) maps, got shape {arr.shape}")
+        probs, boundary, distance = arr[:num_classes], arr[num_classes], arr[num_classes + 1]
+        out = cls.from_probs(probs, features)
+        out.instances, out.classes = instances_from_maps(probs, boundary, distance, stuff, **decode_kw)
+        out.boundary = np.asarray(boundary, np.float32)
+        out.object_conf = object_confidence(out.instances, out.conf, out.boundary)
+        return out

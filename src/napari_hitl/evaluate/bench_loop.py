@@ -7,7 +7,9 @@ against cumulative clicks, beside full supervision (every pool image traced by h
 two-class sets the annotator corrects the model's prediction of an asked image object by
 object with the click robot when that costs fewer clicks than polygons (``--corrections``);
 on any set it can answer superpixel by superpixel instead (``--image-answer``). Also times one
-training round (50 images 512x512) and prediction + ranking throughput. ``--merge`` averages
+training round (50 images 512x512) and prediction + ranking throughput. ``--instances`` runs
+the loop on objects instead (:mod:`napari_hitl.evaluate.bench_instances`: dsb2018 or ctc_sim,
+object F1, AP and aggregated Jaccard against clicks). ``--merge`` averages
 the JSON of runs with other seeds round by round and counts, per seed, the rounds above random.
 """
 
@@ -68,6 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--plot", help="write a PNG plot of mIoU vs clicks here")
+    parser.add_argument("--instances", action="store_true", help="every object its own label: the model's "
+                        "instance head is decoded into objects, asked images are corrected object by object, "
+                        "pseudo-labels are whole objects; scores object F1@0.5, AP@0.5:0.95 and aggregated Jaccard "
+                        "on held-out images (dsb2018 or ctc_sim; --strategy all = objects,random)")
+    parser.add_argument("--full-steps", type=int, default=0, help="--instances: training steps of the "
+                        "full-supervision reference (0: rounds x steps)")
+    parser.add_argument("--full-evals", type=int, default=6, help="--instances: held-out scores along the "
+                        "full-supervision run (to see whether it flattened)")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: average the --json files of "
                         "earlier runs (other seeds, other strategies) round by round, print the table of means "
                         "and how many seeds beat random, and write --json / --plot of the means")
@@ -487,6 +497,10 @@ def plot(result: dict, path: str) -> None:
 def run(args) -> int:
     if args.merge:
         return _run_merge(args)
+    if args.instances:
+        from napari_hitl.evaluate.bench_instances import run as run_instances
+
+        return run_instances(args)
     import torch
 
     if not args.data:

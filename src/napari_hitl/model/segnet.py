@@ -1,13 +1,16 @@
 """Semantic segmentation network: pretrained EfficientNet-Lite0 encoder + light U-Net decoder.
 
 Numpy in, numpy out at the edges: :func:`predict_proba` turns any gray or RGB image (any
-size; large images are tiled with overlap) into ``(C, H, W)`` class probabilities, and
+size; large images are tiled with overlap) into ``(C, H, W)`` class probabilities,
+:func:`predict_instance_maps` adds the instance head's boundary and distance maps (what
+separates touching objects, decoded by :mod:`napari_hitl.model.instances`), and
 :func:`pooled_features` gives encoder features of an image or of masked regions of it (for
 diversity picks). Torch is imported lazily so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,10 +18,13 @@ import numpy as np
 from napari_hitl.errors import InputError
 from napari_hitl.io import as_float_rgb
 from napari_hitl.model.backbone import FEATURE_CHANNELS, build_backbone, describe_device, select_device
+from napari_hitl.model.instances import INSTANCE_CHANNELS
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DECODER_CHANNELS", "FEATURE_STRIDE", "build_segnet", "predict_proba",
-    "predict_proba_batch", "predict_with_features", "feature_map", "pool_features",
+    "predict_proba_batch", "predict_with_features", "predict_instance_maps", "split_instance_maps", "feature_map", "pool_features",
     "pooled_features", "place_model", "DeviceInfo", "FEATURE_DIM", "select_device", "describe_device",
 ]
 
@@ -35,8 +41,12 @@ def build_segnet(num_classes: int, pretrained: bool = True):
     """Return the segmentation ``nn.Module`` for ``num_classes`` classes (class 0 = background).
 
     ``model(x)`` takes a ``(B, 3, H, W)`` float tensor in [0, 1] (H, W multiples of 32) and
-    returns ``(B, C, H, W)`` logits. ``model.features(x)`` returns the stride-16 feature map
-    used for diversity. ``model.num_classes`` holds C.
+    returns ``(B, C, H, W)`` logits. ``model.forward_all(x)`` returns ``(logits, instance
+    logits (B, 2, H, W): boundary and distance, stride-16 features)`` from one pass.
+    ``model.features(x)`` returns the stride-16 feature map used for diversity.
+    ``model.num_classes`` holds C. A state dict without the instance head (a checkpoint from
+    before it existed) loads with the head freshly initialised, logged and flagged in
+    ``model.instance_head_fresh``.
     """
     import torch
     from torch import nn
@@ -61,21 +71,42 @@ def build_segnet(num_classes: int, pretrained: bool = True):
                 ups.append(block(DECODER_CHANNELS[i - 1] + skips[i], DECODER_CHANNELS[i]))
             self.ups = nn.ModuleList(ups)
             self.head = nn.Conv2d(DECODER_CHANNELS[-1], self.num_classes, 1)
+            # what separates touching objects: boundary and distance-to-edge logits
+            self.inst_head = nn.Conv2d(DECODER_CHANNELS[-1], INSTANCE_CHANNELS, 1)
+            self.instance_head_fresh = False
 
         def forward(self, x):
-            return self.forward_with_features(x)[0]
+            return self.forward_all(x)[0]
 
         def forward_with_features(self, x):
             """Return ``(logits, stride-16 features)`` from one encoder pass."""
+            logits, _, feats = self.forward_all(x)
+            return logits, feats
+
+        def forward_all(self, x):
+            """Return ``(class logits, instance logits, stride-16 features)`` from one encoder pass."""
             pyramid = self.encoder(self.encoder.normalize(x))
             feats = pyramid[::-1]
             y = self.top(feats[0])
             for up, skip in zip(self.ups, feats[1:]):
                 y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
                 y = up(torch.cat([y, skip], 1))
-            y = self.head(y)
-            logits = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            return logits, self._pool_source(pyramid)
+            both = torch.cat([self.head(y), self.inst_head(y)], 1)
+            both = F.interpolate(both, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return both[:, :self.num_classes], both[:, self.num_classes:], self._pool_source(pyramid)
+
+        def load_state_dict(self, state_dict, strict: bool = True, **kw):
+            """Load weights; a state without the instance head keeps a freshly initialised one."""
+            missing = [k for k in self.state_dict() if k.startswith("inst_head.") and k not in state_dict]
+            if missing:
+                state_dict = dict(state_dict)
+                own = self.state_dict()
+                for k in missing:
+                    state_dict[k] = own[k]
+                log.info("checkpoint has no instance head (made before it existed): %s freshly initialised",
+                         ", ".join(missing))
+            self.instance_head_fresh = bool(missing)
+            return super().load_state_dict(state_dict, strict=strict, **kw)
 
         def features(self, x):
             return self._pool_source(self.encoder(self.encoder.normalize(x)))
@@ -113,28 +144,33 @@ def _tiles(n: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
-def _forward_tiles(model, images: list[np.ndarray], with_features: bool):
-    """Run a batch of same-size float images (H, W multiples of 32); returns probs (and features)."""
+def _forward_tiles(model, images: list[np.ndarray], with_features: bool, with_instances: bool = False):
+    """Run a batch of same-size float images (H, W multiples of 32); returns probs (and features).
+
+    With ``with_instances`` the probabilities are followed by the instance head's two maps
+    (sigmoid), so tiles blend all channels alike."""
     import torch
 
     device = _model_device(model)
     x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()).to(device)
     with torch.inference_mode():
-        if with_features:
-            logits, feats = model.forward_with_features(x)
-            feats = feats.float().cpu().numpy()
-        else:
-            logits, feats = model(x), None
-        probs = torch.softmax(logits, 1).float().cpu().numpy()
+        logits, inst, feats = model.forward_all(x)
+        feats = feats.float().cpu().numpy() if with_features else None
+        probs = torch.softmax(logits, 1)
+        if with_instances:
+            probs = torch.cat([probs, torch.sigmoid(inst)], 1)
+        probs = probs.float().cpu().numpy()
     return probs, feats
 
 
 def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: int = 128,
-                          with_features: bool = True):
+                          with_features: bool = True, with_instances: bool = False):
     """Return ``(probs (C, H, W) float32, features (D, ceil(H/16), ceil(W/16)) float32 or None)``.
 
     Images larger than ``tile`` in either side are cut into overlapping tiles whose
-    probabilities are blended with a linear ramp; features come from the same tiles.
+    probabilities are blended with a linear ramp; features come from the same tiles. With
+    ``with_instances`` probs has C + 2 channels: the boundary and distance maps follow the
+    classes (see :func:`split_instance_maps`).
     """
     was_training = model.training
     model.eval()
@@ -143,7 +179,7 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
         h, w = img.shape[:2]
         if h <= tile and w <= tile:
             padded = _pad_to(img, _ceil(h), _ceil(w))
-            probs, feats = _forward_tiles(model, [padded], with_features)
+            probs, feats = _forward_tiles(model, [padded], with_features, with_instances)
             fh, fw = _ceil(h, FEATURE_STRIDE) // FEATURE_STRIDE, _ceil(w, FEATURE_STRIDE) // FEATURE_STRIDE
             return (np.ascontiguousarray(probs[0, :, :h, :w]),
                     None if feats is None else np.ascontiguousarray(feats[0, :, :fh, :fw]))
@@ -152,7 +188,7 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
         th, tw = min(tile, _ceil(h)), min(tile, _ceil(w))
         padded = _pad_to(img, max(h, th), max(w, tw))
         ph, pw = padded.shape[:2]
-        c = model.num_classes
+        c = model.num_classes + (INSTANCE_CHANNELS if with_instances else 0)
         acc = np.zeros((c, ph, pw), np.float32)
         wsum = np.zeros((ph, pw), np.float32)
         ramp_h = _ramp(th, overlap)
@@ -161,7 +197,7 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
         facc = fsum = None
         for y in _tiles(ph, th, overlap):
             for x in _tiles(pw, tw, overlap):
-                probs, feats = _forward_tiles(model, [padded[y:y + th, x:x + tw]], with_features)
+                probs, feats = _forward_tiles(model, [padded[y:y + th, x:x + tw]], with_features, with_instances)
                 acc[:, y:y + th, x:x + tw] += probs[0] * weight
                 wsum[y:y + th, x:x + tw] += weight
                 if feats is not None:
@@ -198,8 +234,11 @@ def predict_proba(model, image: np.ndarray, tile: int = 1024, overlap: int = 128
 
 
 def predict_proba_batch(model, images, batch_size: int = 8, tile: int = 1024, overlap: int = 128,
-                        with_features: bool = False, progress=None, should_stop=None):
+                        with_features: bool = False, progress=None, should_stop=None, with_instances: bool = False):
     """Predict many images; same-size images (up to ``tile``) run together in batches.
+
+    With ``with_instances`` each probability array has C + 2 channels (classes, then the
+    boundary and distance maps; :func:`split_instance_maps` separates them).
 
     Returns a list of ``(C, H, W)`` arrays, or of ``(probs, features)`` pairs when
     ``with_features``. ``progress(done, total)`` is called after each batch; a true
@@ -223,12 +262,13 @@ def predict_proba_batch(model, images, batch_size: int = 8, tile: int = 1024, ov
                 chunk = idx[s:s + batch_size]
                 if key[0] == "tiled":
                     for i in chunk:
-                        p, f = predict_with_features(model, images[i], tile, overlap, with_features)
+                        p, f = predict_with_features(model, images[i], tile, overlap, with_features,
+                                                     with_instances)
                         out[i] = (p, f) if with_features else p
                 else:
                     floats = [as_float_rgb(images[i]) for i in chunk]
                     padded = [_pad_to(f, key[0], key[1]) for f in floats]
-                    probs, feats = _forward_tiles(model, padded, with_features)
+                    probs, feats = _forward_tiles(model, padded, with_features, with_instances)
                     for j, i in enumerate(chunk):
                         h, w = floats[j].shape[:2]
                         p = np.ascontiguousarray(probs[j, :, :h, :w])
@@ -244,6 +284,22 @@ def predict_proba_batch(model, images, batch_size: int = 8, tile: int = 1024, ov
         return out
     finally:
         model.train(was_training)
+
+
+def split_instance_maps(stacked: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probs (C, H, W), boundary (H, W), distance (H, W))`` of a ``with_instances`` prediction."""
+    arr = np.asarray(stacked)
+    if arr.ndim != 3 or arr.shape[0] != num_classes + INSTANCE_CHANNELS:
+        raise InputError(f"expected ({num_classes} + {INSTANCE_CHANNELS}, H, W) maps, got shape {arr.shape}")
+    return arr[:num_classes], arr[num_classes], arr[num_classes + 1]
+
+
+def predict_instance_maps(model, image: np.ndarray, tile: int = 1024, overlap: int = 128
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class probabilities ``(C, H, W)`` and the instance head's boundary and distance maps of one
+    image (tiled above ``tile`` px); decode them with :func:`napari_hitl.model.instances.instances_from_maps`."""
+    stacked = predict_with_features(model, image, tile, overlap, with_features=False, with_instances=True)[0]
+    return split_instance_maps(stacked, model.num_classes)
 
 
 def feature_map(model, image: np.ndarray, tile: int = 1024) -> np.ndarray:

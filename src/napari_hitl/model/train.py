@@ -3,12 +3,15 @@
 Works on plain arrays (:class:`Sample`: image, labels, provenance), so the UI worker, the
 loop driver, the video code and the benchmarks share it; :func:`samples_from_project` adapts
 an on-disk project. Human and machine-accepted pixels count fully, pseudo pixels with their
-own weight, unlabelled pixels not at all. Each round fine-tunes the current weights;
+own weight, unlabelled pixels not at all. A sample with an instance map also trains the
+instance head (boundary and distance-to-edge maps, :mod:`napari_hitl.model.instances`) on
+its labelled pixels; semantic-only samples put no loss on that head. Each round fine-tunes the current weights;
 checkpoints are written atomically, rounds can be resumed and cancelled between steps.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,27 +21,33 @@ import numpy as np
 
 from napari_hitl.errors import CorruptFileError, InputError
 from napari_hitl.io import as_float_rgb
+from napari_hitl.model.instances import check_instances, instance_targets
 from napari_hitl.project import ANSWERED, HUMAN, MACHINE, PSEUDO, UNLABELLED  # provenance codes of a pixel
 
 CHECKPOINT_VERSION = 1
 
 ProgressFn = Callable[[int, int, float], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Sample:
-    """One training image: ``labels`` (H, W) class ids, ``provenance`` (H, W) codes 0..3."""
+    """One training image: ``labels`` (H, W) class ids, ``provenance`` (H, W) codes 0..3, and
+    optionally ``instances`` (H, W) object ids (0 = none) that train the instance head."""
 
     image: np.ndarray
     labels: np.ndarray
     provenance: np.ndarray
     name: str = ""
+    instances: np.ndarray | None = None
 
     def __post_init__(self):
         h, w = np.asarray(self.image).shape[:2]
         if np.shape(self.labels) != (h, w) or np.shape(self.provenance) != (h, w):
             raise InputError(f"sample {self.name!r}: labels {np.shape(self.labels)} and provenance "
                              f"{np.shape(self.provenance)} must both match the image size {(h, w)}")
+        if self.instances is not None:
+            self.instances = check_instances(self.instances, (h, w), f"sample {self.name!r}: instance map")
 
     @property
     def labelled_pixels(self) -> int:
@@ -56,6 +65,7 @@ class TrainSettings:
     encoder_lr_scale: float = 0.3  # encoder learning rate = lr * this
     weight_decay: float = 1e-4
     pseudo_weight: float = 0.5  # loss weight of PSEUDO pixels (HUMAN, MACHINE, SIMULATED: 1)
+    instance_weight: float = 1.0  # weight of the instance head's loss (boundary + distance) beside the classes'
     class_weight_clip: tuple[float, float] = (0.2, 5.0)  # inverse-frequency weights clipped here
     scale_range: tuple[float, float] = (0.7, 1.4)  # random rescale of crops
     labelled_crop_bias: float = 0.8  # chance a crop is centred on a labelled pixel
@@ -73,6 +83,7 @@ class TrainResult:
     steps_done: int
     total_steps: int
     losses: list[float] = field(default_factory=list)
+    instance_losses: list[float] = field(default_factory=list)  # the instance head's part, steps that had any
     cancelled: bool = False
     checkpoint: Path | None = None
     seconds: float = 0.0
@@ -220,7 +231,10 @@ class Trainer:
             self.model.load_state_dict(extend_head(ckpt["model"], self.model.state_dict(), old))
         else:
             self.model.load_state_dict(ckpt["model"])
-        if ckpt.get("optimizer") and old == self.num_classes:  # moments of a smaller head do not fit
+        fresh_head = getattr(self.model, "instance_head_fresh", False)
+        if fresh_head:
+            log.info("checkpoint %s predates the instance head: it starts fresh, the optimiser state too", path)
+        if ckpt.get("optimizer") and old == self.num_classes and not fresh_head:  # other shapes do not fit
             self.optimizer.load_state_dict(ckpt["optimizer"])
         self.round = int(ckpt.get("round", 0))
         self.round_step = int(ckpt.get("round_step", 0))
@@ -235,8 +249,12 @@ class Trainer:
         return self.round_step < self.round_steps
 
     # -- data --------------------------------------------------------------------------------
-    def _crop(self, sample: Sample, img: np.ndarray, cw: np.ndarray, labelled: np.ndarray):
-        """One augmented crop: (image 3xSxS, labels SxS, weight SxS)."""
+    def _crop(self, sample: Sample, img: np.ndarray, cw: np.ndarray, labelled: np.ndarray,
+              inst: np.ndarray | None = None):
+        """One augmented crop: (image 3xSxS, labels SxS, weight SxS, instance targets 3xSxS).
+
+        ``inst``: (H, W, 3) float32 boundary, distance and instance-loss weight, or None (the
+        targets are then zeros with weight 0)."""
         import cv2
 
         s, rng = self.settings, self._rng
@@ -254,26 +272,31 @@ class Trainer:
         ci = img[y0:y0 + win, x0:x0 + win]
         cl = np.asarray(sample.labels)[y0:y0 + win, x0:x0 + win].astype(np.int64)
         cw_ = cw[y0:y0 + win, x0:x0 + win]
+        ct = (np.zeros(ci.shape[:2] + (3,), np.float32) if inst is None
+              else inst[y0:y0 + win, x0:x0 + win])
         # pad to the window (image smaller than the window): padded pixels weigh nothing
         ph, pw = win - ci.shape[0], win - ci.shape[1]
         if ph > 0 or pw > 0:
             ci = np.pad(ci, ((0, ph), (0, pw), (0, 0)), mode="constant")
             cl = np.pad(cl, ((0, ph), (0, pw)))
             cw_ = np.pad(cw_, ((0, ph), (0, pw)))
+            ct = np.pad(ct, ((0, ph), (0, pw), (0, 0)))
         if win != size:
             ci = cv2.resize(ci, (size, size), interpolation=cv2.INTER_LINEAR)
             cl = cv2.resize(cl.astype(np.int32), (size, size), interpolation=cv2.INTER_NEAREST).astype(np.int64)
             cw_ = cv2.resize(cw_, (size, size), interpolation=cv2.INTER_NEAREST)
+            ct = cv2.resize(np.ascontiguousarray(ct), (size, size), interpolation=cv2.INTER_NEAREST)
         k = int(rng.integers(4))
-        ci, cl, cw_ = np.rot90(ci, k), np.rot90(cl, k), np.rot90(cw_, k)
+        ci, cl, cw_, ct = np.rot90(ci, k), np.rot90(cl, k), np.rot90(cw_, k), np.rot90(ct, k)
         if rng.random() < 0.5:
-            ci, cl, cw_ = ci[:, ::-1], cl[:, ::-1], cw_[:, ::-1]
+            ci, cl, cw_, ct = ci[:, ::-1], cl[:, ::-1], cw_[:, ::-1], ct[:, ::-1]
         gain = 1.0 + rng.uniform(-s.contrast, s.contrast)
         bias = rng.uniform(-s.brightness, s.brightness)
         mean = ci.mean()
         ci = np.clip((ci - mean) * gain + mean + bias, 0, 1)
         return (np.ascontiguousarray(ci.transpose(2, 0, 1), np.float32),
-                np.ascontiguousarray(cl), np.ascontiguousarray(cw_, np.float32))
+                np.ascontiguousarray(cl), np.ascontiguousarray(cw_, np.float32),
+                np.ascontiguousarray(ct.transpose(2, 0, 1), np.float32))
 
     def _prepare(self, samples: list[Sample], cweights: np.ndarray):
         prepared = []
@@ -291,7 +314,11 @@ class Trainer:
                 labelled = np.argwhere(pix > 0)
             if len(labelled) > 20000:  # keep memory bounded; any subset is a fine crop-centre pool
                 labelled = labelled[self._rng.choice(len(labelled), 20000, replace=False)]
-            prepared.append((smp, as_float_rgb(smp.image), cw, labelled))
+            inst = None
+            if smp.instances is not None:  # the instance head learns where the object ids are known
+                boundary, distance = instance_targets(smp.instances)
+                inst = np.stack([boundary.astype(np.float32), distance, pix * (1 - bad)], -1)
+            prepared.append((smp, as_float_rgb(smp.image), cw, labelled, inst))
         return prepared
 
     # -- training ----------------------------------------------------------------------------
@@ -359,16 +386,31 @@ class Trainer:
                 y = torch.from_numpy(np.stack([c[1] for c in crops])).to(self.device)
                 w = torch.from_numpy(np.stack([c[2] for c in crops])).to(self.device)
                 y = y.clamp(0, self.num_classes - 1)
-                logits = self.model(x)
+                logits, inst_logits, _ = self.model.forward_all(x)
                 per_pixel = F.cross_entropy(logits, y, reduction="none")
                 loss = (per_pixel * w).sum() / w.sum().clamp_min(1.0)
+                t = np.stack([c[3] for c in crops])
+                inst_value = None
+                if s.instance_weight > 0 and t[:, 2].any():
+                    t = torch.from_numpy(t).to(self.device)
+                    iw = t[:, 2]
+                    bce = (F.binary_cross_entropy_with_logits(inst_logits[:, 0], t[:, 0], reduction="none")
+                           + F.binary_cross_entropy_with_logits(inst_logits[:, 1], t[:, 1], reduction="none"))
+                    inst_loss = (bce * iw).sum() / iw.sum().clamp_min(1.0)
+                    loss = loss + s.instance_weight * inst_loss
+                    inst_value = float(inst_loss.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if inst_value is None:  # no instance target in this batch: the head is not touched (no decay)
+                    for p in self.model.inst_head.parameters():
+                        p.grad = None
                 self.optimizer.step()
                 self.round_step += 1
                 self.global_step += 1
                 value = float(loss.detach())
                 result.losses.append(value)
+                if inst_value is not None:
+                    result.instance_losses.append(inst_value)
                 result.steps_done += 1
                 if (self.checkpoint_path is not None and s.checkpoint_every
                         and self.round_step % s.checkpoint_every == 0 and self.round_step < self.round_steps):

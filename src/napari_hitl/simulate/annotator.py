@@ -3,7 +3,9 @@
 Every answer carries its cost in clicks: polygon clicks for a whole image (or click-robot
 clicks correcting the prediction, object by object, when that is cheaper), one click for a
 superpixel whose class is right (accept) or holds one class, polygon clicks inside a mixed
-superpixel (or one click for any superpixel, its main class, as the panel answers).
+superpixel (or one click for any superpixel, its main class, as the panel answers). With
+true instance maps, a whole image is answered object by object (:meth:`label_instances`):
+each object traced, or the predicted objects corrected with the click robot when cheaper.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ class SimulatedAnnotator:
     """
 
     def __init__(self, truths: list[np.ndarray], ignore_index: int | None = None, purity: float = 0.95,
-                 engine=None, target: float = 0.9):
+                 engine=None, target: float = 0.9, instance_truths: list[np.ndarray] | None = None):
         self.truths = [np.asarray(t) for t in truths]
+        if instance_truths is not None and len(instance_truths) != len(self.truths):
+            raise InputError(f"{len(instance_truths)} instance maps for {len(self.truths)} label maps")
+        self.instance_truths = None if instance_truths is None else [np.asarray(t) for t in instance_truths]
         self.ignore_index = ignore_index
         self.purity = float(purity)
         self.engine = engine
@@ -68,6 +73,45 @@ class SimulatedAnnotator:
             if used:
                 return Answer(fix.mask.astype(t.dtype), valid, HUMAN, fix.clicks)
         return Answer(t.copy(), valid, HUMAN, polygons)
+
+    def label_instances(self, index, image, pred_instances) -> Answer:
+        """The true objects at polygon cost (each object traced, one more click names it); with an
+        ``engine`` and a predicted instance map, the prediction corrected object by object
+        (:func:`~napari_hitl.simulate.corrections.correct_instances`) when that costs fewer clicks."""
+        from napari_hitl.model.instances import check_instances
+
+        if self.instance_truths is None:
+            raise InputError("label_instances needs true instance maps (SimulatedAnnotator(instance_truths=...))")
+        t = self.truths[index]
+        valid = self._valid(t)
+        inst = check_instances(self.instance_truths[index], t.shape, f"true instance map of image {index}")
+        polygons = image_clicks(np.where(valid, inst, 0))
+        answer = inst.copy()
+        clicks = polygons
+        if self.engine is not None and pred_instances is not None:
+            from napari_hitl.simulate.corrections import correct_instances
+
+            pred = check_instances(pred_instances, t.shape, f"predicted instance map of image {index}")
+            fix = correct_instances(image, pred, np.where(valid, inst, 0), self.engine, self.target, ignore=~valid)
+            used = fix.clicks < polygons
+            self.corrections.append({"image": int(index), "clicks": fix.clicks, "polygon_clicks": polygons,
+                                     "used": bool(used), "kept": fix.kept, "clicked": fix.clicked,
+                                     "drawn": fix.drawn, "added": fix.added, "deleted": fix.deleted})
+            if used:
+                answer, clicks = fix.instances, fix.clicks
+        # each answered object takes the true class under most of it (objects are of one class)
+        n = int(answer.max(initial=0))
+        flat = answer.ravel()
+        cls = np.zeros(n + 1, np.int64)
+        if n:
+            sem = np.where(valid, t, 0).astype(np.int64).ravel()
+            votes = np.zeros((n + 1, int(sem.max(initial=0)) + 2), np.int64)
+            np.add.at(votes, (flat, sem), 1)
+            votes[:, 0] = 0
+            cls = np.where(votes.max(1) > 0, votes.argmax(1), 1)
+            cls[0] = 0
+        labels = cls[answer]  # pixels of no object are background (stuff classes are not simulated here)
+        return Answer(labels.astype(t.dtype), valid, HUMAN, int(clicks), instances=answer.astype(np.uint32))
 
     def label_superpixel(self, index, image, mask, predicted_class) -> Answer:
         t = self.truths[index]

@@ -1,0 +1,182 @@
+"""Instance maps: checks, training targets for the instance head, and decoding predictions to objects.
+
+An instance map is a uint32 ``(H, W)`` array, 0 = no object, one id per object; ``classes``
+maps id -> class id (a dict, or a 1-D array indexed by id). The semantic map is
+``class_of[instances]``. The segmentation model's instance head predicts two maps that
+separate touching objects: a *boundary* probability (the outer ring of every object, where
+two objects meet or an object meets background) and a *distance* map (distance to the
+object's edge, divided by its largest value in the object: 1 at centres, 0 at edges).
+:func:`decode_instances` turns them into objects with a seeded watershed: seeds are the
+object interiors (foreground, far from the edge, not on a boundary), each seed grows over
+the foreground along the descending distance map. Numpy in, numpy out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from napari_hitl.errors import InputError
+
+__all__ = ["INSTANCE_CHANNELS", "BOUNDARY_WIDTH", "check_instances", "class_lookup", "semantic_from_instances",
+           "instance_targets", "decode_instances", "instances_from_maps", "relabel_sequential"]
+
+#: channels of the instance head: boundary logit, distance-to-edge logit
+INSTANCE_CHANNELS = 2
+#: width in pixels of the boundary ring a training target marks inside each object
+BOUNDARY_WIDTH = 2
+
+
+def check_instances(instances, shape=None, name: str = "instance map") -> np.ndarray:
+    """Return ``instances`` as a uint32 ``(H, W)`` array, or raise InputError saying what is wrong.
+
+    Accepts any non-negative integer dtype (uint16 label PNGs, int64 from scipy); refuses
+    floats, bools, negative ids, ids beyond uint32 and a shape other than ``shape`` (when given).
+    """
+    arr = np.asarray(instances)
+    if arr.ndim != 2:
+        raise InputError(f"{name} must be 2-D (H, W), got shape {arr.shape}")
+    if shape is not None and tuple(arr.shape) != tuple(shape[:2]):
+        raise InputError(f"{name} has shape {arr.shape}, expected {tuple(shape[:2])}")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{name} must hold integer object ids (0 = none), got dtype {arr.dtype}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > np.iinfo(np.uint32).max):
+        raise InputError(f"{name} ids must lie in 0..{np.iinfo(np.uint32).max}, got {arr.min()}..{arr.max()}")
+    return arr.astype(np.uint32, copy=False)
+
+
+def class_lookup(classes, max_id: int, default: int = 1) -> np.ndarray:
+    """``classes`` (dict id -> class, or a 1-D array indexed by id) as an array of length max_id+1;
+    ids it does not name get ``default``; id 0 is always class 0 (background)."""
+    out = np.full(int(max_id) + 1, default, np.int64)
+    out[0] = 0
+    if classes is None:
+        return out
+    if isinstance(classes, dict):
+        for k, v in classes.items():
+            if 0 < int(k) <= max_id:
+                out[int(k)] = int(v)
+        return out
+    arr = np.asarray(classes)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"classes must be a dict id -> class or a 1-D integer array, got {arr.dtype} {arr.shape}")
+    n = min(len(arr), max_id + 1)
+    out[1:n] = arr[1:n]
+    return out
+
+
+def semantic_from_instances(instances, classes=None) -> np.ndarray:
+    """The semantic map ``class_of[instances]`` (uint16); without ``classes`` every object is class 1."""
+    inst = check_instances(instances)
+    lut = class_lookup(classes, int(inst.max(initial=0)))
+    return lut[inst].astype(np.uint16)
+
+
+def relabel_sequential(instances) -> np.ndarray:
+    """Ids renumbered 1..N in order of first appearance in a raster scan (0 stays 0), uint32."""
+    inst = check_instances(instances)
+    ids, first = np.unique(inst.ravel(), return_index=True)
+    keep = ids != 0
+    order = ids[keep][np.argsort(first[keep], kind="stable")]
+    lut = np.zeros(int(inst.max(initial=0)) + 1, np.uint32)
+    lut[order] = np.arange(1, len(order) + 1, dtype=np.uint32)
+    return lut[inst]
+
+
+def instance_targets(instances, width: int = BOUNDARY_WIDTH) -> tuple[np.ndarray, np.ndarray]:
+    """Training targets of the instance head from an instance map: ``(boundary uint8, distance float32)``.
+
+    ``boundary`` is 1 on the ring of ``width`` pixels inside each object along its edge (next
+    to background or to another object), so two touching objects get a 2*width line between
+    them. ``distance`` is each object pixel's distance to the object's edge over the largest
+    such distance in that object (0..1), 0 on background.
+    """
+    inst = check_instances(instances)
+    h, w = inst.shape
+    boundary = np.zeros((h, w), np.uint8)
+    distance = np.zeros((h, w), np.float32)
+    for k, sl in enumerate(ndimage.find_objects(inst), 1):
+        if sl is None:
+            continue
+        y0, y1 = max(0, sl[0].start - 1), min(h, sl[0].stop + 1)
+        x0, x1 = max(0, sl[1].start - 1), min(w, sl[1].stop + 1)
+        obj = inst[y0:y1, x0:x1] == k
+        d = ndimage.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]  # the image edge is no object edge
+        d = np.where(obj, d, 0)
+        peak = float(d.max())
+        if peak <= 0:
+            continue
+        ring = obj & (d <= width)
+        boundary[y0:y1, x0:x1][ring] = 1
+        distance[y0:y1, x0:x1][obj] = (d[obj] / peak).astype(np.float32)
+    return boundary, distance
+
+
+def decode_instances(foreground, boundary, distance, fg_threshold: float = 0.5, boundary_threshold: float = 0.5,
+                     seed_threshold: float = 0.4, min_seed: int = 4, min_size: int = 8) -> np.ndarray:
+    """Objects from the model's maps by a seeded watershed; returns a uint32 instance map.
+
+    ``foreground``: (H, W) probability that a pixel belongs to any object (1 - P(background)).
+    ``boundary``, ``distance``: the instance head's maps in [0, 1]. Seeds are the connected
+    interiors (foreground above ``fg_threshold``, boundary below ``boundary_threshold``,
+    distance above ``seed_threshold``) of at least ``min_seed`` pixels; every seed floods the
+    foreground down the distance map, so a boundary line between two touching objects keeps
+    them apart. Foreground pieces no seed reaches become objects of their own; objects under
+    ``min_size`` pixels are dropped. Ids are 1..N in raster order.
+    """
+    from skimage.segmentation import watershed
+
+    fg_p = np.asarray(foreground, np.float32)
+    if fg_p.ndim != 2:
+        raise InputError(f"foreground must be an (H, W) probability map, got shape {fg_p.shape}")
+    b = np.asarray(boundary, np.float32)
+    d = np.asarray(distance, np.float32)
+    if b.shape != fg_p.shape or d.shape != fg_p.shape:
+        raise InputError(f"foreground {fg_p.shape}, boundary {b.shape} and distance {d.shape} must have one shape")
+    fg = fg_p > fg_threshold
+    if not fg.any():
+        return np.zeros(fg.shape, np.uint32)
+    core = fg & (b < boundary_threshold) & (d > seed_threshold)
+    seeds, n = ndimage.label(core)
+    if n:
+        sizes = np.bincount(seeds.ravel(), minlength=n + 1)
+        small = sizes < min_seed
+        small[0] = False
+        if small.any():
+            seeds[small[seeds]] = 0
+    # the flooding height: low at centres, high on boundaries
+    height = (1.0 - d) + b
+    out = watershed(height, markers=seeds, mask=fg) if seeds.any() else np.zeros(fg.shape, np.int64)
+    rest, m = ndimage.label(fg & (out == 0))
+    if m:
+        out = np.where(rest > 0, rest + int(out.max()), out)
+    sizes = np.bincount(out.ravel())
+    tiny = sizes < min_size
+    tiny[0] = False
+    if tiny.any():
+        out[tiny[out]] = 0
+    return relabel_sequential(out.astype(np.uint32))
+
+
+def instances_from_maps(probs, boundary, distance, stuff=(), **decode_kw) -> tuple[np.ndarray, dict[int, int]]:
+    """Instance map and classes of one image from ``(C, H, W)`` class probabilities and the head's maps.
+
+    Class 0 and the ``stuff`` classes are not objects: the foreground is the probability of
+    the other classes. Each object takes the class with the most probability inside it.
+    Returns ``(instances uint32, {id: class})``; :func:`decode_instances` keywords pass through.
+    """
+    p = np.asarray(probs, np.float32)
+    if p.ndim != 3 or p.shape[0] < 2:
+        raise InputError(f"probabilities must have shape (C, H, W) with C >= 2, got {p.shape}")
+    things = [c for c in range(1, p.shape[0]) if c not in set(int(s) for s in stuff)]
+    if not things:
+        return np.zeros(p.shape[1:], np.uint32), {}
+    fg = p[things].sum(0)
+    inst = decode_instances(fg, boundary, distance, **decode_kw)
+    n = int(inst.max(initial=0))
+    if n == 0:
+        return inst, {}
+    flat = inst.ravel()
+    sums = np.stack([np.bincount(flat, weights=p[c].ravel(), minlength=n + 1) for c in things])
+    cls = np.asarray(things)[sums[:, 1:].argmax(0)]
+    return inst, {i + 1: int(c) for i, c in enumerate(cls)}

@@ -1,0 +1,251 @@
+"""Instances: the decoder splits touching objects, the instance head trains, old checkpoints load,
+per-object confidence ranks and pseudo-labels whole objects, corrections go object by object."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from napari_hitl.active.objects import object_confidence, object_uncertainty, objects_from_prediction, pseudo_instances
+from napari_hitl.active.ranking import SCORERS, rank_images, score_maps
+from napari_hitl.errors import InputError
+from napari_hitl.model.instances import (check_instances, decode_instances, instance_targets, instances_from_maps,
+                                         semantic_from_instances)
+from napari_hitl.project import HUMAN, PSEUDO, UNLABELLED
+
+torch = pytest.importorskip("torch")
+
+
+def _two_touching(h=64, w=84):
+    """Two overlapping discs (ids 1, 2) sharing a straight edge."""
+    yy, xx = np.mgrid[:h, :w]
+    a = np.hypot(yy - 32, xx - 28) < 15
+    b = np.hypot(yy - 32, xx - 54) < 15
+    inst = np.zeros((h, w), np.uint32)
+    inst[a & (xx < 41)] = 1
+    inst[b & (xx >= 41)] = 2
+    return inst
+
+
+def test_decoder_splits_touching_discs_on_a_predicted_boundary():
+    inst = _two_touching()
+    fg = (inst > 0).astype(np.float32)
+    boundary, distance = instance_targets(inst)
+    assert boundary[:, 40:42].any() and boundary[32, 28] == 0  # a line between them, none at a centre
+    assert distance[inst == 1].max() == pytest.approx(1.0) and distance[32, 28] > 0.8 and distance[0, 0] == 0
+    out = decode_instances(fg, boundary, distance)
+    assert out.dtype == np.uint32 and out.max() == 2
+    left, right = np.unique(out[inst == 1]), np.unique(out[inst == 2])
+    assert len(left) == 1 and len(right) == 1 and left[0] != right[0] and 0 not in (left[0], right[0])
+    # without the boundary and with a flat distance map the same pixels are one object
+    assert decode_instances(fg, np.zeros_like(fg), np.where(fg > 0, 0.9, 0)).max() == 1
+    # from class probabilities: each object gets the class with most probability inside
+    probs = np.stack([1 - fg, fg * 0.3, fg * 0.7])
+    got, classes = instances_from_maps(probs, boundary, distance)
+    assert got.max() == 2 and classes == {1: 2, 2: 2}
+    assert instances_from_maps(probs, boundary, distance, stuff=(1, 2))[0].max() == 0
+
+
+def test_instance_maps_are_checked():
+    with pytest.raises(InputError, match="integer"):
+        check_instances(np.zeros((4, 4), np.float32))
+    with pytest.raises(InputError, match="shape"):
+        check_instances(np.zeros((4, 4), np.uint16), (4, 5))
+    with pytest.raises(InputError, match="2-D"):
+        check_instances(np.zeros((2, 4, 4), np.uint16))
+    with pytest.raises(InputError, match="ids"):
+        check_instances(np.array([[-1, 0]]))
+    with pytest.raises(InputError, match="shape"):
+        decode_instances(np.zeros((4, 4)), np.zeros((4, 5)), np.zeros((4, 4)))
+    assert semantic_from_instances(_two_touching(), {1: 3}).max() == 3
+    from napari_hitl.model.train import Sample
+
+    with pytest.raises(InputError, match="instance map"):
+        Sample(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint16), np.zeros((8, 8), np.uint8),
+               instances=np.zeros((8, 9), np.uint16))
+
+
+def _touching_samples(n=4, size=64, seed=0):
+    from napari_hitl.model.train import Sample
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        inst = np.roll(_two_touching(size, size + 20)[:, 10:10 + size], int(rng.integers(-8, 8)), axis=0)
+        sem = (inst > 0).astype(np.uint16)
+        img = np.clip(40 + 150 * sem + rng.normal(0, 10, sem.shape), 0, 255).astype(np.uint8)
+        out.append(Sample(img, sem, np.full(sem.shape, HUMAN, np.uint8), f"t{i}", inst))
+    return out
+
+
+def _settings(**kw):
+    from napari_hitl.model.train import TrainSettings
+
+    base = dict(steps=30, batch_size=2, crop=64, lr=3e-3, checkpoint_every=0, scale_range=(1.0, 1.0))
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def test_instance_head_trains_and_its_loss_falls():
+    from napari_hitl.model.segnet import predict_instance_maps
+    from napari_hitl.model.train import Trainer
+
+    torch.manual_seed(0)
+    trainer = Trainer(2, settings=_settings(), device="cpu", pretrained=False)
+    res = trainer.train_round(_touching_samples())
+    il = res.instance_losses
+    assert len(il) == 30
+    assert np.mean(il[-5:]) < 0.8 * np.mean(il[:5])
+    probs, boundary, distance = predict_instance_maps(trainer.model, _touching_samples(1)[0].image, tile=64, overlap=16)
+    assert probs.shape == (2, 64, 64) and boundary.shape == distance.shape == (64, 64)
+    assert 0 <= boundary.min() and boundary.max() <= 1
+    big = np.tile(_touching_samples(1)[0].image, (2, 3))[:100, :150]  # tiled: the head's maps blend like the classes
+    probs, boundary, distance = predict_instance_maps(trainer.model, big, tile=64, overlap=16)
+    assert probs.shape == (2, 100, 150) and boundary.shape == (100, 150)
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+    whole = predict_instance_maps(trainer.model, big, tile=1024)[1]
+    assert np.abs(whole - boundary).mean() < 0.1
+
+
+def test_semantic_only_samples_leave_the_instance_head_alone():
+    from napari_hitl.model.train import Sample, Trainer
+
+    torch.manual_seed(0)
+    trainer = Trainer(2, settings=_settings(steps=3), device="cpu", pretrained=False)
+    before = {k: v.clone() for k, v in trainer.model.inst_head.state_dict().items()}
+    sem = [Sample(s.image, s.labels, s.provenance, s.name) for s in _touching_samples(2)]
+    res = trainer.train_round(sem)
+    assert res.instance_losses == [] and len(res.losses) == 3
+    for k, v in trainer.model.inst_head.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_checkpoint_without_instance_head_loads_with_a_fresh_one(tmp_path, caplog):
+    from napari_hitl.model.train import Trainer, _atomic_save
+
+    torch.manual_seed(0)
+    old = Trainer(2, settings=_settings(steps=2), device="cpu", pretrained=False)
+    old.train_round(_touching_samples(2))
+    state = old.state_dict()
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("inst_head.")}
+    ckpt = tmp_path / "old.pt"
+    _atomic_save(state, ckpt)  # what a checkpoint from before the instance head holds
+    with caplog.at_level(logging.INFO):
+        new = Trainer(2, checkpoint_path=ckpt, settings=_settings(steps=2), device="cpu", pretrained=False)
+    assert new.model.instance_head_fresh
+    assert "no instance head" in caplog.text
+    assert torch.equal(new.model.head.weight, old.model.head.weight)
+    assert new.round == 1
+    new.train_round(_touching_samples(2))  # and it trains on (optimiser state started fresh)
+    again = Trainer(2, checkpoint_path=ckpt.with_name("x.pt"), device="cpu", pretrained=False)
+    again.model.load_state_dict(new.model.state_dict())
+    assert not again.model.instance_head_fresh
+
+
+def test_object_confidence_and_the_objects_scorer_rank_an_unsure_object_first():
+    inst = _two_touching()
+    conf = np.full(inst.shape, 0.99, np.float32)
+    sure = object_confidence(inst, conf)
+    assert sure[1] == pytest.approx(0.99) and sure[2] == pytest.approx(0.99)
+    shaky = conf.copy()
+    shaky[inst == 2] = 0.6
+    boundary = np.zeros(inst.shape, np.float32)
+    oc = object_confidence(inst, shaky, boundary)
+    assert oc[2] == pytest.approx(0.6, abs=1e-3) and oc[1] > 0.98
+    half = object_confidence(inst, conf, np.where(inst == 1, 0.5, 0.0))  # a half-believed boundary
+    assert half[1] == pytest.approx(0.99 * 0.5, abs=1e-3)
+    assert object_uncertainty(oc, k=1) == pytest.approx(0.4, abs=1e-3) and object_uncertainty([1.0]) == 0.0
+    pred = (inst > 0).astype(np.uint16)
+    flat = np.zeros(inst.shape, np.float32)
+    scores = [score_maps(conf, pred, 1 - flat, flat, index=0, instances=inst, boundary=boundary),
+              score_maps(shaky, pred, 1 - flat, flat, index=1, instances=inst, boundary=boundary),
+              score_maps(conf, pred, 1 - flat, flat, index=2)]
+    assert "objects" in SCORERS
+    assert rank_images(scores, "objects", 1).picked == [1]
+    assert objects_from_prediction(pred).max() == 1  # the fallback: connected pieces
+
+
+def test_pseudo_labels_propose_confident_objects_whole_and_unsure_ones_not_at_all():
+    inst = _two_touching()
+    oc = np.array([1.0, 0.97, 0.5], np.float32)
+    bg = np.where(inst == 0, 0.99, 0.0).astype(np.float32)
+    labels, prov, got = pseudo_instances(inst, oc, 0.9, {1: 1, 2: 1}, bg_conf=bg)
+    assert (prov[inst == 1] == PSEUDO).all() and (labels[inst == 1] == 1).all()
+    assert len(np.unique(got[inst == 1])) == 1 and got[inst == 1][0] > 0
+    assert (prov[inst == 2] == UNLABELLED).all() and (got[inst == 2] == 0).all()
+    # background next to the unsure object is left out too, far background is pseudo
+    assert prov[32, 70] == UNLABELLED and prov[0, 0] == PSEUDO and labels[0, 0] == 0
+    # a human-labelled object is never overwritten, nor an object overlapping it proposed
+    human = np.zeros(inst.shape, np.uint8)
+    human[inst == 1] = HUMAN
+    hl = np.where(inst == 1, 5, 0).astype(np.uint16)
+    hi = np.where(inst == 1, 7, 0).astype(np.uint32)
+    labels2, prov2, got2 = pseudo_instances(inst, np.array([1.0, 0.99, 0.99]), 0.9, None, hl, human, hi)
+    assert (labels2[inst == 1] == 5).all() and (prov2[inst == 1] == HUMAN).all() and (got2[inst == 1] == 7).all()
+    assert (prov2[inst == 2] == PSEUDO).all() and got2[inst == 2][0] not in (0, 7)
+    with pytest.raises(InputError, match="obj_conf"):
+        pseudo_instances(inst, np.array([1.0]), 0.9)
+
+
+def _blobs(h=80, w=100):
+    yy, xx = np.mgrid[:h, :w]
+    truth = np.zeros((h, w), np.uint32)
+    for k, (cy, cx) in enumerate([(20, 20), (20, 60), (58, 40)], 1):
+        truth[np.hypot(yy - cy, xx - cx) < 10] = k
+    img = np.clip(40 + 160 * (truth > 0), 0, 255).astype(np.uint8)
+    return img, truth
+
+
+def test_corrections_delete_a_false_object_with_one_click():
+    from napari_hitl.interactive.engine import get_engine
+    from napari_hitl.simulate.corrections import correct_instances
+
+    img, truth = _blobs()
+    pred = truth.copy()
+    pred[65:75, 80:92] = 9  # a false object
+    fix = correct_instances(img, pred, truth, get_engine("graph"))
+    assert fix.deleted == 1 and fix.kept == 3 and fix.added == fix.clicked == fix.drawn == 0
+    assert fix.clicks == 2  # one to delete it, one to accept the image
+    assert (fix.instances[65:75, 80:92] == 0).all()
+    assert len(np.unique(fix.instances)) == 4
+
+
+def test_corrections_add_a_missed_object_and_split_a_merge():
+    from napari_hitl.evaluate.metrics import average_precision
+    from napari_hitl.interactive.engine import get_engine
+    from napari_hitl.simulate.corrections import correct_instances
+
+    img, truth = _blobs()
+    pred = truth.copy()
+    pred[pred == 3] = 0             # missed
+    pred[18:23, 20:60] = 1          # objects 1 and 2 merged by a bridge
+    pred[pred == 2] = 1
+    fix = correct_instances(img, pred, truth, get_engine("graph"))
+    assert fix.deleted == 1         # the merge matches neither object at IoU > 0.5
+    assert fix.added + fix.drawn == 3
+    assert fix.clicks > 2
+    assert average_precision(fix.instances, truth) > 0.7
+    with pytest.raises(InputError, match="shape"):
+        correct_instances(img, pred[:, :50], truth, get_engine("graph"))
+
+
+def test_loop_in_instance_mode_answers_objects_and_trains_the_head():
+    from napari_hitl.active.loop import LoopDriver, LoopSettings
+    from napari_hitl.simulate.annotator import SimulatedAnnotator
+
+    torch.manual_seed(0)
+    samples = _touching_samples(4)
+    images = [s.image for s in samples]
+    insts = [s.instances for s in samples]
+    settings = LoopSettings(strategy="objects", rounds=1, budget=1, instances=True, train=_settings(steps=3))
+    annot = SimulatedAnnotator([s.labels for s in samples], instance_truths=insts)
+    driver = LoopDriver(images, annot, 2, settings)
+    rec = driver.run()[0]
+    asked = sorted(driver.asked_images)
+    assert len(asked) == 1 and rec.clicks > 0
+    i = asked[0]
+    assert np.array_equal(driver.instance_labels[i], insts[i]) and (driver.provenance[i] == HUMAN).all()
+    assert len(driver.final_instances()) == 4 and driver.predictions[0].instances is not None
+    assert all(s.instances is not None for s in driver.samples())
+    with pytest.raises(InputError, match="instance mode"):
+        LoopSettings(strategy="superpixel", instances=True)
