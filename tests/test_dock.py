@@ -80,3 +80,36 @@ def test_objects_are_deleted_merged_split_and_undone_in_the_dock(dock):
     dock.annotate.object_buttons["delete_object"].click()
     assert "not in this image" in dock.status.text()
     assert [e["event"] for e in dock.project.journal()][-1] == "delete"
+
+
+def test_the_objects_panel_lists_proposals_and_answers_them_in_one_click(dock, qtbot):
+    from napari_hitl.app.objects import Proposal, Proposals
+
+    dock.sample_box.setCurrentIndex(dock.sample_box.findText("nuclei"))
+    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
+    name, layer, panel = dock.current, dock.labels_layer, dock.objects
+    panel.find_button.click()  # the model's own proposals, on the worker queue
+    qtbot.waitUntil(lambda: panel.proposals is not None, timeout=60_000)
+    assert panel.layer is not None and panel.layer.name == f"{name} proposals"
+    assert panel.list.count() == len(panel.proposals.items)
+    # known proposals, so the answers are checked exactly
+    ids = np.zeros(layer.data.shape, np.uint32)
+    ids[5:15, 5:15], ids[30:40, 30:40] = 1, 2
+    panel.show(Proposals(name, None, ids, [Proposal(2, 1, 0.3, 100, (30, 30, 40, 40), (34.5, 34.5)),
+                                           Proposal(1, 1, 0.8, 100, (5, 5, 15, 15), (9.5, 9.5))]))
+    assert panel.list.item(0).text().startswith("#2") and "30%" in panel.list.item(0).text()
+    unsaved = np.asarray(layer.data).copy()
+    unsaved[50:55, 50:55] = 77  # something the person painted and has not saved
+    layer.data = unsaved
+    panel.list.setCurrentRow(1)
+    panel.accept_button.click()
+    saved, prov, classes = dock.project.read_instances(name)
+    new = int(saved[10, 10])
+    assert new and classes[new] == 1 and (np.asarray(layer.data)[5:15, 5:15] == new).all()
+    panel.list.setCurrentRow(0)
+    panel.reject_button.click()
+    saved, prov, _ = dock.project.read_instances(name)
+    assert (saved[30:40, 30:40] == 0).all() and (prov[30:40, 30:40] == HUMAN).all()
+    assert (np.asarray(layer.data)[50:55, 50:55] == 77).all()  # the unsaved painting is still shown
+    assert panel.list.count() == 0 and not panel.layer.data.any()
+    assert [e["event"] for e in dock.project.journal()][-2:] == ["accept_object", "reject_object"]

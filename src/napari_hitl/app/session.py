@@ -107,10 +107,12 @@ class Session:
             return self.project.read_instances(name, frame=frame)
 
     def commit_instances(self, name: str, ids, classes: dict[int, int], *, source: str = "human", where=None,
-                         frame: int | None = None) -> Counts:
-        """A person's (or accepted machine) objects to the project, like :meth:`commit`."""
+                         frame: int | None = None, event: str = "commit", **detail) -> Counts:
+        """A person's (or accepted machine) objects to the project, like :meth:`commit`;
+        ``event`` and ``detail`` name it in the journal."""
         with self.lock:
-            counts = self.project.commit_instances(name, ids, classes, source=source, where=where, frame=frame)
+            counts = self.project.commit_instances(name, ids, classes, source=source, where=where, frame=frame,
+                                                   event=event, **detail)
         if source in ANSWERS:
             self.answers_since_training += 1
         self._emit("committed", name, counts)

@@ -43,6 +43,20 @@ def image_layer_data(project: Project, name: str) -> list[tuple]:
     ]
 
 
+def show_saved(layer, session, name: str, frame: int | None, mask) -> None:
+    """Show the saved objects of ``name`` on the pixels in ``mask`` in the dock's Labels layer
+    (outside ``mask`` the layer keeps what the person has not saved yet); outside napari's
+    undo history, as the project already holds them."""
+    import numpy as np
+
+    saved, _, classes = session.read_instances(name, frame=frame)
+    ys, xs = np.nonzero(mask)
+    idx = (ys, xs) if frame is None else (np.full_like(ys, frame), ys, xs)
+    with layer.block_history():
+        layer.data_setitem(idx, saved[ys, xs].astype(layer.data.dtype))
+    layer.metadata[META_CLASSES] = {**layer.metadata.get(META_CLASSES, {}), **classes}
+
+
 def dock_in_current_viewer() -> None:
     """Dock the annotation widget in the current viewer, if there is one and it is not docked
     (the dock then adopts the project of the layers a reader or a sample added)."""

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_hitl.app.rank import RANKINGS, rank_rows
 from napari_hitl.errors import HitlError
-from napari_hitl.napari._layers import META_CLASSES
+from napari_hitl.napari._layers import show_saved
 from napari_hitl.napari._progress import JobProgress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -368,10 +368,5 @@ class SuggestionsPanel(QWidget):
         layer = self.labels_layer
         frame = self.frame if layer.ndim == 3 else None
         self.session.commit(self.image, plane, source=source, where=mask, frame=frame)
-        saved, _, classes = self.session.read_instances(self.image, frame=frame)
-        ys, xs = np.nonzero(mask)
-        idx = (ys, xs) if frame is None else (np.full_like(ys, frame), ys, xs)
-        with layer.block_history():
-            layer.data_setitem(idx, saved[ys, xs].astype(layer.data.dtype))
-        layer.metadata[META_CLASSES] = {**layer.metadata.get(META_CLASSES, {}), **classes}
+        show_saved(layer, self.session, self.image, frame, mask)
         self.asked.setdefault((self.image, self.frame, self.n_segments), set()).update(segments)

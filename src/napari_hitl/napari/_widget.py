@@ -37,6 +37,7 @@ from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnai
 from napari_hitl.napari._section import section
 from napari_hitl.napari._tools import MODES, ToolController, check_engine, shortcut_help
 from napari_hitl.napari._training import ExportPanel, TrainingPanel
+from napari_hitl.napari._objects import ObjectsPanel
 from napari_hitl.napari._video import VideoPanel
 from napari_hitl.napari._worker import ModelQueue
 from napari_hitl.project import Project
@@ -122,6 +123,10 @@ class HitlWidget(QWidget):
         box.addWidget(self.ranking, 3)
         self.suggestions_section = section("Suggested superpixels", self.suggestions, expanded=False)
         box.addWidget(self.suggestions_section)
+        self.objects = ObjectsPanel(napari_viewer, self.queue)
+        self.objects.frame = lambda: self.tools.frame() if self.project is not None and self.current is not None \
+            and self.project.record(self.current).is_stack else None
+        box.addWidget(section("Objects", self.objects, expanded=False))
         self.video = VideoPanel(napari_viewer, self.queue)
         box.addWidget(section("Time-lapse", self.video, expanded=False))
         self.tabs.addTab(images, "Images")
@@ -167,6 +172,8 @@ class HitlWidget(QWidget):
         self.suggestions.failed.connect(self._report)
         self.video.status.connect(self.say)
         self.video.labels_saved.connect(self.reload_labels)
+        self.objects.status.connect(self.say)
+        self.objects.failed.connect(self._report)
         self.viewer.layers.events.inserted.connect(self._layer_inserted)
         for layer in list(self.viewer.layers):
             self._adopt(layer)
@@ -396,6 +403,7 @@ class HitlWidget(QWidget):
         self.ranking.set_session(None)
         self.prediction.clear()
         self.suggestions.image_shown(None, None, None)
+        self.objects.image_shown(None, None)
         self.video.image_shown(None, None)
         self.image_list.clear()
         self.project_label.setText("No project open")
@@ -461,6 +469,7 @@ class HitlWidget(QWidget):
                                           *self.tools.layer_classes(), 0) + 1
         self._sync_class()
         self.suggestions.image_shown(self.session, self.current, labels_layer)
+        self.objects.image_shown(self.session, self.current, labels_layer)
         self.video.image_shown(self.session, self.current, labels_layer)
 
     # ------------------------------------------------------------------ images

@@ -1,0 +1,59 @@
+"""The model's object proposals in one image and the one-click answers to them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_hitl.app.objects import Proposal, Proposals, accept_object, propose_objects, reject_object
+from napari_hitl.app.session import Session
+from napari_hitl.errors import InputError
+from napari_hitl.project import HUMAN, MACHINE, Project
+
+
+@pytest.fixture
+def session(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(imgs / "a.png")
+    with Session(Project.create(tmp_path / "p", imgs, classes=["background", "cell"])) as s:
+        yield s
+
+
+def _proposals() -> Proposals:
+    ids = np.zeros((40, 48), np.uint32)
+    ids[5:15, 5:15] = 1
+    ids[20:30, 20:30] = 2
+    items = [Proposal(2, 1, 0.4, 100, (20, 20, 30, 30), (24.5, 24.5)),
+             Proposal(1, 1, 0.9, 100, (5, 5, 15, 15), (9.5, 9.5))]
+    return Proposals("a", None, ids, items)
+
+
+def test_accept_saves_the_object_whole_and_reject_saves_background(session):
+    person = np.zeros((40, 48), np.uint32)
+    person[25:30, 25:30] = 7  # the person already labelled part of where object 2 is proposed
+    session.commit_instances("a", person, {7: 1}, where=person > 0)
+    props = _proposals()
+    accept_object(session, props, 1)
+    ids, prov, classes = session.read_instances("a")
+    new = int(ids[10, 10])
+    assert new not in (0, 7) and classes[new] == 1 and (ids[5:15, 5:15] == new).all()
+    assert (prov[5:15, 5:15] == MACHINE).all() and [p.id for p in props.items] == [2]
+    reject_object(session, props, 2)
+    ids, prov, _ = session.read_instances("a")
+    assert (ids[20:25, 20:30] == 0).all() and (prov[20:25, 20:30] == HUMAN).all()
+    assert (ids[25:30, 25:30] == 7).all()  # the person's object is untouched
+    events = [e["event"] for e in session.project.journal()]
+    assert events[-2:] == ["accept_object", "reject_object"] and props.items == []
+    with pytest.raises(InputError, match="no object 2"):
+        reject_object(session, props, 2)
+
+
+def test_proposals_come_least_certain_first(session):
+    props = propose_objects(session.model, "a")
+    assert props.instances.shape == (40, 48) and props.instances.dtype == np.uint32
+    conf = [p.confidence for p in props.items]
+    assert conf == sorted(conf) and all(0.0 <= c <= 1.0 for c in conf)
+    assert {p.id for p in props.items} == set(np.unique(props.instances[props.instances > 0]).tolist())
