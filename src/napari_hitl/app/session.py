@@ -21,8 +21,8 @@ import numpy as np
 
 from napari_hitl import instances as inst
 from napari_hitl.active.pseudo import PseudoSettings
-from napari_hitl.active.uncertainty import Prediction
 from napari_hitl.app.model_host import ModelHost
+from napari_hitl.app.predictions import CachedPredictions
 from napari_hitl.errors import InputError
 from napari_hitl.project import HUMAN, Counts, Project
 
@@ -52,11 +52,13 @@ class Edit:
 class Session:
     """The open project, its lock, model, predictions and answer count (see the module docstring)."""
 
-    def __init__(self, project: Project):
+    def __init__(self, project: Project, scheduler: str | None = None):
         self.project = project
         self.lock = threading.RLock()
         self.model = ModelHost(project)
-        self.predictions: dict[str, list[Prediction]] = {}  # image name -> one per frame
+        self.predictions = CachedPredictions(project)  # image name -> one Prediction per frame
+        self.scheduler = scheduler  # a Dask scheduler's address for batch work (None: a local cluster)
+        self._dask: tuple | None = None  # (client, cluster or None), started on first batch work
         self.answers_since_training = 0
         self.edits: list[Edit] = []  # object edits, newest last, for undo
         self._listeners: dict[str, list[Callable]] = {e: [] for e in EVENTS}
@@ -66,7 +68,30 @@ class Session:
         return cls(Project.open(path))
 
     def close(self) -> None:
+        if self._dask is not None:
+            client, cluster = self._dask
+            self._dask = None
+            client.close()
+            if cluster is not None:
+                cluster.close()
         self.project.close()
+
+    def client(self):
+        """The Dask client of the session's batch work: a local cluster of worker processes (one
+        core left to the person) started on first use, or the cluster at ``scheduler``."""
+        if self._dask is None:
+            import os
+
+            from distributed import Client
+
+            from napari_hitl.app.batch import local_cluster
+
+            if self.scheduler:
+                self._dask = (Client(self.scheduler, timeout=30), None)
+            else:
+                cluster = local_cluster(max(1, (os.cpu_count() or 2) - 1))
+                self._dask = (Client(cluster), cluster)
+        return self._dask[0]
 
     def __enter__(self) -> Session:
         return self
@@ -179,10 +204,34 @@ class Session:
         done: dict = {}
         return lambda ctx=None: predict_images(self.model, names, done)
 
-    def predicted(self, predictions: dict[str, list[Prediction]]) -> None:
-        """Keep finished predictions (call on the thread that owns the session)."""
-        self.predictions.update(predictions)
+    def batch_job(self, names: list[str] | None = None):
+        """``fn(ctx)``: predict ``names`` (default all) as Dask tasks, saving each result in the
+        project as it arrives (a paused or cancelled run resumes where it stopped) ->
+        :class:`~napari_hitl.app.batch.BatchReport`."""
+        from napari_hitl.app.batch import predict_project
+
+        return lambda ctx: predict_project(self, self.client(), names, progress=ctx.progress,
+                                           should_stop=ctx.should_stop)
+
+    def predicted(self, predictions) -> None:
+        """Keep finished predictions: a batch run's report (its saved results are used from now
+        on) or predictions made in this process (call on the thread that owns the session)."""
+        from napari_hitl.app.batch import BatchReport
+
+        if isinstance(predictions, BatchReport):
+            self.predictions.use(predictions.model)
+        else:
+            self.predictions.update(predictions)
         self._emit("predicted", predictions)
+
+    def rank(self, choice: str, labelled=()):
+        """The images in the order ``choice`` (see :data:`napari_hitl.app.rank.RANKINGS`) puts them,
+        from the batch results when there are some, else from predictions made here."""
+        from napari_hitl.app.rank import rank_results, rank_rows
+
+        if self.predictions.model is not None:
+            return rank_results(self.names, self.predictions.results(), choice, labelled=labelled)
+        return rank_rows(self.names, self.predictions, choice, labelled=labelled)
 
     def suggest_job(self, name: str, frame: int, k: int, n_segments: int, exclude=()):
         """``fn(ctx)`` -> a generator job: the ``k`` most uncertain superpixels of one plane, returns
@@ -207,7 +256,7 @@ class Session:
         TrainFigures."""
         from napari_hitl.app.train import train_job
 
-        predictions = dict(self.predictions)
+        predictions = self.predictions  # read lazily, image by image, by the pseudo-labelling
         state: dict = {}
         return lambda ctx=None: train_job(self.model, settings, settings.steps, pseudo, predictions, self.lock,
                                           state)
@@ -215,7 +264,7 @@ class Session:
     def trained(self, figures) -> None:
         """A round finished: answers start counting again, old predictions are dropped."""
         self.answers_since_training = 0
-        self.predictions = {}
+        self.predictions.reset()
         self._emit("trained", figures)
 
     def export_job(self, out, fmt: str = "tiff"):

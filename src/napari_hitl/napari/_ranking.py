@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_hitl.app.rank import RANKINGS, rank_rows
+from napari_hitl.app.rank import RANKINGS
 from napari_hitl.errors import HitlError
 from napari_hitl.napari._layers import show_saved
 from napari_hitl.napari._progress import JobProgress
@@ -119,7 +119,7 @@ class RankingPanel(QWidget):
             return
         names = session.names
         labelled = [n for n, c in session.project.all_counts().items() if n in names and (c.human or c.simulated)]
-        self.rows = rank_rows(names, session.predictions, self.choice, labelled=labelled)
+        self.rows = session.rank(self.choice, labelled=labelled)
         self.refresh()
 
     def order(self) -> list[str]:

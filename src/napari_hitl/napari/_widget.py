@@ -587,24 +587,27 @@ class HitlWidget(QWidget):
             return
         session, progress = self.session, self.ranking.progress
 
-        def finished(preds):
+        def finished(report):
             self.rank_job = None
             if session is not self.session:
                 return
-            session.predicted(preds)
+            session.predicted(report)
             self._show_prediction()
             self.ranking.resort()
-            self.show_device(model=session.model.trainer.device_description)
-            progress.finish(f"Ranked {len(preds)} images by {self.ranking.choice}")
-            self.say(f"Ranked {len(preds)} images by {self.ranking.choice}")
+            self.show_device(model=f"{session.model.trainer.device_description}; batch on "
+                                   f"{report.workers} Dask worker{'s' if report.workers != 1 else ''}")
+            n = len(report.predicted) + report.skipped
+            failed = f"; {len(report.failed)} failed (see the log)" if report.failed else ""
+            progress.finish(f"Ranked {n} images by {self.ranking.choice}{failed}")
+            self.say(f"Ranked {n} images by {self.ranking.choice}{failed}")
 
         def failed(err):
             self.rank_job = None
             progress.finish("")
 
         self.say("Predicting every image…")
-        progress.start("predicting…")
-        self.rank_job = self.queue.submit("rank", session.predict_job(), finished, channel="rank", preemptible=True,
+        progress.start("starting the workers…")
+        self.rank_job = self.queue.submit("rank", session.batch_job(), finished, channel="rank", preemptible=True,
                                           on_error=failed,
                                           on_progress=lambda i, n: progress.step(i, n, f"predicting {i}/{n}"))
 
