@@ -57,3 +57,26 @@ def test_proposals_come_least_certain_first(session):
     conf = [p.confidence for p in props.items]
     assert conf == sorted(conf) and all(0.0 <= c <= 1.0 for c in conf)
     assert {p.id for p in props.items} == set(np.unique(props.instances[props.instances > 0]).tolist())
+
+
+def test_edits_leave_no_remnant_and_undo_only_what_is_still_theirs(session):
+    saved = np.zeros((40, 48), np.uint32)
+    saved[5:15, 5:15] = 2
+    saved[20:30, 20:30] = 3
+    session.commit_instances("a", saved, {2: 1, 3: 1})
+    shown = saved.copy()
+    shown[5:8, 5:15] = 0  # the person erased part of object 2 in the dock, unsaved
+    new, classes = session.edit_objects("a", shown, {2: 1, 3: 1}, "delete", [2])
+    ids, _, stored = session.read_instances("a")
+    assert not (ids == 2).any() and stored == {3: 1}  # no saved remnant of object 2
+    done = session.undo_edit()
+    ids, _, stored = session.read_instances("a")
+    assert done is not None and (ids[5:15, 5:15] == 2).all() and stored == {2: 1, 3: 1}
+    # an edit saved over by a later commit cannot be undone (the later work would be lost)
+    session.edit_objects("a", ids, stored, "delete", [3])
+    later = np.zeros((40, 48), np.uint32)
+    later[0:3, 0:3] = session.reserve_id("a")
+    session.commit_instances("a", later, {int(later[0, 0]): 1}, where=later > 0)
+    with pytest.raises(InputError, match="saved again"):
+        session.undo_edit()
+    assert int(later[0, 0]) not in (2, 3)  # ids are never handed out twice

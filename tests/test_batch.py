@@ -65,7 +65,13 @@ def test_predict_and_rank_on_two_worker_processes_and_resume(tmp_path):
         results = session.project.results(report.model)
         assert set(results) == set(names)
         probs = read_probs(session.project, "im3", report.model)
-        assert probs.shape == (1, 2, 48, 64) and np.allclose(np.asarray(probs).sum(axis=1), 1, atol=1e-2)
+        # class probabilities (2), then the instance head's boundary and distance maps
+        assert probs.shape == (1, 4, 48, 64) and np.allclose(np.asarray(probs)[:, :2].sum(axis=1), 1, atol=1e-2)
+        assert "object_uncertainty" in results["im3"]["scores"]
+        assert session.predictions.get("im3") is None  # the session uses the results once told
+        session.predicted(report)
+        pred = session.predictions["im3"][0]
+        assert pred.instances is not None and pred.pred.shape == (48, 64)
         rows = rank_results(names, results, "local consistency")
         assert [r.name for r in rows if r.value == r.value] and len(rows) == 6
         again = predict_project(session, client)  # everything is done for this model: nothing runs

@@ -113,3 +113,24 @@ def test_the_objects_panel_lists_proposals_and_answers_them_in_one_click(dock, q
     assert (np.asarray(layer.data)[50:55, 50:55] == 77).all()  # the unsaved painting is still shown
     assert panel.list.count() == 0 and not panel.layer.data.any()
     assert [e["event"] for e in dock.project.journal()][-2:] == ["accept_object", "reject_object"]
+
+
+def test_brush_objects_keep_the_class_they_were_painted_with(dock):
+    dock.sample_box.setCurrentIndex(dock.sample_box.findText("nuclei"))
+    dock.sample_box.activated.emit(dock.sample_box.currentIndex())
+    dock.project.add_class("debris")
+    dock.annotate.set_classes(dock.project.classes[1:])
+    layer = dock.labels_layer
+    oid = int(layer.selected_label)  # a fresh id for napari's brush, of class 1 (nucleus)
+    data = np.asarray(layer.data).copy()
+    data[10:20, 10:20] = oid
+    layer.data = data
+    dock.annotate.class_box.setCurrentIndex(dock.annotate.class_box.findData(2))  # now debris
+    assert dock.tools.cls == 2 and int(layer.selected_label) != oid  # the brush starts a new object
+    other = int(layer.selected_label)
+    data = np.asarray(layer.data).copy()
+    data[30:40, 30:40] = other
+    layer.data = data
+    dock.annotate.accept_button.click()
+    _, _, classes = dock.project.read_instances(dock.current)
+    assert classes[oid] == 1 and classes[other] == 2

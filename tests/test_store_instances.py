@@ -313,3 +313,69 @@ def test_png_export_refuses_ids_beyond_16_bits_and_import_checks_the_export(tmp_
         with pytest.raises(store.CorruptFileError, match="outside instances"):
             import_export(q, tmp_path / "out")
         assert q.counts("img0").total == q.counts("img0").unlabelled  # nothing was imported
+
+
+# --------------------------------------------------------------------------- ids over time and never reused
+
+def test_ids_are_image_wide_never_reused_and_one_object_over_time(tmp_path):
+    frames = _images(tmp_path / "frames", n=3)
+    with Project.create(tmp_path / "p", frames, timelapse=True, classes=["background", "cell", "debris"]) as p:
+        a = np.zeros((12, 14), np.uint32)
+        a[2:5, 2:5] = 4
+        p.commit_instances(0, a, {4: 1}, frame=0)
+        with pytest.raises(InputError, match="one object over time"):
+            p.commit_instances(0, a, {4: 2}, frame=2)  # id 4 is a cell on frame 0
+        lab = np.zeros((12, 14), np.uint8)
+        lab[6:9, 6:9] = 2
+        p.commit_labels(0, lab, frame=1, where=lab > 0)  # a new object: an id no frame uses
+        ids, _, classes = p.read_instances(0)
+        assert classes[4] == 1 and set(classes) - {4} and min(set(classes) - {4}) > 4
+        first = p.reserve_ids(0, 3)
+        assert first > max(classes) and p.reserve_ids(0) == first + 3
+        p.clear_labels(0, frame=0)  # object 4 goes
+        pred = np.zeros((12, 14), np.uint32)
+        pred[0:2, 0:2] = 1
+        p.commit_instances(0, pred, {1: 2}, frame=0, source="machine", where=pred > 0)
+        assert 4 not in p.read_instances(0, frame=0)[2] and min(p.read_instances(0, frame=0)[2]) > first + 3
+
+
+def test_migrated_stack_frames_do_not_share_ids(tmp_path):
+    root = tmp_path / "stack_v2"
+    shutil.copytree(FIXTURES / "stack_v2", root)
+    with Project.open(root) as p:
+        f1, f3 = p.read_instances(0, frame=1)[2], p.read_instances(0, frame=3)[2]
+        assert f1 and f3 and not set(f1) & set(f3)
+
+
+def test_a_long_first_format_name_keeps_its_labels(tmp_path):
+    root = tmp_path / "images_v1"
+    shutil.copytree(FIXTURES / "images_v1", root)
+    long = "cells_a_" + "x" * 130
+    records = json.loads((root / "images.json").read_text())
+    records[0]["name"] = long
+    (root / "images.json").write_text(json.dumps(records))
+    (root / "labels" / "cells_a.npz").rename(root / "labels" / f"{long}.npz")
+    with Project.open(root) as p:
+        name = p.images[0].name
+        assert name != long and p.counts(name).human == 16 * 20
+
+
+def test_import_refuses_links_and_wrong_shapes(tmp_path):
+    from napari_hitl.io import export_project, import_export
+
+    imgs = _images(tmp_path / "imgs", n=1)
+    with Project.create(tmp_path / "p", imgs) as p:
+        p.commit_instances("img0", _two_touching(), {5: 1, 9: 1})
+        export_project(p, tmp_path / "out", "png")
+    out = tmp_path / "out"
+    (out / "instances" / "img0.png").unlink()
+    (out / "instances" / "img0.png").symlink_to(tmp_path / "p" / "project.json")
+    with Project.create(tmp_path / "q", imgs) as q:
+        with pytest.raises(store.CorruptFileError, match="link"):
+            import_export(q, out)
+    (out / "instances" / "img0.png").unlink()
+    Image.fromarray(np.zeros((5, 5), np.uint16)).save(out / "instances" / "img0.png")
+    with Project.create(tmp_path / "r", imgs) as r:
+        with pytest.raises(store.CorruptFileError, match="shape"):
+            import_export(r, out)
+        assert r.counts("img0").human == 0

@@ -37,7 +37,14 @@ def create(args) -> int:
         if args.labels_from:
             from napari_hitl.io import import_export
 
-            n = import_export(project, args.labels_from, progress=lambda d, t: text_progress(d, t, "import"))
+            try:
+                n = import_export(project, args.labels_from, progress=lambda d, t: text_progress(d, t, "import"))
+            except BaseException:  # a half-imported project is no use: remove the new folder
+                import shutil
+
+                project.close()
+                shutil.rmtree(project.root, ignore_errors=True)
+                raise
             print(f"imported the labels of {n} image(s) from {args.labels_from} (object ids, classes and "
                   f"provenance as exported); {len(project.objects())} objects")
     return 0

@@ -638,6 +638,7 @@ def import_export(project, folder: str | os.PathLike, *, progress: Callable[[int
     with the export's object ids, classes and per-pixel provenance. Images are matched by
     name; the class tables must agree. Returns the number of images imported."""
     folder = Path(folder)
+    root = folder.resolve()
     manifest = read_export_manifest(folder)
     theirs = [(c["name"], c.get("kind", "thing")) for c in manifest["classes"]]
     ours = [(c.name, c.kind) for c in project.classes]
@@ -657,7 +658,19 @@ def import_export(project, folder: str | os.PathLike, *, progress: Callable[[int
 
         def read(kind):
             rels = e[kind] if isinstance(e[kind], list) else [e[kind]]
-            arrs = [read_labels(folder / rel) for rel in rels]
+            want = rec.label_shape if len(rels) == 1 else rec.shape
+            if len(rels) not in (1, rec.frames):
+                raise CorruptFileError(f"{folder}: {e['name']!r} lists {len(rels)} {kind} files for "
+                                       f"{rec.frames} frame(s)")
+            arrs = []
+            for rel in rels:
+                path = folder / rel
+                if path.is_symlink() or root not in path.resolve().parents:
+                    raise CorruptFileError(f"{folder}: {rel} is a link or leads outside the export; refused")
+                arr = read_labels(path)
+                if arr.shape != tuple(want):
+                    raise CorruptFileError(f"{path} has shape {arr.shape}; {e['name']!r} needs {tuple(want)}")
+                arrs.append(arr)
             return arrs[0] if len(arrs) == 1 else np.stack(arrs)
 
         ids, prov, labels = read("instances"), read("provenance"), read("labels")

@@ -92,6 +92,7 @@ CREATE TABLE objects(image INTEGER NOT NULL, frame INTEGER NOT NULL, id INTEGER 
                      class INTEGER NOT NULL, area INTEGER NOT NULL, provenance INTEGER NOT NULL,
                      y0 INTEGER NOT NULL, x0 INTEGER NOT NULL, y1 INTEGER NOT NULL, x1 INTEGER NOT NULL,
                      cy REAL NOT NULL, cx REAL NOT NULL, PRIMARY KEY(image, frame, id));
+CREATE TABLE marks(image INTEGER PRIMARY KEY, next_id INTEGER NOT NULL);
 CREATE TABLE results(image INTEGER NOT NULL, model TEXT NOT NULL, scores TEXT NOT NULL, features BLOB NOT NULL,
                      cache TEXT NOT NULL, PRIMARY KEY(image, model));
 CREATE TABLE journal(seq INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT NOT NULL, event TEXT NOT NULL,
@@ -774,8 +775,11 @@ class Project:
             planes = self._read_planes(db, rec, frames)
         if rec.is_stack and frame is None:
             classes: dict[int, int] = {}
-            for p in planes:
-                classes.update(p[2])
+            for t, p in zip(frames, planes):
+                for k, v in p[2].items():
+                    if classes.setdefault(k, v) != v:
+                        raise CorruptFileError(f"{self.root / DB_FILE}: object {k} of {rec.name!r} has class "
+                                               f"{classes[k]} and, on frame {t}, class {v}; an id is one object")
             return np.stack([p[0] for p in planes]), np.stack([p[1] for p in planes]), classes
         return planes[0][0], planes[0][1], planes[0][2]
 
@@ -900,6 +904,16 @@ class Project:
         if not isinstance(event, str) or not event.isidentifier():
             raise InputError(f"journal event {event!r} must be a word")
         written = [0]
+        names = [c.name for c in self._classes]
+
+        def check_over_time(frames_now: list[int]) -> None:
+            """An id is one object over a time-lapse: its class is the same on every frame."""
+            others = self._other_frames(self._ids[rec.name], frames_now)
+            for k, v in table.items():
+                o = others.get(k)
+                if o is not None and o[0] != v:
+                    raise InputError(f"object {k} is a {names[o[0]]!r} on frame {o[1]} of {rec.name!r}; an id is one "
+                                     f"object over time, so it cannot be a {names[v]!r} here (give it a new id)")
 
         def update(t, i, old_ids, old_prov, old_classes, next_id):
             plane = ids[i] if stacked else ids
@@ -909,6 +923,8 @@ class Project:
                 take &= ~np.isin(old_prov, KEPT)
                 plane, plane_classes = _renumber(plane, table, next_id)
             else:
+                if rec.is_stack and i == 0:
+                    check_over_time(frames)
                 plane_classes = table
             written[0] += int(take.sum())
             new_ids = np.where(take, plane, old_ids).astype(_INST_DTYPE)
@@ -958,8 +974,7 @@ class Project:
         with self._mutex:
             try:
                 old = dict(self._db.execute("SELECT frame, file FROM planes WHERE image = ?", (iid,)))
-                top = self._db.execute("SELECT max(id) FROM objects WHERE image = ?", (iid,)).fetchone()[0]
-                next_id = int(top or 0) + 1
+                next_id = self._next_id(self._db, iid)
                 n_classes = self.n_classes
                 rows, object_rows = [], []
                 for i, t in enumerate(frames):
@@ -1001,6 +1016,7 @@ class Project:
                                    "pseudo, simulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                     db.executemany("DELETE FROM objects WHERE image = ? AND frame = ?", [(iid, t) for t in frames])
                     db.executemany("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", object_rows)
+                    db.execute("INSERT OR REPLACE INTO marks VALUES (?, ?)", (iid, next_id))
                     counts = self._counts_of(db, rec)
                     self._journal(db, event, **entry(counts))
             except BaseException:
@@ -1013,6 +1029,34 @@ class Project:
                     pass  # a tampered pointer that was just replaced: there is no file of ours to delete
         self._collect()
         return counts
+
+    @staticmethod
+    def _next_id(db: sqlite3.Connection, iid: int) -> int:
+        """Above every object id image ``iid`` has used or handed out (ids are never reused, so
+        an undo or a frame of a time-lapse never meets an id that meant another object)."""
+        mark = db.execute("SELECT next_id FROM marks WHERE image = ?", (iid,)).fetchone()
+        top = db.execute("SELECT max(id) FROM objects WHERE image = ?", (iid,)).fetchone()[0]
+        return max(int(mark[0]) if mark else 1, int(top or 0) + 1)
+
+    def reserve_ids(self, image: str | int, n: int = 1) -> int:
+        """Hand out ``n`` new object ids of ``image`` (returns the first): ids the dock gives
+        objects a person makes, which no machine commit will take."""
+        self._writable()
+        rec = self.record(image)
+        if not 1 <= n <= 1 << 20:
+            raise InputError(f"reserve between 1 and {1 << 20} ids, not {n}")
+        iid = self._ids[rec.name]
+        with self._transaction(f"new object ids of {rec.name!r}") as db:
+            first = self._next_id(db, iid)
+            if first + n - 1 > inst.MAX_ID:
+                raise InputError(f"{rec.name!r} has used up its object ids; export and import it to renumber")
+            db.execute("INSERT OR REPLACE INTO marks VALUES (?, ?)", (iid, first + n))
+        return first
+
+    def _other_frames(self, iid: int, frames: list[int]) -> dict[int, tuple[int, int]]:
+        """``{id: (class, frame)}`` of the image's objects on frames other than ``frames``."""
+        rows = self._db.execute("SELECT id, class, frame FROM objects WHERE image = ?", (iid,)).fetchall()
+        return {oid: (cls, t) for oid, cls, t in rows if t not in frames}
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -1163,6 +1207,12 @@ class Project:
             db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
                        (self._ids[rec.name], model, payload, feats.tobytes(), rel))
             self._journal(db, "predicted", image=rec.name, model=model)
+
+    def drop_results(self, keep: str) -> int:
+        """Forget the saved results of every model but ``keep``; returns how many rows went."""
+        self._writable()
+        with self._transaction("dropping old results") as db:
+            return db.execute("DELETE FROM results WHERE model != ?", (keep,)).rowcount
 
     def results(self, model: str) -> dict[str, dict]:
         """The saved prediction results of ``model``, by image name: ``scores`` (dict), ``features``
@@ -1336,6 +1386,10 @@ def _build_db(path: Path, settings: dict, classes: list[ClassInfo], records: lis
                              r.dtype) for i, r in enumerate(records)])
             db.executemany("INSERT INTO planes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", planes)
             db.executemany("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", objects)
+            marks: dict[int, int] = {}
+            for row in objects:
+                marks[row[0]] = max(marks.get(row[0], 1), int(row[2]) + 1)
+            db.executemany("INSERT INTO marks VALUES (?, ?)", sorted(marks.items()))
             for e in journal:
                 e = dict(e)
                 db.execute("INSERT INTO journal(t, event, data) VALUES (?, ?, ?)",
@@ -1388,10 +1442,11 @@ def _clear_half_created(root: Path) -> None:
 # ---------------------------------------------------------------------------- migration
 
 def _convert_plane(root: Path, iid: int, t: int, labels: np.ndarray, prov: np.ndarray,
-                   kinds: list[str]) -> tuple[tuple, list[tuple]]:
-    """A class-map plane of an older format as an instance plane: writes its new label file
-    and returns its ``planes`` row and ``objects`` rows."""
-    ids, classes = inst.from_semantic(labels, kinds, where=prov != UNLABELLED)
+                   kinds: list[str], next_id: int = 1) -> tuple[tuple, list[tuple]]:
+    """A class-map plane of an older format as an instance plane (new ids from ``next_id``, so
+    the frames of a stack never share one): writes its new label file and returns its
+    ``planes`` row and ``objects`` rows."""
+    ids, classes = inst.from_semantic(labels, kinds, where=prov != UNLABELLED, next_id=next_id)
     rel = f"i{iid:06d}-t{t:05d}-{secrets.token_hex(6)}.npz"
     _write_npz(root / "labels" / rel, ids, prov)
     c = Counts.of(prov)
@@ -1511,13 +1566,14 @@ def _migrate_v2(root: Path, backup: Path) -> None:
     kinds = [c.kind for c in classes]
     order = sorted(records)
     index = {iid: k for k, iid in enumerate(order)}
-    planes, objects = [], []
+    planes, objects, next_ids = [], [], {}
     for iid, t, rel in plane_rows:
         if iid not in records:
             continue
         rec = records[iid]
         labels, prov = _read_old_plane(_inside(root / "labels", rel, "label file", path), rec, len(classes), SIMULATED)
-        row, objs = _convert_plane(root, index[iid], int(t), labels, prov, kinds)
+        row, objs = _convert_plane(root, index[iid], int(t), labels, prov, kinds, next_ids.get(iid, 1))
+        next_ids[iid] = max([next_ids.get(iid, 1), *(o[2] + 1 for o in objs)])
         planes.append(row)
         objects.extend(objs)
     journal.append(_entry("migrated", from_version=2, to_version=VERSION, images=len(records),
@@ -1570,11 +1626,14 @@ def _migrate_v1(root: Path, meta: dict) -> None:
             check_name(c.name, "class name", path_part=False)
         except InputError as err:
             raise CorruptFileError(f"{root / PROJECT_FILE}: {err}") from None
+    original_names = [r.name for r in records]
     records = [r if len(r.name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES else
                ImageRecord(short_name(r.name), r.files, r.shape, r.channels, r.frames, r.dtype) for r in records]
-    for r in records:
+    for r, old_name in zip(records, original_names):
         try:
             check_name(r.name)
+            if "/" in old_name or "\\" in old_name or old_name in (".", ".."):
+                raise InputError(f"image name {old_name[:60]!r} holds a path")
             for f in r.files:
                 _inside(Path("."), f, "image file", where)
         except InputError as err:
@@ -1583,14 +1642,16 @@ def _migrate_v1(root: Path, meta: dict) -> None:
         raise CorruptFileError(f"{where}: image names are not unique")
     kinds = [c.kind for c in classes]
     planes, objects = [], []
-    for iid, rec in enumerate(records):
-        for t in range(rec.frames):
-            rel = f"{rec.name}/t{t:05d}.npz" if rec.is_stack else f"{rec.name}.npz"
-            path = root / "labels" / rel
+    for iid, (rec, old_name) in enumerate(zip(records, original_names)):
+        next_id = 1
+        for t in range(rec.frames):  # the old files are named after the image's original name
+            rel = f"{old_name}/t{t:05d}.npz" if rec.is_stack else f"{old_name}.npz"
+            path = _inside(root / "labels", rel, "label file", where)
             if not path.exists():
                 continue
             labels, prov = _read_old_plane(path, rec, len(classes), PSEUDO)
-            row, objs = _convert_plane(root, iid, t, labels, prov, kinds)
+            row, objs = _convert_plane(root, iid, t, labels, prov, kinds, next_id)
+            next_id = max([next_id, *(o[2] + 1 for o in objs)])
             planes.append(row)
             objects.extend(objs)
     journal = _read_v1_journal(root / "journal.jsonl")

@@ -57,6 +57,17 @@ def model_bytes(host) -> tuple[bytes, str]:
     return data, hashlib.sha1(data).hexdigest()[:16]
 
 
+def _drop_other_models(project, token: str) -> None:
+    """Forget the results and cached maps of earlier models (they no longer describe the model)."""
+    dropped = project.drop_results(keep=token)
+    root = project.cache_dir / CACHE_FOLDER
+    for old in root.iterdir() if root.is_dir() else []:
+        if old.is_dir() and old.name != token:
+            shutil.rmtree(old, ignore_errors=True)
+    if dropped:
+        project.log("results_dropped", kept=token, images=dropped)
+
+
 def _worker_model(token: str, weights: bytes, num_classes: int):
     """The model of ``token`` on this worker, built from ``weights`` on first use."""
     model = _MODELS.get(token)
@@ -78,12 +89,13 @@ def _worker_model(token: str, weights: bytes, num_classes: int):
 
 
 def predict_task(name: str, paths: list[str], stack: bool, token: str, weights: bytes, num_classes: int,
-                 cache: str, beta: float = 0.9) -> dict:
-    """One image on a worker: predict, write the probabilities to ``cache`` (zarr, atomically),
-    return ``{"name", "scores", "features", "cache", "seconds"}`` (small)."""
+                 cache: str, stuff: tuple = (), beta: float = 0.9) -> dict:
+    """One image on a worker: predict classes and objects, write the maps (class probabilities,
+    then the instance head's boundary and distance) to ``cache`` (zarr, atomically), return
+    ``{"name", "scores", "features", "cache", "seconds"}`` (small)."""
     from napari_hitl import io
     from napari_hitl.active.uncertainty import Prediction
-    from napari_hitl.app.rank import image_score
+    from napari_hitl.app.rank import SCORE_FIELDS, image_score
     from napari_hitl.model.segnet import predict_with_features
 
     t0 = time.perf_counter()
@@ -95,13 +107,12 @@ def predict_task(name: str, paths: list[str], stack: bool, token: str, weights: 
         planes = list(image) if stack else [image]
     preds, probs = [], []
     for plane in planes:
-        p, f = predict_with_features(model, plane)
-        preds.append(Prediction.from_probs(p, f.mean(axis=(1, 2)).astype(np.float32)))
+        p, f = predict_with_features(model, plane, with_instances=True)
+        preds.append(Prediction.from_instance_maps(p, num_classes, f.mean(axis=(1, 2)).astype(np.float32), stuff))
         probs.append(p.astype(np.float16))
     _write_probs(Path(cache), np.stack(probs))
     score = image_score(0, name, preds, beta)
-    fields = ("consistency", "entropy", "margin_uncertainty", "object_fraction", "unsure_fraction")
-    return {"name": name, "scores": {f: float(getattr(score, f)) for f in fields},
+    return {"name": name, "scores": {f: float(getattr(score, f)) for f in SCORE_FIELDS},
             "features": np.mean([p.features for p in preds], axis=0).astype(np.float32),
             "cache": cache, "seconds": time.perf_counter() - t0}
 
@@ -156,6 +167,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
     names = [r.name for r in project.images] if names is None else list(names)
     weights, token = model_bytes(session.model)
     report = BatchReport(model=token)
+    _drop_other_models(project, token)
     t0 = time.perf_counter()
     done = project.results(token)
     todo = [n for n in names if n not in done]
@@ -166,6 +178,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
     weights_future = client.scatter(weights, broadcast=True)
     cache_root = project.cache_dir / CACHE_FOLDER / token
     n_classes = project.n_classes
+    stuff = tuple(c.id for c in project.classes if c.kind == "stuff" and c.id)
     total, finished = len(names), report.skipped
     if progress is not None:
         progress(finished, total)
@@ -174,7 +187,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
         rec = project.record(name)
         paths = [str(p) for p in project.image_paths(name)]
         return client.submit(predict_task, name, paths, rec.is_stack, token, weights_future, n_classes,
-                             str(cache_root / f"{name}.zarr"), key=f"predict-{token}-{name}", pure=False,
+                             str(cache_root / f"{name}.zarr"), stuff, key=f"predict-{token}-{name}", pure=False,
                              retries=2)
 
     queue = iter(todo)
@@ -188,20 +201,20 @@ def predict_project(session, client, names: list[str] | None = None, *,
     try:
         for future in pending:
             submitted.discard(future)
-            if should_stop is not None and should_stop():
-                report.cancelled = True
-                break
             name = future.key.split(f"predict-{token}-", 1)[-1]
             try:
                 result = future.result()
             except Exception as err:  # noqa: BLE001 - one image's failure is reported, the run goes on
                 report.failed[name] = f"{type(err).__name__}: {err}"
-            else:
+            else:  # saved before anything else: a finished image is never thrown away
                 project.save_result(result["name"], token, result["scores"], result["features"], result["cache"])
                 report.predicted.append(result["name"])
             finished += 1
             if progress is not None:
                 progress(finished, total)
+            if should_stop is not None and should_stop():
+                report.cancelled = True
+                break
             nxt = next(queue, None)
             if nxt is not None:
                 submitted.add(f := submit(nxt))

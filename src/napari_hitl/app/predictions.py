@@ -84,7 +84,13 @@ class CachedPredictions(Mapping):
             raise ProjectError(f"the cached prediction of {name!r} ({result['cache']}) is missing or damaged "
                                f"({type(err).__name__}); run Predict & rank again") from err
         features = result["features"]
-        preds = [Prediction.from_probs(np.asarray(probs[t], np.float32), features) for t in range(probs.shape[0])]
+        n = self.project.n_classes
+        stuff = [c.id for c in self.project.classes if c.kind == "stuff" and c.id]
+        if probs.shape[1] == n + 2:  # class probabilities, then the instance head's two maps
+            preds = [Prediction.from_instance_maps(np.asarray(probs[t], np.float32), n, features, stuff)
+                     for t in range(probs.shape[0])]
+        else:
+            preds = [Prediction.from_probs(np.asarray(probs[t], np.float32), features) for t in range(probs.shape[0])]
         with self._lock:
             self._loaded[name] = preds
             while len(self._loaded) > self.keep:

@@ -12,15 +12,18 @@ from napari_hitl.errors import InputError
 
 #: the panel's orders: label -> a strategy of :mod:`napari_hitl.active.ranking` (a scorer of its
 #: SCORERS registry, or coverage), or "diversity" (margin, its k-means picks on top)
-RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": "margin", "diversity": "diversity",
-            "coverage": "coverage"}
+RANKINGS = {"local consistency": "consistency", "entropy": "entropy", "margin": "margin",
+            "least certain objects": "objects", "diversity": "diversity", "coverage": "coverage"}
+#: the ImageScore fields a batch run saves per image (what every ranking reads)
+SCORE_FIELDS = ("consistency", "entropy", "margin_uncertainty", "object_fraction", "unsure_fraction",
+                "object_uncertainty")
 
 
 def image_score(index: int, name: str, preds: list[Prediction], beta: float) -> ImageScore:
     """One :class:`ImageScore` per image (a time-lapse: the mean over its frames)."""
-    per = [score_maps(p.conf, p.pred, p.margin, p.entropy, beta, 0, index, name) for p in preds]
-    fields = ("consistency", "entropy", "margin_uncertainty", "object_fraction", "unsure_fraction")
-    return ImageScore(index, name, **{f: float(np.mean([getattr(s, f) for s in per])) for f in fields})
+    per = [score_maps(p.conf, p.pred, p.margin, p.entropy, beta, 0, index, name, instances=p.instances,
+                      boundary=p.boundary) for p in preds]
+    return ImageScore(index, name, **{f: float(np.mean([getattr(s, f) for s in per])) for f in SCORE_FIELDS})
 
 
 @dataclass
@@ -58,8 +61,7 @@ def rank_results(names: list[str], results: dict[str, dict], choice: str, budget
     if choice not in RANKINGS:
         raise InputError(f"unknown ranking {choice!r}; use one of {', '.join(RANKINGS)}")
     have = [n for n in names if n in results]
-    fields = ("consistency", "entropy", "margin_uncertainty", "object_fraction", "unsure_fraction")
-    scores = [ImageScore(i, n, **{f: float(results[n]["scores"].get(f, float("nan"))) for f in fields})
+    scores = [ImageScore(i, n, **{f: float(results[n]["scores"].get(f, float("nan"))) for f in SCORE_FIELDS})
               for i, n in enumerate(have)]
     return _rank(names, have, scores, lambda: np.stack([results[n]["features"] for n in have]), choice, budget,
                  labelled)

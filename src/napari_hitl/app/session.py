@@ -24,7 +24,7 @@ from napari_hitl.active.pseudo import PseudoSettings
 from napari_hitl.app.model_host import ModelHost
 from napari_hitl.app.predictions import CachedPredictions
 from napari_hitl.errors import InputError
-from napari_hitl.project import HUMAN, Counts, Project
+from napari_hitl.project import Counts, Project
 
 #: what a listener can hear (see the module docstring)
 EVENTS = ("committed", "predicted", "trained")
@@ -36,17 +36,23 @@ ANSWERS = ("human", "machine", "simulated")
 EDITS = ("delete", "merge", "split")
 
 
+#: object edits kept for undo, per session (older ones cannot be undone)
+MAX_EDITS = 20
+
+
 @dataclass
 class Edit:
-    """One object edit, kept so it can be undone: the plane before it and the pixels it changed."""
+    """One object edit, kept so it can be undone: the pixels it changed, what they held before
+    (ids, classes of those ids, provenance) and the label file the edit saved."""
 
     name: str
     frame: int | None
     op: str
-    before: np.ndarray
-    classes: dict[int, int]
-    changed: np.ndarray
-    provenance: np.ndarray  # the provenance the changed pixels had
+    pixels: np.ndarray         # flat indices of the changed pixels
+    ids: np.ndarray            # their object ids before the edit
+    provenance: np.ndarray     # their provenance before the edit
+    classes: dict[int, int]    # the class of each id in ``ids``
+    file: object               # the plane's label file right after the edit
 
 
 class Session:
@@ -143,52 +149,73 @@ class Session:
         self._emit("committed", name, counts)
         return counts
 
+    def reserve_id(self, name: str) -> int:
+        """A new object id for ``name`` that no other object of it has had or will get."""
+        with self.lock:
+            return self.project.reserve_ids(name)
+
     def edit_objects(self, name: str, plane: np.ndarray, classes: dict[int, int], op: str, ids, *,
                      frame: int | None = None, line=None, seeds=None) -> tuple[np.ndarray, dict[int, int]]:
         """Delete, merge or split objects of ``plane`` (what the person sees, with its classes),
-        save the pixels that change as the person's (journalled as ``op``) and return the new
-        plane and classes. :meth:`undo_edit` takes it back."""
+        save the pixels that change, and every saved pixel of the objects involved, as the
+        person's (journalled as ``op``), and return the new plane and classes.
+        :meth:`undo_edit` takes it back."""
         if op not in EDITS:
             raise InputError(f"an object edit is one of {EDITS}, got {op!r}")
         plane = inst.check_instances(plane, what="objects")
         ids = [int(i) for i in ids]
-        if op == "delete":
-            new, new_classes = inst.delete(plane, classes, ids[0])
-        elif op == "merge":
-            new, new_classes = inst.merge(plane, classes, ids)
-        else:
-            new, new_classes, created = inst.split(plane, classes, ids[0], line=line, seeds=seeds)
-            ids = [ids[0], created]
-        changed = new != plane
         with self.lock:
-            _, prov, _ = self.project.read_instances(name, frame=frame)
-            before = plane.copy()
-            self.project.commit_instances(name, new, new_classes, where=changed, frame=frame, event=op, ids=ids)
+            saved, prov, saved_classes = self.project.read_instances(name, frame=frame)
+            if op == "delete":
+                new, new_classes = inst.delete(plane, classes, ids[0])
+            elif op == "merge":
+                new, new_classes = inst.merge(plane, classes, ids)
+            else:
+                new_id = self.project.reserve_ids(name)
+                new, new_classes, made = inst.split(plane, classes, ids[0], line=line, seeds=seeds)
+                new = np.where(new == made, np.uint32(new_id), new)
+                new_classes[new_id] = new_classes.pop(made)
+                ids = [ids[0], new_id]
+            where = (new != plane) | np.isin(saved, np.asarray(ids, np.uint32))  # no saved remnant stays
+            pixels = np.flatnonzero(where)
+            before = saved.ravel()[pixels]
+            self.project.commit_instances(name, new, new_classes, where=where, frame=frame, event=op, ids=ids)
             counts = self.project.counts(name)
-        self.edits.append(Edit(name, frame, op, before, dict(classes), changed, prov[changed]))
+            edit = Edit(name, frame, op, pixels, before, prov.ravel()[pixels].copy(),
+                        {k: v for k, v in saved_classes.items() if k in set(before.tolist())},
+                        self.project.label_file(name, frame))
+        self.edits = [*self.edits[-(MAX_EDITS - 1):], edit]
         self.answers_since_training += 1
         self._emit("committed", name, counts)
         return new, new_classes
 
     def undo_edit(self) -> tuple[Edit, np.ndarray, dict[int, int]] | None:
-        """Take back the newest object edit (journalled as 'undo'); returns it with the plane
-        and classes restored, or None if there is nothing to undo."""
+        """Take back the newest object edit (journalled as 'undo'); returns it with the saved
+        plane and classes as they are now, or None if there is nothing to undo. An edit can be
+        undone only while its image holds what the edit saved (no later save)."""
         if not self.edits:
             return None
-        e = self.edits.pop()
+        e = self.edits[-1]
         with self.lock:
-            _, prov, _ = self.project.read_instances(e.name, frame=e.frame)
-            prov = prov.copy()
-            prov[e.changed] = e.provenance
-            # an object the person had made but not saved yet comes back as theirs
-            prov[e.changed & (e.before != 0) & (prov == 0)] = HUMAN
-            present = set(inst.ids_of(e.before).tolist())
-            classes = {k: v for k, v in e.classes.items() if k in present}
-            self.project.commit_instances(e.name, e.before, classes, where=e.changed, frame=e.frame,
-                                          provenance=prov, event="undo", of=e.op)
+            if self.project.label_file(e.name, e.frame) != e.file:
+                self.edits = [x for x in self.edits if (x.name, x.frame) != (e.name, e.frame)]
+                raise InputError(f"{e.name!r} was saved again after the {e.op}; Undo edit takes back only an edit "
+                                 "that is the image's last change")
+            ids, prov, classes = self.project.read_instances(e.name, frame=e.frame)
+            ids, prov = ids.copy(), prov.copy()
+            ids.ravel()[e.pixels] = e.ids
+            prov.ravel()[e.pixels] = e.provenance
+            merged = {**classes, **e.classes}
+            present = set(inst.ids_of(ids).tolist())
+            restored = {k: v for k, v in merged.items() if k in present}
+            where = np.zeros(ids.shape, bool)
+            where.ravel()[e.pixels] = True
+            self.project.commit_instances(e.name, ids, restored, where=where, frame=e.frame, provenance=prov,
+                                          event="undo", of=e.op)
             counts = self.project.counts(e.name)
+        self.edits.pop()
         self._emit("committed", e.name, counts)
-        return e, e.before, classes
+        return e, ids, restored
 
     def wants_training(self, every: int) -> bool:
         """True once ``every`` answers were saved since the last training round."""

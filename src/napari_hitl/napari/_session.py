@@ -65,6 +65,7 @@ class PromptSession:
     active: int | None = None
     new_region: bool = False
     shown: np.ndarray | None = None
+    id_source: object = None  # a callable giving new object ids (the project's), or None: the plane's next
     _next_id: int = 1
 
     def __post_init__(self):
@@ -103,7 +104,7 @@ class PromptSession:
 
     def _new(self, label: int, adopt: int = 0) -> Region:
         """A new region: a new object of class ``label``, or the plane's object ``adopt``."""
-        oid = adopt or self.next_oid()
+        oid = adopt or (int(self.id_source()) if self.id_source is not None else self.next_oid())
         mask = (self.base == adopt) if adopt else None
         r = Region(self._next_id, RegionPrompts(int(label)), mask=mask, oid=oid)
         self._next_id += 1

@@ -18,6 +18,7 @@ import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from napari_hitl.errors import HitlError, InputError
+from napari_hitl.instances import ids_of
 from napari_hitl.interactive.engine import DEFAULT_ENGINE
 from napari_hitl.napari._layers import META_CLASSES
 from napari_hitl.napari._session import PromptSession, predict_regions
@@ -112,6 +113,7 @@ class ToolController(QObject):
         self.engine_name = DEFAULT_ENGINE
         self.full_image = True
         self.cls = 1  # the class new objects get (the dock's class selector)
+        self.id_source = None  # a callable giving new object ids of the shown image (the dock's session)
         self.split_points: list = []  # split mode: the first of two clicks
         self.host = EngineHost()
         self.sessions: dict[tuple[str, int], PromptSession] = {}
@@ -211,7 +213,7 @@ class ToolController(QObject):
         t = self.frame() if frame is None else frame
         key = (self.image, t)
         if key not in self.sessions:
-            self.sessions[key] = PromptSession(self._plane(t), classes=self.layer_classes())
+            self.sessions[key] = PromptSession(self.plane(t), classes=self.layer_classes(), id_source=self.id_source)
         return self.sessions[key]
 
     def layer_classes(self) -> dict[int, int]:
@@ -222,13 +224,27 @@ class ToolController(QObject):
         """The class of every object id in the shown plane: saved objects, regions, and ids
         painted by hand with napari's brush (those take the dock's class)."""
         t = self.frame() if frame is None else frame
-        plane = self._plane(t)
-        s = self.sessions.get((self.image, t))
-        classes = {**self.layer_classes(), **(s.object_classes() if s is not None else {})}
-        present = [int(i) for i in np.unique(plane) if i]
-        return {i: classes.get(i, self.cls) for i in present}
+        classes = self.known_classes(t)
+        return {i: classes.get(i, self.cls) for i in ids_of(self.plane(t)).tolist()}
 
-    def _plane(self, t: int) -> np.ndarray:
+    def known_classes(self, frame: int | None = None) -> dict[int, int]:
+        """The classes the layer and the prompts know (no scan of the pixels: cheap)."""
+        t = self.frame() if frame is None else frame
+        s = self.sessions.get((self.image, t))
+        return {**self.layer_classes(), **(s.object_classes() if s is not None else {})}
+
+    def pin_classes(self, frame: int | None = None) -> None:
+        """Give ids painted with napari's brush, which have no class yet, the current class for
+        good (before the class changes)."""
+        if self.layer is None:
+            return
+        t = self.frame() if frame is None else frame
+        known = self.known_classes(t)
+        new = {i: int(self.cls) for i in ids_of(self.plane(t)).tolist() if i not in known}
+        if new:
+            self.layer.metadata[META_CLASSES] = {**self.layer_classes(), **new}
+
+    def plane(self, t: int) -> np.ndarray:
         data = np.asarray(self.layer.data)
         return data[t] if data.ndim == 3 else data
 
@@ -370,7 +386,7 @@ class ToolController(QObject):
         s = self.session()
         if s is None:
             return
-        s.absorb(self._plane(self.frame()))
+        s.absorb(self.plane(self.frame()))
         s.reset()
         self._draw_prompts()
         self.show(s)
@@ -383,7 +399,7 @@ class ToolController(QObject):
             self.layer.metadata[META_CLASSES] = {**self.layer_classes(), **classes}
         for (name, t), s in self.sessions.items():
             if name == self.image:
-                s.commit(self._plane(t), {**self.layer_classes(), **s.object_classes()})
+                s.commit(self.plane(t), {**self.layer_classes(), **s.object_classes()})
         self._draw_prompts()
 
     def _after_prompt(self, s: PromptSession, r, frame) -> None:
@@ -430,7 +446,7 @@ class ToolController(QObject):
         if self.layer is None:
             return
         t = self.frame() if frame is None else frame
-        current = self._plane(t)
+        current = self.plane(t)
         s.absorb(current)
         new = s.composite()
         changed = np.nonzero(new != current)

@@ -31,7 +31,7 @@ from napari_hitl.app.session import Session
 from napari_hitl.errors import HitlError, InputError
 from napari_hitl.napari._annotate import AnnotatePanel
 from napari_hitl.napari._layers import (META_CLASSES, META_IMAGE, META_PROJECT, claim_project_folder,
-                                        image_layer_data, label_colormap)
+                                        image_layer_data, label_colormap, show_saved)
 from napari_hitl.napari._prediction import PredictionLayers
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
 from napari_hitl.napari._section import section
@@ -263,16 +263,22 @@ class HitlWidget(QWidget):
 
     def _class_chosen(self, cid: int) -> None:
         """A class picked in the dock: new regions get it, and napari's brush paints a new object of it."""
-        self.tools.cls = int(cid)
         layer = self.labels_layer
         if layer is not None:
+            self.tools.pin_classes()  # brush objects keep the class they were painted with
+        self.tools.cls = int(cid)
+        if layer is not None:
             s = self.tools.session()
-            selected = int(layer.selected_label)
-            if self.tools.object_classes().get(selected, self.tools.layer_classes().get(selected)) != cid:
-                fresh = max(s.next_oid() if s is not None else 1, int(np.asarray(layer.data).max()) + 1)
-                layer.selected_label = fresh
+            if self.tools.known_classes().get(int(layer.selected_label)) != cid:
+                layer.selected_label = self._fresh_id()
             if s is not None:
                 s.new_region = True
+
+    def _fresh_id(self) -> int:
+        """A new object id of the shown image (the project hands it out; never reused)."""
+        if self.session is not None and self.current is not None:
+            return self.session.reserve_id(self.current)
+        return int(np.asarray(self.labels_layer.data).max()) + 1
 
     def _sync_class(self, event=None) -> None:
         """napari's selected label picks an object: the dock shows its class, and remembers the
@@ -283,7 +289,7 @@ class HitlWidget(QWidget):
         oid = int(layer.selected_label)
         if oid and oid != (self.picked[-1] if self.picked else None):
             self.picked = [*self.picked[-1:], oid]
-        cls = {**self.tools.layer_classes(), **self.tools.object_classes()}.get(oid)
+        cls = self.tools.known_classes().get(oid)
         if cls is not None:
             self.tools.cls = int(cls)
             self.annotate.show_class(int(cls))
@@ -349,8 +355,14 @@ class HitlWidget(QWidget):
             self.say("No object edit to undo.")
             return
         edit, plane, classes = done
-        if edit.name == self.current:
-            self._show_plane(plane, classes, edit.frame)
+        if edit.name == self.current and self.labels_layer is not None:
+            mask = np.zeros(plane.shape, bool)
+            mask.ravel()[edit.pixels] = True
+            show_saved(self.labels_layer, self.session, edit.name, edit.frame, mask)  # unsaved work elsewhere stays
+            s = self.tools.sessions.get((self.current, edit.frame or 0))
+            if s is not None:
+                s.absorb(self.tools.plane(edit.frame or 0))
+                s.classes.update(classes)
         self.say(f"Undid the {edit.op} (saved)")
 
     def _show_plane(self, plane: np.ndarray, classes: dict[int, int], frame: int | None) -> None:
@@ -464,9 +476,8 @@ class HitlWidget(QWidget):
         labels_layer.events.selected_label.connect(self._sync_class)
         labels_layer.brush_size = self.annotate.brush.value()
         self.picked = []
-        # napari's brush starts a new object of the dock's class
-        labels_layer.selected_label = max(int(np.asarray(labels_layer.data).max()),
-                                          *self.tools.layer_classes(), 0) + 1
+        self.tools.id_source = lambda name=self.current: self.session.reserve_id(name)
+        labels_layer.selected_label = self._fresh_id()  # napari's brush starts a new object of the dock's class
         self._sync_class()
         self.suggestions.image_shown(self.session, self.current, labels_layer)
         self.objects.image_shown(self.session, self.current, labels_layer)
