@@ -6,7 +6,8 @@ Run under a display (or a virtual one)::
 
 A 10 ms QTimer measures how late the event loop serves it (the longest stall is the longest
 time the UI could not react). Phases: idle; clicks alone (one every --interval seconds); clicks
-while a training round and the re-ranking run in the background. For every click it records
+while a training round and the re-ranking run in the background; the objects panel finding
+the objects of a 1024x1024 image (instance prediction and decoding off the UI thread). For every click it records
 the time from the engine's answer (the worker returning) to the mask painted into the Labels
 layer, and to the next canvas draw that shows it. Targets: no stall > 100 ms; mask shown
 within 100 ms of the engine's answer.
@@ -38,6 +39,8 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=2.0, help="seconds of the idle phase")
     parser.add_argument("--window", default="1280x800", help="window size WxH (canvas painting cost grows with it)")
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
+    parser.add_argument("--no-objects", dest="objects", action="store_false",
+                        help="skip the phase that finds the objects of a 1024x1024 image")
     args = parser.parse_args()
     os.environ.setdefault("NAPARI_HITL_HOME", tempfile.mkdtemp(prefix="napari-hitl-bench-"))
 
@@ -216,6 +219,33 @@ def main() -> int:
 
     measure("clicks during training + ranking", training_phase)
     spin(0.3)
+
+    def open_big_image():
+        """A project of one 1024x1024 image (the sample tiled), opened in the dock."""
+        from PIL import Image
+
+        from napari_hitl.project import Project
+
+        folder = tempfile.mkdtemp(prefix="napari-hitl-objects-")
+        img = np.asarray(dock.image_layer.data)
+        big_img = np.tile(img, (1024 // img.shape[0] + 1, 1024 // img.shape[1] + 1) + (1,) * (img.ndim - 2))
+        Image.fromarray(np.ascontiguousarray(big_img[:1024, :1024])).save(os.path.join(folder, "big.png"))
+        dock.open_project(Project.create(os.path.join(folder, "p"), folder, classes=["background", "nucleus"]))
+        wait(lambda: not dock.queue.busy)
+        spin(0.5)
+
+    def objects_phase():
+        """The objects panel on a 1024x1024 image: instance prediction off the UI thread."""
+        t0 = time.perf_counter()
+        dock.objects.find()
+        wait(lambda: dock.objects.proposals is not None and not dock.queue.busy)
+        return {"objects": len(dock.objects.proposals.items), "find_seconds": time.perf_counter() - t0,
+                "image": "1024x1024"}
+
+    if args.objects:
+        open_big_image()
+        measure("find objects, 1024x1024", objects_phase)
+        spin(0.3)
 
     lat = [p - a for a, p in painted]
     result = {"engine": args.engine, "device": dock.device_label.text(), "phases": phases,

@@ -80,3 +80,28 @@ def test_edits_leave_no_remnant_and_undo_only_what_is_still_theirs(session):
     with pytest.raises(InputError, match="saved again"):
         session.undo_edit()
     assert int(later[0, 0]) not in (2, 3)  # ids are never handed out twice
+
+
+def test_pseudo_labels_go_object_by_object(session):
+    from napari_hitl.active.uncertainty import Prediction
+    from napari_hitl.app.pseudo import commit_pseudo_objects
+    from napari_hitl.project import PSEUDO
+
+    person = np.zeros((40, 48), np.uint32)
+    person[35:40, 0:5] = session.reserve_id("a")
+    session.commit_instances("a", person, {int(person[36, 1]): 1}, where=person > 0)
+    probs = np.zeros((2, 40, 48), np.float32)
+    probs[0] = 0.99
+    ids = np.zeros((40, 48), np.uint32)
+    ids[5:15, 5:15], ids[20:30, 20:30] = 1, 2
+    probs[1][ids > 0], probs[0][ids > 0] = 0.97, 0.03
+    probs[1][ids == 2], probs[0][ids == 2] = 0.6, 0.4  # object 2 is unsure
+    pred = Prediction.from_probs(probs)
+    pred.instances, pred.classes = ids, {1: 1, 2: 1}
+    pred.object_conf = np.array([1.0, 0.97, 0.6], np.float32)
+    where, _ = commit_pseudo_objects(session.project, "a", pred, delta=0.9)
+    saved, prov, classes = session.read_instances("a")
+    assert (prov[5:15, 5:15] == PSEUDO).all() and len(set(saved[5:15, 5:15].ravel().tolist())) == 1
+    assert not saved[20:30, 20:30].any() and not (prov[19:31, 19:31] == PSEUDO).any()  # unsure: nothing near it
+    assert (prov[0:3, 40:48] == PSEUDO).all()  # confident background far from unsure objects
+    assert (saved[35:40, 0:5] == person[35:40, 0:5]).all()  # the person's object is kept

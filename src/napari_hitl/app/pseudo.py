@@ -1,4 +1,9 @@
-"""Pseudo-labels written to the project: this round's replace last round's (humans always win)."""
+"""Pseudo-labels written to the project: this round's replace last round's (humans always win).
+
+With the model's objects at hand (the instance head), pseudo-labels go object by object: a
+confident object is saved whole, an unsure one not at all (nor the background ring around it),
+so the model never learns half an object; otherwise confident pixels are saved one by one.
+"""
 
 from __future__ import annotations
 
@@ -46,10 +51,33 @@ def _update_pseudo(project, predictions, settings: PseudoSettings, t: int) -> in
                 lab, pv = np.where(old, 0, lab), np.where(old, 0, pv)
             if i not in chosen:
                 continue
-            where, _ = commit_pseudo_labels(project, name, predictions[name][t_ if stack else 0], settings.delta,
-                                            frame=t_, labels=lab, provenance=pv)
+            pred = predictions[name][t_ if stack else 0]
+            commit = commit_pseudo_objects if pred.instances is not None else commit_pseudo_labels
+            where, _ = commit(project, name, pred, settings.delta, frame=t_, labels=lab, provenance=pv)
             total += int(where.sum())
     return total
+
+
+def commit_pseudo_objects(project, name: str, pred: Prediction, delta: float, frame: int | None = None,
+                          labels=None, provenance=None) -> tuple[np.ndarray, np.ndarray]:
+    """Save the confident objects of ``pred`` whole (object confidence > ``delta``) and the
+    confident background away from unsure objects as pseudo labels of one plane of ``name``,
+    never over a person's or accepted labels. Returns ``(where, labels)`` like
+    :func:`commit_pseudo_labels`."""
+    from napari_hitl.active.objects import pseudo_instances
+
+    if labels is None or provenance is None:
+        labels, provenance = project.read_labels(name, frame=frame)
+    bg_conf = np.where(pred.pred == 0, pred.conf, 0.0).astype(np.float32)
+    new_lab, new_prov, new_inst = pseudo_instances(pred.instances, pred.object_conf, delta, pred.classes, labels,
+                                                   provenance, bg_conf=bg_conf)
+    where = new_prov == PSEUDO
+    if where.any():
+        ids = np.where(where, new_inst, 0).astype(np.uint32)
+        sel = ids > 0
+        classes = {int(k): int(c) for k, c in zip(*np.unique(np.stack([ids[sel], new_lab[sel]]), axis=1))}
+        project.commit_instances(name, ids, classes, source="pseudo", where=where, frame=frame)
+    return where, new_lab
 
 
 def commit_pseudo_labels(project, name: str, pred: Prediction, delta: float, frame: int | None = None,

@@ -536,9 +536,17 @@ class HitlWidget(QWidget):
         layers under the person's labels (see :mod:`napari_hitl.napari._prediction`)."""
         if self.session is None or self.current is None or not self.session.model.trained:
             return
-        preds = self.session.predictions.get(self.current)
-        if preds:
-            self.prediction.show(self.current, preds, label_colormap(self.project), below=self.labels_layer)
+        session, name = self.session, self.current
+        if name not in session.predictions:
+            return
+
+        def done(preds) -> None:
+            if preds and session is self.session and name == self.current:
+                self.prediction.show(name, preds, label_colormap(self.project), below=self.labels_layer)
+
+        # read from the cache and decode its objects on the worker, not on the UI thread
+        self.queue.submit("show prediction", lambda ctx: session.predictions.get(name), done,
+                          channel="show-prediction")
 
     def open_next(self) -> None:
         """Show the next image that is not fully labelled by a human: the most useful one when the
