@@ -105,3 +105,15 @@ def test_pseudo_labels_go_object_by_object(session):
     assert not saved[20:30, 20:30].any() and not (prov[19:31, 19:31] == PSEUDO).any()  # unsure: nothing near it
     assert (prov[0:3, 40:48] == PSEUDO).all()  # confident background far from unsure objects
     assert (saved[35:40, 0:5] == person[35:40, 0:5]).all()  # the person's object is kept
+
+
+def test_the_project_s_objects_train_the_instance_head(session):
+    from napari_hitl.model.train import samples_from_project
+
+    session.project.add_class("sky", kind="stuff")
+    ids = np.zeros((40, 48), np.uint32)
+    ids[5:15, 5:15], ids[5:15, 15:25], ids[30:, :] = 4, 5, 9  # two touching cells and a sky area
+    session.commit_instances("a", ids, {4: 1, 5: 1, 9: 2})
+    (smp,) = samples_from_project(session.project)
+    assert (smp.labels[30:] == 2).all() and (smp.labels[5:15, 5:25] == 1).all()
+    assert set(np.unique(smp.instances).tolist()) == {0, 4, 5}  # the sky is no object

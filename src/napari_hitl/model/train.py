@@ -438,23 +438,37 @@ def samples_from_project(project, names: Iterable[str] | None = None,
     """Training samples of an open ``napari_hitl.project.Project``: every image (or frame) with a label.
 
     Uses ``project.images`` (records with ``.name`` and ``.is_stack``/``.frames``),
-    ``project.read_image(name, frame)`` and ``project.read_labels(name, frame)``. Images
-    are read only when they hold labels.
+    ``project.read_image(name, frame)`` and ``project.read_instances(name, frame)`` (or
+    ``read_labels`` for a store without objects). Images are read only when they hold labels.
+    The objects of "thing" classes train the instance head; stuff areas do not.
     """
+    from napari_hitl.instances import semantic
+
     out = []
     wanted = None if names is None else set(names)
+    kinds = [getattr(c, "kind", "thing") for c in getattr(project, "classes", [])]
+    with_objects = hasattr(project, "read_instances")
     for rec in project.images:
         name = getattr(rec, "name", rec)
         if wanted is not None and name not in wanted:
             continue
         frames = range(rec.frames) if getattr(rec, "is_stack", False) else [None]
         for t in frames:
-            labels, prov = project.read_labels(name) if t is None else project.read_labels(name, frame=t)
+            objects = None
+            if with_objects:
+                ids, prov, classes = project.read_instances(name) if t is None else \
+                    project.read_instances(name, frame=t)
+                labels = semantic(ids, classes)
+                things = [k for k, v in classes.items() if v < len(kinds) and kinds[v] == "thing"]
+                objects = np.where(np.isin(ids, np.asarray(things, np.uint32)), ids, 0).astype(np.uint32)
+            else:
+                labels, prov = project.read_labels(name) if t is None else project.read_labels(name, frame=t)
             prov = np.asarray(prov)
             if not include_pseudo:
                 prov = np.where(prov == PSEUDO, UNLABELLED, prov).astype(np.uint8)
             if not np.any(prov != UNLABELLED):
                 continue
             image = project.read_image(name) if t is None else project.read_image(name, frame=t)
-            out.append(Sample(image, np.asarray(labels), prov, name=name if t is None else f"{name}[{t}]"))
+            out.append(Sample(image, np.asarray(labels), prov, name=name if t is None else f"{name}[{t}]",
+                              instances=objects))
     return out
