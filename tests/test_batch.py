@@ -117,3 +117,26 @@ def test_cancel_keeps_what_finished_and_the_next_run_goes_on(tmp_path):
         assert part.cancelled and 3 <= len(part.predicted) < 8
         rest = predict_project(session, client)
         assert rest.skipped == len(part.predicted) and sorted(part.predicted + rest.predicted) == session.names
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_can_run_a_batch(tmp_path):
+    """napari is often started from a plain script; the local cluster must not re-run it."""
+    import subprocess
+    import sys
+
+    _project(tmp_path, n=2).close()
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "from distributed import Client\n"
+        "from napari_hitl.app.batch import local_cluster, predict_project\n"
+        "from napari_hitl.app.session import Session\n"
+        f"session = Session.open({str(tmp_path / 'p')!r})\n"
+        "cluster = local_cluster(1)\n"
+        "client = Client(cluster)\n"
+        "report = predict_project(session, client)\n"
+        "print('predicted', len(report.predicted))\n"
+        "client.close(); cluster.close(); session.close()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "predicted 2" in done.stdout

@@ -146,13 +146,18 @@ def read_probs(project, name: str, model: str) -> np.ndarray:
 
 
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
-    """A :class:`distributed.LocalCluster` of worker processes over this machine's cores."""
-    from distributed import LocalCluster
+    """A local Dask cluster of worker processes over this machine's cores.
+
+    The scheduler and the workers are started as programs of their own (``dask spec``), not
+    by multiprocessing's spawn, which would re-run the script that started napari (a script
+    without an ``if __name__ == "__main__"`` guard would open a second napari, or fail).
+    """
+    from distributed.deploy.subprocess import SubprocessCluster
 
     workers = workers or max(1, os.cpu_count() or 1)
     os.environ["NAPARI_HITL_WORKER_THREADS"] = str(threads_per_worker)
-    return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                        dashboard_address=None, silence_logs=40)
+    return SubprocessCluster(n_workers=workers, threads_per_worker=threads_per_worker, dashboard_address=None,
+                             silence_logs=40)
 
 
 def predict_project(session, client, names: list[str] | None = None, *,
