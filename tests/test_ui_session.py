@@ -185,6 +185,7 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     dock.open_next()
     assert dock.current != name and dock.project.counts(dock.current).status != "done"
     assert f"{name} prediction" not in [lay.name for lay in viewer.layers]  # the old image's went with it
+    settle(qtbot, dock)  # the new image's prediction is read from the cache on the worker
     assert f"{dock.current} prediction" in [lay.name for lay in viewer.layers]
 
     # superpixel suggestions of the open image: accept one, relabel another

@@ -17,7 +17,8 @@ def text_progress(done: int, total: int, label: str = "", stream: TextIO | None 
         width = 30
         filled = int(width * done / total)
         end = "\n" if done >= total else ""
-        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{suffix}\x1b[K", end=end,
+        clear = "\x1b[K" if suffix else ""  # a rate line may shrink: clear what the last one left
+        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{suffix}{clear}", end=end,
               file=stream, flush=True)
     elif done >= total or done * 10 // total != (done - 1) * 10 // total:
         print(f"{label} {done}/{total} ({100 * done // total}%){suffix}" if label else
