@@ -51,7 +51,7 @@ class ObjectsPanel(QGroupBox):
         lay.addWidget(self.find_button)
         self.list = QListWidget()
         self.list.setToolTip("double-click: centre the view on the object")
-        self.list.setMaximumHeight(140)
+        self.list.setMaximumHeight(100)
         lay.addWidget(self.list)
         row = QHBoxLayout()
         self.accept_button = QPushButton("Accept ✓")
