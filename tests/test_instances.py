@@ -249,3 +249,16 @@ def test_loop_in_instance_mode_answers_objects_and_trains_the_head():
     assert all(s.instances is not None for s in driver.samples())
     with pytest.raises(InputError, match="instance mode"):
         LoopSettings(strategy="superpixel", instances=True)
+
+
+def test_bench_scores_mean_and_worst_image():
+    from napari_hitl.evaluate.bench_instances import score_instances
+
+    _, truth = _blobs()
+    off = truth.copy()
+    off[off == 3] = 0  # one object of three missed
+    sc = score_instances([truth, off], [truth, truth], ["good", "bad"])
+    assert sc["worst_image"] == "bad" and sc["worst_f1"] == pytest.approx(0.8)
+    assert sc["f1"] == pytest.approx(0.9) and sc["ap"] < 1 and sc["per_image"][0]["ap"] == 1.0
+    with pytest.raises(InputError, match="nothing"):
+        score_instances([], [], [])

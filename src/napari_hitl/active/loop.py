@@ -88,6 +88,7 @@ class LoopSettings:
     # images are answered object by object, pseudo-labels are whole confident objects
     instances: bool = False
     stuff: tuple = ()                # classes that are not objects (stay semantic) in instance mode
+    decode: dict = field(default_factory=dict)  # keywords of model.instances.decode_instances (thresholds)
     # image strategies: how a picked image is answered. "polygons": traced (two-class sets:
     # corrected object by object with the click robot when cheaper). "superpixels": one click
     # per superpixel, accepted or relabelled. "superpixel-fixes": the superpixels whose
@@ -219,7 +220,7 @@ class LoopDriver:
                 continue
             p, f = out
             self.predictions[i] = (Prediction.from_instance_maps(p, self.num_classes, f.astype(np.float16),
-                                                                 self.settings.stuff)
+                                                                 self.settings.stuff, **self.settings.decode)
                                    if inst else Prediction.from_probs(p, f.astype(np.float16)))
         return time.perf_counter() - t0
 

@@ -100,17 +100,22 @@ def score_instances(preds, truths, names) -> dict:
     return out
 
 
-def model_instances(model, images, num_classes: int) -> list[np.ndarray]:
+def decode_settings(args) -> dict:
+    """Decoder thresholds from the command line (``--fg-threshold``, ``--seed-threshold``)."""
+    return {"fg_threshold": getattr(args, "fg_threshold", 0.5), "seed_threshold": getattr(args, "seed_threshold", 0.4)}
+
+
+def model_instances(model, images, num_classes: int, decode: dict | None = None) -> list[np.ndarray]:
     """Decoded instance maps of ``images`` with the model's instance head."""
     from napari_hitl.model.instances import instances_from_maps
     from napari_hitl.model.segnet import predict_proba_batch, split_instance_maps
 
     outs = predict_proba_batch(model, images, batch_size=4, with_instances=True)
-    return [instances_from_maps(*split_instance_maps(p, num_classes))[0] for p in outs]
+    return [instances_from_maps(*split_instance_maps(p, num_classes), **(decode or {}))[0] for p in outs]
 
 
-def heldout_scores(model, ds) -> dict:
-    preds = model_instances(model, [x[1] for x in ds["heldout"]], ds["num_classes"])
+def heldout_scores(model, ds, decode: dict | None = None) -> dict:
+    preds = model_instances(model, [x[1] for x in ds["heldout"]], ds["num_classes"], decode)
     return score_instances(preds, [x[3] for x in ds["heldout"]], [x[0] for x in ds["heldout"]])
 
 
@@ -140,7 +145,7 @@ def run_full(ds, args, clicks: int, log=print) -> dict:
         n = min(chunk, total - done)
         res = trainer.train_round(samples, steps=n)
         done += n
-        sc = heldout_scores(trainer.model, ds)
+        sc = heldout_scores(trainer.model, ds, decode_settings(args))
         curve.append({"steps": done, **{k: sc[k] for k in KEYS}, "loss": res.final_loss})
         log(f"  full supervision, {done:>5} steps: F1 {sc['f1']:.3f}  AP {sc['ap']:.3f}  AJI {sc['aji']:.3f}  "
             f"(loss {res.final_loss:.3f}, {time.perf_counter() - t0:.0f}s)")
@@ -165,10 +170,11 @@ def run_strategy(ds, strategy: str, args, engine, log=print) -> dict:
     pool_inst = [x[3] for x in ds["pool"]]
     settings = LoopSettings(strategy=strategy, rounds=args.rounds, budget=args.budget, background=0,
                             pseudo=PseudoSettings(enabled=not args.no_pseudo), diversity=args.diversity,
-                            train=_train_settings(args), seed=args.seed, instances=True)
+                            train=_train_settings(args), seed=args.seed, instances=True,
+                            decode=decode_settings(args))
 
     def evaluate(driver):
-        held = heldout_scores(driver.trainer.model, ds)
+        held = heldout_scores(driver.trainer.model, ds, decode_settings(args))
         labels = score_instances(driver.final_instances(), pool_inst, [x[0] for x in ds["pool"]])
         out = {f"model_{k}": held[k] for k in KEYS}
         out.update({f"worst_{k}": held[f"worst_{k}"] for k in KEYS})
@@ -275,7 +281,7 @@ def run(args) -> int:
     print(f"{ds['name']} instances: pool {len(ds['pool'])} images ({n_obj} objects, {clicks} polygon clicks in full), "
           f"held-out {len(ds['heldout'])}, scale {args.scale}; rounds {args.rounds}, budget {args.budget}/round, "
           f"{args.steps} steps x batch {args.batch} x crop {args.crop}; torch threads {torch.get_num_threads()}; "
-          f"objects corrected with {args.corrections}", flush=True)
+          f"objects corrected with {args.corrections}; decoder {decode_settings(args)}", flush=True)
     result = {"dataset": ds["name"], "instances": True,
               "args": {k: v for k, v in vars(args).items() if k != "func"},
               "pool": len(ds["pool"]), "heldout": len(ds["heldout"]), "pool_objects": n_obj, "strategies": {}}
