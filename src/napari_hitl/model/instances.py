@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from napari_hitl import instances as core
 from napari_hitl.errors import InputError
 
 __all__ = ["INSTANCE_CHANNELS", "BOUNDARY_WIDTH", "check_instances", "class_lookup", "semantic_from_instances",
@@ -28,21 +29,12 @@ BOUNDARY_WIDTH = 2
 
 
 def check_instances(instances, shape=None, name: str = "instance map") -> np.ndarray:
-    """Return ``instances`` as a uint32 ``(H, W)`` array, or raise InputError saying what is wrong.
-
-    Accepts any non-negative integer dtype (uint16 label PNGs, int64 from scipy); refuses
-    floats, bools, negative ids, ids beyond uint32 and a shape other than ``shape`` (when given).
-    """
+    """Return ``instances`` as a uint32 ``(H, W)`` array, or raise InputError saying what is wrong
+    (:func:`napari_hitl.instances.check_instances`, for one plane)."""
     arr = np.asarray(instances)
     if arr.ndim != 2:
         raise InputError(f"{name} must be 2-D (H, W), got shape {arr.shape}")
-    if shape is not None and tuple(arr.shape) != tuple(shape[:2]):
-        raise InputError(f"{name} has shape {arr.shape}, expected {tuple(shape[:2])}")
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise InputError(f"{name} must hold integer object ids (0 = none), got dtype {arr.dtype}")
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > np.iinfo(np.uint32).max):
-        raise InputError(f"{name} ids must lie in 0..{np.iinfo(np.uint32).max}, got {arr.min()}..{arr.max()}")
-    return arr.astype(np.uint32, copy=False)
+    return core.check_instances(arr, None if shape is None else tuple(shape[:2]), name)
 
 
 def class_lookup(classes, max_id: int, default: int = 1) -> np.ndarray:
@@ -66,10 +58,12 @@ def class_lookup(classes, max_id: int, default: int = 1) -> np.ndarray:
 
 
 def semantic_from_instances(instances, classes=None) -> np.ndarray:
-    """The semantic map ``class_of[instances]`` (uint16); without ``classes`` every object is class 1."""
+    """The semantic map (uint16, :func:`napari_hitl.instances.semantic`); objects ``classes``
+    does not name (or all, without it) are class 1."""
     inst = check_instances(instances)
-    lut = class_lookup(classes, int(inst.max(initial=0)))
-    return lut[inst].astype(np.uint16)
+    ids = core.ids_of(inst)
+    lut = class_lookup(classes, int(ids[-1]) if ids.size else 0)
+    return core.semantic(inst, {int(i): int(lut[i]) for i in ids})
 
 
 def relabel_sequential(instances) -> np.ndarray:
