@@ -156,8 +156,14 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
 
     workers = workers or max(1, os.cpu_count() or 1)
     os.environ["NAPARI_HITL_WORKER_THREADS"] = str(threads_per_worker)
-    return SubprocessCluster(n_workers=workers, threads_per_worker=threads_per_worker, dashboard_address=None,
-                             silence_logs=40)
+    cluster = SubprocessCluster(n_workers=workers, threads_per_worker=threads_per_worker, dashboard_address=None,
+                                silence_logs=40)
+    try:
+        cluster.wait_for_workers(workers, timeout=300)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
 
 
 def predict_project(session, client, names: list[str] | None = None, *,
@@ -230,6 +236,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
             client.cancel(list(submitted))
         client.cancel(weights_future)
         report.seconds = time.perf_counter() - t0
+        report.workers = max(report.workers, len(client.nthreads()))
     project.log("batch_predicted", model=token, predicted=len(report.predicted), skipped=report.skipped,
                 failed=len(report.failed), cancelled=report.cancelled, workers=report.workers,
                 seconds=round(report.seconds, 1))
