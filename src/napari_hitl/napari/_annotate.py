@@ -1,5 +1,6 @@
-"""The dock's Annotate group: tool buttons, class, engine, full-image mode, brush, and the
-prompt and accept actions. It holds no state of its own and tells the dock with signals."""
+"""The dock's Annotate group: tool buttons, the class of new objects, engine, full-image mode,
+brush, the prompt and accept actions and the object edits (delete, merge, split, undo). It
+holds no state of its own and tells the dock with signals."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""The annotation dock: project, interactive tools, ranked images, suggestions, training, export.
+"""The annotation dock: project, interactive tools, objects, ranked images, suggestions, training, export.
 
 The dock holds the viewer's one :class:`~napari_hitl.app.session.Session` (the writable
-project, its lock, model and predictions). Layers that carry ``metadata['hitl_project']``
+project, its lock, model and predictions). Its Labels layer shows one id per object and
+keeps each id's class in its metadata; accepting saves the objects, and object edits
+(delete, merge, split, undo) are saved and journalled at once. Layers that carry ``metadata['hitl_project']``
 (from the reader or a sample) are adopted: the dock opens their project and shows its
 images. Every session job runs on the dock's :class:`~napari_hitl.napari._worker.ModelQueue`;
 the UI thread only paints results.
