@@ -282,6 +282,17 @@ def session_lam(args) -> float:
     return FineTuneSettings().lam if args.lam is None else float(args.lam)
 
 
+def _trust_settings(args) -> dict:
+    """The trust bounds and round-one motion threshold a run uses (flags, else the defaults)."""
+    from napari_hitl.video.finetune import FineTuneSettings
+    from napari_hitl.video.session import MOTION_TRUST_MIN
+
+    d = FineTuneSettings()
+    pick = lambda v, default: float(default if v is None else v)  # noqa: E731
+    return {"trust_low": pick(args.trust_low, d.trust_low), "trust_high": pick(args.trust_high, d.trust_high),
+            "motion_trust_min": pick(args.motion_trust_min, MOTION_TRUST_MIN)}
+
+
 def _methods(args) -> list[str]:
     wanted = [m.strip() for m in str(args.methods).split(",") if m.strip()]
     bad = sorted(set(wanted) - set(METHODS))
@@ -416,12 +427,17 @@ def run(args) -> int:
     import torch
 
     from napari_hitl.io import atomic_write_json
+    from napari_hitl.video.trust import temporal_weight
     from napari_hitl.video.units import parse_unit
 
     parse_unit(args.unit)  # bad options fail before any work
     _methods(args)
     if args.rounds < 1 or not args.budget > 0:
         raise InputError(f"--rounds must be >= 1 and --budget > 0, got {args.rounds} and {args.budget}")
+    trust = _trust_settings(args)
+    temporal_weight(0.5, 1.0, trust["trust_low"], trust["trust_high"])  # bounds out of order: a clear error now
+    if not 0 <= trust["motion_trust_min"] <= 1:
+        raise InputError(f"--motion-trust-min must lie in [0, 1], got {trust['motion_trust_min']}")
     torch.set_num_threads(max(1, int(args.threads)))
     videos = find_videos(Path(args.data))
     if args.sequences:
@@ -441,8 +457,7 @@ def run(args) -> int:
     report = {"benchmark": "video", "data": str(args.data), "unit": args.unit, "rounds": args.rounds,
               "budget_pct_per_round": args.budget, "scale": args.scale, "steps": args.steps,
               "lam": session_lam(args), "adaptive_lam": not args.fixed_lam,
-              "trust_low": args.trust_low, "trust_high": args.trust_high,
-              "motion_trust_min": args.motion_trust_min,
+              **_trust_settings(args),
               "flow": args.flow, "limit_frames": args.limit_frames, "threads": args.threads,
               "seed": args.seed, "videos": results}
     t_all = time.perf_counter()
