@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -208,8 +209,10 @@ def round_budget(full_cost: int, args) -> int:
     return max(1, int(round(full_cost * args.budget / 100.0)))
 
 
-def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Path, say) -> dict:
-    """All rounds of one video; returns its figures (per round, per method)."""
+def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Path, say,
+              on_round: Callable[[dict], None] | None = None) -> dict:
+    """All rounds of one video; returns its figures (per round, per method). ``on_round(record)``
+    gets the video's record so far after every round (a long run then keeps finished rounds)."""
     from napari_hitl.evaluate.annotate import annotate_budget
     from napari_hitl.simulate.cost import full_annotation_cost
 
@@ -265,9 +268,15 @@ def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pat
         # what a person waits for per round in the product: pick + fine-tune + temporal, predict
         row["round_seconds"] = (s["score"] + s["finetune+temporal fit"] + s["finetune+temporal predict"])
         rounds.append(row)
+        if on_round is not None:
+            on_round(_video_record(name, frames, session, full, budget, setup, rounds, tuners))
         say(f"[{name}] round {r}: {row['units']} units, clicks {row['clicks_pct']:.2f}% | " + " | ".join(
             f"{m} mIoU {row['methods'][m]['miou']:.3f} J {row['methods'][m]['J']:.3f}" for m in methods)
             + f" | lam {row['methods']['finetune+temporal']['lam']:.1f} | round {row['round_seconds']:.0f} s")
+    return _video_record(name, frames, session, full, budget, setup, rounds, tuners)
+
+
+def _video_record(name, frames, session, full, budget, setup, rounds, tuners) -> dict:
     return {"name": name, "frames": int(len(frames)), "size": [int(frames.shape[1]), int(frames.shape[2])],
             "work_size": list(session.work_shape), "units": len(session.units), "unit": session.units.name,
             "full_cost": int(full), "budget_per_round": budget, "setup_seconds": setup, "rounds": rounds,
@@ -307,7 +316,8 @@ def summarise(videos: list[dict], rounds: int) -> list[dict]:
     out = []
     full = sum(v["full_cost"] for v in videos)
     for r in range(rounds):
-        rows = [v["rounds"][r] for v in videos if len(v["rounds"]) > r]
+        have = [v for v in videos if len(v["rounds"]) > r]
+        rows = [v["rounds"][r] for v in have]
         if not rows:
             break
         entry = {"round": r + 1, "clicks_pct": 100.0 * sum(x["clicks"] for x in rows) / max(full, 1),
@@ -317,7 +327,7 @@ def summarise(videos: list[dict], rounds: int) -> list[dict]:
                 entry["methods"][m] = {k: float(np.mean([x["methods"][m][k] for x in rows])) for k in METRICS}
                 for k in ("miou", "J"):
                     w = int(np.argmin([x["methods"][m][k] for x in rows]))
-                    entry["methods"][m][f"worst_{k}"] = [videos[w]["name"], float(rows[w]["methods"][m][k])]
+                    entry["methods"][m][f"worst_{k}"] = [have[w]["name"], float(rows[w]["methods"][m][k])]
         out.append(entry)
     return out
 
@@ -476,7 +486,14 @@ def run(args) -> int:
     try:
         for name, folder, layout in videos:
             frames, truth = load_video(folder, layout, args.limit_frames)
-            results.append(run_video(name, frames, truth, args, cache, say))
+            def partial(record, done=list(results)):
+                report["videos"] = done + [record]
+                report["summary"] = summarise(report["videos"], args.rounds)
+                if args.json:
+                    atomic_write_json(args.json, report)
+
+            results.append(run_video(name, frames, truth, args, cache, say, on_round=partial))
+            report["videos"] = results
             print(table(f"{name}: {len(frames)} frames, unit {args.unit}, scale {args.scale}",
                         summarise([results[-1]], args.rounds)), flush=True)
             report["summary"] = summarise(results, args.rounds)
