@@ -56,3 +56,33 @@ def test_timing_round_plays_the_sequence_forward_and_back(tmp_path, capsys):
     assert all(out[k] >= 0 for k in stages)
     assert out["round"] == pytest.approx(out["pick"] + out["fine_tune"] + out["predict"])
     assert "one round on 9 frames 96x64" in capsys.readouterr().out
+
+
+def test_scores_hold_davis_j_and_f(tmp_path):
+    from napari_hitl.video.flow import FlowCache
+
+    truth = np.zeros((2, 40, 60), np.int16)
+    truth[:, 10:20, 10:20] = 1
+    flows = FlowCache((np.random.default_rng(0).random((2, 40, 60)) * 255).astype(np.uint8), tmp_path)
+    assert {bv.score(truth, truth, flows)[k] for k in ("J", "F", "J&F")} == {1.0}
+    shifted = np.roll(truth, 5, axis=2)
+    s = bv.score(shifted, truth, flows)
+    # the object's IoU is 1/3; mIoU pools the background in and flatters the same prediction
+    assert s["J"] == pytest.approx(1 / 3) and s["miou"] > 0.6 and s["J&F"] == pytest.approx((s["J"] + s["F"]) / 2)
+
+
+def test_summary_names_the_worst_video_and_tables_list_every_sequence():
+    def video(name, mious):
+        rounds = [{"round": r + 1, "clicks": 10 * (r + 1), "clicks_pct": 1.0 * (r + 1), "round_seconds": 1.0,
+                   "methods": {m: {"miou": v, "J": v - 0.1, "F": v - 0.2, "J&F": v - 0.15, "pixel_acc": 1.0,
+                                   "boundary_iou": 1.0, "temporal": 1.0, "lam": 5.0} for m in bv.METHODS}}
+                  for r, v in enumerate(mious)]
+        return {"name": name, "full_cost": 1000, "rounds": rounds}
+
+    videos = [video("a", [0.8, 0.9]), video("b", [0.6]), video("c", [0.7, 0.95])]
+    summary = bv.summarise(videos, 2)
+    assert summary[0]["methods"]["finetune"]["worst_miou"] == ["b", 0.6]
+    assert summary[1]["methods"]["finetune"]["worst_J"] == ["a", pytest.approx(0.8)]  # b has no round 2
+    assert summary[0]["methods"]["finetune"]["miou"] == pytest.approx(0.7)
+    text = bv.per_sequence_table(videos)
+    assert len(text.splitlines()) == 1 + 5 * len(bv.METHODS) and "b " in text

@@ -1,11 +1,14 @@
 """Video benchmark: label a few units per round, propagate to every frame; mIoU against clicks.
 
 Per round a simulated annotator labels units (frames, rectangles or superpixels) picked by
-margin uncertainty + k-means diversity (diversity alone in round one) from the fine-tune +
-temporal model; then three methods label every frame from the same human labels:
-plain label propagation along optical flow, fine-tuning without the temporal term
-(lambda = 0) and fine-tuning with it. Prints clicks (% of full annotation), mIoU, pixel
-accuracy, boundary IoU and temporal consistency per round; writes JSON and a PNG plot.
+margin uncertainty + k-means diversity (motion + diversity in round one where the flow is
+trusted, else diversity alone) from the fine-tune + temporal model; then three methods label
+every frame from the same human labels: plain label propagation along optical flow,
+fine-tuning without the temporal term (lambda = 0) and fine-tuning with it (its weight set per
+video from the flow's evidence). Prints clicks (% of full annotation), mIoU (classes pooled over
+frames, background included), the DAVIS J (object IoU per frame), F (boundary F-measure) and
+J&F, pixel accuracy, boundary IoU and temporal consistency per round and per sequence; writes
+JSON and a PNG plot.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from napari_hitl.errors import InputError
 
 METHODS = ("propagation", "finetune", "finetune+temporal")
-METRICS = ("miou", "pixel_acc", "boundary_iou", "temporal")
+METRICS = ("miou", "J", "F", "J&F", "pixel_acc", "boundary_iou", "temporal")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="working resolution of flow and model, as a factor of the frame size")
     parser.add_argument("--steps", type=int, default=120, help="fine-tuning steps per round")
     parser.add_argument("--lam", type=float, default=None,
-                        help="weight of the temporal-consistency term (default: FineTuneSettings.lam)")
+                        help="weight of the temporal-consistency term, the most it may reach with the adaptive "
+                        "weight (default: FineTuneSettings.lam)")
+    parser.add_argument("--fixed-lam", action="store_true",
+                        help="use --lam on every video as it is (the seed's global weight) instead of setting it "
+                        "per video from the flow's evidence")
+    parser.add_argument("--trust-low", type=float, default=None,
+                        help="flow trust at or below which the temporal weight is 0 (default: FineTuneSettings)")
+    parser.add_argument("--trust-high", type=float, default=None,
+                        help="flow trust from which the temporal weight is --lam (default: FineTuneSettings)")
+    parser.add_argument("--motion-trust-min", type=float, default=None,
+                        help="round one ranks by motion only when the flow's confidence on moving pixels reaches "
+                        "this (default: session.MOTION_TRUST_MIN; 0: always, as before)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated subset of methods (finetune+temporal always runs: it picks the units)")
     parser.add_argument("--flow", default="dis", help="flow method: dis, dis_fast, farneback")
@@ -125,9 +140,10 @@ def temporal_consistency(pred: np.ndarray, flows, num_classes: int) -> float:
 
 
 def score(pred: np.ndarray, truth: np.ndarray, flows, num_classes: int = 2) -> dict:
-    """mIoU (over classes, pixels of all frames pooled), pixel accuracy, mean boundary IoU of the
-    object classes per frame, temporal consistency."""
-    from napari_hitl.evaluate.metrics import boundary_iou, confusion_matrix
+    """mIoU (over classes, pixels of all frames pooled), the DAVIS J, F and J&F of the object
+    (class 1; means over frames), pixel accuracy, mean boundary IoU of the object classes per
+    frame, temporal consistency."""
+    from napari_hitl.evaluate.metrics import boundary_iou, confusion_matrix, j_and_f
 
     cm = np.zeros((num_classes, num_classes), np.int64)
     bious = []
@@ -138,7 +154,9 @@ def score(pred: np.ndarray, truth: np.ndarray, flows, num_classes: int = 2) -> d
                 bious.append(boundary_iou(p == c, t == c))
     inter = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - inter
+    jf = j_and_f(pred, truth, obj=1)
     return {"miou": float(np.mean(inter[union > 0] / union[union > 0])),
+            "J": jf["J"], "F": jf["F"], "J&F": jf["J&F"],
             "pixel_acc": float(inter.sum() / max(cm.sum(), 1)),
             "boundary_iou": float(np.mean(bious)) if bious else 1.0,
             "temporal": temporal_consistency(pred, flows, num_classes)}
@@ -169,12 +187,21 @@ class _Progress:
 def new_session(frames: np.ndarray, args, cache_dir: Path, progress=None):
     """The binary :class:`~napari_hitl.video.session.VideoSession` a run works with (unit,
     scale, flow method and fine-tuning settings from the command line)."""
+    from dataclasses import replace
+
     from napari_hitl.video.finetune import FineTuneSettings
-    from napari_hitl.video.session import VideoSession
+    from napari_hitl.video.session import MOTION_TRUST_MIN, VideoSession
 
     settings = FineTuneSettings(steps=args.steps, lam=session_lam(args), seed=args.seed)
+    if getattr(args, "fixed_lam", False):
+        settings = replace(settings, adaptive=False)
+    for key in ("trust_low", "trust_high"):
+        if getattr(args, key, None) is not None:
+            settings = replace(settings, **{key: float(getattr(args, key))})
+    mt = getattr(args, "motion_trust_min", None)
     return VideoSession(frames, 2, args.unit, cache_dir=cache_dir, scale=args.scale, flow_method=args.flow,
-                        settings=settings, progress=progress)
+                        settings=settings, progress=progress,
+                        motion_trust_min=MOTION_TRUST_MIN if mt is None else float(mt))
 
 
 def round_budget(full_cost: int, args) -> int:
@@ -182,8 +209,10 @@ def round_budget(full_cost: int, args) -> int:
     return max(1, int(round(full_cost * args.budget / 100.0)))
 
 
-def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Path, say) -> dict:
-    """All rounds of one video; returns its figures (per round, per method)."""
+def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Path, say,
+              on_round: Callable[[dict], None] | None = None) -> dict:
+    """All rounds of one video; returns its figures (per round, per method). ``on_round(record)``
+    gets the video's record so far after every round (a long run then keeps finished rounds)."""
     from napari_hitl.evaluate.annotate import annotate_budget
     from napari_hitl.simulate.cost import full_annotation_cost
 
@@ -233,15 +262,25 @@ def run_video(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pat
             pred = session.labels_from_probs(out)
             row["methods"][method] = score(pred, truth, session.flows)
             row["methods"][method]["loss"] = {k: fit[k] for k in ("loss", "ce", "temporal")}
+            row["methods"][method]["lam"] = fit["lam"]
+            row["methods"][method]["evidence"] = fit["evidence"]
         s = row["seconds"]
         # what a person waits for per round in the product: pick + fine-tune + temporal, predict
         row["round_seconds"] = (s["score"] + s["finetune+temporal fit"] + s["finetune+temporal predict"])
         rounds.append(row)
+        if on_round is not None:
+            on_round(_video_record(name, frames, session, full, budget, setup, rounds, tuners))
         say(f"[{name}] round {r}: {row['units']} units, clicks {row['clicks_pct']:.2f}% | " + " | ".join(
-            f"{m} mIoU {row['methods'][m]['miou']:.3f}" for m in methods) + f" | round {row['round_seconds']:.0f} s")
+            f"{m} mIoU {row['methods'][m]['miou']:.3f} J {row['methods'][m]['J']:.3f}" for m in methods)
+            + f" | lam {row['methods']['finetune+temporal']['lam']:.1f} | round {row['round_seconds']:.0f} s")
+    return _video_record(name, frames, session, full, budget, setup, rounds, tuners)
+
+
+def _video_record(name, frames, session, full, budget, setup, rounds, tuners) -> dict:
     return {"name": name, "frames": int(len(frames)), "size": [int(frames.shape[1]), int(frames.shape[2])],
             "work_size": list(session.work_shape), "units": len(session.units), "unit": session.units.name,
             "full_cost": int(full), "budget_per_round": budget, "setup_seconds": setup, "rounds": rounds,
+            "motion_trust": session.motion_trust, "round_one_motion": bool(session.flow_trusted()),
             "device": tuners["finetune+temporal"].device_description}
 
 
@@ -250,6 +289,17 @@ def session_lam(args) -> float:
     from napari_hitl.video.finetune import FineTuneSettings
 
     return FineTuneSettings().lam if args.lam is None else float(args.lam)
+
+
+def _trust_settings(args) -> dict:
+    """The trust bounds and round-one motion threshold a run uses (flags, else the defaults)."""
+    from napari_hitl.video.finetune import FineTuneSettings
+    from napari_hitl.video.session import MOTION_TRUST_MIN
+
+    d = FineTuneSettings()
+    pick = lambda v, default: float(default if v is None else v)  # noqa: E731
+    return {"trust_low": pick(args.trust_low, d.trust_low), "trust_high": pick(args.trust_high, d.trust_high),
+            "motion_trust_min": pick(args.motion_trust_min, MOTION_TRUST_MIN)}
 
 
 def _methods(args) -> list[str]:
@@ -261,12 +311,13 @@ def _methods(args) -> list[str]:
 
 
 def summarise(videos: list[dict], rounds: int) -> list[dict]:
-    """Per round: clicks % over all videos (pooled clicks / pooled full cost) and each metric's
-    mean over videos, per method."""
+    """Per round: clicks % over all videos (pooled clicks / pooled full cost), each metric's
+    mean over videos per method, and the worst video's mIoU and J (name and value)."""
     out = []
     full = sum(v["full_cost"] for v in videos)
     for r in range(rounds):
-        rows = [v["rounds"][r] for v in videos if len(v["rounds"]) > r]
+        have = [v for v in videos if len(v["rounds"]) > r]
+        rows = [v["rounds"][r] for v in have]
         if not rows:
             break
         entry = {"round": r + 1, "clicks_pct": 100.0 * sum(x["clicks"] for x in rows) / max(full, 1),
@@ -274,37 +325,61 @@ def summarise(videos: list[dict], rounds: int) -> list[dict]:
         for m in METHODS:
             if all(m in x["methods"] for x in rows):
                 entry["methods"][m] = {k: float(np.mean([x["methods"][m][k] for x in rows])) for k in METRICS}
+                for k in ("miou", "J"):
+                    w = int(np.argmin([x["methods"][m][k] for x in rows]))
+                    entry["methods"][m][f"worst_{k}"] = [have[w]["name"], float(rows[w]["methods"][m][k])]
         out.append(entry)
     return out
 
 
 def table(title: str, rows: list[dict]) -> str:
     """Plain-text table: one line per round and method."""
-    lines = [title, f"{'round':>5} {'clicks%':>8} {'method':<18} {'mIoU':>6} {'pixacc':>7} {'bIoU':>6} "
-                    f"{'temporal':>8} {'round s':>8}"]
+    lines = [title, f"{'round':>5} {'clicks%':>8} {'method':<18} {'mIoU':>6} {'J':>6} {'F':>6} {'J&F':>6} "
+                    f"{'pixacc':>7} {'bIoU':>6} {'temporal':>8} {'round s':>8}"]
     for row in rows:
         for m in [m for m in METHODS if m in row["methods"]]:
             v = row["methods"][m]
-            lines.append(f"{row['round']:>5} {row['clicks_pct']:8.2f} {m:<18} {v['miou']:6.3f} "
-                         f"{v['pixel_acc']:7.3f} {v['boundary_iou']:6.3f} {v['temporal']:8.3f} "
+            lines.append(f"{row['round']:>5} {row['clicks_pct']:8.2f} {m:<18} {v['miou']:6.3f} {v['J']:6.3f} "
+                         f"{v['F']:6.3f} {v['J&F']:6.3f} {v['pixel_acc']:7.3f} {v['boundary_iou']:6.3f} {v['temporal']:8.3f} "
                          f"{row['round_seconds'] if m == 'finetune+temporal' else float('nan'):8.0f}")
     return "\n".join(lines)
 
 
-def plot(path: Path, summary: list[dict], title: str) -> None:
-    """mIoU and temporal consistency against clicks (% of full annotation), one line per method."""
+def per_sequence_table(videos: list[dict]) -> str:
+    """Plain-text table: one line per video, round and method (mIoU, J, F, J&F, temporal weight)."""
+    lines = [f"{'video':<16} {'round':>5} {'clicks%':>8} {'method':<18} {'mIoU':>6} {'J':>6} {'F':>6} {'J&F':>6} {'lam':>6}"]
+    for v in videos:
+        for row in v["rounds"]:
+            for m in [m for m in METHODS if m in row["methods"]]:
+                x = row["methods"][m]
+                lam = f"{x['lam']:6.1f}" if "lam" in x and m == "finetune+temporal" else f"{'':>6}"
+                lines.append(f"{v['name']:<16} {row['round']:>5} {row['clicks_pct']:8.2f} {m:<18} {x['miou']:6.3f} "
+                             f"{x['J']:6.3f} {x['F']:6.3f} {x['J&F']:6.3f} {lam}")
+    return "\n".join(lines)
+
+
+def plot(path: Path, summary: list[dict], title: str, videos: list[dict] | None = None) -> None:
+    """mIoU, J&F and temporal consistency against clicks (% of full annotation), one line per
+    method (means over videos; with ``videos``, thin lines per video for mIoU and J&F)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     x = [r["clicks_pct"] for r in summary]
-    for m in [m for m in METHODS if summary and m in summary[0]["methods"]]:
-        axes[0].plot(x, [r["methods"][m]["miou"] for r in summary], "o-", label=m)
-        axes[1].plot(x, [r["methods"][m]["temporal"] for r in summary], "o-", label=m)
-    axes[0].set_ylabel("mIoU")
-    axes[1].set_ylabel("temporal consistency (warped IoU)")
+    for k, m in enumerate([m for m in METHODS if summary and m in summary[0]["methods"]]):
+        colour = f"C{k}"
+        axes[0].plot(x, [r["methods"][m]["miou"] for r in summary], "o-", color=colour, lw=2, label=m)
+        axes[1].plot(x, [r["methods"][m]["J&F"] for r in summary], "o-", color=colour, lw=2, label=m)
+        axes[2].plot(x, [r["methods"][m]["temporal"] for r in summary], "o-", color=colour, lw=2, label=m)
+        for v in videos or []:
+            vx = [r["clicks_pct"] for r in v["rounds"]]
+            axes[0].plot(vx, [r["methods"][m]["miou"] for r in v["rounds"]], "-", color=colour, lw=0.6, alpha=0.5)
+            axes[1].plot(vx, [r["methods"][m]["J&F"] for r in v["rounds"]], "-", color=colour, lw=0.6, alpha=0.5)
+    axes[0].set_ylabel("mIoU (background pooled in)")
+    axes[1].set_ylabel("J&F (DAVIS: object IoU, boundary F)")
+    axes[2].set_ylabel("temporal consistency (warped IoU)")
     for ax in axes:
         ax.set_xlabel("clicks (% of full annotation)")
         ax.grid(alpha=0.3)
@@ -362,12 +437,17 @@ def run(args) -> int:
     import torch
 
     from napari_hitl.io import atomic_write_json
+    from napari_hitl.video.trust import temporal_weight
     from napari_hitl.video.units import parse_unit
 
     parse_unit(args.unit)  # bad options fail before any work
     _methods(args)
     if args.rounds < 1 or not args.budget > 0:
         raise InputError(f"--rounds must be >= 1 and --budget > 0, got {args.rounds} and {args.budget}")
+    trust = _trust_settings(args)
+    temporal_weight(0.5, 1.0, trust["trust_low"], trust["trust_high"])  # bounds out of order: a clear error now
+    if not 0 <= trust["motion_trust_min"] <= 1:
+        raise InputError(f"--motion-trust-min must lie in [0, 1], got {trust['motion_trust_min']}")
     torch.set_num_threads(max(1, int(args.threads)))
     videos = find_videos(Path(args.data))
     if args.sequences:
@@ -386,7 +466,8 @@ def run(args) -> int:
     results: list[dict] = []
     report = {"benchmark": "video", "data": str(args.data), "unit": args.unit, "rounds": args.rounds,
               "budget_pct_per_round": args.budget, "scale": args.scale, "steps": args.steps,
-              "lam": session_lam(args),
+              "lam": session_lam(args), "adaptive_lam": not args.fixed_lam,
+              **_trust_settings(args),
               "flow": args.flow, "limit_frames": args.limit_frames, "threads": args.threads,
               "seed": args.seed, "videos": results}
     t_all = time.perf_counter()
@@ -405,7 +486,14 @@ def run(args) -> int:
     try:
         for name, folder, layout in videos:
             frames, truth = load_video(folder, layout, args.limit_frames)
-            results.append(run_video(name, frames, truth, args, cache, say))
+            def partial(record, done=list(results)):
+                report["videos"] = done + [record]
+                report["summary"] = summarise(report["videos"], args.rounds)
+                if args.json:
+                    atomic_write_json(args.json, report)
+
+            results.append(run_video(name, frames, truth, args, cache, say, on_round=partial))
+            report["videos"] = results
             print(table(f"{name}: {len(frames)} frames, unit {args.unit}, scale {args.scale}",
                         summarise([results[-1]], args.rounds)), flush=True)
             report["summary"] = summarise(results, args.rounds)
@@ -419,11 +507,12 @@ def run(args) -> int:
     title = (f"{Path(args.data).name}: {len(results)} videos, {sum(v['frames'] for v in results)} frames, "
              f"unit {args.unit}, scale {args.scale}, {args.steps} steps/round")
     print()
+    print(per_sequence_table(results))
     print(table("mean over videos (clicks% = all clicks / all full-annotation clicks)\n" + title, summary))
     if args.json:
         atomic_write_json(args.json, report)
         print(f"wrote {args.json}")
     if args.plot:
-        plot(Path(args.plot), summary, title)
+        plot(Path(args.plot), summary, title, results)
         print(f"wrote {args.plot}")
     return 0

@@ -14,6 +14,7 @@ import numpy as np
 from napari_hitl.errors import InputError
 from napari_hitl.model.train import adamw, inverse_frequency_weights
 from napari_hitl.video.flow import FlowCache
+from napari_hitl.video.trust import flow_confidence, flow_evidence, temporal_weight
 
 #: index of the first encoder block that is fine-tuned (stem and blocks 0-4, strides 2-8, stay frozen)
 FROZEN_BLOCKS = 5
@@ -33,15 +34,22 @@ def warp_torch(x, flow):
                          align_corners=True)
 
 
-def temporal_loss(probs, warped_probs, trusted):
-    """Temporal-consistency term: mean over trusted pixels of the squared difference between a
-    frame's class probabilities (B, C, H, W) and its neighbour's probabilities warped onto it.
-
-    ``trusted`` is a (B, H, W) bool tensor; returns 0 when no pixel is trusted.
-    """
+def temporal_loss(probs, warped_probs, weight):
+    """Temporal-consistency term: the squared difference between a frame's class probabilities
+    (B, C, H, W) and its neighbour's probabilities warped onto it, weighted per pixel by
+    ``weight`` ((B, H, W), bool or flow confidence in [0, 1]) and averaged over all pixels, so
+    the term shrinks with the share of the frame whose flow is trusted (0 when none is)."""
     sq = ((probs - warped_probs) ** 2).sum(1)
-    m = trusted.to(sq.dtype)
-    return (sq * m).sum() / m.sum().clamp_min(1.0)
+    return (sq * weight.to(sq.dtype)).sum() / max(1, sq.numel())
+
+
+def anchored(probs, annotated):
+    """``probs`` (B, C, H, W) with the gradient cut on ``annotated`` pixels ((B, H, W) bool):
+    there the temporal term may pull the neighbour towards the human-labelled frame but never
+    moves the prediction of a labelled pixel (only the labels' cross-entropy does)."""
+    import torch
+
+    return torch.where(annotated[:, None], probs.detach(), probs)
 
 
 # -- test-time fine-tuning ----------------------------------------------------------------------
@@ -51,11 +59,21 @@ class FineTuneSettings:
 
     steps: int = 120               # optimiser steps per round
     pairs: int = 2                 # temporal pairs per step; 2 * pairs labelled frames per step
-    # weight of the temporal term (0: fine-tune only). The term is a mean squared difference of
-    # probabilities, small beside the cross-entropy: on davis2016 round one (blackswan / breakdance,
-    # same labels and batches) lam 0, 1, 5, 20, 50 gave 0.652 / 0.637, 0.653 / 0.641,
-    # 0.660 / 0.653, 0.676 / 0.681, 0.695 / 0.686 mIoU
-    lam: float = 50.0
+    # weight of the temporal term (0: fine-tune only); with ``adaptive`` the most it may reach:
+    # each round the video's weight is set from how well the flow explains the human labels
+    # (:func:`napari_hitl.video.trust.temporal_weight` of the trust of
+    # :func:`~napari_hitl.video.trust.flow_evidence`: 0 at trust <= trust_low, lam at >= trust_high).
+    # The term is now averaged over all pixels and weighted by flow confidence (about 0.5 on
+    # annotated davis2016 pixels), so lam 100 here is about the old fixed lam 50 on trusted flow.
+    # lam and the bounds are set a priori from the trust values seen on davis2016 (0.44 - 0.81
+    # with round-one labels), not cross-validated yet (the CPU allowed no grid). With them, 30
+    # frames, 2 rounds x 2.4% clicks: breakdance 0.614 / 0.725 mIoU (fine-tune 0.346 / 0.643),
+    # kite-surf 0.807 / 0.821 (0.531 / 0.666), blackswan 0.881 / 0.956 (0.698 / 0.822);
+    # docs/bench/davis2016_trust.json
+    lam: float = 100.0
+    adaptive: bool = True
+    trust_low: float = 0.2
+    trust_high: float = 0.4
     gaps: tuple[int, ...] = (1, 2, 3)  # frame distances of the pairs the temporal term sees
     # chance a pair starts at one of the step's labelled frames (else at any frame), and the share
     # of a round's steps over which the temporal weight ramps 0 -> lam. Measured when the pairs
@@ -77,9 +95,12 @@ class VideoFineTuner:
 
     ``frames``: (T, h, w[, 3]) uint8 frames at the working resolution (h, w multiples of 32),
     ``flows``: the :class:`FlowCache` of those frames. The loss of a step is cross-entropy on
-    the labelled pixels of ``2 * pairs`` annotated frames plus ``lam`` times
-    :func:`temporal_loss` over ``pairs`` pairs of frames ``gaps`` apart, on pixels the flow check
-    trusts; the pairs' extra frames join the step's batch (see :meth:`_draw_batch`). Without the
+    the labelled pixels of ``2 * pairs`` annotated frames plus the video's temporal weight times
+    :func:`temporal_loss` over ``pairs`` pairs of frames ``gaps`` apart, each pixel weighted by
+    its flow confidence (:func:`~napari_hitl.video.trust.pixel_confidence`) and labelled pixels
+    :func:`anchored`; the pairs' extra frames join the step's batch (see :meth:`_draw_batch`).
+    With ``settings.adaptive`` the weight is set each round from the flow's agreement with the
+    human labels (untrusted flow: weight 0, i.e. exactly plain fine-tuning). Without the
     term, fine-tuning on a few labelled units overfits them as rounds go on (ctc_sim, one seed:
     0.897, 0.862, 0.763 mIoU over three rounds; with it 0.902, 0.911, 0.913).
     Rounds continue from the previous round's weights.
@@ -113,24 +134,42 @@ class VideoFineTuner:
             elif name.startswith("encoder._blocks."):
                 p.requires_grad = int(name.split(".")[2]) >= s.frozen_blocks
         self.optimizer = adamw(self.model, s.lr, s.encoder_lr_scale, s.weight_decay)
-        self._x = torch.from_numpy(np.stack([as_float_rgb(f).transpose(2, 0, 1) for f in frames]))
+        if frames.dtype == np.uint8:  # kept as bytes (a quarter of float32: 300 frames of 480p in 370 MB)
+            rgb = frames if frames.ndim == 4 else np.repeat(frames[..., None], 3, -1)
+            self._x = torch.from_numpy(np.ascontiguousarray(rgb[..., :3].transpose(0, 3, 1, 2)))
+        else:
+            self._x = torch.from_numpy(np.stack([as_float_rgb(f).transpose(2, 0, 1) for f in frames]))
         self._rng = np.random.default_rng(s.seed)  # the cross-entropy frames of each step
         self._pair_rng = np.random.default_rng([s.seed, 1])  # the temporal pairs
-        self._trust: dict[tuple[int, int], np.ndarray] = {}
+        self._conf: dict[tuple[int, int], np.ndarray] = {}  # flow confidence, uint8 (0..255)
         self.history: list[dict] = []
+
+    def confidence(self, i: int, j: int) -> np.ndarray:
+        """Flow confidence i -> j as float32 (kept as uint8 per pair: 600 pairs of 480p fit in 250 MB)."""
+        if (i, j) not in self._conf:
+            self._conf[(i, j)] = np.rint(flow_confidence(self.flows, i, j) * 255).astype(np.uint8)
+        return self._conf[(i, j)].astype(np.float32) / 255.0
+
+    def temporal_weight(self, labels: np.ndarray) -> tuple[float, dict]:
+        """This round's temporal weight for ``labels`` and the evidence behind it."""
+        s = self.settings
+        if s.lam <= 0 or len(labels) < 2:
+            return 0.0, {}
+        if not s.adaptive:
+            return float(s.lam), {}
+        ev = flow_evidence(labels, self.flows, [g for g in s.gaps if g < len(labels)], confidence=self.confidence)
+        return temporal_weight(ev.trust, s.lam, s.trust_low, s.trust_high), ev.as_dict()
 
     def _pair_tensors(self, i: int, j: int):
         import torch
 
-        if (i, j) not in self._trust:
-            self._trust[(i, j)] = self.flows.trusted(i, j)
-        return (torch.from_numpy(self.flows.flow(i, j)), torch.from_numpy(self._trust[(i, j)]))
+        return torch.from_numpy(self.flows.flow(i, j)), torch.from_numpy(self.confidence(i, j))
 
     def _class_weights(self, labels: np.ndarray) -> np.ndarray:
         counts = np.bincount(labels[labels >= 0].ravel().astype(np.int64), minlength=self.num_classes)
         return inverse_frequency_weights(counts[:self.num_classes], self.settings.class_weight_clip)
 
-    def _draw_batch(self, annotated: np.ndarray, pick_p: np.ndarray, n: int):
+    def _draw_batch(self, annotated: np.ndarray, pick_p: np.ndarray, n: int, lam: float | None = None):
         """One step's frames: ``2 * pairs`` annotated frames for the cross-entropy, then (with a
         temporal term) the extra frames of its pairs. Returns (frame indices, how many lead for
         the cross-entropy, pairs as (batch position a, batch position b, frame a, frame b)).
@@ -144,7 +183,7 @@ class VideoFineTuner:
         idx = [int(annotated[i]) for i in self._rng.choice(len(annotated), 2 * s.pairs, p=pick_p)]
         n_ce = len(idx)
         pairs = []
-        if s.lam > 0 and n > 1:
+        if (s.lam if lam is None else lam) > 0 and n > 1:
             rng = self._pair_rng
             for k in range(s.pairs):
                 if rng.random() < s.annotated_share:
@@ -164,7 +203,8 @@ class VideoFineTuner:
         """Fine-tune on ``labels`` ((T, h, w), -1 unlabelled, working resolution) for one round.
 
         ``progress(step, total, loss)`` after each step; a true ``should_stop()`` ends the
-        round early. Returns {'steps', 'seconds', 'loss', 'ce', 'temporal', 'cancelled'}.
+        round early. Returns {'steps', 'seconds', 'loss', 'ce', 'temporal', 'cancelled', 'lam'
+        (this round's temporal weight), 'evidence' (what set it, see :meth:`temporal_weight`)}.
         """
         import torch
         from torch.nn import functional as F
@@ -185,6 +225,8 @@ class VideoFineTuner:
         y_all = torch.from_numpy(labels.astype(np.int64))
         n = len(labels)
         t0 = time.perf_counter()
+        lam, evidence = self.temporal_weight(labels)
+        ann_all = torch.from_numpy(labels >= 0)
         self.model.train()
         for m in self.model.encoder.modules():  # frozen BN statistics: tiny batches from one video
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -198,8 +240,10 @@ class VideoFineTuner:
             frac = step / max(1, steps)
             for g in self.optimizer.param_groups:
                 g["lr"] = g["base_lr"] * min(1.0, (step + 1) / 10) * (0.1 + 0.45 * (1 + np.cos(np.pi * frac)))
-            idx, n_ce, pairs = self._draw_batch(annotated, pick_p, n)
+            idx, n_ce, pairs = self._draw_batch(annotated, pick_p, n, lam)
             x = self._x[idx].to(self.device)
+            if x.dtype == torch.uint8:
+                x = x.float() / 255.0  # as as_float_rgb does for 8-bit frames
             y = y_all[idx[:n_ce]].to(self.device)
             logits = self.model(x)
             per_px = F.cross_entropy(logits[:n_ce], y.clamp_min(0), weight=None, reduction="none")
@@ -212,10 +256,12 @@ class VideoFineTuner:
                 a = [p[0] for p in pairs]
                 b = [p[1] for p in pairs]
                 fl, tr = zip(*(self._pair_tensors(p[2], p[3]) for p in pairs))
-                warped = warp_torch(probs[b], torch.stack(fl).to(self.device))
-                temp = temporal_loss(probs[a], warped, torch.stack(tr).to(self.device))
+                ann_a = ann_all[[p[2] for p in pairs]].to(self.device)
+                ann_b = ann_all[[p[3] for p in pairs]].to(self.device)
+                warped = warp_torch(anchored(probs[b], ann_b), torch.stack(fl).to(self.device))
+                temp = temporal_loss(anchored(probs[a], ann_a), warped, torch.stack(tr).to(self.device))
                 ramp = min(1.0, (step + 1) / (s.lam_warmup * steps)) if s.lam_warmup > 0 else 1.0
-                loss = ce + s.lam * ramp * temp
+                loss = ce + lam * ramp * temp
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -228,7 +274,8 @@ class VideoFineTuner:
         out = {"steps": len(losses), "seconds": time.perf_counter() - t0, "cancelled": cancelled,
                "loss": float(np.mean(losses[-10:])) if losses else float("nan"),
                "ce": float(np.mean(ces[-10:])) if ces else float("nan"),
-               "temporal": float(np.mean(temps[-10:])) if temps else float("nan")}
+               "temporal": float(np.mean(temps[-10:])) if temps else float("nan"),
+               "lam": lam, "evidence": evidence}
         self.history.append(out)
         return out
 

@@ -134,11 +134,16 @@ def consistency_mask(flow_fw: np.ndarray, flow_bw: np.ndarray, threshold: float 
     A pixel is trusted when it lands inside frame j and following the backward flow from
     there returns within ``threshold`` pixels of where it started; occluded pixels fail.
     """
+    return (fb_error(flow_fw, flow_bw) <= threshold) & inside(flow_fw)
+
+
+def fb_error(flow_fw: np.ndarray, flow_bw: np.ndarray) -> np.ndarray:
+    """(H, W) float32: distance in px between a pixel of frame i and where the forward flow
+    (i -> j) followed by the backward flow (j -> i) brings it back."""
     if flow_fw.shape != flow_bw.shape:
         raise InputError(f"forward and backward flows differ in shape: {flow_fw.shape} vs {flow_bw.shape}")
     back = warp(np.asarray(flow_bw, np.float32), flow_fw)
-    err = np.sqrt(((np.asarray(flow_fw, np.float32) + back) ** 2).sum(axis=-1))
-    return (err <= threshold) & inside(flow_fw)
+    return np.sqrt(((np.asarray(flow_fw, np.float32) + back) ** 2).sum(axis=-1))
 
 
 def frames_fingerprint(frame: np.ndarray) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_hitl.video.flow import FlowCache
+from napari_hitl.video.trust import flow_confidence
 from napari_hitl.video.units import UnitSet, mean_per_unit
 
 
@@ -33,8 +34,10 @@ def unit_scores(units: UnitSet, probs: np.ndarray | None, feats: np.ndarray) -> 
     return scores, pooled
 
 
-def motion_scores(units: UnitSet, flows: FlowCache) -> np.ndarray:
-    """Per unit: mean motion of its pixels against the frame's dominant (median) motion.
+def motion_scores(units: UnitSet, flows: FlowCache, weighted: bool = True) -> np.ndarray:
+    """Per unit: mean motion of its pixels against the frame's dominant (median) motion, each
+    pixel weighted by its flow confidence (``weighted``; :func:`~napari_hitl.video.trust.flow_confidence`)
+    so motion the flow gets wrong (blur, occlusion, fast limbs) ranks nothing.
 
     Round one has no model to be unsure with; what moves against the camera (animals,
     vehicles, cells over a still background) is usually what a video is labelled for, so
@@ -50,6 +53,8 @@ def motion_scores(units: UnitSet, flows: FlowCache) -> np.ndarray:
     for t in range(n):
         fl = flows.flow(t, t + 1 if t + 1 < n else t - 1)
         residual = np.linalg.norm(fl - np.median(fl.reshape(-1, 2), 0), axis=-1)
+        if weighted:
+            residual = residual * flow_confidence(flows, t, t + 1 if t + 1 < n else t - 1)
         sl = slice(units.offsets[t], units.offsets[t + 1])
         scores[sl] = mean_per_unit(units.frame_map_at(t, residual.shape), residual, units.count(t))
     return scores

@@ -19,7 +19,14 @@ from napari_hitl.video.flow import FlowCache
 from napari_hitl.video.propagate import (NO_LABEL, propagate_labels, resize_frames, resize_labels, upsample_probs,
                                          working_shape)
 from napari_hitl.video.selection import motion_scores, unit_scores
+from napari_hitl.video.trust import motion_trust
 from napari_hitl.video.units import UnitSet
+
+
+#: round one ranks units by motion only when the one-frame flows' mean confidence on moving
+#: pixels reaches this (davis2016, 30 frames at half resolution: breakdance 0.30, kite-surf 0.46,
+#: car-roundabout 0.59, blackswan 0.72, camel 0.81, dog 0.87); set a priori, not tuned
+MOTION_TRUST_MIN = 0.4
 
 
 @dataclass
@@ -39,12 +46,15 @@ class VideoSession:
     (see :func:`working_shape`); units, labels and clicks stay at full resolution.
     ``cache_dir`` keeps the flows (e.g. the project's cache folder) so they are computed once.
     ``round_one_motion``: rank round one's units by motion before the diversity pick (False:
-    diversity alone).
+    diversity alone); it applies only while the flow is trusted where things move
+    (:func:`~napari_hitl.video.trust.motion_trust` >= ``motion_trust_min``), else round one
+    falls back to diversity alone.
     """
 
     def __init__(self, frames, num_classes: int, unit: str | UnitSet = "rect40", cache_dir=None,
                  scale: float = 0.5, flow_method: str = "dis", settings: FineTuneSettings | None = None,
-                 progress: Callable[[str, int, int], None] | None = None, round_one_motion: bool = True):
+                 progress: Callable[[str, int, int], None] | None = None, round_one_motion: bool = True,
+                 motion_trust_min: float = MOTION_TRUST_MIN):
         import tempfile
 
         from napari_hitl.video.flow import to_gray
@@ -73,6 +83,10 @@ class VideoSession:
         self.settings = settings or FineTuneSettings()
         self.progress = progress
         self.round_one_motion = bool(round_one_motion)
+        if not 0 <= motion_trust_min <= 1:
+            raise InputError(f"motion_trust_min must lie in [0, 1], got {motion_trust_min}")
+        self.motion_trust_min = float(motion_trust_min)
+        self.motion_trust: float | None = None  # measured on first use
         self.rounds: list[RoundRecord] = []
 
     # -- human labels ---------------------------------------------------------------------------
@@ -122,14 +136,21 @@ class VideoSession:
                ) -> tuple[np.ndarray, np.ndarray, bool]:
         """Per unit: score, pooled features, and whether the score ranks units. Later rounds
         score margin uncertainty; round one scores motion (:func:`motion_scores`) when
-        ``self.round_one_motion`` and the video moves, else nothing (diversity alone). Pass
+        ``self.round_one_motion``, the video moves and its flow is trusted where it moves
+        (:meth:`flow_trusted`), else nothing (diversity alone). Pass
         them to :func:`select_units` with ``first_round=not ranked``."""
         scores, pooled = unit_scores(self.units, None if first_round else probs, feats)
         if not first_round:
             return scores, pooled, True
-        if self.round_one_motion:
+        if self.round_one_motion and self.flow_trusted():
             scores = motion_scores(self.units, self.flows)
         return scores, pooled, bool(np.ptp(scores) > 0)
+
+    def flow_trusted(self) -> bool:
+        """Whether the flow is trusted where things move (:func:`motion_trust` >= ``motion_trust_min``)."""
+        if self.motion_trust is None:
+            self.motion_trust = motion_trust(self.flows) if self.num_frames > 1 else 0.0
+        return self.motion_trust >= self.motion_trust_min
 
     def precompute_flows(self, gaps=(1, 2, 3)) -> None:
         """Compute every flow the propagation and the temporal term need (cached on disk)."""
