@@ -31,6 +31,7 @@ def warm_up(ctx=None) -> str:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     import skimage.segmentation  # noqa: F401 - superpixels
+    import distributed  # noqa: F401 - Predict & rank's Dask client: a long import, paid here, not mid-click
     from napari_hitl.model import segnet, train  # noqa: F401
 
     return describe_device(select_device())
