@@ -32,7 +32,7 @@ def load_instance_dataset(data: Path, scale: float, pool: int, heldout: int) -> 
     sequence 01 are the pool, the last 30% held out (later frames, no frame in both).
     ``pool`` / ``heldout`` (0 = all) keep that many, evenly spread.
     """
-    from napari_hitl.evaluate.bench_loop import _read_rgb, _resize
+    from napari_hitl.evaluate.bench_loop import _read_rgb, _resize, dsb2018_split
     from napari_hitl.io import read_image
 
     data = Path(data)
@@ -50,17 +50,7 @@ def load_instance_dataset(data: Path, scale: float, pool: int, heldout: int) -> 
         return name, _resize(img, scale, False), (inst > 0).astype(np.uint16), inst
 
     if (data / "labels").is_dir():
-        files = sorted((data / "images").glob("*.png"))
-        if not files:
-            raise InputError(f"--data {data}: no images/*.png")
-        order = np.random.default_rng(1234).permutation(len(files))  # the split of bench loop
-        n_held = max(1, int(round(0.3 * len(files))))
-        held = [files[i] for i in order[:n_held]]
-        pool_files = [files[i] for i in order[n_held:]]
-        if pool and pool < len(pool_files):
-            pool_files = pool_files[:pool]
-        if heldout and heldout < len(held):
-            held = held[:heldout]
+        pool_files, held = dsb2018_split(data, pool, heldout)  # the split of bench loop
         load = lambda f: entry(f.stem, _read_rgb(f), read_image(data / "labels" / f.name))  # noqa: E731
         return dict(name="dsb2018", num_classes=2, pool=[load(f) for f in pool_files],
                     heldout=[load(f) for f in held])

@@ -107,6 +107,23 @@ def _resize(img: np.ndarray, scale: float, nearest: bool) -> np.ndarray:
     return cv2.resize(img, size, interpolation=interp)
 
 
+def dsb2018_split(data: Path, pool: int, heldout: int) -> tuple[list[Path], list[Path]]:
+    """``(pool files, held-out files)`` of a dsb2018-style folder: a fixed 70/30 split (whatever
+    --seed says), cut to ``pool`` and ``heldout`` images when those are given."""
+    files = sorted((data / "images").glob("*.png"))
+    if not files:
+        raise InputError(f"--data {data}: no images/*.png")
+    order = np.random.default_rng(1234).permutation(len(files))
+    n_held = max(1, int(round(0.3 * len(files))))
+    held = [files[i] for i in order[:n_held]]
+    pool_files = [files[i] for i in order[n_held:]]
+    if pool and pool < len(pool_files):
+        pool_files = pool_files[:pool]
+    if heldout and heldout < len(held):
+        held = held[:heldout]
+    return pool_files, held
+
+
 def load_dataset(data: Path, scale: float, pool: int, heldout: int, seed: int = 0):
     """Return dict(name, num_classes, ignore_index, background, pool=[(name, img, gt)], heldout=[...])."""
     from PIL import Image
@@ -136,17 +153,7 @@ def load_dataset(data: Path, scale: float, pool: int, heldout: int, seed: int = 
             return [load(f, data / name / "masks" / (f.stem + ".png"), False) for f in files]
         return dict(name="camvid", num_classes=CAMVID_CLASSES, ignore_index=CAMVID_VOID, background=None,
                     pool=split("train", pool), heldout=split("val", heldout))
-    files = sorted((data / "images").glob("*.png"))
-    if not files:
-        raise InputError(f"--data {data}: no images/*.png")
-    order = np.random.default_rng(1234).permutation(len(files))  # fixed split, whatever --seed says
-    n_held = max(1, int(round(0.3 * len(files))))
-    held = [files[i] for i in order[:n_held]]
-    pool_files = [files[i] for i in order[n_held:]]
-    if pool and pool < len(pool_files):
-        pool_files = pool_files[:pool]
-    if heldout and heldout < len(held):
-        held = held[:heldout]
+    pool_files, held = dsb2018_split(data, pool, heldout)
     return dict(name="dsb2018", num_classes=2, ignore_index=None, background=0,
                 pool=[load(f, data / "labels" / f.name, True) for f in pool_files],
                 heldout=[load(f, data / "labels" / f.name, True) for f in held])
