@@ -13,7 +13,6 @@ Sets: dsb2018 (images) and ctc_sim (frames of a time-lapse, each an image).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -283,11 +282,7 @@ def run(args) -> int:
     print()
     print(summarise(result))
     result["seconds"] = time.perf_counter() - t0
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1, default=float))
-        print(f"wrote {args.json}")
-    if args.plot and result["strategies"]:
-        plot(result, args.plot)
-        print(f"wrote {args.plot}")
+    from napari_hitl.evaluate.bench_loop import _write
+
+    _write(result, args, plot)
     return 0

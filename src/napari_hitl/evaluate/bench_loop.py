@@ -567,14 +567,15 @@ def _answer_words(args, engine) -> str:
             }[args.image_answer]
 
 
-def _write(result: dict, args) -> None:
-    """Write ``--json`` and ``--plot`` (when there are strategies to plot)."""
+def _write(result: dict, args, plot_fn=None) -> None:
+    """Write ``--json`` and ``--plot`` (when there are strategies to plot) with ``plot_fn``
+    (default: this module's :func:`plot`)."""
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1, default=float))
         print(f"wrote {args.json}")
     if args.plot and result["strategies"]:
-        plot(result, args.plot)
+        (plot_fn or plot)(result, args.plot)
         print(f"wrote {args.plot}")
 
 
