@@ -594,6 +594,11 @@ class Project:
         return list(self._classes)
 
     @property
+    def stuff_classes(self) -> tuple[int, ...]:
+        """The classes other than the background that are areas, not objects."""
+        return tuple(c.id for c in self._classes if c.kind == STUFF and c.id)
+
+    @property
     def n_classes(self) -> int:
         return len(self._classes)
 

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from napari_hitl.errors import InputError
+from napari_hitl.errors import InputError, ProjectError
 
 #: the project cache folder holding the probability maps, per model token
 CACHE_FOLDER = "predictions"
@@ -137,12 +137,21 @@ def _write_probs(path: Path, probs: np.ndarray) -> None:
 def read_probs(project, name: str, model: str) -> np.ndarray:
     """The cached probabilities ``(T, C, H, W)`` of image ``name`` under ``model`` (read lazily
     from zarr; only what is indexed is loaded)."""
-    import zarr
-
     result = project.results(model).get(name)
     if result is None:
         raise InputError(f"{name!r} has no prediction of model {model} yet; run napari-hitl predict")
-    return zarr.open_array(str(result["cache"]), mode="r")
+    return open_probs(name, result)
+
+
+def open_probs(name: str, result: dict):
+    """The zarr array of a saved result's cached maps; a missing or damaged entry is named."""
+    import zarr
+
+    try:
+        return zarr.open_array(str(result["cache"]), mode="r")
+    except Exception as err:  # noqa: BLE001 - a missing or damaged cache entry is named
+        raise ProjectError(f"the cached prediction of {name!r} ({result['cache']}) is missing or damaged "
+                           f"({type(err).__name__}); run Predict & rank again") from err
 
 
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
@@ -189,7 +198,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
     weights_future = client.scatter(weights, broadcast=True)
     cache_root = project.cache_dir / CACHE_FOLDER / token
     n_classes = project.n_classes
-    stuff = tuple(c.id for c in project.classes if c.kind == "stuff" and c.id)
+    stuff = project.stuff_classes
     total, finished = len(names), report.skipped
     if progress is not None:
         progress(finished, total)

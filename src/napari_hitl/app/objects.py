@@ -64,7 +64,7 @@ def propose_objects(host, name: str, frame: int | None = None) -> Proposals:
     model = host.get().model
     image = project.read_image(name, frame) if rec.is_stack else project.read_image(name)
     probs, boundary, distance = predict_instance_maps(model, image)
-    stuff = [c.id for c in project.classes if c.kind == inst.STUFF and c.id]
+    stuff = project.stuff_classes
     ids, classes = instances_from_maps(probs, boundary, distance, stuff=stuff)
     conf = object_confidence(ids, probs.max(0), boundary)
     items = [Proposal(o.id, o.cls, float(conf[o.id]), o.area, o.bbox, o.centroid) for o in inst.objects(ids, classes)]

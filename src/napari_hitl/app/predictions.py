@@ -16,7 +16,6 @@ from collections.abc import Mapping
 import numpy as np
 
 from napari_hitl.active.uncertainty import Prediction
-from napari_hitl.errors import ProjectError
 
 #: images whose full maps are kept in memory at a time
 KEEP = 8
@@ -76,16 +75,12 @@ class CachedPredictions(Mapping):
         result = self._results.get(name)
         if result is None:
             raise KeyError(name)
-        import zarr
+        from napari_hitl.app.batch import open_probs
 
-        try:
-            probs = zarr.open_array(str(result["cache"]), mode="r")
-        except Exception as err:  # noqa: BLE001 - a missing or damaged cache entry is named
-            raise ProjectError(f"the cached prediction of {name!r} ({result['cache']}) is missing or damaged "
-                               f"({type(err).__name__}); run Predict & rank again") from err
+        probs = open_probs(name, result)
         features = result["features"]
         n = self.project.n_classes
-        stuff = [c.id for c in self.project.classes if c.kind == "stuff" and c.id]
+        stuff = self.project.stuff_classes
         if probs.shape[1] == n + 2:  # class probabilities, then the instance head's two maps
             preds = [Prediction.from_instance_maps(np.asarray(probs[t], np.float32), n, features, stuff)
                      for t in range(probs.shape[0])]

@@ -119,15 +119,19 @@ class Session:
             fn(*args)
 
     # ------------------------------------------------------------------ labels
+    def _committed(self, name: str, counts: Counts, source: str) -> Counts:
+        """After a save: an answer counts towards auto-training; listeners hear of it."""
+        if source in ANSWERS:
+            self.answers_since_training += 1
+        self._emit("committed", name, counts)
+        return counts
+
     def commit(self, name: str, labels, *, source: str = "human", where=None, frame: int | None = None) -> Counts:
         """The one path a person's labels take to the project: saved at once under the lock; human
         and accepted (machine) labels count towards auto-training."""
         with self.lock:
             counts = self.project.commit_labels(name, labels, source=source, where=where, frame=frame)
-        if source in ANSWERS:
-            self.answers_since_training += 1
-        self._emit("committed", name, counts)
-        return counts
+        return self._committed(name, counts, source)
 
     def read_labels(self, name: str, frame: int | None = None):
         with self.lock:
@@ -144,10 +148,7 @@ class Session:
         with self.lock:
             counts = self.project.commit_instances(name, ids, classes, source=source, where=where, frame=frame,
                                                    event=event, **detail)
-        if source in ANSWERS:
-            self.answers_since_training += 1
-        self._emit("committed", name, counts)
-        return counts
+        return self._committed(name, counts, source)
 
     def reserve_id(self, name: str) -> int:
         """A new object id for ``name`` that no other object of it has had or will get."""
@@ -185,8 +186,7 @@ class Session:
                         {k: v for k, v in saved_classes.items() if k in set(before.tolist())},
                         self.project.label_file(name, frame))
         self.edits = [*self.edits[-(MAX_EDITS - 1):], edit]
-        self.answers_since_training += 1
-        self._emit("committed", name, counts)
+        self._committed(name, counts, "human")
         return new, new_classes
 
     def undo_edit(self) -> tuple[Edit, np.ndarray, dict[int, int]] | None:
