@@ -947,7 +947,8 @@ class Project:
         return self._commit(rec, frames, update, event,
                             lambda c: dict(image=rec.name, frame=frame, source=PROVENANCE_NAMES[code],
                                            pixels=written[0], human=c.human, **detail),
-                            replaces_all=where is None and code in KEPT)
+                            replaces_all=where is None and code in KEPT,
+                            needs_old=not (where is None and code in KEPT))  # a whole plane of a person's
 
     def clear_labels(self, image: str | int, where: np.ndarray | None = None, frame: int | None = None) -> Counts:
         """Forget labels (any provenance) in ``where`` - a person's reset, journalled."""
@@ -966,13 +967,14 @@ class Project:
                             replaces_all=where is None)
 
     def _commit(self, rec: ImageRecord, frames: list[int], update, event: str, entry,
-                replaces_all: bool = False) -> Counts:
+                replaces_all: bool = False, needs_old: bool = True) -> Counts:
         """Write new label files for ``frames``, then switch their pointers, objects, counts and
         the journal entry in one transaction; on failure remove the new files and say so.
 
         ``update(t, i, old_ids, old_prov, old_classes, next_id)`` returns the new plane
         ``(ids, provenance, classes)``; ``next_id`` is above every id the image has used. A
-        commit that ``replaces_all`` pixels also replaces an unreadable old file (the way out).
+        commit that ``replaces_all`` pixels also replaces an unreadable old file (the way out);
+        one that does not ``needs_old`` planes is given empty ones (no file is read).
         """
         iid = self._ids[rec.name]
         new_files: list[Path] = []
@@ -986,7 +988,7 @@ class Project:
                     old_classes = dict(self._db.execute("SELECT id, class FROM objects WHERE image = ? AND frame = ?",
                                                         (iid, t)))
                     old_ids = old_prov = None
-                    if t in old:
+                    if t in old and needs_old:
                         try:
                             old_ids, old_prov = self._read_file(rec, old[t], n_classes, old_classes)
                         except CorruptFileError:
