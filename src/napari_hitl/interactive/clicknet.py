@@ -33,6 +33,8 @@ CROP_EXPAND = 1.6
 EXTREME_EXPAND = 1.3
 #: smallest crop side, in image pixels
 MIN_CROP = 40
+#: refocus (predict again closer) when the answer's crop would be under this share of the crop's side
+REFOCUS_BELOW = 0.6
 
 
 def weights_file() -> Path:
@@ -169,8 +171,14 @@ class ClickNetEngine(Engine):
     """Learned click model on the pretrained EfficientNet-Lite0 encoder (crop, cache, late prompts)."""
 
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
-                 connected: bool = True):
-        """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks)."""
+                 connected: bool = True, snap: float = 0.0, snap_eps: float = 1e-3, obey: bool = False,
+                 refocus: bool = False):
+        """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
+        ``snap``: guided-filter window radius in logit cells (image pixels per logit times this; 0:
+        off) for snapping the boundary to the image's edges at native resolution, ``snap_eps`` its
+        regularisation; ``obey``: move the whole part a violated click lands on to the click's
+        side (:mod:`.refine`); ``refocus``: predict a second time on a closer crop when the answer
+        is small in its crop (zoom-in)."""
         import torch
 
         from napari_hitl.interactive.clicknet_net import build_clicknet
@@ -185,6 +193,10 @@ class ClickNetEngine(Engine):
         self.meta = _load_weights(net, self.weights_path)
         self.net = net.eval().fuse_batchnorm().to(self.device)
         self.connected = bool(connected)
+        if not (0.0 <= float(snap) <= 8.0) or not (0.0 < float(snap_eps) < 1.0):
+            raise InputError(f"clicknet: snap must be in [0, 8] and snap_eps in (0, 1), got {snap}, {snap_eps}")
+        self.snap, self.snap_eps, self.obey, self.refocus = float(snap), float(snap_eps), bool(obey), bool(refocus)
+        self._cues = None
         self._image: np.ndarray | None = None
         self._crop: tuple[float, float, float] | None = None
         self._cache = None
@@ -198,8 +210,11 @@ class ClickNetEngine(Engine):
 
     def prepare(self, image: np.ndarray) -> None:
         """Keep the image (float RGB) and encode the whole-image crop that first clicks use."""
+        from napari_hitl.interactive.refine import ImageCues
+
         self._image = as_float_rgb(image)
         self._crop, self._cache = None, None
+        self._cues = ImageCues.of(self._image) if (self.snap or self.obey) else None
         self._encode(full_crop(self._image.shape))
 
     def _encode(self, crop) -> None:
@@ -236,8 +251,6 @@ class ClickNetEngine(Engine):
     def predict(self, region: RegionPrompts, prev_mask: np.ndarray | None = None,
                 others: Sequence[RegionPrompts] = ()) -> np.ndarray:
         """Float32 HxW logits (> 0 inside), strongly negative outside the crop."""
-        import torch
-
         if self._image is None:
             raise InputError("clicknet: call prepare(image) before predict()")
         shape = self._image.shape[:2]
@@ -251,6 +264,19 @@ class ClickNetEngine(Engine):
                 raise InputError(f"prev_mask has shape {prev.shape}, expected the image's {shape}")
             prev = prev > 0 if prev.dtype != bool else prev
         crop = self.choose_crop(region, prev)
+        out = self._infer(crop, region, prev, others)
+        if self.refocus:
+            crop, out = self._refocus(crop, out, region, others)
+        self._finish(out, crop, region, others)
+        if self.connected:
+            _keep_prompted_components(out, region, prev)
+        return out
+
+    def _infer(self, crop, region: RegionPrompts, prev: np.ndarray | None,
+               others: Sequence[RegionPrompts]) -> np.ndarray:
+        """The network's full-resolution logits for one crop (encoded once per crop)."""
+        import torch
+
         self._encode(crop)
         prev_crop = None
         if prev is not None:
@@ -258,10 +284,33 @@ class ClickNetEngine(Engine):
         maps = crop_prompt_maps(region, crop, others, prev_crop)
         with torch.inference_mode():
             logits = self.net.decode(self._cache, torch.from_numpy(maps)[None].to(self.device))
-        out = paste_logits(logits[0, 0].float().cpu().numpy(), crop, shape)
-        if self.connected:
-            _keep_prompted_components(out, region, prev)
-        return out
+        return paste_logits(logits[0, 0].float().cpu().numpy(), crop, self._image.shape[:2])
+
+    def _refocus(self, crop, out: np.ndarray, region: RegionPrompts, others: Sequence[RegionPrompts]):
+        """Look again, closer: when the answer fills under ``REFOCUS_BELOW`` of the crop's side,
+        predict once more on the crop around the answer and the prompts, the first answer given
+        as the previous mask (the network then sees the object at a useful size)."""
+        mask = out > 0
+        if region.extreme is not None or not mask.any():
+            return crop, out
+        shape = self._image.shape[:2]
+        want = square_crop(region.bbox(shape, margin=0.0, min_size=1, include=mask), CROP_EXPAND)
+        if want[2] >= REFOCUS_BELOW * crop[2]:
+            return crop, out
+        return want, self._infer(want, region, mask, others)
+
+    def _finish(self, out: np.ndarray, crop, region: RegionPrompts, others: Sequence[RegionPrompts]) -> None:
+        """Native-resolution finishing in place: edge snapping, then click obedience (:mod:`.refine`)."""
+        from napari_hitl.interactive.refine import obey_clicks, snap_to_edges
+
+        per_logit = crop[2] / (CROP_SIZE / 4)  # image pixels per logit cell
+        if self.snap:
+            snap_to_edges(out, self._cues, radius=max(1, round(self.snap * per_logit)), eps=self.snap_eps)
+        if self.obey:
+            h, w = out.shape
+            y0, x0, side = crop
+            box = (max(int(y0), 0), max(int(x0), 0), min(int(np.ceil(y0 + side)), h), min(int(np.ceil(x0 + side)), w))
+            obey_clicks(out, self._cues, region, others, box=box)
 
 
 def _keep_prompted_components(logits: np.ndarray, region: RegionPrompts, prev: np.ndarray | None = None) -> None:
