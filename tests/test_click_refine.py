@@ -102,3 +102,19 @@ def test_engine_with_obedience_keeps_every_positive_click_inside():
             assert prev[int(round(c.y)), int(round(c.x))] == c.positive, c
         y, x = rng.integers(0, 100), rng.integers(0, 140)
         region.clicks.append(Click(float(y), float(x), positive=bool(rng.integers(0, 2)) or not prev.any()))
+
+
+def test_sweep_removes_the_false_part_around_an_obeyed_negative_click():
+    """The network cut only a hole around the negative click: sweeping removes the whole false
+    square it lands on (separated from the true one by an edge), not just the hole."""
+    img = _two_squares()
+    cues = ImageCues.of(img)
+    logits = np.full(img.shape, -10.0, np.float32)
+    logits[20:60, 20:120] = 8.0  # true square and a confident false one, joined
+    logits[35:46, 95:106] = -4.0  # the hole around the negative click
+    region = RegionPrompts(1, [Click(40, 40), Click(40, 100, positive=False)])
+    assert obey_clicks(logits.copy(), cues, region) == 0  # nothing violated: plain obedience keeps it
+    assert obey_clicks(logits, cues, region, sweep=True, reach=8) == 0
+    mask = logits > 0
+    assert mask[20:60, 80:120].mean() < 0.05, mask[20:60, 80:120].mean()
+    assert mask[20:60, 20:60].mean() > 0.97 and mask[22:58, 22:58].all()  # the edge pixels may go either way

@@ -172,12 +172,13 @@ class ClickNetEngine(Engine):
 
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
                  connected: bool = True, snap: float = 0.0, snap_eps: float = 1e-3, obey: bool = False,
-                 refocus: bool = False):
+                 refocus: bool = False, sweep: bool = False):
         """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
         ``snap``: guided-filter window radius in logit cells (image pixels per logit times this; 0:
         off) for snapping the boundary to the image's edges at native resolution, ``snap_eps`` its
         regularisation; ``obey``: move the whole part a violated click lands on to the click's
-        side (:mod:`.refine`); ``refocus``: predict a second time on a closer crop when the answer
+        side (:mod:`.refine`), and with ``sweep`` every negative click removes the whole false part
+        it lands on; ``refocus``: predict a second time on a closer crop when the answer
         is small in its crop (zoom-in)."""
         import torch
 
@@ -196,6 +197,7 @@ class ClickNetEngine(Engine):
         if not (0.0 <= float(snap) <= 8.0) or not (0.0 < float(snap_eps) < 1.0):
             raise InputError(f"clicknet: snap must be in [0, 8] and snap_eps in (0, 1), got {snap}, {snap_eps}")
         self.snap, self.snap_eps, self.obey, self.refocus = float(snap), float(snap_eps), bool(obey), bool(refocus)
+        self.sweep = bool(sweep)
         self._cues = None
         self._image: np.ndarray | None = None
         self._crop: tuple[float, float, float] | None = None
@@ -214,7 +216,7 @@ class ClickNetEngine(Engine):
 
         self._image = as_float_rgb(image)
         self._crop, self._cache = None, None
-        self._cues = ImageCues.of(self._image) if (self.snap or self.obey) else None
+        self._cues = ImageCues.of(self._image) if (self.snap or self.obey or self.sweep) else None
         self._encode(full_crop(self._image.shape))
 
     def _encode(self, crop) -> None:
@@ -306,11 +308,13 @@ class ClickNetEngine(Engine):
         per_logit = crop[2] / (CROP_SIZE / 4)  # image pixels per logit cell
         if self.snap:
             snap_to_edges(out, self._cues, radius=max(1, round(self.snap * per_logit)), eps=self.snap_eps)
-        if self.obey:
+        if self.obey or self.sweep:  # sweeping obeys the violated positive clicks too
             h, w = out.shape
             y0, x0, side = crop
             box = (max(int(y0), 0), max(int(x0), 0), min(int(np.ceil(y0 + side)), h), min(int(np.ceil(x0 + side)), w))
-            obey_clicks(out, self._cues, region, others, box=box)
+            # the hole the network cuts around a negative click: about twice its click disk
+            reach = 2.0 * CLICK_RADIUS * side / CROP_SIZE
+            obey_clicks(out, self._cues, region, others, box=box, sweep=self.sweep, reach=reach)
 
 
 def _keep_prompted_components(logits: np.ndarray, region: RegionPrompts, prev: np.ndarray | None = None) -> None:

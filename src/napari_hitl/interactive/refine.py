@@ -134,14 +134,19 @@ def _scribble_seeds(markers: np.ndarray, scribbles, value: int, origin: tuple[in
 
 def obey_clicks(logits: np.ndarray, cues: ImageCues, region: RegionPrompts,
                 others: Sequence[RegionPrompts] = (), box: tuple[int, int, int, int] | None = None,
-                confident: float = CONFIDENT) -> int:
+                confident: float = CONFIDENT, sweep: bool = False, reach: float = 0.0) -> int:
     """In place: make every click of ``region`` hold. For each violated click (a positive click
     whose pixel has logit <= 0, a negative click whose pixel has logit > 0), a seeded watershed on
     the gradient inside ``box`` (default: the whole image) decides which pixels on the click's
     wrong side belong with it: seeds are the click against the confident pixels of the other
     side (|logit| > ``confident``) and the prompts of that side (the region's other clicks and
-    scribbles; the other regions' positives count as negatives). Returns the number of clicks
-    that were violated."""
+    scribbles; the other regions' positives count as negatives).
+
+    ``sweep``: every negative click, violated or not, removes the whole false part it lands on:
+    the mask pixels the watershed gives to the negative clicks against the positive prompts
+    alone (the network's own confidence is what failed there), the flood starting from the
+    click's neighbourhood of radius ``reach`` pixels (the hole the network cut around it).
+    Returns the number of clicks that were violated."""
     import cv2
     from skimage.segmentation import watershed
 
@@ -155,7 +160,8 @@ def obey_clicks(logits: np.ndarray, cues: ImageCues, region: RegionPrompts,
             raise InputError(f"click at ({c.y}, {c.x}) is outside the image of shape {(h, w)}")
         if (logits[y, x] > 0) != c.positive:
             violated.append(c)
-    if not violated:
+    sweeping = sweep and any(not c.positive for c in region.clicks)
+    if not violated and not sweeping:
         return 0
     y0, x0, y1, x1 = box if box is not None else (0, 0, h, w)
     side = max(y1 - y0, x1 - x0)
@@ -174,13 +180,20 @@ def obey_clicks(logits: np.ndarray, cues: ImageCues, region: RegionPrompts,
     other_pos = np.concatenate(other_pos) if other_pos else np.zeros((0, 2))
     radius = max(1, int(round(SEED_RADIUS / scale)))
     for positive in (True, False):
-        clicks = [c for c in violated if c.positive == positive]
+        swept = sweeping and not positive
+        clicks = [c for c in (region.clicks if swept else violated) if c.positive == positive]
         if not clicks:
             continue
         # the click's side: 1; the other side: 2; the watershed floods only the wrong side
         wrong = lg_s <= 0 if positive else lg_s > 0
         markers = np.zeros(lg_s.shape, np.int32)
-        markers[(lg_s < -confident) if positive else (lg_s > confident)] = 2
+        if swept:
+            near = np.zeros(lg_s.shape, np.int32)
+            _disk_seeds(near, np.array([[c.y, c.x] for c in clicks]), 1, (y0, x0), scale,
+                        max(radius, int(round(reach / scale))))
+            wrong = wrong | (near > 0)
+        else:
+            markers[(lg_s < -confident) if positive else (lg_s > confident)] = 2
         if positive:
             _disk_seeds(markers, np.concatenate([neg_pts, other_pos]), 2, (y0, x0), scale, radius)
             _scribble_seeds(markers, [s for s in region.scribbles if not s.positive], 2, (y0, x0), scale)
