@@ -172,14 +172,15 @@ class ClickNetEngine(Engine):
 
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
                  connected: bool = True, snap: float = 0.0, snap_eps: float = 1e-3, obey: bool = False,
-                 refocus: bool = False, sweep: bool = False):
+                 refocus: bool = False, sweep: bool = False, expand: float = CROP_EXPAND, flip: bool = False):
         """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
         ``snap``: guided-filter window radius in logit cells (image pixels per logit times this; 0:
         off) for snapping the boundary to the image's edges at native resolution, ``snap_eps`` its
         regularisation; ``obey``: move the whole part a violated click lands on to the click's
         side (:mod:`.refine`), and with ``sweep`` every negative click removes the whole false part
         it lands on; ``refocus``: predict a second time on a closer crop when the answer
-        is small in its crop (zoom-in)."""
+        is small in its crop (zoom-in); ``expand``: crop side over the prompts' and previous mask's
+        box; ``flip``: average the answer with the mirrored crop's (twice the network's work)."""
         import torch
 
         from napari_hitl.interactive.clicknet_net import build_clicknet
@@ -197,7 +198,10 @@ class ClickNetEngine(Engine):
         if not (0.0 <= float(snap) <= 8.0) or not (0.0 < float(snap_eps) < 1.0):
             raise InputError(f"clicknet: snap must be in [0, 8] and snap_eps in (0, 1), got {snap}, {snap_eps}")
         self.snap, self.snap_eps, self.obey, self.refocus = float(snap), float(snap_eps), bool(obey), bool(refocus)
-        self.sweep = bool(sweep)
+        self.sweep, self.flip = bool(sweep), bool(flip)
+        if not 1.0 <= float(expand) <= 4.0:
+            raise InputError(f"clicknet: expand must be in [1, 4], got {expand}")
+        self.expand = float(expand)
         self._cues = None
         self._image: np.ndarray | None = None
         self._crop: tuple[float, float, float] | None = None
@@ -226,6 +230,8 @@ class ClickNetEngine(Engine):
             return
         patch = warp_to_crop(self._image, crop, CROP_SIZE, fill=0.0)
         x = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))[None].to(self.device)
+        if self.flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])])
         with torch.inference_mode():
             self._cache = self.net.encode(x)
         self._crop = tuple(float(v) for v in crop)
@@ -240,7 +246,7 @@ class ClickNetEngine(Engine):
         if prev is None or not prev.any():
             return full_crop(shape)
         box = region.bbox(shape, margin=0.0, min_size=1, include=prev)
-        want = square_crop(box, CROP_EXPAND)
+        want = square_crop(box, self.expand)
         if self._crop is not None:
             y0, x0, side = self._crop
             by0, bx0, by1, bx1 = box
@@ -283,10 +289,14 @@ class ClickNetEngine(Engine):
         prev_crop = None
         if prev is not None:
             prev_crop = (warp_to_crop(prev.astype(np.float32), crop, CROP_SIZE) > 0.5).astype(np.float32)
-        maps = crop_prompt_maps(region, crop, others, prev_crop)
+        maps = torch.from_numpy(crop_prompt_maps(region, crop, others, prev_crop))[None].to(self.device)
+        if self.flip:
+            maps = torch.cat([maps, torch.flip(maps, dims=[3])])
         with torch.inference_mode():
-            logits = self.net.decode(self._cache, torch.from_numpy(maps)[None].to(self.device))
-        return paste_logits(logits[0, 0].float().cpu().numpy(), crop, self._image.shape[:2])
+            logits = self.net.decode(self._cache, maps).float()
+        if self.flip:
+            logits = (logits[:1] + torch.flip(logits[1:], dims=[3])) / 2
+        return paste_logits(logits[0, 0].cpu().numpy(), crop, self._image.shape[:2])
 
     def _refocus(self, crop, out: np.ndarray, region: RegionPrompts, others: Sequence[RegionPrompts]):
         """Look again, closer: when the answer fills under ``REFOCUS_BELOW`` of the crop's side,
@@ -296,7 +306,7 @@ class ClickNetEngine(Engine):
         if region.extreme is not None or not mask.any():
             return crop, out
         shape = self._image.shape[:2]
-        want = square_crop(region.bbox(shape, margin=0.0, min_size=1, include=mask), CROP_EXPAND)
+        want = square_crop(region.bbox(shape, margin=0.0, min_size=1, include=mask), self.expand)
         if want[2] >= REFOCUS_BELOW * crop[2]:
             return crop, out
         return want, self._infer(want, region, mask, others)
