@@ -5,7 +5,10 @@ previous mask, with a margin; the whole image while nothing else says where the 
 resized to ``CROP_SIZE``. The frozen encoder stem runs once per crop and is cached; each
 click runs only the prompt branch, the trainable encoder stages and the decoder
 (:mod:`.clicknet_net`). Logits are pasted back at full resolution, strongly negative outside
-the crop. Weights ship in ``weights/clicknet.pt`` (trained by :mod:`.train_clicknet`).
+the crop, then finished at native resolution (:mod:`.refine`, each step an option chosen on the
+click model's validation split by ``benchmarks/tune_click_finish.py``): the boundary band
+snapped to the image's edges, every click obeyed, and a negative click's whole false part
+removed. Weights ship in ``weights/clicknet.pt`` (trained by :mod:`.train_clicknet`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ CROP_EXPAND = 1.6
 EXTREME_EXPAND = 1.3
 #: smallest crop side, in image pixels
 MIN_CROP = 40
+#: default edge-snap window radius, in logit cells; this and the other finishing defaults (obey,
+#: sweep, refocus on) were chosen on the click model's validation split, gen-1 weights, 150 objects:
+#: NoC@90 10.28 -> 9.24, IoU@1 0.442 -> 0.487 (docs/bench/clicknet_finish_tuning.json)
+SNAP = 1.0
 #: refocus (predict again closer) when the answer's crop would be under this share of the crop's side
 REFOCUS_BELOW = 0.6
 
@@ -171,8 +178,8 @@ class ClickNetEngine(Engine):
     """Learned click model on the pretrained EfficientNet-Lite0 encoder (crop, cache, late prompts)."""
 
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
-                 connected: bool = True, snap: float = 0.0, snap_eps: float = 1e-3, obey: bool = False,
-                 refocus: bool = False, sweep: bool = False, expand: float = CROP_EXPAND, flip: bool = False):
+                 connected: bool = True, snap: float = SNAP, snap_eps: float = 1e-3, obey: bool = True,
+                 refocus: bool = True, sweep: bool = True, expand: float = CROP_EXPAND, flip: bool = False):
         """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
         ``snap``: guided-filter window radius in logit cells (image pixels per logit times this; 0:
         off) for snapping the boundary to the image's edges at native resolution, ``snap_eps`` its
