@@ -36,6 +36,8 @@ CROP_EXPAND = 1.6
 EXTREME_EXPAND = 1.3
 #: smallest crop side, in image pixels
 MIN_CROP = 40
+#: encoded crops kept per image (a few MB each at most): full-image mode revisits every region's crop
+MAX_ENCODINGS = 48
 #: default edge-snap window radius, in logit cells; this and the other finishing defaults (obey,
 #: sweep, refocus on) were chosen on the click model's validation split, gen-1 weights, 150 objects:
 #: NoC@90 10.28 -> 9.24, IoU@1 0.442 -> 0.487 (docs/bench/clicknet_finish_tuning.json)
@@ -213,6 +215,7 @@ class ClickNetEngine(Engine):
         self._image: np.ndarray | None = None
         self._crop: tuple[float, float, float] | None = None
         self._cache = None
+        self._encodings: dict = {}  # crop -> encoder cache, most recent last (full-image mode revisits crops)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -227,6 +230,7 @@ class ClickNetEngine(Engine):
 
         self._image = as_float_rgb(image)
         self._crop, self._cache = None, None
+        self._encodings = {}
         self._cues = ImageCues.of(self._image) if (self.snap or self.obey or self.sweep) else None
         self._encode(full_crop(self._image.shape))
 
@@ -235,6 +239,12 @@ class ClickNetEngine(Engine):
 
         if self._crop is not None and np.allclose(self._crop, crop):
             return
+        key = tuple(round(float(v), 3) for v in crop)
+        if key in self._encodings:
+            self._cache = self._encodings.pop(key)
+            self._encodings[key] = self._cache
+            self._crop = tuple(float(v) for v in crop)
+            return
         patch = warp_to_crop(self._image, crop, CROP_SIZE, fill=0.0)
         x = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))[None].to(self.device)
         if self.flip:
@@ -242,6 +252,9 @@ class ClickNetEngine(Engine):
         with torch.inference_mode():
             self._cache = self.net.encode(x)
         self._crop = tuple(float(v) for v in crop)
+        self._encodings[key] = self._cache
+        while len(self._encodings) > MAX_ENCODINGS:
+            self._encodings.pop(next(iter(self._encodings)))
 
     def choose_crop(self, region: RegionPrompts, prev: np.ndarray | None) -> tuple[float, float, float]:
         """The crop for this prediction: the extreme points' box, else the clicks' and previous
