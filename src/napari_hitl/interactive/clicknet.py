@@ -181,7 +181,8 @@ class ClickNetEngine(Engine):
 
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
                  connected: bool = True, snap: float = SNAP, snap_eps: float = 1e-3, obey: bool = True,
-                 refocus: bool = True, sweep: bool = True, expand: float = CROP_EXPAND, flip: bool = False):
+                 refocus: bool = True, sweep: bool = True, expand: float = CROP_EXPAND, flip: bool = False,
+                 local: float = 0.0):
         """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
         ``snap``: guided-filter window radius in logit cells (image pixels per logit times this; 0:
         off) for snapping the boundary to the image's edges at native resolution, ``snap_eps`` its
@@ -189,7 +190,9 @@ class ClickNetEngine(Engine):
         side (:mod:`.refine`), and with ``sweep`` every negative click removes the whole false part
         it lands on; ``refocus``: predict a second time on a closer crop when the answer
         is small in its crop (zoom-in); ``expand``: crop side over the prompts' and previous mask's
-        box; ``flip``: average the answer with the mirrored crop's (twice the network's work)."""
+        box; ``flip``: average the answer with the mirrored crop's (twice the network's work);
+        ``local``: a click's changes stand only within this share of the crop's side from it
+        (elsewhere the previous mask stays; 0: off)."""
         import torch
 
         from napari_hitl.interactive.clicknet_net import build_clicknet
@@ -207,7 +210,7 @@ class ClickNetEngine(Engine):
         if not (0.0 <= float(snap) <= 8.0) or not (0.0 < float(snap_eps) < 1.0):
             raise InputError(f"clicknet: snap must be in [0, 8] and snap_eps in (0, 1), got {snap}, {snap_eps}")
         self.snap, self.snap_eps, self.obey, self.refocus = float(snap), float(snap_eps), bool(obey), bool(refocus)
-        self.sweep, self.flip = bool(sweep), bool(flip)
+        self.sweep, self.flip, self.local = bool(sweep), bool(flip), float(local)
         if not 1.0 <= float(expand) <= 4.0:
             raise InputError(f"clicknet: expand must be in [1, 4], got {expand}")
         self.expand = float(expand)
@@ -295,7 +298,7 @@ class ClickNetEngine(Engine):
         out = self._infer(crop, region, prev, others)
         if self.refocus:
             crop, out = self._refocus(crop, out, region, others)
-        self._finish(out, crop, region, others)
+        self._finish(out, crop, region, others, prev)
         if self.connected:
             _keep_prompted_components(out, region, prev)
         return out
@@ -331,13 +334,18 @@ class ClickNetEngine(Engine):
             return crop, out
         return want, self._infer(want, region, mask, others)
 
-    def _finish(self, out: np.ndarray, crop, region: RegionPrompts, others: Sequence[RegionPrompts]) -> None:
-        """Native-resolution finishing in place: edge snapping, then click obedience (:mod:`.refine`)."""
-        from napari_hitl.interactive.refine import obey_clicks, snap_to_edges
+    def _finish(self, out: np.ndarray, crop, region: RegionPrompts, others: Sequence[RegionPrompts],
+                prev: np.ndarray | None = None) -> None:
+        """Native-resolution finishing in place: edge snapping, the local update, then click
+        obedience (:mod:`.refine`)."""
+        from napari_hitl.interactive.refine import keep_local_change, obey_clicks, snap_to_edges
 
         per_logit = crop[2] / (CROP_SIZE / 4)  # image pixels per logit cell
         if self.snap:
             snap_to_edges(out, self._cues, radius=max(1, round(self.snap * per_logit)), eps=self.snap_eps)
+        if self.local and prev is not None and prev.any() and region.clicks:
+            last = region.clicks[-1]
+            keep_local_change(out, prev, (last.y, last.x), reach=self.local * crop[2])
         if self.obey or self.sweep:  # sweeping obeys the violated positive clicks too
             h, w = out.shape
             y0, x0, side = crop
