@@ -176,6 +176,9 @@ def as_float_rgb(image: np.ndarray, value_range: tuple[float, float] | None = No
     ``value_range`` when given (a crop of a large image: :meth:`LazyImage.value_range`, so
     every crop is scaled alike).
     """
+    if isinstance(image, LazyImage):
+        raise InputError(f"{image.path} is a large image read lazily ({image.shape[0]}x{image.shape[1]}); "
+                         "read a window of it (LazyImage.read), or use an engine that works on crops (clicknet)")
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[2] in (1, 3, 4):
         img = img[..., 0] if img.shape[2] == 1 else img[..., :3]

@@ -2,7 +2,11 @@
 
 The engine works on a square crop around the region (its extreme points, or its clicks and
 previous mask, with a margin; the whole image while nothing else says where the region is),
-resized to ``CROP_SIZE``. The frozen encoder stem runs once per crop and is cached; each
+resized to ``CROP_SIZE``. A large image (an :class:`napari_hitl.io.LazyImage`) is never read
+whole: the first crop is a ``LARGE_FIRST_CROP`` window around the first clicks, each crop
+reads only its window (from the coarsest pyramid level that still resolves the crop), and
+:meth:`ClickNetEngine.predict_window` returns the logits of that window with its offset, so
+a click on a 40,000 x 40,000 slide costs what it costs on a small image. The frozen encoder stem runs once per crop and is cached; each
 click runs only the prompt branch, the trainable encoder stages and the decoder
 (:mod:`.clicknet_net`). Logits are pasted back at full resolution, strongly negative outside
 the crop. Weights ship in ``weights/clicknet.pt`` (trained by :mod:`.train_clicknet`).
@@ -18,12 +22,13 @@ import numpy as np
 
 from napari_hitl.errors import HitlError, InputError
 from napari_hitl.interactive.clicknet_net import CLICK_RADIUS, CROP_SIZE, SCRIBBLE_WIDTH
-from napari_hitl.interactive.engine import Engine, register_engine
-from napari_hitl.io import as_float_rgb
+from napari_hitl.interactive.engine import Engine, Window, register_engine
+from napari_hitl.io import LazyImage, as_float_rgb
 from napari_hitl.prompts import RegionPrompts
 
 __all__ = ["ClickNetEngine", "weights_file", "square_crop", "full_crop", "crop_matrix", "to_crop", "warp_to_crop",
-           "crop_prompt_maps", "paste_logits", "OUTSIDE_LOGIT", "CROP_EXPAND", "EXTREME_EXPAND"]
+           "crop_prompt_maps", "paste_logits", "crop_logits", "read_crop", "OUTSIDE_LOGIT", "CROP_EXPAND",
+           "EXTREME_EXPAND", "LARGE_FIRST_CROP"]
 
 #: logit given to every pixel outside the crop
 OUTSIDE_LOGIT = -20.0
@@ -33,6 +38,9 @@ CROP_EXPAND = 1.6
 EXTREME_EXPAND = 1.3
 #: smallest crop side, in image pixels
 MIN_CROP = 40
+#: side, in image pixels, of the first crop on a large image: a window around the first clicks
+#: (on a small image the first crop is the whole image)
+LARGE_FIRST_CROP = 1024
 
 
 def weights_file() -> Path:
@@ -91,26 +99,56 @@ def warp_to_crop(image: np.ndarray, crop: Sequence[float], size: int = CROP_SIZE
                           borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
 
 
-def paste_logits(logits: np.ndarray, crop: Sequence[float], shape: Sequence[int],
-                 fill: float = OUTSIDE_LOGIT) -> np.ndarray:
-    """Float32 HxW full-resolution logits from square crop logits (any resolution), ``fill`` outside."""
+def read_crop(image: LazyImage, crop: Sequence[float], size: int = CROP_SIZE,
+              value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """(size, size, 3) float32 crop of a large image, reading only its window: from the coarsest
+    pyramid level that still has ``size`` pixels across the crop (0 outside the image)."""
+    y0, x0, side = (float(v) for v in crop)
+    level = 0
+    for k in range(1, image.n_levels):
+        if side / max(image.scale(k)) < size:
+            break
+        level = k
+    sy, sx = image.scale(level)
+    s = (sy + sx) / 2.0
+    h, w = image.level_shape(level)
+    # one pixel beyond the crop on each side: bilinear sampling near its edges needs it
+    wy0, wx0 = max(int(np.floor(y0 / s)) - 1, 0), max(int(np.floor(x0 / s)) - 1, 0)
+    wy1, wx1 = min(int(np.ceil((y0 + side) / s)) + 1, h), min(int(np.ceil((x0 + side) / s)) + 1, w)
+    if wy1 <= wy0 or wx1 <= wx0:
+        raise InputError(f"crop (y0={y0:.0f}, x0={x0:.0f}, side={side:.0f}) lies outside the "
+                         f"{image.shape[0]}x{image.shape[1]} image")
+    window = as_float_rgb(image.read(wy0, wx0, wy1, wx1, level), value_range)
+    return warp_to_crop(window, (y0 / s - wy0, x0 / s - wx0, side / s), size, fill=0.0)
+
+
+def crop_logits(logits: np.ndarray, crop: Sequence[float], shape: Sequence[int]) -> Window | None:
+    """Square crop logits (any resolution) resampled to image pixels over the part of the crop
+    inside the (H, W) image; None if the crop misses the image."""
     import cv2
 
     h, w = int(shape[0]), int(shape[1])
-    out = np.full((h, w), fill, np.float32)
     y0, x0, side = crop
     iy0, ix0 = max(int(np.floor(y0)), 0), max(int(np.floor(x0)), 0)
     iy1, ix1 = min(int(np.ceil(y0 + side)), h), min(int(np.ceil(x0 + side)), w)
     if iy1 <= iy0 or ix1 <= ix0:
-        return out
+        return None
     n = logits.shape[0]
     s = side / n  # image pixels per logit pixel
     # logit pixel centre u maps to image x = x0 + (u + 0.5) * s - 0.5; inverse for warpAffine
     m = np.array([[1 / s, 0.0, (ix0 - x0 + 0.5) / s - 0.5], [0.0, 1 / s, (iy0 - y0 + 0.5) / s - 0.5]])
-    out[iy0:iy1, ix0:ix1] = cv2.warpAffine(np.ascontiguousarray(logits, np.float32), m, (ix1 - ix0, iy1 - iy0),
-                                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                           borderMode=cv2.BORDER_REPLICATE)
-    return out
+    data = cv2.warpAffine(np.ascontiguousarray(logits, np.float32), m, (ix1 - ix0, iy1 - iy0),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return Window(data, iy0, ix0)
+
+
+def paste_logits(logits: np.ndarray, crop: Sequence[float], shape: Sequence[int],
+                 fill: float = OUTSIDE_LOGIT) -> np.ndarray:
+    """Float32 HxW full-resolution logits from square crop logits (any resolution), ``fill`` outside."""
+    win = crop_logits(logits, crop, shape)
+    if win is None:
+        return np.full((int(shape[0]), int(shape[1])), fill, np.float32)
+    return win.full(shape, np.float32(fill))
 
 
 def crop_prompt_maps(region: RegionPrompts, crop: Sequence[float], others: Sequence[RegionPrompts] = (),
@@ -168,9 +206,15 @@ def _load_weights(net, path: Path) -> dict:
 class ClickNetEngine(Engine):
     """Learned click model on the pretrained EfficientNet-Lite0 encoder (crop, cache, late prompts)."""
 
+    # the prepared image: an array (``_image``) or a large one read by crops (``_lazy``)
+    _image: np.ndarray | None = None
+    _lazy: LazyImage | None = None
+    _shape: tuple[int, int] | None = None
+
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
-                 connected: bool = True):
-        """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks)."""
+                 connected: bool = True, first_crop: int = LARGE_FIRST_CROP):
+        """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
+        ``first_crop``: side of the first crop on a large image (pixels)."""
         import torch
 
         from napari_hitl.interactive.clicknet_net import build_clicknet
@@ -185,44 +229,72 @@ class ClickNetEngine(Engine):
         self.meta = _load_weights(net, self.weights_path)
         self.net = net.eval().fuse_batchnorm().to(self.device)
         self.connected = bool(connected)
+        if not (isinstance(first_crop, (int, np.integer)) and first_crop >= MIN_CROP):
+            raise InputError(f"first_crop must be an integer of at least {MIN_CROP} pixels, got {first_crop!r}")
+        self.first_crop = int(first_crop)
         self._image: np.ndarray | None = None
+        self._lazy: LazyImage | None = None
+        self._range: tuple[float, float] | None = None
+        self._shape: tuple[int, int] | None = None
         self._crop: tuple[float, float, float] | None = None
         self._cache = None
 
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W) of the prepared image (the canvas of full-image mode)."""
-        if self._image is None:
+        if self._shape is None:
             raise InputError("clicknet: call prepare(image) before predict()")
-        return tuple(self._image.shape[:2])
+        return self._shape
 
-    def prepare(self, image: np.ndarray) -> None:
-        """Keep the image (float RGB) and encode the whole-image crop that first clicks use."""
-        self._image = as_float_rgb(image)
+    @property
+    def large(self) -> bool:
+        """Whether the prepared image is a large one, read crop by crop (a LazyImage)."""
+        return self._lazy is not None
+
+    def prepare(self, image: np.ndarray | LazyImage) -> None:
+        """An array: keep it as float RGB and encode the whole-image crop that first clicks use.
+        A :class:`~napari_hitl.io.LazyImage`: read nothing yet but its intensity range (from the
+        coarsest level); each crop then reads its own window."""
         self._crop, self._cache = None, None
-        self._encode(full_crop(self._image.shape))
+        self._image = self._lazy = self._range = self._shape = None
+        if isinstance(image, LazyImage):
+            self._range = image.value_range()
+            self._lazy, self._shape = image, tuple(int(v) for v in image.shape[:2])
+            return
+        self._image = as_float_rgb(image)
+        self._shape = tuple(int(v) for v in self._image.shape[:2])
+        self._encode(full_crop(self._shape))
 
     def _encode(self, crop) -> None:
         import torch
 
         if self._crop is not None and np.allclose(self._crop, crop):
             return
-        patch = warp_to_crop(self._image, crop, CROP_SIZE, fill=0.0)
+        if self._lazy is not None:
+            patch = read_crop(self._lazy, crop, CROP_SIZE, self._range)
+        else:
+            patch = warp_to_crop(self._image, crop, CROP_SIZE, fill=0.0)
         x = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))[None].to(self.device)
         with torch.inference_mode():
             self._cache = self.net.encode(x)
         self._crop = tuple(float(v) for v in crop)
 
-    def choose_crop(self, region: RegionPrompts, prev: np.ndarray | None) -> tuple[float, float, float]:
+    def choose_crop(self, region: RegionPrompts, prev: np.ndarray | Window | None) -> tuple[float, float, float]:
         """The crop for this prediction: the extreme points' box, else the clicks' and previous
-        mask's box (kept from the last call when it still fits), else the whole image."""
-        shape = self._image.shape[:2]
+        mask's box (kept from the last call when it still fits), else the whole image (a large
+        image: a ``first_crop`` window around the clicks)."""
+        shape = self.shape
         if region.extreme is not None:
             y0, x0, y1, x1 = region.extreme.box
             return square_crop((y0, x0, y1 + 1, x1 + 1), EXTREME_EXPAND)
-        if prev is None or not prev.any():
-            return full_crop(shape)
-        box = region.bbox(shape, margin=0.0, min_size=1, include=prev)
+        if prev is not None and not isinstance(prev, Window):
+            prev = Window(np.asarray(prev), 0, 0)
+        prev_box = prev.nonzero_box() if prev is not None else None
+        if prev_box is None:
+            if not self.large:
+                return full_crop(shape)
+            return square_crop(_prompt_box(region, None, shape), CROP_EXPAND, min_side=self.first_crop)
+        box = _prompt_box(region, prev_box, shape)
         want = square_crop(box, CROP_EXPAND)
         if self._crop is not None:
             y0, x0, side = self._crop
@@ -233,41 +305,79 @@ class ClickNetEngine(Engine):
                 return self._crop
         return want
 
-    def predict(self, region: RegionPrompts, prev_mask: np.ndarray | None = None,
+    def predict(self, region: RegionPrompts, prev_mask: np.ndarray | Window | None = None,
                 others: Sequence[RegionPrompts] = ()) -> np.ndarray:
-        """Float32 HxW logits (> 0 inside), strongly negative outside the crop."""
+        """Float32 HxW logits (> 0 inside), strongly negative outside the crop. A large image
+        has no full-size answer (it would not fit memory): use :meth:`predict_window`."""
+        if self.large:
+            h, w = self.shape
+            raise InputError(f"clicknet: the prepared image is large ({h}x{w}, read lazily); predict_window "
+                             "gives the logits of the crop (a full-size array would not fit memory)")
+        return self.predict_window(region, prev_mask, others).full(self.shape, np.float32(OUTSIDE_LOGIT))
+
+    def predict_window(self, region: RegionPrompts, prev_mask: np.ndarray | Window | None = None,
+                       others: Sequence[RegionPrompts] = ()) -> Window:
+        """Logits over the crop's part of the image (> 0 inside), with its offset. ``prev_mask``:
+        bool (H, W), or a :class:`Window` of it (False outside)."""
         import torch
 
-        if self._image is None:
+        if self._shape is None:
             raise InputError("clicknet: call prepare(image) before predict()")
-        shape = self._image.shape[:2]
-        region.validate(shape, prior=prev_mask)
+        shape = self._shape
+        prev = None
+        if isinstance(prev_mask, Window):
+            if prev_mask.box[2] > shape[0] or prev_mask.box[3] > shape[1]:
+                raise InputError(f"prev_mask window {prev_mask.box} reaches past the {shape[0]}x{shape[1]} image")
+            prev = Window(np.asarray(prev_mask.data) > 0, prev_mask.y0, prev_mask.x0)
+        elif prev_mask is not None:
+            arr = np.asarray(prev_mask)
+            if arr.shape != shape:
+                raise InputError(f"prev_mask has shape {arr.shape}, expected the image's {shape}")
+            prev = Window(arr > 0 if arr.dtype != bool else arr, 0, 0)
+        region.validate(shape, prior=None if prev is None else prev.data)
         for other in others:
             other.validate(shape)
-        prev = None
-        if prev_mask is not None:
-            prev = np.asarray(prev_mask)
-            if prev.shape != shape:
-                raise InputError(f"prev_mask has shape {prev.shape}, expected the image's {shape}")
-            prev = prev > 0 if prev.dtype != bool else prev
         crop = self.choose_crop(region, prev)
         self._encode(crop)
         prev_crop = None
         if prev is not None:
-            prev_crop = (warp_to_crop(prev.astype(np.float32), crop, CROP_SIZE) > 0.5).astype(np.float32)
+            y0, x0, side = crop
+            prev_crop = (warp_to_crop(prev.data.astype(np.float32), (y0 - prev.y0, x0 - prev.x0, side),
+                                      CROP_SIZE) > 0.5).astype(np.float32)
         maps = crop_prompt_maps(region, crop, others, prev_crop)
         with torch.inference_mode():
             logits = self.net.decode(self._cache, torch.from_numpy(maps)[None].to(self.device))
-        out = paste_logits(logits[0, 0].float().cpu().numpy(), crop, shape)
+        win = crop_logits(logits[0, 0].float().cpu().numpy(), crop, shape)
+        if win is None:  # cannot happen for a crop around prompts inside the image
+            raise InputError(f"clicknet: crop {crop} misses the {shape[0]}x{shape[1]} image")
         if self.connected:
-            _keep_prompted_components(out, region, prev)
-        return out
+            _keep_prompted_components(win.data, region, None if prev is None else prev.over(win.box, False),
+                                      offset=(win.y0, win.x0))
+        return win
 
 
-def _keep_prompted_components(logits: np.ndarray, region: RegionPrompts, prev: np.ndarray | None = None) -> None:
+def _prompt_box(region: RegionPrompts, prev_box: tuple[int, int, int, int] | None, shape: Sequence[int]
+                ) -> tuple[int, int, int, int]:
+    """Box (y0, x0, y1, x1), end exclusive, clipped to the image, of the positive prompts and
+    ``prev_box`` (the previous mask's box) together."""
+    pts = region.positive_points()
+    ys, xs = list(pts[:, 0]), list(pts[:, 1])
+    if prev_box is not None:
+        ys += [prev_box[0], prev_box[2] - 1]
+        xs += [prev_box[1], prev_box[3] - 1]
+    if not ys:
+        raise InputError(f"region {region.label} has no positive prompt and no previous mask to crop around")
+    h, w = int(shape[0]), int(shape[1])
+    y0, x0 = max(int(np.floor(min(ys))), 0), max(int(np.floor(min(xs))), 0)
+    y1, x1 = min(int(np.ceil(max(ys) + 1)), h), min(int(np.ceil(max(xs) + 1)), w)
+    return y0, x0, y1, x1
+
+
+def _keep_prompted_components(logits: np.ndarray, region: RegionPrompts, prev: np.ndarray | None = None,
+                              offset: tuple[int, int] = (0, 0)) -> None:
     """In place: push below zero every connected part of ``logits > 0`` that holds no positive
     prompt point and does not overlap the previous mask ``prev``, unless no part holds one (then
-    the model's answer stands)."""
+    the model's answer stands). ``logits`` and ``prev`` cover the image from pixel ``offset`` on."""
     import cv2
 
     inside = logits > 0
@@ -279,7 +389,7 @@ def _keep_prompted_components(logits: np.ndarray, region: RegionPrompts, prev: n
     n, lab = cv2.connectedComponents(inside[y0:y1, x0:x1].astype(np.uint8), connectivity=8)
     if n <= 2:
         return
-    pts = np.round(region.positive_points()).astype(int)
+    pts = np.round(region.positive_points()).astype(int) - np.asarray(offset, int).reshape(1, 2)
     keep = set()
     for y, x in pts:
         if y0 <= y < y1 and x0 <= x < x1 and lab[y - y0, x - x0] > 0:
