@@ -127,3 +127,24 @@ def test_as_float_rgb_with_a_fixed_range():
     out = io.as_float_rgb(img, value_range=(100, 300))
     np.testing.assert_allclose(out[..., 0], [[0, 0.5], [1, 1]])
     assert io.as_float_rgb(np.full((2, 2), 255, np.uint8), value_range=(0, 1000)).max() == 1.0  # uint8 is /255
+
+
+def test_level_views_slice_like_numpy_and_read_only_their_window(tmp_path, monkeypatch):
+    a = _rgb(300, 260, seed=3)
+    tifffile.imwrite(tmp_path / "a.tif", a, tile=(64, 64), photometric="rgb")
+    with io.open_lazy(tmp_path / "a.tif") as img:
+        view = img.arrays()[0]
+        assert view.shape == (300, 260, 3) and view.dtype == np.uint8 and view.ndim == 3 and len(view) == 300
+        for key in [(slice(10, 50), slice(3, 90)), (5,), (-1, slice(None, None, 7)), (slice(0, 300, 3), 17, 1),
+                    (Ellipsis, 2), (slice(280, 400), slice(-20, None)), (slice(50, 40), slice(None))]:
+            np.testing.assert_array_equal(view[key], a[key])
+        np.testing.assert_array_equal(np.asarray(img.arrays()[-1]), img.read(0, 0, 300, 260, img.n_levels - 1))
+        with pytest.raises(IndexError):
+            view[300]
+        with pytest.raises(IndexError):
+            view[[1, 2]]
+        reads = []
+        original = io.LazyImage.read
+        monkeypatch.setattr(io.LazyImage, "read", lambda self, *a, **k: reads.append(a) or original(self, *a, **k))
+        view[100:120, 30:40]
+        assert reads == [(100, 30, 120, 40, 0)]

@@ -325,8 +325,14 @@ class LazyImage:
                                    f"{err}") from err
 
     def levels(self) -> list:
-        """Every level as a dask array, full resolution first (napari's multiscale data)."""
+        """Every level as a dask array, full resolution first (for dask computations)."""
         return [lv.dask() for lv in self._levels]
+
+    def arrays(self) -> list:
+        """Every level as a plain array-like (shape, dtype, slicing reads that window only),
+        full resolution first: napari's multiscale data, without importing dask for a file
+        that has its own pyramid."""
+        return [_LevelView(self, k) for k in range(len(self._levels))]
 
     def value_range(self) -> tuple[float, float] | None:
         """The intensity range that maps to [0, 1] for the models (see :func:`as_float_rgb`):
@@ -353,6 +359,56 @@ class LazyImage:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _LevelView:
+    """One level of a :class:`LazyImage` as an array-like: ``view[ys, xs(, c)]`` reads only
+    that window (ints, slices with steps, negative indices as numpy has them)."""
+
+    def __init__(self, image: LazyImage, level: int):
+        self.image, self.level = image, level
+        self.shape = tuple(image.level_shape(level)) + ((3,) if image.channels == 3 else ())
+        self.dtype = image.dtype
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(n for n, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices ({len(key)}) for an array of shape {self.shape}")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        spans, picks = [], []
+        for k, n in zip(key[:2], self.shape[:2]):
+            if isinstance(k, (int, np.integer)):
+                i = int(k) + n if k < 0 else int(k)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {k} is out of bounds for size {n}")
+                spans.append((i, i + 1, 1))
+                picks.append(0)
+            elif isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step < 0:
+                    raise IndexError("negative steps are not supported on a lazily read image")
+                spans.append((start, max(stop, start), step))
+                picks.append(slice(None, None, step))
+            else:
+                raise IndexError(f"index {k!r} is not supported on a lazily read image (use ints and slices)")
+        (y0, y1, _), (x0, x1, _) = spans
+        if y1 <= y0 or x1 <= x0:
+            data = np.zeros((y1 - y0, x1 - x0) + self.shape[2:], self.dtype)
+        else:
+            data = self.image.read(y0, x0, y1, x1, self.level)
+        return data[tuple(picks) + tuple(key[2:])]
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
 
 
 def _add_coarsened(levels: list, min_side: int) -> None:

@@ -4,8 +4,9 @@ of 512 and a pyramid, as slide scanners write them), opened lazily.
 Measures, each in a fresh process so its peak memory is its own:
 - opening the file and reading what a first view needs (the coarsest level and one
   full-resolution tile); under a display (``xvfb-run -a``) also napari: the file opened
-  through the plugin's reader as a multiscale layer until its first frame is drawn, and a
-  zoom to full resolution until that frame is drawn;
+  through the plugin's reader as a multiscale layer until its first frame is drawn (the
+  first time, with the reader's imports; then again, as a second image would), and a zoom
+  to full resolution until that frame is drawn;
 - the click engine (clicknet): the click robot corrects generated objects (ellipses with
   known masks) at places across the slide; the time of every click, split into clicks that
   had to prepare a new crop (read its window and encode it) and clicks on a prepared crop;
@@ -234,7 +235,13 @@ def measure_napari(path: str) -> dict:
             viewer.screenshot(canvas_only=True)
             break
     t_zoom = time.perf_counter() - t0
-    out = {"first_frame_s": t_first, "first_frame_level": first_level, "first_frame_std": drawn,
+    viewer.layers.clear()  # a second image in the same session: the modules are imported by now
+    viewer.reset_view()
+    t0 = time.perf_counter()
+    viewer.open(path, plugin="napari-hitl")
+    viewer.screenshot(canvas_only=True)
+    t_again = time.perf_counter() - t0
+    out = {"first_frame_s": t_first, "first_frame_again_s": t_again, "first_frame_level": first_level, "first_frame_std": drawn,
            "zoom_to_full_res_s": t_zoom, "zoomed_level": int(layer.data_level),
            "levels": len(layer.data), "peak_rss_mb": _peak_mb(), "napari": napari.__version__}
     viewer.close()
@@ -272,7 +279,8 @@ def run(args) -> int:
     elif os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
         fig["napari"] = _child("napari", path)
         v = fig["napari"]
-        print(f"napari: first frame {v['first_frame_s']:.2f} s (level {v['first_frame_level']}), zoom to full "
+        print(f"napari: first frame {v['first_frame_s']:.2f} s (level {v['first_frame_level']}; opened again "
+              f"{v['first_frame_again_s']:.2f} s), zoom to full "
               f"resolution {v['zoom_to_full_res_s']:.2f} s; peak {v['peak_rss_mb']:.0f} MB (target: first view <= 3 s)")
     else:
         fig["napari"] = {"skipped": "no display; run under xvfb-run -a for napari's first frame"}

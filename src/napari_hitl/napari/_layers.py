@@ -50,7 +50,7 @@ META_LARGE = "hitl_large_image"
 
 def large_image_layer_data(path) -> list[tuple]:
     """``[(levels, kwargs, 'image')]``: a large TIFF or zarr image as a multiscale Image layer
-    (its pyramid as dask arrays, full resolution first), so napari reads only the tiles it
+    (its pyramid as array-likes, full resolution first), so napari reads only the tiles it
     shows, at the level the zoom needs. The file stays open while the layer uses it."""
     from napari_hitl import io
 
@@ -63,7 +63,7 @@ def large_image_layer_data(path) -> list[tuple]:
     if value_range[1] <= value_range[0]:
         value_range = (value_range[0], value_range[0] + 1.0)
     kwargs["contrast_limits"] = list(value_range)
-    return [(img.levels(), kwargs, "image")]
+    return [(img.arrays(), kwargs, "image")]
 
 
 def show_saved(layer, session, name: str, frame: int | None, mask) -> None:
