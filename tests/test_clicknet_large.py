@@ -128,3 +128,27 @@ def test_large_image_errors(slide, engine):
         cn.ClickNetEngine(first_crop=8)
     with pytest.raises(InputError, match="2-D"):
         Window(np.zeros((2, 2, 2)), 0, 0)
+
+
+def test_full_image_mode_over_windows(slide, engine):
+    from napari_hitl.interactive.canvas import segment_full_image, segment_windows
+
+    img, centres, path = slide
+    sub = img[:800, :800]
+    (ay, ax), (by, bx) = centres[11], centres[12]  # two neighbouring discs, 200 px apart
+    regions = [RegionPrompts(1, [Click(ay, ax)]), RegionPrompts(2, [Click(by, bx)])]
+    want = segment_full_image(engine, sub, regions)
+    got = segment_windows(engine, regions)  # the same prepared image: the same answer, as a window
+    np.testing.assert_array_equal(got.full(sub.shape[:2], 0), want)
+    tifffile.imwrite(path.with_name("sub8.tif"), sub, tile=(128, 128), photometric="rgb")
+    with io.open_lazy(path.with_name("sub8.tif")) as lazy:
+        engine.prepare(lazy)
+        win = segment_windows(engine, regions)
+    y0, x0, y1, x1 = win.box
+    assert y1 - y0 < 800 or x1 - x0 < 800  # the union of two first crops, not the image
+    for label, (cy, cx) in zip((1, 2), ((ay, ax), (by, bx))):
+        truth = _disc(sub.shape[:2], cy, cx)[y0:y1, x0:x1]
+        mask = win.data == label
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+    with pytest.raises(InputError, match="share the label"):
+        segment_windows(engine, [RegionPrompts(1, [Click(ay, ax)]), RegionPrompts(1, [Click(by, bx)])])

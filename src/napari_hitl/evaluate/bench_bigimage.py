@@ -262,7 +262,8 @@ def run(args) -> int:
 
     folder = Path(args.slide_dir or tempfile.gettempdir())
     path = folder / f"napari-hitl-slide-{args.side}.tif"
-    fig: dict = {"side": args.side, "slide": str(path)}
+    fig: dict = {"side": args.side, "slide": str(path), "cpus": os.cpu_count(),
+                 "load_average_1min_at_start": os.getloadavg()[0]}
     if not path.is_file():
         t0 = time.perf_counter()
         write_slide(path, args.side)
@@ -293,6 +294,7 @@ def run(args) -> int:
           f"preparing a new crop median {new['median_ms']:.0f} ms, p95 {new['p95_ms']:.0f} ms (n={new['n']}); "
           f"prepare {c['prepare_s'] * 1000:.0f} ms; first click after loading {c['first_click_after_load_ms']:.0f} ms; mean final IoU {c['mean_final_iou']:.3f}; "
           f"peak {c['peak_rss_mb']:.0f} MB (target < 2048 MB)")
+    fig["load_average_1min_at_end"] = os.getloadavg()[0]  # other programs on the machine skew the times
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(fig, indent=1) + "\n")
