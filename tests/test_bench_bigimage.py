@@ -33,7 +33,7 @@ def test_a_small_run_writes_its_figures(tmp_path):
     parser = argparse.ArgumentParser()
     bb.add_arguments(parser)
     args = parser.parse_args(["--side", "1500", "--objects", "2", "--clicks", "3", "--slide-dir", str(tmp_path),
-                              "--skip-napari", "--json", str(tmp_path / "fig.json")])
+                              "--skip-napari", "--predict-side", "1100", "--json", str(tmp_path / "fig.json")])
     assert bb.run(args) == 0
     fig = json.loads((tmp_path / "fig.json").read_text())
     assert fig["open"]["shape"] == [1500, 1500, 3] and fig["open"]["peak_rss_mb"] > 0
@@ -41,3 +41,4 @@ def test_a_small_run_writes_its_figures(tmp_path):
     assert clicks["objects"] == 2 and clicks["all_clicks"]["n"] >= 2
     assert clicks["all_clicks"]["median_ms"] > 0 and 0 <= clicks["mean_final_iou"] <= 1
     assert fig["napari"] == {"skipped": "--skip-napari"}
+    assert fig["predict_large"]["side"] == 1100 and fig["predict_large"]["megapixels_per_s"] > 0

@@ -10,6 +10,9 @@ Measures, each in a fresh process so its peak memory is its own:
 - the click engine (clicknet): the click robot corrects generated objects (ellipses with
   known masks) at places across the slide; the time of every click, split into clicks that
   had to prepare a new crop (read its window and encode it) and clicks on a prepared crop;
+- the segmentation model over a smaller generated slide (``--predict-side``) with
+  :func:`napari_hitl.model.segnet.predict_large` (tiles read one at a time, blended, written
+  to zarr): megapixels per second, and the time that gives for the large slide;
 - the peak resident memory (``ru_maxrss``) of each process.
 Targets (issue 20): first view <= 3 s, a click <= 100 ms after its crop is prepared, peak
 memory under 2 GB. The slide is written once into a temporary folder (``--slide-dir``) and
@@ -40,6 +43,9 @@ def add_arguments(parser, with_json: bool = True) -> None:
     parser.add_argument("--slide-dir", default=None,
                         help="folder for the generated slide (default: the system's temporary folder)")
     parser.add_argument("--skip-napari", action="store_true", help="do not measure napari's first frame")
+    parser.add_argument("--predict-side", type=int, default=4096,
+                        help="side of a slide the segmentation model predicts whole with predict_large, "
+                             "for its rate and memory (0: skip; default: %(default)s)")
     if with_json:
         parser.add_argument("--json", help="write the figures here")
 
@@ -248,6 +254,27 @@ def measure_napari(path: str) -> dict:
     return out
 
 
+def measure_predict(path: str, out: str) -> dict:
+    """The segmentation model over the whole slide with :func:`predict_large` (tiles of 1024,
+    overlap 128, one thread): megapixels per second and peak memory."""
+    import torch
+
+    from napari_hitl import io
+    from napari_hitl.model.segnet import build_segnet, predict_large
+
+    torch.set_num_threads(1)
+    model = build_segnet(2, pretrained=True)
+    rss_model = _rss_mb()
+    with io.open_lazy(path) as img:
+        t0 = time.perf_counter()
+        predict_large(model, img, out, tile=1024, overlap=128)
+        seconds = time.perf_counter() - t0
+        h, w = img.shape[:2]
+    return {"side": h, "seconds": seconds, "megapixels_per_s": h * w / 1e6 / seconds,
+            "rss_after_model_mb": rss_model, "peak_rss_mb": _peak_mb(), "tile": 1024, "overlap": 128,
+            "torch_threads": 1}
+
+
 def _child(kind: str, *args) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run([sys.executable, "-m", "napari_hitl.evaluate.bench_bigimage", kind, *map(str, args)],
@@ -294,7 +321,17 @@ def run(args) -> int:
           f"preparing a new crop median {new['median_ms']:.0f} ms, p95 {new['p95_ms']:.0f} ms (n={new['n']}); "
           f"prepare {c['prepare_s'] * 1000:.0f} ms; first click after loading {c['first_click_after_load_ms']:.0f} ms; mean final IoU {c['mean_final_iou']:.3f}; "
           f"peak {c['peak_rss_mb']:.0f} MB (target < 2048 MB)")
-    fig["load_average_1min_at_end"] = os.getloadavg()[0]  # other programs on the machine skew the times
+    if args.predict_side:
+        ppath = folder / f"napari-hitl-slide-{args.predict_side}.tif"
+        if not ppath.is_file():
+            write_slide(ppath, args.predict_side)
+        with tempfile.TemporaryDirectory(prefix="napari-hitl-predict-") as tmp:
+            fig["predict_large"] = p = _child("predict", ppath, Path(tmp) / "p.zarr")
+        p["estimated_seconds_for_full_side"] = args.side ** 2 / 1e6 / p["megapixels_per_s"]
+        print(f"predict_large on a {args.predict_side} x {args.predict_side} slide: {p['megapixels_per_s']:.2f} "
+              f"Mpx/s (1 thread), peak {p['peak_rss_mb']:.0f} MB; the {args.side} x {args.side} slide would take "
+              f"about {p['estimated_seconds_for_full_side'] / 60:.0f} min")
+    fig["load_average_1min_at_end"] = os.getloadavg()[0]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(fig, indent=1) + "\n")
@@ -307,6 +344,8 @@ if __name__ == "__main__":  # a measurement in a fresh process: prints one line 
         result = measure_open(rest[0])
     elif kind == "clicks":
         result = measure_clicks(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+    elif kind == "predict":
+        result = measure_predict(rest[0], rest[1])
     elif kind == "napari":
         result = measure_napari(rest[0])
     else:
