@@ -152,3 +152,18 @@ def test_full_image_mode_over_windows(slide, engine):
         assert (mask & truth).sum() / (mask | truth).sum() > 0.8
     with pytest.raises(InputError, match="share the label"):
         segment_windows(engine, [RegionPrompts(1, [Click(ay, ax)]), RegionPrompts(1, [Click(by, bx)])])
+
+
+def test_refocus_and_flip_work_on_a_large_image_finishing_needs_the_whole_image(slide):
+    img, centres, path = slide
+    eng = cn.ClickNetEngine(first_crop=512, refocus=True, flip=True)
+    cy, cx = centres[40]
+    with io.open_lazy(path) as lazy:
+        eng.prepare(lazy)
+        win = eng.predict_window(RegionPrompts(1, [Click(cy, cx)]))
+        assert win.data.shape[0] < 200  # refocused on the object: a closer crop than the 512 px first one
+        truth = _disc(img.shape[:2], cy, cx)[win.y0:win.box[2], win.x0:win.box[3]]
+        mask = win.data > 0
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+        with pytest.raises(InputError, match="whole image"):
+            cn.ClickNetEngine(snap=1.0).prepare(lazy)

@@ -98,6 +98,8 @@ def test_the_objects_panel_lists_proposals_and_answers_them_in_one_click(dock, q
     panel.show(Proposals(name, None, ids, [Proposal(2, 1, 0.3, 100, (30, 30, 40, 40), (34.5, 34.5)),
                                            Proposal(1, 1, 0.8, 100, (5, 5, 15, 15), (9.5, 9.5))]))
     assert panel.list.item(0).text().startswith("#2") and "30%" in panel.list.item(0).text()
+    shown = np.asarray(panel.layer.data)  # outlines only, in a small dtype: no contour pass on the UI thread
+    assert shown.dtype == np.uint8 and shown[5, 9] == 1 and shown[10, 10] == 0 and shown[30, 35] == 2
     unsaved = np.asarray(layer.data).copy()
     unsaved[50:55, 50:55] = 77  # something the person painted and has not saved
     layer.data = unsaved

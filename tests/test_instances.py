@@ -262,3 +262,18 @@ def test_bench_scores_mean_and_worst_image():
     assert sc["f1"] == pytest.approx(0.9) and sc["ap"] < 1 and sc["per_image"][0]["ap"] == 1.0
     with pytest.raises(InputError, match="nothing"):
         score_instances([], [], [])
+
+
+def test_outlines_keep_only_edges_in_the_smallest_dtype():
+    from napari_hitl.instances import outlines
+
+    inst = np.zeros((12, 12), np.uint32)
+    inst[2:6, 2:6], inst[2:6, 6:10] = 3, 4  # two touching objects
+    out = outlines(inst)
+    assert out.dtype == np.uint8 and out.shape == inst.shape
+    assert out[2, 3] == 3 and out[3, 5] == 3 and out[3, 6] == 4  # borders, the shared one on both sides
+    assert out[3, 3] == 0 and out[0, 0] == 0 and set(np.unique(out)) == {0, 3, 4}
+    inst[0, 0] = 70000
+    assert outlines(inst).dtype == np.uint32 and outlines(inst)[0, 0] == 70000
+    with pytest.raises(InputError, match="2-D"):
+        outlines(np.zeros((2, 2, 2), np.uint32))

@@ -31,6 +31,31 @@ def test_bench_click_mode(tmp_path, capsys):
     assert "NoC@90" in capsys.readouterr().out
 
 
+def test_bench_instances_mode_scores_every_object(tmp_path):
+    """--instances: each object of an id map is its own click target; tiny ones are left out."""
+    root = tmp_path / "nuclei"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    yy, xx = np.mgrid[:64, :96]
+    lab = np.zeros((64, 96), np.uint16)
+    lab[(yy - 30) ** 2 + (xx - 25) ** 2 <= 12 ** 2] = 1
+    lab[(yy - 30) ** 2 + (xx - 70) ** 2 <= 12 ** 2] = 7
+    lab[2:4, 2:4] = 9  # 4 pixels: under --min-object
+    img = np.where(lab[..., None] > 0, 230, 20).astype(np.uint8).repeat(3, axis=2)
+    Image.fromarray(img).save(root / "images" / "a.png")
+    Image.fromarray(lab).save(root / "labels" / "a.png")
+    out = tmp_path / "r.json"
+    assert main(["bench", "interactive", "--data", str(root), "--instances", "--engine", "graph",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())[0]
+    assert res["images"] == 2 and res["photos"] == 1
+    assert sorted(r["image"] for r in res["per_image"]) == ["a#1", "a#7"]
+    assert res["iou@5"] > 0.85 and 0.0 <= res["never_reach_90"] <= 1.0
+    # a folder without labels/ is refused with a clear message
+    (tmp_path / "bad" / "images").mkdir(parents=True)
+    assert main(["bench", "interactive", "--data", str(tmp_path / "bad"), "--instances"]) != 0
+
+
 def test_bench_full_image_mode(tmp_path):
     root = tmp_path / "multi"
     (root / "images").mkdir(parents=True)

@@ -2,7 +2,9 @@
 
 Click mode (per dataset folder with images/ and masks/): the click robot clicks on the
 engine's errors, up to 20 clicks, the previous mask fed back; we report NoC@85, NoC@90, IoU
-after 1/3/5 clicks, ms per click (median, p95), ms to prepare an image, peak memory.
+after 1/3/5 clicks, the share of objects that never reach 0.9, ms per click (median, p95), ms
+to prepare an image, peak memory. ``--instances`` takes a folder of object-id maps (images/ and
+labels/, e.g. dsb2018 nuclei): every object is its own target.
 Full-image mode (``--full-image``, a folder of label maps such as camvid/val): every connected
 area of a class is a region, prompted by its extreme points, then 0, 1, 2 and 4 corrective
 scribbles per region on average, each batch of scribbles given to the currently worst
@@ -51,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "given size, e.g. 1024)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="engine constructor option, e.g. --option joint=true (repeatable)")
+    parser.add_argument("--instances", action="store_true",
+                        help="click mode on a folder with images/ and labels/ of object ids (e.g. dsb2018): "
+                             "every object is its own target")
+    parser.add_argument("--min-object", type=int, default=30,
+                        help="--instances: objects smaller than this many pixels are left out")
+    parser.add_argument("--clicknet-heldout", action="store_true",
+                        help="--instances: only the images the click model never trained on (its validation split)")
 
 
 def engine_options(pairs: list[str]) -> dict:
@@ -97,21 +106,12 @@ def _peak_mb() -> float:
     return r / 1024.0 if sys.platform != "darwin" else r / 2 ** 20
 
 
-def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: int,
-                 options: dict | None = None, resize: int | None = None) -> dict:
-    """Click-mode figures for one dataset folder."""
-    from napari_hitl.simulate.clicker import run_clicks
-
-    from napari_hitl.evaluate.metrics import iou_at_k, noc
-    from napari_hitl.interactive.engine import get_engine
+def _mask_targets(folder: Path, limit: int | None, resize: int | None):
+    """(name, image, [(object name, truth, ignore)]) per image of a images/ + masks/ folder: one
+    object per mask (255), GrabCut's unsure band (128) ignored."""
     from napari_hitl.io import read_image
 
-    engine = get_engine(engine_name, **(options or {}))
-    pairs = _pairs(folder, limit)
-    per_image, all_times, prep_times = [], [], []
-    tracemalloc.start()
-    t_start = time.perf_counter()
-    for n, (img_path, mask_path) in enumerate(pairs, 1):
+    for img_path, mask_path in _pairs(folder, limit):
         image = read_image(img_path)
         m = _read_mask(mask_path)
         if resize:
@@ -119,28 +119,84 @@ def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: 
 
             image = cv2.resize(image, (resize, resize), interpolation=cv2.INTER_LINEAR)
             m = cv2.resize(m, (resize, resize), interpolation=cv2.INTER_NEAREST)
-        truth = m > 192
         ignore = (m > 64) & (m <= 192)
-        if not ignore.any():
-            ignore = None
+        yield img_path.name, image, [(img_path.name, m > 192, ignore if ignore.any() else None)]
+
+
+def instance_targets(folder: Path, limit: int | None, min_object: int = 30, heldout: bool = False):
+    """(name, image, [(object name, truth, None)]) per image of an images/ + labels/ folder of
+    object ids (uint16 PNG): every object of at least ``min_object`` pixels is a target.
+    ``heldout``: only the images the click model never trained on (its validation split)."""
+    from napari_hitl.io import list_images, read_image
+
+    img_dir, lab_dir = folder / "images", folder / "labels"
+    if not img_dir.is_dir() or not lab_dir.is_dir():
+        raise InputError(f"{folder} must contain images/ and labels/ (object ids) for --instances")
+    paths = list_images(img_dir)
+    if heldout:
+        from napari_hitl.interactive.train_clicknet import TRAIN_SETS, val_split
+
+        name = next((t for t in TRAIN_SETS if folder.name == Path(t).name), None)
+        if name is None:
+            raise InputError(f"--clicknet-heldout: the click model does not train on {folder.name!r}, "
+                             f"every image is held out; drop the flag")
+        keep = set(val_split([p.stem for p in paths], name))
+        paths = [p for p in paths if p.stem in keep]
+    paths = paths[:limit] if limit else paths
+    if not paths:
+        raise InputError(f"no images in {img_dir}")
+    for p in paths:
+        lab_path = lab_dir / (p.stem + ".png")
+        if not lab_path.is_file():
+            raise InputError(f"{p.name} has no object-id map {lab_path}")
+        image = read_image(p)
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = image[..., :3]
+        lab = _read_mask(lab_path)
+        areas = np.bincount(lab.ravel().astype(np.int64))
+        objs = [(f"{p.stem}#{i}", lab == i, None) for i in range(1, len(areas)) if areas[i] >= min_object]
+        if objs:
+            yield p.name, image, objs
+
+
+def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: int,
+                 options: dict | None = None, resize: int | None = None, targets=None) -> dict:
+    """Click-mode figures for one dataset folder (``targets``: :func:`instance_targets`' kind of
+    iterator; default: one object per images/ + masks/ pair)."""
+    from napari_hitl.simulate.clicker import run_clicks
+
+    from napari_hitl.evaluate.metrics import iou_at_k, noc
+    from napari_hitl.interactive.engine import get_engine
+
+    engine = get_engine(engine_name, **(options or {}))
+    if targets is None:
+        _pairs(folder, limit)  # fail early on an empty or malformed folder
+        targets = _mask_targets(folder, limit, resize)
+    per_image, all_times, prep_times = [], [], []
+    images = 0
+    tracemalloc.start()
+    t_start = time.perf_counter()
+    for _name, image, objects in targets:
+        images += 1
         t0 = time.perf_counter()
         engine.prepare(image)
         prep_times.append((time.perf_counter() - t0) * 1000.0)
-        run = run_clicks(engine, truth, max_clicks, ignore=ignore, stop_at=0.9, min_clicks=max(IOU_AT))
-        ious, times = run.ious, run.ms
-        all_times += times
-        rec = {"image": img_path.name, "ious": [round(v, 4) for v in ious],
-               "noc85": noc(ious, 0.85, max_clicks), "noc90": noc(ious, 0.90, max_clicks)}
-        per_image.append(rec)
+        for obj_name, truth, ignore in objects:
+            run = run_clicks(engine, truth, max_clicks, ignore=ignore, stop_at=0.9, min_clicks=max(IOU_AT))
+            ious, times = run.ious, run.ms
+            all_times += times
+            per_image.append({"image": obj_name, "ious": [round(v, 4) for v in ious],
+                              "noc85": noc(ious, 0.85, max_clicks), "noc90": noc(ious, 0.90, max_clicks)})
         el = time.perf_counter() - t_start
-        print(f"\r  {folder.name}: {n}/{len(pairs)}  NoC@90 so far "
+        print(f"\r  {folder.name}: {images} images, {len(per_image)} objects  NoC@90 so far "
               f"{np.mean([r['noc90'] for r in per_image]):.2f}  ({el:.0f} s)", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     _, peak_py = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     res = {
         "dataset": folder.name + (f"@{resize}x{resize}" if resize else ""), "engine": engine_name,
-        "images": len(pairs),
+        "options": dict(options or {}), "images": len(per_image), "photos": images,
+        "never_reach_90": float(np.mean([max(r["ious"]) < 0.9 for r in per_image])),
         "noc85": float(np.mean([r["noc85"] for r in per_image])),
         "noc90": float(np.mean([r["noc90"] for r in per_image])),
         "ms_per_click_median": float(np.median(all_times)) if all_times else float("nan"),
@@ -155,13 +211,13 @@ def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: 
 
 
 def print_click_table(results: list[dict]) -> None:
-    head = ("dataset", "engine", "n", "NoC@85", "NoC@90", "IoU@1", "IoU@3", "IoU@5",
+    head = ("dataset", "engine", "n", "NoC@85", "NoC@90", "IoU@1", "IoU@3", "IoU@5", ">20 @90",
             "ms/click med", "ms/click p95", "ms prepare", "peak MB (py/rss)")
     rows = [head]
     for r in results:
         rows.append((r["dataset"], r["engine"], str(r["images"]), f"{r['noc85']:.2f}", f"{r['noc90']:.2f}",
                      f"{r['iou@1']:.3f}", f"{r['iou@3']:.3f}", f"{r['iou@5']:.3f}",
-                     f"{r['ms_per_click_median']:.0f}", f"{r['ms_per_click_p95']:.0f}", f"{r['ms_prepare']:.0f}",
+                     f"{r.get('never_reach_90', float('nan')):.0%}", f"{r['ms_per_click_median']:.0f}", f"{r['ms_per_click_p95']:.0f}", f"{r['ms_prepare']:.0f}",
                      f"{r['peak_python_mb']:.0f}/{r['peak_rss_mb']:.0f}"))
     _print_rows(rows)
 
@@ -323,7 +379,10 @@ def run(args) -> int:
                 results.append(r)
                 print_full_table([r])
             else:
-                r = bench_clicks(args.engine, folder, args.limit, args.max_clicks, options, args.resize)
+                targets = None
+                if args.instances:
+                    targets = instance_targets(folder, args.limit, args.min_object, args.clicknet_heldout)
+                r = bench_clicks(args.engine, folder, args.limit, args.max_clicks, options, args.resize, targets)
                 results.append(r)
                 print_click_table([r])
     except KeyboardInterrupt:

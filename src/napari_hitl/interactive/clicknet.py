@@ -41,6 +41,8 @@ MIN_CROP = 40
 #: side, in image pixels, of the first crop on a large image: a window around the first clicks
 #: (on a small image the first crop is the whole image)
 LARGE_FIRST_CROP = 1024
+#: refocus (predict again closer) when the answer's crop would be under this share of the crop's side
+REFOCUS_BELOW = 0.6
 
 
 def weights_file() -> Path:
@@ -210,11 +212,22 @@ class ClickNetEngine(Engine):
     _image: np.ndarray | None = None
     _lazy: LazyImage | None = None
     _shape: tuple[int, int] | None = None
+    _cues = None
 
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
-                 connected: bool = True, first_crop: int = LARGE_FIRST_CROP):
+                 connected: bool = True, snap: float = 0.0, snap_eps: float = 1e-3, obey: bool = False,
+                 refocus: bool = False, sweep: bool = False, expand: float = CROP_EXPAND, flip: bool = False,
+                 first_crop: int = LARGE_FIRST_CROP):
         """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
-        ``first_crop``: side of the first crop on a large image (pixels)."""
+        ``snap``: guided-filter window radius in logit cells (image pixels per logit times this; 0:
+        off) for snapping the boundary to the image's edges at native resolution, ``snap_eps`` its
+        regularisation; ``obey``: move the whole part a violated click lands on to the click's
+        side (:mod:`.refine`), and with ``sweep`` every negative click removes the whole false part
+        it lands on; ``refocus``: predict a second time on a closer crop when the answer
+        is small in its crop (zoom-in); ``expand``: crop side over the prompts' and previous mask's
+        box; ``flip``: average the answer with the mirrored crop's (twice the network's work).
+        ``first_crop``: side of the first crop on a large image (pixels). The finishing options
+        (snap, obey, sweep) need the whole image's cues, so a large image refuses them."""
         import torch
 
         from napari_hitl.interactive.clicknet_net import build_clicknet
@@ -229,6 +242,14 @@ class ClickNetEngine(Engine):
         self.meta = _load_weights(net, self.weights_path)
         self.net = net.eval().fuse_batchnorm().to(self.device)
         self.connected = bool(connected)
+        if not (0.0 <= float(snap) <= 8.0) or not (0.0 < float(snap_eps) < 1.0):
+            raise InputError(f"clicknet: snap must be in [0, 8] and snap_eps in (0, 1), got {snap}, {snap_eps}")
+        self.snap, self.snap_eps, self.obey, self.refocus = float(snap), float(snap_eps), bool(obey), bool(refocus)
+        self.sweep, self.flip = bool(sweep), bool(flip)
+        if not 1.0 <= float(expand) <= 4.0:
+            raise InputError(f"clicknet: expand must be in [1, 4], got {expand}")
+        self.expand = float(expand)
+        self._cues = None
         if not (isinstance(first_crop, (int, np.integer)) and first_crop >= MIN_CROP):
             raise InputError(f"first_crop must be an integer of at least {MIN_CROP} pixels, got {first_crop!r}")
         self.first_crop = int(first_crop)
@@ -255,14 +276,21 @@ class ClickNetEngine(Engine):
         """An array: keep it as float RGB and encode the whole-image crop that first clicks use.
         A :class:`~napari_hitl.io.LazyImage`: read nothing yet but its intensity range (from the
         coarsest level); each crop then reads its own window."""
+        from napari_hitl.interactive.refine import ImageCues
+
         self._crop, self._cache = None, None
-        self._image = self._lazy = self._range = self._shape = None
+        self._image = self._lazy = self._range = self._shape = self._cues = None
         if isinstance(image, LazyImage):
+            if self.snap or self.obey or self.sweep:
+                raise InputError(f"clicknet: snap, obey and sweep finish answers with cues of the whole image; "
+                                 f"{image.path} is large ({image.shape[0]}x{image.shape[1]}, read lazily): "
+                                 "make the engine without them")
             self._range = image.value_range()
             self._lazy, self._shape = image, tuple(int(v) for v in image.shape[:2])
             return
         self._image = as_float_rgb(image)
         self._shape = tuple(int(v) for v in self._image.shape[:2])
+        self._cues = ImageCues.of(self._image) if (self.snap or self.obey or self.sweep) else None
         self._encode(full_crop(self._shape))
 
     def _encode(self, crop) -> None:
@@ -275,6 +303,8 @@ class ClickNetEngine(Engine):
         else:
             patch = warp_to_crop(self._image, crop, CROP_SIZE, fill=0.0)
         x = torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))[None].to(self.device)
+        if self.flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])])
         with torch.inference_mode():
             self._cache = self.net.encode(x)
         self._crop = tuple(float(v) for v in crop)
@@ -293,9 +323,9 @@ class ClickNetEngine(Engine):
         if prev_box is None:
             if not self.large:
                 return full_crop(shape)
-            return square_crop(_prompt_box(region, None, shape), CROP_EXPAND, min_side=self.first_crop)
+            return square_crop(_prompt_box(region, None, shape), self.expand, min_side=self.first_crop)
         box = _prompt_box(region, prev_box, shape)
-        want = square_crop(box, CROP_EXPAND)
+        want = square_crop(box, self.expand)
         if self._crop is not None:
             y0, x0, side = self._crop
             by0, bx0, by1, bx1 = box
@@ -338,22 +368,68 @@ class ClickNetEngine(Engine):
         for other in others:
             other.validate(shape)
         crop = self.choose_crop(region, prev)
+        win = self._infer(crop, region, prev, others)
+        if self.refocus:
+            crop, win = self._refocus(crop, win, region, others)
+        if self._cues is not None:  # finishing works on the whole image (small images only)
+            full = win.full(shape, np.float32(OUTSIDE_LOGIT))
+            self._finish(full, crop, region, others)
+            win = Window(full, 0, 0)
+        if self.connected:
+            _keep_prompted_components(win.data, region, None if prev is None else prev.over(win.box, False),
+                                      offset=(win.y0, win.x0))
+        return win
+
+    def _infer(self, crop, region: RegionPrompts, prev: Window | None, others: Sequence[RegionPrompts]) -> Window:
+        """The network's logits over the crop's window of the image (encoded once per crop)."""
+        import torch
+
         self._encode(crop)
         prev_crop = None
         if prev is not None:
             y0, x0, side = crop
             prev_crop = (warp_to_crop(prev.data.astype(np.float32), (y0 - prev.y0, x0 - prev.x0, side),
                                       CROP_SIZE) > 0.5).astype(np.float32)
-        maps = crop_prompt_maps(region, crop, others, prev_crop)
+        maps = torch.from_numpy(crop_prompt_maps(region, crop, others, prev_crop))[None].to(self.device)
+        if self.flip:
+            maps = torch.cat([maps, torch.flip(maps, dims=[3])])
         with torch.inference_mode():
-            logits = self.net.decode(self._cache, torch.from_numpy(maps)[None].to(self.device))
-        win = crop_logits(logits[0, 0].float().cpu().numpy(), crop, shape)
+            logits = self.net.decode(self._cache, maps).float()
+        if self.flip:
+            logits = (logits[:1] + torch.flip(logits[1:], dims=[3])) / 2
+        win = crop_logits(logits[0, 0].cpu().numpy(), crop, self._shape)
         if win is None:  # cannot happen for a crop around prompts inside the image
-            raise InputError(f"clicknet: crop {crop} misses the {shape[0]}x{shape[1]} image")
-        if self.connected:
-            _keep_prompted_components(win.data, region, None if prev is None else prev.over(win.box, False),
-                                      offset=(win.y0, win.x0))
+            raise InputError(f"clicknet: crop {crop} misses the {self._shape[0]}x{self._shape[1]} image")
         return win
+
+    def _refocus(self, crop, win: Window, region: RegionPrompts, others: Sequence[RegionPrompts]):
+        """Look again, closer: when the answer fills under ``REFOCUS_BELOW`` of the crop's side,
+        predict once more on the crop around the answer and the prompts, the first answer given
+        as the previous mask (the network then sees the object at a useful size)."""
+        mask = Window(win.data > 0, win.y0, win.x0)
+        mask_box = mask.nonzero_box()
+        if region.extreme is not None or mask_box is None:
+            return crop, win
+        want = square_crop(_prompt_box(region, mask_box, self._shape), self.expand)
+        if want[2] >= REFOCUS_BELOW * crop[2]:
+            return crop, win
+        return want, self._infer(want, region, mask, others)
+
+    def _finish(self, out: np.ndarray, crop, region: RegionPrompts, others: Sequence[RegionPrompts]) -> None:
+        """Native-resolution finishing in place on full-image logits: edge snapping, then click
+        obedience (:mod:`.refine`)."""
+        from napari_hitl.interactive.refine import obey_clicks, snap_to_edges
+
+        per_logit = crop[2] / (CROP_SIZE / 4)  # image pixels per logit cell
+        if self.snap:
+            snap_to_edges(out, self._cues, radius=max(1, round(self.snap * per_logit)), eps=self.snap_eps)
+        if self.obey or self.sweep:  # sweeping obeys the violated positive clicks too
+            h, w = out.shape
+            y0, x0, side = crop
+            box = (max(int(y0), 0), max(int(x0), 0), min(int(np.ceil(y0 + side)), h), min(int(np.ceil(x0 + side)), w))
+            # the hole the network cuts around a negative click: about twice its click disk
+            reach = 2.0 * CLICK_RADIUS * side / CROP_SIZE
+            obey_clicks(out, self._cues, region, others, box=box, sweep=self.sweep, reach=reach)
 
 
 def _prompt_box(region: RegionPrompts, prev_box: tuple[int, int, int, int] | None, shape: Sequence[int]

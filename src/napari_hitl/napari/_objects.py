@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout
 
 from napari_hitl.app.objects import Proposals, accept_object, propose_objects, reject_object
 from napari_hitl.errors import HitlError
+from napari_hitl.instances import outlines
 from napari_hitl.napari._layers import show_saved
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,25 +90,29 @@ class ObjectsPanel(QGroupBox):
         self.find_button.setEnabled(False)
         self.status.emit(f"Finding the objects of {name}…")
 
-        def done(props: Proposals) -> None:
+        def done(found) -> None:
             self.find_button.setEnabled(True)
             if session is self.session and name == self.name:
-                self.show(props)
+                self.show(*found)
+
+        def job(ctx):
+            props = propose_objects(session.model, name, frame)
+            return props, outlines(props.instances)  # off the UI thread: the layer needs no contour pass
 
         def error(err) -> None:
             self.find_button.setEnabled(True)
 
-        self.queue.submit("objects", lambda ctx: propose_objects(session.model, name, frame), done,
+        self.queue.submit("objects", job, done,
                           channel="objects", on_error=error)
 
-    def show(self, props: Proposals) -> None:
-        """List ``props`` and outline them in the proposals layer."""
+    def show(self, props: Proposals, outline: np.ndarray | None = None) -> None:
+        """List ``props`` and outline them in the proposals layer (``outline``: their
+        :func:`~napari_hitl.instances.outlines`, computed here when not given)."""
         self.proposals = props
         self._fill()
-        data = props.instances
+        data = self._outline = outlines(props.instances) if outline is None else outline
         if self.layer is None or self.layer not in self.viewer.layers:
-            self.layer = self.viewer.add_labels(data, name=f"{props.name} {PROPOSALS_SUFFIX}", opacity=0.8)
-            self.layer.contour = 2
+            self.layer = self.viewer.add_labels(data, name=f"{props.name} {PROPOSALS_SUFFIX}", opacity=0.9)
             self.layer.editable = False
         else:
             self.layer.data = data
@@ -144,7 +150,8 @@ class ObjectsPanel(QGroupBox):
         self._fill()
         self.list.setCurrentRow(min(row, self.list.count() - 1))
         if self.layer is not None and self.layer in self.viewer.layers:
-            self.layer.data = self.proposals.instances
+            self._outline = np.where(self._outline == oid, 0, self._outline).astype(self._outline.dtype)
+            self.layer.data = self._outline
         self.status.emit(f"Object {oid} {verb} (saved); {len(self.proposals.items)} left")
 
     def _centre(self, item) -> None:
