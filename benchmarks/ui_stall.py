@@ -5,7 +5,8 @@ Run under a display (or a virtual one)::
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/ui_stall.py
 
 A 10 ms QTimer measures how late the event loop serves it (the longest stall is the longest
-time the UI could not react). Phases: idle; clicks alone (one every --interval seconds); clicks
+time the UI could not react). Phases: idle; the session's first Predict & rank (the local Dask
+cluster starts); clicks alone (one every --interval seconds); clicks
 while a training round and the re-ranking run in the background; the objects panel finding
 the objects of a 1024x1024 image (instance prediction and decoding off the UI thread). For every click it records
 the time from the engine's answer (the worker returning) to the mask painted into the Labels
@@ -39,6 +40,8 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=2.0, help="seconds of the idle phase")
     parser.add_argument("--window", default="1280x800", help="window size WxH (canvas painting cost grows with it)")
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
+    parser.add_argument("--no-first-rank", dest="first_rank", action="store_false",
+                        help="skip the phase of the session's first Predict & rank (the Dask cluster starts)")
     parser.add_argument("--no-objects", dest="objects", action="store_false",
                         help="skip the phase that finds the objects of a 1024x1024 image")
     args = parser.parse_args()
@@ -100,6 +103,18 @@ def main() -> int:
     timer = QTimer()
     timer.setInterval(10)
 
+    import gc
+
+    collections: list[tuple[float, float, int]] = []  # (start, end, generation) of garbage collections
+    gc_start = [0.0]
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            collections.append((gc_start[0], time.perf_counter(), info["generation"]))
+
+    gc.callbacks.append(on_gc)  # a full collection holds the GIL: the UI thread waits, whoever triggered it
     paints: list[tuple[float, float]] = []  # (start, end) of every canvas paint
     big: list[dict] = []  # stalls over 100 ms with what was going on
 
@@ -110,7 +125,8 @@ def main() -> int:
         if late > 0.1:
             painting = sum(min(e, now) - max(b, last[0]) for b, e in paints if e > last[0] and b < now)
             running = dock.queue.running
-            big.append({"ms": 1000 * late, "canvas_paint_ms": 1000 * painting,
+            collecting = sum(min(e, now) - max(b, last[0]) for b, e, _ in collections if e > last[0] and b < now)
+            big.append({"ms": 1000 * late, "canvas_paint_ms": 1000 * painting, "gc_ms": 1000 * collecting,
                         "worker": running.kind if running is not None else "idle"})
         last[0] = now
 
@@ -198,6 +214,18 @@ def main() -> int:
 
     measure("idle", lambda: spin(args.idle) or {})
 
+    def first_rank_phase():
+        """The first Predict & rank of the session: the local Dask cluster starts (distributed's
+        imports in this process, the scheduler and worker programs), then the sample is ranked."""
+        t0 = time.perf_counter()
+        dock.rank()
+        wait(lambda: dock.rank_job is None and not dock.queue.busy)
+        return {"rank_seconds": time.perf_counter() - t0}
+
+    if args.first_rank:
+        measure("first predict & rank (cluster start)", first_rank_phase)
+        spin(0.3)
+
     def click_phase():
         n, got = clicks(args.clicks, "clicks")
         return {"clicks": n, "masks_shown": len(got)}
@@ -264,7 +292,8 @@ def main() -> int:
               f"{ph['stalls_over_100ms']:7d} {ph['max_stall_without_paint_ms']:12.1f}ms {ph.get('clicks', 0):7d} "
               f"{ph.get('masks_shown', 0):6d}")
         for b in sorted(ph["big_stalls"], key=lambda b: -b["ms"])[:4]:
-            print(f"    stall {b['ms']:6.1f} ms: canvas paint {b['canvas_paint_ms']:6.1f} ms, worker {b['worker']}")
+            print(f"    stall {b['ms']:6.1f} ms: canvas paint {b['canvas_paint_ms']:6.1f} ms, garbage collection "
+                  f"{b['gc_ms']:6.1f} ms, worker {b['worker']}")
     a, d = result["answer_to_painted_ms"], result["answer_to_drawn_ms"]
     print(f"engine answer -> mask painted in the layer: median {a['median']:.1f} ms, max {a['max']:.1f} ms (n={a['n']})")
     print(f"engine answer -> next canvas draw:         median {d['median']:.1f} ms, max {d['max']:.1f} ms (n={d['n']})")
