@@ -40,6 +40,9 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=2.0, help="seconds of the idle phase")
     parser.add_argument("--window", default="1280x800", help="window size WxH (canvas painting cost grows with it)")
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
+    parser.add_argument("--stall-stacks", default=None,
+                        help="write every thread's stack here whenever the UI misses 150 ms (what blocked it)")
+    parser.add_argument("--only-first-rank", action="store_true", help="measure idle and the first Predict & rank only")
     parser.add_argument("--no-first-rank", dest="first_rank", action="store_false",
                         help="skip the phase of the session's first Predict & rank (the Dask cluster starts)")
     parser.add_argument("--no-objects", dest="objects", action="store_false",
@@ -131,6 +134,15 @@ def main() -> int:
         last[0] = now
 
     timer.timeout.connect(tick)
+    if args.stall_stacks:
+        import faulthandler
+
+        stacks = open(args.stall_stacks, "w")
+
+        def rearm():  # faulthandler's own C thread dumps every thread's stack if the UI misses 150 ms
+            faulthandler.dump_traceback_later(0.15, repeat=False, file=stacks)
+
+        timer.timeout.connect(rearm)
     painted: list[tuple[float, float]] = []  # (answered, painted)
     drawn: list[float] = []  # answer -> next canvas draw
     pending_draw: list[float] = []
@@ -204,6 +216,10 @@ def main() -> int:
         t0 = time.perf_counter()
         info = fn()
         timer.stop()
+        if args.stall_stacks:
+            import faulthandler
+
+            faulthandler.cancel_dump_traceback_later()
         stalls = [s for _, s in lateness]
         own = [b for b in big if b["ms"] - b["canvas_paint_ms"] > 100]
         phases[name] = {"stalls_over_100ms_not_from_canvas_paint": len(own),
@@ -225,12 +241,15 @@ def main() -> int:
     if args.first_rank:
         measure("first predict & rank (cluster start)", first_rank_phase)
         spin(0.3)
+    if args.only_first_rank:
+        args.objects = False
 
     def click_phase():
         n, got = clicks(args.clicks, "clicks")
         return {"clicks": n, "masks_shown": len(got)}
 
-    measure("clicks", click_phase)
+    if not args.only_first_rank:
+        measure("clicks", click_phase)
 
     def training_phase():
         dock.training.steps.setValue(args.steps)
@@ -245,8 +264,9 @@ def main() -> int:
         return {"clicks": n, "masks_shown": len(got), "train_seconds": time.perf_counter() - t0,
                 "clicked_for_s": clicks_done - t0, "figures": dock.training.figures.text()}
 
-    measure("clicks during training + ranking", training_phase)
-    spin(0.3)
+    if not args.only_first_rank:
+        measure("clicks during training + ranking", training_phase)
+        spin(0.3)
 
     def open_big_image():
         """A project of one 1024x1024 image (the sample tiled), opened in the dock."""
