@@ -148,3 +148,18 @@ def test_level_views_slice_like_numpy_and_read_only_their_window(tmp_path, monke
         monkeypatch.setattr(io.LazyImage, "read", lambda self, *a, **k: reads.append(a) or original(self, *a, **k))
         view[100:120, 30:40]
         assert reads == [(100, 30, 120, 40, 0)]
+
+
+def test_zarr_with_leading_singleton_axes(tmp_path):
+    a = _rgb(200, 180, seed=4)
+    z = zarr.open_array(str(tmp_path / "t.zarr"), mode="w", shape=(1, 1, 3, 200, 180), dtype=np.uint8,
+                        chunks=(1, 1, 3, 64, 64))
+    z[...] = np.moveaxis(a, -1, 0)[None, None]
+    with io.open_lazy(tmp_path / "t.zarr") as img:
+        assert img.shape == (200, 180, 3)
+        np.testing.assert_array_equal(img.read(20, 30, 150, 170), a[20:150, 30:170])
+        np.testing.assert_array_equal(img.levels()[0][5:9, 7:11].compute(), a[5:9, 7:11])
+        np.testing.assert_array_equal(img.arrays()[0][5:9, 7:11], a[5:9, 7:11])
+    z = zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=(2, 1, 3, 20, 18), dtype=np.uint8)
+    with pytest.raises(InputError, match="only single 2-D images"):
+        io.open_lazy(tmp_path / "s.zarr")

@@ -445,7 +445,7 @@ def _open_tiff_lazy(path: Path) -> LazyImage:
             raise InputError(f"{path} is a stack ({axes} {series.shape}); only single 2-D images open lazily")
         levels = []
         for k, lv in enumerate(series.levels):
-            shape = tuple(int(s) for s in lv.shape if True)
+            shape = tuple(int(s) for s in lv.shape)
             squeezed = tuple(n for ax, n in zip(lv.axes, shape) if ax not in "TZIQ")
             page = lv.keyframe
             if k == 0 and not (page.is_tiled or len(page.dataoffsets) > 1) and series.dataoffset is not None:
@@ -477,7 +477,7 @@ class _Squeezed:
     """A zarr array seen without its length-1 axes (a TIFF page's leading singletons)."""
 
     def __init__(self, arr, shape):
-        self.arr, self.shape, self.dtype = arr, shape, arr.dtype
+        self.arr, self.shape, self.dtype, self.ndim = arr, shape, arr.dtype, len(shape)
         self._keep = [i for i, n in enumerate(arr.shape) if n != 1]
 
     def __getitem__(self, key):

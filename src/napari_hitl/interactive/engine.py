@@ -33,7 +33,7 @@ _REGISTRY: dict[str, type["Engine"]] = {}
 _LAZY = {"graph": "napari_hitl.interactive.graph", "clicknet": "napari_hitl.interactive.clicknet"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # two windows are never compared by their arrays' truth value
 class Window:
     """A map over part of an image: ``data`` (h, w) whose pixel [0, 0] is image pixel (y0, x0).
 
