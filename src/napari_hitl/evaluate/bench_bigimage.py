@@ -286,9 +286,13 @@ def run(args) -> int:
     fig["clicks"] = _child("clicks", path, args.side, args.objects, args.clicks)
     c = fig["clicks"]
     same, new = c["clicks_on_prepared_crop"], c["clicks_preparing_a_new_crop"]
+
+    def ms(v):
+        return "n/a" if v is None else f"{v:.0f} ms"
+
     print(f"clicks ({c['objects']} objects x {c['clicks_per_object']}, {c['device']}, 1 thread): on a prepared "
-          f"crop median {same['median_ms']:.0f} ms, p95 {same['p95_ms']:.0f} ms (n={same['n']}; target <= 100 ms); "
-          f"preparing a new crop median {new['median_ms']:.0f} ms, p95 {new['p95_ms']:.0f} ms (n={new['n']}); "
+          f"crop median {ms(same['median_ms'])}, p95 {ms(same['p95_ms'])} (n={same['n']}; target <= 100 ms); "
+          f"preparing a new crop median {ms(new['median_ms'])}, p95 {ms(new['p95_ms'])} (n={new['n']}); "
           f"prepare {c['prepare_s'] * 1000:.0f} ms; first click after loading {c['first_click_after_load_ms']:.0f} ms; mean final IoU {c['mean_final_iou']:.3f}; "
           f"peak {c['peak_rss_mb']:.0f} MB (target < 2048 MB)")
     if args.predict_side:
