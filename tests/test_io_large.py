@@ -163,3 +163,27 @@ def test_zarr_with_leading_singleton_axes(tmp_path):
     z = zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=(2, 1, 3, 20, 18), dtype=np.uint8)
     with pytest.raises(InputError, match="only single 2-D images"):
         io.open_lazy(tmp_path / "s.zarr")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_write_pyramid_gives_a_file_without_one_its_levels(tmp_path, monkeypatch, dtype):
+    monkeypatch.setattr(io, "PYRAMID_MIN_SIDE", 60)
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 250 if dtype == np.uint8 else 60000, (301, 250, 3)).astype(dtype)
+    tifffile.imwrite(tmp_path / "flat.tif", a, compression="zlib", rowsperstrip=16, photometric="rgb")
+    done = []
+    with io.open_lazy(tmp_path / "flat.tif") as flat:
+        assert not flat.own_pyramid
+        out = io.write_pyramid(flat, tmp_path / "pyr.zarr", chunk=64, progress=lambda k, n: done.append((k, n)))
+        with io.open_lazy(out) as pyr:
+            assert pyr.own_pyramid and pyr.n_levels == flat.n_levels == 4  # 301, 150, 75, 37
+            for k in range(pyr.n_levels):
+                h, w = pyr.level_shape(k)
+                assert (h, w) == flat.level_shape(k)
+                np.testing.assert_array_equal(pyr.read(0, 0, h, w, k), flat.read(0, 0, h, w, k))
+    assert done[-1] == (20, 20)  # 5 x 4 blocks of 64 at level 0
+    with pytest.raises(InputError, match="exists"):
+        io.write_pyramid(io.open_lazy(tmp_path / "flat.tif"), out)
+    with pytest.raises(InputError, match="zarr"):
+        io.write_pyramid(io.open_lazy(tmp_path / "flat.tif"), tmp_path / "p.tif")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left behind

@@ -3,7 +3,8 @@
 Images are PNG, JPEG or TIFF, 2-D gray or RGB (RGBA loses its alpha), or a multi-page TIFF
 (a time-lapse, ``(T, H, W[, 3])``). Large 2-D images (a whole-slide TIFF, zarr) open lazily
 (:func:`open_lazy`, :class:`LazyImage`): read window by window, with a pyramid for display
-(the file's own levels, else coarsened ones); :func:`load_image` picks by size.
+(the file's own levels, else coarsened ones; :func:`write_pyramid` stores one as zarr for a
+file that has none); :func:`load_image` picks by size.
 Labels are written as TIFF, PNG (8- or 16-bit) or zarr.
 All writes go through :func:`atomic_write`: a temporary file in the same folder, flushed and
 fsynced, then renamed over the target, so a process killed mid-write leaves the old file.
@@ -263,7 +264,8 @@ class LazyImage:
     if it has them) or zarr (an array, or a multiscale group). Nothing is read until asked.
 
     ``levels`` go from full resolution down, each about half the previous; a file without a
-    pyramid gets levels coarsened from the full one (reading those reads the full image once).
+    pyramid gets levels coarsened from the full one (a window of level k reads 4**k times its
+    pixels of the full image, each time: :func:`write_pyramid` stores a pyramid once).
     Pixels are ``(H, W)`` gray or ``(H, W, 3)`` RGB (alpha dropped), as :func:`read_image` gives.
     """
 
@@ -545,6 +547,65 @@ def open_lazy(path: str | os.PathLike) -> LazyImage:
         img.close()
         raise InputError(f"image {path} has dtype {img.dtype}; expected integers or floats")
     return img
+
+
+def write_pyramid(image: LazyImage, out: str | os.PathLike, chunk: int = 512,
+                  progress: Callable[[int, int], Any] | None = None) -> Path:
+    """Write ``image`` as a multiscale zarr group at ``out`` (levels ``0``, ``1``, ... each half the
+    previous, mean of 2 x 2, down to :data:`PYRAMID_MIN_SIDE`; listed in the group's
+    ``multiscales`` attribute), so a large image without a pyramid of its own shows fast.
+
+    Memory stays bounded: level 0 is copied block by block, and each further level is made
+    from the one just written, so the image is read once. The group is built in a hidden
+    folder beside ``out`` and renamed into place; ``out`` must not exist.
+    ``progress(done, total)`` counts blocks of level 0."""
+    import zarr
+
+    out = Path(out)
+    if out.exists():
+        raise InputError(f"{out} exists; choose a new path for the pyramid")
+    if out.suffix.lower() != ".zarr":
+        raise InputError(f"{out}: a pyramid is written as zarr; name it ...zarr")
+    if not (isinstance(chunk, (int, np.integer)) and chunk >= 16):
+        raise InputError(f"chunk must be an integer of at least 16 pixels, got {chunk!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        group = zarr.open_group(str(tmp / "p.zarr"), mode="w")
+        h, w = image.shape[:2]
+        extra = image.shape[2:]
+        level = group.create_array("0", shape=(h, w) + extra, dtype=image.dtype, chunks=(chunk, chunk) + extra)
+        blocks = [(y, x) for y in range(0, h, chunk) for x in range(0, w, chunk)]
+        for k, (y, x) in enumerate(blocks):
+            level[y:y + chunk, x:x + chunk] = image.read(y, x, min(y + chunk, h), min(x + chunk, w))
+            if progress is not None:
+                progress(k + 1, len(blocks))
+        paths = ["0"]
+        while max(h, w) > PYRAMID_MIN_SIDE and min(h, w) >= 2:
+            prev = level
+            h, w = h // 2, w // 2
+            level = group.create_array(str(len(paths)), shape=(h, w) + extra, dtype=image.dtype,
+                                       chunks=(chunk, chunk) + extra)
+            for y in range(0, h, chunk):
+                for x in range(0, w, chunk):
+                    y1, x1 = min(y + chunk, h), min(x + chunk, w)
+                    src = np.asarray(prev[2 * y:2 * y1, 2 * x:2 * x1], np.float64)
+                    small = src.reshape((y1 - y, 2, x1 - x, 2) + extra).mean(axis=(1, 3))
+                    if np.issubdtype(image.dtype, np.integer):
+                        small = np.floor(small)  # as dask's coarsening (np.mean, then astype) gives
+                    level[y:y1, x:x1] = small.astype(image.dtype)
+            paths.append(str(len(paths)))
+        group.attrs["multiscales"] = [{"version": "0.4", "name": image.path.name,
+                                       "datasets": [{"path": p} for p in paths]}]
+        os.replace(tmp / "p.zarr", out)
+    except HitlError:
+        raise
+    except OSError as err:
+        raise ExportError(f"cannot write the pyramid {out}: {err.strerror or err}") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(out.parent)
+    return out
 
 
 def is_large(path: str | os.PathLike) -> bool:
