@@ -118,3 +118,25 @@ def test_sweep_removes_the_false_part_around_an_obeyed_negative_click():
     mask = logits > 0
     assert mask[20:60, 80:120].mean() < 0.05, mask[20:60, 80:120].mean()
     assert mask[20:60, 20:60].mean() > 0.97 and mask[22:58, 22:58].all()  # the edge pixels may go either way
+
+
+def test_engine_reuses_the_encoding_of_a_crop_it_has_seen():
+    """Full-image mode revisits each region's crop: the encoder runs once per crop per image."""
+    from napari_hitl.interactive.engine import get_engine
+    from napari_hitl.prompts import ExtremePoints
+
+    engine = get_engine("clicknet")
+    img = (np.stack([_two_squares()] * 3, axis=-1) * 255).astype(np.uint8)
+    engine.prepare(img)
+    calls = []
+    encode = engine.net.encode
+    engine.net.encode = lambda x: calls.append(1) or encode(x)
+    a = RegionPrompts(1, extreme=ExtremePoints(np.array([[40, 20], [40, 59], [20, 40], [59, 40]], float)))
+    b = RegionPrompts(2, extreme=ExtremePoints(np.array([[40, 80], [40, 119], [20, 100], [59, 100]], float)))
+    first = [engine.predict(r, others=[a, b]) for r in (a, b)]
+    again = [engine.predict(r, others=[a, b]) for r in (a, b)]
+    assert len(calls) == 2, calls
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    engine.prepare(img)  # a new image forgets them
+    engine.predict(a)
+    assert len(calls) == 4  # the whole-image crop of prepare, then a's

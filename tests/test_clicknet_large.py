@@ -40,7 +40,8 @@ def slide(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine():
-    return cn.ClickNetEngine(first_crop=512)
+    """The network's own answer (no refocus, no finishing), so crops and answers can be compared."""
+    return cn.ClickNetEngine(first_crop=512, refocus=False, snap=0.0, obey=False, sweep=False)
 
 
 def _disc(shape, cy, cx, r=30):
@@ -156,7 +157,7 @@ def test_full_image_mode_over_windows(slide, engine):
 
 def test_refocus_and_flip_work_on_a_large_image_finishing_needs_the_whole_image(slide):
     img, centres, path = slide
-    eng = cn.ClickNetEngine(first_crop=512, refocus=True, flip=True)
+    eng = cn.ClickNetEngine(first_crop=512, refocus=True, flip=True, snap=0.0, obey=False, sweep=False)
     cy, cx = centres[40]
     with io.open_lazy(path) as lazy:
         eng.prepare(lazy)
@@ -165,5 +166,28 @@ def test_refocus_and_flip_work_on_a_large_image_finishing_needs_the_whole_image(
         truth = _disc(img.shape[:2], cy, cx)[win.y0:win.box[2], win.x0:win.box[3]]
         mask = win.data > 0
         assert (mask & truth).sum() / (mask | truth).sum() > 0.8
-        with pytest.raises(InputError, match="whole image"):
-            cn.ClickNetEngine(snap=1.0).prepare(lazy)
+
+
+def test_default_finishing_works_on_the_window_of_a_large_image(slide, monkeypatch):
+    img, centres, path = slide
+    eng = cn.ClickNetEngine(first_crop=512)  # edge snap, obedience, sweep and refocus on
+    assert eng.snap and eng.obey and eng.sweep and eng.refocus
+    reads = []
+    original = io.LazyImage.read
+    monkeypatch.setattr(io.LazyImage, "read",
+                        lambda self, y0, x0, y1, x1, level=0: reads.append((y1 - y0) * (x1 - x0) * 4 ** level)
+                        or original(self, y0, x0, y1, x1, level))
+    cy, cx = centres[52]
+    with io.open_lazy(path) as lazy:
+        eng.prepare(lazy)
+        region = RegionPrompts(1, [Click(cy, cx)])
+        win = eng.predict_window(region)
+        truth = _disc(img.shape[:2], cy, cx)[win.y0:win.box[2], win.x0:win.box[3]]
+        mask = win.data > 0
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.85
+        # a negative click beside the object, inside the answer's window: obeyed (and swept)
+        region.clicks.append(Click(cy - 45, cx, positive=False))
+        win2 = eng.predict_window(region, prev_mask=Window(mask, win.y0, win.x0))
+        y, x = cy - 45 - win2.y0, cx - win2.x0
+        assert 0 <= y < win2.data.shape[0] and win2.data[y, x] <= 0
+        assert sum(reads) < 3 * 520 * 520  # crops and their cues: windows, never the image

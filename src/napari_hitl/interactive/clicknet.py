@@ -9,7 +9,10 @@ reads only its window (from the coarsest pyramid level that still resolves the c
 a click on a 40,000 x 40,000 slide costs what it costs on a small image. The frozen encoder stem runs once per crop and is cached; each
 click runs only the prompt branch, the trainable encoder stages and the decoder
 (:mod:`.clicknet_net`). Logits are pasted back at full resolution, strongly negative outside
-the crop. Weights ship in ``weights/clicknet.pt`` (trained by :mod:`.train_clicknet`).
+the crop, then finished at native resolution (:mod:`.refine`, each step an option chosen on the
+click model's validation split by ``benchmarks/tune_click_finish.py``): the boundary band
+snapped to the image's edges, every click obeyed, and a negative click's whole false part
+removed. Weights ship in ``weights/clicknet.pt`` (trained by :mod:`.train_clicknet`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ MIN_CROP = 40
 #: side, in image pixels, of the first crop on a large image: a window around the first clicks
 #: (on a small image the first crop is the whole image)
 LARGE_FIRST_CROP = 1024
+#: encoded crops kept per image (a few MB each at most): full-image mode revisits every region's crop
+MAX_ENCODINGS = 48
+#: default edge-snap window radius, in logit cells; this and the other finishing defaults (obey,
+#: sweep, refocus on) were chosen on the click model's validation split, gen-1 weights, 150 objects:
+#: NoC@90 10.28 -> 9.24, IoU@1 0.442 -> 0.487 (docs/bench/clicknet_finish_tuning.json)
+SNAP = 1.0
 #: refocus (predict again closer) when the answer's crop would be under this share of the crop's side
 REFOCUS_BELOW = 0.6
 
@@ -215,8 +224,8 @@ class ClickNetEngine(Engine):
     _cues = None
 
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
-                 connected: bool = True, snap: float = 0.0, snap_eps: float = 1e-3, obey: bool = False,
-                 refocus: bool = False, sweep: bool = False, expand: float = CROP_EXPAND, flip: bool = False,
+                 connected: bool = True, snap: float = SNAP, snap_eps: float = 1e-3, obey: bool = True,
+                 refocus: bool = True, sweep: bool = True, expand: float = CROP_EXPAND, flip: bool = False,
                  first_crop: int = LARGE_FIRST_CROP):
         """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
         ``snap``: guided-filter window radius in logit cells (image pixels per logit times this; 0:
@@ -226,8 +235,8 @@ class ClickNetEngine(Engine):
         it lands on; ``refocus``: predict a second time on a closer crop when the answer
         is small in its crop (zoom-in); ``expand``: crop side over the prompts' and previous mask's
         box; ``flip``: average the answer with the mirrored crop's (twice the network's work).
-        ``first_crop``: side of the first crop on a large image (pixels). The finishing options
-        (snap, obey, sweep) need the whole image's cues, so a large image refuses them."""
+        ``first_crop``: side of the first crop on a large image (pixels). On a large image the
+        finishing (snap, obey, sweep) works on the answer's window, with that window's cues."""
         import torch
 
         from napari_hitl.interactive.clicknet_net import build_clicknet
@@ -259,6 +268,8 @@ class ClickNetEngine(Engine):
         self._shape: tuple[int, int] | None = None
         self._crop: tuple[float, float, float] | None = None
         self._cache = None
+        self._encodings: dict = {}  # crop -> encoder cache, most recent last (full-image mode revisits crops)
+        self._window_cues = None  # (box, ImageCues) of a large image's last answer window
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -279,12 +290,9 @@ class ClickNetEngine(Engine):
         from napari_hitl.interactive.refine import ImageCues
 
         self._crop, self._cache = None, None
+        self._encodings, self._window_cues = {}, None
         self._image = self._lazy = self._range = self._shape = self._cues = None
         if isinstance(image, LazyImage):
-            if self.snap or self.obey or self.sweep:
-                raise InputError(f"clicknet: snap, obey and sweep finish answers with cues of the whole image; "
-                                 f"{image.path} is large ({image.shape[0]}x{image.shape[1]}, read lazily): "
-                                 "make the engine without them")
             self._range = image.value_range()
             self._lazy, self._shape = image, tuple(int(v) for v in image.shape[:2])
             return
@@ -298,6 +306,12 @@ class ClickNetEngine(Engine):
 
         if self._crop is not None and np.allclose(self._crop, crop):
             return
+        key = tuple(round(float(v), 3) for v in crop)
+        if key in self._encodings:
+            self._cache = self._encodings.pop(key)
+            self._encodings[key] = self._cache
+            self._crop = tuple(float(v) for v in crop)
+            return
         if self._lazy is not None:
             patch = read_crop(self._lazy, crop, CROP_SIZE, self._range)
         else:
@@ -308,6 +322,9 @@ class ClickNetEngine(Engine):
         with torch.inference_mode():
             self._cache = self.net.encode(x)
         self._crop = tuple(float(v) for v in crop)
+        self._encodings[key] = self._cache
+        while len(self._encodings) > MAX_ENCODINGS:
+            self._encodings.pop(next(iter(self._encodings)))
 
     def choose_crop(self, region: RegionPrompts, prev: np.ndarray | Window | None) -> tuple[float, float, float]:
         """The crop for this prediction: the extreme points' box, else the clicks' and previous
@@ -371,10 +388,12 @@ class ClickNetEngine(Engine):
         win = self._infer(crop, region, prev, others)
         if self.refocus:
             crop, win = self._refocus(crop, win, region, others)
-        if self._cues is not None:  # finishing works on the whole image (small images only)
+        if self._cues is not None:  # a small image: finishing works on the whole image
             full = win.full(shape, np.float32(OUTSIDE_LOGIT))
-            self._finish(full, crop, region, others)
+            self._finish(full, self._cues, crop, region, others)
             win = Window(full, 0, 0)
+        elif self.large and (self.snap or self.obey or self.sweep):  # a large one: on the answer's window
+            self._finish_window(win, crop, region, others)
         if self.connected:
             _keep_prompted_components(win.data, region, None if prev is None else prev.over(win.box, False),
                                       offset=(win.y0, win.x0))
@@ -415,21 +434,55 @@ class ClickNetEngine(Engine):
             return crop, win
         return want, self._infer(want, region, mask, others)
 
-    def _finish(self, out: np.ndarray, crop, region: RegionPrompts, others: Sequence[RegionPrompts]) -> None:
-        """Native-resolution finishing in place on full-image logits: edge snapping, then click
-        obedience (:mod:`.refine`)."""
+    def _finish(self, out: np.ndarray, cues, crop, region: RegionPrompts, others: Sequence[RegionPrompts],
+                origin: tuple[int, int] = (0, 0)) -> None:
+        """Native-resolution finishing in place: edge snapping, then click obedience (:mod:`.refine`).
+        ``out`` and ``cues`` cover the image from pixel ``origin`` on (the whole image: (0, 0));
+        ``region`` and ``others`` are in those coordinates already."""
         from napari_hitl.interactive.refine import obey_clicks, snap_to_edges
 
         per_logit = crop[2] / (CROP_SIZE / 4)  # image pixels per logit cell
         if self.snap:
-            snap_to_edges(out, self._cues, radius=max(1, round(self.snap * per_logit)), eps=self.snap_eps)
+            snap_to_edges(out, cues, radius=max(1, round(self.snap * per_logit)), eps=self.snap_eps)
         if self.obey or self.sweep:  # sweeping obeys the violated positive clicks too
             h, w = out.shape
-            y0, x0, side = crop
+            y0, x0, side = crop[0] - origin[0], crop[1] - origin[1], crop[2]
             box = (max(int(y0), 0), max(int(x0), 0), min(int(np.ceil(y0 + side)), h), min(int(np.ceil(x0 + side)), w))
             # the hole the network cuts around a negative click: about twice its click disk
             reach = 2.0 * CLICK_RADIUS * side / CROP_SIZE
-            obey_clicks(out, self._cues, region, others, box=box, sweep=self.sweep, reach=reach)
+            obey_clicks(out, cues, region, others, box=box, sweep=self.sweep, reach=reach)
+
+    def _finish_window(self, win: Window, crop, region: RegionPrompts, others: Sequence[RegionPrompts]) -> None:
+        """Finishing on a large image: on the answer's window, with cues of that window's pixels
+        (read at full resolution once per window), the prompts moved into its coordinates (a
+        click outside the window is left out: the window holds every positive prompt, and a
+        negative one outside it is obeyed already)."""
+        from napari_hitl.interactive.refine import ImageCues
+
+        if self._window_cues is None or self._window_cues[0] != win.box:
+            y0, x0, y1, x1 = win.box
+            pixels = as_float_rgb(self._lazy.read(y0, x0, y1, x1), self._range)
+            self._window_cues = (win.box, ImageCues.of(pixels))
+        cues = self._window_cues[1]
+        origin = (win.y0, win.x0)
+        h, w = win.data.shape
+        moved = _moved(region, origin, (h, w))
+        self._finish(win.data, cues, crop, moved, [_moved(o, origin, (h, w)) for o in others if o is not region],
+                     origin)
+
+
+def _moved(region: RegionPrompts, origin: tuple[int, int], shape: tuple[int, int]) -> RegionPrompts:
+    """``region``'s prompts in the coordinates of a window starting at ``origin`` (clicks outside
+    the (h, w) window left out; scribbles and extreme points kept, partly outside or not)."""
+    from napari_hitl.prompts import Click, ExtremePoints, Scribble
+
+    oy, ox = origin
+    h, w = shape
+    clicks = [Click(c.y - oy, c.x - ox, c.positive) for c in region.clicks
+              if -0.5 <= c.y - oy < h - 0.5 and -0.5 <= c.x - ox < w - 0.5]
+    scribbles = [Scribble(s.points - (oy, ox), s.positive) for s in region.scribbles]
+    extreme = None if region.extreme is None else ExtremePoints(region.extreme.points - (oy, ox))
+    return RegionPrompts(region.label, clicks, scribbles, extreme)
 
 
 def _prompt_box(region: RegionPrompts, prev_box: tuple[int, int, int, int] | None, shape: Sequence[int]
