@@ -2,17 +2,19 @@
 
 The engine works on a square crop around the region (its extreme points, or its clicks and
 previous mask, with a margin; the whole image while nothing else says where the region is),
-resized to ``CROP_SIZE``. A large image (an :class:`napari_hitl.io.LazyImage`) is never read
-whole: the first crop is a ``LARGE_FIRST_CROP`` window around the first clicks, each crop
-reads only its window (from the coarsest pyramid level that still resolves the crop), and
-:meth:`ClickNetEngine.predict_window` returns the logits of that window with its offset, so
-a click on a 40,000 x 40,000 slide costs what it costs on a small image. The frozen encoder stem runs once per crop and is cached; each
+resized to ``CROP_SIZE``. The frozen encoder stem runs once per crop and is cached; each
 click runs only the prompt branch, the trainable encoder stages and the decoder
 (:mod:`.clicknet_net`). Logits are pasted back at full resolution, strongly negative outside
 the crop, then finished at native resolution (:mod:`.refine`, each step an option chosen on the
 click model's validation split by ``benchmarks/tune_click_finish.py``): the boundary band
 snapped to the image's edges, every click obeyed, and a negative click's whole false part
 removed. Weights ship in ``weights/clicknet.pt`` (trained by :mod:`.train_clicknet`).
+
+A large image (an :class:`napari_hitl.io.LazyImage`) is never read whole: the first crop is a
+``LARGE_FIRST_CROP`` window around the first clicks, each crop reads only its window (from the
+coarsest pyramid level that still resolves it), the finishing uses that window's pixels, and
+:meth:`ClickNetEngine.predict_window` returns the logits of the window with its offset, so a
+click on a 40,000 x 40,000 slide costs what it costs on a small image.
 """
 
 from __future__ import annotations
