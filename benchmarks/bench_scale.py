@@ -1,6 +1,8 @@
 """Scale benchmark: predict + rank a generated project on Dask with 1 and 2 workers.
 
 Usage: python benchmarks/bench_scale.py [--n 20000] [--size 512] [--json out.json]
+       xvfb-run -a python benchmarks/bench_scale.py --big-image [--side 20000] [--json docs/bench/scale_bigimage.json]
+(one generated whole-slide image: first view in napari, time per click, peak memory).
 The same as `napari-hitl bench scale`.
 """
 

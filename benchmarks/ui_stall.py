@@ -5,7 +5,8 @@ Run under a display (or a virtual one)::
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/ui_stall.py
 
 A 10 ms QTimer measures how late the event loop serves it (the longest stall is the longest
-time the UI could not react). Phases: idle; clicks alone (one every --interval seconds); clicks
+time the UI could not react). Phases: idle; the session's first Predict & rank (the local Dask
+cluster starts); clicks alone (one every --interval seconds); clicks
 while a training round and the re-ranking run in the background; the objects panel finding
 the objects of a 1024x1024 image (instance prediction and decoding off the UI thread). For every click it records
 the time from the engine's answer (the worker returning) to the mask painted into the Labels
@@ -39,6 +40,11 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=2.0, help="seconds of the idle phase")
     parser.add_argument("--window", default="1280x800", help="window size WxH (canvas painting cost grows with it)")
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
+    parser.add_argument("--stall-stacks", default=None,
+                        help="write every thread's stack here whenever the UI misses 150 ms (what blocked it)")
+    parser.add_argument("--only-first-rank", action="store_true", help="measure idle and the first Predict & rank only")
+    parser.add_argument("--no-first-rank", dest="first_rank", action="store_false",
+                        help="skip the phase of the session's first Predict & rank (the Dask cluster starts)")
     parser.add_argument("--no-objects", dest="objects", action="store_false",
                         help="skip the phase that finds the objects of a 1024x1024 image")
     args = parser.parse_args()
@@ -100,6 +106,18 @@ def main() -> int:
     timer = QTimer()
     timer.setInterval(10)
 
+    import gc
+
+    collections: list[tuple[float, float, int]] = []  # (start, end, generation) of garbage collections
+    gc_start = [0.0]
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            collections.append((gc_start[0], time.perf_counter(), info["generation"]))
+
+    gc.callbacks.append(on_gc)  # a full collection holds the GIL: the UI thread waits, whoever triggered it
     paints: list[tuple[float, float]] = []  # (start, end) of every canvas paint
     big: list[dict] = []  # stalls over 100 ms with what was going on
 
@@ -110,11 +128,21 @@ def main() -> int:
         if late > 0.1:
             painting = sum(min(e, now) - max(b, last[0]) for b, e in paints if e > last[0] and b < now)
             running = dock.queue.running
-            big.append({"ms": 1000 * late, "canvas_paint_ms": 1000 * painting,
+            collecting = sum(min(e, now) - max(b, last[0]) for b, e, _ in collections if e > last[0] and b < now)
+            big.append({"ms": 1000 * late, "canvas_paint_ms": 1000 * painting, "gc_ms": 1000 * collecting,
                         "worker": running.kind if running is not None else "idle"})
         last[0] = now
 
     timer.timeout.connect(tick)
+    if args.stall_stacks:
+        import faulthandler
+
+        stacks = open(args.stall_stacks, "w")
+
+        def rearm():  # faulthandler's own C thread dumps every thread's stack if the UI misses 150 ms
+            faulthandler.dump_traceback_later(0.15, repeat=False, file=stacks)
+
+        timer.timeout.connect(rearm)
     painted: list[tuple[float, float]] = []  # (answered, painted)
     drawn: list[float] = []  # answer -> next canvas draw
     pending_draw: list[float] = []
@@ -188,6 +216,10 @@ def main() -> int:
         t0 = time.perf_counter()
         info = fn()
         timer.stop()
+        if args.stall_stacks:
+            import faulthandler
+
+            faulthandler.cancel_dump_traceback_later()
         stalls = [s for _, s in lateness]
         own = [b for b in big if b["ms"] - b["canvas_paint_ms"] > 100]
         phases[name] = {"stalls_over_100ms_not_from_canvas_paint": len(own),
@@ -198,11 +230,26 @@ def main() -> int:
 
     measure("idle", lambda: spin(args.idle) or {})
 
+    def first_rank_phase():
+        """The first Predict & rank of the session: the local Dask cluster starts (distributed's
+        imports in this process, the scheduler and worker programs), then the sample is ranked."""
+        t0 = time.perf_counter()
+        dock.rank()
+        wait(lambda: dock.rank_job is None and not dock.queue.busy)
+        return {"rank_seconds": time.perf_counter() - t0}
+
+    if args.first_rank:
+        measure("first predict & rank (cluster start)", first_rank_phase)
+        spin(0.3)
+    if args.only_first_rank:
+        args.objects = False
+
     def click_phase():
         n, got = clicks(args.clicks, "clicks")
         return {"clicks": n, "masks_shown": len(got)}
 
-    measure("clicks", click_phase)
+    if not args.only_first_rank:
+        measure("clicks", click_phase)
 
     def training_phase():
         dock.training.steps.setValue(args.steps)
@@ -217,8 +264,9 @@ def main() -> int:
         return {"clicks": n, "masks_shown": len(got), "train_seconds": time.perf_counter() - t0,
                 "clicked_for_s": clicks_done - t0, "figures": dock.training.figures.text()}
 
-    measure("clicks during training + ranking", training_phase)
-    spin(0.3)
+    if not args.only_first_rank:
+        measure("clicks during training + ranking", training_phase)
+        spin(0.3)
 
     def open_big_image():
         """A project of one 1024x1024 image (the sample tiled), opened in the dock."""
@@ -264,7 +312,8 @@ def main() -> int:
               f"{ph['stalls_over_100ms']:7d} {ph['max_stall_without_paint_ms']:12.1f}ms {ph.get('clicks', 0):7d} "
               f"{ph.get('masks_shown', 0):6d}")
         for b in sorted(ph["big_stalls"], key=lambda b: -b["ms"])[:4]:
-            print(f"    stall {b['ms']:6.1f} ms: canvas paint {b['canvas_paint_ms']:6.1f} ms, worker {b['worker']}")
+            print(f"    stall {b['ms']:6.1f} ms: canvas paint {b['canvas_paint_ms']:6.1f} ms, garbage collection "
+                  f"{b['gc_ms']:6.1f} ms, worker {b['worker']}")
     a, d = result["answer_to_painted_ms"], result["answer_to_drawn_ms"]
     print(f"engine answer -> mask painted in the layer: median {a['median']:.1f} ms, max {a['max']:.1f} ms (n={a['n']})")
     print(f"engine answer -> next canvas draw:         median {d['median']:.1f} ms, max {d['max']:.1f} ms (n={d['n']})")

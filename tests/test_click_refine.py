@@ -141,17 +141,3 @@ def test_engine_reuses_the_encoding_of_a_crop_it_has_seen():
     engine.predict(a)
     assert len(calls) == 4  # the whole-image crop of prepare, then a's
 
-
-def test_local_change_restores_far_flips_and_keeps_the_clicked_part():
-    from napari_hitl.interactive.refine import keep_local_change
-
-    prev = np.zeros((60, 100), bool)
-    prev[10:30, 10:30] = True
-    logits = np.full(prev.shape, -5.0, np.float32)
-    logits[10:30, 10:40] = 5.0  # the click grew the object to the right...
-    logits[45:55, 80:95] = 5.0  # ...and a far part flipped on
-    n = keep_local_change(logits, prev, (20.0, 35.0), reach=10)
-    mask = logits > 0
-    assert n == 150 and not mask[45:55, 80:95].any() and mask[10:30, 10:40].all()
-    with pytest.raises(InputError, match="does not match"):
-        keep_local_change(logits, prev[:5], (1.0, 1.0), reach=3)

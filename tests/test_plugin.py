@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from napari_hitl import io
+from napari_hitl.errors import HitlError
 from napari_hitl.project import Project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,3 +194,29 @@ def test_the_dock_fits_napari_default_window(viewer_factory, tmp_path, monkeypat
     assert h * zoom <= canvas_h + 1 and w * zoom <= canvas_w + 1, (h * zoom, w * zoom, canvas_h, canvas_w)
     assert abs(viewer.camera.center[-1] - (w - 1) / 2) < 1 and abs(viewer.camera.center[-2] - (h - 1) / 2) < 1
     assert not dock.suggestions.answers.isVisible()  # no empty suggestion box before there are suggestions
+
+
+def test_a_large_image_opens_as_a_multiscale_layer(viewer_factory, tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_hitl.napari._reader import get_reader
+
+    img = np.random.default_rng(0).integers(0, 255, (700, 600, 3), dtype=np.uint8)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb")
+    assert get_reader(str(path)) is None  # small: napari's own TIFF reader reads it whole
+    monkeypatch.setattr(io, "LAZY_PIXELS", 100 * 100)
+    monkeypatch.setattr(io, "PYRAMID_MIN_SIDE", 200)
+    (levels, kwargs, kind), = get_reader(str(path))(str(path))
+    assert kind == "image" and kwargs["multiscale"] and kwargs["rgb"]
+    assert [lv.shape for lv in levels] == [(700, 600, 3), (350, 300, 3), (175, 150, 3)]
+    viewer = viewer_factory()
+    layer, = viewer.open(str(path), plugin="napari-hitl")
+    assert layer.multiscale and len(layer.data) == 3 and layer.rgb
+    np.testing.assert_array_equal(np.asarray(layer.data[0][100:110, 50:60]), img[100:110, 50:60])
+    shot = viewer.screenshot(canvas_only=True)
+    assert shot.std() > 0  # the image is drawn
+    bad = tmp_path / "bad.zarr"
+    bad.mkdir()
+    with pytest.raises(HitlError):
+        get_reader(str(bad))(str(bad))

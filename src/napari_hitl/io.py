@@ -1,7 +1,11 @@
 """Readers and writers: images in, label arrays out, every write atomic.
 
 Images are PNG, JPEG or TIFF, 2-D gray or RGB (RGBA loses its alpha), or a multi-page TIFF
-(a time-lapse, ``(T, H, W[, 3])``). Labels are written as TIFF, PNG (8- or 16-bit) or zarr.
+(a time-lapse, ``(T, H, W[, 3])``). Large 2-D images (a whole-slide TIFF, zarr) open lazily
+(:func:`open_lazy`, :class:`LazyImage`): read window by window, with a pyramid for display
+(the file's own levels, else coarsened ones; :func:`write_pyramid` stores one as zarr for a
+file that has none); :func:`load_image` picks by size.
+Labels are written as TIFF, PNG (8- or 16-bit) or zarr.
 All writes go through :func:`atomic_write`: a temporary file in the same folder, flushed and
 fsynced, then renamed over the target, so a process killed mid-write leaves the old file.
 """
@@ -22,7 +26,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 
-from napari_hitl.errors import CorruptFileError, ExportError, InputError
+from napari_hitl.errors import CorruptFileError, ExportError, HitlError, InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LABEL_FORMATS = ("tiff", "png", "zarr")
@@ -164,13 +168,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return _to_gray_or_rgb(arr, path, stack)
 
 
-def as_float_rgb(image: np.ndarray) -> np.ndarray:
+def as_float_rgb(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Pixels as every engine and model takes them: ``(H, W, 3)`` float32 in [0, 1].
 
     Gray is replicated, alpha dropped. uint8 is divided by 255 and float already in [0, 1]
     is kept; other data (uint16 microscopy, floats) is stretched between its 0.5 and 99.8
-    percentiles, since microscopes rarely fill their 12/16-bit range.
+    percentiles, since microscopes rarely fill their 12/16-bit range, or between
+    ``value_range`` when given (a crop of a large image: :meth:`LazyImage.value_range`, so
+    every crop is scaled alike).
     """
+    if isinstance(image, LazyImage):
+        raise InputError(f"{image.path} is a large image read lazily ({image.shape[0]}x{image.shape[1]}); "
+                         "read a window of it (LazyImage.read), or use an engine that works on crops (clicknet)")
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[2] in (1, 3, 4):
         img = img[..., 0] if img.shape[2] == 1 else img[..., :3]
@@ -184,7 +193,10 @@ def as_float_rgb(image: np.ndarray) -> np.ndarray:
         out = img.astype(np.float32)
         if not np.isfinite(out).all():
             raise InputError("image contains NaN or infinite values")
-        if not (np.issubdtype(img.dtype, np.floating) and out.min() >= 0.0 and out.max() <= 1.0):
+        if value_range is not None:
+            lo, hi = (float(v) for v in value_range)
+            out = np.clip((out - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(out)
+        elif not (np.issubdtype(img.dtype, np.floating) and out.min() >= 0.0 and out.max() <= 1.0):
             lo, hi = np.percentile(out, (0.5, 99.8))
             out = np.clip((out - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(out)
     else:
@@ -192,6 +204,426 @@ def as_float_rgb(image: np.ndarray) -> np.ndarray:
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=2)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- large images, read lazily
+
+#: an image with more pixels per plane than this (a 6144 x 6144 plane) is opened lazily by
+#: :func:`load_image`; smaller ones are read whole, as before
+LAZY_PIXELS = 6144 * 6144
+#: :func:`open_lazy` coarsens by 2 until the longer side is at most this (a pyramid for display)
+PYRAMID_MIN_SIDE = 1024
+#: chunk side of a lazily read image whose file has no chunks of its own (a contiguous TIFF)
+LAZY_CHUNK = 1024
+
+
+class _Level:
+    """One resolution of a lazy image: a sliceable source (zarr array, memmap or dask array)
+    and where its channel axis sits, so a window reads as ``(h, w)`` or ``(h, w, 3)``."""
+
+    def __init__(self, source, channel_axis: int | None, chunks: tuple[int, int]):
+        self.source, self.channel_axis, self.chunks = source, channel_axis, chunks
+        shape = tuple(int(s) for s in source.shape)
+        if channel_axis is None:
+            self.hw, self.channels = shape, 1
+        elif channel_axis == 0:
+            self.hw, self.channels = shape[1:], shape[0]
+        else:
+            self.hw, self.channels = shape[:2], shape[2]
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if self.channel_axis is None:
+            out = self.source[y0:y1, x0:x1]
+        elif self.channel_axis == 0:
+            out = np.moveaxis(np.asarray(self.source[:3, y0:y1, x0:x1]), 0, -1)
+        else:
+            out = self.source[y0:y1, x0:x1, :3]
+        if hasattr(out, "compute"):
+            out = out.compute()
+        out = np.asarray(out)
+        return out[..., 0] if out.ndim == 3 and out.shape[-1] == 1 else out
+
+    def dask(self):
+        """The level as a dask array ``(H, W)`` or ``(H, W, 3)`` (what napari shows)."""
+        import dask.array as da
+
+        src = self.source
+        arr = src if isinstance(src, da.Array) else da.from_array(
+            src, chunks=(self.chunks + ((self.channels,) if self.channel_axis == 2 else ()))
+            if self.channel_axis != 0 else ((self.channels,) + self.chunks), asarray=True, lock=False)
+        if self.channel_axis == 0:
+            arr = da.moveaxis(arr[:3], 0, -1)
+        elif self.channel_axis == 2:
+            arr = arr[..., 0] if self.channels == 1 else arr[..., :3]
+        return arr
+
+
+@dataclass(frozen=True, eq=False)
+class LazyImage:
+    """A 2-D image read window by window: TIFF (tiled, striped, contiguous; its pyramid levels
+    if it has them) or zarr (an array, or a multiscale group). Nothing is read until asked.
+
+    ``levels`` go from full resolution down, each about half the previous; a file without a
+    pyramid gets levels coarsened from the full one (a window of level k reads 4**k times its
+    pixels of the full image, each time: :func:`write_pyramid` stores a pyramid once).
+    Pixels are ``(H, W)`` gray or ``(H, W, 3)`` RGB (alpha dropped), as :func:`read_image` gives.
+    """
+
+    path: Path
+    _levels: tuple
+    own_pyramid: bool  # the levels beyond the first come from the file (cheap to show)
+    _closers: tuple = ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(H, W)`` or ``(H, W, 3)`` of the full resolution."""
+        lv = self._levels[0]
+        return tuple(lv.hw) + ((3,) if self.channels == 3 else ())
+
+    @property
+    def channels(self) -> int:
+        return 3 if self._levels[0].channels >= 3 else 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._levels[0].source.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self._levels)
+
+    def level_shape(self, level: int) -> tuple[int, int]:
+        """``(H, W)`` of pyramid level ``level``."""
+        return tuple(self._levels[self._level(level)].hw)
+
+    def scale(self, level: int) -> tuple[float, float]:
+        """Full-resolution pixels per pixel of ``level`` along (y, x)."""
+        h, w = self.level_shape(level)
+        return self.shape[0] / h, self.shape[1] / w
+
+    def _level(self, level: int) -> int:
+        if not (isinstance(level, (int, np.integer)) and 0 <= level < len(self._levels)):
+            raise InputError(f"{self.path}: pyramid level {level!r} does not exist (levels 0..{len(self._levels) - 1})")
+        return int(level)
+
+    def read(self, y0: int, x0: int, y1: int, x1: int, level: int = 0) -> np.ndarray:
+        """The window ``[y0:y1, x0:x1]`` of ``level`` (end exclusive; must lie inside it)."""
+        lv = self._levels[self._level(level)]
+        h, w = lv.hw
+        y0, x0, y1, x1 = (int(v) for v in (y0, x0, y1, x1))
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise InputError(f"{self.path}: window y {y0}:{y1}, x {x0}:{x1} is empty or outside the "
+                             f"{h}x{w} image (level {level})")
+        try:
+            return np.ascontiguousarray(lv.read(y0, y1, x0, x1))
+        except HitlError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a damaged tile or chunk names the file
+            raise CorruptFileError(f"cannot read {self.path} (level {level}, y {y0}:{y1}, x {x0}:{x1}): "
+                                   f"{err}") from err
+
+    def levels(self) -> list:
+        """Every level as a dask array, full resolution first (for dask computations)."""
+        return [lv.dask() for lv in self._levels]
+
+    def arrays(self) -> list:
+        """Every level as a plain array-like (shape, dtype, slicing reads that window only),
+        full resolution first: napari's multiscale data, without importing dask for a file
+        that has its own pyramid."""
+        return [_LevelView(self, k) for k in range(len(self._levels))]
+
+    def value_range(self) -> tuple[float, float] | None:
+        """The intensity range that maps to [0, 1] for the models (see :func:`as_float_rgb`):
+        None for uint8; otherwise the 0.5 and 99.8 percentiles of the coarsest level, so
+        every crop of the image is scaled alike without reading all of it."""
+        if self.dtype == np.uint8 or self.dtype == np.bool_:
+            return None
+        h, w = self.level_shape(self.n_levels - 1)
+        small = self.read(0, 0, h, w, self.n_levels - 1).astype(np.float32)
+        if not np.isfinite(small).all():
+            raise InputError(f"{self.path} contains NaN or infinite values")
+        if np.issubdtype(self.dtype, np.floating) and small.min() >= 0.0 and small.max() <= 1.0:
+            return 0.0, 1.0
+        lo, hi = np.percentile(small, (0.5, 99.8))
+        return float(lo), float(hi)
+
+    def close(self) -> None:
+        """Close the file handles (a TIFF stays open while its image is read)."""
+        for close in self._closers:
+            close()
+
+    def __enter__(self) -> "LazyImage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _LevelView:
+    """One level of a :class:`LazyImage` as an array-like: ``view[ys, xs(, c)]`` reads only
+    that window (ints, slices with steps, negative indices as numpy has them)."""
+
+    def __init__(self, image: LazyImage, level: int):
+        self.image, self.level = image, level
+        self.shape = tuple(image.level_shape(level)) + ((3,) if image.channels == 3 else ())
+        self.dtype = image.dtype
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(n for n, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices ({len(key)}) for an array of shape {self.shape}")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        spans, picks = [], []
+        for k, n in zip(key[:2], self.shape[:2]):
+            if isinstance(k, (int, np.integer)):
+                i = int(k) + n if k < 0 else int(k)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {k} is out of bounds for size {n}")
+                spans.append((i, i + 1, 1))
+                picks.append(0)
+            elif isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step < 0:
+                    raise IndexError("negative steps are not supported on a lazily read image")
+                spans.append((start, max(stop, start), step))
+                picks.append(slice(None, None, step))
+            else:
+                raise IndexError(f"index {k!r} is not supported on a lazily read image (use ints and slices)")
+        (y0, y1, _), (x0, x1, _) = spans
+        if y1 <= y0 or x1 <= x0:
+            data = np.zeros((y1 - y0, x1 - x0) + self.shape[2:], self.dtype)
+        else:
+            data = self.image.read(y0, x0, y1, x1, self.level)
+        return data[tuple(picks) + tuple(key[2:])]
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
+
+
+def _add_coarsened(levels: list, min_side: int) -> None:
+    """Append levels coarsened by 2 (mean) until the longer side is at most ``min_side``."""
+    import dask.array as da
+
+    while max(levels[-1].hw) > min_side and min(levels[-1].hw) >= 2:
+        prev = levels[-1].dask()
+        axes = {0: 2, 1: 2}
+        small = da.coarsen(np.mean, prev, axes, trim_excess=True).astype(prev.dtype)
+        levels.append(_Level(small, 2 if small.ndim == 3 else None, tuple(int(c) for c in small.chunksize[:2])))
+
+
+def _channel_axis(shape: tuple[int, ...], path: Path) -> int | None:
+    if len(shape) == 2:
+        return None
+    if len(shape) == 3 and shape[2] in (1, 3, 4):
+        return 2
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] > 4:
+        return 0
+    raise InputError(f"{path}: shape {shape} is not a 2-D gray or RGB image (H, W), (H, W, 3) or (3, H, W); "
+                     "open stacks with read_image")
+
+
+def _open_tiff_lazy(path: Path) -> LazyImage:
+    import tifffile
+    import zarr
+
+    tif = tifffile.TiffFile(path)
+    try:
+        series = tif.series[0]
+        axes = series.axes
+        if any(ax in "TZIQ" for ax, n in zip(axes, series.shape) if n > 1):
+            raise InputError(f"{path} is a stack ({axes} {series.shape}); only single 2-D images open lazily")
+        levels = []
+        for k, lv in enumerate(series.levels):
+            shape = tuple(int(s) for s in lv.shape)
+            squeezed = tuple(n for ax, n in zip(lv.axes, shape) if ax not in "TZIQ")
+            page = lv.keyframe
+            if k == 0 and not (page.is_tiled or len(page.dataoffsets) > 1) and series.dataoffset is not None:
+                src = tifffile.memmap(path, mode="r", series=0).reshape(squeezed)  # contiguous, uncompressed
+                chunks = (LAZY_CHUNK, LAZY_CHUNK)
+            elif page.is_tiled or len(page.dataoffsets) > 1:
+                src = zarr.open(series.aszarr(level=k), mode="r")
+                src = src if src.shape == squeezed else _Squeezed(src, squeezed)
+                chunks = (int(page.tilelength or page.rowsperstrip or LAZY_CHUNK),
+                          int(page.tilewidth or squeezed[1]))
+            else:
+                if k == 0:
+                    raise InputError(f"{path} is one compressed block of {squeezed}; it cannot be read in parts. "
+                                     "Save it as a tiled TIFF (e.g. tifffile.imwrite(..., tile=(512, 512)))")
+                break  # a level that cannot be read in parts: coarsen instead
+            levels.append(_Level(src, _channel_axis(squeezed, path), chunks))
+    except HitlError:
+        tif.close()
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder failure names the file
+        tif.close()
+        raise CorruptFileError(f"cannot read image {path}: {err}") from err
+    own = len(levels) > 1
+    _add_coarsened(levels, PYRAMID_MIN_SIDE)
+    return LazyImage(path, tuple(levels), own, (tif.close,))
+
+
+class _Squeezed:
+    """A zarr array seen without its length-1 axes (a TIFF page's leading singletons)."""
+
+    def __init__(self, arr, shape):
+        self.arr, self.shape, self.dtype, self.ndim = arr, shape, arr.dtype, len(shape)
+        self._keep = [i for i, n in enumerate(arr.shape) if n != 1]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        full, it = [], iter(key)
+        for i in range(len(self.arr.shape)):
+            full.append(next(it, slice(None)) if i in self._keep else 0)
+        return self.arr[tuple(full)]
+
+
+def _open_zarr_lazy(path: Path) -> LazyImage:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+        if isinstance(node, zarr.Array):
+            arrays = [node]
+        else:
+            multiscales = node.attrs.get("multiscales")
+            if multiscales:
+                paths = [d["path"] for d in multiscales[0]["datasets"]]
+            else:
+                paths = sorted((k for k, _ in node.arrays() if k.isdigit()), key=int)
+            if not paths:
+                raise InputError(f"{path} is a zarr group without image arrays (no multiscales, no 0, 1, ...)")
+            arrays = [node[p] for p in paths]
+    except HitlError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise CorruptFileError(f"cannot read zarr image {path}: {err}") from err
+    levels = []
+    for arr in arrays:
+        shape = tuple(int(s) for s in arr.shape)
+        if len(shape) > 3:  # leading singleton axes (t, z of OME-NGFF)
+            if any(n != 1 for n in shape[:-3]):
+                raise InputError(f"{path} has shape {shape}; only single 2-D images open lazily")
+            arr = _Squeezed(arr, shape[-3:])
+            shape = shape[-3:]
+        axis = _channel_axis(shape, path)
+        ch = tuple(int(c) for c in (arr.arr if isinstance(arr, _Squeezed) else arr).chunks)
+        chunks = ch[-2:] if axis == 0 else ch[-3:-1] if axis == 2 else ch[-2:]
+        levels.append(_Level(arr, axis, chunks))
+    own = len(levels) > 1
+    _add_coarsened(levels, PYRAMID_MIN_SIDE)
+    return LazyImage(path, tuple(levels), own)
+
+
+def open_lazy(path: str | os.PathLike) -> LazyImage:
+    """Open a 2-D TIFF or zarr image without reading its pixels (see :class:`LazyImage`)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".zarr" or (path.is_dir() and ((path / ".zarray").exists() or (path / "zarr.json").exists()
+                                                or (path / ".zgroup").exists())):
+        img = _open_zarr_lazy(path)
+    elif suffix in _TIFF:
+        img = _open_tiff_lazy(path)
+    else:
+        raise InputError(f"{path}: only TIFF and zarr images open lazily (got {suffix or 'a folder'!r})")
+    if min(img.shape[:2]) == 0:
+        img.close()
+        raise InputError(f"image {path} is empty (shape {img.shape})")
+    if img.dtype.kind not in "uifb":
+        img.close()
+        raise InputError(f"image {path} has dtype {img.dtype}; expected integers or floats")
+    return img
+
+
+def write_pyramid(image: LazyImage, out: str | os.PathLike, chunk: int = 512,
+                  progress: Callable[[int, int], Any] | None = None) -> Path:
+    """Write ``image`` as a multiscale zarr group at ``out`` (levels ``0``, ``1``, ... each half the
+    previous, mean of 2 x 2, down to :data:`PYRAMID_MIN_SIDE`; listed in the group's
+    ``multiscales`` attribute), so a large image without a pyramid of its own shows fast.
+
+    Memory stays bounded: level 0 is copied block by block, and each further level is made
+    from the one just written, so the image is read once. The group is built in a hidden
+    folder beside ``out`` and renamed into place; ``out`` must not exist.
+    ``progress(done, total)`` counts blocks of level 0."""
+    import zarr
+
+    out = Path(out)
+    if out.exists():
+        raise InputError(f"{out} exists; choose a new path for the pyramid")
+    if out.suffix.lower() != ".zarr":
+        raise InputError(f"{out}: a pyramid is written as zarr; name it ...zarr")
+    if not (isinstance(chunk, (int, np.integer)) and chunk >= 16):
+        raise InputError(f"chunk must be an integer of at least 16 pixels, got {chunk!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        group = zarr.open_group(str(tmp / "p.zarr"), mode="w")
+        h, w = image.shape[:2]
+        extra = image.shape[2:]
+        level = group.create_array("0", shape=(h, w) + extra, dtype=image.dtype, chunks=(chunk, chunk) + extra)
+        blocks = [(y, x) for y in range(0, h, chunk) for x in range(0, w, chunk)]
+        for k, (y, x) in enumerate(blocks):
+            level[y:y + chunk, x:x + chunk] = image.read(y, x, min(y + chunk, h), min(x + chunk, w))
+            if progress is not None:
+                progress(k + 1, len(blocks))
+        paths = ["0"]
+        while max(h, w) > PYRAMID_MIN_SIDE and min(h, w) >= 2:
+            prev = level
+            h, w = h // 2, w // 2
+            level = group.create_array(str(len(paths)), shape=(h, w) + extra, dtype=image.dtype,
+                                       chunks=(chunk, chunk) + extra)
+            for y in range(0, h, chunk):
+                for x in range(0, w, chunk):
+                    y1, x1 = min(y + chunk, h), min(x + chunk, w)
+                    src = np.asarray(prev[2 * y:2 * y1, 2 * x:2 * x1], np.float64)
+                    small = src.reshape((y1 - y, 2, x1 - x, 2) + extra).mean(axis=(1, 3))
+                    if np.issubdtype(image.dtype, np.integer):
+                        small = np.floor(small)  # as dask's coarsening (np.mean, then astype) gives
+                    level[y:y1, x:x1] = small.astype(image.dtype)
+            paths.append(str(len(paths)))
+        group.attrs["multiscales"] = [{"version": "0.4", "name": image.path.name,
+                                       "datasets": [{"path": p} for p in paths]}]
+        os.replace(tmp / "p.zarr", out)
+    except HitlError:
+        raise
+    except OSError as err:
+        raise ExportError(f"cannot write the pyramid {out}: {err.strerror or err}") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(out.parent)
+    return out
+
+
+def is_large(path: str | os.PathLike) -> bool:
+    """Whether :func:`load_image` opens ``path`` lazily: a zarr image, or a single-plane TIFF
+    of more than :data:`LAZY_PIXELS` pixels (read from its header)."""
+    path = Path(path)
+    if path.suffix.lower() == ".zarr":
+        return True
+    if path.suffix.lower() not in _TIFF:
+        return False
+    info = image_info(path)
+    return info.frames == 1 and info.shape[0] * info.shape[1] > LAZY_PIXELS
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray | LazyImage:
+    """An image as the engines take it: small ones read whole (:func:`read_image`), large
+    ones (:func:`is_large`) as a :class:`LazyImage`, which nothing reads whole."""
+    return open_lazy(path) if is_large(path) else read_image(path)
 
 
 # --------------------------------------------------------------------------- atomic writes

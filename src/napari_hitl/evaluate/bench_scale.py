@@ -3,8 +3,9 @@
 Prints images per second with one worker and with two (and their ratio), the client's peak
 memory growth at a tenth of the images and at all of them (flat is the goal), and the time to
 open the project and list its status. The images are generated (noise and blobs, size x size)
-so nothing is read from the shared data. Whole-slide images (issue 20, part 2) are not built
-yet, so they are not measured here.
+so nothing is read from the shared data. ``--big-image`` measures one large image instead
+(a generated 20,000 x 20,000 whole-slide TIFF: first view, time per click, peak memory; see
+:mod:`napari_hitl.evaluate.bench_bigimage`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default: %(default)s)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to time")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--big-image", action="store_true",
+                        help="measure one large image (a generated slide) instead of a project of many")
+    from napari_hitl.evaluate import bench_bigimage
+
+    bench_bigimage.add_arguments(parser.add_argument_group("--big-image"), with_json=False)
 
 
 def _make_images(folder: Path, n: int, size: int) -> None:
@@ -61,6 +67,10 @@ class _PeakRSS:
 
 
 def run(args) -> int:
+    if getattr(args, "big_image", False):
+        from napari_hitl.evaluate import bench_bigimage
+
+        return bench_bigimage.run(args)
     from distributed import Client
 
     from napari_hitl.app.batch import local_cluster, model_bytes, predict_project

@@ -5,7 +5,9 @@ a pixel), each pixel goes to the region with the highest logit, which is the arg
 softmax across regions: no overlaps, and no holes where regions meet. Elsewhere an
 "unassigned" channel (logit 0) competes too, so uncovered pixels stay 0 unless a region
 claims them. One region's positive prompts are negatives of the others (the engine gets them
-as ``others``). Works with any registered engine through :meth:`Engine.predict_all`.
+as ``others``). Works with any registered engine through :meth:`Engine.predict_all`. On a
+large image the same runs over windows (:func:`segment_windows`): the regions compete over
+the union of the windows their engine looked at, never over the whole image.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from typing import Sequence
 import numpy as np
 
 from napari_hitl.errors import InputError
-from napari_hitl.interactive.engine import Engine
+from napari_hitl.interactive.engine import Engine, Window
 from napari_hitl.prompts import RegionPrompts
 
-__all__ = ["segment_full_image", "compose", "coverage", "check_regions"]
+__all__ = ["segment_full_image", "segment_windows", "compose", "compose_windows", "coverage", "check_regions"]
 
 
 def check_regions(regions: Sequence[RegionPrompts], shape) -> None:
@@ -31,14 +33,19 @@ def check_regions(regions: Sequence[RegionPrompts], shape) -> None:
         seen.add(r.label)
 
 
-def coverage(regions: Sequence[RegionPrompts], shape) -> np.ndarray:
-    """Bool HxW: the area the regions' prompts cover, i.e. the union of their extreme-point boxes."""
+def coverage(regions: Sequence[RegionPrompts], shape, box: Sequence[int] | None = None) -> np.ndarray:
+    """Bool HxW: the area the regions' prompts cover, i.e. the union of their extreme-point boxes
+    (only over ``box`` = (y0, x0, y1, x1) of the image when given)."""
     h, w = int(shape[0]), int(shape[1])
-    cov = np.zeros((h, w), bool)
+    by0, bx0, by1, bx1 = (0, 0, h, w) if box is None else (int(v) for v in box)
+    cov = np.zeros((by1 - by0, bx1 - bx0), bool)
     for r in regions:
         if r.extreme is not None:
             y0, x0, y1, x1 = r.extreme.box
-            cov[max(int(np.floor(y0)), 0):int(np.ceil(y1)) + 1, max(int(np.floor(x0)), 0):int(np.ceil(x1)) + 1] = True
+            ys = max(int(np.floor(y0)), by0) - by0, min(int(np.ceil(y1)) + 1, by1) - by0
+            xs = max(int(np.floor(x0)), bx0) - bx0, min(int(np.ceil(x1)) + 1, bx1) - bx0
+            if ys[1] > ys[0] and xs[1] > xs[0]:
+                cov[ys[0]:ys[1], xs[0]:xs[1]] = True
     return cov
 
 
@@ -96,3 +103,34 @@ def segment_full_image(engine: Engine, image: np.ndarray | None, regions: Sequen
         return np.zeros(shape, np.int32)
     logits = engine.predict_all(regions, prev)
     return compose(logits, [r.label for r in regions], coverage(regions, shape))
+
+
+def compose_windows(windows: Sequence[Window], labels: Sequence[int], regions: Sequence[RegionPrompts],
+                    shape) -> Window:
+    """:func:`compose` over the union box of per-region logit windows (a region has no say
+    outside its window); the extreme-point boxes count as covered within it."""
+    if len(windows) != len(labels) or len(windows) != len(regions):
+        raise InputError(f"got {len(windows)} windows for {len(labels)} labels and {len(regions)} regions")
+    if not windows:
+        raise InputError("compose_windows needs at least one window")
+    boxes = np.array([w.box for w in windows])
+    box = (int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max()))
+    h, w = int(shape[0]), int(shape[1])
+    if box[2] > h or box[3] > w:
+        raise InputError(f"windows reach {box[2]}x{box[3]}, past the {h}x{w} image")
+    logits = [win.over(box, -np.inf) for win in windows]
+    return Window(compose(logits, labels, coverage(regions, shape, box)), box[0], box[1])
+
+
+def segment_windows(engine: Engine, regions: Sequence[RegionPrompts],
+                    prev: Sequence[Window | np.ndarray | None] | None = None) -> Window:
+    """Full-image mode on a prepared engine, answered as a window of int32 labels
+    (``region.label`` per pixel, 0 = unassigned) over the part of the image the regions' crops
+    span; ``prev`` gives each region's previous mask (a window or a full mask)."""
+    regions = list(regions)
+    shape = engine.shape
+    check_regions(regions, shape)
+    if not regions:
+        raise InputError("segment_windows needs at least one region")
+    windows = engine.predict_all_windows(regions, prev)
+    return compose_windows(windows, [r.label for r in regions], regions, shape)

@@ -218,30 +218,3 @@ def obey_clicks(logits: np.ndarray, cues: ImageCues, region: RegionPrompts,
             logits[y, x] = max(logits[y, x], MOVED_LOGIT) if positive else min(logits[y, x], -MOVED_LOGIT)
     return len(violated)
 
-
-def keep_local_change(logits: np.ndarray, prev: np.ndarray, point: tuple[float, float], reach: float,
-                      box: tuple[int, int, int, int] | None = None) -> int:
-    """In place: keep only the changes a click makes near itself. Of the connected parts where
-    the new answer (``logits > 0``) differs from ``prev``, those within ``reach`` pixels of the
-    click at ``point`` (y, x) stand; elsewhere the previous answer is restored (a click corrects
-    what it points at and does not flip far-away parts, as FocalClick's local update). Returns
-    the number of pixels restored."""
-    import cv2
-
-    h, w = logits.shape
-    if prev.shape != (h, w):
-        raise InputError(f"previous mask of shape {prev.shape} does not match the logits' {(h, w)}")
-    y0, x0, y1, x1 = box if box is not None else (0, 0, h, w)
-    lg, pv = logits[y0:y1, x0:x1], prev[y0:y1, x0:x1]
-    changed = (lg > 0) != pv
-    if not changed.any():
-        return 0
-    n, lab = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
-    near = np.zeros(changed.shape, np.uint8)
-    cy, cx = point[0] - y0, point[1] - x0
-    cv2.circle(near, (int(round(cx)), int(round(cy))), max(1, int(round(reach))), 1, -1)
-    keep = np.unique(lab[(near > 0) & changed])
-    restore = changed & ~np.isin(lab, keep)
-    lg[restore & pv] = MOVED_LOGIT
-    lg[restore & ~pv] = -MOVED_LOGIT
-    return int(restore.sum())

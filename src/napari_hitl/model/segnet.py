@@ -2,6 +2,8 @@
 
 Numpy in, numpy out at the edges: :func:`predict_proba` turns any gray or RGB image (any
 size; large images are tiled with overlap) into ``(C, H, W)`` class probabilities,
+:func:`predict_large` does the same for an image larger than memory (a lazily read TIFF or
+zarr) into a chunked zarr array, one band of tiles at a time,
 :func:`predict_instance_maps` adds the instance head's boundary and distance maps (what
 separates touching objects, decoded by :mod:`napari_hitl.model.instances`), and
 :func:`pooled_features` gives encoder features of an image or of masked regions of it (for
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DECODER_CHANNELS", "FEATURE_STRIDE", "build_segnet", "predict_proba",
-    "predict_proba_batch", "predict_with_features", "predict_instance_maps", "split_instance_maps", "feature_map", "pool_features",
+    "predict_proba_batch", "predict_with_features", "predict_large", "predict_instance_maps", "split_instance_maps", "feature_map", "pool_features",
     "pooled_features", "place_model", "DeviceInfo", "FEATURE_DIM", "select_device", "describe_device",
 ]
 
@@ -226,6 +228,69 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
         r[:overlap] = edge
         r[n - overlap:] = edge[::-1]
     return r
+
+
+def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_instances: bool = False,
+                  progress=None, should_stop=None):
+    """Class probabilities of a large image (a :class:`napari_hitl.io.LazyImage`) written to the
+    zarr array at ``out`` as float16 ``(C, H, W)``, never held whole: overlapping tiles are
+    read one at a time and blended with the linear ramp of :func:`predict_with_features`; one
+    band of tile rows is kept in memory (C x tile x W floats) and each finished band is
+    written, so memory stays bounded by the image's width. With ``with_instances`` the
+    instance head's two maps follow the classes. ``progress(done, total)`` counts tiles;
+    ``should_stop()`` cancels (raises KeyboardInterrupt; ``out`` is then incomplete).
+    Returns the zarr array."""
+    import zarr
+
+    from napari_hitl.io import LazyImage
+
+    if not isinstance(image, LazyImage):
+        raise InputError(f"predict_large takes a LazyImage (io.open_lazy), got {type(image).__name__}; "
+                         "use predict_proba for an image in memory")
+    tile = _ceil(int(tile))
+    overlap = min(int(overlap), tile // 2)
+    h, w = image.shape[:2]
+    if h < tile or w < tile:
+        raise InputError(f"image {image.path} ({h}x{w}) is smaller than one {tile} px tile; read it whole "
+                         "and use predict_proba")
+    value_range = image.value_range()
+    c = model.num_classes + (INSTANCE_CHANNELS if with_instances else 0)
+    step_chunk = max(tile - overlap, 1)
+    arr = zarr.open_array(str(out), mode="w", shape=(c, h, w), dtype=np.float16,
+                          chunks=(c, min(step_chunk, h), min(1024, w)))
+    ramp = _ramp(tile, overlap)
+    weight = np.minimum.outer(ramp, ramp)
+    rows, cols = _tiles(h, tile, overlap), _tiles(w, tile, overlap)
+    total, done = len(rows) * len(cols), 0
+    was_training = model.training
+    model.eval()
+    try:
+        band = np.zeros((c, tile, w), np.float32)  # rows [top, top + tile) of the image
+        bsum = np.zeros((tile, w), np.float32)
+        top = 0
+        for k, y in enumerate(rows):
+            if y > top:  # rows [top, y) are final: no later tile reaches them
+                n = y - top
+                arr[:, top:y, :] = (band[:, :n] / np.maximum(bsum[:n], 1e-6)).astype(np.float16)
+                band[:, :tile - n] = band[:, n:].copy()
+                band[:, tile - n:] = 0
+                bsum[:tile - n] = bsum[n:].copy()
+                bsum[tile - n:] = 0
+                top = y
+            for x in cols:
+                if should_stop is not None and should_stop():
+                    raise KeyboardInterrupt("prediction cancelled")
+                patch = as_float_rgb(image.read(y, x, y + tile, x + tile), value_range)
+                probs, _ = _forward_tiles(model, [patch], False, with_instances)
+                band[:, :, x:x + tile] += probs[0] * weight
+                bsum[:, x:x + tile] += weight
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        arr[:, top:h, :] = (band[:, :h - top] / np.maximum(bsum[:h - top], 1e-6)).astype(np.float16)
+    finally:
+        model.train(was_training)
+    return arr
 
 
 def predict_proba(model, image: np.ndarray, tile: int = 1024, overlap: int = 128) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Layer data for a project image: what the reader, the samples and the dock all add.
+"""Layer data for a project image: what the reader, the samples and the dock all add; a large
+image (whole-slide TIFF, zarr) as a multiscale layer.
 
 Layers carry ``metadata['hitl_project']`` and ``metadata['hitl_image']`` so the dock can
 adopt a project that a reader or a sample opened.
@@ -41,6 +42,28 @@ def image_layer_data(project: Project, name: str) -> list[tuple]:
         (ids, {"name": f"{rec.name} labels", "metadata": {**meta, META_CLASSES: dict(classes)}, "opacity": 0.6},
          "labels"),
     ]
+
+
+#: an Image layer showing a large image read lazily carries its path here
+META_LARGE = "hitl_large_image"
+
+
+def large_image_layer_data(path) -> list[tuple]:
+    """``[(levels, kwargs, 'image')]``: a large TIFF or zarr image as a multiscale Image layer
+    (its pyramid as array-likes, full resolution first), so napari reads only the tiles it
+    shows, at the level the zoom needs. The file stays open while the layer uses it."""
+    from napari_hitl import io
+
+    img = io.open_lazy(path)
+    kwargs = {"name": Path(path).stem, "rgb": img.channels == 3, "multiscale": True,
+              "metadata": {META_LARGE: str(Path(path).resolve())}}
+    value_range = img.value_range()
+    if value_range is None:  # uint8: nothing to compute
+        value_range = (0.0, 255.0)
+    if value_range[1] <= value_range[0]:
+        value_range = (value_range[0], value_range[0] + 1.0)
+    kwargs["contrast_limits"] = list(value_range)
+    return [(img.arrays(), kwargs, "image")]
 
 
 def show_saved(layer, session, name: str, frame: int | None, mask) -> None:

@@ -1,5 +1,6 @@
 """npe2 reader: a project folder opens its first image with labels and the dock (which lists
-every image); an image folder opens its images."""
+every image); an image folder opens its images; a large image (a TIFF above
+``io.LAZY_PIXELS`` pixels, or a zarr image) opens as a multiscale layer, read tile by tile."""
 
 from __future__ import annotations
 
@@ -20,10 +21,17 @@ def get_reader(path):
             return None
         path = path[0]
     p = Path(path)
+    if p.is_file() and p.suffix.lower() in (".tif", ".tiff"):
+        try:
+            return read_large_image if io.is_large(p) else None
+        except HitlError:
+            return None
     if not p.is_dir():
         return None
     if is_project(p):
         return read_project
+    if p.suffix.lower() == ".zarr":
+        return read_large_image
     try:
         return read_image_folder if io.list_images(p) else None
     except HitlError:
@@ -58,3 +66,11 @@ def read_image_folder(path) -> list[tuple]:
         img = io.read_image(f)
         layers.append((img, {"name": f.stem, "rgb": img.ndim >= 3 and img.shape[-1] == 3}, "image"))
     return layers
+
+
+def read_large_image(path) -> list[tuple]:
+    """A large TIFF or zarr image as one multiscale Image layer (nothing read until shown)."""
+    from napari_hitl.napari._layers import large_image_layer_data
+
+    path = path[0] if isinstance(path, (list, tuple)) else path
+    return large_image_layer_data(path)

@@ -1,0 +1,45 @@
+"""Prediction of an image larger than memory: overlapping tiles read one at a time, blended,
+written band by band into zarr; the same probabilities as the in-memory tiled prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_hitl import io
+from napari_hitl.errors import InputError
+from napari_hitl.model.segnet import build_segnet, predict_large, predict_with_features
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("with_instances", [False, True])
+def test_predict_large_matches_the_tiled_prediction_in_memory(tmp_path, with_instances):
+    torch.manual_seed(0)
+    model = build_segnet(3, pretrained=False)
+    img = np.random.default_rng(0).integers(0, 255, (300, 250, 3), dtype=np.uint8)
+    img[100:180, 60:200] = 30  # some structure
+    tifffile.imwrite(tmp_path / "a.tif", img, tile=(64, 64), photometric="rgb")
+    want = predict_with_features(model, img, tile=96, overlap=32, with_features=False,
+                                 with_instances=with_instances)[0]
+    done = []
+    with io.open_lazy(tmp_path / "a.tif") as lazy:
+        out = predict_large(model, lazy, tmp_path / "p.zarr", tile=96, overlap=32, with_instances=with_instances,
+                            progress=lambda k, n: done.append((k, n)))
+    assert out.shape == want.shape and out.dtype == np.float16
+    np.testing.assert_allclose(np.asarray(out[...], np.float32), want, atol=2e-3)  # float16 storage
+    assert done[-1][0] == done[-1][1] == len(done) == 5 * 4  # tiles of 96 px, 32 overlap: rows 0, 64, 128, 192, 204
+
+
+def test_predict_large_errors_and_cancel(tmp_path):
+    model = build_segnet(2, pretrained=False)
+    img = np.zeros((200, 200), np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", img, tile=(64, 64))
+    with pytest.raises(InputError, match="LazyImage"):
+        predict_large(model, img, tmp_path / "p.zarr")
+    with io.open_lazy(tmp_path / "a.tif") as lazy:
+        with pytest.raises(InputError, match="smaller than one"):
+            predict_large(model, lazy, tmp_path / "p.zarr", tile=256)
+        with pytest.raises(KeyboardInterrupt):
+            predict_large(model, lazy, tmp_path / "p.zarr", tile=64, overlap=16, should_stop=lambda: True)
