@@ -187,3 +187,15 @@ def test_write_pyramid_gives_a_file_without_one_its_levels(tmp_path, monkeypatch
     with pytest.raises(InputError, match="zarr"):
         io.write_pyramid(io.open_lazy(tmp_path / "flat.tif"), tmp_path / "p.tif")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left behind
+
+
+def test_gray_zarr_with_a_singleton_channel_axis_reads_the_right_pixels(tmp_path):
+    # OME-NGFF (t, c, z, y, x) with one channel: the kept (1, H, W) has a length-1 axis itself
+    a = np.random.default_rng(7).integers(0, 60000, (200, 180), dtype=np.uint16)
+    z = zarr.open_array(str(tmp_path / "g.zarr"), mode="w", shape=(1, 1, 1, 200, 180), dtype=np.uint16,
+                        chunks=(1, 1, 1, 64, 64))
+    z[0, 0, 0] = a
+    with io.open_lazy(tmp_path / "g.zarr") as img:
+        assert img.shape == (200, 180)
+        np.testing.assert_array_equal(img.read(10, 20, 30, 50), a[10:30, 20:50])
+        np.testing.assert_array_equal(img.arrays()[0][5:9, 7:11], a[5:9, 7:11])

@@ -455,7 +455,10 @@ def _open_tiff_lazy(path: Path) -> LazyImage:
                 chunks = (LAZY_CHUNK, LAZY_CHUNK)
             elif page.is_tiled or len(page.dataoffsets) > 1:
                 src = zarr.open(series.aszarr(level=k), mode="r")
-                src = src if src.shape == squeezed else _Squeezed(src, squeezed)
+                if tuple(src.shape) != squeezed:
+                    keep = ([i for i, ax in enumerate(lv.axes) if ax not in "TZIQ"] if tuple(src.shape) == shape
+                            else [i for i, n in enumerate(src.shape) if n != 1])
+                    src = _Squeezed(src, keep)
                 chunks = (int(page.tilelength or page.rowsperstrip or LAZY_CHUNK),
                           int(page.tilewidth or squeezed[1]))
             else:
@@ -476,11 +479,17 @@ def _open_tiff_lazy(path: Path) -> LazyImage:
 
 
 class _Squeezed:
-    """A zarr array seen without its length-1 axes (a TIFF page's leading singletons)."""
+    """A zarr array seen through the axes ``keep`` only (the others have length 1 and are read
+    at 0): a TIFF page's singletons, or the leading t/c/z of OME-NGFF. ``keep`` is explicit
+    because a kept axis may have length 1 too (a gray image's channel axis)."""
 
-    def __init__(self, arr, shape):
-        self.arr, self.shape, self.dtype, self.ndim = arr, shape, arr.dtype, len(shape)
-        self._keep = [i for i, n in enumerate(arr.shape) if n != 1]
+    def __init__(self, arr, keep):
+        self._keep = [int(i) for i in keep]
+        if any(int(n) != 1 for i, n in enumerate(arr.shape) if i not in self._keep):
+            raise InputError(f"cannot drop axes of length > 1 from shape {tuple(arr.shape)}")
+        self.arr, self.dtype = arr, arr.dtype
+        self.shape = tuple(int(arr.shape[i]) for i in self._keep)
+        self.ndim = len(self.shape)
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -516,7 +525,7 @@ def _open_zarr_lazy(path: Path) -> LazyImage:
         if len(shape) > 3:  # leading singleton axes (t, z of OME-NGFF)
             if any(n != 1 for n in shape[:-3]):
                 raise InputError(f"{path} has shape {shape}; only single 2-D images open lazily")
-            arr = _Squeezed(arr, shape[-3:])
+            arr = _Squeezed(arr, range(len(shape) - 3, len(shape)))
             shape = shape[-3:]
         axis = _channel_axis(shape, path)
         ch = tuple(int(c) for c in (arr.arr if isinstance(arr, _Squeezed) else arr).chunks)
