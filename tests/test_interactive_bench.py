@@ -51,6 +51,10 @@ def test_bench_instances_mode_scores_every_object(tmp_path):
     assert res["images"] == 2 and res["photos"] == 1
     assert sorted(r["image"] for r in res["per_image"]) == ["a#1", "a#7"]
     assert res["iou@5"] > 0.85 and 0.0 <= res["never_reach_90"] <= 1.0
+    # --resize is not applied to id maps: refused, not reported as "@32x32" figures of full-size images
+    assert main(["bench", "interactive", "--data", str(root), "--instances", "--engine", "graph",
+                 "--resize", "32", "--json", str(tmp_path / "r2.json")]) != 0
+    assert not (tmp_path / "r2.json").exists()
     # a folder without labels/ is refused with a clear message
     (tmp_path / "bad" / "images").mkdir(parents=True)
     assert main(["bench", "interactive", "--data", str(tmp_path / "bad"), "--instances"]) != 0

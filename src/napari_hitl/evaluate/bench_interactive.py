@@ -368,6 +368,10 @@ def run(args) -> int:
     """Run the benchmark named by ``args``; print tables, write JSON if asked."""
     results = []
     options = engine_options(args.option)
+    if getattr(args, "instances", False) and (args.resize or args.full_image):
+        # neither applies to object-id maps: the figures would carry a label they do not have
+        raise InputError(f"--instances takes neither {'--resize' if args.resize else '--full-image'}: "
+                         "object-id maps are scored at their own size, in click mode")
     try:
         for d in args.data:
             folder = Path(d)
