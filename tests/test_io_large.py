@@ -199,3 +199,14 @@ def test_gray_zarr_with_a_singleton_channel_axis_reads_the_right_pixels(tmp_path
         assert img.shape == (200, 180)
         np.testing.assert_array_equal(img.read(10, 20, 30, 50), a[10:30, 20:50])
         np.testing.assert_array_equal(img.arrays()[0][5:9, 7:11], a[5:9, 7:11])
+
+
+def test_gray_zarr_with_its_channel_first_gives_2d_levels(tmp_path):
+    a = np.random.default_rng(8).integers(0, 60000, (200, 180), dtype=np.uint16)
+    z = zarr.open_array(str(tmp_path / "c.zarr"), mode="w", shape=(1, 200, 180), dtype=np.uint16, chunks=(1, 64, 64))
+    z[0] = a
+    with io.open_lazy(tmp_path / "c.zarr") as img:
+        assert img.shape == (200, 180)
+        level = img.levels()[0]
+        assert level.shape == (200, 180)  # as img.shape and arrays() say, not (200, 180, 1)
+        np.testing.assert_array_equal(level[5:9, 7:11].compute(), a[5:9, 7:11])

@@ -252,7 +252,7 @@ class _Level:
             src, chunks=(self.chunks + ((self.channels,) if self.channel_axis == 2 else ()))
             if self.channel_axis != 0 else ((self.channels,) + self.chunks), asarray=True, lock=False)
         if self.channel_axis == 0:
-            arr = da.moveaxis(arr[:3], 0, -1)
+            arr = arr[0] if self.channels == 1 else da.moveaxis(arr[:3], 0, -1)
         elif self.channel_axis == 2:
             arr = arr[..., 0] if self.channels == 1 else arr[..., :3]
         return arr
