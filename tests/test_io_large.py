@@ -210,3 +210,17 @@ def test_gray_zarr_with_its_channel_first_gives_2d_levels(tmp_path):
         level = img.levels()[0]
         assert level.shape == (200, 180)  # as img.shape and arrays() say, not (200, 180, 1)
         np.testing.assert_array_equal(level[5:9, 7:11].compute(), a[5:9, 7:11])
+
+
+def test_a_large_image_layer_that_fails_closes_its_file(tmp_path, monkeypatch):
+    from napari_hitl.napari._layers import large_image_layer_data
+
+    a = np.full((64, 64), 0.5, np.float32)
+    a[3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", a, tile=(32, 32))
+    closed = []
+    original = io.LazyImage.close
+    monkeypatch.setattr(io.LazyImage, "close", lambda self: closed.append(self.path) or original(self))
+    with pytest.raises(InputError, match="NaN"):
+        large_image_layer_data(tmp_path / "nan.tif")
+    assert closed == [tmp_path / "nan.tif"]
