@@ -224,3 +224,14 @@ def test_a_large_image_layer_that_fails_closes_its_file(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="NaN"):
         large_image_layer_data(tmp_path / "nan.tif")
     assert closed == [tmp_path / "nan.tif"]
+
+
+def test_a_window_too_large_for_memory_is_not_called_a_damaged_file(tmp_path, monkeypatch):
+    tifffile.imwrite(tmp_path / "a.tif", _rgb(64, 64), tile=(32, 32), photometric="rgb")
+    with io.open_lazy(tmp_path / "a.tif") as img:
+        def no_memory(*_):
+            raise MemoryError("Unable to allocate 4.66 GiB")
+
+        monkeypatch.setattr(img._levels[0], "read", no_memory)
+        with pytest.raises(MemoryError):
+            img.read(0, 0, 64, 64)

@@ -320,7 +320,7 @@ class LazyImage:
                              f"{h}x{w} image (level {level})")
         try:
             return np.ascontiguousarray(lv.read(y0, y1, x0, x1))
-        except HitlError:
+        except (HitlError, MemoryError):  # a window too large for memory is not a damaged file
             raise
         except Exception as err:  # noqa: BLE001 - a damaged tile or chunk names the file
             raise CorruptFileError(f"cannot read {self.path} (level {level}, y {y0}:{y1}, x {x0}:{x1}): "
