@@ -181,7 +181,7 @@ def test_write_pyramid_gives_a_file_without_one_its_levels(tmp_path, monkeypatch
                 h, w = pyr.level_shape(k)
                 assert (h, w) == flat.level_shape(k)
                 np.testing.assert_array_equal(pyr.read(0, 0, h, w, k), flat.read(0, 0, h, w, k))
-    assert done[-1] == (20, 20)  # 5 x 4 blocks of 64 at level 0
+    assert done[-1] == (5, 5)  # 5 bands of 64 rows at level 0: whole strips, each decoded once
     with pytest.raises(InputError, match="exists"):
         io.write_pyramid(io.open_lazy(tmp_path / "flat.tif"), out)
     with pytest.raises(InputError, match="zarr"):
@@ -235,3 +235,22 @@ def test_a_window_too_large_for_memory_is_not_called_a_damaged_file(tmp_path, mo
         monkeypatch.setattr(img._levels[0], "read", no_memory)
         with pytest.raises(MemoryError):
             img.read(0, 0, 64, 64)
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_write_pyramid_reads_each_strip_of_a_striped_tiff_once(tmp_path, monkeypatch, planar):
+    a = _rgb(130, 700, seed=9)
+    kw = {"planarconfig": "separate"} if planar else {}
+    tifffile.imwrite(tmp_path / "s.tif", np.moveaxis(a, -1, 0) if planar else a, compression="zlib",
+                     rowsperstrip=16, photometric="rgb", **kw)
+    reads = []
+    original = io.LazyImage.read
+    monkeypatch.setattr(io.LazyImage, "read", lambda self, y0, x0, y1, x1, level=0:
+                        reads.append((y0, x0, y1, x1, level)) or original(self, y0, x0, y1, x1, level))
+    with io.open_lazy(tmp_path / "s.tif") as img:
+        assert img._levels[0].chunks == (16, 700)  # a strip: 16 rows of the whole width
+        out = io.write_pyramid(img, tmp_path / "p.zarr", chunk=64)
+    # full-width bands of whole strips, not 64-wide pieces that decode every strip 11 times
+    assert reads == [(0, 0, 64, 700, 0), (64, 0, 128, 700, 0), (128, 0, 130, 700, 0)]
+    with io.open_lazy(out) as pyr:
+        np.testing.assert_array_equal(pyr.read(0, 0, 130, 700), a)

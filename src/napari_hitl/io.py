@@ -459,8 +459,8 @@ def _open_tiff_lazy(path: Path) -> LazyImage:
                     keep = ([i for i, ax in enumerate(lv.axes) if ax not in "TZIQ"] if tuple(src.shape) == shape
                             else [i for i, n in enumerate(src.shape) if n != 1])
                     src = _Squeezed(src, keep)
-                chunks = (int(page.tilelength or page.rowsperstrip or LAZY_CHUNK),
-                          int(page.tilewidth or squeezed[1]))
+                width = squeezed[2] if _channel_axis(squeezed, path) == 0 else squeezed[1]
+                chunks = (int(page.tilelength or page.rowsperstrip or LAZY_CHUNK), int(page.tilewidth or width))
             else:
                 if k == 0:
                     raise InputError(f"{path} is one compressed block of {squeezed}; it cannot be read in parts. "
@@ -584,9 +584,10 @@ def write_pyramid(image: LazyImage, out: str | os.PathLike, chunk: int = 512,
         h, w = image.shape[:2]
         extra = image.shape[2:]
         level = group.create_array("0", shape=(h, w) + extra, dtype=image.dtype, chunks=(chunk, chunk) + extra)
-        blocks = [(y, x) for y in range(0, h, chunk) for x in range(0, w, chunk)]
+        bh, bw = _read_block(image._levels[0].chunks, (h, w), chunk)
+        blocks = [(y, x) for y in range(0, h, bh) for x in range(0, w, bw)]
         for k, (y, x) in enumerate(blocks):
-            level[y:y + chunk, x:x + chunk] = image.read(y, x, min(y + chunk, h), min(x + chunk, w))
+            level[y:y + bh, x:x + bw] = image.read(y, x, min(y + bh, h), min(x + bw, w))
             if progress is not None:
                 progress(k + 1, len(blocks))
         paths = ["0"]
@@ -615,6 +616,24 @@ def write_pyramid(image: LazyImage, out: str | os.PathLike, chunk: int = 512,
         shutil.rmtree(tmp, ignore_errors=True)
     fsync_dir(out.parent)
     return out
+
+
+#: most pixels :func:`write_pyramid` reads at once (a block aligned to the file's strips or tiles)
+MAX_BLOCK_PIXELS = 2 ** 25
+
+
+def _read_block(source_chunks, hw, chunk: int) -> tuple[int, int]:
+    """(height, width) of the blocks :func:`write_pyramid` copies: multiples of ``chunk`` that
+    hold whole chunks of the source (a strip of a striped TIFF is as wide as the image: read in
+    ``chunk``-wide pieces, each strip would be decoded width / chunk times), up to
+    :data:`MAX_BLOCK_PIXELS`."""
+    (ch, cw), (h, w) = (int(v) for v in source_chunks), hw
+    bh, bw = chunk * -(-min(ch, h) // chunk), chunk * -(-min(cw, w) // chunk)
+    if bh * bw > MAX_BLOCK_PIXELS:
+        bh = chunk
+    if bh * bw > MAX_BLOCK_PIXELS:
+        bw = chunk
+    return bh, bw
 
 
 def is_large(path: str | os.PathLike) -> bool:
