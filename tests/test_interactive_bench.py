@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from napari_hitl.cli import main
@@ -51,6 +52,15 @@ def test_bench_instances_mode_scores_every_object(tmp_path):
     assert res["images"] == 2 and res["photos"] == 1
     assert sorted(r["image"] for r in res["per_image"]) == ["a#1", "a#7"]
     assert res["iou@5"] > 0.85 and 0.0 <= res["never_reach_90"] <= 1.0
+    # --resize is not applied to id maps: refused, not reported as "@32x32" figures of full-size images
+    assert main(["bench", "interactive", "--data", str(root), "--instances", "--engine", "graph",
+                 "--resize", "32", "--json", str(tmp_path / "r2.json")]) != 0
+    assert not (tmp_path / "r2.json").exists()
+    from napari_hitl.errors import InputError
+    from napari_hitl.evaluate.bench_interactive import bench_clicks, instance_targets
+
+    with pytest.raises(InputError, match="resize"):  # the ablation script calls this directly
+        bench_clicks("graph", root, None, 5, resize=32, targets=instance_targets(root, None))
     # a folder without labels/ is refused with a clear message
     (tmp_path / "bad" / "images").mkdir(parents=True)
     assert main(["bench", "interactive", "--data", str(tmp_path / "bad"), "--instances"]) != 0

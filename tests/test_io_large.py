@@ -181,9 +181,76 @@ def test_write_pyramid_gives_a_file_without_one_its_levels(tmp_path, monkeypatch
                 h, w = pyr.level_shape(k)
                 assert (h, w) == flat.level_shape(k)
                 np.testing.assert_array_equal(pyr.read(0, 0, h, w, k), flat.read(0, 0, h, w, k))
-    assert done[-1] == (20, 20)  # 5 x 4 blocks of 64 at level 0
+    assert done[-1] == (5, 5)  # 5 bands of 64 rows at level 0: whole strips, each decoded once
     with pytest.raises(InputError, match="exists"):
         io.write_pyramid(io.open_lazy(tmp_path / "flat.tif"), out)
     with pytest.raises(InputError, match="zarr"):
         io.write_pyramid(io.open_lazy(tmp_path / "flat.tif"), tmp_path / "p.tif")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left behind
+
+
+def test_gray_zarr_with_a_singleton_channel_axis_reads_the_right_pixels(tmp_path):
+    # OME-NGFF (t, c, z, y, x) with one channel: the kept (1, H, W) has a length-1 axis itself
+    a = np.random.default_rng(7).integers(0, 60000, (200, 180), dtype=np.uint16)
+    z = zarr.open_array(str(tmp_path / "g.zarr"), mode="w", shape=(1, 1, 1, 200, 180), dtype=np.uint16,
+                        chunks=(1, 1, 1, 64, 64))
+    z[0, 0, 0] = a
+    with io.open_lazy(tmp_path / "g.zarr") as img:
+        assert img.shape == (200, 180)
+        np.testing.assert_array_equal(img.read(10, 20, 30, 50), a[10:30, 20:50])
+        np.testing.assert_array_equal(img.arrays()[0][5:9, 7:11], a[5:9, 7:11])
+
+
+def test_gray_zarr_with_its_channel_first_gives_2d_levels(tmp_path):
+    a = np.random.default_rng(8).integers(0, 60000, (200, 180), dtype=np.uint16)
+    z = zarr.open_array(str(tmp_path / "c.zarr"), mode="w", shape=(1, 200, 180), dtype=np.uint16, chunks=(1, 64, 64))
+    z[0] = a
+    with io.open_lazy(tmp_path / "c.zarr") as img:
+        assert img.shape == (200, 180)
+        level = img.levels()[0]
+        assert level.shape == (200, 180)  # as img.shape and arrays() say, not (200, 180, 1)
+        np.testing.assert_array_equal(level[5:9, 7:11].compute(), a[5:9, 7:11])
+
+
+def test_a_large_image_layer_that_fails_closes_its_file(tmp_path, monkeypatch):
+    from napari_hitl.napari._layers import large_image_layer_data
+
+    a = np.full((64, 64), 0.5, np.float32)
+    a[3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", a, tile=(32, 32))
+    closed = []
+    original = io.LazyImage.close
+    monkeypatch.setattr(io.LazyImage, "close", lambda self: closed.append(self.path) or original(self))
+    with pytest.raises(InputError, match="NaN"):
+        large_image_layer_data(tmp_path / "nan.tif")
+    assert closed == [tmp_path / "nan.tif"]
+
+
+def test_a_window_too_large_for_memory_is_not_called_a_damaged_file(tmp_path, monkeypatch):
+    tifffile.imwrite(tmp_path / "a.tif", _rgb(64, 64), tile=(32, 32), photometric="rgb")
+    with io.open_lazy(tmp_path / "a.tif") as img:
+        def no_memory(*_):
+            raise MemoryError("Unable to allocate 4.66 GiB")
+
+        monkeypatch.setattr(img._levels[0], "read", no_memory)
+        with pytest.raises(MemoryError):
+            img.read(0, 0, 64, 64)
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_write_pyramid_reads_each_strip_of_a_striped_tiff_once(tmp_path, monkeypatch, planar):
+    a = _rgb(130, 700, seed=9)
+    kw = {"planarconfig": "separate"} if planar else {}
+    tifffile.imwrite(tmp_path / "s.tif", np.moveaxis(a, -1, 0) if planar else a, compression="zlib",
+                     rowsperstrip=16, photometric="rgb", **kw)
+    reads = []
+    original = io.LazyImage.read
+    monkeypatch.setattr(io.LazyImage, "read", lambda self, y0, x0, y1, x1, level=0:
+                        reads.append((y0, x0, y1, x1, level)) or original(self, y0, x0, y1, x1, level))
+    with io.open_lazy(tmp_path / "s.tif") as img:
+        assert img._levels[0].chunks == (16, 700)  # a strip: 16 rows of the whole width
+        out = io.write_pyramid(img, tmp_path / "p.zarr", chunk=64)
+    # full-width bands of whole strips, not 64-wide pieces that decode every strip 11 times
+    assert reads == [(0, 0, 64, 700, 0), (64, 0, 128, 700, 0), (128, 0, 130, 700, 0)]
+    with io.open_lazy(out) as pyr:
+        np.testing.assert_array_equal(pyr.read(0, 0, 130, 700), a)

@@ -85,3 +85,11 @@ def test_torch_is_a_range_and_the_readme_commands_install_the_tested_release():
     assert ">=" in torch and "<" in torch and "==" not in torch, torch  # a user's torch in range stays
     assert meta["optional-dependencies"]["tested"] == ["torch==2.13.0"]
     assert "tested" in meta["optional-dependencies"]["all"][0]  # README's commands install .[all...]
+
+
+def test_no_merge_conflict_markers_are_committed():
+    files = subprocess.run(["git", "ls-files", "*.md", "*.py", "*.yaml", "*.toml", "*.cfg"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    marked = [f for f in files if (REPO / f).is_file()
+              and re.search(r"^(<<<<<<< |>>>>>>> |=======$)", (REPO / f).read_text(errors="replace"), re.M)]
+    assert not marked, f"merge conflict markers in {marked}"

@@ -43,3 +43,19 @@ def test_predict_large_errors_and_cancel(tmp_path):
             predict_large(model, lazy, tmp_path / "p.zarr", tile=256)
         with pytest.raises(KeyboardInterrupt):
             predict_large(model, lazy, tmp_path / "p.zarr", tile=64, overlap=16, should_stop=lambda: True)
+
+
+def test_predict_large_refuses_an_existing_output_and_leaves_it_intact(tmp_path):
+    model = build_segnet(2, pretrained=False)
+    img = np.random.default_rng(1).integers(0, 255, (128, 128), dtype=np.uint8)
+    io.write_pyramid(io.open_lazy(_tiled(tmp_path, img)), tmp_path / "slide.zarr")
+    with io.open_lazy(tmp_path / "slide.zarr") as lazy:
+        with pytest.raises(InputError, match="exists"):
+            predict_large(model, lazy, tmp_path / "slide.zarr", tile=64, overlap=16)  # its own input
+    with io.open_lazy(tmp_path / "slide.zarr") as lazy:
+        np.testing.assert_array_equal(lazy.read(0, 0, 128, 128), img)
+
+
+def _tiled(tmp_path, img):
+    tifffile.imwrite(tmp_path / "a.tif", img, tile=(64, 64))
+    return tmp_path / "a.tif"

@@ -252,7 +252,7 @@ class _Level:
             src, chunks=(self.chunks + ((self.channels,) if self.channel_axis == 2 else ()))
             if self.channel_axis != 0 else ((self.channels,) + self.chunks), asarray=True, lock=False)
         if self.channel_axis == 0:
-            arr = da.moveaxis(arr[:3], 0, -1)
+            arr = arr[0] if self.channels == 1 else da.moveaxis(arr[:3], 0, -1)
         elif self.channel_axis == 2:
             arr = arr[..., 0] if self.channels == 1 else arr[..., :3]
         return arr
@@ -320,7 +320,7 @@ class LazyImage:
                              f"{h}x{w} image (level {level})")
         try:
             return np.ascontiguousarray(lv.read(y0, y1, x0, x1))
-        except HitlError:
+        except (HitlError, MemoryError):  # a window too large for memory is not a damaged file
             raise
         except Exception as err:  # noqa: BLE001 - a damaged tile or chunk names the file
             raise CorruptFileError(f"cannot read {self.path} (level {level}, y {y0}:{y1}, x {x0}:{x1}): "
@@ -455,9 +455,12 @@ def _open_tiff_lazy(path: Path) -> LazyImage:
                 chunks = (LAZY_CHUNK, LAZY_CHUNK)
             elif page.is_tiled or len(page.dataoffsets) > 1:
                 src = zarr.open(series.aszarr(level=k), mode="r")
-                src = src if src.shape == squeezed else _Squeezed(src, squeezed)
-                chunks = (int(page.tilelength or page.rowsperstrip or LAZY_CHUNK),
-                          int(page.tilewidth or squeezed[1]))
+                if tuple(src.shape) != squeezed:
+                    keep = ([i for i, ax in enumerate(lv.axes) if ax not in "TZIQ"] if tuple(src.shape) == shape
+                            else [i for i, n in enumerate(src.shape) if n != 1])
+                    src = _Squeezed(src, keep)
+                width = squeezed[2] if _channel_axis(squeezed, path) == 0 else squeezed[1]
+                chunks = (int(page.tilelength or page.rowsperstrip or LAZY_CHUNK), int(page.tilewidth or width))
             else:
                 if k == 0:
                     raise InputError(f"{path} is one compressed block of {squeezed}; it cannot be read in parts. "
@@ -476,11 +479,17 @@ def _open_tiff_lazy(path: Path) -> LazyImage:
 
 
 class _Squeezed:
-    """A zarr array seen without its length-1 axes (a TIFF page's leading singletons)."""
+    """A zarr array seen through the axes ``keep`` only (the others have length 1 and are read
+    at 0): a TIFF page's singletons, or the leading t/c/z of OME-NGFF. ``keep`` is explicit
+    because a kept axis may have length 1 too (a gray image's channel axis)."""
 
-    def __init__(self, arr, shape):
-        self.arr, self.shape, self.dtype, self.ndim = arr, shape, arr.dtype, len(shape)
-        self._keep = [i for i, n in enumerate(arr.shape) if n != 1]
+    def __init__(self, arr, keep):
+        self._keep = [int(i) for i in keep]
+        if any(int(n) != 1 for i, n in enumerate(arr.shape) if i not in self._keep):
+            raise InputError(f"cannot drop axes of length > 1 from shape {tuple(arr.shape)}")
+        self.arr, self.dtype = arr, arr.dtype
+        self.shape = tuple(int(arr.shape[i]) for i in self._keep)
+        self.ndim = len(self.shape)
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -516,7 +525,7 @@ def _open_zarr_lazy(path: Path) -> LazyImage:
         if len(shape) > 3:  # leading singleton axes (t, z of OME-NGFF)
             if any(n != 1 for n in shape[:-3]):
                 raise InputError(f"{path} has shape {shape}; only single 2-D images open lazily")
-            arr = _Squeezed(arr, shape[-3:])
+            arr = _Squeezed(arr, range(len(shape) - 3, len(shape)))
             shape = shape[-3:]
         axis = _channel_axis(shape, path)
         ch = tuple(int(c) for c in (arr.arr if isinstance(arr, _Squeezed) else arr).chunks)
@@ -575,9 +584,10 @@ def write_pyramid(image: LazyImage, out: str | os.PathLike, chunk: int = 512,
         h, w = image.shape[:2]
         extra = image.shape[2:]
         level = group.create_array("0", shape=(h, w) + extra, dtype=image.dtype, chunks=(chunk, chunk) + extra)
-        blocks = [(y, x) for y in range(0, h, chunk) for x in range(0, w, chunk)]
+        bh, bw = _read_block(image._levels[0].chunks, (h, w), chunk)
+        blocks = [(y, x) for y in range(0, h, bh) for x in range(0, w, bw)]
         for k, (y, x) in enumerate(blocks):
-            level[y:y + chunk, x:x + chunk] = image.read(y, x, min(y + chunk, h), min(x + chunk, w))
+            level[y:y + bh, x:x + bw] = image.read(y, x, min(y + bh, h), min(x + bw, w))
             if progress is not None:
                 progress(k + 1, len(blocks))
         paths = ["0"]
@@ -606,6 +616,24 @@ def write_pyramid(image: LazyImage, out: str | os.PathLike, chunk: int = 512,
         shutil.rmtree(tmp, ignore_errors=True)
     fsync_dir(out.parent)
     return out
+
+
+#: most pixels :func:`write_pyramid` reads at once (a block aligned to the file's strips or tiles)
+MAX_BLOCK_PIXELS = 2 ** 25
+
+
+def _read_block(source_chunks, hw, chunk: int) -> tuple[int, int]:
+    """(height, width) of the blocks :func:`write_pyramid` copies: multiples of ``chunk`` that
+    hold whole chunks of the source (a strip of a striped TIFF is as wide as the image: read in
+    ``chunk``-wide pieces, each strip would be decoded width / chunk times), up to
+    :data:`MAX_BLOCK_PIXELS`."""
+    (ch, cw), (h, w) = (int(v) for v in source_chunks), hw
+    bh, bw = chunk * -(-min(ch, h) // chunk), chunk * -(-min(cw, w) // chunk)
+    if bh * bw > MAX_BLOCK_PIXELS:
+        bh = chunk
+    if bh * bw > MAX_BLOCK_PIXELS:
+        bw = chunk
+    return bh, bw
 
 
 def is_large(path: str | os.PathLike) -> bool:

@@ -168,6 +168,8 @@ def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: 
     from napari_hitl.evaluate.metrics import iou_at_k, noc
     from napari_hitl.interactive.engine import get_engine
 
+    if targets is not None and resize:  # the targets come as they are: the figures would say "@NxN" wrongly
+        raise InputError("resize applies to images/ + masks/ folders only, not to given targets (--instances)")
     engine = get_engine(engine_name, **(options or {}))
     if targets is None:
         _pairs(folder, limit)  # fail early on an empty or malformed folder
@@ -368,6 +370,10 @@ def run(args) -> int:
     """Run the benchmark named by ``args``; print tables, write JSON if asked."""
     results = []
     options = engine_options(args.option)
+    if getattr(args, "instances", False) and (args.resize or args.full_image):
+        # neither applies to object-id maps: the figures would carry a label they do not have
+        raise InputError(f"--instances takes neither {'--resize' if args.resize else '--full-image'}: "
+                         "object-id maps are scored at their own size, in click mode")
     try:
         for d in args.data:
             folder = Path(d)

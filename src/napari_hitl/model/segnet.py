@@ -13,6 +13,7 @@ diversity picks). Torch is imported lazily so importing this module stays cheap.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -239,7 +240,7 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     written, so memory stays bounded by the image's width. With ``with_instances`` the
     instance head's two maps follow the classes. ``progress(done, total)`` counts tiles;
     ``should_stop()`` cancels (raises KeyboardInterrupt; ``out`` is then incomplete).
-    Returns the zarr array."""
+    ``out`` must not exist. Returns the zarr array."""
     import zarr
 
     from napari_hitl.io import LazyImage
@@ -253,6 +254,8 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     if h < tile or w < tile:
         raise InputError(f"image {image.path} ({h}x{w}) is smaller than one {tile} px tile; read it whole "
                          "and use predict_proba")
+    if Path(out).exists():  # zarr's mode "w" would delete whatever is there (the image itself, even)
+        raise InputError(f"{out} exists; choose a new path for the probabilities")
     value_range = image.value_range()
     c = model.num_classes + (INSTANCE_CHANNELS if with_instances else 0)
     step_chunk = max(tile - overlap, 1)

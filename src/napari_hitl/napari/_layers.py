@@ -57,7 +57,11 @@ def large_image_layer_data(path) -> list[tuple]:
     img = io.open_lazy(path)
     kwargs = {"name": Path(path).stem, "rgb": img.channels == 3, "multiscale": True,
               "metadata": {META_LARGE: str(Path(path).resolve())}}
-    value_range = img.value_range()
+    try:
+        value_range = img.value_range()
+    except BaseException:  # a damaged or NaN image: no layer, so nothing keeps the file open
+        img.close()
+        raise
     if value_range is None:  # uint8: nothing to compute
         value_range = (0.0, 255.0)
     if value_range[1] <= value_range[0]:
