@@ -103,7 +103,10 @@ class VideoFineTuner:
     human labels (untrusted flow: weight 0, i.e. exactly plain fine-tuning). Without the
     term, fine-tuning on a few labelled units overfits them as rounds go on (ctc_sim, one seed:
     0.897, 0.862, 0.763 mIoU over three rounds; with it 0.902, 0.911, 0.913).
-    Rounds continue from the previous round's weights.
+    Rounds continue from the previous round's weights. The model's random start and every
+    step's draws come from ``settings.seed``: with one seed and labels, fine-tune and
+    fine-tune + temporal differ only by the temporal term, and a tuner whose weight is 0
+    (:meth:`temporal_weight`) repeats plain fine-tuning exactly.
     """
 
     def __init__(self, frames: np.ndarray, flows: FlowCache, num_classes: int,
@@ -126,8 +129,13 @@ class VideoFineTuner:
         self.settings = settings or FineTuneSettings()
         self.device = device if device is not None and not isinstance(device, str) else select_device(device)
         self.device_description = describe_device(self.device)
-        self.model = build_segnet(self.num_classes, pretrained=pretrained).to(self.device)
         s = self.settings
+        # the decoder's random start comes from the seed (global torch state untouched), so two
+        # tuners with one seed (fine-tune and fine-tune + temporal) start from the same weights
+        # and a run repeats exactly on one machine
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s.seed)
+            self.model = build_segnet(self.num_classes, pretrained=pretrained).to(self.device)
         for name, p in self.model.named_parameters():
             if name.startswith(("encoder._conv_stem", "encoder._bn0")):
                 p.requires_grad = False
@@ -191,7 +199,9 @@ class VideoFineTuner:
                 else:
                     a, t = len(idx), int(rng.integers(n))
                     idx.append(t)
-                g = int(rng.choice([g for g in s.gaps if g < n]))
+                # a partner inside the video (in one of 2 * max gap frames or fewer, some gaps fit
+                # neither way for some frames; from 2 * max gap frames on, every gap < n fits)
+                g = int(rng.choice([g for g in s.gaps if t + g < n or t - g >= 0]))
                 u = t + g if (rng.random() < 0.5 and t + g < n) or t - g < 0 else t - g
                 pairs.append((a, len(idx), t, u))
                 idx.append(u)
