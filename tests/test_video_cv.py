@@ -105,3 +105,32 @@ def test_grid_run_repeats_bench_video_for_every_setting(tmp_path):
                 for k in ("miou", "J", "F"):
                     assert got["methods"][m][k] == pytest.approx(want["methods"][m][k], abs=1e-6), (s.key, m, k)
             assert got["methods"]["finetune+temporal"]["lam"] == want["methods"]["finetune+temporal"]["lam"]
+
+
+def test_combine_reads_the_runs_settings_and_writes_the_tables(tmp_path):
+    from napari_hitl.io import atomic_write_json, read_json
+
+    good, worse = [(0.5, 0.6)], [(0.5, 0.55)]
+    meta = {"unit": "rect40", "rounds": 1, "budget": 2.4, "limit_frames": 30, "scale": 0.5, "steps": 120,
+            "seed": 0, "flow": "dis", "motion_trust_min": None, "data": "x", "threads": 1}
+    parts = [[_rec(n, {"100:0.2:0.4": good, "100:0.3:0.6": worse}) for n in ("a1", "a3")],
+             [_rec(n, {"100:0.2:0.4": worse, "100:0.3:0.6": good}) for n in ("a2", "a4")]]
+    paths = []
+    for k, videos in enumerate(parts):
+        paths.append(tmp_path / f"part{k}.json")
+        atomic_write_json(paths[-1], {**meta, "videos": videos})
+    args = argparse.Namespace(grid=cv.DEFAULT_GRID, combine=[str(p) for p in paths], json=str(tmp_path / "cv.json"),
+                              md=str(tmp_path / "cv.md"), plot=None, note="under load", margin=0.01,
+                              # the command line's run settings are not the runs': these must be ignored
+                              unit="rect8", rounds=5, budget=9.0, limit_frames=0, scale=1.0, steps=1, seed=3,
+                              flow="dis", threads=1, motion_trust_min=None)
+    assert cv.run(args) == 0
+    out = read_json(tmp_path / "cv.json")
+    assert out["rounds"] == 1 and out["steps"] == 120 and out["note"] == "under load"
+    assert [r["chosen"] for r in out["cv"]["runs"]] == ["100:0.2:0.4", "100:0.3:0.6"]
+    md = (tmp_path / "cv.md").read_text()
+    assert "under load" in md and "| a2 | 100:0.2:0.4 | 1 |" in md and "120 steps" in md
+    # a part run with other settings is refused
+    atomic_write_json(paths[1], {**meta, "steps": 60, "videos": parts[1]})
+    with pytest.raises(InputError, match="other settings"):
+        cv.run(args)

@@ -112,6 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the grid results (and, with both folds, the cross-validation) here")
     parser.add_argument("--md", help="write the cross-validation's markdown tables here")
     parser.add_argument("--plot", help="write a PNG of the held-out figures here")
+    parser.add_argument("--note", help="a note kept in the JSON (e.g. what else ran on the machine)")
 
 
 # -- running the grid ---------------------------------------------------------------------------
@@ -287,7 +288,7 @@ def cross_validate(records: list[dict], grid: list[Setting], margin: float, roun
 def markdown(cv: dict, grid_records: list[dict], meta: dict) -> str:
     """The cross-validation as markdown: folds, tuning scores, held-out figures per sequence and
     round (worst beside mean)."""
-    lines = [f"# DAVIS 2016 video: cross-validated temporal-term settings", "",
+    lines = ["# Video: cross-validated temporal-term settings", "",
              f"Settings per round: unit {meta['unit']}, {meta['rounds']} rounds x {meta['budget']}% clicks, "
              f"{meta['limit_frames'] or 'all'} frames, scale {meta['scale']}, {meta['steps']} steps, seed {meta['seed']}. "
              f"Grid (lam max : trust low : trust high): {', '.join(meta['grid'])}. "
@@ -313,7 +314,7 @@ def markdown(cv: dict, grid_records: list[dict], meta: dict) -> str:
                 lam = f"{x['lam']:.1f}" if m == "finetune+temporal" else ""
                 lines.append(f"| {v['name']} | {v['setting']} | {row['round']} | {row['clicks_pct']:.2f} | {m} | "
                              f"{x['miou']:.3f} | {x['J']:.3f} | {x['F']:.3f} | {x['J&F']:.3f} | {lam} |")
-    lines += ["", "## Held-out means over the six sequences, worst sequence beside", "",
+    lines += ["", f"## Held-out means over the {len(cv['held_out'])} sequences, worst sequence beside", "",
               "| round | clicks % | method | mIoU | worst mIoU | J | worst J | F | J&F |", "|---|---|---|---|---|---|---|---|---|"]
     for row in cv["held_out_summary"]:
         for m in bv.METHODS:
@@ -322,6 +323,8 @@ def markdown(cv: dict, grid_records: list[dict], meta: dict) -> str:
                          f"{x['worst_miou'][1]:.3f} ({x['worst_miou'][0]}) | {x['J']:.3f} | "
                          f"{x['worst_J'][1]:.3f} ({x['worst_J'][0]}) | {x['F']:.3f} | {x['J&F']:.3f} |")
     lines += ["", f"Default after cross-validation: {cv['default']} ({cv['default_reason']}).", ""]
+    if meta.get("note"):
+        lines += [meta["note"], ""]
     if grid_records:
         lines += ["## Every grid point on every sequence (for reference; the choice used only the tuning fold)", "",
                   "| sequence | setting | round | f+t mIoU | ft mIoU | f+t J | lam | trust |", "|---|---|---|---|---|---|---|---|"]
@@ -346,17 +349,24 @@ def run(args) -> int:
             "limit_frames": args.limit_frames, "scale": args.scale, "steps": args.steps, "seed": args.seed,
             "flow": args.flow, "threads": args.threads, "grid": [s.key for s in grid], "margin": args.margin,
             "motion_trust_min": args.motion_trust_min}
+    if args.note:
+        meta["note"] = args.note
     records: list[dict] = []
     if args.combine:
-        for path in args.combine:
-            import json
+        from napari_hitl.io import read_json
 
-            got = json.loads(Path(path).read_text())
+        run_keys = ("unit", "rounds", "budget", "limit_frames", "scale", "steps", "seed", "flow", "motion_trust_min")
+        for k, path in enumerate(args.combine):
+            got = read_json(path)
             missing = [s.key for s in grid if any(s.key not in r["settings"] for r in got["videos"])]
             if missing:
                 raise InputError(f"{path} has no results for grid point(s) {', '.join(missing)}")
+            if k == 0:  # the runs' settings, not this command line's
+                meta.update({key: got.get(key) for key in run_keys + ("data", "threads")})
+            elif any(got.get(key) != meta[key] for key in run_keys):
+                raise InputError(f"{path} was run with other settings than {args.combine[0]}")
             records += got["videos"]
-        meta["data"] = got.get("data")
+        args.rounds = int(meta["rounds"])
     else:
         if not args.data:
             raise InputError("give --data to run, or --combine to read results")
