@@ -360,7 +360,7 @@ def per_sequence_table(videos: list[dict]) -> str:
 
 def plot(path: Path, summary: list[dict], title: str, videos: list[dict] | None = None) -> None:
     """mIoU, J&F and temporal consistency against clicks (% of full annotation), one line per
-    method (means over videos; with ``videos``, thin lines per video for mIoU and J&F)."""
+    method (means over videos; with ``videos``, thin lines and dots per video for mIoU and J&F)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -375,8 +375,8 @@ def plot(path: Path, summary: list[dict], title: str, videos: list[dict] | None 
         axes[2].plot(x, [r["methods"][m]["temporal"] for r in summary], "o-", color=colour, lw=2, label=m)
         for v in videos or []:
             vx = [r["clicks_pct"] for r in v["rounds"]]
-            axes[0].plot(vx, [r["methods"][m]["miou"] for r in v["rounds"]], "-", color=colour, lw=0.6, alpha=0.5)
-            axes[1].plot(vx, [r["methods"][m]["J&F"] for r in v["rounds"]], "-", color=colour, lw=0.6, alpha=0.5)
+            axes[0].plot(vx, [r["methods"][m]["miou"] for r in v["rounds"]], ".-", color=colour, lw=0.6, ms=4, alpha=0.5)
+            axes[1].plot(vx, [r["methods"][m]["J&F"] for r in v["rounds"]], ".-", color=colour, lw=0.6, ms=4, alpha=0.5)
     axes[0].set_ylabel("mIoU (background pooled in)")
     axes[1].set_ylabel("J&F (DAVIS: object IoU, boundary F)")
     axes[2].set_ylabel("temporal consistency (warped IoU)")
