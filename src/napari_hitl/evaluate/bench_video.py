@@ -8,7 +8,8 @@ fine-tuning without the temporal term (lambda = 0) and fine-tuning with it (its 
 video from the flow's evidence). Prints clicks (% of full annotation), mIoU (classes pooled over
 frames, background included), the DAVIS J (object IoU per frame), F (boundary F-measure) and
 J&F, pixel accuracy, boundary IoU and temporal consistency per round and per sequence; writes
-JSON and a PNG plot.
+JSON and a PNG plot. ``napari-hitl bench video-cv`` chooses the temporal term's settings by
+cross-validation over sequences (:mod:`napari_hitl.evaluate.bench_video_cv`).
 """
 
 from __future__ import annotations
