@@ -14,6 +14,7 @@ BENCHMARKS = {
     "interactive": "napari_hitl.evaluate.bench_interactive",
     "loop": "napari_hitl.evaluate.bench_loop",
     "video": "napari_hitl.evaluate.bench_video",
+    "video-cv": "napari_hitl.evaluate.bench_video_cv",
     "crash": "napari_hitl.evaluate.bench_crash",
     "scale": "napari_hitl.evaluate.bench_scale",
 }

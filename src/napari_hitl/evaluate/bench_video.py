@@ -8,7 +8,8 @@ fine-tuning without the temporal term (lambda = 0) and fine-tuning with it (its 
 video from the flow's evidence). Prints clicks (% of full annotation), mIoU (classes pooled over
 frames, background included), the DAVIS J (object IoU per frame), F (boundary F-measure) and
 J&F, pixel accuracy, boundary IoU and temporal consistency per round and per sequence; writes
-JSON and a PNG plot.
+JSON and a PNG plot. ``napari-hitl bench video-cv`` chooses the temporal term's settings by
+cross-validation over sequences (:mod:`napari_hitl.evaluate.bench_video_cv`).
 """
 
 from __future__ import annotations
@@ -360,7 +361,7 @@ def per_sequence_table(videos: list[dict]) -> str:
 
 def plot(path: Path, summary: list[dict], title: str, videos: list[dict] | None = None) -> None:
     """mIoU, J&F and temporal consistency against clicks (% of full annotation), one line per
-    method (means over videos; with ``videos``, thin lines per video for mIoU and J&F)."""
+    method (means over videos; with ``videos``, thin lines and dots per video for mIoU and J&F)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -375,8 +376,8 @@ def plot(path: Path, summary: list[dict], title: str, videos: list[dict] | None 
         axes[2].plot(x, [r["methods"][m]["temporal"] for r in summary], "o-", color=colour, lw=2, label=m)
         for v in videos or []:
             vx = [r["clicks_pct"] for r in v["rounds"]]
-            axes[0].plot(vx, [r["methods"][m]["miou"] for r in v["rounds"]], "-", color=colour, lw=0.6, alpha=0.5)
-            axes[1].plot(vx, [r["methods"][m]["J&F"] for r in v["rounds"]], "-", color=colour, lw=0.6, alpha=0.5)
+            axes[0].plot(vx, [r["methods"][m]["miou"] for r in v["rounds"]], ".-", color=colour, lw=0.6, ms=4, alpha=0.5)
+            axes[1].plot(vx, [r["methods"][m]["J&F"] for r in v["rounds"]], ".-", color=colour, lw=0.6, ms=4, alpha=0.5)
     axes[0].set_ylabel("mIoU (background pooled in)")
     axes[1].set_ylabel("J&F (DAVIS: object IoU, boundary F)")
     axes[2].set_ylabel("temporal consistency (warped IoU)")
