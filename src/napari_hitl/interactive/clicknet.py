@@ -48,9 +48,11 @@ MIN_CROP = 40
 LARGE_FIRST_CROP = 1024
 #: encoded crops kept per image (a few MB each at most): full-image mode revisits every region's crop
 MAX_ENCODINGS = 48
-#: default edge-snap window radius, in logit cells; this and the other finishing defaults (obey,
-#: sweep, refocus on) were chosen on the click model's validation split, gen-1 weights, 150 objects:
-#: NoC@90 10.28 -> 9.24, IoU@1 0.442 -> 0.487 (docs/bench/clicknet_finish_tuning.json)
+#: default edge-snap window radius, in logit cells; this and the other finishing defaults (obey and
+#: refocus on) were chosen on the click model's validation split, gen-1 weights, 150 objects: NoC@90
+#: 10.28 -> 9.88, IoU@1 0.442 -> 0.487 (docs/bench/clicknet_finish_tuning.json). Sweep scored best
+#: there (9.24 with it) but lost clicks on every benchmark set (docs/bench/click_ablation), so it
+#: is an option, off by default.
 SNAP = 1.0
 #: refocus (predict again closer) when the answer's crop would be under this share of the crop's side
 REFOCUS_BELOW = 0.6
@@ -227,7 +229,7 @@ class ClickNetEngine(Engine):
 
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
                  connected: bool = True, snap: float = SNAP, snap_eps: float = 1e-3, obey: bool = True,
-                 refocus: bool = True, sweep: bool = True, expand: float = CROP_EXPAND, flip: bool = False,
+                 refocus: bool = True, sweep: bool = False, expand: float = CROP_EXPAND, flip: bool = False,
                  first_crop: int = LARGE_FIRST_CROP):
         """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
         ``snap``: guided-filter window radius in logit cells (image pixels per logit times this; 0:
