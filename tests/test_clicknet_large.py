@@ -170,7 +170,7 @@ def test_refocus_and_flip_work_on_a_large_image_finishing_needs_the_whole_image(
 
 def test_default_finishing_works_on_the_window_of_a_large_image(slide, monkeypatch):
     img, centres, path = slide
-    eng = cn.ClickNetEngine(first_crop=512)  # edge snap, obedience, sweep and refocus on
+    eng = cn.ClickNetEngine(first_crop=512, sweep=True)  # edge snap, obedience and refocus by default
     assert eng.snap and eng.obey and eng.sweep and eng.refocus
     reads = []
     original = io.LazyImage.read
