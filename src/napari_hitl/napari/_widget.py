@@ -60,17 +60,6 @@ def find_dock(viewer) -> HitlWidget | None:
     return None
 
 
-def settle_garbage() -> None:
-    """Move every object alive now (napari, Qt, torch, the imported modules: several hundred
-    thousand) out of the cyclic garbage collector's reach (``gc.freeze``). A full collection
-    otherwise walks them all and stops the UI for 150-400 ms at moments nobody chose (an import,
-    a model build); after it a full collection takes milliseconds. Called when the dock is made
-    and once more after the warm-up imports, so what it keeps for good is start-up state."""
-    import gc
-
-    gc.freeze()
-
-
 class HitlWidget(QWidget):
     """Dock widget: project section, tools, ranked images and suggestions, training, export."""
 
@@ -190,7 +179,6 @@ class HitlWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._layer_inserted)
         for layer in list(self.viewer.layers):
             self._adopt(layer)
-        settle_garbage()
 
     @property
     def project(self) -> Project | None:
@@ -415,7 +403,7 @@ class HitlWidget(QWidget):
         self.annotate.set_classes(project.classes[1:])
         self.refresh_list()
         self._load_thumbnails()
-        self.queue.submit("warm-up", warm_up, lambda device: (self.show_device(model=device), settle_garbage()))
+        self.queue.submit("warm-up", warm_up, lambda device: self.show_device(model=device))
         self.project_changed.emit()
         if show:
             self.show_image(project.images[0].name)
