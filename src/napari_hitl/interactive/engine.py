@@ -23,9 +23,10 @@ from napari_hitl.prompts import RegionPrompts
 
 __all__ = ["Engine", "Window", "register_engine", "get_engine", "available_engines", "DEFAULT_ENGINE"]
 
-#: the engine the dock, `napari-hitl simulate` and `bench interactive` start with: on the first
-#: 40 davis345 images it needs 11.9 clicks for IoU 0.9 at 63 ms a click, the graph engine 16.3
-#: at 360 ms (docs/bench/interactive_davis345_first40_*.json)
+#: the engine the dock, `napari-hitl simulate` and `bench interactive` start with: with the
+#: generation-2 weights and its default finishing it needs 4.58 clicks for IoU 0.9 on grabcut,
+#: 7.07 on berkeley, 11.65 on all 345 davis345 images and 5.50 on held-out dsb2018 nuclei, where
+#: the graph engine needs 19.85 (docs/bench/click_gen2, docs/bench/click_ablation)
 DEFAULT_ENGINE = "clicknet"
 
 _REGISTRY: dict[str, type["Engine"]] = {}
