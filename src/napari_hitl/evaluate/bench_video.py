@@ -70,6 +70,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # -- data ---------------------------------------------------------------------------------------
+
+def select_videos(videos: list, sequences: str | None) -> list:
+    """The ``videos`` (from :func:`find_videos`) named in the comma-separated ``sequences``
+    (all when empty); an unknown name is an error that lists the ones there are."""
+    if not sequences:
+        return videos
+    wanted = [s.strip() for s in sequences.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - {v[0] for v in videos})
+    if unknown:
+        raise InputError(f"unknown sequence(s) {', '.join(unknown)}; have {', '.join(v[0] for v in videos)}")
+    return [v for v in videos if v[0] in wanted]
+
 def find_videos(root: Path) -> list[tuple[str, Path, str]]:
     """(name, folder, layout) of every video under ``root``: DAVIS style (frames/ + masks/) or
     Cell Tracking Challenge style (NN/images/tNNN.tif + NN/masks/man_segNNN.tif)."""
@@ -450,13 +462,7 @@ def run(args) -> int:
     if not 0 <= trust["motion_trust_min"] <= 1:
         raise InputError(f"--motion-trust-min must lie in [0, 1], got {trust['motion_trust_min']}")
     torch.set_num_threads(max(1, int(args.threads)))
-    videos = find_videos(Path(args.data))
-    if args.sequences:
-        wanted = [s.strip() for s in args.sequences.split(",") if s.strip()]
-        unknown = sorted(set(wanted) - {v[0] for v in videos})
-        if unknown:
-            raise InputError(f"unknown sequence(s) {', '.join(unknown)}; have {', '.join(v[0] for v in videos)}")
-        videos = [v for v in videos if v[0] in wanted]
+    videos = select_videos(find_videos(Path(args.data)), args.sequences)
     say = _Progress()
     tmp = None
     if args.cache:

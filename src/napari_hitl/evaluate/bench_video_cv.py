@@ -372,13 +372,7 @@ def run(args) -> int:
             raise InputError("give --data to run, or --combine to read results")
         parse_unit(args.unit)
         torch.set_num_threads(max(1, int(args.threads)))
-        videos = bv.find_videos(Path(args.data))
-        if args.sequences:
-            wanted = [s.strip() for s in args.sequences.split(",") if s.strip()]
-            unknown = sorted(set(wanted) - {v[0] for v in videos})
-            if unknown:
-                raise InputError(f"unknown sequence(s) {', '.join(unknown)}")
-            videos = [v for v in videos if v[0] in wanted]
+        videos = bv.select_videos(bv.find_videos(Path(args.data)), args.sequences)
         meta["data"] = str(args.data)
         say = bv._Progress()
         tmp = None if args.cache else tempfile.TemporaryDirectory(prefix="napari-hitl-video-cv-")
