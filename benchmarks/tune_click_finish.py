@@ -19,15 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def main(argv=None) -> int:
     from napari_hitl.evaluate.bench_interactive import engine_options
-    from napari_hitl.evaluate.metrics import iou_at_k, noc
-    from napari_hitl.interactive.clicknet import ClickNetEngine
-    from napari_hitl.interactive.train_clicknet import load_training_set, val_objects
-    from napari_hitl.simulate.clicker import run_clicks
+    from napari_hitl.interactive.train_clicknet import load_training_set, val_objects, validate
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -44,23 +39,9 @@ def main(argv=None) -> int:
     for spec in args.setting:
         name, _, opts = spec.partition(":")
         options = engine_options([o for o in opts.split(",") if o])
-        engine = ClickNetEngine(weights=args.weights, **options)
-        recs, ms = [], []
         t0 = time.time()
-        for i, oid in objects:
-            it = items[i]
-            engine.prepare(it["image"])
-            run = run_clicks(engine, it["labels"] == oid, 20, stop_at=0.9, min_clicks=5)
-            ms += run.ms
-            recs.append({"set": it["set"], "noc85": noc(run.ious, 0.85, 20), "noc90": noc(run.ious, 0.9, 20),
-                         "iou1": iou_at_k(run.ious, 1), "iou3": iou_at_k(run.ious, 3),
-                         "iou5": iou_at_k(run.ious, 5), "fail90": float(max(run.ious) < 0.9)})
-        keys = ("noc85", "noc90", "iou1", "iou3", "iou5", "fail90")
-        res = {k: round(float(np.mean([r[k] for r in recs])), 4) for k in keys}
-        res["per_set"] = {s: {k: round(float(np.mean([r[k] for r in recs if r["set"] == s])), 4) for k in keys}
-                          for s in dict.fromkeys(r["set"] for r in recs)}
-        res.update(options=options, objects=len(recs), ms_median=round(float(np.median(ms)), 1),
-                   ms_p95=round(float(np.percentile(ms, 95)), 1), seconds=round(time.time() - t0, 1))
+        res = validate(args.weights, items, objects, 20, **options)
+        res.update(options=options, seconds=round(time.time() - t0, 1))
         results[name] = res
         print(f"{name:12s} NoC@85 {res['noc85']:.2f} NoC@90 {res['noc90']:.2f} IoU@1 {res['iou1']:.3f} "
               f"IoU@3 {res['iou3']:.3f} IoU@5 {res['iou5']:.3f} fail@90 {res['fail90']:.2f} "

@@ -277,29 +277,36 @@ def val_objects(items: list[dict], n: int = 60, seed: int = 0) -> list[tuple[int
     return chosen
 
 
-def validate(weights: Path, items: list[dict], objects: list[tuple[int, int]], max_clicks: int = 20) -> dict:
-    """NoC@85/90 and IoU@1/3/5 of the click robot (up to ``max_clicks`` clicks, as the benchmark)
-    with the engine loading ``weights``, over ``objects``; also per training set."""
+def validate(weights: Path | None, items: list[dict], objects: list[tuple[int, int]], max_clicks: int = 20,
+             **options) -> dict:
+    """NoC@85/90, IoU@1/3/5 and the share never reaching 0.9 of the click robot (up to
+    ``max_clicks`` clicks, as the benchmark) with the engine loading ``weights`` (None: the shipped
+    ones) and engine ``options``, over ``objects``; also per training set, and ms per click."""
     from napari_hitl.evaluate.metrics import iou_at_k, noc
     from napari_hitl.interactive.clicknet import ClickNetEngine
     from napari_hitl.simulate.clicker import run_clicks
 
-    engine = ClickNetEngine(weights=weights)
-    recs = []
+    engine = ClickNetEngine(weights=weights, **options)
+    recs, ms = [], []
     for i, oid in objects:
         it = items[i]
         engine.prepare(it["image"])
         run = run_clicks(engine, it["labels"] == oid, max_clicks, stop_at=0.9, min_clicks=5)
+        ms += run.ms
         recs.append({"set": it["set"], "noc85": noc(run.ious, 0.85, max_clicks),
                      "noc90": noc(run.ious, 0.9, max_clicks),
-                     "iou1": iou_at_k(run.ious, 1), "iou3": iou_at_k(run.ious, 3), "iou5": iou_at_k(run.ious, 5)})
+                     "iou1": iou_at_k(run.ious, 1), "iou3": iou_at_k(run.ious, 3), "iou5": iou_at_k(run.ious, 5),
+                     "fail90": float(max(run.ious) < 0.9)})
 
     def summary(rs):
-        return {k: round(float(np.mean([r[k] for r in rs])), 4) for k in ("noc85", "noc90", "iou1", "iou3", "iou5")}
+        return {k: round(float(np.mean([r[k] for r in rs])), 4)
+                for k in ("noc85", "noc90", "iou1", "iou3", "iou5", "fail90")}
 
     out = summary(recs)
     out["objects"] = len(recs)
     out["per_set"] = {s: summary([r for r in recs if r["set"] == s]) for s in dict.fromkeys(r["set"] for r in recs)}
+    out["ms_median"] = round(float(np.median(ms)), 1) if ms else float("nan")
+    out["ms_p95"] = round(float(np.percentile(ms, 95)), 1) if ms else float("nan")
     return out
 
 
