@@ -106,12 +106,12 @@ def _peak_mb() -> float:
     return r / 1024.0 if sys.platform != "darwin" else r / 2 ** 20
 
 
-def _mask_targets(folder: Path, limit: int | None, resize: int | None):
-    """(name, image, [(object name, truth, ignore)]) per image of a images/ + masks/ folder: one
-    object per mask (255), GrabCut's unsure band (128) ignored."""
+def _mask_targets(pairs: list[tuple[Path, Path]], resize: int | None):
+    """(name, image, [(object name, truth, ignore)]) per (image, mask) pair of an images/ + masks/
+    folder: one object per mask (255), GrabCut's unsure band (128) ignored."""
     from napari_hitl.io import read_image
 
-    for img_path, mask_path in _pairs(folder, limit):
+    for img_path, mask_path in pairs:
         image = read_image(img_path)
         m = _read_mask(mask_path)
         if resize:
@@ -172,8 +172,7 @@ def bench_clicks(engine_name: str, folder: Path, limit: int | None, max_clicks: 
         raise InputError("resize applies to images/ + masks/ folders only, not to given targets (--instances)")
     engine = get_engine(engine_name, **(options or {}))
     if targets is None:
-        _pairs(folder, limit)  # fail early on an empty or malformed folder
-        targets = _mask_targets(folder, limit, resize)
+        targets = _mask_targets(_pairs(folder, limit), resize)  # listed now: a bad folder fails early
     per_image, all_times, prep_times = [], [], []
     images = 0
     tracemalloc.start()
