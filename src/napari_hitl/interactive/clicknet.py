@@ -370,8 +370,6 @@ class ClickNetEngine(Engine):
                        others: Sequence[RegionPrompts] = ()) -> Window:
         """Logits over the crop's part of the image (> 0 inside), with its offset. ``prev_mask``:
         bool (H, W), or a :class:`Window` of it (False outside)."""
-        import torch
-
         if self._shape is None:
             raise InputError("clicknet: call prepare(image) before predict()")
         shape = self._shape
