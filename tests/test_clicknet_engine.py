@@ -147,3 +147,26 @@ def test_beats_graph_engine_on_held_in_sample(engine):
     mean = {k: float(np.mean(v)) for k, v in scores.items()}
     assert mean["clicknet"] > mean["graph"], mean
     assert mean["clicknet"] > 0.7, mean
+
+
+def test_full_image_walker_lets_regions_compete_on_the_network_priors():
+    """walker > 0: full-image mode is one joint random walk on the network's logits."""
+    from napari_hitl.interactive.canvas import segment_full_image
+    from napari_hitl.simulate.extreme import extreme_points
+
+    img, disk = _disk_image()
+    square = np.zeros_like(disk)
+    square[40:200, 240:300] = True
+    img[square] = [60, 200, 60]
+    eng = cn.ClickNetEngine(walker=1.0)
+    rest = ~(disk | square)  # full-image mode: every pixel inside the boxes goes to some region
+    regions = [RegionPrompts(1, extreme=extreme_points(disk, 2, seed=0)),
+               RegionPrompts(2, extreme=extreme_points(square, 2, seed=1)),
+               RegionPrompts(3, extreme=extreme_points(rest, 2, seed=2))]
+    out = segment_full_image(eng, img, regions)
+    for k, truth in ((1, disk), (2, square), (3, rest)):
+        got = out == k
+        assert (got & truth).sum() / (got | truth).sum() > 0.85
+    assert eng._graph is not None  # the walk ran
+    with pytest.raises(InputError, match="walker"):
+        cn.ClickNetEngine(walker=-1.0)

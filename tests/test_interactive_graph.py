@@ -55,3 +55,31 @@ def test_errors():
         eng.predict(RegionPrompts(1, clicks=[Click(5, 5)]), prev_mask=np.ones((5, 5), bool))
     with pytest.raises(InputError, match="method"):
         get_engine("graph", method="magic")
+
+
+def test_learned_priors_decide_where_colour_cannot():
+    """Two regions of one colour meeting without an edge: the colour walk cannot place the border,
+    the learned logits can; weight 0 is the plain joint walk; bad priors are refused."""
+    rng = np.random.default_rng(3)
+    img = np.clip(0.5 + rng.normal(0, 0.02, (80, 120, 3)), 0, 1).astype(np.float32)
+    left = np.zeros((80, 120), bool)
+    left[:, :60] = True
+    regions = [RegionPrompts(1, extreme=extreme_points(left | (np.arange(120) < 80)[None, :], 0, seed=0)),
+               RegionPrompts(2, extreme=extreme_points(~left | (np.arange(120) >= 40)[None, :], 0, seed=0))]
+    eng = get_engine("graph")
+    eng.prepare(img)
+    logits = [np.where(left, 4.0, -4.0).astype(np.float32), np.where(left, -4.0, 4.0).astype(np.float32)]
+    a, b = eng.solve_with_priors(regions, None, logits, weight=2.0)
+    assert a.shape == left.shape and a.dtype == np.float32
+    won = a > b
+    assert (won == left).mean() > 0.97, (won == left).mean()
+    plain = eng.predict_all(regions)
+    zero = eng.solve_with_priors(regions, None, logits, weight=0.0)
+    np.testing.assert_allclose(zero[0], plain[0], atol=1e-5)
+    assert ((plain[0] > plain[1]) == left).mean() < (won == left).mean()
+    with pytest.raises(InputError, match="logit map has shape"):
+        eng.solve_with_priors(regions, None, [np.zeros((5, 5), np.float32)] * 2)
+    with pytest.raises(InputError, match="2 regions, 2 previous masks and 1 logit"):
+        eng.solve_with_priors(regions, None, logits[:1])
+    with pytest.raises(InputError, match="weight"):
+        eng.solve_with_priors(regions, None, logits, weight=-1.0)

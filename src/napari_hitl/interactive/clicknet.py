@@ -230,7 +230,7 @@ class ClickNetEngine(Engine):
     def __init__(self, device: str | None = None, weights: str | Path | None = None, threads: int | None = None,
                  connected: bool = True, snap: float = SNAP, snap_eps: float = 1e-3, obey: bool = True,
                  refocus: bool = True, sweep: bool = False, expand: float = CROP_EXPAND, flip: bool = False,
-                 first_crop: int = LARGE_FIRST_CROP):
+                 first_crop: int = LARGE_FIRST_CROP, walker: float = 0.0, walker_gamma: float = 0.002):
         """``connected``: drop mask parts that touch no positive prompt (stray blobs far from the clicks).
         ``snap``: guided-filter window radius in logit cells (image pixels per logit times this; 0:
         off) for snapping the boundary to the image's edges at native resolution, ``snap_eps`` its
@@ -240,7 +240,11 @@ class ClickNetEngine(Engine):
         is small in its crop (zoom-in); ``expand``: crop side over the prompts' and previous mask's
         box; ``flip``: average the answer with the mirrored crop's (twice the network's work).
         ``first_crop``: side of the first crop on a large image (pixels). On a large image the
-        finishing (snap, obey, sweep) works on the answer's window, with that window's cues."""
+        finishing (snap, obey, sweep) works on the answer's window, with that window's cues.
+        ``walker``: in full-image mode (:meth:`predict_all`) on an in-memory image, let the regions
+        compete in the graph engine's joint random walk with this network's logits as priors of
+        this weight (0: the canvas's argmax of the logits alone); ``walker_gamma``: that walk's
+        prior weight against the image's edges."""
         import torch
 
         from napari_hitl.interactive.clicknet_net import build_clicknet
@@ -266,6 +270,11 @@ class ClickNetEngine(Engine):
         if not (isinstance(first_crop, (int, np.integer)) and first_crop >= MIN_CROP):
             raise InputError(f"first_crop must be an integer of at least {MIN_CROP} pixels, got {first_crop!r}")
         self.first_crop = int(first_crop)
+        if not (0.0 <= float(walker) <= 16.0) or not (0.0 < float(walker_gamma) <= 1.0):
+            raise InputError(f"clicknet: walker must be in [0, 16] and walker_gamma in (0, 1], got {walker}, "
+                             f"{walker_gamma}")
+        self.walker, self.walker_gamma = float(walker), float(walker_gamma)
+        self._graph = None  # the prepared graph engine of full-image mode's walk (walker > 0)
         self._image: np.ndarray | None = None
         self._lazy: LazyImage | None = None
         self._range: tuple[float, float] | None = None
@@ -295,7 +304,7 @@ class ClickNetEngine(Engine):
 
         self._crop, self._cache = None, None
         self._encodings, self._window_cues = {}, None
-        self._image = self._lazy = self._range = self._shape = self._cues = None
+        self._image = self._lazy = self._range = self._shape = self._cues = self._graph = None
         if isinstance(image, LazyImage):
             self._range = image.value_range()
             self._lazy, self._shape = image, tuple(int(v) for v in image.shape[:2])
@@ -304,6 +313,33 @@ class ClickNetEngine(Engine):
         self._shape = tuple(int(v) for v in self._image.shape[:2])
         self._cues = ImageCues.of(self._image) if (self.snap or self.obey or self.sweep) else None
         self._encode(full_crop(self._shape))
+
+    def predict_all(self, regions: Sequence[RegionPrompts],
+                    prev_masks: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """Logits of every region (full-image mode): each region's own answer with the others as
+        negatives; with ``walker`` > 0 those answers are the priors of one joint random walk
+        (:meth:`GraphEngine.solve_with_priors`) in which the regions compete along the image's edges."""
+        logits = super().predict_all(regions, prev_masks)
+        if not self.walker or not logits:
+            return logits
+        if self._graph is None:
+            from napari_hitl.interactive.graph import GraphEngine
+
+            self._graph = GraphEngine(gamma=self.walker_gamma)
+            self._graph.prepare(self._image)
+        return self._graph.solve_with_priors(regions, prev_masks, logits, self.walker)
+
+    def predict_all_windows(self, regions: Sequence[RegionPrompts],
+                            prev_masks: Sequence[np.ndarray | Window | None] | None = None) -> list[Window]:
+        """:meth:`predict_all` as windows; on a large image each region's own crop window (the joint
+        walk would need the whole image)."""
+        if not self.large:
+            return super().predict_all_windows(regions, prev_masks)
+        prev_masks = list(prev_masks) if prev_masks is not None else [None] * len(regions)
+        if len(prev_masks) != len(regions):
+            raise InputError(f"got {len(prev_masks)} previous masks for {len(regions)} regions")
+        return [self.predict_window(r, prev_mask=p, others=[o for o in regions if o is not r])
+                for r, p in zip(regions, prev_masks)]
 
     def _encode(self, crop) -> None:
         import torch

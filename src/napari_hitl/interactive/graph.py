@@ -226,7 +226,29 @@ class GraphEngine(Engine):
         b = np.array(boxes)
         return int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max())
 
-    def _solve(self, regions: list[RegionPrompts], prev_masks: list, only_first: bool) -> list[np.ndarray]:
+    def solve_with_priors(self, regions: Sequence[RegionPrompts], prev_masks: Sequence[np.ndarray | None] | None,
+                          logits: Sequence[np.ndarray], weight: float = 1.0) -> list[np.ndarray]:
+        """Full-image mode with learned priors: the joint random walk of :meth:`predict_all`, each
+        region's colour prior multiplied by ``sigmoid(logit) ** weight`` of its learned logits
+        (``logits``: one HxW map per region, e.g. the click model's), and "unassigned" by
+        ``prod(1 - sigmoid) ** weight``. The walk keeps the image's edges and the competition,
+        the logits bring what colour alone cannot tell apart."""
+        regions = list(regions)
+        prev_masks = list(prev_masks) if prev_masks is not None else [None] * len(regions)
+        if not (len(prev_masks) == len(regions) == len(logits)):
+            raise InputError(f"got {len(regions)} regions, {len(prev_masks)} previous masks and "
+                             f"{len(logits)} logit maps")
+        if not np.isfinite(weight) or weight < 0:
+            raise InputError(f"the learned prior's weight must be >= 0, got {weight}")
+        for lg in logits:
+            if np.shape(lg) != self.shape:
+                raise InputError(f"logit map has shape {np.shape(lg)}, expected {self.shape}")
+        if not regions:
+            return []
+        return self._solve(regions, prev_masks, only_first=False, unary=(list(logits), float(weight)))
+
+    def _solve(self, regions: list[RegionPrompts], prev_masks: list, only_first: bool,
+               unary: tuple[list[np.ndarray], float] | None = None) -> list[np.ndarray]:
         import cv2
 
         h, w = self.shape
@@ -313,7 +335,18 @@ class GraphEngine(Engine):
             if prior_masks[k] is not None and self.prev_weight > 0:
                 ph = np.bincount(bins[prior_masks[k]], minlength=_BINS ** 3).astype(np.float64)
                 hist[k] += self.prev_weight * max(hist[k].sum(), 1.0) * ph / max(ph.sum(), 1.0)
-        probs = self._random_walk(lab, seeds, hist, bins, allowed)
+        learned = None
+        if unary is not None:
+            maps, weight = unary
+            q = np.empty((nlab, gh, gw), np.float64)
+            for k, lg in enumerate(maps, start=1):
+                lg = np.asarray(lg, np.float32)[y0:y1, x0:x1]
+                if (gh, gw) != (ch, cw):
+                    lg = cv2.resize(lg, (gw, gh), interpolation=cv2.INTER_AREA)
+                q[k] = 1.0 / (1.0 + np.exp(-np.clip(lg, -30.0, 30.0)))
+            q[0] = np.prod(1.0 - q[1:], axis=0)
+            learned = np.clip(q, 1e-4, 1.0) ** weight
+        probs = self._random_walk(lab, seeds, hist, bins, allowed, learned)
         for _ in range(self.em_steps):
             hist = np.zeros_like(hist)
             conf = probs.argmax(0)
@@ -322,7 +355,7 @@ class GraphEngine(Engine):
                 sel = (conf == k) & (pmax > 0.6)
                 sel |= seeds == k
                 hist[k] += np.bincount(bins[sel], minlength=_BINS ** 3)
-            probs = self._random_walk(lab, seeds, hist, bins, allowed)
+            probs = self._random_walk(lab, seeds, hist, bins, allowed, learned)
 
         out = []
         count = 1 if only_first else len(regions)
@@ -337,8 +370,9 @@ class GraphEngine(Engine):
             out.append(full)
         return out
 
-    def _random_walk(self, lab, seeds, hist, bins, allowed) -> np.ndarray:
-        """(nlab, gh, gw) label probabilities: seeded random walker with colour priors."""
+    def _random_walk(self, lab, seeds, hist, bins, allowed, learned=None) -> np.ndarray:
+        """(nlab, gh, gw) label probabilities: seeded random walker with colour priors (times
+        ``learned`` (nlab, gh, gw) when given)."""
         from scipy import sparse
         from scipy.sparse.linalg import splu
 
@@ -369,6 +403,8 @@ class GraphEngine(Engine):
         present = totals[:, 0] > 0
         like[~present] = crop_hist[None, :] * 1e-3 + 1e-12  # a label nobody has seeded: weak prior
         prior = like[:, bins.ravel()] * allowed.reshape(nlab, n)
+        if learned is not None:
+            prior *= learned.reshape(nlab, n)
         prior /= np.maximum(prior.sum(0, keepdims=True), 1e-12)
         flat = seeds.ravel()
         unk = flat < 0
