@@ -334,7 +334,9 @@ class LazyImage:
         """Every level as a plain array-like (shape, dtype, slicing reads that window only),
         full resolution first: napari's multiscale data, without importing dask for a file
         that has its own pyramid."""
-        return [_LevelView(self, k) for k in range(len(self._levels))]
+        return [WindowView(tuple(self.level_shape(k)) + ((3,) if self.channels == 3 else ()), self.dtype,
+                           lambda y0, x0, y1, x1, k=k: self.read(y0, x0, y1, x1, k))
+                for k in range(len(self._levels))]
 
     def value_range(self) -> tuple[float, float] | None:
         """The intensity range that maps to [0, 1] for the models (see :func:`as_float_rgb`):
@@ -363,14 +365,16 @@ class LazyImage:
         self.close()
 
 
-class _LevelView:
-    """One level of a :class:`LazyImage` as an array-like: ``view[ys, xs(, c)]`` reads only
-    that window (ints, slices with steps, negative indices as numpy has them)."""
+class WindowView:
+    """A 2-D map read window by window as an array-like: ``view[ys, xs(, c)]`` calls
+    ``read(y0, x0, y1, x1)`` for that window only (ints, slices with steps, negative indices
+    as numpy has them). A level of a :class:`LazyImage`, or a large image's labels in a
+    project (:meth:`napari_hitl.project.Project.lazy_instances`): what napari slices."""
 
-    def __init__(self, image: LazyImage, level: int):
-        self.image, self.level = image, level
-        self.shape = tuple(image.level_shape(level)) + ((3,) if image.channels == 3 else ())
-        self.dtype = image.dtype
+    def __init__(self, shape: tuple[int, ...], dtype, read: Callable[[int, int, int, int], np.ndarray]):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.read = read
         self.ndim = len(self.shape)
         self.size = int(np.prod(self.shape))
 
@@ -405,7 +409,7 @@ class _LevelView:
         if y1 <= y0 or x1 <= x0:
             data = np.zeros((y1 - y0, x1 - x0) + self.shape[2:], self.dtype)
         else:
-            data = self.image.read(y0, x0, y1, x1, self.level)
+            data = self.read(y0, x0, y1, x1)
         return data[tuple(picks) + tuple(key[2:])]
 
     def __array__(self, dtype=None, copy=None):
