@@ -936,7 +936,9 @@ def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwr
     export and ``overwrite`` be set; it may not lie inside the project or contain it.
     Unlabelled pixels get the label ``unlabelled`` ('auto': 255, or 65535 with more than 255
     classes; None: 0, like the background), named in the manifest; the provenance files say
-    the same with 0. ``colour`` writes PNG labels indexed with the class colours.
+    the same with 0. ``colour`` writes PNG labels indexed with the class colours. A large
+    image of the project (``project.is_slide``) is written as zarr chunk by chunk, never whole;
+    TIFF and PNG refuse a project that holds one.
     Returns the manifest's path.
     """
     if fmt not in LABEL_FORMATS:

@@ -7,7 +7,8 @@ A project is a folder::
                      which label file is current for each image or frame with its provenance
                      counts, the objects of each plane (class, area, box), the journal
     labels/          label arrays, one .npz ({instances uint32, provenance uint8}) per image
-                     or frame, each written once under a new unique name, never changed
+                     or frame, each written once under a new unique name, never changed;
+                     a large image's in ``i<id>-t00000.slide/``, one .npz per chunk version
     models/          checkpoints of the trainable model
     cache/           derived data (optical flow, features), safe to delete
     .lock            who holds the project open for writing (the lock is on the folder itself)
@@ -23,6 +24,19 @@ instances: an object id per pixel plus a class per object in the index; the clas
 (:meth:`Project.read_labels`) is derived. Every name, path, dtype and value read from the folder is
 checked: a project folder is untrusted input. Human labels are never overwritten by
 machine labels. Opening reads the index only, never the images.
+
+A large image (one plane above :data:`napari_hitl.io.LAZY_PIXELS` when it is added; listed in
+the ``slides`` table with its chunk side, :data:`SLIDE_CHUNK`) is never read whole: its labels
+are a grid of chunks, each an .npz of the same two arrays, copy-on-write like a plane. The
+``chunks`` table points at each chunk's current file (a chunk without a row holds no labels)
+and ``chunk_objects`` holds, per chunk and object, the sums that add up over chunks (area,
+coordinate sums, box, pixels per provenance), from which the ``objects`` row of an object that
+crosses chunks is rebuilt. :meth:`Project.commit_window` writes new files for the chunks the
+window changes, then switches their pointers, their sums, the objects they touch, the counts
+and the journal entry in one transaction (a crash leaves the previous commit; opening removes
+the orphaned files); :meth:`Project.read_window` reads only the chunks a window covers, each
+checked like a plane. A project without a large image keeps the tables empty (a writer adds
+them to a project made before them).
 """
 
 from __future__ import annotations

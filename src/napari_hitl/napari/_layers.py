@@ -1,5 +1,6 @@
 """Layer data for a project image: what the reader, the samples and the dock all add; a large
-image (whole-slide TIFF, zarr) as a multiscale layer.
+image (whole-slide TIFF, zarr) as a multiscale layer, and a project's large image with its
+labels as a multiscale Labels layer read chunk by chunk.
 
 Layers carry ``metadata['hitl_project']`` and ``metadata['hitl_image']`` so the dock can
 adopt a project that a reader or a sample opened.
