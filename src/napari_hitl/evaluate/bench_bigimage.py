@@ -259,8 +259,26 @@ def measure_commit(path: str, side: int, n_commits: int, folder: str) -> dict:
             read_ms.append((time.perf_counter() - t0) * 1000.0)
             if not (back[mask] == oid).all():
                 raise RuntimeError(f"window at ({y0}, {x0}) did not read back what was committed")
-        n_objects = len(project.objects(project.images[0].name))
+        # the worst case: a disc across four chunks, its window centred on a chunk corner
         chunk = project.slide_chunk(project.images[0].name)
+        corner_ms, corner_read_ms, corner_chunks = [], [], []
+        yy, xx = np.mgrid[:win, :win]
+        disc = (yy - win // 2) ** 2 + (xx - win // 2) ** 2 < (0.45 * win) ** 2
+        corners = [(cy, cx) for cy in range(chunk, side - win // 2 + 1, chunk)
+                   for cx in range(chunk, side - win // 2 + 1, chunk) if cy >= win // 2 and cx >= win // 2]
+        for cy, cx in [corners[k] for k in rng.choice(len(corners), size=min(5, len(corners)), replace=False)] \
+                if corners else []:
+            y0, x0 = cy - win // 2, cx - win // 2
+            oid = project.reserve_ids(project.images[0].name)
+            t0 = time.perf_counter()
+            project.commit_window(project.images[0].name, np.where(disc, np.uint32(oid), np.uint32(0)), {oid: 1},
+                                  offset=(y0, x0), where=disc)
+            corner_ms.append((time.perf_counter() - t0) * 1000.0)
+            corner_chunks.append(project.journal()[-1]["chunks"])
+            t0 = time.perf_counter()
+            project.read_window(project.images[0].name, y0, x0, y0 + win, x0 + win)
+            corner_read_ms.append((time.perf_counter() - t0) * 1000.0)
+        n_objects = len(project.objects(project.images[0].name))
     label_mb = sum(f.stat().st_size for f in (Path(folder) / "project" / "labels").rglob("*.npz")) / 2 ** 20
 
     def stats(v):
@@ -269,6 +287,8 @@ def measure_commit(path: str, side: int, n_commits: int, folder: str) -> dict:
 
     return {"window": win, "chunk": chunk, "create_s": t_create, "commits": stats(commit_ms),
             "reads": stats(read_ms), "chunks_per_commit_median": float(np.median(chunks)) if chunks else None,
+            "commits_across_four_chunks": stats(corner_ms), "reads_across_four_chunks": stats(corner_read_ms),
+            "chunks_per_corner_commit": corner_chunks,
             "objects_in_index": n_objects, "label_files_mb": label_mb, "rss_at_start_mb": rss_start,
             "peak_rss_mb": _peak_mb()}
 
@@ -358,7 +378,8 @@ def run(args) -> int:
         print(f"project store ({w['chunk']} px chunks): create {w['create_s'] * 1000:.0f} ms; commit of a "
               f"{w['window']} px click window median {ms(cm['median_ms'])}, p95 {ms(cm['p95_ms'])} (n={cm['n']}, "
               f"{w['chunks_per_commit_median']:.0f} chunks each); read it back median {ms(rd['median_ms'])}; "
-              f"peak {w['peak_rss_mb']:.0f} MB")
+              f"a disc across four chunks: commit median {ms(w['commits_across_four_chunks']['median_ms'])}, "
+              f"read {ms(w['reads_across_four_chunks']['median_ms'])}; peak {w['peak_rss_mb']:.0f} MB")
     if args.predict_side:
         ppath = folder / f"napari-hitl-slide-{args.predict_side}.tif"
         if not ppath.is_file():
