@@ -275,3 +275,12 @@ def test_export_writes_a_large_image_chunk_by_chunk_as_zarr_and_refuses_tiff(sli
     assert labels[200, 200] == 1 and labels[110, 110] == 0 and labels[0, 0] == io.UNLABELLED_VALUE
     rows = (tmp_path / "out" / "objects.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("slide,,5,1,cell,40000,")
+
+
+def test_training_leaves_large_images_out(slide_project):
+    from napari_hitl.model.train import samples_from_project
+
+    p = slide_project
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
+    assert [s.name for s in samples_from_project(p)] == ["small"]
