@@ -90,3 +90,8 @@ def test_the_dock_opens_a_large_image_and_saves_a_click_window(slide_dock, qtbot
         io.export_project(project, dock.project.root.parent / "out", "png")
     dock.show_image("a_small")  # back to a small image: the plane tools again
     assert not dock.slide.active and dock.tools.layer is dock.labels_layer
+    dock.show_image("slide")
+    labels = dock.labels_layer
+    assert "large image" in dock.status.text() and (np.asarray(labels.data[0][1490:1510, 1520:1540]) > 0).all()
+    dock.close_project()  # the layer reading the project goes with it
+    assert labels not in viewer.layers and not dock.slide.active

@@ -37,7 +37,7 @@ from napari_hitl.napari._layers import (META_CLASSES, META_IMAGE, META_PROJECT, 
 from napari_hitl.napari._prediction import PredictionLayers
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
 from napari_hitl.napari._section import section
-from napari_hitl.napari._slide import SlideTools
+from napari_hitl.napari._slide import SLIDE_ENGINE, SlideTools
 from napari_hitl.napari._tools import MODES, SHORTCUTS, ToolController, check_engine, shortcut_help
 from napari_hitl.napari._training import ExportPanel, TrainingPanel
 from napari_hitl.napari._objects import ObjectsPanel
@@ -426,6 +426,12 @@ class HitlWidget(QWidget):
 
     def close_project(self) -> None:
         self.queue.cancel()
+        if self.slide.active:  # its labels layer reads the project: it goes with it
+            layer = self.labels_layer
+            self.slide.detach()
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            self.labels_layer = None
         if self.session is not None:
             self.session.close()
         self.session = None
@@ -515,6 +521,8 @@ class HitlWidget(QWidget):
         self.suggestions.image_shown(None, None, None)
         self.objects.image_shown(None, None)
         self.video.image_shown(None, None)
+        self.say(f"{self.current!r} is a large image: click objects (the {SLIDE_ENGINE} engine reads only the crop "
+                 "around the clicks), then Accept")
 
     # ------------------------------------------------------------------ images
     def refresh_list(self) -> None:
@@ -563,7 +571,8 @@ class HitlWidget(QWidget):
         QTimer.singleShot(0, self.viewer.reset_view)  # fit the image to the canvas as it is now
         self._show_prediction()
         self.refresh_list()
-        self.status.setText(f"Showing {name}")
+        if not self.slide.active:  # a large image says how to work on it instead
+            self.status.setText(f"Showing {name}")
         self.image_opened.emit(name)
 
     def _show_prediction(self) -> None:
