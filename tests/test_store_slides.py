@@ -106,9 +106,17 @@ def test_a_window_commit_changes_only_its_chunks_and_reads_back(slide_project):
     views = p.lazy_instances("slide", min_side=100)
     assert [v.shape for v in views] == [(600, 700), (300, 350), (150, 175), (75, 88)]
     np.testing.assert_array_equal(views[2][10:100, 7:170], expected[::4, ::4][10:100, 7:170])
+    # a coarse read keeps the chunks it sampled; a commit writes new chunk files, so it is seen
+    p.commit_window("slide", np.full((8, 8), 10, np.uint32), {10: 1}, offset=(40, 48))
+    expected[40:48, 48:56] = 10
+    np.testing.assert_array_equal(np.asarray(views[2]), expected[::4, ::4])
+    np.testing.assert_array_equal(np.asarray(views[-1]), expected[::8, ::8])
+    p.commit_window("slide", np.zeros((8, 8), np.uint32), {}, offset=(40, 48), where=np.ones((8, 8), bool))
+    expected[40:48, 48:56] = 0
+    np.testing.assert_array_equal(np.asarray(views[2]), expected[::4, ::4])
     c = p.counts("slide")
     assert c.human == 100 * 120 * 2 + 100 and c.unlabelled == H * W - c.human
-    assert [e["event"] for e in p.journal()][-3:] == ["commit"] * 3
+    assert [e["event"] for e in p.journal()][-5:] == ["commit"] * 5
 
 
 def test_objects_spanning_chunks_have_their_whole_area_box_and_centroid(slide_project):

@@ -52,6 +52,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -343,6 +344,8 @@ class Project:
         self._local = threading.local()    # a thread's open snapshot
         self._garbage: list[Path] = []     # replaced label files not yet deleted
         self._readers: list[tuple[sqlite3.Connection, int]] = []  # every thread's read connection
+        self._coarse: OrderedDict[tuple[str, int], tuple] = OrderedDict()  # see _coarse_chunk
+        self._coarse_bytes = 0
         self._load_index()
 
     # ------------------------------------------------------------------ create / open
@@ -939,13 +942,16 @@ class Project:
                 raise CorruptFileError(f"{self.root / DB_FILE}: a chunk of {rec.name!r} has a malformed entry")
         return {(cy, cx): rel for cy, cx, rel in rows}
 
+    def _chunk_classes(self, db: sqlite3.Connection, rec: ImageRecord, cy: int, cx: int) -> dict[int, int]:
+        """The class of each object the index lists in one chunk."""
+        return dict(db.execute(
+            "SELECT c.id, o.class FROM chunk_objects c JOIN objects o ON o.image = c.image AND o.frame = c.frame "
+            "AND o.id = c.id WHERE c.image = ? AND c.frame = 0 AND c.cy = ? AND c.cx = ?", (self._ids[rec.name], cy, cx)))
+
     def _read_chunk(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, cy: int, cx: int, rel: str,
                     n_classes: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
         """One stored chunk: ids, provenance and the class of each object the index lists in it."""
-        iid = self._ids[rec.name]
-        listed = dict(db.execute(
-            "SELECT c.id, o.class FROM chunk_objects c JOIN objects o ON o.image = c.image AND o.frame = c.frame "
-            "AND o.id = c.id WHERE c.image = ? AND c.frame = 0 AND c.cy = ? AND c.cx = ?", (iid, cy, cx)))
+        listed = self._chunk_classes(db, rec, cy, cx)
         by, bx, ey, ex = self._chunk_box(rec, chunk, cy, cx)
         ids, prov = self._read_file(rec, rel, n_classes, listed, shape=(ey - by, ex - bx))
         return ids, prov, listed
@@ -965,8 +971,10 @@ class Project:
         classes: dict[int, int] = {}
         with self._reader() as db:
             n_classes = db.execute("SELECT count(*) FROM classes").fetchone()[0]
+            # a coarse read on the grid of its step (what napari's zoomed-out levels ask for) keeps
+            # each chunk's sampled pixels: chunk files never change, so their name is the key
+            aligned = step > 1 and y0 % step == 0 and x0 % step == 0 and chunk % step == 0
             for (cy, cx), rel in sorted(self._chunk_rows(db, rec, chunk, (y0, x0, y1, x1)).items()):
-                c_ids, c_prov, listed = self._read_chunk(db, rec, chunk, cy, cx, rel, n_classes)
                 by, bx, ey, ex = self._chunk_box(rec, chunk, cy, cx)
                 # the window's sampled rows / columns inside this chunk
                 fy = max(y0, by + (-(by - y0) % step)) if by > y0 else y0
@@ -974,13 +982,43 @@ class Project:
                 ly, lx = min(y1, ey), min(x1, ex)
                 if fy >= ly or fx >= lx:
                     continue
-                src = (slice(fy - by, ly - by, step), slice(fx - bx, lx - bx, step))
+                if aligned:
+                    c_ids, c_prov, listed = self._coarse_chunk(db, rec, chunk, cy, cx, rel, n_classes, step)
+                    src = (slice((fy - by) // step, (fy - by) // step + len(range(fy, ly, step))),
+                           slice((fx - bx) // step, (fx - bx) // step + len(range(fx, lx, step))))
+                else:
+                    c_ids, c_prov, listed = self._read_chunk(db, rec, chunk, cy, cx, rel, n_classes)
+                    src = (slice(fy - by, ly - by, step), slice(fx - bx, lx - bx, step))
                 dst = (slice((fy - y0) // step, (fy - y0) // step + len(range(fy, ly, step))),
                        slice((fx - x0) // step, (fx - x0) // step + len(range(fx, lx, step))))
                 ids[dst], prov[dst] = c_ids[src], c_prov[src]
                 classes.update(listed)
         present = set(inst.ids_of(ids).tolist())
         return ids, prov, {k: v for k, v in classes.items() if k in present}
+
+    #: bytes of sampled chunks kept for coarse reads (see :meth:`read_window`)
+    COARSE_CACHE_BYTES = 64 << 20
+
+    def _coarse_chunk(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, cy: int, cx: int, rel: str,
+                      n_classes: int, step: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+        """A chunk's every ``step``-th pixel from its origin, read and checked once per chunk file;
+        the classes are looked up each time (an object's class can change elsewhere)."""
+        key = (rel, step)
+        with self._mutex:
+            hit = self._coarse.get(key)
+            if hit is not None:
+                self._coarse.move_to_end(key)
+        if hit is None:
+            c_ids, c_prov, listed = self._read_chunk(db, rec, chunk, cy, cx, rel, n_classes)
+            hit = (np.ascontiguousarray(c_ids[::step, ::step]), np.ascontiguousarray(c_prov[::step, ::step]))
+            with self._mutex:
+                self._coarse[key] = hit
+                self._coarse_bytes += hit[0].nbytes + hit[1].nbytes
+                while self._coarse_bytes > self.COARSE_CACHE_BYTES and self._coarse:
+                    _, old = self._coarse.popitem(last=False)
+                    self._coarse_bytes -= old[0].nbytes + old[1].nbytes
+            return (*hit, listed)
+        return (*hit, self._chunk_classes(db, rec, cy, cx))
 
     def lazy_instances(self, image: str | int, min_side: int = 1024) -> list[io.WindowView]:
         """A large image's object ids as array-likes that read chunk by chunk, full resolution
