@@ -242,7 +242,8 @@ class ObjectSums:
     provenance: np.ndarray
 
 
-def object_sums(instances: np.ndarray, provenance: np.ndarray | None = None, offset: tuple[int, int] = (0, 0)) -> ObjectSums:
+def object_sums(instances: np.ndarray, provenance: np.ndarray | None = None,
+                offset: tuple[int, int] = (0, 0)) -> ObjectSums:
     """The :class:`ObjectSums` of one plane whose pixel [0, 0] is pixel ``offset`` of its image."""
     from scipy import ndimage
 

@@ -344,8 +344,8 @@ class Project:
         self._local = threading.local()    # a thread's open snapshot
         self._garbage: list[Path] = []     # replaced label files not yet deleted
         self._readers: list[tuple[sqlite3.Connection, int]] = []  # every thread's read connection
-        self._coarse: OrderedDict[tuple[str, int], tuple] = OrderedDict()  # see _coarse_chunk
-        self._coarse_bytes = 0
+        self._sampled: OrderedDict[tuple[str, int], tuple] = OrderedDict()  # see _sampled_chunk
+        self._sampled_bytes = 0
         self._load_index()
 
     # ------------------------------------------------------------------ create / open
@@ -511,6 +511,8 @@ class Project:
                 os.close(fd)
             self._readers = []
         self._local = threading.local()
+        self._sampled.clear()
+        self._sampled_bytes = 0
 
     def __enter__(self) -> Project:
         return self
@@ -946,7 +948,8 @@ class Project:
         """The class of each object the index lists in one chunk."""
         return dict(db.execute(
             "SELECT c.id, o.class FROM chunk_objects c JOIN objects o ON o.image = c.image AND o.frame = c.frame "
-            "AND o.id = c.id WHERE c.image = ? AND c.frame = 0 AND c.cy = ? AND c.cx = ?", (self._ids[rec.name], cy, cx)))
+            "AND o.id = c.id WHERE c.image = ? AND c.frame = 0 AND c.cy = ? AND c.cx = ?",
+            (self._ids[rec.name], cy, cx)))
 
     def _read_chunk(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, cy: int, cx: int, rel: str,
                     n_classes: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
@@ -971,9 +974,9 @@ class Project:
         classes: dict[int, int] = {}
         with self._reader() as db:
             n_classes = db.execute("SELECT count(*) FROM classes").fetchone()[0]
-            # a coarse read on the grid of its step (what napari's zoomed-out levels ask for) keeps
+            # a read on the grid of its step (what napari's levels ask for, and a hover's pixel) keeps
             # each chunk's sampled pixels: chunk files never change, so their name is the key
-            aligned = step > 1 and y0 % step == 0 and x0 % step == 0 and chunk % step == 0
+            aligned = y0 % step == 0 and x0 % step == 0 and chunk % step == 0
             for (cy, cx), rel in sorted(self._chunk_rows(db, rec, chunk, (y0, x0, y1, x1)).items()):
                 by, bx, ey, ex = self._chunk_box(rec, chunk, cy, cx)
                 # the window's sampled rows / columns inside this chunk
@@ -983,7 +986,7 @@ class Project:
                 if fy >= ly or fx >= lx:
                     continue
                 if aligned:
-                    c_ids, c_prov, listed = self._coarse_chunk(db, rec, chunk, cy, cx, rel, n_classes, step)
+                    c_ids, c_prov, listed = self._sampled_chunk(db, rec, chunk, cy, cx, rel, n_classes, step)
                     src = (slice((fy - by) // step, (fy - by) // step + len(range(fy, ly, step))),
                            slice((fx - bx) // step, (fx - bx) // step + len(range(fx, lx, step))))
                 else:
@@ -996,27 +999,28 @@ class Project:
         present = set(inst.ids_of(ids).tolist())
         return ids, prov, {k: v for k, v in classes.items() if k in present}
 
-    #: bytes of sampled chunks kept for coarse reads (see :meth:`read_window`)
+    #: bytes of (sampled) chunks kept for reads on their step's grid (see :meth:`read_window`)
     COARSE_CACHE_BYTES = 64 << 20
 
-    def _coarse_chunk(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, cy: int, cx: int, rel: str,
+    def _sampled_chunk(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, cy: int, cx: int, rel: str,
                       n_classes: int, step: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
-        """A chunk's every ``step``-th pixel from its origin, read and checked once per chunk file;
-        the classes are looked up each time (an object's class can change elsewhere)."""
+        """A chunk's every ``step``-th pixel from its origin (all of it for step 1), read and checked
+        once per chunk file while it stays in the cache; the classes are looked up each time (an
+        object's class can change elsewhere)."""
         key = (rel, step)
         with self._mutex:
-            hit = self._coarse.get(key)
+            hit = self._sampled.get(key)
             if hit is not None:
-                self._coarse.move_to_end(key)
+                self._sampled.move_to_end(key)
         if hit is None:
             c_ids, c_prov, listed = self._read_chunk(db, rec, chunk, cy, cx, rel, n_classes)
             hit = (np.ascontiguousarray(c_ids[::step, ::step]), np.ascontiguousarray(c_prov[::step, ::step]))
             with self._mutex:
-                self._coarse[key] = hit
-                self._coarse_bytes += hit[0].nbytes + hit[1].nbytes
-                while self._coarse_bytes > self.COARSE_CACHE_BYTES and self._coarse:
-                    _, old = self._coarse.popitem(last=False)
-                    self._coarse_bytes -= old[0].nbytes + old[1].nbytes
+                self._sampled[key] = hit
+                self._sampled_bytes += hit[0].nbytes + hit[1].nbytes
+                while self._sampled_bytes > self.COARSE_CACHE_BYTES and self._sampled:
+                    _, old = self._sampled.popitem(last=False)
+                    self._sampled_bytes -= old[0].nbytes + old[1].nbytes
             return (*hit, listed)
         return (*hit, self._chunk_classes(db, rec, cy, cx))
 
@@ -1065,7 +1069,8 @@ class Project:
         if where is not None:
             where = np.asarray(where)
             if where.dtype != bool or where.shape != ids.shape:
-                raise InputError(f"'where' must be a boolean mask of shape {ids.shape}, got {where.dtype} {where.shape}")
+                raise InputError(f"'where' must be a boolean mask of shape {ids.shape}, "
+                                 f"got {where.dtype} {where.shape}")
         if provenance is not None:
             provenance = np.asarray(provenance)
             if provenance.shape != ids.shape or provenance.dtype.kind not in "ui" or (
@@ -1106,8 +1111,10 @@ class Project:
                 else:
                     plane, plane_classes = ids, dict(table)
                 # a stuff class keeps one id per plane: the id it already has, else the first given
-                known = dict(db.execute("SELECT class, min(id) FROM objects WHERE image = ? AND frame = 0 GROUP BY "
-                                        "class", (iid,))) if any(kinds[v] == STUFF for v in plane_classes.values()) else {}
+                known = {}
+                if any(kinds[v] == STUFF for v in plane_classes.values()):
+                    known = dict(db.execute("SELECT class, min(id) FROM objects WHERE image = ? AND frame = 0 "
+                                            "GROUP BY class", (iid,)))
                 remap = {}
                 for k, v in sorted(plane_classes.items()):
                     if kinds[v] == STUFF:
