@@ -111,6 +111,9 @@ def test_a_window_commit_changes_only_its_chunks_and_reads_back(slide_project):
     expected[40:48, 48:56] = 10
     np.testing.assert_array_equal(np.asarray(views[2]), expected[::4, ::4])
     np.testing.assert_array_equal(np.asarray(views[-1]), expected[::8, ::8])
+    small = p.lazy_instances("slide", min_side=20)
+    for step, view in ((16, small[4]), (32, small[5])):
+        np.testing.assert_array_equal(np.asarray(view), expected[::step, ::step])  # from the chunks' overviews
     p.commit_window("slide", np.zeros((8, 8), np.uint32), {}, offset=(40, 48), where=np.ones((8, 8), bool))
     expected[40:48, 48:56] = 0
     np.testing.assert_array_equal(np.asarray(views[2]), expected[::4, ::4])
@@ -171,11 +174,11 @@ def test_a_failed_window_commit_leaves_the_previous_state(slide_project, monkeyp
     before_files, before_objects, before_counts = p.chunk_files("slide"), p.objects("slide"), p.counts("slide")
     real, calls = store._write_npz, []
 
-    def failing(path, ids, prov):
+    def failing(path, ids, prov, **kw):
         calls.append(path)
         if len(calls) == 3:
             raise OSError(28, "No space left on device", str(path))
-        real(path, ids, prov)
+        real(path, ids, prov, **kw)
 
     monkeypatch.setattr(store, "_write_npz", failing)
     with pytest.raises(CommitError, match="rolled back, nothing changed"):
@@ -200,8 +203,8 @@ def test_a_process_killed_between_chunk_writes_leaves_the_old_state(tmp_path):
         p = store.Project.create({str(root)!r}, {str(make_slide(tmp_path / 'imgs'))!r}, classes=["background", "cell"])
         p.commit_window("slide", np.full((300, 300), 5, np.uint32), {{5: 1}}, offset=(100, 100))
         real, n = store._write_npz, [0]
-        def dying(path, ids, prov):
-            real(path, ids, prov)
+        def dying(path, ids, prov, **kw):
+            real(path, ids, prov, **kw)
             n[0] += 1
             if n[0] == 2:
                 os._exit(9)
@@ -292,3 +295,20 @@ def test_training_leaves_large_images_out(slide_project):
     p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
     p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
     assert [s.name for s in samples_from_project(p)] == ["small"]
+
+
+def test_a_bad_chunk_overview_is_named(slide_project):
+    p = slide_project
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    ids, prov, _ = p.read_window("slide", 0, 0, CHUNK, CHUNK)
+    path = p.chunk_files("slide")[(0, 0)]
+    os.chmod(path, 0o644)
+    np.savez(path.with_suffix(""), instances=ids, provenance=prov, overview_instances=ids[::16, ::16].astype(np.int64),
+             overview_provenance=prov[::16, ::16])
+    q = Project.open(p.root, readonly=True)  # a fresh reader: nothing of the chunk kept yet
+    try:
+        assert (q.read_window("slide", 0, 0, 20, 20)[0][:10, :10] == 5).all()
+        with pytest.raises(CorruptFileError, match="holds int64 object ids"):
+            q.read_window("slide", 0, 0, H, W, step=16)
+    finally:
+        q.close()

@@ -130,6 +130,9 @@ CREATE INDEX IF NOT EXISTS chunk_objects_by_id ON chunk_objects(image, frame, id
 """
 #: chunk side of a large image's labels in the project (each chunk a label file of its own)
 SLIDE_CHUNK = 1024
+#: a chunk file also holds every OVERVIEW_STEP-th pixel of its arrays (``overview_instances``,
+#: ``overview_provenance``), so a zoomed-out view reads a small array per chunk, not the chunk
+OVERVIEW_STEP = 16
 _CHUNK_RANGE = (16, 16384)  # chunk sides a project may record
 
 
@@ -804,13 +807,17 @@ class Project:
         return out
 
     def _read_file(self, rec: ImageRecord, rel: str, n_classes: int, classes: dict[int, int],
-                   shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """A label file (a plane, or a chunk of ``shape`` of a large image), checked against the index."""
+                   shape: tuple[int, int] | None = None, overview: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """A label file (a plane, or a chunk of ``shape`` of a large image; its overview arrays
+        with ``overview``), checked against the index."""
         path = self._label_path(rel)
         shape = tuple(rec.shape) if shape is None else tuple(shape)
+        prefix = "overview_" if overview else ""
+        if overview:
+            shape = tuple(-(-n // OVERVIEW_STEP) for n in shape)
         try:
             with np.load(path, allow_pickle=False) as z:
-                ids, prov = z["instances"], z["provenance"]
+                ids, prov = z[f"{prefix}instances"], z[f"{prefix}provenance"]
         except Exception as err:  # noqa: BLE001 - any decode failure names the file
             raise CorruptFileError(f"label file {path} is unreadable ({err}); the other images are unaffected. "
                                    "Clear this image's labels to start it afresh.") from err
@@ -952,11 +959,12 @@ class Project:
             (self._ids[rec.name], cy, cx)))
 
     def _read_chunk(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, cy: int, cx: int, rel: str,
-                    n_classes: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
-        """One stored chunk: ids, provenance and the class of each object the index lists in it."""
+                    n_classes: int, overview: bool = False) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+        """One stored chunk (or its overview): ids, provenance and the class of each object the
+        index lists in it."""
         listed = self._chunk_classes(db, rec, cy, cx)
         by, bx, ey, ex = self._chunk_box(rec, chunk, cy, cx)
-        ids, prov = self._read_file(rec, rel, n_classes, listed, shape=(ey - by, ex - bx))
+        ids, prov = self._read_file(rec, rel, n_classes, listed, shape=(ey - by, ex - bx), overview=overview)
         return ids, prov, listed
 
     def read_window(self, image: str | int, y0: int, x0: int, y1: int, x1: int, *, step: int = 1,
@@ -1013,8 +1021,10 @@ class Project:
             if hit is not None:
                 self._sampled.move_to_end(key)
         if hit is None:
-            c_ids, c_prov, listed = self._read_chunk(db, rec, chunk, cy, cx, rel, n_classes)
-            hit = (np.ascontiguousarray(c_ids[::step, ::step]), np.ascontiguousarray(c_prov[::step, ::step]))
+            overview = step % OVERVIEW_STEP == 0 and chunk % OVERVIEW_STEP == 0
+            c_ids, c_prov, listed = self._read_chunk(db, rec, chunk, cy, cx, rel, n_classes, overview=overview)
+            k = step // OVERVIEW_STEP if overview else step
+            hit = (np.ascontiguousarray(c_ids[::k, ::k]), np.ascontiguousarray(c_prov[::k, ::k]))
             with self._mutex:
                 self._sampled[key] = hit
                 self._sampled_bytes += hit[0].nbytes + hit[1].nbytes
@@ -1150,7 +1160,8 @@ class Project:
                         rel = f"i{iid:06d}-t00000.slide/c{cy:05d}-{cx:05d}-{secrets.token_hex(6)}.npz"
                         path = self.root / "labels" / rel
                         new_files.append(path)
-                        _write_npz(path, np.ascontiguousarray(c_ids), np.ascontiguousarray(c_prov))
+                        _write_npz(path, np.ascontiguousarray(c_ids), np.ascontiguousarray(c_prov),
+                                   overview=OVERVIEW_STEP)
                         chunk_rows.append((iid, 0, cy, cx, rel))
                         sm = inst.object_sums(c_ids, c_prov, offset=(by, bx))
                         sums_rows.extend((iid, 0, cy, cx, int(sm.ids[k]), int(sm.area[k]), float(sm.sum_y[k]),
@@ -1827,13 +1838,18 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return db
 
 
-def _write_npz(path: Path, ids: np.ndarray, prov: np.ndarray) -> None:
-    """An .npz as ``np.load`` reads it, deflated at level 1: a 512x512 plane in ~5 ms, not ~30."""
+def _write_npz(path: Path, ids: np.ndarray, prov: np.ndarray, overview: int = 0) -> None:
+    """An .npz as ``np.load`` reads it, deflated at level 1: a 512x512 plane in ~5 ms, not ~30.
+    ``overview`` (a chunk of a large image): also every ``overview``-th pixel of both arrays."""
     import zipfile
 
     buf = _io.BytesIO()
+    arrays = [("instances", ids), ("provenance", prov)]
+    if overview:
+        arrays += [("overview_instances", ids[::overview, ::overview]),
+                   ("overview_provenance", prov[::overview, ::overview])]
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        for key, arr in (("instances", ids), ("provenance", prov)):
+        for key, arr in arrays:
             with z.open(f"{key}.npy", "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
     io.atomic_write_bytes(path, buf.getvalue())
