@@ -27,7 +27,8 @@ machine labels. Opening reads the index only, never the images.
 
 A large image (one plane above :data:`napari_hitl.io.LAZY_PIXELS` when it is added; listed in
 the ``slides`` table with its chunk side, :data:`SLIDE_CHUNK`) is never read whole: its labels
-are a grid of chunks, each an .npz of the same two arrays, copy-on-write like a plane. The
+are a grid of chunks, each an .npz of the same two arrays (and every :data:`OVERVIEW_STEP`-th
+pixel of them, for zoomed-out views), copy-on-write like a plane. The
 ``chunks`` table points at each chunk's current file (a chunk without a row holds no labels)
 and ``chunk_objects`` holds, per chunk and object, the sums that add up over chunks (area,
 coordinate sums, box, pixels per provenance), from which the ``objects`` row of an object that
