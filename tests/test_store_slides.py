@@ -5,6 +5,7 @@ The threshold and the chunk side are lowered so that a small generated TIFF coun
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,8 @@ def _full(p: Project) -> tuple[np.ndarray, np.ndarray, dict]:
 def test_a_large_image_is_stored_in_chunks_and_never_read_whole(slide_project):
     p = slide_project
     assert p.is_slide("slide") and not p.is_slide("small") and p.slide_chunk("slide") == CHUNK
+    # format 4: a release that knows only format 3 refuses the project instead of deleting its chunks
+    assert json.loads((p.root / "project.json").read_text())["version"] == store.SLIDE_VERSION == 4
     with pytest.raises(InputError, match="large image .*never read whole"):
         p.read_image("slide")
     with pytest.raises(InputError, match="read_window"):

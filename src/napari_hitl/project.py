@@ -37,7 +37,9 @@ window changes, then switches their pointers, their sums, the objects they touch
 and the journal entry in one transaction (a crash leaves the previous commit; opening removes
 the orphaned files); :meth:`Project.read_window` reads only the chunks a window covers, each
 checked like a plane. A project without a large image keeps the tables empty (a writer adds
-them to a project made before them).
+them to a project made before them) and stays format 3; one with a large image is format 4
+(:data:`SLIDE_VERSION`), so a release that knows only format 3 refuses it rather than taking
+its chunk files for a crash's leftovers.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ from napari_hitl.errors import CommitError, CorruptFileError, InputError, Projec
 
 FORMAT = "napari-hitl-project"
 VERSION = 3
+#: the format of a project that holds a large image (format 3 plus its chunk tables): a release
+#: that knows only format 3 refuses it rather than taking its chunk files for leftovers
+SLIDE_VERSION = 4
 PROJECT_FILE = "project.json"
 DB_FILE = "project.db"
 
@@ -430,7 +435,7 @@ class Project:
                                   copied=copy, skipped=bad, large=[records[i].name for i, _ in large])],
                   slides={"slides": large})
         # project.json last: a folder with project.json is a complete project.
-        io.atomic_write_json(root / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
+        io.atomic_write_json(root / PROJECT_FILE, {"format": FORMAT, "version": SLIDE_VERSION if large else VERSION})
         return cls.open(root)
 
     @classmethod
@@ -456,7 +461,7 @@ class Project:
             version = int(meta.get("version", 0))
         except (TypeError, ValueError):
             raise CorruptFileError(f"{meta_path}: version {meta.get('version')!r} is not a number") from None
-        if version > VERSION:
+        if version > SLIDE_VERSION:
             raise ProjectError(f"{root} was written by a newer napari-hitl (format {version}); upgrade")
         if version < VERSION:
             if version not in (1, 2):
@@ -1629,7 +1634,8 @@ class Project:
         slides = {k: [(index[row[0]], *row[1:]) for row in rows if row[0] in index] for k, rows in slides.items()}
         _build_db(dest / DB_FILE, dict(settings, name=dest.name), classes, self._records, planes, objects, journal,
                   slides=slides)
-        io.atomic_write_json(dest / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
+        io.atomic_write_json(dest / PROJECT_FILE, {"format": FORMAT,
+                                                   "version": SLIDE_VERSION if self._slides else VERSION})
         return dest
 
     # ------------------------------------------------------------------ provenance counts
