@@ -41,4 +41,6 @@ def test_a_small_run_writes_its_figures(tmp_path):
     assert clicks["objects"] == 2 and clicks["all_clicks"]["n"] >= 2
     assert clicks["all_clicks"]["median_ms"] > 0 and 0 <= clicks["mean_final_iou"] <= 1
     assert fig["napari"] == {"skipped": "--skip-napari"}
+    commit = fig["commit_window"]
+    assert commit["commits"]["n"] == 20 and commit["commits"]["median_ms"] > 0 and commit["objects_in_index"] == 20
     assert fig["predict_large"]["side"] == 1100 and fig["predict_large"]["megapixels_per_s"] > 0

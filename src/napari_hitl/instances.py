@@ -228,8 +228,23 @@ def _class_of(ids: np.ndarray, classes: Mapping[int, int]) -> np.ndarray:
     return np.where(keys[pos] == ids, vals[pos], -1)
 
 
-def objects(instances: np.ndarray, classes: Mapping[int, int], provenance: np.ndarray | None = None) -> list[ObjectInfo]:
-    """The objects of one plane with their class, area, box, centroid and dominant provenance."""
+@dataclass(frozen=True)
+class ObjectSums:
+    """Per-object sums over one plane or one chunk, which add up over chunks: ``ids`` (sorted),
+    ``area``, ``sum_y`` / ``sum_x`` (of pixel coordinates), ``boxes`` ``(n, 4)`` y0, x0, y1, x1
+    (half-open) and ``provenance`` ``(n, 8)`` pixel counts per provenance code."""
+
+    ids: np.ndarray
+    area: np.ndarray
+    sum_y: np.ndarray
+    sum_x: np.ndarray
+    boxes: np.ndarray
+    provenance: np.ndarray
+
+
+def object_sums(instances: np.ndarray, provenance: np.ndarray | None = None,
+                offset: tuple[int, int] = (0, 0)) -> ObjectSums:
+    """The :class:`ObjectSums` of one plane whose pixel [0, 0] is pixel ``offset`` of its image."""
     from scipy import ndimage
 
     if instances.ndim != 2:
@@ -237,7 +252,9 @@ def objects(instances: np.ndarray, classes: Mapping[int, int], provenance: np.nd
     flat = instances.ravel()
     nz = np.flatnonzero(flat)
     if not nz.size:
-        return []
+        z = np.zeros(0, np.int64)
+        return ObjectSums(z, z, z.astype(np.float64), z.astype(np.float64), np.zeros((0, 4), np.int64),
+                          np.zeros((0, 8), np.int64))
     vals = flat[nz]
     if int(vals.max()) < _LUT_LIMIT:  # compact ids through a table: no sort
         ids = np.flatnonzero(np.bincount(vals)).astype(np.int64)
@@ -246,28 +263,42 @@ def objects(instances: np.ndarray, classes: Mapping[int, int], provenance: np.nd
         comp = lut[vals]
     else:
         ids, comp = np.unique(vals, return_inverse=True)
+        ids = ids.astype(np.int64)
         comp = comp.astype(np.int64) + 1
     n = len(ids)
     area = np.bincount(comp, minlength=n + 1)[1:]
     rr, cc = np.divmod(nz, instances.shape[1])
-    cy = np.bincount(comp, rr, n + 1)[1:] / area
-    cx = np.bincount(comp, cc, n + 1)[1:] / area
+    oy, ox = int(offset[0]), int(offset[1])
+    sum_y = np.bincount(comp, rr, n + 1)[1:] + oy * area
+    sum_x = np.bincount(comp, cc, n + 1)[1:] + ox * area
     compact = np.zeros(instances.shape, np.int32)
     compact.ravel()[nz] = comp
-    boxes = ndimage.find_objects(compact)
+    boxes = np.array([(sy.start + oy, sx.start + ox, sy.stop + oy, sx.stop + ox)
+                      for sy, sx in ndimage.find_objects(compact)], np.int64).reshape(n, 4)
     if provenance is not None:
-        prov = np.bincount(comp * 8 + provenance.ravel()[nz], minlength=(n + 1) * 8).reshape(n + 1, 8)[1:].argmax(1)
+        prov = np.bincount(comp * 8 + provenance.ravel()[nz], minlength=(n + 1) * 8).reshape(n + 1, 8)[1:]
     else:
-        prov = np.zeros(n, np.int64)
-    cls = _class_of(ids.astype(np.int64), classes)
+        prov = np.zeros((n, 8), np.int64)
+    return ObjectSums(ids, area, sum_y, sum_x, boxes, prov)
+
+
+def objects_of_sums(sums: ObjectSums, classes: Mapping[int, int]) -> list[ObjectInfo]:
+    """The objects (class, area, box, centroid, dominant provenance) that ``sums`` add up to."""
+    cls = _class_of(sums.ids.astype(np.int64), classes)
+    prov = sums.provenance.argmax(1) if len(sums.ids) else np.zeros(0, np.int64)
     out = []
-    for k in range(n):
+    for k in range(len(sums.ids)):
         if cls[k] < 0:
-            raise InputError(f"object id {int(ids[k])} has no class")
-        sy, sx = boxes[k]
-        out.append(ObjectInfo(int(ids[k]), int(cls[k]), int(area[k]), (sy.start, sx.start, sy.stop, sx.stop),
-                              (float(cy[k]), float(cx[k])), int(prov[k])))
+            raise InputError(f"object id {int(sums.ids[k])} has no class")
+        a = int(sums.area[k])
+        out.append(ObjectInfo(int(sums.ids[k]), int(cls[k]), a, tuple(int(v) for v in sums.boxes[k]),
+                              (float(sums.sum_y[k] / a), float(sums.sum_x[k] / a)), int(prov[k])))
     return out
+
+
+def objects(instances: np.ndarray, classes: Mapping[int, int], provenance: np.ndarray | None = None) -> list[ObjectInfo]:
+    """The objects of one plane with their class, area, box, centroid and dominant provenance."""
+    return objects_of_sums(object_sums(instances, provenance), classes)
 
 
 # ------------------------------------------------------------------ edits a person makes

@@ -334,7 +334,9 @@ class LazyImage:
         """Every level as a plain array-like (shape, dtype, slicing reads that window only),
         full resolution first: napari's multiscale data, without importing dask for a file
         that has its own pyramid."""
-        return [_LevelView(self, k) for k in range(len(self._levels))]
+        return [WindowView(tuple(self.level_shape(k)) + ((3,) if self.channels == 3 else ()), self.dtype,
+                           lambda y0, x0, y1, x1, k=k: self.read(y0, x0, y1, x1, k))
+                for k in range(len(self._levels))]
 
     def value_range(self) -> tuple[float, float] | None:
         """The intensity range that maps to [0, 1] for the models (see :func:`as_float_rgb`):
@@ -363,14 +365,16 @@ class LazyImage:
         self.close()
 
 
-class _LevelView:
-    """One level of a :class:`LazyImage` as an array-like: ``view[ys, xs(, c)]`` reads only
-    that window (ints, slices with steps, negative indices as numpy has them)."""
+class WindowView:
+    """A 2-D map read window by window as an array-like: ``view[ys, xs(, c)]`` calls
+    ``read(y0, x0, y1, x1)`` for that window only (ints, slices with steps, negative indices
+    as numpy has them). A level of a :class:`LazyImage`, or a large image's labels in a
+    project (:meth:`napari_hitl.project.Project.lazy_instances`): what napari slices."""
 
-    def __init__(self, image: LazyImage, level: int):
-        self.image, self.level = image, level
-        self.shape = tuple(image.level_shape(level)) + ((3,) if image.channels == 3 else ())
-        self.dtype = image.dtype
+    def __init__(self, shape: tuple[int, ...], dtype, read: Callable[[int, int, int, int], np.ndarray]):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.read = read
         self.ndim = len(self.shape)
         self.size = int(np.prod(self.shape))
 
@@ -405,7 +409,7 @@ class _LevelView:
         if y1 <= y0 or x1 <= x0:
             data = np.zeros((y1 - y0, x1 - x0) + self.shape[2:], self.dtype)
         else:
-            data = self.image.read(y0, x0, y1, x1, self.level)
+            data = self.read(y0, x0, y1, x1)
         return data[tuple(picks) + tuple(key[2:])]
 
     def __array__(self, dtype=None, copy=None):
@@ -932,7 +936,9 @@ def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwr
     export and ``overwrite`` be set; it may not lie inside the project or contain it.
     Unlabelled pixels get the label ``unlabelled`` ('auto': 255, or 65535 with more than 255
     classes; None: 0, like the background), named in the manifest; the provenance files say
-    the same with 0. ``colour`` writes PNG labels indexed with the class colours.
+    the same with 0. ``colour`` writes PNG labels indexed with the class colours. A large
+    image of the project (``project.is_slide``) is written as zarr chunk by chunk, never whole;
+    TIFF and PNG refuse a project that holds one.
     Returns the manifest's path.
     """
     if fmt not in LABEL_FORMATS:
@@ -947,6 +953,12 @@ def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwr
                          "and fit 16 bits")
     out = Path(out).expanduser().absolute()
     _check_export_target(project, out, overwrite)
+    is_slide = getattr(project, "is_slide", lambda name: False)
+    large = [r for r in project.images if is_slide(r.name)]
+    if large and fmt != "zarr":
+        r = large[0]
+        raise InputError(f"{r.name!r} is a large image ({r.shape[0]}x{r.shape[1]}); its labels are exported only as "
+                         f"zarr, chunk by chunk, never whole: export with format zarr (--format zarr)")
     ext = {"tiff": ".tif", "png": ".png", "zarr": ".zarr"}[fmt]
     for stale in list(out.parent.glob(f".{out.name}.export-*")) + list(out.parent.glob(f".{out.name}.old-*")):
         shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
@@ -998,8 +1010,6 @@ def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop
                  colour: bool) -> dict:
     """Every image's labels, instances and provenance into ``stage`` and ``objects.csv``;
     returns the manifest."""
-    from napari_hitl import instances as inst
-
     entries, totals = [], {}
     records = project.images
     classes = project.classes
@@ -1010,6 +1020,7 @@ def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop
                 "provenance": [[0, 0, 0], [0, 200, 0], [0, 120, 255], [255, 160, 0], [160, 160, 160]] if colour
                 else None}
     n_objects = 0
+    is_slide = getattr(project, "is_slide", lambda name: False)  # a large image: exported chunk by chunk
     with open(stage / "objects.csv", "w", newline="", encoding="utf-8") as fh:
         table = csv.writer(fh)
         table.writerow(OBJECT_COLUMNS)
@@ -1017,26 +1028,11 @@ def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop
             if should_stop is not None and should_stop():
                 raise KeyboardInterrupt("export cancelled")
             name = check_name(rec.name)  # file names come from the project: never a path
-            ids, prov, id_classes = project.read_instances(name)
-            labels = inst.semantic(ids, id_classes)
-            if unlabelled is not None:
-                labels = np.where(prov == 0, np.uint16(unlabelled), labels)
-            if fmt == "png" and ids.size and int(ids.max()) > 65535:
-                raise InputError(f"{name!r} has object ids up to {int(ids.max())}, beyond 16-bit PNG; "
-                                 "export as tiff or zarr")
-            written = {}
-            for kind, arr in (("labels", labels), ("instances", ids), ("provenance", prov)):
-                if fmt == "png" and arr.ndim == 3:
-                    files = []
-                    for t in range(arr.shape[0]):
-                        rel = f"{kind}/{name}/t{t:05d}.png"
-                        write_labels(stage / rel, arr[t], palettes[kind], png16=kind == "instances")
-                        files.append(rel)
-                    written[kind] = files
-                else:
-                    rel = f"{kind}/{name}{ext}"
-                    write_labels(stage / rel, arr, palettes[kind], png16=kind == "instances")
-                    written[kind] = rel
+            if is_slide(name):
+                written = _export_slide(project, rec, stage, unlabelled)
+            else:
+                ids, prov, id_classes = project.read_instances(name)
+                written = _export_plane(stage, name, fmt, ext, ids, prov, id_classes, unlabelled, palettes)
             objs = project.objects(name)
             for o in objs:
                 table.writerow([name, o["frame"] if rec.is_stack else "", o["id"], o["class"],
@@ -1062,6 +1058,58 @@ def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop
                      "area, box (y0, x0, y1, x1; end exclusive), centroid and provenance",
         "images": entries, "objects": n_objects, "totals": totals,
     }
+
+
+def _export_plane(stage: Path, name: str, fmt: str, ext: str, ids: np.ndarray, prov: np.ndarray, id_classes: dict,
+                  unlabelled: int | None, palettes: dict) -> dict:
+    """One image's labels, instances and provenance, held whole, into ``stage``; returns the files written."""
+    from napari_hitl import instances as inst
+
+    labels = inst.semantic(ids, id_classes)
+    if unlabelled is not None:
+        labels = np.where(prov == 0, np.uint16(unlabelled), labels)
+    if fmt == "png" and ids.size and int(ids.max()) > 65535:
+        raise InputError(f"{name!r} has object ids up to {int(ids.max())}, beyond 16-bit PNG; "
+                         "export as tiff or zarr")
+    written = {}
+    for kind, arr in (("labels", labels), ("instances", ids), ("provenance", prov)):
+        if fmt == "png" and arr.ndim == 3:
+            files = []
+            for t in range(arr.shape[0]):
+                rel = f"{kind}/{name}/t{t:05d}.png"
+                write_labels(stage / rel, arr[t], palettes[kind], png16=kind == "instances")
+                files.append(rel)
+            written[kind] = files
+        else:
+            rel = f"{kind}/{name}{ext}"
+            write_labels(stage / rel, arr, palettes[kind], png16=kind == "instances")
+            written[kind] = rel
+    return written
+
+
+def _export_slide(project, rec, stage: Path, unlabelled: int | None) -> dict:
+    """A large image's labels (uint16), instances (uint32) and provenance (uint8) as zarr arrays
+    in the project's chunks, written chunk by chunk (one chunk in memory at a time)."""
+    import zarr
+
+    from napari_hitl import instances as inst
+
+    chunk = project.slide_chunk(rec.name)
+    h, w = rec.shape
+    arrays = {kind: zarr.open_array(str(stage / kind / f"{rec.name}.zarr"), mode="w", shape=(h, w), dtype=dtype,
+                                    chunks=(chunk, chunk))
+              for kind, dtype in (("labels", np.uint16), ("instances", np.uint32), ("provenance", np.uint8))}
+    for y0 in range(0, h, chunk):
+        for x0 in range(0, w, chunk):
+            y1, x1 = min(h, y0 + chunk), min(w, x0 + chunk)
+            ids, prov, classes = project.read_window(rec.name, y0, x0, y1, x1)
+            labels = inst.semantic(ids, classes)
+            if unlabelled is not None:
+                labels = np.where(prov == 0, np.uint16(unlabelled), labels)
+            arrays["labels"][y0:y1, x0:x1] = labels
+            arrays["instances"][y0:y1, x0:x1] = ids
+            arrays["provenance"][y0:y1, x0:x1] = prov
+    return {kind: f"{kind}/{rec.name}.zarr" for kind in arrays}
 
 
 def read_export_manifest(folder: str | os.PathLike) -> dict:

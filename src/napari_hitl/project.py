@@ -7,7 +7,8 @@ A project is a folder::
                      which label file is current for each image or frame with its provenance
                      counts, the objects of each plane (class, area, box), the journal
     labels/          label arrays, one .npz ({instances uint32, provenance uint8}) per image
-                     or frame, each written once under a new unique name, never changed
+                     or frame, each written once under a new unique name, never changed;
+                     a large image's in ``i<id>-t00000.slide/``, one .npz per chunk version
     models/          checkpoints of the trainable model
     cache/           derived data (optical flow, features), safe to delete
     .lock            who holds the project open for writing (the lock is on the folder itself)
@@ -23,6 +24,22 @@ instances: an object id per pixel plus a class per object in the index; the clas
 (:meth:`Project.read_labels`) is derived. Every name, path, dtype and value read from the folder is
 checked: a project folder is untrusted input. Human labels are never overwritten by
 machine labels. Opening reads the index only, never the images.
+
+A large image (one plane above :data:`napari_hitl.io.LAZY_PIXELS` when it is added; listed in
+the ``slides`` table with its chunk side, :data:`SLIDE_CHUNK`) is never read whole: its labels
+are a grid of chunks, each an .npz of the same two arrays (and every :data:`OVERVIEW_STEP`-th
+pixel of them, for zoomed-out views), copy-on-write like a plane. The
+``chunks`` table points at each chunk's current file (a chunk without a row holds no labels)
+and ``chunk_objects`` holds, per chunk and object, the sums that add up over chunks (area,
+coordinate sums, box, pixels per provenance), from which the ``objects`` row of an object that
+crosses chunks is rebuilt. :meth:`Project.commit_window` writes new files for the chunks the
+window changes, then switches their pointers, their sums, the objects they touch, the counts
+and the journal entry in one transaction (a crash leaves the previous commit; opening removes
+the orphaned files); :meth:`Project.read_window` reads only the chunks a window covers, each
+checked like a plane. A project without a large image keeps the tables empty (a writer adds
+them to a project made before them) and stays format 3; one with a large image is format 4
+(:data:`SLIDE_VERSION`), so a release that knows only format 3 refuses it rather than taking
+its chunk files for a crash's leftovers.
 """
 
 from __future__ import annotations
@@ -38,6 +55,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -53,6 +71,9 @@ from napari_hitl.errors import CommitError, CorruptFileError, InputError, Projec
 
 FORMAT = "napari-hitl-project"
 VERSION = 3
+#: the format of a project that holds a large image (format 3 plus its chunk tables): a release
+#: that knows only format 3 refuses it rather than taking its chunk files for leftovers
+SLIDE_VERSION = 4
 PROJECT_FILE = "project.json"
 DB_FILE = "project.db"
 
@@ -98,6 +119,27 @@ CREATE TABLE results(image INTEGER NOT NULL, model TEXT NOT NULL, scores TEXT NO
 CREATE TABLE journal(seq INTEGER PRIMARY KEY AUTOINCREMENT, t TEXT NOT NULL, event TEXT NOT NULL,
                      data TEXT NOT NULL);
 """
+
+#: the tables of large images stored in chunks (a project without a large image may lack them:
+#: a writer adds them on open, a reader treats their absence as "no large image")
+_SLIDE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS slides(image INTEGER PRIMARY KEY, chunk INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks(image INTEGER NOT NULL, frame INTEGER NOT NULL, cy INTEGER NOT NULL,
+                                  cx INTEGER NOT NULL, file TEXT NOT NULL, PRIMARY KEY(image, frame, cy, cx));
+CREATE TABLE IF NOT EXISTS chunk_objects(image INTEGER NOT NULL, frame INTEGER NOT NULL, cy INTEGER NOT NULL,
+                                         cx INTEGER NOT NULL, id INTEGER NOT NULL, area INTEGER NOT NULL,
+                                         sy REAL NOT NULL, sx REAL NOT NULL, y0 INTEGER NOT NULL, x0 INTEGER NOT NULL,
+                                         y1 INTEGER NOT NULL, x1 INTEGER NOT NULL, p1 INTEGER NOT NULL,
+                                         p2 INTEGER NOT NULL, p3 INTEGER NOT NULL, p4 INTEGER NOT NULL,
+                                         PRIMARY KEY(image, frame, cy, cx, id));
+CREATE INDEX IF NOT EXISTS chunk_objects_by_id ON chunk_objects(image, frame, id);
+"""
+#: chunk side of a large image's labels in the project (each chunk a label file of its own)
+SLIDE_CHUNK = 1024
+#: a chunk file also holds every OVERVIEW_STEP-th pixel of its arrays (``overview_instances``,
+#: ``overview_provenance``), so a zoomed-out view reads a small array per chunk, not the chunk
+OVERVIEW_STEP = 16
+_CHUNK_RANGE = (16, 16384)  # chunk sides a project may record
 
 
 @dataclass(frozen=True)
@@ -311,6 +353,8 @@ class Project:
         self._local = threading.local()    # a thread's open snapshot
         self._garbage: list[Path] = []     # replaced label files not yet deleted
         self._readers: list[tuple[sqlite3.Connection, int]] = []  # every thread's read connection
+        self._sampled: OrderedDict[tuple[str, int], tuple] = OrderedDict()  # see _sampled_chunk
+        self._sampled_bytes = 0
         self._load_index()
 
     # ------------------------------------------------------------------ create / open
@@ -385,11 +429,13 @@ class Project:
             image_root_str = str(image_root)
         settings = {"name": root.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "image_root": image_root_str}
+        large = [(i, SLIDE_CHUNK) for i, r in enumerate(records) if is_large_record(r)]
         _build_db(root / DB_FILE, settings, class_table, records, planes=[], objects=[],
                   journal=[_entry("created", source=str(source), images=len(records), timelapse=timelapse,
-                                  copied=copy, skipped=bad)])
+                                  copied=copy, skipped=bad, large=[records[i].name for i, _ in large])],
+                  slides={"slides": large})
         # project.json last: a folder with project.json is a complete project.
-        io.atomic_write_json(root / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
+        io.atomic_write_json(root / PROJECT_FILE, {"format": FORMAT, "version": SLIDE_VERSION if large else VERSION})
         return cls.open(root)
 
     @classmethod
@@ -415,7 +461,7 @@ class Project:
             version = int(meta.get("version", 0))
         except (TypeError, ValueError):
             raise CorruptFileError(f"{meta_path}: version {meta.get('version')!r} is not a number") from None
-        if version > VERSION:
+        if version > SLIDE_VERSION:
             raise ProjectError(f"{root} was written by a newer napari-hitl (format {version}); upgrade")
         if version < VERSION:
             if version not in (1, 2):
@@ -452,6 +498,10 @@ class Project:
                 lock.release()
             raise
         if not readonly:
+            if not db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'chunk_objects_by_id'").fetchone()[0]:
+                with project._transaction("adding the tables of large images") as tx:  # a project made before them
+                    for statement in filter(str.strip, _SLIDE_SCHEMA.split(";")):
+                        tx.execute(statement)
             project._recover()
         return project
 
@@ -470,6 +520,8 @@ class Project:
                 os.close(fd)
             self._readers = []
         self._local = threading.local()
+        self._sampled.clear()
+        self._sampled_bytes = 0
 
     def __enter__(self) -> Project:
         return self
@@ -515,6 +567,25 @@ class Project:
         self._records = records
         self._index = {r.name: i for i, r in enumerate(records)}
         self._ids = {r.name: iid for r, iid in zip(records, ids)}
+        self._slides = self._read_slides(dict(zip(ids, records)))
+
+    def _read_slides(self, records: dict[int, ImageRecord]) -> dict[str, int]:
+        """``{name: chunk side}`` of the images whose labels are stored in chunks (checked)."""
+        where = self.root / DB_FILE
+        if not self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'slides'"
+                                ).fetchone()[0]:
+            return {}
+        out = {}
+        for iid, chunk in self._db.execute("SELECT image, chunk FROM slides"):
+            rec = records.get(iid)
+            if rec is None:
+                continue
+            if not (isinstance(chunk, int) and _CHUNK_RANGE[0] <= chunk <= _CHUNK_RANGE[1]) or rec.is_stack:
+                raise CorruptFileError(f"{where}: large image {rec.name!r} has a malformed entry (chunk side "
+                                       f"{str(chunk)[:20]!r}, {rec.frames} frames; a large image is one plane "
+                                       f"in chunks of {_CHUNK_RANGE[0]}..{_CHUNK_RANGE[1]} pixels)")
+            out[rec.name] = chunk
+        return out
 
     def _read_classes(self, db: sqlite3.Connection) -> list[ClassInfo]:
         where = self.root / DB_FILE
@@ -569,6 +640,7 @@ class Project:
     def read_image(self, image: str | int, frame: int | None = None) -> np.ndarray:
         """Pixels of an image: ``(H, W[, 3])``, or ``(T, H, W[, 3])`` for a time-lapse."""
         rec = self.record(image)
+        self._refuse_slide(rec, "read", "read a window of it from open_image(name) (a LazyImage)")
         paths = self.image_paths(rec.name)
         for p in paths if frame is None or len(paths) == 1 else [paths[frame]]:
             if not p.is_file():
@@ -708,6 +780,8 @@ class Project:
         with self._reader() as db:
             row = db.execute("SELECT file FROM planes WHERE image = ? AND frame = ?",
                              (self._ids[rec.name], t)).fetchone()
+        if row is not None and rec.name in self._slides:  # the folder of its chunks (see chunk_files)
+            return _inside(self.root / "labels", row[0], "label folder", self.root / DB_FILE)
         return None if row is None else self._label_path(row[0])
 
     def _label_path(self, rel: str) -> Path:
@@ -738,18 +812,24 @@ class Project:
             out.append((*self._read_file(rec, files[t], n_classes, classes), classes, files[t]))
         return out
 
-    def _read_file(self, rec: ImageRecord, rel: str, n_classes: int,
-                   classes: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def _read_file(self, rec: ImageRecord, rel: str, n_classes: int, classes: dict[int, int],
+                   shape: tuple[int, int] | None = None, overview: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """A label file (a plane, or a chunk of ``shape`` of a large image; its overview arrays
+        with ``overview``), checked against the index."""
         path = self._label_path(rel)
+        shape = tuple(rec.shape) if shape is None else tuple(shape)
+        prefix = "overview_" if overview else ""
+        if overview:
+            shape = tuple(-(-n // OVERVIEW_STEP) for n in shape)
         try:
             with np.load(path, allow_pickle=False) as z:
-                ids, prov = z["instances"], z["provenance"]
+                ids, prov = z[f"{prefix}instances"], z[f"{prefix}provenance"]
         except Exception as err:  # noqa: BLE001 - any decode failure names the file
             raise CorruptFileError(f"label file {path} is unreadable ({err}); the other images are unaffected. "
                                    "Clear this image's labels to start it afresh.") from err
         problem = None
-        if ids.shape != tuple(rec.shape) or prov.shape != tuple(rec.shape):
-            problem = f"has shape {ids.shape}, expected {rec.shape}"
+        if ids.shape != shape or prov.shape != shape:
+            problem = f"has shape {ids.shape}, expected {shape}"
         elif ids.dtype != _INST_DTYPE or prov.dtype != _PROV_DTYPE:
             problem = f"holds {ids.dtype} object ids and {prov.dtype} provenance, expected uint32 and uint8"
         elif prov.size and int(prov.max()) > SIMULATED:
@@ -775,6 +855,7 @@ class Project:
         ``classes`` covers every frame (an id is one object over time).
         """
         rec = self.record(image)
+        self._refuse_slide(rec, "read", "read a window of its labels (read_window)")
         frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [self._frame_index(rec, frame)]
         with self._reader() as db:
             planes = self._read_planes(db, rec, frames)
@@ -796,6 +877,7 @@ class Project:
         commit snapshot.
         """
         rec = self.record(image)
+        self._refuse_slide(rec, "read", "read a window of its labels (read_window)")
         frames = list(range(rec.frames)) if (rec.is_stack and frame is None) else [self._frame_index(rec, frame)]
         with self._reader() as db:
             planes = self._read_planes(db, rec, frames)
@@ -818,6 +900,375 @@ class Project:
         keys = ("frame", "id", "class", "area", "provenance", "y0", "x0", "y1", "x1", "cy", "cx")
         return [{"image": names[r[0]], **dict(zip(keys, r[1:]))} for r in rows if r[0] in names]
 
+    # ------------------------------------------------------------------ large images, in chunks
+    def is_slide(self, image: str | int) -> bool:
+        """Whether the labels of ``image`` are stored in chunks (an image above
+        :data:`napari_hitl.io.LAZY_PIXELS` pixels when it was added): read and commit them by
+        window (:meth:`read_window`, :meth:`commit_window`), never whole."""
+        return self.record(image).name in self._slides
+
+    def slide_chunk(self, image: str | int) -> int:
+        """The chunk side of a large image's labels."""
+        rec = self.record(image)
+        if rec.name not in self._slides:
+            raise InputError(f"{rec.name!r} is not a large image; its labels are one plane")
+        return self._slides[rec.name]
+
+    def _refuse_slide(self, rec: ImageRecord, what: str, instead: str) -> None:
+        if rec.name in self._slides:
+            raise InputError(f"{rec.name!r} is a large image ({rec.shape[0]}x{rec.shape[1]}), never {what} whole; "
+                             f"{instead}")
+
+    def open_image(self, image: str | int) -> io.LazyImage:
+        """A large image as a :class:`~napari_hitl.io.LazyImage` (read window by window; close it)."""
+        rec = self.record(image)
+        path = self.image_paths(rec.name)[0]
+        if not path.exists():
+            raise ProjectError(f"image file {path} of {rec.name!r} is missing; was the image folder moved?")
+        img = io.open_lazy(path)
+        if tuple(img.shape[:2]) != tuple(rec.shape):
+            img.close()
+            raise CorruptFileError(f"{path} is now {img.shape[0]}x{img.shape[1]} but the project recorded "
+                                   f"{rec.shape[0]}x{rec.shape[1]}; the file was changed after the project was made")
+        return img
+
+    def _slide_args(self, rec: ImageRecord, frame: int | None, box: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+        if rec.name not in self._slides:
+            raise InputError(f"{rec.name!r} is not a large image; read or commit its labels whole")
+        if frame not in (None, 0):
+            raise InputError(f"{rec.name!r} has one plane; frame {frame} does not exist")
+        y0, x0, y1, x1 = (int(v) for v in box)
+        h, w = rec.shape
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise InputError(f"window y {y0}:{y1}, x {x0}:{x1} is empty or outside the {h}x{w} image {rec.name!r}")
+        return self._slides[rec.name], (y0, x0, y1, x1)
+
+    def _chunk_box(self, rec: ImageRecord, chunk: int, cy: int, cx: int) -> tuple[int, int, int, int]:
+        return cy * chunk, cx * chunk, min(rec.shape[0], (cy + 1) * chunk), min(rec.shape[1], (cx + 1) * chunk)
+
+    def _chunk_rows(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, box) -> dict[tuple[int, int], str]:
+        """``{(cy, cx): file}`` of the stored chunks that ``box`` covers (checked)."""
+        y0, x0, y1, x1 = box
+        ys, xs = _chunk_range(y0, y1, chunk), _chunk_range(x0, x1, chunk)
+        rows = db.execute("SELECT cy, cx, file FROM chunks WHERE image = ? AND frame = 0 AND cy BETWEEN ? AND ? "
+                          "AND cx BETWEEN ? AND ?", (self._ids[rec.name], ys[0], ys[-1], xs[0], xs[-1])).fetchall()
+        for cy, cx, rel in rows:
+            if not (isinstance(cy, int) and isinstance(cx, int) and isinstance(rel, str)):
+                raise CorruptFileError(f"{self.root / DB_FILE}: a chunk of {rec.name!r} has a malformed entry")
+        return {(cy, cx): rel for cy, cx, rel in rows}
+
+    def _chunk_classes(self, db: sqlite3.Connection, rec: ImageRecord, cy: int, cx: int) -> dict[int, int]:
+        """The class of each object the index lists in one chunk."""
+        return dict(db.execute(
+            "SELECT c.id, o.class FROM chunk_objects c JOIN objects o ON o.image = c.image AND o.frame = c.frame "
+            "AND o.id = c.id WHERE c.image = ? AND c.frame = 0 AND c.cy = ? AND c.cx = ?",
+            (self._ids[rec.name], cy, cx)))
+
+    def _read_chunk(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, cy: int, cx: int, rel: str,
+                    n_classes: int, overview: bool = False) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+        """One stored chunk (or its overview): ids, provenance and the class of each object the
+        index lists in it."""
+        listed = self._chunk_classes(db, rec, cy, cx)
+        by, bx, ey, ex = self._chunk_box(rec, chunk, cy, cx)
+        ids, prov = self._read_file(rec, rel, n_classes, listed, shape=(ey - by, ex - bx), overview=overview)
+        return ids, prov, listed
+
+    def read_window(self, image: str | int, y0: int, x0: int, y1: int, x1: int, *, step: int = 1,
+                    frame: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``(instances, provenance, classes)`` of the window ``[y0:y1:step, x0:x1:step]`` of a
+        large image, reading only the chunks it covers (each checked: shape, dtypes, values,
+        objects the index lists); ``classes`` gives the class of every object id in the window."""
+        rec = self.record(image)
+        chunk, (y0, x0, y1, x1) = self._slide_args(rec, frame, (y0, x0, y1, x1))
+        step = int(step)
+        if step < 1:
+            raise InputError(f"step {step} must be at least 1")
+        ids = np.zeros((len(range(y0, y1, step)), len(range(x0, x1, step))), _INST_DTYPE)
+        prov = np.zeros(ids.shape, _PROV_DTYPE)
+        classes: dict[int, int] = {}
+        with self._reader() as db:
+            n_classes = db.execute("SELECT count(*) FROM classes").fetchone()[0]
+            # a read on the grid of its step (what napari's levels ask for, and a hover's pixel) keeps
+            # each chunk's sampled pixels: chunk files never change, so their name is the key
+            aligned = y0 % step == 0 and x0 % step == 0 and chunk % step == 0
+            for (cy, cx), rel in sorted(self._chunk_rows(db, rec, chunk, (y0, x0, y1, x1)).items()):
+                by, bx, ey, ex = self._chunk_box(rec, chunk, cy, cx)
+                # the window's sampled rows / columns inside this chunk
+                fy = max(y0, by + (-(by - y0) % step)) if by > y0 else y0
+                fx = max(x0, bx + (-(bx - x0) % step)) if bx > x0 else x0
+                ly, lx = min(y1, ey), min(x1, ex)
+                if fy >= ly or fx >= lx:
+                    continue
+                if aligned:
+                    c_ids, c_prov, listed = self._sampled_chunk(db, rec, chunk, cy, cx, rel, n_classes, step)
+                    src = (slice((fy - by) // step, (fy - by) // step + len(range(fy, ly, step))),
+                           slice((fx - bx) // step, (fx - bx) // step + len(range(fx, lx, step))))
+                else:
+                    c_ids, c_prov, listed = self._read_chunk(db, rec, chunk, cy, cx, rel, n_classes)
+                    src = (slice(fy - by, ly - by, step), slice(fx - bx, lx - bx, step))
+                dst = (slice((fy - y0) // step, (fy - y0) // step + len(range(fy, ly, step))),
+                       slice((fx - x0) // step, (fx - x0) // step + len(range(fx, lx, step))))
+                ids[dst], prov[dst] = c_ids[src], c_prov[src]
+                classes.update(listed)
+        present = set(inst.ids_of(ids).tolist())
+        return ids, prov, {k: v for k, v in classes.items() if k in present}
+
+    #: bytes of (sampled) chunks kept for reads on their step's grid (see :meth:`read_window`)
+    COARSE_CACHE_BYTES = 64 << 20
+
+    def _sampled_chunk(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, cy: int, cx: int, rel: str,
+                      n_classes: int, step: int) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+        """A chunk's every ``step``-th pixel from its origin (all of it for step 1), read and checked
+        once per chunk file while it stays in the cache; the classes are looked up each time (an
+        object's class can change elsewhere)."""
+        key = (rel, step)
+        with self._mutex:
+            hit = self._sampled.get(key)
+            if hit is not None:
+                self._sampled.move_to_end(key)
+        if hit is None:
+            overview = step % OVERVIEW_STEP == 0 and chunk % OVERVIEW_STEP == 0
+            c_ids, c_prov, listed = self._read_chunk(db, rec, chunk, cy, cx, rel, n_classes, overview=overview)
+            k = step // OVERVIEW_STEP if overview else step
+            hit = (np.ascontiguousarray(c_ids[::k, ::k]), np.ascontiguousarray(c_prov[::k, ::k]))
+            with self._mutex:
+                self._sampled[key] = hit
+                self._sampled_bytes += hit[0].nbytes + hit[1].nbytes
+                while self._sampled_bytes > self.COARSE_CACHE_BYTES and self._sampled:
+                    _, old = self._sampled.popitem(last=False)
+                    self._sampled_bytes -= old[0].nbytes + old[1].nbytes
+            return (*hit, listed)
+        return (*hit, self._chunk_classes(db, rec, cy, cx))
+
+    def lazy_instances(self, image: str | int, min_side: int = 1024) -> list[io.WindowView]:
+        """A large image's object ids as array-likes that read chunk by chunk, full resolution
+        first, then every second pixel, and so on down to ``min_side`` (napari's multiscale
+        Labels data); each read sees the latest commit."""
+        rec = self.record(image)
+        self._slide_args(rec, None, (0, 0, *rec.shape))
+        views, step = [], 1
+        while True:
+            shape = (len(range(0, rec.shape[0], step)), len(range(0, rec.shape[1], step)))
+            views.append(io.WindowView(shape, _INST_DTYPE, lambda y0, x0, y1, x1, s=step: self.read_window(
+                rec.name, y0 * s, x0 * s, min(rec.shape[0], y1 * s), min(rec.shape[1], x1 * s), step=s)[0]))
+            if max(shape) <= min_side:
+                return views
+            step *= 2
+
+    def chunk_files(self, image: str | int) -> dict[tuple[int, int], Path]:
+        """``{(cy, cx): label file}`` of a large image's stored chunks (chunks not listed hold no labels)."""
+        rec = self.record(image)
+        chunk, box = self._slide_args(rec, None, (0, 0, *rec.shape))
+        with self._reader() as db:
+            return {k: self._label_path(rel) for k, rel in self._chunk_rows(db, rec, chunk, box).items()}
+
+    def commit_window(self, image: str | int, instances: np.ndarray, classes: dict[int, int], *,
+                      offset: Sequence[int] = (0, 0), source: str | int = HUMAN, where: np.ndarray | None = None,
+                      provenance: np.ndarray | None = None, frame: int | None = None, event: str = "commit",
+                      **detail: Any) -> Counts:
+        """:meth:`commit_instances` for a window of a large image whose pixel [0, 0] is image pixel
+        ``offset`` (y, x): the same rules (a person's ids kept, machine objects renumbered and
+        never over a person's pixels, one id per stuff class), touching only the chunks the
+        window covers. Each changed chunk is written as a new label file; one transaction then
+        switches the chunks' pointers, the objects the window touches (their area, box and
+        centroid summed over every chunk they lie in), the counts and the journal entry, so a
+        crash leaves the previous commit whole. A chunk the commit leaves unchanged is not rewritten."""
+        self._writable()
+        rec = self.record(image)
+        ids = inst.check_instances(instances, what=f"window of {rec.name!r}")
+        if ids.ndim != 2:
+            raise InputError(f"a window of {rec.name!r} is one plane (h, w), got shape {ids.shape}")
+        y0, x0 = (int(v) for v in offset)
+        chunk, (y0, x0, y1, x1) = self._slide_args(rec, frame, (y0, x0, y0 + ids.shape[0], x0 + ids.shape[1]))
+        what = f"window of {rec.name!r}"
+        table = inst.check_classes(ids, classes, self.n_classes, what)
+        if where is not None:
+            where = np.asarray(where)
+            if where.dtype != bool or where.shape != ids.shape:
+                raise InputError(f"'where' must be a boolean mask of shape {ids.shape}, "
+                                 f"got {where.dtype} {where.shape}")
+        if provenance is not None:
+            provenance = np.asarray(provenance)
+            if provenance.shape != ids.shape or provenance.dtype.kind not in "ui" or (
+                    provenance.size and not 0 <= int(provenance.min()) <= int(provenance.max()) <= SIMULATED):
+                raise InputError(f"provenance for {rec.name!r} must be codes 0..{SIMULATED} of shape {ids.shape}")
+            if bool(((ids != 0) & (provenance == UNLABELLED) & (True if where is None else where)).any()):
+                raise InputError(f"{what}: an object lies on pixels whose provenance says unlabelled")
+            code = HUMAN
+        else:
+            code = self._source_code(source)
+        if not isinstance(event, str) or not event.isidentifier():
+            raise InputError(f"journal event {event!r} must be a word")
+        kinds = [c.kind for c in self._classes]
+        iid = self._ids[rec.name]
+        ys, xs = _chunk_range(y0, y1, chunk), _chunk_range(x0, x1, chunk)
+        ry0, rx0 = ys[0] * chunk, xs[0] * chunk
+        ry1, rx1 = min(rec.shape[0], (ys[-1] + 1) * chunk), min(rec.shape[1], (xs[-1] + 1) * chunk)
+        new_files: list[Path] = []
+        with self._mutex:
+            db = self._db
+            try:
+                n_classes = self.n_classes
+                next_id = self._next_id(db, iid)
+                stored = self._chunk_rows(db, rec, chunk, (y0, x0, y1, x1))
+                old_ids = np.zeros((ry1 - ry0, rx1 - rx0), _INST_DTYPE)
+                old_prov = np.zeros(old_ids.shape, _PROV_DTYPE)
+                for (cy, cx), rel in stored.items():
+                    c_ids, c_prov, _ = self._read_chunk(db, rec, chunk, cy, cx, rel, n_classes)
+                    by, bx, ey, ex = self._chunk_box(rec, chunk, cy, cx)
+                    old_ids[by - ry0:ey - ry0, bx - rx0:ex - rx0] = c_ids
+                    old_prov[by - ry0:ey - ry0, bx - rx0:ex - rx0] = c_prov
+                sub = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+                o_ids, o_prov = old_ids[sub], old_prov[sub]
+                take = np.ones(ids.shape, bool) if where is None else where.copy()
+                if code not in KEPT:
+                    take &= ~np.isin(o_prov, KEPT)  # human (and simulated) labels always win
+                    plane, plane_classes = _renumber(ids, table, next_id)
+                else:
+                    plane, plane_classes = ids, dict(table)
+                # a stuff class keeps one id per plane: the id it already has, else the first given
+                known = {}
+                if any(kinds[v] == STUFF for v in plane_classes.values()):
+                    known = dict(db.execute("SELECT class, min(id) FROM objects WHERE image = ? AND frame = 0 "
+                                            "GROUP BY class", (iid,)))
+                remap = {}
+                for k, v in sorted(plane_classes.items()):
+                    if kinds[v] == STUFF:
+                        keep = known.setdefault(v, k)
+                        if keep != k:
+                            remap[k] = keep
+                if remap:
+                    plane = plane.copy()
+                    for k, keep in remap.items():
+                        plane[plane == k] = keep
+                    plane_classes = {remap.get(k, k): v for k, v in plane_classes.items()}
+                written = int(take.sum())
+                new_ids, new_prov = old_ids.copy(), old_prov.copy()
+                new_ids[sub] = np.where(take, plane, o_ids)
+                new_prov[sub] = np.where(take, np.uint8(code) if provenance is None else provenance.astype(_PROV_DTYPE),
+                                         o_prov)
+                # the chunks that change: new files, their object sums, the count deltas
+                chunk_rows, gone, sums_rows, changed = [], [], [], []
+                delta = np.zeros(5, np.int64)
+                for cy in ys:
+                    for cx in xs:
+                        by, bx, ey, ex = self._chunk_box(rec, chunk, cy, cx)
+                        part = (slice(by - ry0, ey - ry0), slice(bx - rx0, ex - rx0))
+                        c_ids, c_prov = new_ids[part], new_prov[part]
+                        if np.array_equal(c_ids, old_ids[part]) and np.array_equal(c_prov, old_prov[part]):
+                            continue
+                        changed.append((cy, cx))
+                        delta += np.bincount(c_prov.ravel(), minlength=5)[:5] - np.bincount(
+                            old_prov[part].ravel(), minlength=5)[:5]
+                        if not c_prov.any():
+                            gone.append((cy, cx))
+                            continue
+                        rel = f"i{iid:06d}-t00000.slide/c{cy:05d}-{cx:05d}-{secrets.token_hex(6)}.npz"
+                        path = self.root / "labels" / rel
+                        new_files.append(path)
+                        _write_npz(path, np.ascontiguousarray(c_ids), np.ascontiguousarray(c_prov),
+                                   overview=OVERVIEW_STEP)
+                        chunk_rows.append((iid, 0, cy, cx, rel))
+                        sm = inst.object_sums(c_ids, c_prov, offset=(by, bx))
+                        sums_rows.extend((iid, 0, cy, cx, int(sm.ids[k]), int(sm.area[k]), float(sm.sum_y[k]),
+                                          float(sm.sum_x[k]), *(int(v) for v in sm.boxes[k]),
+                                          *(int(v) for v in sm.provenance[k, 1:5])) for k in range(len(sm.ids)))
+                object_rows, affected = self._slide_objects(db, rec, changed, sums_rows, plane_classes)
+                row = db.execute("SELECT unlabelled, human, machine, pseudo, simulated FROM planes WHERE image = ? "
+                                 "AND frame = 0", (iid,)).fetchone()
+                before = np.array(row if row else (rec.shape[0] * rec.shape[1], 0, 0, 0, 0), np.int64)
+                after = before + delta
+                if (after < 0).any():
+                    raise CorruptFileError(f"{self.root / DB_FILE}: the pixel counts of {rec.name!r} do not match "
+                                           "its chunks; clear its labels to start it afresh")
+                if object_rows:
+                    next_id = max(next_id, max(r[2] for r in object_rows) + 1)
+            except OSError as err:
+                self._discard(new_files)
+                raise CommitError(f"{event} of {rec.name!r} rolled back, nothing changed: cannot write "
+                                  f"{err.filename or (new_files[-1] if new_files else 'a label file')} "
+                                  f"({err.strerror or err})") from err
+            except BaseException:
+                self._discard(new_files)
+                raise
+            try:
+                with self._transaction(f"{event} of {rec.name!r}") as tx:
+                    tx.executemany("DELETE FROM chunks WHERE image = ? AND frame = 0 AND cy = ? AND cx = ?",
+                                   [(iid, cy, cx) for cy, cx in changed])
+                    tx.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", chunk_rows)
+                    tx.executemany("DELETE FROM chunk_objects WHERE image = ? AND frame = 0 AND cy = ? AND cx = ?",
+                                   [(iid, cy, cx) for cy, cx in changed])
+                    tx.executemany("INSERT INTO chunk_objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                   sums_rows)
+                    tx.executemany("DELETE FROM objects WHERE image = ? AND frame = 0 AND id = ?",
+                                   [(iid, k) for k in affected])
+                    tx.executemany("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", object_rows)
+                    tx.execute("INSERT OR REPLACE INTO planes(image, frame, file, unlabelled, human, machine, pseudo, "
+                               "simulated) VALUES (?, 0, ?, ?, ?, ?, ?, ?)",
+                               (iid, f"i{iid:06d}-t00000.slide", *(int(v) for v in after)))
+                    tx.execute("INSERT OR REPLACE INTO marks VALUES (?, ?)", (iid, next_id))
+                    counts = self._counts_of(tx, rec)
+                    self._journal(tx, event, image=rec.name, window=[y0, x0, y1, x1], chunks=len(changed),
+                                  source=PROVENANCE_NAMES[code], pixels=written, human=counts.human, **detail)
+            except BaseException:
+                self._discard(new_files)
+                raise
+            for key in changed:
+                if key in stored:
+                    try:
+                        self._garbage.append(self._label_path(stored[key]))
+                    except CorruptFileError:
+                        pass
+        self._collect()
+        return counts
+
+    def _slide_objects(self, db: sqlite3.Connection, rec: ImageRecord, changed: list[tuple[int, int]],
+                       sums_rows: list[tuple], new_classes: dict[int, int]) -> tuple[list[tuple], list[int]]:
+        """The ``objects`` rows of every object in the ``changed`` chunks (before or after), summed
+        over all the chunks each lies in: the new chunks' ``sums_rows`` and the stored rows of the
+        others. Returns the rows and the ids whose rows are replaced."""
+        iid = self._ids[rec.name]
+        changed_set = set(changed)
+        affected = {r[4] for r in sums_rows}
+        for cy, cx in changed:
+            affected.update(k for (k,) in db.execute("SELECT id FROM chunk_objects WHERE image = ? AND frame = 0 AND "
+                                                    "cy = ? AND cx = ?", (iid, cy, cx)))
+        if not affected:
+            return [], []
+        ids = sorted(affected)
+        old_classes: dict[int, int] = {}
+        rows = list(sums_rows)
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ", ".join("?" * len(part))
+            old_classes.update(db.execute(f"SELECT id, class FROM objects WHERE image = ? AND frame = 0 AND id IN "
+                                          f"({marks})", (iid, *part)))
+            rows.extend(r for r in db.execute(f"SELECT * FROM chunk_objects WHERE image = ? AND frame = 0 AND id IN "
+                                              f"({marks})", (iid, *part)) if (r[2], r[3]) not in changed_set)
+        total: dict[int, list] = {}
+        for r in rows:
+            oid, area, sy, sx, y0, x0, y1, x1 = r[4:12]
+            p = r[12:16]
+            t = total.get(oid)
+            if t is None:
+                total[oid] = [area, sy, sx, y0, x0, y1, x1, *p]
+            else:
+                t[0] += area
+                t[1] += sy
+                t[2] += sx
+                t[3], t[4], t[5], t[6] = min(t[3], y0), min(t[4], x0), max(t[5], y1), max(t[6], x1)
+                for k in range(4):
+                    t[7 + k] += p[k]
+        out = []
+        for oid, t in sorted(total.items()):
+            cls = new_classes.get(oid, old_classes.get(oid))
+            if cls is None:
+                raise CorruptFileError(f"{self.root / DB_FILE}: object {oid} of {rec.name!r} has no class in the index")
+            prov = 1 + int(np.argmax(t[7:11]))
+            out.append((iid, 0, oid, cls, int(t[0]), prov, int(t[3]), int(t[4]), int(t[5]), int(t[6]),
+                        t[1] / t[0], t[2] / t[0]))
+        return out, ids
+
     def _check_frame(self, rec: ImageRecord, frame: int) -> None:
         if not 0 <= frame < rec.frames:
             raise InputError(f"frame {frame} is outside 0..{rec.frames - 1} of {rec.name!r}")
@@ -829,6 +1280,7 @@ class Project:
         return code
 
     def _commit_args(self, rec: ImageRecord, frame: int | None, where) -> tuple[tuple, list[int], bool, Any]:
+        self._refuse_slide(rec, "committed", "commit a window of its labels (commit_window)")
         if rec.is_stack and frame is None:
             shape = rec.label_shape
         else:
@@ -1122,8 +1574,14 @@ class Project:
                     except OSError:
                         pass
         labels = self.root / "labels"
+        for p in labels.glob("*.slide/.*.tmp") if labels.is_dir() else []:
+            try:
+                p.unlink()
+                removed += 1
+            except OSError:
+                pass
         referenced = set()
-        for (rel,) in self._db.execute("SELECT file FROM planes"):
+        for (rel,) in self._db.execute("SELECT file FROM planes UNION ALL SELECT file FROM chunks"):
             try:
                 referenced.add(str(self._label_path(rel)))
             except CorruptFileError:
@@ -1150,7 +1608,17 @@ class Project:
                                 "FROM planes").fetchall()
             objects = db.execute("SELECT * FROM objects").fetchall()
             journal = self.journal()  # the same snapshot (nested), with its check of each entry
+            slide_ids = {self._ids[n] for n in self._slides}
+            slides = {"slides": [(self._ids[n], c) for n, c in self._slides.items()],
+                      "chunks": db.execute("SELECT * FROM chunks").fetchall() if slide_ids else [],
+                      "chunk_objects": db.execute("SELECT * FROM chunk_objects").fetchall() if slide_ids else []}
+            for row in slides["chunks"]:
+                target = _inside(dest / "labels", row[4], "label file", self.root / DB_FILE)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self._label_path(row[4]), target)
             for row in planes:
+                if row[0] in slide_ids:
+                    continue  # its chunks are copied above
                 target = _inside(dest / "labels", row[2], "label file", self.root / DB_FILE)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(self._label_path(row[2]), target)
@@ -1163,8 +1631,11 @@ class Project:
         index = {self._ids[r.name]: i for i, r in enumerate(self._records)}  # the copy numbers images 0..N-1
         planes = [(index[row[0]], *row[1:]) for row in planes]
         objects = [(index[row[0]], *row[1:]) for row in objects]
-        _build_db(dest / DB_FILE, dict(settings, name=dest.name), classes, self._records, planes, objects, journal)
-        io.atomic_write_json(dest / PROJECT_FILE, {"format": FORMAT, "version": VERSION})
+        slides = {k: [(index[row[0]], *row[1:]) for row in rows if row[0] in index] for k, rows in slides.items()}
+        _build_db(dest / DB_FILE, dict(settings, name=dest.name), classes, self._records, planes, objects, journal,
+                  slides=slides)
+        io.atomic_write_json(dest / PROJECT_FILE, {"format": FORMAT,
+                                                   "version": SLIDE_VERSION if self._slides else VERSION})
         return dest
 
     # ------------------------------------------------------------------ provenance counts
@@ -1332,6 +1803,17 @@ def _renumber(ids: np.ndarray, classes: dict[int, int], first: int) -> tuple[np.
     return new, {first + k: classes[int(o)] for k, o in enumerate(present)}
 
 
+def is_large_record(rec: ImageRecord) -> bool:
+    """Whether a new project stores the labels of ``rec`` in chunks: one plane of more than
+    :data:`napari_hitl.io.LAZY_PIXELS` pixels (what :func:`napari_hitl.io.load_image` opens lazily)."""
+    return rec.frames == 1 and rec.shape[0] * rec.shape[1] > io.LAZY_PIXELS
+
+
+def _chunk_range(lo: int, hi: int, chunk: int) -> range:
+    """The chunk indices along one axis that pixels ``lo:hi`` cover."""
+    return range(lo // chunk, (hi - 1) // chunk + 1)
+
+
 def is_project(path: str | os.PathLike) -> bool:
     """True if ``path`` is a project folder."""
     return (Path(path) / PROJECT_FILE).is_file()
@@ -1363,27 +1845,39 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return db
 
 
-def _write_npz(path: Path, ids: np.ndarray, prov: np.ndarray) -> None:
-    """An .npz as ``np.load`` reads it, deflated at level 1: a 512x512 plane in ~5 ms, not ~30."""
+def _write_npz(path: Path, ids: np.ndarray, prov: np.ndarray, overview: int = 0) -> None:
+    """An .npz as ``np.load`` reads it, deflated at level 1: a 512x512 plane in ~5 ms, not ~30.
+    ``overview`` (a chunk of a large image): also every ``overview``-th pixel of both arrays."""
     import zipfile
 
     buf = _io.BytesIO()
+    arrays = [("instances", ids), ("provenance", prov)]
+    if overview:
+        arrays += [("overview_instances", ids[::overview, ::overview]),
+                   ("overview_provenance", prov[::overview, ::overview])]
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        for key, arr in (("instances", ids), ("provenance", prov)):
+        for key, arr in arrays:
             with z.open(f"{key}.npy", "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
     io.atomic_write_bytes(path, buf.getvalue())
 
 
 def _build_db(path: Path, settings: dict, classes: list[ClassInfo], records: list[ImageRecord],
-              planes: list[tuple], objects: list[tuple], journal: list[dict]) -> None:
-    """Write a complete index to ``path`` through a temporary file and one rename."""
+              planes: list[tuple], objects: list[tuple], journal: list[dict],
+              slides: dict[str, list[tuple]] | None = None) -> None:
+    """Write a complete index to ``path`` through a temporary file and one rename; ``slides``
+    holds the rows of the large images' tables (``slides``, ``chunks``, ``chunk_objects``)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         db = sqlite3.connect(str(tmp), isolation_level=None)
         try:
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + _SLIDE_SCHEMA)
             db.execute("BEGIN")
+            for table, rows in (slides or {}).items():
+                if table not in ("slides", "chunks", "chunk_objects"):
+                    raise ValueError(f"no table {table!r}")
+                for row in rows:
+                    db.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)
             settings = dict(settings, format_version=VERSION)
             db.executemany("INSERT INTO settings VALUES (?, ?)", [(k, str(v)) for k, v in settings.items()])
             db.executemany("INSERT INTO classes VALUES (?, ?, ?, ?)",

@@ -190,8 +190,12 @@ def predict_project(session, client, names: list[str] | None = None, *,
     _drop_other_models(project, token)
     t0 = time.perf_counter()
     done = project.results(token)
-    todo = [n for n in names if n not in done]
-    report.skipped = len(names) - len(todo)
+    for n in names:  # a large image is predicted tile by tile (segnet.predict_large), not as a batch task
+        if n not in done and project.is_slide(n):
+            report.failed[n] = ("a large image: not predicted in the batch (it is never read whole); "
+                                "predict it with napari_hitl.model.segnet.predict_large")
+    todo = [n for n in names if n not in done and n not in report.failed]
+    report.skipped = len(names) - len(todo) - len(report.failed)
     threads = sum(client.nthreads().values()) or 1
     report.workers = len(client.nthreads())
     in_flight = in_flight or 2 * threads
@@ -199,7 +203,8 @@ def predict_project(session, client, names: list[str] | None = None, *,
     cache_root = project.cache_dir / CACHE_FOLDER / token
     n_classes = project.n_classes
     stuff = project.stuff_classes
-    total, finished = len(names), report.skipped
+    large = len(report.failed)
+    total, finished = len(names), report.skipped + large
     if progress is not None:
         progress(finished, total)
 
@@ -240,7 +245,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
                 submitted.add(f := submit(nxt))
                 pending.add(f)
     finally:
-        if submitted and (report.cancelled or len(report.predicted) + len(report.failed) < len(todo)):
+        if submitted and (report.cancelled or len(report.predicted) + len(report.failed) - large < len(todo)):
             report.cancelled = True
             client.cancel(list(submitted))
         client.cancel(weights_future)

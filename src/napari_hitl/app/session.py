@@ -150,6 +150,15 @@ class Session:
                                                    event=event, **detail)
         return self._committed(name, counts, source)
 
+    def commit_window(self, name: str, ids, classes: dict[int, int], *, offset, source: str = "human", where=None,
+                      event: str = "commit", **detail) -> Counts:
+        """A window of a large image's objects to the project (only the chunks it covers are
+        rewritten), like :meth:`commit_instances`."""
+        with self.lock:
+            counts = self.project.commit_window(name, ids, classes, offset=offset, source=source, where=where,
+                                                event=event, **detail)
+        return self._committed(name, counts, source)
+
     def reserve_id(self, name: str) -> int:
         """A new object id for ``name`` that no other object of it has had or will get."""
         with self.lock:

@@ -13,6 +13,11 @@ Measures, each in a fresh process so its peak memory is its own:
 - the segmentation model over a smaller generated slide (``--predict-side``) with
   :func:`napari_hitl.model.segnet.predict_large` (tiles read one at a time, blended, written
   to zarr): megapixels per second, and the time that gives for the large slide;
+- the project store: a project made from the slide (its labels in chunks of
+  :data:`napari_hitl.project.SLIDE_CHUNK`), then windows of 1024 x 1024 (what the click
+  engine answers with first) committed around objects across the slide as the dock's Accept
+  commits them (:meth:`~napari_hitl.project.Project.commit_window`, the object's pixels as
+  human labels): ms per commit, chunks rewritten, and reading such a window back;
 - the peak resident memory (``ru_maxrss``) of each process.
 Targets (issue 20): first view <= 3 s, a click <= 100 ms after its crop is prepared, peak
 memory under 2 GB. The slide is written once into a temporary folder (``--slide-dir``) and
@@ -44,6 +49,8 @@ def add_arguments(parser, with_json: bool = True) -> None:
                         help="folder for the generated slide (default: the system's temporary folder)")
     parser.add_argument("--skip-napari", action="store_true", help="do not measure napari's first frame")
     parser.add_argument("--repeat", type=int, default=3, help="napari measurements, each in a fresh process")
+    parser.add_argument("--commits", type=int, default=20,
+                        help="click windows committed to a project of the slide (0: skip; default: %(default)s)")
     parser.add_argument("--predict-side", type=int, default=4096,
                         help="side of a slide the segmentation model predicts whole with predict_large, "
                              "for its rate and memory (0: skip; default: %(default)s)")
@@ -217,6 +224,75 @@ def measure_clicks(path: str, side: int, n_objects: int, n_clicks: int) -> dict:
             "peak_rss_mb": _peak_mb(), "grid_cells": int(n)}
 
 
+def measure_commit(path: str, side: int, n_commits: int, folder: str) -> dict:
+    """A project of the slide (made to count as large whatever its side), then ``n_commits``
+    windows of 1024 x 1024 around objects committed as the dock's Accept does (the object's
+    pixels, human): ms per commit and per read of such a window, chunks per commit, peak memory."""
+    from napari_hitl import io
+    from napari_hitl.project import Project
+
+    io.LAZY_PIXELS = min(io.LAZY_PIXELS, side * side - 1)
+    cells = make_cells(side)
+    rss_start = _rss_mb()
+    t0 = time.perf_counter()
+    project = Project.create(Path(folder) / "project", path, classes=["background", "cell"])
+    t_create = time.perf_counter() - t0
+    rng = np.random.default_rng(11)
+    picks = [(int(i), int(j)) for i, j in zip(*np.nonzero(cells["present"])) if (i + 1) * CELL <= side
+             and (j + 1) * CELL <= side]  # objects wholly inside the slide
+    picks = [picks[k] for k in rng.choice(len(picks), size=min(n_commits, len(picks)), replace=False)]
+    win = min(1024, side)
+    commit_ms, read_ms, chunks = [], [], []
+    with project:
+        for i, j in picks:
+            cy, cx = int(i * CELL + cells["cy"][i, j]), int(j * CELL + cells["cx"][i, j])
+            y0, x0 = min(max(cy - win // 2, 0), side - win), min(max(cx - win // 2, 0), side - win)
+            mask = object_mask(cells, i, j, (y0, x0, y0 + win, x0 + win))
+            oid = project.reserve_ids(project.images[0].name)
+            ids = np.where(mask, np.uint32(oid), np.uint32(0))
+            t0 = time.perf_counter()
+            project.commit_window(project.images[0].name, ids, {oid: 1}, offset=(y0, x0), where=mask)
+            commit_ms.append((time.perf_counter() - t0) * 1000.0)
+            chunks.append(project.journal()[-1]["chunks"])
+            t0 = time.perf_counter()
+            back, _, _ = project.read_window(project.images[0].name, y0, x0, y0 + win, x0 + win)
+            read_ms.append((time.perf_counter() - t0) * 1000.0)
+            if not (back[mask] == oid).all():
+                raise RuntimeError(f"window at ({y0}, {x0}) did not read back what was committed")
+        # the worst case: a disc across four chunks, its window centred on a chunk corner
+        chunk = project.slide_chunk(project.images[0].name)
+        corner_ms, corner_read_ms, corner_chunks = [], [], []
+        yy, xx = np.mgrid[:win, :win]
+        disc = (yy - win // 2) ** 2 + (xx - win // 2) ** 2 < (0.45 * win) ** 2
+        corners = [(cy, cx) for cy in range(chunk, side - win // 2 + 1, chunk)
+                   for cx in range(chunk, side - win // 2 + 1, chunk) if cy >= win // 2 and cx >= win // 2]
+        for cy, cx in [corners[k] for k in rng.choice(len(corners), size=min(5, len(corners)), replace=False)] \
+                if corners else []:
+            y0, x0 = cy - win // 2, cx - win // 2
+            oid = project.reserve_ids(project.images[0].name)
+            t0 = time.perf_counter()
+            project.commit_window(project.images[0].name, np.where(disc, np.uint32(oid), np.uint32(0)), {oid: 1},
+                                  offset=(y0, x0), where=disc)
+            corner_ms.append((time.perf_counter() - t0) * 1000.0)
+            corner_chunks.append(project.journal()[-1]["chunks"])
+            t0 = time.perf_counter()
+            project.read_window(project.images[0].name, y0, x0, y0 + win, x0 + win)
+            corner_read_ms.append((time.perf_counter() - t0) * 1000.0)
+        n_objects = len(project.objects(project.images[0].name))
+    label_mb = sum(f.stat().st_size for f in (Path(folder) / "project" / "labels").rglob("*.npz")) / 2 ** 20
+
+    def stats(v):
+        return {"n": len(v), "median_ms": float(np.median(v)) if v else None,
+                "p95_ms": float(np.percentile(v, 95)) if v else None, "max_ms": float(max(v)) if v else None}
+
+    return {"window": win, "chunk": chunk, "create_s": t_create, "commits": stats(commit_ms),
+            "reads": stats(read_ms), "chunks_per_commit_median": float(np.median(chunks)) if chunks else None,
+            "commits_across_four_chunks": stats(corner_ms), "reads_across_four_chunks": stats(corner_read_ms),
+            "chunks_per_corner_commit": corner_chunks,
+            "objects_in_index": n_objects, "label_files_mb": label_mb, "rss_at_start_mb": rss_start,
+            "peak_rss_mb": _peak_mb()}
+
+
 def measure_predict(path: str, out: str) -> dict:
     """The segmentation model over the whole slide with :func:`predict_large` (tiles of 1024,
     overlap 128, one thread): megapixels per second and peak memory."""
@@ -295,6 +371,15 @@ def run(args) -> int:
           f"preparing a new crop median {ms(new['median_ms'])}, p95 {ms(new['p95_ms'])} (n={new['n']}); "
           f"prepare {c['prepare_s'] * 1000:.0f} ms; first click after loading {c['first_click_after_load_ms']:.0f} ms; mean final IoU {c['mean_final_iou']:.3f}; "
           f"peak {c['peak_rss_mb']:.0f} MB (target < 2048 MB)")
+    if args.commits:
+        with tempfile.TemporaryDirectory(prefix="napari-hitl-commit-", dir=folder) as tmp:
+            fig["commit_window"] = w = _child("commit", path, args.side, args.commits, tmp)
+        cm, rd = w["commits"], w["reads"]
+        print(f"project store ({w['chunk']} px chunks): create {w['create_s'] * 1000:.0f} ms; commit of a "
+              f"{w['window']} px click window median {ms(cm['median_ms'])}, p95 {ms(cm['p95_ms'])} (n={cm['n']}, "
+              f"{w['chunks_per_commit_median']:.0f} chunks each); read it back median {ms(rd['median_ms'])}; "
+              f"a disc across four chunks: commit median {ms(w['commits_across_four_chunks']['median_ms'])}, "
+              f"read {ms(w['reads_across_four_chunks']['median_ms'])}; peak {w['peak_rss_mb']:.0f} MB")
     if args.predict_side:
         ppath = folder / f"napari-hitl-slide-{args.predict_side}.tif"
         if not ppath.is_file():
@@ -318,6 +403,8 @@ if __name__ == "__main__":  # a measurement in a fresh process: prints one line 
         result = measure_open(rest[0])
     elif kind == "clicks":
         result = measure_clicks(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+    elif kind == "commit":
+        result = measure_commit(rest[0], int(rest[1]), int(rest[2]), rest[3])
     elif kind == "predict":
         result = measure_predict(rest[0], rest[1])
     else:

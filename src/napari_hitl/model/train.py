@@ -448,10 +448,11 @@ def samples_from_project(project, names: Iterable[str] | None = None,
     wanted = None if names is None else set(names)
     kinds = [getattr(c, "kind", "thing") for c in getattr(project, "classes", [])]
     with_objects = hasattr(project, "read_instances")
+    is_slide = getattr(project, "is_slide", lambda name: False)
     for rec in project.images:
         name = getattr(rec, "name", rec)
-        if wanted is not None and name not in wanted:
-            continue
+        if (wanted is not None and name not in wanted) or is_slide(name):
+            continue  # a large image is never read whole: it is left out of training
         frames = range(rec.frames) if getattr(rec, "is_stack", False) else [None]
         for t in frames:
             objects = None

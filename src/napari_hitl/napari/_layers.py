@@ -1,5 +1,6 @@
 """Layer data for a project image: what the reader, the samples and the dock all add; a large
-image (whole-slide TIFF, zarr) as a multiscale layer.
+image (whole-slide TIFF, zarr) as a multiscale layer, and a project's large image with its
+labels as a multiscale Labels layer read chunk by chunk.
 
 Layers carry ``metadata['hitl_project']`` and ``metadata['hitl_image']`` so the dock can
 adopt a project that a reader or a sample opened.
@@ -34,6 +35,8 @@ def image_layer_data(project: Project, name: str) -> list[tuple]:
     Labels layer holds an id per object (napari's colours per object) and the class of each
     id in its metadata."""
     rec = project.record(name)
+    if project.is_slide(name):
+        return slide_layer_data(project, name)
     image = project.read_image(name)
     ids, _, classes = project.read_instances(name)
     meta = {META_PROJECT: str(project.root), META_IMAGE: rec.name}
@@ -48,15 +51,30 @@ def image_layer_data(project: Project, name: str) -> list[tuple]:
 META_LARGE = "hitl_large_image"
 
 
+def slide_layer_data(project: Project, name: str) -> list[tuple]:
+    """:func:`image_layer_data` of a large image: the image as a multiscale layer and its saved
+    objects as a multiscale Labels layer, both read only where napari looks (the project's
+    label chunks; each read sees the latest commit)."""
+    rec = project.record(name)
+    img = project.open_image(name)
+    meta = {META_PROJECT: str(project.root), META_IMAGE: rec.name}
+    (levels, kwargs, _), = _multiscale(img, rec.name, meta)
+    return [(levels, kwargs, "image"),
+            (project.lazy_instances(name), {"name": f"{rec.name} labels", "multiscale": True, "opacity": 0.6,
+                                            "metadata": {**meta, META_CLASSES: {}}}, "labels")]
+
+
 def large_image_layer_data(path) -> list[tuple]:
     """``[(levels, kwargs, 'image')]``: a large TIFF or zarr image as a multiscale Image layer
     (its pyramid as array-likes, full resolution first), so napari reads only the tiles it
     shows, at the level the zoom needs. The file stays open while the layer uses it."""
     from napari_hitl import io
 
-    img = io.open_lazy(path)
-    kwargs = {"name": Path(path).stem, "rgb": img.channels == 3, "multiscale": True,
-              "metadata": {META_LARGE: str(Path(path).resolve())}}
+    return _multiscale(io.open_lazy(path), Path(path).stem, {META_LARGE: str(Path(path).resolve())})
+
+
+def _multiscale(img, name: str, metadata: dict) -> list[tuple]:
+    kwargs = {"name": name, "rgb": img.channels == 3, "multiscale": True, "metadata": metadata}
     try:
         value_range = img.value_range()
     except BaseException:  # a damaged or NaN image: no layer, so nothing keeps the file open

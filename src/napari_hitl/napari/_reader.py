@@ -45,9 +45,11 @@ def read_project(path) -> list[tuple]:
     from napari_hitl.napari._layers import claim_project_folder, dock_in_current_viewer, image_layer_data
 
     path = path[0] if isinstance(path, (list, tuple)) else path
-    with Project.open(path, readonly=True) as project:
-        layers = image_layer_data(project, project.images[0].name)
-        claim_project_folder(project.root)
+    project = Project.open(path, readonly=True)
+    layers = image_layer_data(project, project.images[0].name)
+    claim_project_folder(project.root)
+    if not project.is_slide(project.images[0].name):
+        project.close()  # a large image's labels layer reads the project as napari asks: it stays open
     dock_in_current_viewer()
     return layers
 

@@ -37,7 +37,8 @@ from napari_hitl.napari._layers import (META_CLASSES, META_IMAGE, META_PROJECT, 
 from napari_hitl.napari._prediction import PredictionLayers
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
 from napari_hitl.napari._section import section
-from napari_hitl.napari._tools import MODES, ToolController, check_engine, shortcut_help
+from napari_hitl.napari._slide import SLIDE_ENGINE, SlideTools
+from napari_hitl.napari._tools import MODES, SHORTCUTS, ToolController, check_engine, shortcut_help
 from napari_hitl.napari._training import ExportPanel, TrainingPanel
 from napari_hitl.napari._objects import ObjectsPanel
 from napari_hitl.napari._video import VideoPanel
@@ -80,6 +81,9 @@ class HitlWidget(QWidget):
         self._devices: dict[str, str] = {}
         self.queue = ModelQueue(self)
         self.tools = ToolController(napari_viewer, self.queue)
+        self.slide = SlideTools(napari_viewer, self.queue, self.tools.host)  # the click tool on a large image
+        self.slide.mode = lambda: self.tools.mode
+        self.slide.cls = self.tools.label
         self.prediction = PredictionLayers(napari_viewer)  # the model's view of the shown image
 
         self.setToolTip("napari-hitl: open a project, pick an image, click / scribble / extreme points, "
@@ -162,6 +166,8 @@ class HitlWidget(QWidget):
         self.tools.suggestion_clicked.connect(lambda t, y, x, positive: self._guard(
             self.suggestions.click_at, t, y, x, positive))
         self.tools.failed.connect(self._report)
+        self.slide.status.connect(self.say)
+        self.slide.failed.connect(self._report)
         self.tools.split_asked.connect(lambda t, pts, kind: self._guard(self.split_object, t, pts, kind))
         self.ranking.rank_requested.connect(self.rank)
         self.ranking.progress.cancel_requested.connect(self.cancel_ranking)
@@ -218,11 +224,14 @@ class HitlWidget(QWidget):
         if action in MODES:
             self._guard(self.tools.set_mode, action)
         elif action == "new_region":
-            self.tools.new_region()
+            if self.slide.active:
+                self.slide.new_region = True
+            else:
+                self.tools.new_region()
         elif action == "undo":
-            self._guard(self.tools.undo)
+            self._guard(self.slide.undo if self.slide.active else self.tools.undo)
         elif action == "reset":
-            self._guard(self.tools.reset)
+            self._guard(self.slide.reset if self.slide.active else self.tools.reset)
         elif action == "accept":
             self.accept_labels()
         elif action == "next":
@@ -300,6 +309,7 @@ class HitlWidget(QWidget):
     def _plane_and_classes(self) -> tuple[np.ndarray, dict[int, int], int | None]:
         if self.project is None or self.labels_layer is None or self.current is None:
             raise InputError("Open a project and an image first.")
+        self._refuse_slide("Delete, Merge, Split and Undo edit work on a whole plane")
         t = self.tools.frame()
         data = np.asarray(self.labels_layer.data)
         stack = self.project.record(self.current).is_stack
@@ -382,6 +392,12 @@ class HitlWidget(QWidget):
         if s is not None:
             s.commit(plane, classes)
 
+    def _refuse_slide(self, what: str) -> None:
+        """A dock action that needs the whole image refuses a large one, saying so."""
+        if self.slide.active:
+            raise InputError(f"{what}; {self.current!r} is a large image, never read whole. On it: the click tool, "
+                             "Accept, and export as zarr.")
+
     def _brush_changed(self, value: int) -> None:
         if self.labels_layer is not None:
             self.labels_layer.brush_size = int(value)
@@ -410,6 +426,12 @@ class HitlWidget(QWidget):
 
     def close_project(self) -> None:
         self.queue.cancel()
+        if self.slide.active:  # its labels layer reads the project: it goes with it
+            layer = self.labels_layer
+            self.slide.detach()
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            self.labels_layer = None
         if self.session is not None:
             self.session.close()
         self.session = None
@@ -474,6 +496,10 @@ class HitlWidget(QWidget):
             self._attach(self.labels_layer)
 
     def _attach(self, labels_layer) -> None:
+        self.slide.detach()
+        if self.project is not None and self.current is not None and self.project.is_slide(self.current):
+            self._attach_slide(labels_layer)
+            return
         self.tools.attach(labels_layer, self.image_layer, self.current)
         labels_layer.events.selected_label.connect(self._sync_class)
         labels_layer.brush_size = self.annotate.brush.value()
@@ -484,6 +510,19 @@ class HitlWidget(QWidget):
         self.suggestions.image_shown(self.session, self.current, labels_layer)
         self.objects.image_shown(self.session, self.current, labels_layer)
         self.video.image_shown(self.session, self.current, labels_layer)
+
+    def _attach_slide(self, labels_layer) -> None:
+        """A large image: the click tool of :mod:`napari_hitl.napari._slide` on its lazily read
+        labels; the panels that need the whole image are told there is none."""
+        self.tools.detach()
+        self.slide.attach(self.session, self.current, labels_layer, self.project.open_image(self.current))
+        for key, (_, action) in SHORTCUTS.items():
+            labels_layer.bind_key(key, lambda layer, a=action: self.run_action(a), overwrite=True)
+        self.suggestions.image_shown(None, None, None)
+        self.objects.image_shown(None, None)
+        self.video.image_shown(None, None)
+        self.say(f"{self.current!r} is a large image: click objects (the {SLIDE_ENGINE} engine reads only the crop "
+                 "around the clicks), then Accept")
 
     # ------------------------------------------------------------------ images
     def refresh_list(self) -> None:
@@ -500,8 +539,9 @@ class HitlWidget(QWidget):
                 if name not in done:
                     if ctx.should_stop():
                         break
-                    done[name] = thumbnail(project.read_image(name))
-            return dict(done)
+                    done[name] = _slide_thumbnail(project, name) if project.is_slide(name) else \
+                        thumbnail(project.read_image(name))
+            return {k: v for k, v in done.items() if v is not None}
 
         self.queue.submit("thumbnails", fn, self.ranking.set_thumbnails, preemptible=True)
 
@@ -513,6 +553,7 @@ class HitlWidget(QWidget):
         if self.project is None:
             return
         data = image_layer_data(self.project, name)
+        self.slide.detach()
         self.tools.detach()
         self.suggestions.clear()
         if self.current is not None:
@@ -530,7 +571,8 @@ class HitlWidget(QWidget):
         QTimer.singleShot(0, self.viewer.reset_view)  # fit the image to the canvas as it is now
         self._show_prediction()
         self.refresh_list()
-        self.status.setText(f"Showing {name}")
+        if not self.slide.active:  # a large image says how to work on it instead
+            self.status.setText(f"Showing {name}")
         self.image_opened.emit(name)
 
     def _show_prediction(self) -> None:
@@ -572,6 +614,11 @@ class HitlWidget(QWidget):
             return
 
         def commit():
+            if self.slide.active:
+                counts = self.slide.accept()
+                self.status.setText(f"Saved {self.current}: {counts.human} human pixels" if counts is not None
+                                    else "Nothing to save: click an object first")
+                return
             data = np.asarray(self.labels_layer.data)
             t = self.tools.frame()
             classes = self.tools.object_classes(t)
@@ -644,6 +691,10 @@ class HitlWidget(QWidget):
         """Find the open image's most uncertain superpixels in the background and outline them."""
         if self.project is None or self.current is None:
             show_error("Open an image first.")
+            return
+        if self.slide.active:
+            show_error(f"Superpixel suggestions need the whole image; {self.current!r} is a large image, never "
+                       "read whole.")
             return
         session, name, t = self.session, self.current, self.tools.frame()
         k, n_segments = self.suggestions.count.value(), self.suggestions.size.value()
@@ -724,3 +775,13 @@ class HitlWidget(QWidget):
         self.queue.stop()
         self.close_project()
         super().closeEvent(event)
+
+
+def _slide_thumbnail(project, name: str):
+    """A large image's thumbnail from its own coarsest pyramid level; None (no thumbnail) for a
+    file without a pyramid, whose coarse levels would read the whole image."""
+    with project.open_image(name) as img:
+        if not img.own_pyramid:
+            return None
+        level = img.n_levels - 1
+        return thumbnail(img.read(0, 0, *img.level_shape(level), level=level))

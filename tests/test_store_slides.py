@@ -1,0 +1,317 @@
+"""Large images in the store: labels in chunks, committed and read by window (``Project.commit_window``).
+
+The threshold and the chunk side are lowered so that a small generated TIFF counts as large.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_hitl import instances as inst
+from napari_hitl import io
+from napari_hitl import project as store
+from napari_hitl.errors import CommitError, CorruptFileError, InputError
+from napari_hitl.project import HUMAN, MACHINE, Project
+
+H, W, CHUNK = 600, 700, 256
+
+
+def make_slide(folder: Path, shape=(H, W)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, shape, dtype=np.uint8)
+    tifffile.imwrite(folder / "slide.tif", img, tile=(128, 128))
+    small = rng.integers(0, 255, (40, 50), dtype=np.uint8)
+    tifffile.imwrite(folder / "small.tif", small)
+    return folder
+
+
+@pytest.fixture
+def slide_project(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "LAZY_PIXELS", 100 * 100)
+    monkeypatch.setattr(store, "SLIDE_CHUNK", CHUNK)
+    p = Project.create(tmp_path / "proj", make_slide(tmp_path / "imgs"), classes=["background", "cell", "sky"],
+                       stuff=["sky"])
+    yield p
+    p.close()
+
+
+def _full(p: Project) -> tuple[np.ndarray, np.ndarray, dict]:
+    return p.read_window("slide", 0, 0, H, W)
+
+
+def test_a_large_image_is_stored_in_chunks_and_never_read_whole(slide_project):
+    p = slide_project
+    assert p.is_slide("slide") and not p.is_slide("small") and p.slide_chunk("slide") == CHUNK
+    # format 4: a release that knows only format 3 refuses the project instead of deleting its chunks
+    assert json.loads((p.root / "project.json").read_text())["version"] == store.SLIDE_VERSION == 4
+    with pytest.raises(InputError, match="large image .*never read whole"):
+        p.read_image("slide")
+    with pytest.raises(InputError, match="read_window"):
+        p.read_instances("slide")
+    with pytest.raises(InputError, match="commit_window"):
+        p.commit_instances("slide", np.zeros((H, W), np.uint32), {})
+    with p.open_image("slide") as img:
+        assert img.shape == (H, W)
+    ids, prov, classes = _full(p)
+    assert ids.shape == (H, W) and not ids.any() and not prov.any() and classes == {}
+    assert p.counts("slide").unlabelled == H * W
+    p.commit_instances("small", np.zeros((40, 50), np.uint32), {})  # a small image keeps whole planes
+    assert p.label_file("small").suffix == ".npz"
+
+
+def test_a_window_commit_changes_only_its_chunks_and_reads_back(slide_project):
+    p = slide_project
+    win = np.zeros((100, 120), np.uint32)
+    win[10:90, 10:110] = 7
+    p.commit_window("slide", win, {7: 1}, offset=(20, 30))
+    first = p.chunk_files("slide")
+    assert set(first) == {(0, 0)}
+    # a window over the corner of four chunks (rows 200..300, columns 200..320)
+    win2 = np.zeros((100, 120), np.uint32)
+    win2[20:80, 20:100] = 8
+    p.commit_window("slide", win2, {8: 1}, offset=(200, 200))
+    second = p.chunk_files("slide")
+    assert set(second) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert second[(0, 0)] != first[(0, 0)]  # (0, 0) changed: a new file
+    assert not first[(0, 0)].exists()  # the replaced one is gone (no reader held it)
+    # a window inside chunk (1, 1) only: the other three keep their files
+    win3 = np.full((10, 10), 9, np.uint32)
+    p.commit_window("slide", win3, {9: 1}, offset=(400, 400))
+    third = p.chunk_files("slide")
+    assert {k: v for k, v in third.items() if k != (1, 1)} == {k: v for k, v in second.items() if k != (1, 1)}
+    assert third[(1, 1)] != second[(1, 1)]
+    expected = np.zeros((H, W), np.uint32)
+    expected[30:110, 40:140] = 7
+    expected[220:280, 220:300] = 8
+    expected[400:410, 400:410] = 9
+    ids, prov, classes = _full(p)
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(prov, np.where((expected > 0) | np.pad(np.ones((100, 120), bool), (
+        (20, H - 120), (30, W - 150))), HUMAN, 0).astype(np.uint8) | np.pad(np.ones((100, 120), np.uint8), (
+            (200, H - 300), (200, W - 320))) | np.pad(np.ones((10, 10), np.uint8), ((400, H - 410), (400, W - 410))))
+    assert classes == {7: 1, 8: 1, 9: 1}
+    # a window read and a strided (coarse) read see the same pixels
+    sub, _, sub_classes = p.read_window("slide", 250, 250, 420, 430)
+    np.testing.assert_array_equal(sub, expected[250:420, 250:430])
+    assert sub_classes == {8: 1, 9: 1}
+    coarse, _, _ = p.read_window("slide", 3, 5, H, W, step=4)
+    np.testing.assert_array_equal(coarse, expected[3::4, 5::4])
+    views = p.lazy_instances("slide", min_side=100)
+    assert [v.shape for v in views] == [(600, 700), (300, 350), (150, 175), (75, 88)]
+    np.testing.assert_array_equal(views[2][10:100, 7:170], expected[::4, ::4][10:100, 7:170])
+    # a coarse read keeps the chunks it sampled; a commit writes new chunk files, so it is seen
+    p.commit_window("slide", np.full((8, 8), 10, np.uint32), {10: 1}, offset=(40, 48))
+    expected[40:48, 48:56] = 10
+    np.testing.assert_array_equal(np.asarray(views[2]), expected[::4, ::4])
+    np.testing.assert_array_equal(np.asarray(views[-1]), expected[::8, ::8])
+    small = p.lazy_instances("slide", min_side=20)
+    for step, view in ((16, small[4]), (32, small[5])):
+        np.testing.assert_array_equal(np.asarray(view), expected[::step, ::step])  # from the chunks' overviews
+    p.commit_window("slide", np.zeros((8, 8), np.uint32), {}, offset=(40, 48), where=np.ones((8, 8), bool))
+    expected[40:48, 48:56] = 0
+    np.testing.assert_array_equal(np.asarray(views[2]), expected[::4, ::4])
+    c = p.counts("slide")
+    assert c.human == 100 * 120 * 2 + 100 and c.unlabelled == H * W - c.human
+    assert [e["event"] for e in p.journal()][-5:] == ["commit"] * 5
+
+
+def test_objects_spanning_chunks_have_their_whole_area_box_and_centroid(slide_project):
+    p = slide_project
+    win = np.zeros((200, 300), np.uint32)
+    win[50:150, 20:280] = 4  # columns 220..480: across the chunk border at 256
+    win[60:70, 100:110] = 0
+    p.commit_window("slide", win, {4: 1}, offset=(100, 200))
+    full = np.zeros((H, W), np.uint32)
+    full[100:300, 200:500] = win
+    ref = inst.objects(full, {4: 1}, np.where(full > 0, HUMAN, 0))
+    (row,) = p.objects("slide")
+    assert (row["area"], (row["y0"], row["x0"], row["y1"], row["x1"])) == (ref[0].area, ref[0].bbox)
+    assert (row["cy"], row["cx"]) == pytest.approx(ref[0].centroid)
+    assert row["provenance"] == HUMAN
+    # cut the part of the object in the right chunk away: its box shrinks to the left chunk
+    cut = np.zeros((200, 200), np.uint32)
+    p.commit_window("slide", cut, {}, offset=(100, 256), where=np.ones((200, 200), bool))
+    full[:, 256:456] = 0
+    ref = inst.objects(full, {4: 1})
+    (row,) = p.objects("slide")
+    assert (row["area"], (row["y0"], row["x0"], row["y1"], row["x1"])) == (ref[0].area, ref[0].bbox)
+    assert (row["cy"], row["cx"]) == pytest.approx(ref[0].centroid)
+    # and the rest of it: the object is gone from the table
+    p.commit_window("slide", np.zeros((200, 300), np.uint32), {}, offset=(100, 200))
+    assert p.objects("slide") == []
+
+
+def test_machine_windows_get_fresh_ids_and_never_replace_human_pixels(slide_project):
+    p = slide_project
+    human = np.zeros((50, 50), np.uint32)
+    human[:25] = 3
+    p.commit_window("slide", human, {3: 1}, offset=(240, 240), where=human > 0)
+    machine = np.full((50, 50), 1, np.uint32)
+    p.commit_window("slide", machine, {1: 1}, offset=(240, 240), source="machine")
+    ids, prov, classes = p.read_window("slide", 240, 240, 290, 290)
+    assert (ids[:25] == 3).all() and (prov[:25] == HUMAN).all()
+    new = set(np.unique(ids[25:]).tolist())
+    assert len(new) == 1 and new != {1} and (prov[25:] == MACHINE).all()
+    # sky is stuff: one id per image, even from windows far apart
+    sky = np.full((10, 10), 50, np.uint32)
+    p.commit_window("slide", sky, {50: 2}, offset=(0, 0))
+    p.commit_window("slide", np.full((10, 10), 60, np.uint32), {60: 2}, offset=(500, 600))
+    sky_rows = [o for o in p.objects("slide") if o["class"] == 2]
+    assert len(sky_rows) == 1 and sky_rows[0]["area"] == 200
+
+
+def test_a_failed_window_commit_leaves_the_previous_state(slide_project, monkeypatch):
+    p = slide_project
+    win = np.full((300, 300), 5, np.uint32)
+    p.commit_window("slide", win, {5: 1}, offset=(100, 100))
+    before_files, before_objects, before_counts = p.chunk_files("slide"), p.objects("slide"), p.counts("slide")
+    real, calls = store._write_npz, []
+
+    def failing(path, ids, prov, **kw):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(path))
+        real(path, ids, prov, **kw)
+
+    monkeypatch.setattr(store, "_write_npz", failing)
+    with pytest.raises(CommitError, match="rolled back, nothing changed"):
+        p.commit_window("slide", np.full((300, 300), 6, np.uint32), {6: 1}, offset=(100, 100))
+    assert len(calls) == 3 and not any(c.exists() for c in calls)
+    assert p.chunk_files("slide") == before_files and p.objects("slide") == before_objects
+    assert p.counts("slide") == before_counts
+    ids, _, _ = p.read_window("slide", 100, 100, 400, 400)
+    assert (ids == 5).all()
+
+
+def test_a_process_killed_between_chunk_writes_leaves_the_old_state(tmp_path):
+    """kill -9 (os._exit) after the second of four chunk files: the project opens with the
+    previous commit whole and the new files cleaned up."""
+    root = tmp_path / "proj"
+    script = textwrap.dedent(f"""
+        import os, sys
+        import numpy as np
+        from napari_hitl import io, project as store
+        io.LAZY_PIXELS = 100 * 100
+        store.SLIDE_CHUNK = {CHUNK}
+        p = store.Project.create({str(root)!r}, {str(make_slide(tmp_path / 'imgs'))!r}, classes=["background", "cell"])
+        p.commit_window("slide", np.full((300, 300), 5, np.uint32), {{5: 1}}, offset=(100, 100))
+        real, n = store._write_npz, [0]
+        def dying(path, ids, prov, **kw):
+            real(path, ids, prov, **kw)
+            n[0] += 1
+            if n[0] == 2:
+                os._exit(9)
+        store._write_npz = dying
+        p.commit_window("slide", np.full((300, 300), 6, np.uint32), {{6: 1}}, offset=(100, 100))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(Path(store.__file__).parents[1]))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    files = sorted((root / "labels").rglob("*.npz"))
+    assert len(files) == 4 + 2  # the four chunks of the first commit and two orphans
+    with Project.open(root) as p:  # recovers: the orphans go
+        ids, prov, classes = p.read_window("slide", 100, 100, 400, 400)
+        assert (ids == 5).all() and classes == {5: 1}
+        assert [o["area"] for o in p.objects("slide")] == [300 * 300]
+        assert len(list((root / "labels").rglob("*.npz"))) == 4
+        assert p.journal()[-1]["event"] == "recovered"
+
+
+def _rewrite_chunk(p: Project, key, ids, prov) -> None:
+    path = p.chunk_files("slide")[key]
+    os.chmod(path, 0o644)
+    np.savez(path.with_suffix(""), instances=ids, provenance=prov)
+
+
+@pytest.mark.parametrize("ids, prov, message", [
+    (np.zeros((CHUNK, CHUNK), np.uint16), np.zeros((CHUNK, CHUNK), np.uint8), "holds uint16 object ids"),
+    (np.zeros((CHUNK, CHUNK - 1), np.uint32), np.zeros((CHUNK, CHUNK - 1), np.uint8),
+     r"has shape \(256, 255\), expected \(256, 256\)"),
+    (np.full((CHUNK, CHUNK), 77, np.uint32), np.ones((CHUNK, CHUNK), np.uint8), "holds object 77, which the index"),
+])
+def test_a_bad_chunk_file_is_named(slide_project, ids, prov, message):
+    p = slide_project
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    _rewrite_chunk(p, (0, 0), ids, prov)
+    with pytest.raises(CorruptFileError, match=message):
+        p.read_window("slide", 0, 0, 20, 20)
+    with pytest.raises(CorruptFileError, match=message):
+        p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    # other chunks still read
+    assert not p.read_window("slide", 300, 300, 310, 310)[0].any()
+
+
+def test_chunk_pointers_outside_the_project_are_refused(slide_project):
+    p = slide_project
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    p._db.execute("UPDATE chunks SET file = '../../etc/passwd.npz'")
+    with pytest.raises(CorruptFileError, match="points outside its folder"):
+        p.read_window("slide", 0, 0, 20, 20)
+    p._db.execute("UPDATE slides SET chunk = 3")
+    with pytest.raises(CorruptFileError, match="malformed entry"):
+        Project.open(p.root, readonly=True)
+
+
+def test_a_project_copy_keeps_the_chunks(slide_project, tmp_path):
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    with Project.open(p.copy_to(tmp_path / "copy"), readonly=True) as q:
+        assert q.is_slide("slide")
+        np.testing.assert_array_equal(q.read_window("slide", 0, 0, H, W)[0], p.read_window("slide", 0, 0, H, W)[0])
+        assert q.objects("slide") == p.objects("slide")
+
+
+def test_export_writes_a_large_image_chunk_by_chunk_as_zarr_and_refuses_tiff(slide_project, tmp_path):
+    import zarr
+
+    p = slide_project
+    win = np.zeros((300, 300), np.uint32)
+    win[50:250, 50:250] = 5
+    p.commit_window("slide", win, {5: 1}, offset=(100, 100))
+    with pytest.raises(InputError, match="large image .*only as zarr"):
+        io.export_project(p, tmp_path / "out-tiff", "tiff")
+    assert not (tmp_path / "out-tiff").exists()
+    io.export_project(p, tmp_path / "out", "zarr")
+    ids = zarr.open_array(str(tmp_path / "out" / "instances" / "slide.zarr"), mode="r")
+    labels = zarr.open_array(str(tmp_path / "out" / "labels" / "slide.zarr"), mode="r")
+    assert ids.shape == (H, W) and ids.chunks == (CHUNK, CHUNK)
+    np.testing.assert_array_equal(ids[:], p.read_window("slide", 0, 0, H, W)[0])
+    assert labels[200, 200] == 1 and labels[110, 110] == 0 and labels[0, 0] == io.UNLABELLED_VALUE
+    rows = (tmp_path / "out" / "objects.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("slide,,5,1,cell,40000,")
+
+
+def test_training_leaves_large_images_out(slide_project):
+    from napari_hitl.model.train import samples_from_project
+
+    p = slide_project
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
+    assert [s.name for s in samples_from_project(p)] == ["small"]
+
+
+def test_a_bad_chunk_overview_is_named(slide_project):
+    p = slide_project
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    ids, prov, _ = p.read_window("slide", 0, 0, CHUNK, CHUNK)
+    path = p.chunk_files("slide")[(0, 0)]
+    os.chmod(path, 0o644)
+    np.savez(path.with_suffix(""), instances=ids, provenance=prov, overview_instances=ids[::16, ::16].astype(np.int64),
+             overview_provenance=prov[::16, ::16])
+    q = Project.open(p.root, readonly=True)  # a fresh reader: nothing of the chunk kept yet
+    try:
+        assert (q.read_window("slide", 0, 0, 20, 20)[0][:10, :10] == 5).all()
+        with pytest.raises(CorruptFileError, match="holds int64 object ids"):
+            q.read_window("slide", 0, 0, H, W, step=16)
+    finally:
+        q.close()

@@ -1,0 +1,97 @@
+"""The dock on a large image: multiscale layers, clicks on the crop window, Accept through the store.
+
+A 3000 x 3000 pyramidal TIFF counts as large here (the threshold and the chunk side are
+lowered); every read of the image is watched so that none reads it whole.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_hitl import io
+from napari_hitl import project as store
+from napari_hitl.io import WindowView
+from napari_hitl.project import HUMAN, Project
+
+from test_ui_session import WAIT, press, settle
+
+N, CHUNK = 3000, 512
+
+
+def make_slide(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:N, :N]
+    rng = np.random.default_rng(0)
+    img = (40 + rng.integers(0, 20, (N, N))).astype(np.uint8)
+    img[(yy - 1500) ** 2 + (xx - 1530) ** 2 < 90 ** 2] = 220  # one bright disc across four chunks
+    with tifffile.TiffWriter(folder / "slide.tif") as tw:
+        tw.write(img, tile=(256, 256), subifds=3)
+        for k in (2, 4, 8):
+            tw.write(img[::k, ::k], tile=(256, 256), subfiletype=1)
+    Image.fromarray(img[:64, :64]).save(folder / "a_small.png")
+    return folder
+
+
+@pytest.fixture
+def slide_dock(dock, tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "LAZY_PIXELS", 1000 * 1000)
+    monkeypatch.setattr(store, "SLIDE_CHUNK", CHUNK)
+    reads = []
+    real = io.LazyImage.read
+
+    def watched(self, y0, x0, y1, x1, level=0):
+        reads.append((level, (y1 - y0) * (x1 - x0)))
+        return real(self, y0, x0, y1, x1, level)
+
+    monkeypatch.setattr(io.LazyImage, "read", watched)
+    project = Project.create(tmp_path / "proj", make_slide(tmp_path / "imgs"), classes=["background", "cell"])
+    dock.open_project(project)
+    return dock, project, reads
+
+
+def test_the_dock_opens_a_large_image_and_saves_a_click_window(slide_dock, qtbot):
+    dock, project, reads = slide_dock
+    viewer = dock.viewer
+    assert dock.current == "a_small"
+    dock.show_image("slide")
+    settle(qtbot, dock)
+    assert dock.image_layer.multiscale and dock.labels_layer.multiscale
+    assert all(isinstance(level, WindowView) for level in dock.labels_layer.data)
+    assert dock.slide.active and not dock.labels_layer.editable
+    dock.run_action("click")
+    press(dock.labels_layer, 1500, 1530)
+    qtbot.waitUntil(lambda: dock.slide.regions and dock.slide.regions[0].window is not None, timeout=WAIT)
+    settle(qtbot, dock)
+    pending = dock.slide.pending
+    assert pending is not None and pending in viewer.layers and pending.data.max() > 0
+    assert not project.objects("slide")  # nothing saved before Accept
+    before = project.chunk_files("slide")
+    dock.run_action("accept")
+    assert dock.status.text().startswith("Saved slide")
+    assert pending not in viewer.layers
+    (obj,) = project.objects("slide")
+    assert obj["class"] == 1 and obj["provenance"] == HUMAN
+    assert 0.7 < obj["area"] / (np.pi * 90 ** 2) < 1.3, obj
+    assert abs(obj["cy"] - 1500) < 10 and abs(obj["cx"] - 1530) < 10
+    # only the chunks under the disc were written: (2, 2), (2, 3), (3, 2), (3, 3) of 512 px
+    assert not before and set(project.chunk_files("slide")) == {(2, 2), (2, 3), (3, 2), (3, 3)}
+    # the lazily read labels layer shows it
+    shown = np.asarray(dock.labels_layer.data[0][1490:1510, 1520:1540])
+    assert (shown == obj["id"]).all()
+    # no read of the image was anywhere near whole
+    assert reads and max(area for level, area in reads if level == 0) < N * N // 4
+    # the actions that need the whole image refuse, saying why
+    dock.run_action("delete_object")
+    assert "large image" in dock.status.text()
+    with pytest.raises(store.InputError, match="only as zarr"):
+        io.export_project(project, dock.project.root.parent / "out", "png")
+    dock.show_image("a_small")  # back to a small image: the plane tools again
+    assert not dock.slide.active and dock.tools.layer is dock.labels_layer
+    dock.show_image("slide")
+    labels = dock.labels_layer
+    assert "large image" in dock.status.text() and (np.asarray(labels.data[0][1490:1510, 1520:1540]) > 0).all()
+    dock.close_project()  # the layer reading the project goes with it
+    assert labels not in viewer.layers and not dock.slide.active
