@@ -472,7 +472,9 @@ def test_kill_9_at_random_moments(tmp_path):
 
     report = probe(tmp_path, iterations=100)
     assert report.ok, report.failures[:5]
-    assert report.iterations == 100 and report.commits >= 50 and report.reads >= 100
+    # commits landing before the kills: about 340 on a quiet machine, 25-45 with the CPU shared
+    # several ways; the floor only checks that the probe exercised commits at all
+    assert report.iterations == 100 and report.commits >= 10 and report.reads >= 100
     assert report.exports_checked >= 5 and report.checkpoints_checked >= 5
 
 
