@@ -141,3 +141,21 @@ def test_engine_reuses_the_encoding_of_a_crop_it_has_seen():
     engine.predict(a)
     assert len(calls) == 4  # the whole-image crop of prepare, then a's
 
+
+
+def test_fast_snap_stays_close_to_the_exact_filter():
+    """The subsampled (fast) guided filter moves the boundary where the exact one does."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:300, :300]
+    disk = (yy - 150) ** 2 + (xx - 140) ** 2 <= 90 ** 2
+    img = np.where(disk, 0.75, 0.25).astype(np.float32) + rng.normal(0, 0.03, (300, 300)).astype(np.float32)
+    cues = ImageCues.of(np.clip(img, 0, 1))
+    # a blurred answer whose boundary sits 6 px outside the disk's edge
+    dist = np.sqrt((yy - 150) ** 2 + (xx - 140) ** 2).astype(np.float32)
+    base = ((96 - dist) * 0.4).astype(np.float32)
+    exact, fast = base.copy(), base.copy()
+    snap_to_edges(exact, cues, radius=12, subsample=1)
+    snap_to_edges(fast, cues, radius=12)  # default: coefficients on a 3x coarser grid
+    iou = lambda a, b: (a & b).sum() / (a | b).sum()  # noqa: E731
+    assert iou(exact > 0, disk) > 0.97 and iou(fast > 0, disk) >= iou(exact > 0, disk) - 0.01
+    assert iou(base > 0, disk) < 0.9  # the snap is what fixed it
