@@ -315,3 +315,43 @@ def test_a_bad_chunk_overview_is_named(slide_project):
             q.read_window("slide", 0, 0, H, W, step=16)
     finally:
         q.close()
+
+
+def test_a_window_that_only_changes_an_objects_class_saves_it(slide_project):
+    """A person re-classes an object without changing a pixel (no chunk is rewritten): the
+    class is saved, as a whole-plane commit saves it."""
+    p = slide_project
+    win = np.zeros((100, 300), np.uint32)
+    win[10:90, 10:290] = 5  # crosses chunks (0, 0) and (0, 1)
+    p.commit_window("slide", win, {5: 1}, offset=(20, 20))
+    ids, _, classes = p.read_window("slide", 20, 20, 120, 320)
+    assert classes == {5: 1}
+    p.commit_window("slide", ids, {5: 2}, offset=(20, 20))
+    assert p.read_window("slide", 20, 20, 120, 320)[2] == {5: 2}
+    [row] = p.objects("slide")
+    assert row["class"] == 2 and row["area"] == 80 * 280
+    # a window over only part of the object re-classes all of it (an id is one object)
+    part, _, _ = p.read_window("slide", 20, 20, 60, 100)
+    p.commit_window("slide", part, {5: 1}, offset=(20, 20))
+    assert p.read_window("slide", 0, 0, H, W)[2] == {5: 1} and p.objects("slide")[0]["area"] == 80 * 280
+
+
+def test_opening_removes_no_temporary_file_outside_the_project(slide_project, tmp_path):
+    """A tampered project whose labels folder holds a link named like a chunk folder: opening
+    it for writing cleans up only inside the project."""
+    p = slide_project
+    root = p.root
+    p.close()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    victim = outside / ".keep.tmp"
+    victim.write_text("not the project's")
+    (root / "labels").mkdir(exist_ok=True)
+    (root / "labels" / "i000009-t00000.slide").symlink_to(outside, target_is_directory=True)
+    own = root / "labels" / "i000000-t00000.slide"
+    own.mkdir(exist_ok=True)
+    (own / ".c.npz.1234.tmp").write_text("a killed write")
+    with Project.open(root):
+        pass
+    assert victim.exists()
+    assert not (own / ".c.npz.1234.tmp").exists()

@@ -1224,8 +1224,8 @@ class Project:
 
     def _slide_objects(self, db: sqlite3.Connection, rec: ImageRecord, changed: list[tuple[int, int]],
                        sums_rows: list[tuple], new_classes: dict[int, int]) -> tuple[list[tuple], list[int]]:
-        """The ``objects`` rows of every object in the ``changed`` chunks (before or after), summed
-        over all the chunks each lies in: the new chunks' ``sums_rows`` and the stored rows of the
+        """The ``objects`` rows of every object in the ``changed`` chunks (before or after), or given
+        a new class in ``new_classes``, summed over all the chunks each lies in: the new chunks' ``sums_rows`` and the stored rows of the
         others. Returns the rows and the ids whose rows are replaced."""
         iid = self._ids[rec.name]
         changed_set = set(changed)
@@ -1233,6 +1233,13 @@ class Project:
         for cy, cx in changed:
             affected.update(k for (k,) in db.execute("SELECT id FROM chunk_objects WHERE image = ? AND frame = 0 AND "
                                                     "cy = ? AND cx = ?", (iid, cy, cx)))
+        # an object given a new class in chunks the commit does not rewrite: its row changes too
+        given = sorted(set(new_classes) - affected)
+        for start in range(0, len(given), 500):
+            part = given[start:start + 500]
+            affected.update(k for k, c in db.execute(f"SELECT id, class FROM objects WHERE image = ? AND frame = 0 "
+                                                     f"AND id IN ({', '.join('?' * len(part))})", (iid, *part))
+                            if c != new_classes[k])
         if not affected:
             return [], []
         ids = sorted(affected)
@@ -1574,12 +1581,15 @@ class Project:
                     except OSError:
                         pass
         labels = self.root / "labels"
-        for p in labels.glob("*.slide/.*.tmp") if labels.is_dir() else []:
-            try:
-                p.unlink()
-                removed += 1
-            except OSError:
-                pass
+        # a chunk folder's leftovers; a link named like one (a tampered project) is not followed
+        for folder in (d for d in labels.iterdir() if d.name.endswith(".slide") and not d.is_symlink()
+                       and d.is_dir()) if labels.is_dir() and not labels.is_symlink() else ():
+            for p in folder.glob(".*.tmp"):
+                try:
+                    p.unlink()
+                    removed += 1
+                except OSError:
+                    pass
         referenced = set()
         for (rel,) in self._db.execute("SELECT file FROM planes UNION ALL SELECT file FROM chunks"):
             try:
