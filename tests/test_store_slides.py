@@ -355,3 +355,14 @@ def test_opening_removes_no_temporary_file_outside_the_project(slide_project, tm
         pass
     assert victim.exists()
     assert not (own / ".c.npz.1234.tmp").exists()
+
+
+def test_the_first_commit_of_a_slide_makes_its_chunk_folder_durable(slide_project, monkeypatch):
+    """The chunk folder is made by the first commit: its entry in labels/ is fsynced before the
+    index points into it (else a power loss could drop the folder the index names)."""
+    p = slide_project
+    synced = []
+    real = io.fsync_dir
+    monkeypatch.setattr(io, "fsync_dir", lambda folder: (synced.append(Path(folder)), real(folder))[1])
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    assert p.root / "labels" in synced

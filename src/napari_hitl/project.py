@@ -1165,6 +1165,9 @@ class Project:
                             continue
                         rel = f"i{iid:06d}-t00000.slide/c{cy:05d}-{cx:05d}-{secrets.token_hex(6)}.npz"
                         path = self.root / "labels" / rel
+                        if not path.parent.is_dir():  # the first commit: its folder's entry survives a crash
+                            path.parent.mkdir(parents=True, exist_ok=True)
+                            io.fsync_dir(path.parent.parent)
                         new_files.append(path)
                         _write_npz(path, np.ascontiguousarray(c_ids), np.ascontiguousarray(c_prov),
                                    overview=OVERVIEW_STEP)
