@@ -366,3 +366,19 @@ def test_the_first_commit_of_a_slide_makes_its_chunk_folder_durable(slide_projec
     monkeypatch.setattr(io, "fsync_dir", lambda folder: (synced.append(Path(folder)), real(folder))[1])
     p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
     assert p.root / "labels" in synced
+
+
+def test_importing_an_export_never_reads_a_large_images_labels_whole(slide_project, tmp_path, monkeypatch):
+    """An export of a project with a slide (zarr) imported into it: the slide is refused up
+    front, before its whole-image arrays are read and before any image is imported."""
+    p = slide_project
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
+    io.export_project(p, tmp_path / "out", "zarr")
+    read = []
+    real = io.read_labels
+    monkeypatch.setattr(io, "read_labels", lambda path, *a, **kw: (read.append(Path(path).name), real(path, *a, **kw))[1])
+    journal = len(p.journal())
+    with pytest.raises(InputError, match="large image"):
+        io.import_export(p, tmp_path / "out")
+    assert not read and len(p.journal()) == journal
