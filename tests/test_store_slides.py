@@ -382,3 +382,29 @@ def test_importing_an_export_never_reads_a_large_images_labels_whole(slide_proje
     with pytest.raises(InputError, match="large image"):
         io.import_export(p, tmp_path / "out")
     assert not read and len(p.journal()) == journal
+
+
+def test_a_slide_with_a_damaged_chunk_can_be_cleared_as_its_error_says(slide_project):
+    """A damaged chunk blocks every read and commit over it and the error says to clear the
+    image's labels: clear_labels of a slide (whole) is that way out."""
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    files = p.chunk_files("slide")
+    _rewrite_chunk(p, (0, 0), np.zeros((CHUNK, CHUNK), np.uint16), np.zeros((CHUNK, CHUNK), np.uint8))
+    with pytest.raises(CorruptFileError, match="holds uint16"):
+        p.commit_window("slide", np.full((10, 10), 6, np.uint32), {6: 1}, offset=(0, 0))
+    files[(0, 1)].write_bytes(b"not a zip")
+    with pytest.raises(CorruptFileError, match="Clear this image's labels"):
+        p.read_window("slide", 0, 300, 10, 310)
+    counts = p.clear_labels("slide")
+    assert counts.unlabelled == H * W and counts.human == 0
+    assert p.chunk_files("slide") == {} and p.objects("slide") == []
+    assert not any(f.exists() for f in files.values())
+    ids, prov, classes = p.read_window("slide", 0, 0, H, W)
+    assert not ids.any() and not prov.any() and classes == {}
+    assert p.reserve_ids("slide") > 5  # ids are never reused
+    assert p.journal()[-1]["event"] == "clear"
+    p.commit_window("slide", np.full((10, 10), 9, np.uint32), {9: 1}, offset=(0, 0))
+    assert p.counts("slide").human == 100
+    with pytest.raises(InputError, match="whole"):
+        p.clear_labels("slide", where=np.ones((H, W), bool))

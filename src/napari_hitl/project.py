@@ -1413,9 +1413,16 @@ class Project:
                             needs_old=not (where is None and code in KEPT))  # a whole plane of a person's
 
     def clear_labels(self, image: str | int, where: np.ndarray | None = None, frame: int | None = None) -> Counts:
-        """Forget labels (any provenance) in ``where`` - a person's reset, journalled."""
+        """Forget labels (any provenance) in ``where`` - a person's reset, journalled. A large
+        image is cleared whole only (``where`` None): every chunk goes, readable or not (the way
+        out of a damaged chunk file)."""
         self._writable()
         rec = self.record(image)
+        if rec.name in self._slides:
+            if where is not None or frame not in (None, 0):
+                raise InputError(f"{rec.name!r} is a large image: clear its labels whole (no 'where'), or a "
+                                 "window of them with commit_window")
+            return self._clear_slide(rec)
         _, frames, stacked, where = self._commit_args(rec, frame, where)
 
         def update(t, i, old_ids, old_prov, old_classes, next_id):
@@ -1427,6 +1434,27 @@ class Project:
 
         return self._commit(rec, frames, update, "clear", lambda c: dict(image=rec.name, frame=frame),
                             replaces_all=where is None)
+
+    def _clear_slide(self, rec: ImageRecord) -> Counts:
+        """Drop every chunk of a large image, its objects and counts in one transaction (its ids
+        stay used), then delete the chunk files."""
+        iid = self._ids[rec.name]
+        with self._mutex:
+            files = [rel for (rel,) in self._db.execute("SELECT file FROM chunks WHERE image = ?", (iid,))]
+            with self._transaction(f"clear of {rec.name!r}") as tx:
+                next_id = self._next_id(tx, iid)
+                for table in ("chunks", "chunk_objects", "objects", "planes"):
+                    tx.execute(f"DELETE FROM {table} WHERE image = ?", (iid,))
+                tx.execute("INSERT OR REPLACE INTO marks VALUES (?, ?)", (iid, next_id))
+                counts = self._counts_of(tx, rec)
+                self._journal(tx, "clear", image=rec.name, frame=None, chunks=len(files))
+            for rel in files:
+                try:
+                    self._garbage.append(self._label_path(rel))
+                except CorruptFileError:
+                    pass  # a tampered pointer: there is no file of ours to delete
+        self._collect()
+        return counts
 
     def _commit(self, rec: ImageRecord, frames: list[int], update, event: str, entry,
                 replaces_all: bool = False, needs_old: bool = True) -> Counts:
