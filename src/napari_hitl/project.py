@@ -1614,7 +1614,7 @@ class Project:
         labels = self.root / "labels"
         # a chunk folder's leftovers; a link named like one (a tampered project) is not followed
         for folder in (d for d in labels.iterdir() if d.name.endswith(".slide") and not d.is_symlink()
-                       and d.is_dir()) if labels.is_dir() and not labels.is_symlink() else ():
+                       and d.is_dir()) if labels.is_dir() else ():
             for p in folder.glob(".*.tmp"):
                 try:
                     p.unlink()
