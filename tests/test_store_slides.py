@@ -315,3 +315,96 @@ def test_a_bad_chunk_overview_is_named(slide_project):
             q.read_window("slide", 0, 0, H, W, step=16)
     finally:
         q.close()
+
+
+def test_a_window_that_only_changes_an_objects_class_saves_it(slide_project):
+    """A person re-classes an object without changing a pixel (no chunk is rewritten): the
+    class is saved, as a whole-plane commit saves it."""
+    p = slide_project
+    win = np.zeros((100, 300), np.uint32)
+    win[10:90, 10:290] = 5  # crosses chunks (0, 0) and (0, 1)
+    p.commit_window("slide", win, {5: 1}, offset=(20, 20))
+    ids, _, classes = p.read_window("slide", 20, 20, 120, 320)
+    assert classes == {5: 1}
+    p.commit_window("slide", ids, {5: 2}, offset=(20, 20))
+    assert p.read_window("slide", 20, 20, 120, 320)[2] == {5: 2}
+    [row] = p.objects("slide")
+    assert row["class"] == 2 and row["area"] == 80 * 280
+    # a window over only part of the object re-classes all of it (an id is one object)
+    part, _, _ = p.read_window("slide", 20, 20, 60, 100)
+    p.commit_window("slide", part, {5: 1}, offset=(20, 20))
+    assert p.read_window("slide", 0, 0, H, W)[2] == {5: 1} and p.objects("slide")[0]["area"] == 80 * 280
+
+
+def test_opening_removes_no_temporary_file_outside_the_project(slide_project, tmp_path):
+    """A tampered project whose labels folder holds a link named like a chunk folder: opening
+    it for writing cleans up only inside the project."""
+    p = slide_project
+    root = p.root
+    p.close()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    victim = outside / ".keep.tmp"
+    victim.write_text("not the project's")
+    (root / "labels").mkdir(exist_ok=True)
+    (root / "labels" / "i000009-t00000.slide").symlink_to(outside, target_is_directory=True)
+    own = root / "labels" / "i000000-t00000.slide"
+    own.mkdir(exist_ok=True)
+    (own / ".c.npz.1234.tmp").write_text("a killed write")
+    with Project.open(root):
+        pass
+    assert victim.exists()
+    assert not (own / ".c.npz.1234.tmp").exists()
+
+
+def test_the_first_commit_of_a_slide_makes_its_chunk_folder_durable(slide_project, monkeypatch):
+    """The chunk folder is made by the first commit: its entry in labels/ is fsynced before the
+    index points into it (else a power loss could drop the folder the index names)."""
+    p = slide_project
+    synced = []
+    real = io.fsync_dir
+    monkeypatch.setattr(io, "fsync_dir", lambda folder: (synced.append(Path(folder)), real(folder))[1])
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    assert p.root / "labels" in synced
+
+
+def test_importing_an_export_never_reads_a_large_images_labels_whole(slide_project, tmp_path, monkeypatch):
+    """An export of a project with a slide (zarr) imported into it: the slide is refused up
+    front, before its whole-image arrays are read and before any image is imported."""
+    p = slide_project
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
+    io.export_project(p, tmp_path / "out", "zarr")
+    read = []
+    real = io.read_labels
+    monkeypatch.setattr(io, "read_labels", lambda path, *a, **kw: (read.append(Path(path).name), real(path, *a, **kw))[1])
+    journal = len(p.journal())
+    with pytest.raises(InputError, match="large image"):
+        io.import_export(p, tmp_path / "out")
+    assert not read and len(p.journal()) == journal
+
+
+def test_a_slide_with_a_damaged_chunk_can_be_cleared_as_its_error_says(slide_project):
+    """A damaged chunk blocks every read and commit over it and the error says to clear the
+    image's labels: clear_labels of a slide (whole) is that way out."""
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    files = p.chunk_files("slide")
+    _rewrite_chunk(p, (0, 0), np.zeros((CHUNK, CHUNK), np.uint16), np.zeros((CHUNK, CHUNK), np.uint8))
+    with pytest.raises(CorruptFileError, match="holds uint16"):
+        p.commit_window("slide", np.full((10, 10), 6, np.uint32), {6: 1}, offset=(0, 0))
+    files[(0, 1)].write_bytes(b"not a zip")
+    with pytest.raises(CorruptFileError, match="Clear this image's labels"):
+        p.read_window("slide", 0, 300, 10, 310)
+    counts = p.clear_labels("slide")
+    assert counts.unlabelled == H * W and counts.human == 0
+    assert p.chunk_files("slide") == {} and p.objects("slide") == []
+    assert not any(f.exists() for f in files.values())
+    ids, prov, classes = p.read_window("slide", 0, 0, H, W)
+    assert not ids.any() and not prov.any() and classes == {}
+    assert p.reserve_ids("slide") > 5  # ids are never reused
+    assert p.journal()[-1]["event"] == "clear"
+    p.commit_window("slide", np.full((10, 10), 9, np.uint32), {9: 1}, offset=(0, 0))
+    assert p.counts("slide").human == 100
+    with pytest.raises(InputError, match="whole"):
+        p.clear_labels("slide", where=np.ones((H, W), bool))

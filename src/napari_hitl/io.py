@@ -1144,7 +1144,8 @@ def import_export(project, folder: str | os.PathLike, *, progress: Callable[[int
                   should_stop: Callable[[], bool] | None = None) -> int:
     """Commit the labels of an export (:func:`export_project`) into ``project``, image by image,
     with the export's object ids, classes and per-pixel provenance. Images are matched by
-    name; the class tables must agree. Returns the number of images imported."""
+    name; the class tables must agree. An export holding a large image of the project
+    (``project.is_slide``) is refused before anything is read. Returns the number of images imported."""
     folder = Path(folder)
     root = folder.resolve()
     manifest = read_export_manifest(folder)
@@ -1158,6 +1159,11 @@ def import_export(project, folder: str | os.PathLike, *, progress: Callable[[int
     missing = [e["name"] for e in manifest["images"] if e["name"] not in names]
     if missing:
         raise InputError(f"the export has images the project lacks: {missing[:3]}")
+    is_slide = getattr(project, "is_slide", lambda name: False)
+    large = [e["name"] for e in manifest["images"] if is_slide(e["name"])]
+    if large:  # refused before anything is read (its arrays whole would not fit memory) or imported
+        raise InputError(f"the export holds the large image {large[0]!r}, whose labels are never read or "
+                         "committed whole; importing large images is not supported (commit them by window)")
     done = 0
     for k, e in enumerate(manifest["images"]):
         if should_stop is not None and should_stop():

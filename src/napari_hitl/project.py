@@ -1165,6 +1165,9 @@ class Project:
                             continue
                         rel = f"i{iid:06d}-t00000.slide/c{cy:05d}-{cx:05d}-{secrets.token_hex(6)}.npz"
                         path = self.root / "labels" / rel
+                        if not path.parent.is_dir():  # the first commit: its folder's entry survives a crash
+                            path.parent.mkdir(parents=True, exist_ok=True)
+                            io.fsync_dir(path.parent.parent)
                         new_files.append(path)
                         _write_npz(path, np.ascontiguousarray(c_ids), np.ascontiguousarray(c_prov),
                                    overview=OVERVIEW_STEP)
@@ -1224,8 +1227,8 @@ class Project:
 
     def _slide_objects(self, db: sqlite3.Connection, rec: ImageRecord, changed: list[tuple[int, int]],
                        sums_rows: list[tuple], new_classes: dict[int, int]) -> tuple[list[tuple], list[int]]:
-        """The ``objects`` rows of every object in the ``changed`` chunks (before or after), summed
-        over all the chunks each lies in: the new chunks' ``sums_rows`` and the stored rows of the
+        """The ``objects`` rows of every object in the ``changed`` chunks (before or after), or given
+        a new class in ``new_classes``, summed over all the chunks each lies in: the new chunks' ``sums_rows`` and the stored rows of the
         others. Returns the rows and the ids whose rows are replaced."""
         iid = self._ids[rec.name]
         changed_set = set(changed)
@@ -1233,6 +1236,13 @@ class Project:
         for cy, cx in changed:
             affected.update(k for (k,) in db.execute("SELECT id FROM chunk_objects WHERE image = ? AND frame = 0 AND "
                                                     "cy = ? AND cx = ?", (iid, cy, cx)))
+        # an object given a new class in chunks the commit does not rewrite: its row changes too
+        given = sorted(set(new_classes) - affected)
+        for start in range(0, len(given), 500):
+            part = given[start:start + 500]
+            affected.update(k for k, c in db.execute(f"SELECT id, class FROM objects WHERE image = ? AND frame = 0 "
+                                                     f"AND id IN ({', '.join('?' * len(part))})", (iid, *part))
+                            if c != new_classes[k])
         if not affected:
             return [], []
         ids = sorted(affected)
@@ -1403,9 +1413,16 @@ class Project:
                             needs_old=not (where is None and code in KEPT))  # a whole plane of a person's
 
     def clear_labels(self, image: str | int, where: np.ndarray | None = None, frame: int | None = None) -> Counts:
-        """Forget labels (any provenance) in ``where`` - a person's reset, journalled."""
+        """Forget labels (any provenance) in ``where`` - a person's reset, journalled. A large
+        image is cleared whole only (``where`` None): every chunk goes, readable or not (the way
+        out of a damaged chunk file)."""
         self._writable()
         rec = self.record(image)
+        if rec.name in self._slides:
+            if where is not None or frame not in (None, 0):
+                raise InputError(f"{rec.name!r} is a large image: clear its labels whole (no 'where'), or a "
+                                 "window of them with commit_window")
+            return self._clear_slide(rec)
         _, frames, stacked, where = self._commit_args(rec, frame, where)
 
         def update(t, i, old_ids, old_prov, old_classes, next_id):
@@ -1417,6 +1434,27 @@ class Project:
 
         return self._commit(rec, frames, update, "clear", lambda c: dict(image=rec.name, frame=frame),
                             replaces_all=where is None)
+
+    def _clear_slide(self, rec: ImageRecord) -> Counts:
+        """Drop every chunk of a large image, its objects and counts in one transaction (its ids
+        stay used), then delete the chunk files."""
+        iid = self._ids[rec.name]
+        with self._mutex:
+            files = [rel for (rel,) in self._db.execute("SELECT file FROM chunks WHERE image = ?", (iid,))]
+            with self._transaction(f"clear of {rec.name!r}") as tx:
+                next_id = self._next_id(tx, iid)
+                for table in ("chunks", "chunk_objects", "objects", "planes"):
+                    tx.execute(f"DELETE FROM {table} WHERE image = ?", (iid,))
+                tx.execute("INSERT OR REPLACE INTO marks VALUES (?, ?)", (iid, next_id))
+                counts = self._counts_of(tx, rec)
+                self._journal(tx, "clear", image=rec.name, frame=None, chunks=len(files))
+            for rel in files:
+                try:
+                    self._garbage.append(self._label_path(rel))
+                except CorruptFileError:
+                    pass  # a tampered pointer: there is no file of ours to delete
+        self._collect()
+        return counts
 
     def _commit(self, rec: ImageRecord, frames: list[int], update, event: str, entry,
                 replaces_all: bool = False, needs_old: bool = True) -> Counts:
@@ -1574,12 +1612,15 @@ class Project:
                     except OSError:
                         pass
         labels = self.root / "labels"
-        for p in labels.glob("*.slide/.*.tmp") if labels.is_dir() else []:
-            try:
-                p.unlink()
-                removed += 1
-            except OSError:
-                pass
+        # a chunk folder's leftovers; a link named like one (a tampered project) is not followed
+        for folder in (d for d in labels.iterdir() if d.name.endswith(".slide") and not d.is_symlink()
+                       and d.is_dir()) if labels.is_dir() else ():
+            for p in folder.glob(".*.tmp"):
+                try:
+                    p.unlink()
+                    removed += 1
+                except OSError:
+                    pass
         referenced = set()
         for (rel,) in self._db.execute("SELECT file FROM planes UNION ALL SELECT file FROM chunks"):
             try:
