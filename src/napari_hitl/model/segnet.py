@@ -29,7 +29,7 @@ __all__ = [
     "DECODER_CHANNELS", "FEATURE_STRIDE", "build_segnet", "predict_proba",
     "predict_proba_batch", "predict_with_features", "predict_large", "predict_instance_maps", "split_instance_maps", "feature_map", "pool_features",
     "pooled_features", "place_model", "DeviceInfo", "FEATURE_DIM", "select_device", "describe_device",
-    "stretch_contrast", "model_input",
+    "contrast_limits", "stretch_contrast", "model_input",
 ]
 
 #: decoder width at strides 32, 16, 8, 4, 2
@@ -41,15 +41,24 @@ FEATURE_DIM = FEATURE_CHANNELS[3] + FEATURE_CHANNELS[4]
 _MULTIPLE = 32
 
 
-def stretch_contrast(image: np.ndarray) -> np.ndarray:
-    """A float ``(H, W, 3)`` image in [0, 1] stretched so that its 0.5 and 99.8 percentiles (of the
-    channels' mean) become 0 and 1. Dim fluorescence (nuclei at 2-10% of the 8-bit range) then
-    looks to the network as bright as a photo; a photo that fills its range barely changes. The
-    percentiles come from the whole image (every tile and every training crop of it alike)."""
+def contrast_limits(image: np.ndarray) -> tuple[float, float]:
+    """The 0.5 and 99.8 percentiles of a float ``(H, W, 3)`` image's channel mean (what
+    :func:`stretch_contrast` maps to 0 and 1); a million pixels, evenly spread, are plenty."""
     img = np.asarray(image, np.float32)
     gray = img.mean(2) if img.ndim == 3 else img
-    step = max(1, int(np.sqrt(gray.size / 1_000_000)))  # a million pixels are plenty for two percentiles
-    lo, hi = (float(v) for v in np.percentile(gray[::step, ::step], (0.5, 99.8)))
+    step = max(1, int(np.sqrt(gray.size / 1_000_000)))
+    lo, hi = np.percentile(gray[::step, ::step], (0.5, 99.8))
+    return float(lo), float(hi)
+
+
+def stretch_contrast(image: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
+    """A float ``(H, W, 3)`` image in [0, 1] stretched so that its :func:`contrast_limits` (or
+    ``limits``) become 0 and 1. Dim fluorescence (nuclei at 2-10% of the 8-bit range) then
+    looks to the network as bright as a photo; a photo that fills its range barely changes.
+    The limits come from the whole image, so every tile and every training crop of it is
+    stretched alike (a large image's from its coarsest level: :func:`predict_large`)."""
+    img = np.asarray(image, np.float32)
+    lo, hi = contrast_limits(img) if limits is None else limits
     if hi - lo < 1e-3:
         return img
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
@@ -292,6 +301,10 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     if Path(out).exists():  # zarr's mode "w" would delete whatever is there (the image itself, even)
         raise InputError(f"{out} exists; choose a new path for the probabilities")
     value_range = image.value_range()
+    limits = None
+    if float(getattr(model, "input_stretch", 0)) > 0:  # as model_input does, limits from the coarsest level
+        k = image.n_levels - 1
+        limits = contrast_limits(as_float_rgb(image.read(0, 0, *image.level_shape(k), level=k), value_range))
     c = model.num_classes + (INSTANCE_CHANNELS if with_instances else 0)
     step_chunk = max(tile - overlap, 1)
     arr = zarr.open_array(str(out), mode="w", shape=(c, h, w), dtype=np.float16,
@@ -319,6 +332,8 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt("prediction cancelled")
                 patch = as_float_rgb(image.read(y, x, y + tile, x + tile), value_range)
+                if limits is not None:
+                    patch = stretch_contrast(patch, limits)
                 probs, _ = _forward_tiles(model, [patch], False, with_instances)
                 band[:, :, x:x + tile] += probs[0] * weight
                 bsum[:, x:x + tile] += weight
