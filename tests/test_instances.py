@@ -331,3 +331,15 @@ def test_instance_loss_weighs_object_pixels_by_their_class_weight():
             assert fg_w == pytest.approx(cw[1]) and bg_w == pytest.approx(cw[0]) and fg_w > bg_w
         else:
             assert fg_w == bg_w == 1
+
+
+def test_bench_decoder_settings_default_to_the_decoders_and_pass_through():
+    import argparse
+
+    from napari_hitl.evaluate.bench_instances import decode_settings
+    from napari_hitl.model.instances import DECODE_DEFAULTS
+
+    assert decode_settings(argparse.Namespace()) == {k: DECODE_DEFAULTS[k] for k in
+                                                     ("fg_threshold", "boundary_threshold", "seed_threshold")}
+    got = decode_settings(argparse.Namespace(fg_threshold=0.8, boundary_threshold=None, seed_threshold=0.5))
+    assert got == {"fg_threshold": 0.8, "boundary_threshold": DECODE_DEFAULTS["boundary_threshold"], "seed_threshold": 0.5}
