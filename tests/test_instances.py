@@ -277,3 +277,69 @@ def test_outlines_keep_only_edges_in_the_smallest_dtype():
     assert outlines(inst).dtype == np.uint32 and outlines(inst)[0, 0] == 70000
     with pytest.raises(InputError, match="2-D"):
         outlines(np.zeros((2, 2, 2), np.uint32))
+
+
+def test_contrast_stretch_makes_a_dim_image_look_like_its_bright_copy():
+    from napari_hitl.model.segnet import build_segnet, predict_instance_maps, stretch_contrast
+
+    torch.manual_seed(0)
+    bright = np.clip(_touching_samples(1)[0].image.astype(np.float32) / 255, 0, 1)
+    dim = bright * 0.08  # fluorescence at a few percent of the range
+    assert stretch_contrast(np.repeat(dim[..., None], 3, -1)).max() == pytest.approx(1.0)
+    model = build_segnet(2, pretrained=False)
+    assert float(model.input_stretch) == 1
+    got = np.concatenate([np.atleast_3d(m.T).T for m in predict_instance_maps(model, dim)])
+    want = np.concatenate([np.atleast_3d(m.T).T for m in predict_instance_maps(model, bright)])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    plain = build_segnet(2, pretrained=False, input_stretch=False)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "input_stretch"})
+    assert float(plain.input_stretch) == 0  # a state from before the stretch: plain pixels, as it learned
+    assert np.abs(predict_instance_maps(plain, dim)[1] - predict_instance_maps(plain, bright)[1]).max() > 1e-3
+
+
+def test_checkpoint_from_before_the_stretch_keeps_plain_pixels_and_new_ones_keep_it(tmp_path, caplog):
+    from napari_hitl.model.segnet import predict_proba
+    from napari_hitl.model.train import Trainer, _atomic_save
+
+    torch.manual_seed(0)
+    new = Trainer(2, settings=_settings(steps=2), device="cpu", pretrained=False)
+    new.train_round(_touching_samples(2))
+    saved = new.save(tmp_path / "new.pt")
+    assert float(Trainer(2, checkpoint_path=saved, device="cpu", pretrained=False).model.input_stretch) == 1
+    state = new.state_dict()
+    state["model"] = {k: v for k, v in state["model"].items() if k != "input_stretch"}
+    _atomic_save(state, tmp_path / "old.pt")
+    with caplog.at_level(logging.INFO):
+        old = Trainer(2, checkpoint_path=tmp_path / "old.pt", device="cpu", pretrained=False)
+    assert float(old.model.input_stretch) == 0 and "contrast stretch" in caplog.text
+    assert torch.equal(old.model.head.weight, new.model.head.weight)
+    img = (_touching_samples(1)[0].image // 6).astype(np.uint8)  # dim: the stretch changes what the net sees
+    assert np.abs(predict_proba(old.model, img) - predict_proba(new.model, img)).max() > 1e-4
+
+
+def test_instance_loss_weighs_object_pixels_by_their_class_weight():
+    from napari_hitl.model.train import Trainer, class_weights
+
+    samples = _touching_samples(1)
+    for on in (True, False):
+        trainer = Trainer(2, settings=_settings(instance_class_weights=on), device="cpu", pretrained=False)
+        cw = class_weights(samples, 2)
+        inst = trainer._prepare(samples, cw)[0][4]
+        sem = samples[0].labels
+        fg_w, bg_w = inst[..., 2][sem == 1].mean(), inst[..., 2][sem == 0].mean()
+        if on:  # objects are the rarer class here: their insides weigh more than the background
+            assert fg_w == pytest.approx(cw[1]) and bg_w == pytest.approx(cw[0]) and fg_w > bg_w
+        else:
+            assert fg_w == bg_w == 1
+
+
+def test_bench_decoder_settings_default_to_the_decoders_and_pass_through():
+    import argparse
+
+    from napari_hitl.evaluate.bench_instances import decode_settings
+    from napari_hitl.model.instances import DECODE_DEFAULTS
+
+    assert decode_settings(argparse.Namespace()) == {k: DECODE_DEFAULTS[k] for k in
+                                                     ("fg_threshold", "boundary_threshold", "seed_threshold")}
+    got = decode_settings(argparse.Namespace(fg_threshold=0.8, boundary_threshold=None, seed_threshold=0.5))
+    assert got == {"fg_threshold": 0.8, "boundary_threshold": DECODE_DEFAULTS["boundary_threshold"], "seed_threshold": 0.5}

@@ -90,8 +90,12 @@ def score_instances(preds, truths, names) -> dict:
 
 
 def decode_settings(args) -> dict:
-    """Decoder thresholds from the command line (``--fg-threshold``, ``--seed-threshold``)."""
-    return {"fg_threshold": getattr(args, "fg_threshold", 0.5), "seed_threshold": getattr(args, "seed_threshold", 0.4)}
+    """Decoder thresholds from the command line (``--fg-threshold``, ``--boundary-threshold``,
+    ``--seed-threshold``); the decoder's defaults where not given."""
+    from napari_hitl.model.instances import DECODE_DEFAULTS
+
+    return {k: getattr(args, k, None) if getattr(args, k, None) is not None else v
+            for k, v in DECODE_DEFAULTS.items() if k != "min_seed" and k != "min_size"}
 
 
 def model_instances(model, images, num_classes: int, decode: dict | None = None) -> list[np.ndarray]:
@@ -255,6 +259,8 @@ def run(args) -> int:
         raise InputError("--data is needed (../shared/data/dsb2018 or ../shared/data/ctc_sim)")
     torch.set_num_threads(max(1, args.threads))
     names = ["objects", "random"] if args.strategy == "all" else [s.strip() for s in args.strategy.split(",")]
+    if args.rounds == 0:  # --rounds 0: the full-supervision reference alone
+        names = []
     for s in names:
         if s not in LOOP_STRATEGIES or s.startswith("superpixel"):
             raise InputError(f"--instances: strategy {s!r} is not an image strategy of the loop")

@@ -78,9 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "full-supervision reference (0: rounds x steps)")
     parser.add_argument("--full-evals", type=int, default=6, help="--instances: held-out scores along the "
                         "full-supervision run (to see whether it flattened)")
-    parser.add_argument("--fg-threshold", type=float, default=0.5, help="--instances: foreground probability "
-                        "above which a pixel belongs to an object (dsb2018 validation chose 0.8: "
-                        "benchmarks/bench_decoder_sweep.py)")
+    parser.add_argument("--fg-threshold", type=float, default=0.7, help="--instances: foreground probability "
+                        "above which a pixel belongs to an object (the decoder's default; chosen on 7 validation "
+                        "images of the dsb2018 pool, never the held-out ones)")
+    parser.add_argument("--boundary-threshold", type=float, default=0.3, help="--instances: boundary probability "
+                        "at or above which a pixel cannot seed an object (the decoder's default)")
     parser.add_argument("--seed-threshold", type=float, default=0.4, help="--instances: distance-map value above "
                         "which an object interior seeds the watershed")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: average the --json files of "

@@ -29,6 +29,7 @@ __all__ = [
     "DECODER_CHANNELS", "FEATURE_STRIDE", "build_segnet", "predict_proba",
     "predict_proba_batch", "predict_with_features", "predict_large", "predict_instance_maps", "split_instance_maps", "feature_map", "pool_features",
     "pooled_features", "place_model", "DeviceInfo", "FEATURE_DIM", "select_device", "describe_device",
+    "contrast_limits", "stretch_contrast", "model_input",
 ]
 
 #: decoder width at strides 32, 16, 8, 4, 2
@@ -40,7 +41,40 @@ FEATURE_DIM = FEATURE_CHANNELS[3] + FEATURE_CHANNELS[4]
 _MULTIPLE = 32
 
 
-def build_segnet(num_classes: int, pretrained: bool = True):
+def contrast_limits(image: np.ndarray) -> tuple[float, float]:
+    """The 0.5 and 99.8 percentiles of a float ``(H, W, 3)`` image's channel mean (what
+    :func:`stretch_contrast` maps to 0 and 1); a million pixels, evenly spread, are plenty."""
+    img = np.asarray(image, np.float32)
+    gray = img.mean(2) if img.ndim == 3 else img
+    step = max(1, int(np.sqrt(gray.size / 1_000_000)))
+    lo, hi = np.percentile(gray[::step, ::step], (0.5, 99.8))
+    return float(lo), float(hi)
+
+
+def stretch_contrast(image: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
+    """A float ``(H, W, 3)`` image in [0, 1] stretched so that its :func:`contrast_limits` (or
+    ``limits``) become 0 and 1. Dim fluorescence (nuclei at 2-10% of the 8-bit range) then
+    looks to the network as bright as a photo; a photo that fills its range barely changes.
+    The limits come from the whole image, so every tile and every training crop of it is
+    stretched alike (a large image's from its coarsest level: :func:`predict_large`)."""
+    img = np.asarray(image, np.float32)
+    lo, hi = contrast_limits(img) if limits is None else limits
+    if hi - lo < 1e-3:
+        return img
+    return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def model_input(model, image: np.ndarray) -> np.ndarray:
+    """``image`` as ``model`` takes it: :func:`napari_hitl.io.as_float_rgb`, then
+    :func:`stretch_contrast` when the model was trained so (``model.input_stretch``; models
+    from checkpoints made before the stretch existed take the plain pixels, as they learned)."""
+    img = as_float_rgb(image)
+    if float(getattr(model, "input_stretch", 0)) > 0:
+        img = stretch_contrast(img)
+    return img
+
+
+def build_segnet(num_classes: int, pretrained: bool = True, input_stretch: bool = True):
     """Return the segmentation ``nn.Module`` for ``num_classes`` classes (class 0 = background).
 
     ``model(x)`` takes a ``(B, 3, H, W)`` float tensor in [0, 1] (H, W multiples of 32) and
@@ -50,6 +84,11 @@ def build_segnet(num_classes: int, pretrained: bool = True):
     ``model.num_classes`` holds C. A state dict without the instance head (a checkpoint from
     before it existed) loads with the head freshly initialised, logged and flagged in
     ``model.instance_head_fresh``.
+
+    ``input_stretch`` (a buffer, saved with the weights): the numpy edges (:func:`model_input`,
+    used by prediction and by the trainer) stretch each image's contrast before the network
+    sees it. A state dict without it (made before it existed) loads with it off, so an old
+    model sees the pixels it was trained on.
     """
     import torch
     from torch import nn
@@ -77,6 +116,7 @@ def build_segnet(num_classes: int, pretrained: bool = True):
             # what separates touching objects: boundary and distance-to-edge logits
             self.inst_head = nn.Conv2d(DECODER_CHANNELS[-1], INSTANCE_CHANNELS, 1)
             self.instance_head_fresh = False
+            self.register_buffer("input_stretch", torch.tensor(1.0 if input_stretch else 0.0))
 
         def forward(self, x):
             return self.forward_all(x)[0]
@@ -109,6 +149,10 @@ def build_segnet(num_classes: int, pretrained: bool = True):
                 log.info("checkpoint has no instance head (made before it existed): %s freshly initialised",
                          ", ".join(missing))
             self.instance_head_fresh = bool(missing)
+            if "input_stretch" not in state_dict:  # made before the contrast stretch: plain pixels, as trained
+                state_dict = dict(state_dict)
+                state_dict["input_stretch"] = torch.zeros(())
+                log.info("checkpoint predates the input contrast stretch: the model keeps plain pixels")
             return super().load_state_dict(state_dict, strict=strict, **kw)
 
         def features(self, x):
@@ -178,7 +222,7 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
     was_training = model.training
     model.eval()
     try:
-        img = as_float_rgb(image)
+        img = model_input(model, image)
         h, w = img.shape[:2]
         if h <= tile and w <= tile:
             padded = _pad_to(img, _ceil(h), _ceil(w))
@@ -257,6 +301,10 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     if Path(out).exists():  # zarr's mode "w" would delete whatever is there (the image itself, even)
         raise InputError(f"{out} exists; choose a new path for the probabilities")
     value_range = image.value_range()
+    limits = None
+    if float(getattr(model, "input_stretch", 0)) > 0:  # as model_input does, limits from the coarsest level
+        k = image.n_levels - 1
+        limits = contrast_limits(as_float_rgb(image.read(0, 0, *image.level_shape(k), level=k), value_range))
     c = model.num_classes + (INSTANCE_CHANNELS if with_instances else 0)
     step_chunk = max(tile - overlap, 1)
     arr = zarr.open_array(str(out), mode="w", shape=(c, h, w), dtype=np.float16,
@@ -284,6 +332,8 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt("prediction cancelled")
                 patch = as_float_rgb(image.read(y, x, y + tile, x + tile), value_range)
+                if limits is not None:
+                    patch = stretch_contrast(patch, limits)
                 probs, _ = _forward_tiles(model, [patch], False, with_instances)
                 band[:, :, x:x + tile] += probs[0] * weight
                 bsum[:, x:x + tile] += weight
@@ -334,7 +384,7 @@ def predict_proba_batch(model, images, batch_size: int = 8, tile: int = 1024, ov
                                                      with_instances)
                         out[i] = (p, f) if with_features else p
                 else:
-                    floats = [as_float_rgb(images[i]) for i in chunk]
+                    floats = [model_input(model, images[i]) for i in chunk]
                     padded = [_pad_to(f, key[0], key[1]) for f in floats]
                     probs, feats = _forward_tiles(model, padded, with_features, with_instances)
                     for j, i in enumerate(chunk):

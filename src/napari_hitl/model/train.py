@@ -20,7 +20,6 @@ from typing import Callable, Generator, Iterable
 import numpy as np
 
 from napari_hitl.errors import CorruptFileError, InputError
-from napari_hitl.io import as_float_rgb
 from napari_hitl.model.instances import check_instances, instance_targets
 from napari_hitl.project import ANSWERED, HUMAN, MACHINE, PSEUDO, UNLABELLED  # provenance codes of a pixel
 
@@ -66,6 +65,8 @@ class TrainSettings:
     weight_decay: float = 1e-4
     pseudo_weight: float = 0.5  # loss weight of PSEUDO pixels (HUMAN, MACHINE, SIMULATED: 1)
     instance_weight: float = 1.0  # weight of the instance head's loss (boundary + distance) beside the classes'
+    instance_class_weights: bool = True  # the instance loss weighs pixels by their class weight, as the class
+    # loss does (else every labelled pixel alike: the background, most pixels, then drowns the objects' insides)
     class_weight_clip: tuple[float, float] = (0.2, 5.0)  # inverse-frequency weights clipped here
     scale_range: tuple[float, float] = (0.7, 1.4)  # random rescale of crops
     labelled_crop_bias: float = 0.8  # chance a crop is centred on a labelled pixel
@@ -299,6 +300,8 @@ class Trainer:
                 np.ascontiguousarray(ct.transpose(2, 0, 1), np.float32))
 
     def _prepare(self, samples: list[Sample], cweights: np.ndarray):
+        from napari_hitl.model.segnet import model_input
+
         prepared = []
         s = self.settings
         for smp in samples:
@@ -317,8 +320,9 @@ class Trainer:
             inst = None
             if smp.instances is not None:  # the instance head learns where the object ids are known
                 boundary, distance = instance_targets(smp.instances)
-                inst = np.stack([boundary.astype(np.float32), distance, pix * (1 - bad)], -1)
-            prepared.append((smp, as_float_rgb(smp.image), cw, labelled, inst))
+                iw = cw if s.instance_class_weights else pix * (1 - bad)
+                inst = np.stack([boundary.astype(np.float32), distance, iw], -1)
+            prepared.append((smp, model_input(self.model, smp.image), cw, labelled, inst))
         return prepared
 
     # -- training ----------------------------------------------------------------------------

@@ -138,7 +138,8 @@ class VideoFineTuner:
         # and a run repeats exactly on one machine
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s.seed)
-            self.model = build_segnet(self.num_classes, pretrained=pretrained).to(self.device)
+            # frames reach the network as plain pixels (no contrast stretch): its own batches below
+            self.model = build_segnet(self.num_classes, pretrained=pretrained, input_stretch=False).to(self.device)
         for name, p in self.model.named_parameters():
             if name.startswith(("encoder._conv_stem", "encoder._bn0")):
                 p.requires_grad = False
