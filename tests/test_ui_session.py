@@ -271,3 +271,26 @@ def test_an_engine_error_becomes_a_notification(dock, qtbot, monkeypatch):
     press(dock.labels_layer, 20, 20)
     settle(qtbot, dock)
     assert len(dock.tools.session().regions) == 1 and dock.tools.session().regions[0].mask is not None
+
+
+def test_engines_prepare_again_after_another_project_opens(monkeypatch):
+    """Images of two projects may share a name: after forget() the same key prepares again."""
+    from napari_hitl.napari._tools import EngineHost
+
+    class Counting:
+        def __init__(self):
+            self.seen = []
+
+        def prepare(self, image):
+            self.seen.append(int(image[0, 0]))
+
+    engine = Counting()
+    monkeypatch.setattr("napari_hitl.interactive.engine.get_engine", lambda name: engine)
+    host = EngineHost()
+    a, b = np.zeros((4, 4), np.uint8), np.ones((4, 4), np.uint8)
+    assert host.get("clicknet", ("img0", 0), a) is engine
+    host.get("clicknet", ("img0", 0), a)
+    assert engine.seen == [0]  # same image, same frame: prepared once
+    host.forget()  # another project opened
+    host.get("clicknet", ("img0", 0), b)
+    assert engine.seen == [0, 1]

@@ -57,11 +57,20 @@ def shortcut_help() -> str:
 
 
 class EngineHost:
-    """The interactive engines, created and prepared on the worker thread only."""
+    """The interactive engines, created and prepared on the worker thread only.
+
+    An engine is prepared again when the (image, frame) key changes, or after :meth:`forget`
+    (another project opened: its images may share names with the last one's)."""
 
     def __init__(self):
         self._engines: dict = {}
         self._keys: dict = {}
+        self._epoch = 0
+
+    def forget(self) -> None:
+        """Every engine prepares again on its next use (called on the UI thread when the project
+        changes; a preparation running meanwhile on the worker is tagged with the old epoch)."""
+        self._epoch += 1
 
     def get(self, name: str, key, image: np.ndarray):
         from napari_hitl.interactive.engine import get_engine
@@ -69,10 +78,11 @@ class EngineHost:
         engine = self._engines.get(name)
         if engine is None:
             engine = self._engines[name] = get_engine(name)
-        if self._keys.get(name) != key:
+        tagged = (self._epoch, key)
+        if self._keys.get(name) != tagged:
             self._keys[name] = None
             engine.prepare(image)
-            self._keys[name] = key
+            self._keys[name] = tagged
         return engine
 
     def device(self, name: str) -> str:

@@ -409,6 +409,7 @@ class HitlWidget(QWidget):
         if self.project is not None and self.project.root != project.root:
             self.queue.cancel()
             self.session.close()
+        self.tools.host.forget()  # an image of the same name in this project is another image
         self.session = Session(project)
         claim_project_folder(project.root)  # `napari PROJECT` opens it without a reader dialog from now on
         self.session.on("committed", self._committed)
