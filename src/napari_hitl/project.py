@@ -1107,7 +1107,7 @@ class Project:
         new_files: list[Path] = []
         with self._mutex:
             db = self._db
-            try:
+            with self._writing(event, rec, new_files):
                 n_classes = self.n_classes
                 next_id = self._next_id(db, iid)
                 stored = self._chunk_rows(db, rec, chunk, (y0, x0, y1, x1))
@@ -1186,14 +1186,6 @@ class Project:
                                            "its chunks; clear its labels to start it afresh")
                 if object_rows:
                     next_id = max(next_id, max(r[2] for r in object_rows) + 1)
-            except OSError as err:
-                self._discard(new_files)
-                raise CommitError(f"{event} of {rec.name!r} rolled back, nothing changed: cannot write "
-                                  f"{err.filename or (new_files[-1] if new_files else 'a label file')} "
-                                  f"({err.strerror or err})") from err
-            except BaseException:
-                self._discard(new_files)
-                raise
             try:
                 with self._transaction(f"{event} of {rec.name!r}") as tx:
                     tx.executemany("DELETE FROM chunks WHERE image = ? AND frame = 0 AND cy = ? AND cx = ?",
@@ -1216,12 +1208,7 @@ class Project:
             except BaseException:
                 self._discard(new_files)
                 raise
-            for key in changed:
-                if key in stored:
-                    try:
-                        self._garbage.append(self._label_path(stored[key]))
-                    except CorruptFileError:
-                        pass
+            self._retire(stored[key] for key in changed if key in stored)
         self._collect()
         return counts
 
@@ -1448,11 +1435,7 @@ class Project:
                 tx.execute("INSERT OR REPLACE INTO marks VALUES (?, ?)", (iid, next_id))
                 counts = self._counts_of(tx, rec)
                 self._journal(tx, "clear", image=rec.name, frame=None, chunks=len(files))
-            for rel in files:
-                try:
-                    self._garbage.append(self._label_path(rel))
-                except CorruptFileError:
-                    pass  # a tampered pointer: there is no file of ours to delete
+            self._retire(files)
         self._collect()
         return counts
 
@@ -1469,7 +1452,7 @@ class Project:
         iid = self._ids[rec.name]
         new_files: list[Path] = []
         with self._mutex:
-            try:
+            with self._writing(event, rec, new_files):
                 old = dict(self._db.execute("SELECT frame, file FROM planes WHERE image = ?", (iid,)))
                 next_id = self._next_id(self._db, iid)
                 n_classes = self.n_classes
@@ -1499,14 +1482,6 @@ class Project:
                     _write_npz(path, new_ids, new_prov)
                     c = Counts.of(new_prov)
                     rows.append((iid, t, rel, c.unlabelled, c.human, c.machine, c.pseudo, c.simulated))
-            except OSError as err:
-                self._discard(new_files)
-                raise CommitError(f"{event} of {rec.name!r} rolled back, nothing changed: cannot write "
-                                  f"{err.filename or (new_files[-1] if new_files else 'a label file')} "
-                                  f"({err.strerror or err})") from err
-            except BaseException:
-                self._discard(new_files)
-                raise
             try:
                 with self._transaction(f"{event} of {rec.name!r}") as db:
                     db.executemany("INSERT OR REPLACE INTO planes(image, frame, file, unlabelled, human, machine, "
@@ -1519,11 +1494,7 @@ class Project:
             except BaseException:
                 self._discard(new_files)
                 raise
-            for t in (t for t in frames if t in old):
-                try:
-                    self._garbage.append(self._label_path(old[t]))
-                except CorruptFileError:
-                    pass  # a tampered pointer that was just replaced: there is no file of ours to delete
+            self._retire(old[t] for t in frames if t in old)
         self._collect()
         return counts
 
@@ -1577,6 +1548,30 @@ class Project:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def _writing(self, event: str, rec, new_files: list[Path]):
+        """Writing a commit's new label files (``new_files``, appended as they are made): on any
+        failure they are removed, and an OSError becomes a CommitError naming the file."""
+        try:
+            yield
+        except OSError as err:
+            self._discard(new_files)
+            raise CommitError(f"{event} of {rec.name!r} rolled back, nothing changed: cannot write "
+                              f"{err.filename or (new_files[-1] if new_files else 'a label file')} "
+                              f"({err.strerror or err})") from err
+        except BaseException:
+            self._discard(new_files)
+            raise
+
+    def _retire(self, rels) -> None:
+        """Queue the label files a commit replaced (paths relative to ``labels/``) for deletion;
+        a tampered pointer names no file of ours, so there is nothing to delete."""
+        for rel in rels:
+            try:
+                self._garbage.append(self._label_path(rel))
+            except CorruptFileError:
+                pass
 
     @staticmethod
     def _discard(files: list[Path]) -> None:
