@@ -336,17 +336,10 @@ class ClickNetEngine(Engine):
             self._graph.prepare(self._image)
         return self._graph.solve_with_priors(regions, prev_masks, logits, self.walker)
 
-    def predict_all_windows(self, regions: Sequence[RegionPrompts],
-                            prev_masks: Sequence[np.ndarray | Window | None] | None = None) -> list[Window]:
-        """:meth:`predict_all` as windows; on a large image each region's own crop window (the joint
-        walk would need the whole image)."""
-        if not self.large:
-            return super().predict_all_windows(regions, prev_masks)
-        prev_masks = list(prev_masks) if prev_masks is not None else [None] * len(regions)
-        if len(prev_masks) != len(regions):
-            raise InputError(f"got {len(prev_masks)} previous masks for {len(regions)} regions")
-        return [self.predict_window(r, prev_mask=p, others=[o for o in regions if o is not r])
-                for r, p in zip(regions, prev_masks)]
+    def solves_jointly(self) -> bool:
+        """On a large image each region keeps its own crop window (the joint walk would need the
+        whole image)."""
+        return not self.large
 
     def _encode(self, crop) -> None:
         import torch

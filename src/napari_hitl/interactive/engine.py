@@ -121,15 +121,20 @@ class Engine(abc.ABC):
         full = as_full_mask(prev_mask, self.shape) if isinstance(prev_mask, Window) else prev_mask
         return Window(np.asarray(self.predict(region, prev_mask=full, others=others), np.float32), 0, 0)
 
+    def solves_jointly(self) -> bool:
+        """Whether :meth:`predict_all` solves all regions of the prepared image at once, over the
+        whole image (by default: whether the engine overrides it)."""
+        return type(self).predict_all is not Engine.predict_all
+
     def predict_all_windows(self, regions: Sequence[RegionPrompts],
                             prev_masks: "Sequence[np.ndarray | Window | None] | None" = None) -> list[Window]:
         """:meth:`predict_all` as windows (full-image mode on a large image): each region's logits
-        over the window its engine looked at. An engine that solves all regions jointly (it
-        overrides :meth:`predict_all`) answers over the whole image."""
+        over the window its engine looked at. An engine that solves all regions jointly
+        (:meth:`solves_jointly`) answers over the whole image."""
         prev_masks = list(prev_masks) if prev_masks is not None else [None] * len(regions)
         if len(prev_masks) != len(regions):
             raise InputError(f"got {len(prev_masks)} previous masks for {len(regions)} regions")
-        if type(self).predict_all is not Engine.predict_all:
+        if self.solves_jointly():
             full = [as_full_mask(p, self.shape) for p in prev_masks]
             return [Window(np.asarray(lg, np.float32), 0, 0) for lg in self.predict_all(regions, full)]
         return [self.predict_window(r, prev_mask=p, others=[o for o in regions if o is not r])
