@@ -19,15 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def main(argv=None) -> int:
     import torch
 
-    from napari_hitl.evaluate.bench_interactive import _pairs, _read_mask, full_image_session, image_regions
-    from napari_hitl.interactive.engine import get_engine
-    from napari_hitl.io import read_image
+    from napari_hitl.evaluate.bench_interactive import bench_full_image
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 3:
@@ -37,24 +33,12 @@ def main(argv=None) -> int:
     start, stop, configs = int(argv[0]), int(argv[1]), json.loads(argv[2])
     if start < 20:
         raise SystemExit("images 0-19 are the benchmark's: tune on START >= 20")
-    pairs = _pairs(Path("../shared/data/camvid/val"), None)[start:stop]
     for cfg in configs:
         name = cfg.pop("engine")
-        engine = get_engine(name, **cfg)
-        per: dict[int, list[float]] = {}
-        times: list[float] = []
         t0 = time.time()
-        for i, (img_path, mask_path) in enumerate(pairs):
-            ids, _, ignore = image_regions(_read_mask(mask_path), 11, 64)
-            n = int(ids.max())
-            if n == 0:
-                continue
-            res, t = full_image_session(engine, read_image(img_path), ids, n, ignore, seed=start + i + 1)
-            times += t
-            for b, v in res.items():
-                per.setdefault(b, []).extend(list(v))
-        print(name, cfg, {b: round(float(np.mean(v)), 4) for b, v in per.items()},
-              f"median solve {np.median(times):.0f} ms", f"{time.time() - t0:.0f} s", flush=True)
+        res = bench_full_image(name, Path("../shared/data/camvid/val"), stop - start, options=cfg, first=start)
+        print(name, cfg, {b: round(v, 4) for b, v in res["mean_region_iou"].items()},
+              f"median solve {res['ms_per_full_solve_median']:.0f} ms", f"{time.time() - t0:.0f} s", flush=True)
     return 0
 
 

@@ -306,19 +306,20 @@ def full_image_session(engine, image, ids, n, ignore, budgets=SCRIBBLE_BUDGETS, 
 
 
 def bench_full_image(engine_name: str, folder: Path, limit: int | None, ignore_class: int | None = 11,
-                     min_region: int = 64, seed: int = 0, options: dict | None = None) -> dict:
-    """Full-image-mode figures (mean region IoU per scribble budget) for one label-map folder."""
+                     min_region: int = 64, seed: int = 0, options: dict | None = None, first: int = 0) -> dict:
+    """Full-image-mode figures (mean region IoU per scribble budget) for one label-map folder,
+    over ``limit`` images from the ``first`` (0-based; each image's robot seed follows its place)."""
     from napari_hitl.interactive.engine import get_engine
     from napari_hitl.io import read_image
 
     engine = get_engine(engine_name, **(options or {}))
-    pairs = _pairs(folder, limit)
+    pairs = _pairs(folder, None if limit is None else first + limit)[first:]
     per_budget: dict[int, list[float]] = {b: [] for b in SCRIBBLE_BUDGETS}
     image_means: dict[int, list[float]] = {b: [] for b in SCRIBBLE_BUDGETS}
     times, n_regions = [], []
     tracemalloc.start()
     t_start = time.perf_counter()
-    for i, (img_path, mask_path) in enumerate(pairs, 1):
+    for i, (img_path, mask_path) in enumerate(pairs, first + 1):
         image = read_image(img_path)
         ids, _, ignore = image_regions(_read_mask(mask_path), ignore_class, min_region)
         n = int(ids.max())
@@ -331,7 +332,7 @@ def bench_full_image(engine_name: str, folder: Path, limit: int | None, ignore_c
             per_budget[b] += list(v)
             image_means[b].append(float(np.mean(v)))
         el = time.perf_counter() - t_start
-        print(f"\r  {folder.name} full-image: {i}/{len(pairs)}  mean region IoU at 2 scribbles so far "
+        print(f"\r  {folder.name} full-image: {i - first}/{len(pairs)}  mean region IoU at 2 scribbles so far "
               f"{np.mean(per_budget[2]):.3f}  ({el:.0f} s)", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     _, peak_py = tracemalloc.get_traced_memory()
