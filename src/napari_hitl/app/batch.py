@@ -199,7 +199,9 @@ def predict_project(session, client, names: list[str] | None = None, *,
     threads = sum(client.nthreads().values()) or 1
     report.workers = len(client.nthreads())
     in_flight = in_flight or 2 * threads
-    weights_future = client.scatter(weights, broadcast=True)
+    # hash=False: the token names the weights already; dask's own hash of megabytes of bytes runs
+    # in the client's event loop and held the GIL (a 0.5 s stall of the dock's UI thread)
+    weights_future = client.scatter(weights, broadcast=True, hash=False)
     cache_root = project.cache_dir / CACHE_FOLDER / token
     n_classes = project.n_classes
     stuff = project.stuff_classes
