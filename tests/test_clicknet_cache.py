@@ -233,3 +233,59 @@ def test_learning_curve_plot(tmp_path):
     (tmp_path / "curve.json").write_text(json.dumps(curve))
     plot_curve(tmp_path / "curve.json", tmp_path / "out" / "curve.png")
     assert (tmp_path / "out" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_deep_variant_starts_as_its_init_and_trains_its_new_parts(runs, tmp_path):
+    """A deep network initialised from default-variant weights answers exactly as they do (its
+    stride-8 injection starts at zero); a --deep run from them resumes as deep, its weights file
+    loads into the engine as the deep variant, and its new parts moved."""
+    import torch
+
+    from napari_hitl.interactive import train_clicknet as tc
+    from napari_hitl.interactive.clicknet import ClickNetEngine, load_network
+    from napari_hitl.interactive.clicknet_net import (DEEP_FIRST_TRAINED_BLOCK, FIRST_TRAINED_BLOCK,
+                                                      build_clicknet)
+
+    tmp, _ = runs
+    init = tmp / "b" / "clicknet.pt"
+    default, _ = load_network(init)
+    deep = build_clicknet(first_trained_block=DEEP_FIRST_TRAINED_BLOCK)
+    missing, unexpected = deep.load_state_dict(default.trainable_state(), strict=False)
+    assert not unexpected and {k for k in missing if not k.startswith("encoder.")} == {"inject8.weight", "inject8.bias"}
+    default.eval(), deep.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 320, 320, generator=g)
+    maps = (torch.rand(2, 3, 320, 320, generator=g) > 0.99).float()
+    with torch.no_grad():
+        assert "f16" not in deep.encode(x)
+        torch.testing.assert_close(deep.decode(deep.encode(x), maps), default.decode(default.encode(x), maps))
+
+    common = ["--data", str(tmp / "data"), "--cache", str(tmp / "cache"), "--cache-crops", "6", "--batch", "2",
+              "--max-rounds", "1", "--eval-every", "0", "--threads", "1", "--out", str(tmp_path / "d")]
+    assert tc.main(common + ["--steps", "1", "--deep", "--init", str(init), "--old-lr-scale", "0.25"]) == 0
+    assert tc.main(common + ["--steps", "2", "--resume", str(tmp_path / "d" / "ckpt.pt")]) == 0  # no --deep: kept
+    meta = json.loads((tmp_path / "d" / "clicknet.json").read_text())
+    assert meta["first_trained_block"] == DEEP_FIRST_TRAINED_BLOCK and meta["steps"] == 2
+    eng = ClickNetEngine(weights=tmp_path / "d" / "clicknet.pt")
+    assert eng.net.first_trained_block == DEEP_FIRST_TRAINED_BLOCK
+    trained, _ = load_network(tmp_path / "d" / "clicknet.pt")
+    state = trained.trainable_state()
+    assert state["inject8.weight"].abs().sum() > 0  # the new injection left zero
+    blk = f"encoder._blocks.{DEEP_FIRST_TRAINED_BLOCK}._project_conv.weight"
+    assert not torch.equal(state[blk], build_clicknet().state_dict()[blk])  # the stride-16 stage trained
+    assert f"encoder._blocks.{FIRST_TRAINED_BLOCK - 1}._project_conv.weight" not in default.trainable_state()
+
+
+def test_param_groups_scale_the_old_parts_of_a_deep_network():
+    from napari_hitl.interactive.clicknet_net import DEEP_FIRST_TRAINED_BLOCK, build_clicknet
+    from napari_hitl.interactive.train_clicknet import param_groups
+
+    default = param_groups(build_clicknet(pretrained=False), 1.0, old_scale=0.25)
+    assert [g["lr"] for g in default] == [0.3, 1.0]  # the default variant ignores old_scale
+    net = build_clicknet(pretrained=False, first_trained_block=DEEP_FIRST_TRAINED_BLOCK)
+    groups = param_groups(net, 1.0, old_scale=0.25)
+    assert [g["lr"] for g in groups] == pytest.approx([0.075, 0.3, 0.25, 1.0])
+    named = {id(p): n for n, p in net.named_parameters()}
+    assert {named[id(p)] for p in groups[3]["params"]} == {"inject8.weight", "inject8.bias"}
+    assert all(named[id(p)].startswith("encoder._blocks.1") for p in groups[0]["params"])  # blocks 11-15
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in net.parameters())

@@ -201,27 +201,32 @@ def crop_prompt_maps(region: RegionPrompts, crop: Sequence[float], others: Seque
     return maps
 
 
-def _load_weights(net, path: Path) -> dict:
-    """Load the trainable part of the network from ``path`` (torch, weights_only: no code, no network)."""
+def load_network(path: Path):
+    """The click network with its trainable part from ``path`` (torch, weights_only: no code, no
+    network) and the file's metadata; the file's keys say which variant it is (:mod:`.clicknet_net`)."""
     import torch
+
+    from napari_hitl.interactive.clicknet_net import build_clicknet, first_trained_block_of, frozen_prefixes
 
     if not path.is_file():
         raise HitlError(f"click-model weights are missing at {path}; reinstall napari-hitl or train them "
                         f"with `python -m napari_hitl.interactive.train_clicknet`")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"a {type(state).__name__}, not a state dict")
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
         raise HitlError(f"click-model weights at {path} cannot be read: {err}") from err
+    first = first_trained_block_of(state)
+    net = build_clicknet(pretrained=True, first_trained_block=first)
     state = {k: v.float() for k, v in state.items()}
     missing, unexpected = net.load_state_dict(state, strict=False)
-    from napari_hitl.interactive.clicknet_net import FROZEN_PREFIXES
-
-    missing = [k for k in missing if not k.startswith(FROZEN_PREFIXES)]
+    missing = [k for k in missing if not k.startswith(frozen_prefixes(first))]
     if missing or unexpected:
         raise HitlError(f"click-model weights at {path} do not match the network "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     meta = path.with_suffix(".json")
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    return net, (json.loads(meta.read_text()) if meta.is_file() else {})
 
 
 @register_engine("clicknet")
@@ -254,7 +259,6 @@ class ClickNetEngine(Engine):
         prior weight against the image's edges."""
         import torch
 
-        from napari_hitl.interactive.clicknet_net import build_clicknet
         from napari_hitl.model.backbone import describe_device, select_device
 
         if threads:
@@ -262,8 +266,7 @@ class ClickNetEngine(Engine):
         self.device = select_device(device)
         self.device_name = describe_device(self.device)
         self.weights_path = Path(weights) if weights else weights_file()
-        net = build_clicknet(pretrained=True)
-        self.meta = _load_weights(net, self.weights_path)
+        net, self.meta = load_network(self.weights_path)
         self.net = net.eval().fuse_batchnorm().to(self.device)
         self.connected = bool(connected)
         if not (0.0 <= float(snap) <= 8.0) or not (0.0 < float(snap_eps) < 1.0):

