@@ -269,16 +269,27 @@ def main() -> int:
         spin(0.3)
 
     def open_big_image():
-        """A project of one 1024x1024 image (the sample tiled), opened in the dock."""
+        """A project of one 1024x1024 image (the sample tiled), opened in the dock, with the model
+        the training phase left (so that there are objects to decode; an untrained head finds none)."""
+        import shutil
+
         from PIL import Image
 
+        from napari_hitl.app.model_host import checkpoint_path
         from napari_hitl.project import Project
 
         folder = tempfile.mkdtemp(prefix="napari-hitl-objects-")
         img = np.asarray(dock.image_layer.data)
         big_img = np.tile(img, (1024 // img.shape[0] + 1, 1024 // img.shape[1] + 1) + (1,) * (img.ndim - 2))
         Image.fromarray(np.ascontiguousarray(big_img[:1024, :1024])).save(os.path.join(folder, "big.png"))
-        dock.open_project(Project.create(os.path.join(folder, "p"), folder, classes=["background", "nucleus"]))
+        trained = checkpoint_path(dock.project) if dock.project is not None else None
+        classes = [c.name for c in dock.project.classes] if dock.project is not None else ["background", "nucleus"]
+        stuff = [c.name for c in dock.project.classes if c.id in dock.project.stuff_classes] if dock.project else []
+        big = Project.create(os.path.join(folder, "p"), folder, classes=classes, stuff=stuff)
+        if trained is not None and trained.is_file():
+            checkpoint_path(big).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(trained, checkpoint_path(big))
+        dock.open_project(big)
         wait(lambda: not dock.queue.busy)
         spin(0.5)
 
