@@ -900,6 +900,17 @@ class Project:
         keys = ("frame", "id", "class", "area", "provenance", "y0", "x0", "y1", "x1", "cy", "cx")
         return [{"image": names[r[0]], **dict(zip(keys, r[1:]))} for r in rows if r[0] in names]
 
+    def object(self, image: str | int, oid: int, frame: int | None = None) -> dict | None:
+        """One object of one plane from the index (the keys of :meth:`objects`), or None if the
+        plane has no object ``oid`` (a cheap look-up: a large image may hold many objects)."""
+        rec = self.record(image)
+        t = self._frame_index(rec, frame)
+        with self._reader() as db:
+            row = db.execute("SELECT frame, id, class, area, provenance, y0, x0, y1, x1, cy, cx FROM objects "
+                             "WHERE image = ? AND frame = ? AND id = ?", (self._ids[rec.name], t, int(oid))).fetchone()
+        keys = ("frame", "id", "class", "area", "provenance", "y0", "x0", "y1", "x1", "cy", "cx")
+        return None if row is None else {"image": rec.name, **dict(zip(keys, row))}
+
     # ------------------------------------------------------------------ large images, in chunks
     def is_slide(self, image: str | int) -> bool:
         """Whether the labels of ``image`` are stored in chunks (an image above

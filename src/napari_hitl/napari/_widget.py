@@ -395,8 +395,9 @@ class HitlWidget(QWidget):
     def _refuse_slide(self, what: str) -> None:
         """A dock action that needs the whole image refuses a large one, saying so."""
         if self.slide.active:
-            raise InputError(f"{what}; {self.current!r} is a large image, never read whole. On it: the click tool, "
-                             "Accept, and export as zarr.")
+            raise InputError(f"{what}; {self.current!r} is a large image, never read whole. On it: the click, "
+                             "scribble and extreme-point tools (on new objects or to correct a saved one), Accept, "
+                             "and export as zarr or TIFF.")
 
     def _brush_changed(self, value: int) -> None:
         if self.labels_layer is not None:
@@ -522,8 +523,9 @@ class HitlWidget(QWidget):
         self.suggestions.image_shown(None, None, None)
         self.objects.image_shown(None, None)
         self.video.image_shown(None, None)
-        self.say(f"{self.current!r} is a large image: click objects (the {SLIDE_ENGINE} engine reads only the crop "
-                 "around the clicks), then Accept")
+        self.say(f"{self.current!r} is a large image: click, scribble or mark extreme points of objects (the "
+                 f"{SLIDE_ENGINE} engine reads only the crop around them; a prompt on a saved object corrects it), "
+                 "then Accept")
 
     # ------------------------------------------------------------------ images
     def refresh_list(self) -> None:
