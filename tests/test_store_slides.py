@@ -271,16 +271,16 @@ def test_a_project_copy_keeps_the_chunks(slide_project, tmp_path):
         assert q.objects("slide") == p.objects("slide")
 
 
-def test_export_writes_a_large_image_chunk_by_chunk_as_zarr_and_refuses_tiff(slide_project, tmp_path):
+def test_export_writes_a_large_image_chunk_by_chunk_as_zarr_and_refuses_png(slide_project, tmp_path):
     import zarr
 
     p = slide_project
     win = np.zeros((300, 300), np.uint32)
     win[50:250, 50:250] = 5
     p.commit_window("slide", win, {5: 1}, offset=(100, 100))
-    with pytest.raises(InputError, match="large image .*only as zarr"):
-        io.export_project(p, tmp_path / "out-tiff", "tiff")
-    assert not (tmp_path / "out-tiff").exists()
+    with pytest.raises(InputError, match="large image .*only as zarr or tiled TIFF"):
+        io.export_project(p, tmp_path / "out-png", "png")
+    assert not (tmp_path / "out-png").exists()
     io.export_project(p, tmp_path / "out", "zarr")
     ids = zarr.open_array(str(tmp_path / "out" / "instances" / "slide.zarr"), mode="r")
     labels = zarr.open_array(str(tmp_path / "out" / "labels" / "slide.zarr"), mode="r")
@@ -289,6 +289,47 @@ def test_export_writes_a_large_image_chunk_by_chunk_as_zarr_and_refuses_tiff(sli
     assert labels[200, 200] == 1 and labels[110, 110] == 0 and labels[0, 0] == io.UNLABELLED_VALUE
     rows = (tmp_path / "out" / "objects.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("slide,,5,1,cell,40000,")
+
+
+def test_export_writes_a_large_image_as_tiled_bigtiff_window_by_window(slide_project, tmp_path, monkeypatch):
+    p = slide_project
+    a = np.zeros((300, 300), np.uint32)
+    a[50:250, 50:250] = 5
+    p.commit_window("slide", a, {5: 1}, offset=(100, 100))
+    p.commit_window("slide", np.full((40, 60), 9, np.uint32), {9: 2}, offset=(H - 40, W - 60))  # the last tile
+    p.commit_window("slide", np.full((10, 10), 70000, np.uint32), {70000: 1}, offset=(0, 0))  # beyond 16 bits
+    ids, prov, classes = p.read_window("slide", 0, 0, H, W)
+    monkeypatch.setattr(io, "SLIDE_TIFF_TILE", 128)
+    reads = []
+    real = Project.read_window
+    monkeypatch.setattr(Project, "read_window", lambda self, image, y0, x0, y1, x1, **kw: reads.append(
+        (image, (y1 - y0) * (x1 - x0))) or real(self, image, y0, x0, y1, x1, **kw))
+    written = []
+    real_write = tifffile.imwrite
+    monkeypatch.setattr(tifffile, "imwrite", lambda path, data=None, **kw: written.append((path, data, kw))
+                        or real_write(path, data, **kw))
+    io.export_project(p, tmp_path / "out", "tiff")
+    # never whole: every read of the slide is one tile, and each file's tiles come from a generator
+    assert reads and max(n for name, n in reads if name == "slide") == 128 * 128
+    slide_files = [(path, data, kw) for path, data, kw in written if "slide" in str(path)]
+    assert len(slide_files) == 3 and all(not isinstance(data, np.ndarray) for _, data, _ in slide_files)
+    out = tmp_path / "out"
+    with tifffile.TiffFile(out / "instances" / "slide.tif") as tf:
+        page = tf.pages[0]
+        assert tf.is_bigtiff and page.is_tiled and page.tilelength == 128 and page.dtype == np.uint32
+        np.testing.assert_array_equal(page.asarray(), ids)
+    np.testing.assert_array_equal(tifffile.imread(out / "provenance" / "slide.tif"), prov)
+    labels = tifffile.imread(out / "labels" / "slide.tif")
+    assert labels.dtype == np.uint8 and labels.shape == (H, W)
+    np.testing.assert_array_equal(labels, np.where(prov == 0, io.UNLABELLED_VALUE, inst.semantic(ids, classes)))
+    assert labels[200, 200] == 1 and labels[H - 1, W - 1] == 2 and labels[110, 110] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    (entry,) = [e for e in manifest["images"] if e["name"] == "slide"]
+    assert entry["instances"] == "instances/slide.tif" and entry["objects"] == 3
+    rows = (out / "objects.csv").read_text().splitlines()
+    assert any(r.startswith("slide,,5,1,cell,40000,") for r in rows) and len(rows) == 4
+    # the small image of the project is exported whole, as always
+    assert tifffile.imread(out / "instances" / "small.tif").shape == (40, 50)
 
 
 def test_training_leaves_large_images_out(slide_project):
