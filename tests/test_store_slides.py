@@ -449,3 +449,66 @@ def test_a_slide_with_a_damaged_chunk_can_be_cleared_as_its_error_says(slide_pro
     assert p.counts("slide").human == 100
     with pytest.raises(InputError, match="whole"):
         p.clear_labels("slide", where=np.ones((H, W), bool))
+
+
+def test_two_chunk_entries_on_one_file_are_named_and_nothing_is_lost(slide_project):
+    """A tampered index whose ``chunks`` rows point at one file (or at a plane's file): reads and
+    commits over them say so, and neither a commit nor a clear deletes a file another entry needs."""
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))  # chunks (0..1, 0..1)
+    p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
+    files = p.chunk_files("slide")
+    small_file = p.label_file("small")
+    root = p.root
+    p._db.execute("UPDATE chunks SET file = (SELECT file FROM chunks WHERE cy = 0 AND cx = 0) WHERE cy = 0 AND cx = 1")
+    p._db.execute("UPDATE chunks SET file = (SELECT file FROM planes WHERE file LIKE '%.npz') WHERE cy = 1 AND cx = 1")
+    p.close()
+    p = Project.open(root)
+    try:
+        for y, x in ((10, 10), (10, 300), (300, 300)):
+            with pytest.raises(CorruptFileError, match="table 'chunks'.*another entry points at too"):
+                p.read_window("slide", y, x, y + 5, x + 5)
+        with pytest.raises(CorruptFileError, match="another entry"):
+            p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+        assert p.read_window("slide", 300, 110, 310, 120)[0].all()  # chunk (1, 0) is its own
+        p.clear_labels("slide")  # the way out the error names
+        assert files[(0, 0)].exists() and small_file.exists()  # still pointed at (by the small image)
+        ids, _, classes = p.read_instances("small")
+        assert ids.all() and classes == {1: 1}
+        assert not files[(1, 0)].exists()  # the slide's own chunk file went
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ("DROP TABLE chunks", "no table 'chunks'"),
+    ("DROP TABLE chunk_objects", "no table 'chunk_objects'"),
+    ("ALTER TABLE chunks RENAME COLUMN file TO name", "table 'chunks' lacks the column 'file'"),
+    ("DROP TABLE slides; DROP TABLE chunks; DROP TABLE chunk_objects", "no table 'slides'.*holds the chunks"),
+])
+def test_damaged_tables_of_large_images_are_named_on_opening_and_nothing_is_lost(slide_project, tamper, message):
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    files = p.chunk_files("slide")
+    root = p.root
+    p._db.executescript(tamper)
+    p.close()
+    for readonly in (True, False):
+        with pytest.raises(CorruptFileError, match=message):
+            Project.open(root, readonly=readonly)
+    assert all(f.exists() for f in files.values())  # no writer took the chunk files for leftovers
+
+
+def test_malformed_values_in_the_tables_of_large_images_are_named(slide_project):
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    p._db.execute("UPDATE chunk_objects SET area = 'many' WHERE cy = 1 AND cx = 1")
+    with pytest.raises(CorruptFileError, match="table 'chunk_objects' has a malformed entry"):
+        p.commit_window("slide", np.full((10, 10), 6, np.uint32), {6: 1}, offset=(100, 100))  # object 5 shrinks
+    p._db.execute("UPDATE objects SET class = 'cell'")
+    with pytest.raises(CorruptFileError, match="table 'chunk_objects' or 'objects' has a malformed entry"):
+        p.read_window("slide", 100, 100, 110, 110)
+    p._db.execute("UPDATE objects SET class = 1")
+    p._db.execute("UPDATE planes SET human = 'all'")
+    with pytest.raises(CorruptFileError, match="table 'planes' has a malformed entry"):
+        p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(400, 400))
