@@ -161,3 +161,32 @@ def test_scribbles_extreme_points_and_corrections_on_a_large_image(slide_dock, q
     dock.run_action("suggest")
     press(layer, 100, 100)
     assert "scribble and extreme-point tools work" in dock.status.text()
+
+
+def test_a_large_images_files_are_closed_when_it_is_left(slide_dock, qtbot, monkeypatch):
+    """The image layer's file and the tool's own are closed when the dock shows another image or
+    closes the project's layers; an image shown again is opened afresh (and its engine prepared again)."""
+    dock, project, reads = slide_dock
+    settle(qtbot, dock)  # the thumbnails (each read from a file opened and closed at once)
+    opened, closed = [], []
+    real_open, real_close = project.open_image, io.LazyImage.close
+    monkeypatch.setattr(project, "open_image", lambda name: opened.append(real_open(name)) or opened[-1])
+    monkeypatch.setattr(io.LazyImage, "close", lambda self: closed.append(self) or real_close(self))
+    dock.show_image("slide")
+    settle(qtbot, dock)
+    assert len(opened) == 2 and not closed  # the image layer's and the click tool's
+    dock.show_image("a_small")
+    settle(qtbot, dock)
+    assert all(any(c is o for c in closed) for o in opened)
+    dock.show_image("slide")
+    settle(qtbot, dock)
+    tool_image = dock.slide.image
+    assert tool_image is opened[-1] and not any(c is tool_image for c in closed)
+    dock.run_action("click")
+    press(dock.labels_layer, 1500, 1530)  # the engine reads the new file, not the closed one
+    qtbot.waitUntil(lambda: dock.slide.regions and dock.slide.regions[0].window is not None, timeout=WAIT)
+    image_layer = dock.image_layer
+    dock.close_project()
+    assert any(c is tool_image for c in closed)
+    dock.viewer.layers.remove(image_layer)  # the person removes the image: its file is closed
+    assert all(any(c is o for c in closed) for o in opened)
