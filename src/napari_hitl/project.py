@@ -39,7 +39,9 @@ the orphaned files); :meth:`Project.read_window` reads only the chunks a window 
 checked like a plane. A project without a large image keeps the tables empty (a writer adds
 them to a project made before them) and stays format 3; one with a large image is format 4
 (:data:`SLIDE_VERSION`), so a release that knows only format 3 refuses it rather than taking
-its chunk files for a crash's leftovers.
+its chunk files for a crash's leftovers. Opening checks the three tables and their columns
+(a damaged one is named, never re-created empty); a label file that two entries point at
+(a tampered index) is refused by every read and commit over it and deleted by none.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ use ``ctx.should_stop()`` and ``ctx.progress(...)``. They read and write the pro
 the lock and return plain results; the caller hands them back with :meth:`Session.predicted`
 or :meth:`Session.trained` on its own thread. Listeners registered with :meth:`Session.on` hear
 ``committed(name, counts)``, ``predicted(predictions)`` and ``trained(figures)``.
+
+On a large image (a slide, whose labels are read and committed by window) a region's answer
+is saved with :meth:`Session.commit_region`: it takes only what :meth:`Session.claim` gives it
+(never a person's pixels of another saved object), and a correction of a saved object starts
+from :meth:`Session.object_seed` and replaces that object inside the answer's window.
 """
 
 from __future__ import annotations
