@@ -14,7 +14,7 @@ from napari_hitl.app import session as app_session
 from napari_hitl.app.session import Session
 from napari_hitl.errors import InputError
 from napari_hitl.interactive.engine import Window
-from napari_hitl.project import HUMAN, MACHINE, Project
+from napari_hitl.project import HUMAN, Project
 
 from test_store_slides import CHUNK, H, W, make_slide
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from napari_hitl.app.model_host import ModelHost
 from napari_hitl.app.predictions import CachedPredictions
 from napari_hitl.errors import InputError
 from napari_hitl.project import Counts, Project
+
+if TYPE_CHECKING:
+    from napari_hitl.interactive.engine import Window
 
 #: what a listener can hear (see the module docstring)
 EVENTS = ("committed", "predicted", "trained")
@@ -185,7 +188,7 @@ class Session:
         oid = int(ids[0, 0])
         return (oid, int(classes[oid])) if oid else (0, 0)
 
-    def object_seed(self, name: str, oid: int, near: tuple[float, float]) -> "Window":
+    def object_seed(self, name: str, oid: int, near: tuple[float, float]) -> Window:
         """The saved pixels of object ``oid`` of large image ``name`` as a boolean window (the
         previous mask a correction of it starts from): over the object's box, at most
         :data:`SEED_SIDE` pixels a side around ``near`` (y, x) (a larger object is corrected
@@ -206,7 +209,7 @@ class Session:
         ids, _, _ = self.project.read_window(name, y0, x0, y1, x1)
         return Window(ids == np.uint32(oid), y0, x0)
 
-    def claim(self, name: str, oid: int, mask: "Window") -> "Window":
+    def claim(self, name: str, oid: int, mask: Window) -> Window:
         """The part of ``mask`` (a region's answer on large image ``name``) that object ``oid`` may
         take: pixels no one labelled, machine or pseudo pixels, and its own. A person's (or a
         simulated person's) pixels of another saved object stay that object's: to move them,
@@ -220,7 +223,7 @@ class Session:
         free = (ids == 0) | (ids == np.uint32(oid)) | ~np.isin(prov, KEPT)
         return Window(np.asarray(mask.data, bool) & free, y0, x0)
 
-    def commit_region(self, name: str, oid: int, cls: int, mask: "Window", **detail) -> Counts | None:
+    def commit_region(self, name: str, oid: int, cls: int, mask: Window, **detail) -> Counts | None:
         """Save a region's answer on large image ``name`` as object ``oid`` of class ``cls`` (a
         person's labels): the pixels of ``mask`` that :meth:`claim` gives it become ``oid``, and
         the object's saved pixels inside the window that the mask leaves out become background
