@@ -181,3 +181,35 @@ def test_newcomer_demo_without_a_display(tmp_path):
     assert "Traceback" not in text and not re.search(r"\bnan\b", text.lower())
     assert "\r" not in done.stderr  # a log gets plain lines, not a redrawn bar
     assert cpu < 180, f"the demo took {cpu:.0f} s of CPU"
+
+
+def test_simulate_leaves_a_large_image_out_before_reading_its_truth(tmp_path, monkeypatch, capsys):
+    import tifffile
+
+    from napari_hitl import commands
+    from napari_hitl import project as store
+
+    monkeypatch.setattr(io, "LAZY_PIXELS", 100 * 100)
+    monkeypatch.setattr(store, "SLIDE_CHUNK", 128)
+    imgs, truth = tmp_path / "imgs", tmp_path / "truth"
+    imgs.mkdir()
+    truth.mkdir()
+    tifffile.imwrite(imgs / "slide.tif", np.zeros((300, 400), np.uint8), tile=(128, 128))
+    io.write_labels(truth / "slide.tif", np.ones((300, 400), np.uint8))
+    for i in range(2):
+        Image.fromarray(np.zeros((20, 24), np.uint8)).save(imgs / f"x{i}.png")
+        io.write_labels(truth / f"x{i}.png", np.ones((20, 24), np.uint8))
+    Project.create(tmp_path / "p", imgs, classes=["bg", "cell"]).close()
+    read = []
+    real = io.read_labels
+    monkeypatch.setattr(io, "read_labels", lambda path: read.append(Path(path).stem) or real(path))
+
+    def stop(*args, **kwargs):
+        raise InputError("the robot stops here")
+
+    monkeypatch.setattr(commands, "_click_session", stop)
+    assert cli.main(["simulate", "--project", str(tmp_path / "p"), "--truth", str(truth), "--engine", "graph"]) == 1
+    captured = capsys.readouterr()
+    assert "the robot stops here" in captured.err
+    assert "large images left out (never read whole): slide" in captured.out
+    assert sorted(read) == ["x0", "x1"]  # the slide's truth was never read

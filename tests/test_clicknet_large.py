@@ -191,3 +191,33 @@ def test_default_finishing_works_on_the_window_of_a_large_image(slide, monkeypat
         y, x = cy - 45 - win2.y0, cx - win2.x0
         assert 0 <= y < win2.data.shape[0] and win2.data[y, x] <= 0
         assert sum(reads) < 3 * 520 * 520  # crops and their cues: windows, never the image
+
+
+def test_scribbles_and_extreme_points_read_only_their_window_on_a_large_image(slide, engine, monkeypatch):
+    from napari_hitl.prompts import ExtremePoints, Scribble
+
+    img, centres, path = slide
+    reads = []
+    original = io.LazyImage.read
+    monkeypatch.setattr(io.LazyImage, "read",
+                        lambda self, y0, x0, y1, x1, level=0: reads.append((y1 - y0) * (x1 - x0) * 4 ** level)
+                        or original(self, y0, x0, y1, x1, level))
+    with io.open_lazy(path) as lazy:
+        engine.prepare(lazy)
+        cy, cx = centres[33]
+        region = RegionPrompts(1, scribbles=[Scribble(np.array([[cy - 15, cx - 15], [cy, cx], [cy + 15, cx + 10]]))])
+        win = engine.predict_window(region)
+        truth = _disc(img.shape[:2], cy, cx)[win.y0:win.box[2], win.x0:win.box[3]]
+        mask = win.data > 0
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+        assert sum(reads) < 2 * 520 * 520  # the crop around the scribble, not the image
+        reads.clear()
+        cy, cx = centres[47]
+        region = RegionPrompts(1, extreme=ExtremePoints(np.array([[cy, cx - 30], [cy, cx + 30], [cy - 30, cx],
+                                                                  [cy + 30, cx]], np.float64)))
+        win = engine.predict_window(region)
+        assert win.data.shape[0] < 120  # the extreme points' box with a margin
+        truth = _disc(img.shape[:2], cy, cx)[win.y0:win.box[2], win.x0:win.box[3]]
+        mask = win.data > 0
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+        assert sum(reads) < 200 * 200

@@ -271,16 +271,16 @@ def test_a_project_copy_keeps_the_chunks(slide_project, tmp_path):
         assert q.objects("slide") == p.objects("slide")
 
 
-def test_export_writes_a_large_image_chunk_by_chunk_as_zarr_and_refuses_tiff(slide_project, tmp_path):
+def test_export_writes_a_large_image_chunk_by_chunk_as_zarr_and_refuses_png(slide_project, tmp_path):
     import zarr
 
     p = slide_project
     win = np.zeros((300, 300), np.uint32)
     win[50:250, 50:250] = 5
     p.commit_window("slide", win, {5: 1}, offset=(100, 100))
-    with pytest.raises(InputError, match="large image .*only as zarr"):
-        io.export_project(p, tmp_path / "out-tiff", "tiff")
-    assert not (tmp_path / "out-tiff").exists()
+    with pytest.raises(InputError, match="large image .*only as zarr or tiled TIFF"):
+        io.export_project(p, tmp_path / "out-png", "png")
+    assert not (tmp_path / "out-png").exists()
     io.export_project(p, tmp_path / "out", "zarr")
     ids = zarr.open_array(str(tmp_path / "out" / "instances" / "slide.zarr"), mode="r")
     labels = zarr.open_array(str(tmp_path / "out" / "labels" / "slide.zarr"), mode="r")
@@ -289,6 +289,47 @@ def test_export_writes_a_large_image_chunk_by_chunk_as_zarr_and_refuses_tiff(sli
     assert labels[200, 200] == 1 and labels[110, 110] == 0 and labels[0, 0] == io.UNLABELLED_VALUE
     rows = (tmp_path / "out" / "objects.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("slide,,5,1,cell,40000,")
+
+
+def test_export_writes_a_large_image_as_tiled_bigtiff_window_by_window(slide_project, tmp_path, monkeypatch):
+    p = slide_project
+    a = np.zeros((300, 300), np.uint32)
+    a[50:250, 50:250] = 5
+    p.commit_window("slide", a, {5: 1}, offset=(100, 100))
+    p.commit_window("slide", np.full((40, 60), 9, np.uint32), {9: 2}, offset=(H - 40, W - 60))  # the last tile
+    p.commit_window("slide", np.full((10, 10), 70000, np.uint32), {70000: 1}, offset=(0, 0))  # beyond 16 bits
+    ids, prov, classes = p.read_window("slide", 0, 0, H, W)
+    monkeypatch.setattr(io, "SLIDE_TIFF_TILE", 128)
+    reads = []
+    real = Project.read_window
+    monkeypatch.setattr(Project, "read_window", lambda self, image, y0, x0, y1, x1, **kw: reads.append(
+        (image, (y1 - y0) * (x1 - x0))) or real(self, image, y0, x0, y1, x1, **kw))
+    written = []
+    real_write = tifffile.imwrite
+    monkeypatch.setattr(tifffile, "imwrite", lambda path, data=None, **kw: written.append((path, data, kw))
+                        or real_write(path, data, **kw))
+    io.export_project(p, tmp_path / "out", "tiff")
+    # never whole: every read of the slide is one tile, and each file's tiles come from a generator
+    assert reads and max(n for name, n in reads if name == "slide") == 128 * 128
+    slide_files = [(path, data, kw) for path, data, kw in written if "slide" in str(path)]
+    assert len(slide_files) == 3 and all(not isinstance(data, np.ndarray) for _, data, _ in slide_files)
+    out = tmp_path / "out"
+    with tifffile.TiffFile(out / "instances" / "slide.tif") as tf:
+        page = tf.pages[0]
+        assert tf.is_bigtiff and page.is_tiled and page.tilelength == 128 and page.dtype == np.uint32
+        np.testing.assert_array_equal(page.asarray(), ids)
+    np.testing.assert_array_equal(tifffile.imread(out / "provenance" / "slide.tif"), prov)
+    labels = tifffile.imread(out / "labels" / "slide.tif")
+    assert labels.dtype == np.uint8 and labels.shape == (H, W)
+    np.testing.assert_array_equal(labels, np.where(prov == 0, io.UNLABELLED_VALUE, inst.semantic(ids, classes)))
+    assert labels[200, 200] == 1 and labels[H - 1, W - 1] == 2 and labels[110, 110] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    (entry,) = [e for e in manifest["images"] if e["name"] == "slide"]
+    assert entry["instances"] == "instances/slide.tif" and entry["objects"] == 3
+    rows = (out / "objects.csv").read_text().splitlines()
+    assert any(r.startswith("slide,,5,1,cell,40000,") for r in rows) and len(rows) == 4
+    # the small image of the project is exported whole, as always
+    assert tifffile.imread(out / "instances" / "small.tif").shape == (40, 50)
 
 
 def test_training_leaves_large_images_out(slide_project):
@@ -408,3 +449,66 @@ def test_a_slide_with_a_damaged_chunk_can_be_cleared_as_its_error_says(slide_pro
     assert p.counts("slide").human == 100
     with pytest.raises(InputError, match="whole"):
         p.clear_labels("slide", where=np.ones((H, W), bool))
+
+
+def test_two_chunk_entries_on_one_file_are_named_and_nothing_is_lost(slide_project):
+    """A tampered index whose ``chunks`` rows point at one file (or at a plane's file): reads and
+    commits over them say so, and neither a commit nor a clear deletes a file another entry needs."""
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))  # chunks (0..1, 0..1)
+    p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
+    files = p.chunk_files("slide")
+    small_file = p.label_file("small")
+    root = p.root
+    p._db.execute("UPDATE chunks SET file = (SELECT file FROM chunks WHERE cy = 0 AND cx = 0) WHERE cy = 0 AND cx = 1")
+    p._db.execute("UPDATE chunks SET file = (SELECT file FROM planes WHERE file LIKE '%.npz') WHERE cy = 1 AND cx = 1")
+    p.close()
+    p = Project.open(root)
+    try:
+        for y, x in ((10, 10), (10, 300), (300, 300)):
+            with pytest.raises(CorruptFileError, match="table 'chunks'.*another entry points at too"):
+                p.read_window("slide", y, x, y + 5, x + 5)
+        with pytest.raises(CorruptFileError, match="another entry"):
+            p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+        assert p.read_window("slide", 300, 110, 310, 120)[0].all()  # chunk (1, 0) is its own
+        p.clear_labels("slide")  # the way out the error names
+        assert files[(0, 0)].exists() and small_file.exists()  # still pointed at (by the small image)
+        ids, _, classes = p.read_instances("small")
+        assert ids.all() and classes == {1: 1}
+        assert not files[(1, 0)].exists()  # the slide's own chunk file went
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ("DROP TABLE chunks", "no table 'chunks'"),
+    ("DROP TABLE chunk_objects", "no table 'chunk_objects'"),
+    ("ALTER TABLE chunks RENAME COLUMN file TO name", "table 'chunks' lacks the column 'file'"),
+    ("DROP TABLE slides; DROP TABLE chunks; DROP TABLE chunk_objects", "no table 'slides'.*holds the chunks"),
+])
+def test_damaged_tables_of_large_images_are_named_on_opening_and_nothing_is_lost(slide_project, tamper, message):
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    files = p.chunk_files("slide")
+    root = p.root
+    p._db.executescript(tamper)
+    p.close()
+    for readonly in (True, False):
+        with pytest.raises(CorruptFileError, match=message):
+            Project.open(root, readonly=readonly)
+    assert all(f.exists() for f in files.values())  # no writer took the chunk files for leftovers
+
+
+def test_malformed_values_in_the_tables_of_large_images_are_named(slide_project):
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    p._db.execute("UPDATE chunk_objects SET area = 'many' WHERE cy = 1 AND cx = 1")
+    with pytest.raises(CorruptFileError, match="table 'chunk_objects' has a malformed entry"):
+        p.commit_window("slide", np.full((10, 10), 6, np.uint32), {6: 1}, offset=(100, 100))  # object 5 shrinks
+    p._db.execute("UPDATE objects SET class = 'cell'")
+    with pytest.raises(CorruptFileError, match="table 'chunk_objects' or 'objects' has a malformed entry"):
+        p.read_window("slide", 100, 100, 110, 110)
+    p._db.execute("UPDATE objects SET class = 1")
+    p._db.execute("UPDATE planes SET human = 'all'")
+    with pytest.raises(CorruptFileError, match="table 'planes' has a malformed entry"):
+        p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(400, 400))

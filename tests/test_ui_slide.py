@@ -95,3 +95,98 @@ def test_the_dock_opens_a_large_image_and_saves_a_click_window(slide_dock, qtbot
     assert "large image" in dock.status.text() and (np.asarray(labels.data[0][1490:1510, 1520:1540]) > 0).all()
     dock.close_project()  # the layer reading the project goes with it
     assert labels not in viewer.layers and not dock.slide.active
+
+
+def _answered(qtbot, dock, r):
+    qtbot.waitUntil(lambda: r.window is not None, timeout=WAIT)
+    settle(qtbot, dock)
+
+
+def test_scribbles_extreme_points_and_corrections_on_a_large_image(slide_dock, qtbot):
+    from test_ui_session import drag
+
+    dock, project, reads = slide_dock
+    dock.show_image("slide")
+    settle(qtbot, dock)
+    layer = dock.labels_layer
+    # a scribble across the disc makes an object
+    dock.run_action("scribble")
+    drag(layer, [(1480, 1500), (1500, 1530), (1520, 1560)])
+    (r,) = dock.slide.regions
+    assert len(r.prompts.scribbles) == 1 and not r.corrects
+    _answered(qtbot, dock, r)
+    assert len(dock.slide.shapes_layer.data) == 1 and dock.slide.pending.data.max() == r.oid
+    dock.run_action("accept")
+    (obj,) = project.objects("slide")
+    a = obj["id"]
+    assert a == r.oid and 0.7 < obj["area"] / (np.pi * 90 ** 2) < 1.3, obj
+    assert len(dock.slide.shapes_layer.data) == 0  # the prompts went with the accepted regions
+    # extreme points around the saved disc make a new object, which never takes the disc's pixels
+    dock.run_action("extreme")
+    for y, x in ((1500, 1438), (1500, 1622), (1408, 1530)):
+        press(layer, y, x)
+    assert not dock.slide.regions and len(dock.slide.points_layer.data) == 3
+    press(layer, 1592, 1530)
+    (r,) = dock.slide.regions
+    assert r.prompts.extreme is not None and r.oid != a
+    _answered(qtbot, dock, r)
+    saved = project.read_window("slide", *r.window.box)[0]
+    assert not (r.window.data & (saved == a)).any()  # the pending answer leaves the saved object alone
+    dock.run_action("accept")
+    assert project.object("slide", a)["area"] == obj["area"]
+    # a negative click on the saved object corrects it: its saved pixels are the previous mask
+    dock.run_action("click")
+    press(layer, 1500, 1600, button=2)
+    (r,) = dock.slide.regions
+    assert r.oid == a and r.corrects and r.seed.data.sum() == obj["area"]
+    dock.run_action("undo")  # a correction without prompts is dropped
+    assert not dock.slide.regions
+    # picking the object as napari's selected label: the next prompt corrects it, wherever it lands
+    layer.selected_label = a
+    drag_to = [(1500, 1600), (1500, 1660), (1500, 1700)]
+    dock.run_action("scribble")
+    drag(layer, drag_to)
+    (r,) = dock.slide.regions
+    assert r.oid == a and r.corrects and not dock.slide.selected
+    _answered(qtbot, dock, r)
+    n = len(project.objects("slide"))
+    dock.run_action("accept")
+    assert dock.status.text().startswith("Saved slide")
+    ids = project.read_window("slide", *r.window.box)[0]
+    np.testing.assert_array_equal(ids == a, r.window.data)  # what the pending layer showed is saved
+    assert len(project.objects("slide")) == n and project.journal()[-1]["id"] == a
+    # no read of the image was anywhere near whole
+    assert max(area for level, area in reads if level == 0) < N * N // 4
+    # a tool that needs the whole image says which ones work
+    dock.run_action("suggest")
+    press(layer, 100, 100)
+    assert "scribble and extreme-point tools work" in dock.status.text()
+
+
+def test_a_large_images_files_are_closed_when_it_is_left(slide_dock, qtbot, monkeypatch):
+    """The image layer's file and the tool's own are closed when the dock shows another image or
+    closes the project's layers; an image shown again is opened afresh (and its engine prepared again)."""
+    dock, project, reads = slide_dock
+    settle(qtbot, dock)  # the thumbnails (each read from a file opened and closed at once)
+    opened, closed = [], []
+    real_open, real_close = project.open_image, io.LazyImage.close
+    monkeypatch.setattr(project, "open_image", lambda name: opened.append(real_open(name)) or opened[-1])
+    monkeypatch.setattr(io.LazyImage, "close", lambda self: closed.append(self) or real_close(self))
+    dock.show_image("slide")
+    settle(qtbot, dock)
+    assert len(opened) == 2 and not closed  # the image layer's and the click tool's
+    dock.show_image("a_small")
+    settle(qtbot, dock)
+    assert all(any(c is o for c in closed) for o in opened)
+    dock.show_image("slide")
+    settle(qtbot, dock)
+    tool_image = dock.slide.image
+    assert tool_image is opened[-1] and not any(c is tool_image for c in closed)
+    dock.run_action("click")
+    press(dock.labels_layer, 1500, 1530)  # the engine reads the new file, not the closed one
+    qtbot.waitUntil(lambda: dock.slide.regions and dock.slide.regions[0].window is not None, timeout=WAIT)
+    image_layer = dock.image_layer
+    dock.close_project()
+    assert any(c is tool_image for c in closed)
+    dock.viewer.layers.remove(image_layer)  # the person removes the image: its file is closed
+    assert all(any(c is o for c in closed) for o in opened)

@@ -138,7 +138,12 @@ def simulate(args) -> int:
     engine = get_engine(args.engine, **options)
     pseudo = PseudoSettings(delta=args.delta)
     with Session(project) as session:
-        records = [r for r in project.images if not r.is_stack]
+        # a large image is never read whole: its ground truth neither (left out, as training leaves it out)
+        large = [r.name for r in project.images if project.is_slide(r.name)]
+        if large:
+            print(f"large images left out (never read whole): {', '.join(large[:5])}"
+                  f"{f' and {len(large) - 5} more' if len(large) > 5 else ''}")
+        records = [r for r in project.images if not r.is_stack and r.name not in large]
         if len(records) < 2:
             raise InputError(f"{project.root} needs at least two 2-D images for a session")
         truths = {r.name: (truth_of(r.name) > 0).astype(np.uint8) for r in records}

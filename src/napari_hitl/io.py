@@ -910,6 +910,11 @@ PROVENANCE_LABELS = {0: "unlabelled", 1: "human", 2: "machine", 3: "pseudo", 4: 
 OBJECT_COLUMNS = ("image", "frame", "id", "class", "class_name", "area", "y0", "x0", "y1", "x1", "cy", "cx",
                   "provenance")
 
+#: the formats a large image's labels export to, window by window
+SLIDE_FORMATS = ("zarr", "tiff")
+#: tile side of a large image's labels exported as TIFF (a multiple of 16, as TIFF tiles are)
+SLIDE_TIFF_TILE = 512
+
 #: the label value an export writes where no one labelled (Pascal VOC's "void"), if classes fit 8 bits
 UNLABELLED_VALUE = 255
 
@@ -937,8 +942,9 @@ def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwr
     Unlabelled pixels get the label ``unlabelled`` ('auto': 255, or 65535 with more than 255
     classes; None: 0, like the background), named in the manifest; the provenance files say
     the same with 0. ``colour`` writes PNG labels indexed with the class colours. A large
-    image of the project (``project.is_slide``) is written as zarr chunk by chunk, never whole;
-    TIFF and PNG refuse a project that holds one.
+    image of the project (``project.is_slide``) is written window by window, never whole: as
+    zarr in the project's chunks, or as a tiled BigTIFF (:data:`SLIDE_TIFF_TILE` pixel tiles,
+    object ids uint32); PNG refuses a project that holds one.
     Returns the manifest's path.
     """
     if fmt not in LABEL_FORMATS:
@@ -955,10 +961,11 @@ def export_project(project, out: str | os.PathLike, fmt: str = "tiff", *, overwr
     _check_export_target(project, out, overwrite)
     is_slide = getattr(project, "is_slide", lambda name: False)
     large = [r for r in project.images if is_slide(r.name)]
-    if large and fmt != "zarr":
+    if large and fmt not in SLIDE_FORMATS:
         r = large[0]
         raise InputError(f"{r.name!r} is a large image ({r.shape[0]}x{r.shape[1]}); its labels are exported only as "
-                         f"zarr, chunk by chunk, never whole: export with format zarr (--format zarr)")
+                         f"zarr or tiled TIFF, window by window, never whole: export with format zarr or tiff "
+                         f"(--format zarr)")
     ext = {"tiff": ".tif", "png": ".png", "zarr": ".zarr"}[fmt]
     for stale in list(out.parent.glob(f".{out.name}.export-*")) + list(out.parent.glob(f".{out.name}.old-*")):
         shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
@@ -1029,7 +1036,7 @@ def _export_into(project, stage: Path, fmt: str, ext: str, progress, should_stop
                 raise KeyboardInterrupt("export cancelled")
             name = check_name(rec.name)  # file names come from the project: never a path
             if is_slide(name):
-                written = _export_slide(project, rec, stage, unlabelled)
+                written = _export_slide(project, rec, stage, fmt, unlabelled)
             else:
                 ids, prov, id_classes = project.read_instances(name)
                 written = _export_plane(stage, name, fmt, ext, ids, prov, id_classes, unlabelled, palettes)
@@ -1087,29 +1094,57 @@ def _export_plane(stage: Path, name: str, fmt: str, ext: str, ids: np.ndarray, p
     return written
 
 
-def _export_slide(project, rec, stage: Path, unlabelled: int | None) -> dict:
-    """A large image's labels (uint16), instances (uint32) and provenance (uint8) as zarr arrays
-    in the project's chunks, written chunk by chunk (one chunk in memory at a time)."""
-    import zarr
-
+def _slide_windows(project, rec, side: int, unlabelled: int | None):
+    """A large image's labels, instances and provenance, window by window (``side`` pixels a
+    side, row by row): ``(y0, x0, {"labels": ..., "instances": ..., "provenance": ...})``, one
+    window in memory at a time."""
     from napari_hitl import instances as inst
 
-    chunk = project.slide_chunk(rec.name)
     h, w = rec.shape
-    arrays = {kind: zarr.open_array(str(stage / kind / f"{rec.name}.zarr"), mode="w", shape=(h, w), dtype=dtype,
-                                    chunks=(chunk, chunk))
-              for kind, dtype in (("labels", np.uint16), ("instances", np.uint32), ("provenance", np.uint8))}
-    for y0 in range(0, h, chunk):
-        for x0 in range(0, w, chunk):
-            y1, x1 = min(h, y0 + chunk), min(w, x0 + chunk)
-            ids, prov, classes = project.read_window(rec.name, y0, x0, y1, x1)
+    for y0 in range(0, h, side):
+        for x0 in range(0, w, side):
+            ids, prov, classes = project.read_window(rec.name, y0, x0, min(h, y0 + side), min(w, x0 + side))
             labels = inst.semantic(ids, classes)
             if unlabelled is not None:
                 labels = np.where(prov == 0, np.uint16(unlabelled), labels)
-            arrays["labels"][y0:y1, x0:x1] = labels
-            arrays["instances"][y0:y1, x0:x1] = ids
-            arrays["provenance"][y0:y1, x0:x1] = prov
-    return {kind: f"{kind}/{rec.name}.zarr" for kind in arrays}
+            yield y0, x0, {"labels": labels, "instances": ids, "provenance": prov}
+
+
+def _export_slide(project, rec, stage: Path, fmt: str, unlabelled: int | None) -> dict:
+    """A large image's labels, instances (uint32) and provenance (uint8), written window by
+    window (never whole): zarr arrays in the project's chunks (labels uint16), or tiled BigTIFF
+    files whose tiles come from a generator (labels uint8 when the classes and the unlabelled
+    value fit, else uint16), zlib-compressed like a plane's."""
+    h, w = rec.shape
+    if fmt == "zarr":
+        import zarr
+
+        chunk = project.slide_chunk(rec.name)
+        arrays = {kind: zarr.open_array(str(stage / kind / f"{rec.name}.zarr"), mode="w", shape=(h, w), dtype=dtype,
+                                        chunks=(chunk, chunk))
+                  for kind, dtype in (("labels", np.uint16), ("instances", np.uint32), ("provenance", np.uint8))}
+        for y0, x0, parts in _slide_windows(project, rec, chunk, unlabelled):
+            for kind, arr in parts.items():
+                arrays[kind][y0:y0 + arr.shape[0], x0:x0 + arr.shape[1]] = arr
+        return {kind: f"{kind}/{rec.name}.zarr" for kind in arrays}
+    import tifffile
+
+    top = max(len(project.classes) - 1, 0 if unlabelled is None else int(unlabelled))
+    tile = SLIDE_TIFF_TILE
+    written = {}
+    for kind, dtype in (("labels", np.uint8 if top < 256 else np.uint16), ("instances", np.uint32),
+                        ("provenance", np.uint8)):
+        def tiles(kind=kind, dtype=dtype):
+            for _, _, parts in _slide_windows(project, rec, tile, unlabelled):
+                arr = parts[kind].astype(dtype, copy=False)
+                yield np.pad(arr, ((0, tile - arr.shape[0]), (0, tile - arr.shape[1])))  # edge tiles: full size
+
+        rel = f"{kind}/{rec.name}.tif"
+        (stage / kind).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(stage / rel, tiles(), shape=(h, w), dtype=dtype, tile=(tile, tile), bigtiff=True,
+                         compression="zlib")
+        written[kind] = rel
+    return written
 
 
 def read_export_manifest(folder: str | os.PathLike) -> dict:

@@ -39,7 +39,9 @@ the orphaned files); :meth:`Project.read_window` reads only the chunks a window 
 checked like a plane. A project without a large image keeps the tables empty (a writer adds
 them to a project made before them) and stays format 3; one with a large image is format 4
 (:data:`SLIDE_VERSION`), so a release that knows only format 3 refuses it rather than taking
-its chunk files for a crash's leftovers.
+its chunk files for a crash's leftovers. Opening checks the three tables and their columns
+(a damaged one is named, never re-created empty); a label file that two entries point at
+(a tampered index) is refused by every read and commit over it and deleted by none.
 """
 
 from __future__ import annotations
@@ -134,6 +136,10 @@ CREATE TABLE IF NOT EXISTS chunk_objects(image INTEGER NOT NULL, frame INTEGER N
                                          PRIMARY KEY(image, frame, cy, cx, id));
 CREATE INDEX IF NOT EXISTS chunk_objects_by_id ON chunk_objects(image, frame, id);
 """
+#: the columns of those tables (checked on opening: see Project._slide_tables)
+_SLIDE_COLUMNS = {"slides": ("image", "chunk"), "chunks": ("image", "frame", "cy", "cx", "file"),
+                  "chunk_objects": ("image", "frame", "cy", "cx", "id", "area", "sy", "sx", "y0", "x0", "y1", "x1",
+                                    "p1", "p2", "p3", "p4")}
 #: chunk side of a large image's labels in the project (each chunk a label file of its own)
 SLIDE_CHUNK = 1024
 #: a chunk file also holds every OVERVIEW_STEP-th pixel of its arrays (``overview_instances``,
@@ -569,12 +575,46 @@ class Project:
         self._ids = {r.name: iid for r, iid in zip(records, ids)}
         self._slides = self._read_slides(dict(zip(ids, records)))
 
-    def _read_slides(self, records: dict[int, ImageRecord]) -> dict[str, int]:
-        """``{name: chunk side}`` of the images whose labels are stored in chunks (checked)."""
+    def _slide_tables(self) -> bool:
+        """Whether the index has the tables of large images, each with its columns (checked: a
+        tampered index is named, table by table, instead of failing in SQLite later). A project
+        made before them has none of them (a writer adds them), unless its labels folder holds
+        chunk folders: then they were removed, and adding them empty would lose those labels."""
         where = self.root / DB_FILE
-        if not self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'slides'"
-                                ).fetchone()[0]:
+        have = {}
+        for table, columns in _SLIDE_COLUMNS.items():
+            found = tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({table})"))
+            if found:
+                have[table] = found
+        if not have:
+            labels = self.root / "labels"
+            folders = sorted(d.name for d in labels.iterdir() if d.name.endswith(".slide")) if labels.is_dir() else []
+            if folders:
+                raise CorruptFileError(f"{where} has no table 'slides', but labels/{folders[0]} holds the chunks of a "
+                                       "large image: the index was damaged (restore it from a backup)")
+            return False
+        for table, columns in _SLIDE_COLUMNS.items():
+            if table not in have:
+                raise CorruptFileError(f"{where} has no table {table!r} beside {', '.join(map(repr, have))}: the "
+                                       "tables of large images were damaged (restore the index from a backup)")
+            missing = [c for c in columns if c not in have[table]]
+            if missing:
+                raise CorruptFileError(f"{where}: table {table!r} lacks the column {missing[0]!r} (a damaged index; "
+                                       "restore it from a backup)")
+        return True
+
+    def _read_slides(self, records: dict[int, ImageRecord]) -> dict[str, int]:
+        """``{name: chunk side}`` of the images whose labels are stored in chunks (checked), and
+        the label files that more than one entry of the index points at (:attr:`_shared`)."""
+        where = self.root / DB_FILE
+        self._shared: set[str] = set()
+        if not self._slide_tables():
             return {}
+        # a file two entries point at (a tampered index): reading either says so, and no commit
+        # or clear deletes it while another entry may still need it
+        self._shared = {rel for (rel,) in self._db.execute(
+            "SELECT file FROM (SELECT file FROM chunks UNION ALL SELECT file FROM planes) GROUP BY file "
+            "HAVING count(*) > 1")}
         out = {}
         for iid, chunk in self._db.execute("SELECT image, chunk FROM slides"):
             rec = records.get(iid)
@@ -900,6 +940,17 @@ class Project:
         keys = ("frame", "id", "class", "area", "provenance", "y0", "x0", "y1", "x1", "cy", "cx")
         return [{"image": names[r[0]], **dict(zip(keys, r[1:]))} for r in rows if r[0] in names]
 
+    def object(self, image: str | int, oid: int, frame: int | None = None) -> dict | None:
+        """One object of one plane from the index (the keys of :meth:`objects`), or None if the
+        plane has no object ``oid`` (a cheap look-up: a large image may hold many objects)."""
+        rec = self.record(image)
+        t = self._frame_index(rec, frame)
+        with self._reader() as db:
+            row = db.execute("SELECT frame, id, class, area, provenance, y0, x0, y1, x1, cy, cx FROM objects "
+                             "WHERE image = ? AND frame = ? AND id = ?", (self._ids[rec.name], t, int(oid))).fetchone()
+        keys = ("frame", "id", "class", "area", "provenance", "y0", "x0", "y1", "x1", "cy", "cx")
+        return None if row is None else {"image": rec.name, **dict(zip(keys, row))}
+
     # ------------------------------------------------------------------ large images, in chunks
     def is_slide(self, image: str | int) -> bool:
         """Whether the labels of ``image`` are stored in chunks (an image above
@@ -955,14 +1006,24 @@ class Project:
         for cy, cx, rel in rows:
             if not (isinstance(cy, int) and isinstance(cx, int) and isinstance(rel, str)):
                 raise CorruptFileError(f"{self.root / DB_FILE}: a chunk of {rec.name!r} has a malformed entry")
+            if rel in self._shared:
+                raise CorruptFileError(f"{self.root / DB_FILE}: table 'chunks': chunk ({cy}, {cx}) of {rec.name!r} "
+                                       f"points at the label file {rel}, which another entry points at too (a "
+                                       "tampered index); the other images are unaffected. Clear this image's labels "
+                                       "to start it afresh.")
         return {(cy, cx): rel for cy, cx, rel in rows}
 
     def _chunk_classes(self, db: sqlite3.Connection, rec: ImageRecord, cy: int, cx: int) -> dict[int, int]:
         """The class of each object the index lists in one chunk."""
-        return dict(db.execute(
+        listed = dict(db.execute(
             "SELECT c.id, o.class FROM chunk_objects c JOIN objects o ON o.image = c.image AND o.frame = c.frame "
             "AND o.id = c.id WHERE c.image = ? AND c.frame = 0 AND c.cy = ? AND c.cx = ?",
             (self._ids[rec.name], cy, cx)))
+        if not all(isinstance(k, int) and isinstance(v, int) for k, v in listed.items()):
+            raise CorruptFileError(f"{self.root / DB_FILE}: table 'chunk_objects' or 'objects' has a malformed entry "
+                                   f"for chunk ({cy}, {cx}) of {rec.name!r}; clear this image's labels to start it "
+                                   "afresh")
+        return listed
 
     def _read_chunk(self, db: sqlite3.Connection, rec: ImageRecord, chunk: int, cy: int, cx: int, rel: str,
                     n_classes: int, overview: bool = False) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
@@ -1179,6 +1240,9 @@ class Project:
                 object_rows, affected = self._slide_objects(db, rec, changed, sums_rows, plane_classes)
                 row = db.execute("SELECT unlabelled, human, machine, pseudo, simulated FROM planes WHERE image = ? "
                                  "AND frame = 0", (iid,)).fetchone()
+                if row is not None and not all(isinstance(v, int) for v in row):
+                    raise CorruptFileError(f"{self.root / DB_FILE}: table 'planes' has a malformed entry for "
+                                           f"{rec.name!r}; clear this image's labels to start it afresh")
                 before = np.array(row if row else (rec.shape[0] * rec.shape[1], 0, 0, 0, 0), np.int64)
                 after = before + delta
                 if (after < 0).any():
@@ -1244,6 +1308,11 @@ class Project:
                                               f"({marks})", (iid, *part)) if (r[2], r[3]) not in changed_set)
         total: dict[int, list] = {}
         for r in rows:
+            if len(r) != 16 or not all(isinstance(v, int) for v in (*r[4:6], *r[8:16])) or not all(
+                    isinstance(v, (int, float)) for v in r[6:8]):
+                raise CorruptFileError(f"{self.root / DB_FILE}: table 'chunk_objects' has a malformed entry for "
+                                       f"chunk ({r[2]!r}, {r[3]!r}) of {rec.name!r}; clear this image's labels to "
+                                       "start it afresh")
             oid, area, sy, sx, y0, x0, y1, x1 = r[4:12]
             p = r[12:16]
             t = total.get(oid)
@@ -1566,8 +1635,11 @@ class Project:
 
     def _retire(self, rels) -> None:
         """Queue the label files a commit replaced (paths relative to ``labels/``) for deletion;
-        a tampered pointer names no file of ours, so there is nothing to delete."""
+        a tampered pointer names no file of ours, so there is nothing to delete, and a file that
+        more than one entry pointed at is kept (opening removes it once no entry points at it)."""
         for rel in rels:
+            if rel in self._shared:
+                continue
             try:
                 self._garbage.append(self._label_path(rel))
             except CorruptFileError:

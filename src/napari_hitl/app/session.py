@@ -9,13 +9,18 @@ use ``ctx.should_stop()`` and ``ctx.progress(...)``. They read and write the pro
 the lock and return plain results; the caller hands them back with :meth:`Session.predicted`
 or :meth:`Session.trained` on its own thread. Listeners registered with :meth:`Session.on` hear
 ``committed(name, counts)``, ``predicted(predictions)`` and ``trained(figures)``.
+
+On a large image (a slide, whose labels are read and committed by window) a region's answer
+is saved with :meth:`Session.commit_region`: it takes only what :meth:`Session.claim` gives it
+(never a person's pixels of another saved object), and a correction of a saved object starts
+from :meth:`Session.object_seed` and replaces that object inside the answer's window.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -25,6 +30,9 @@ from napari_hitl.app.model_host import ModelHost
 from napari_hitl.app.predictions import CachedPredictions
 from napari_hitl.errors import InputError
 from napari_hitl.project import Counts, Project
+
+if TYPE_CHECKING:
+    from napari_hitl.interactive.engine import Window
 
 #: what a listener can hear (see the module docstring)
 EVENTS = ("committed", "predicted", "trained")
@@ -38,6 +46,10 @@ EDITS = ("delete", "merge", "split")
 
 #: object edits kept for undo, per session (older ones cannot be undone)
 MAX_EDITS = 20
+
+#: side of the window of a saved object's pixels that a correction on a large image starts from
+#: (see :meth:`Session.object_seed`)
+SEED_SIDE = 2048
 
 
 @dataclass
@@ -163,6 +175,71 @@ class Session:
         """A new object id for ``name`` that no other object of it has had or will get."""
         with self.lock:
             return self.project.reserve_ids(name)
+
+    # ------------------------------------------------------------------ regions on a large image
+    def saved_object_at(self, name: str, y: float, x: float) -> tuple[int, int]:
+        """``(id, class)`` of the saved object at pixel (y, x) of large image ``name``; (0, 0) where
+        there is none (reads one pixel: the chunk under it)."""
+        h, w = self.project.record(name).shape
+        iy, ix = int(round(y)), int(round(x))
+        if not (0 <= iy < h and 0 <= ix < w):
+            return 0, 0
+        ids, _, classes = self.project.read_window(name, iy, ix, iy + 1, ix + 1)
+        oid = int(ids[0, 0])
+        return (oid, int(classes[oid])) if oid else (0, 0)
+
+    def object_seed(self, name: str, oid: int, near: tuple[float, float]) -> Window:
+        """The saved pixels of object ``oid`` of large image ``name`` as a boolean window (the
+        previous mask a correction of it starts from): over the object's box, at most
+        :data:`SEED_SIDE` pixels a side around ``near`` (y, x) (a larger object is corrected
+        there; its pixels further away stay as saved)."""
+        from napari_hitl.interactive.engine import Window
+
+        row = self.project.object(name, oid)
+        if row is None:
+            raise InputError(f"{name!r} has no saved object {oid}")
+        h, w = self.project.record(name).shape
+        half = SEED_SIDE // 2
+        cy, cx = (int(round(v)) for v in near)
+        y0, x0 = max(row["y0"], cy - half, 0), max(row["x0"], cx - half, 0)
+        y1, x1 = min(row["y1"], max(cy + half, y0 + 1), h), min(row["x1"], max(cx + half, x0 + 1), w)
+        if y1 <= y0 or x1 <= x0:  # the prompt lies far from the object: start from its box's corner
+            y0, x0 = row["y0"], row["x0"]
+            y1, x1 = min(row["y1"], y0 + SEED_SIDE), min(row["x1"], x0 + SEED_SIDE)
+        ids, _, _ = self.project.read_window(name, y0, x0, y1, x1)
+        return Window(ids == np.uint32(oid), y0, x0)
+
+    def claim(self, name: str, oid: int, mask: Window) -> Window:
+        """The part of ``mask`` (a region's answer on large image ``name``) that object ``oid`` may
+        take: pixels no one labelled, machine or pseudo pixels, and its own. A person's (or a
+        simulated person's) pixels of another saved object stay that object's: to move them,
+        correct that object (select it and prompt). What the pending layer shows and what
+        :meth:`commit_region` saves."""
+        from napari_hitl.interactive.engine import Window
+        from napari_hitl.project import KEPT
+
+        y0, x0, y1, x1 = mask.box
+        ids, prov, _ = self.project.read_window(name, y0, x0, y1, x1)
+        free = (ids == 0) | (ids == np.uint32(oid)) | ~np.isin(prov, KEPT)
+        return Window(np.asarray(mask.data, bool) & free, y0, x0)
+
+    def commit_region(self, name: str, oid: int, cls: int, mask: Window, **detail) -> Counts | None:
+        """Save a region's answer on large image ``name`` as object ``oid`` of class ``cls`` (a
+        person's labels): the pixels of ``mask`` that :meth:`claim` gives it become ``oid``, and
+        the object's saved pixels inside the window that the mask leaves out become background
+        (a correction of a saved object replaces it there, as on a plane). Only the chunks the
+        window covers are rewritten. Returns the counts, or None when nothing changes."""
+        with self.lock:
+            y0, x0, y1, x1 = mask.box
+            ids, _, _ = self.project.read_window(name, y0, x0, y1, x1)
+            take = self.claim(name, oid, mask).data
+            where = take | (ids == np.uint32(oid))
+            if not where.any():
+                return None
+            new = np.where(take, np.uint32(oid), np.uint32(0))
+            counts = self.project.commit_window(name, new, {int(oid): int(cls)} if take.any() else {},
+                                                offset=(y0, x0), where=where, id=int(oid), **detail)
+        return self._committed(name, counts, "human")
 
     def edit_objects(self, name: str, plane: np.ndarray, classes: dict[int, int], op: str, ids, *,
                      frame: int | None = None, line=None, seeds=None) -> tuple[np.ndarray, dict[int, int]]:

@@ -49,6 +49,9 @@ def image_layer_data(project: Project, name: str) -> list[tuple]:
 
 #: an Image layer showing a large image read lazily carries its path here
 META_LARGE = "hitl_large_image"
+#: ... and the open :class:`~napari_hitl.io.LazyImage` it reads, which the dock closes when the
+#: layer is removed (:func:`close_lazy`)
+META_LAZY = "hitl_lazy_image"
 
 
 def slide_layer_data(project: Project, name: str) -> list[tuple]:
@@ -74,7 +77,7 @@ def large_image_layer_data(path) -> list[tuple]:
 
 
 def _multiscale(img, name: str, metadata: dict) -> list[tuple]:
-    kwargs = {"name": name, "rgb": img.channels == 3, "multiscale": True, "metadata": metadata}
+    kwargs = {"name": name, "rgb": img.channels == 3, "multiscale": True, "metadata": {**metadata, META_LAZY: img}}
     try:
         value_range = img.value_range()
     except BaseException:  # a damaged or NaN image: no layer, so nothing keeps the file open
@@ -86,6 +89,13 @@ def _multiscale(img, name: str, metadata: dict) -> list[tuple]:
         value_range = (value_range[0], value_range[0] + 1.0)
     kwargs["contrast_limits"] = list(value_range)
     return [(img.arrays(), kwargs, "image")]
+
+
+def close_lazy(layer) -> None:
+    """Close the file a removed multiscale layer of a large image read (see :data:`META_LAZY`)."""
+    img = getattr(layer, "metadata", {}).get(META_LAZY)
+    if img is not None:
+        img.close()
 
 
 def show_saved(layer, session, name: str, frame: int | None, mask) -> None:

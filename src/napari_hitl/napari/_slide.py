@@ -1,44 +1,70 @@
-"""Clicks on a large image (a whole slide) in the dock: the crop around the prompts, never the image.
+"""Clicks, scribbles and extreme points on a large image (a whole slide) in the dock: the crop
+around the prompts, never the image.
 
 A large image shows as a multiscale Image layer and its saved objects as a multiscale Labels
 layer that reads the project's chunks as napari asks for them (not editable with napari's
-brush). The click tool works on it: each region is a new object of the dock's class; its
-clicks go to the click engine (``clicknet``, which reads only the crop around them,
-:meth:`~napari_hitl.interactive.engine.Engine.predict_window`) on the dock's worker, and the
-answer is shown in a small pending Labels layer placed over its window. *Accept* commits each
-region's window through the store (:meth:`napari_hitl.app.session.Session.commit_window`,
-which rewrites only the chunks it covers) and the saved layer re-reads them.
+brush). The click, scribble and extreme-point tools work on it as on a plane: each region is a
+new object of the dock's class, or corrects a saved object: a prompt on a saved object (a
+positive one of the object's class, or a negative one) corrects it, and so does a prompt after
+its id is picked as napari's selected label. A correction starts from the object's saved
+pixels around the prompt (:meth:`napari_hitl.app.session.Session.object_seed`) as its previous
+mask. The region's prompts go to the click engine (``clicknet``, which reads only the crop
+around them, :meth:`~napari_hitl.interactive.engine.Engine.predict_window`) on the dock's
+worker, and the answer is shown in a small pending Labels layer placed over its window, the
+prompts in a Points and a Shapes layer. A region takes only pixels no person labelled for
+another object (:meth:`~napari_hitl.app.session.Session.claim`): the pending layer shows what
+*Accept* will save. *Accept* commits each region's window through the store
+(:meth:`napari_hitl.app.session.Session.commit_region`, which rewrites only the chunks it
+covers; a correction replaces the object inside that window) and the saved layer re-reads them.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from napari_hitl.errors import HitlError, InputError
 from napari_hitl.interactive.engine import Window
-from napari_hitl.prompts import Click, RegionPrompts
+from napari_hitl.napari._session import extreme_from_clicks
+from napari_hitl.napari._tools import COLORS, _is_negative
+from napari_hitl.prompts import Click, RegionPrompts, Scribble
 
 #: the click engine on a large image: the one that reads only the crop around the prompts
 SLIDE_ENGINE = "clicknet"
+#: the tools that work on a large image
+SLIDE_MODES = ("off", "click", "scribble", "extreme")
 
 
 @dataclass
 class SlideRegion:
-    """One object being made on a large image: its prompts (with its class), its object id and
-    the engine's last answer (a boolean window)."""
+    """One object being made (or corrected) on a large image: its object id, its prompts (with
+    its class), the engine's last answer (a boolean window, as much of it as the object may
+    take) and, for a correction of a saved object, that object's saved pixels it starts from."""
 
     oid: int
     prompts: RegionPrompts
     window: Window | None = None
-    history: list = field(default_factory=list)
+    seed: Window | None = None
+
+    @property
+    def corrects(self) -> bool:
+        return self.seed is not None
+
+    def holds(self, y: float, x: float) -> bool:
+        """Whether the region's answer holds image pixel (y, x)."""
+        if self.window is None:
+            return False
+        iy, ix = int(round(y)) - self.window.y0, int(round(x)) - self.window.x0
+        h, w = self.window.data.shape
+        return 0 <= iy < h and 0 <= ix < w and bool(self.window.data[iy, ix])
 
 
 class SlideTools(QObject):
-    """Click tool on a large image (see the module docstring); tells the dock through signals."""
+    """The prompt tools on a large image (see the module docstring); tells the dock through signals."""
 
     status = Signal(str)
     failed = Signal(object)
@@ -48,13 +74,20 @@ class SlideTools(QObject):
         self.viewer, self.queue, self.host = viewer, queue, host
         self.session = None
         self.name: str | None = None
-        self.image = None  # the LazyImage
+        self.image = None  # the LazyImage (this tool's own; closed on detach)
         self.layer = None  # the saved objects (multiscale, read lazily)
         self.pending = None  # the regions' answers, over their windows
+        self.points_layer = None  # clicks and extreme points
+        self.shapes_layer = None  # scribbles
         self.regions: list[SlideRegion] = []
+        self.history: list[tuple[str, SlideRegion | None]] = []  # (kind, region), newest last, for undo
+        self.pending_extreme: list[tuple[float, float]] = []
+        self.selected = 0  # a saved object picked as napari's selected label: the next prompt corrects it
         self.new_region = False
         self.mode = lambda: "click"
         self.cls = lambda: 1
+        self._last_drag_draw = 0.0
+        self._epoch = 0  # one per attach: the engine prepares again for each opened image
 
     @property
     def active(self) -> bool:
@@ -64,16 +97,33 @@ class SlideTools(QObject):
         self.detach()
         self.session, self.name, self.layer, self.image = session, name, labels_layer, image
         labels_layer.editable = False  # a lazily read layer: edits go through the store
-        labels_layer.mouse_drag_callbacks.append(self._on_press)
-        key, host = (name, 0), self.host
+        labels_layer.mouse_drag_callbacks.append(self._on_drag)
+        labels_layer.events.selected_label.connect(self._on_selected)
+        self._epoch += 1
+        key, host = self._key(), self.host
         self.queue.submit("prepare", lambda ctx: host.get(SLIDE_ENGINE, key, image), channel="prepare",
                           interactive=True)
 
+    def _key(self) -> tuple:
+        """The engine host's key of the image this tool works on (another image object, even of the
+        same name, is prepared again: the closed one is never read)."""
+        return self.name, 0, self._epoch
+
     def detach(self) -> None:
-        if self.layer is not None and self._on_press in self.layer.mouse_drag_callbacks:
-            self.layer.mouse_drag_callbacks.remove(self._on_press)
+        """Unbind from the layers, drop the pending regions and prompt layers, and close the image."""
+        if self.layer is not None:
+            if self._on_drag in self.layer.mouse_drag_callbacks:
+                self.layer.mouse_drag_callbacks.remove(self._on_drag)
+            self.layer.events.selected_label.disconnect(self._on_selected)
         self._drop_pending()
-        self.regions, self.layer, self.session, self.name, self.image = [], None, None, None, None
+        for lay in (self.points_layer, self.shapes_layer):
+            if lay is not None and lay in self.viewer.layers:
+                self.viewer.layers.remove(lay)
+        self.points_layer = self.shapes_layer = None
+        if self.image is not None:
+            self.image.close()  # an engine still holding it prepares again (a new key) before reading it
+        self.regions, self.history, self.pending_extreme, self.selected = [], [], [], 0
+        self.layer, self.session, self.name, self.image = None, None, None, None
 
     def _drop_pending(self) -> None:
         if self.pending is not None and self.pending in self.viewer.layers:
@@ -81,69 +131,211 @@ class SlideTools(QObject):
         self.pending = None
 
     # ------------------------------------------------------------------ prompts
-    def _on_press(self, layer, event):
+    def _on_selected(self, event=None) -> None:
+        """napari's selected label picks a saved object: the next prompt corrects it."""
+        if self.layer is None:
+            return
+        oid = int(self.layer.selected_label)
+        if not oid or any(r.oid == oid for r in self.regions):
+            return
+        row = self.session.project.object(self.name, oid)
+        if row is None:
+            return
+        self.selected = oid
+        self.status.emit(f"Object {oid} picked: the next click or scribble corrects it")
+
+    def _on_drag(self, layer, event):
+        """napari drag callback: clicks and extreme points on press, scribbles on press-move-release."""
         mode = self.mode()
         if mode == "off":
             return
-        if mode != "click":
-            self.failed.emit(InputError(f"On a large image only the click tool works (not {mode}): press C."))
+        if mode not in SLIDE_MODES:
+            self.failed.emit(InputError(f"On a large image the click, scribble and extreme-point tools work (not "
+                                        f"{mode}): press C, W or Shift+E."))
             return
+        negative = _is_negative(event)
+        y, x = self._data_yx(layer, event)
+        if mode != "scribble":
+            self._guard(self.click if mode == "click" else self.extreme_point, y, x,
+                        *(() if mode == "extreme" else (not negative,)))
+            return
+        points = [(y, x)]
+        yield
+        while event.type == "mouse_move":
+            yx = self._data_yx(layer, event)
+            if yx != points[-1]:
+                points.append(yx)
+                now = time.perf_counter()
+                if now - self._last_drag_draw > 0.05:
+                    self._last_drag_draw = now
+                    self._draw_prompts(live=(points, not negative))
+            yield
+        self._guard(self.scribble, points, not negative)
+
+    @staticmethod
+    def _data_yx(layer, event) -> tuple[float, float]:
         pos = np.asarray(layer.world_to_data(event.position), np.float64)
-        mods = {str(getattr(m, "name", m)).lower() for m in (getattr(event, "modifiers", ()) or ())}
-        negative = getattr(event, "button", 1) == 2 or "control" in mods or "meta" in mods
+        return float(pos[-2]), float(pos[-1])
+
+    def _guard(self, fn, *args) -> None:
         try:
-            self.click(float(pos[-2]), float(pos[-1]), not negative)
+            fn(*args)
         except HitlError as err:
             self.failed.emit(err)
 
-    def click(self, y: float, x: float, positive: bool = True) -> None:
-        """A click at image pixel (y, x): positive adds to the current region (a new object of
-        the dock's class when there is none, or after *New region*), negative removes."""
-        if self.layer is None:
-            raise InputError("Open a large image first.")
+    def _inside(self, y: float, x: float) -> bool:
         h, w = self.image.shape[:2]
-        if not (0 <= y < h and 0 <= x < w):
-            return
-        cls = int(self.cls())
-        r = self.regions[-1] if self.regions else None
-        if r is None or self.new_region or (positive and r.prompts.label != cls):
-            if not positive:
-                self.status.emit("A negative click needs a region: click positive on the object first.")
-                return
-            r = SlideRegion(self.session.reserve_id(self.name), RegionPrompts(cls))
+        return -0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5
+
+    def _new(self, cls: int) -> SlideRegion:
+        r = SlideRegion(self.session.reserve_id(self.name), RegionPrompts(int(cls)))
+        self.regions.append(r)
+        self.new_region = False
+        return r
+
+    def _correction(self, oid: int, near: tuple[float, float]) -> SlideRegion:
+        """The region correcting saved object ``oid`` (a new one starts from its saved pixels)."""
+        r = next((r for r in self.regions if r.oid == oid), None)
+        if r is None:
+            row = self.session.project.object(self.name, oid)
+            if row is None:
+                raise InputError(f"{self.name!r} has no saved object {oid}")
+            r = SlideRegion(oid, RegionPrompts(int(row["class"])), seed=self.session.object_seed(self.name, oid, near))
             self.regions.append(r)
             self.new_region = False
-        r.prompts.clicks.append(Click(float(y), float(x), bool(positive)))
+        return r
+
+    def _target(self, y: float, x: float, positive: bool) -> SlideRegion | None:
+        """Which region a prompt at (y, x) goes to, as on a plane: the pending region whose answer
+        holds it (a positive prompt of another class starts a new one instead); the saved object
+        picked as the selected label; a saved object under it (a positive prompt: of the dock's
+        class; a negative one: any); the newest region (a positive prompt: of the dock's class);
+        else a new object of the dock's class (a negative prompt: none)."""
+        cls = int(self.cls())
+        hit = next((r for r in reversed(self.regions) if r.holds(y, x)), None)
+        if hit is not None and (not positive or hit.prompts.label == cls):
+            return hit
+        if self.selected:
+            oid, self.selected = self.selected, 0
+            return self._correction(oid, (y, x))
+        if not self.new_region:
+            own, own_cls = self.session.saved_object_at(self.name, y, x)
+            if own and (not positive or own_cls == cls):
+                return self._correction(own, (y, x))
+        last = self.regions[-1] if self.regions else None
+        if last is not None and not self.new_region and (not positive or last.prompts.label == cls):
+            return last
+        return self._new(cls) if positive else None
+
+    def _need_image(self) -> None:
+        if self.layer is None:
+            raise InputError("Open a large image first.")
+
+    def _added(self, kind: str, r: SlideRegion) -> None:
+        self.regions.remove(r)
+        self.regions.append(r)  # the newest region gets the next prompt
+        self.history.append((kind, r))
+        self._draw_prompts()
         self.predict(r)
 
-    def undo(self) -> None:
-        """Take the last click back (a region without clicks is dropped)."""
-        if not self.regions:
+    def click(self, y: float, x: float, positive: bool = True) -> None:
+        """A click at image pixel (y, x): positive adds to the region it goes to (see
+        :meth:`_target`), negative removes."""
+        self._need_image()
+        if not self._inside(y, x):
             return
-        r = self.regions[-1]
-        if r.prompts.clicks:
-            r.prompts.clicks.pop()
-        if not r.prompts.has_positive:
-            self.regions.pop()
+        r = self._target(y, x, positive)
+        if r is None:
+            self.status.emit("A negative click needs a region: click positive on the object first.")
+            return
+        r.prompts.clicks.append(Click(float(y), float(x), bool(positive)))
+        self._added("click", r)
+
+    def scribble(self, points, positive: bool = True) -> None:
+        """A scribble through image points (y, x); the region is decided where it starts."""
+        self._need_image()
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        if len(pts) == 0:
+            return
+        h, w = self.image.shape[:2]
+        pts = np.stack([np.clip(pts[:, 0], 0, h - 1), np.clip(pts[:, 1], 0, w - 1)], 1)
+        r = self._target(pts[0, 0], pts[0, 1], positive)
+        if r is None:
+            self.status.emit("A negative scribble needs a region: click positive on the object first.")
+            self._draw_prompts()
+            return
+        r.prompts.scribbles.append(Scribble(pts, bool(positive)))
+        self._added("scribble", r)
+
+    def extreme_point(self, y: float, x: float) -> None:
+        """One of four extreme points (any order); the fourth makes a new object of the dock's class."""
+        self._need_image()
+        if not self._inside(y, x):
+            return
+        self.pending_extreme.append((float(y), float(x)))
+        if len(self.pending_extreme) < 4:
+            self.history.append(("extreme_point", None))
+            self._draw_prompts()
+            self.status.emit(f"Extreme point {len(self.pending_extreme)} of 4 (left, right, top, bottom in any order)")
+            return
+        points, self.pending_extreme = self.pending_extreme, []
+        self.history = [h for h in self.history if h[0] != "extreme_point"]
+        extreme = extreme_from_clicks(points)
+        try:
+            extreme.validate(self.image.shape[:2])
+        except InputError:
+            self._draw_prompts()
+            raise
+        r = self._new(int(self.cls()))
+        r.prompts.extreme = extreme
+        self._added("extreme", r)
+
+    def undo(self) -> None:
+        """Take the last prompt back (a new object left without a positive prompt, or a correction
+        left without prompts, is dropped)."""
+        if not self.history:
+            self.status.emit("No prompt to undo.")
+            return
+        kind, r = self.history.pop()
+        if kind == "extreme_point":
+            if self.pending_extreme:
+                self.pending_extreme.pop()
+            self._draw_prompts()
+            return
+        p = r.prompts
+        if kind == "click" and p.clicks:
+            p.clicks.pop()
+        elif kind == "scribble" and p.scribbles:
+            p.scribbles.pop()
+        elif kind == "extreme":
+            p.extreme = None
+        empty = not (p.clicks or p.scribbles or p.extreme is not None)
+        if empty or (not p.has_positive and not r.corrects):
+            self.regions.remove(r)
+            self.history = [h for h in self.history if h[1] is not r]
+            self._draw_prompts()
             self.show()
             return
+        self._draw_prompts()
         self.predict(r)
 
     def reset(self) -> None:
-        """Forget every pending region (nothing was saved)."""
-        self.regions = []
+        """Forget every pending region and prompt (nothing was saved)."""
+        self.regions, self.history, self.pending_extreme, self.selected = [], [], [], 0
         self._drop_pending()
+        self._draw_prompts()
         self.status.emit("Prompts cleared")
 
     def predict(self, r: SlideRegion) -> None:
-        """Run the click engine on the region's crop on the worker; the newest answer is shown."""
-        prompts, prev = copy.deepcopy(r.prompts), r.window
-        key, image, host = (self.name, 0), self.image, self.host
+        """Run the click engine on the region's crop on the worker; the newest answer, as much of
+        it as the object may take (:meth:`~napari_hitl.app.session.Session.claim`), is shown."""
+        prompts, prev = copy.deepcopy(r.prompts), r.window if r.window is not None else r.seed
+        key, image, host, session, name, oid = self._key(), self.image, self.host, self.session, self.name, r.oid
 
         def fn(ctx):
             engine = host.get(SLIDE_ENGINE, key, image)
             win = engine.predict_window(prompts, prev_mask=prev)
-            return Window(np.asarray(win.data) > 0, win.y0, win.x0)
+            return session.claim(name, oid, Window(np.asarray(win.data) > 0, win.y0, win.x0))
 
         def done(win):
             if r in self.regions and self.layer is not None:
@@ -175,20 +367,67 @@ class SlideTools(QObject):
             self.pending.data = data
             self.pending.translate = (y0, x0)
         n = len(self.regions)
-        self.status.emit(f"{n} region{'s' if n != 1 else ''} pending · Accept saves")
+        fixing = sum(r.corrects for r in self.regions)
+        more = f" ({fixing} correcting saved objects)" if fixing else ""
+        self.status.emit(f"{n} region{'s' if n != 1 else ''} pending{more} · Accept saves")
+
+    # ------------------------------------------------------------------ prompt layers
+    def _draw_prompts(self, live=None) -> None:
+        """Every pending prompt in the Points (clicks, extreme points) and Shapes (scribbles) layers."""
+        if self.layer is None:
+            return
+        pts, colors, sizes, paths, edges = [], [], [], [], []
+        for r in self.regions:
+            for c in r.prompts.clicks:
+                pts.append((c.y, c.x))
+                colors.append(COLORS["positive" if c.positive else "negative"])
+            if r.prompts.extreme is not None:
+                pts += [tuple(p) for p in r.prompts.extreme.points]
+                colors += [COLORS["extreme"]] * 4
+            for sc in r.prompts.scribbles:
+                paths.append(np.asarray(sc.points, np.float64))
+                edges.append(COLORS["positive" if sc.positive else "negative"])
+        pts += self.pending_extreme
+        colors += [COLORS["pending"]] * len(self.pending_extreme)
+        sizes = [9.0] * len(pts)
+        if live is not None:  # the scribble being drawn, as small dots
+            points, positive = live
+            pts += list(points)
+            colors += [COLORS["positive" if positive else "negative"]] * len(points)
+            sizes += [3.0] * len(points)
+        if not pts and not paths and self.points_layer is None:
+            return
+        viewer = self.viewer
+        if self.points_layer is None or self.points_layer not in viewer.layers:
+            self.points_layer = viewer.add_points(np.zeros((0, 2)), name=f"{self.name} prompts", size=9,
+                                                  border_color="white", border_width=0.15)
+            self.shapes_layer = viewer.add_shapes(name=f"{self.name} scribbles", ndim=2, edge_width=2,
+                                                  face_color="transparent")
+            for lay in (self.points_layer, self.shapes_layer):
+                lay.editable = False
+                lay.metadata["hitl_prompts"] = True
+            viewer.layers.selection.active = self.layer
+        with self.points_layer.events.blocker_all():
+            self.points_layer.data = np.array(pts, np.float64).reshape(-1, 2)
+            if pts:
+                self.points_layer.face_color = np.array(colors)
+                self.points_layer.size = np.array(sizes)
+        self.points_layer.refresh()
+        self.shapes_layer.data = []
+        if paths:
+            self.shapes_layer.add_paths(paths, edge_color=np.array(edges), edge_width=2)
 
     # ------------------------------------------------------------------ saving
     def accept(self):
         """Commit every pending region's window (human labels) through the store; returns the
-        image's counts, or None when nothing was pending."""
+        image's counts, or None when nothing changed."""
         counts = None
-        for r in [r for r in self.regions if r.window is not None and r.window.data.any()]:
-            w = r.window
-            ids = np.where(w.data, np.uint32(r.oid), np.uint32(0))
-            counts = self.session.commit_window(self.name, ids, {r.oid: r.prompts.label}, offset=(w.y0, w.x0),
-                                                where=w.data)
-        self.regions = []
+        for r in [r for r in self.regions if r.window is not None]:
+            done = self.session.commit_region(self.name, r.oid, r.prompts.label, r.window)
+            counts = done if done is not None else counts
+        self.regions, self.history, self.pending_extreme, self.selected = [], [], [], 0
         self._drop_pending()
+        self._draw_prompts()
         if self.layer is not None:
             self.layer.refresh()
         return counts

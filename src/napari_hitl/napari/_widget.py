@@ -32,7 +32,7 @@ from napari_hitl.app.model_host import warm_up
 from napari_hitl.app.session import Session
 from napari_hitl.errors import HitlError, InputError
 from napari_hitl.napari._annotate import AnnotatePanel
-from napari_hitl.napari._layers import (META_CLASSES, META_IMAGE, META_PROJECT, claim_project_folder,
+from napari_hitl.napari._layers import (META_CLASSES, META_IMAGE, META_PROJECT, claim_project_folder, close_lazy,
                                         image_layer_data, label_colormap, show_saved)
 from napari_hitl.napari._prediction import PredictionLayers
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
@@ -183,6 +183,7 @@ class HitlWidget(QWidget):
         self.objects.status.connect(self.say)
         self.objects.failed.connect(self._report)
         self.viewer.layers.events.inserted.connect(self._layer_inserted)
+        self.viewer.layers.events.removed.connect(lambda event: close_lazy(event.value))  # its file goes with it
         for layer in list(self.viewer.layers):
             self._adopt(layer)
 
@@ -395,8 +396,9 @@ class HitlWidget(QWidget):
     def _refuse_slide(self, what: str) -> None:
         """A dock action that needs the whole image refuses a large one, saying so."""
         if self.slide.active:
-            raise InputError(f"{what}; {self.current!r} is a large image, never read whole. On it: the click tool, "
-                             "Accept, and export as zarr.")
+            raise InputError(f"{what}; {self.current!r} is a large image, never read whole. On it: the click, "
+                             "scribble and extreme-point tools (on new objects or to correct a saved one), Accept, "
+                             "and export as zarr or TIFF.")
 
     def _brush_changed(self, value: int) -> None:
         if self.labels_layer is not None:
@@ -493,7 +495,8 @@ class HitlWidget(QWidget):
 
     def _attach_adopted(self) -> None:
         if self.labels_layer is not None and self.labels_layer in self.viewer.layers \
-                and self.tools.layer is not self.labels_layer and self.image_layer is not None:
+                and self.tools.layer is not self.labels_layer and self.slide.layer is not self.labels_layer \
+                and self.image_layer is not None:  # not yet attached (a large image's: to the slide tools)
             self._attach(self.labels_layer)
 
     def _attach(self, labels_layer) -> None:
@@ -522,8 +525,9 @@ class HitlWidget(QWidget):
         self.suggestions.image_shown(None, None, None)
         self.objects.image_shown(None, None)
         self.video.image_shown(None, None)
-        self.say(f"{self.current!r} is a large image: click objects (the {SLIDE_ENGINE} engine reads only the crop "
-                 "around the clicks), then Accept")
+        self.say(f"{self.current!r} is a large image: click, scribble or mark extreme points of objects (the "
+                 f"{SLIDE_ENGINE} engine reads only the crop around them; a prompt on a saved object corrects it), "
+                 "then Accept")
 
     # ------------------------------------------------------------------ images
     def refresh_list(self) -> None:
