@@ -142,7 +142,17 @@ def test_translation_flow_gives_zero_temporal_loss_in_a_shared_window(tmp_path):
     assert checked >= 10
 
 
-def _fit_state(frames, flows, labels, crop, lam, steps=3, weight_zero=False):
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: the shared CPU makes more threads slower for these tiny fits."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fit_state(frames, flows, labels, crop, lam, steps=2, weight_zero=False):
     from napari_hitl.video.finetune import FineTuneSettings, VideoFineTuner
 
     s = FineTuneSettings(steps=steps, crop=crop, lam=lam, adaptive=False, seed=5)
@@ -158,7 +168,7 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("lam", [0.0, 5.0])
-def test_frames_no_larger_than_the_window_train_exactly_as_whole_frames(tmp_path, lam):
+def test_frames_no_larger_than_the_window_train_exactly_as_whole_frames(tmp_path, lam, one_thread):
     """Frames within the window: the default crop trains exactly as crop=None (whole frames),
     with and without the temporal term; no window draws touch the random streams."""
     pytest.importorskip("torch")
@@ -173,7 +183,7 @@ def test_frames_no_larger_than_the_window_train_exactly_as_whole_frames(tmp_path
     assert cropped.cropping and not _same(whole, larger)
 
 
-def test_cropped_weight_zero_repeats_plain_fine_tuning(tmp_path):
+def test_cropped_weight_zero_repeats_plain_fine_tuning(tmp_path, one_thread):
     """With crops, fine-tune and fine-tune + temporal with one seed draw the same labelled
     windows, so a tuner whose temporal weight comes out 0 repeats plain fine-tuning exactly,
     and one with a weight differs from it."""
