@@ -446,6 +446,13 @@ def run_timing(name: str, frames: np.ndarray, truth: np.ndarray, args, cache: Pa
     return out
 
 
+def command_line() -> str:
+    """The command line this process was started with, as a shell would take it back."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name] + sys.argv[1:])
+
+
 def run(args) -> int:
     import torch
 
@@ -471,7 +478,8 @@ def run(args) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="napari-hitl-bench-video-")
         cache = Path(tmp.name)
     results: list[dict] = []
-    report = {"benchmark": "video", "data": str(args.data), "unit": args.unit, "rounds": args.rounds,
+    report = {"benchmark": "video", "command": command_line(),
+              "data": str(args.data), "unit": args.unit, "rounds": args.rounds,
               "budget_pct_per_round": args.budget, "scale": args.scale, "steps": args.steps,
               "lam": session_lam(args), "adaptive_lam": not args.fixed_lam,
               **_trust_settings(args),
