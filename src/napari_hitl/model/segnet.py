@@ -360,7 +360,8 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     read one at a time and blended with the linear ramp of :func:`predict_with_features`; one
     band of tile rows is kept in memory (C x tile x W floats) and each finished band is
     written, so memory stays bounded by the image's width. With ``with_instances`` the
-    instance head's two maps follow the classes. ``progress(done, total)`` counts tiles;
+    instance head's two maps follow the classes (at the image's own scale: no
+    :func:`normalise_object_size`, which needs the whole image). ``progress(done, total)`` counts tiles;
     ``should_stop()`` cancels (raises KeyboardInterrupt; ``out`` is then incomplete).
     ``out`` must not exist. Returns the zarr array."""
     import zarr
