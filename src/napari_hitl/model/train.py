@@ -72,6 +72,9 @@ class TrainSettings:
     labelled_crop_bias: float = 0.8  # chance a crop is centred on a labelled pixel
     brightness: float = 0.15    # +/- additive brightness jitter
     contrast: float = 0.2       # +/- multiplicative contrast jitter
+    # colour augmentations and per-sample rescaling: off. On the dsb2018 pool's validation images
+    # (never its held-out ones; docs/bench/dsb2018_size_norm_validation.json) gray 0.25 + invert
+    # 0.25 + channel 0.1 and object_diameter 20 each scored below the run without them
     channel_jitter: float = 0.0  # +/- multiplicative gain per colour channel
     gray_prob: float = 0.0      # chance a crop is made gray (its channel mean in all three)
     invert_prob: float = 0.0    # chance a crop is inverted (1 - pixels: bright objects on dark become dark on bright)
