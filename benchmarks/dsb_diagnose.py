@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--save", type=Path, help="write the trained model here")
     p.add_argument("--load", type=Path, help="score this model instead of training one")
     p.add_argument("--variants", default="[{}]", help="JSON list of model_instances keyword dicts to score")
+    p.add_argument("--n-train", type=int, default=N_TRAIN,
+                   help="train on only the first N of the 28 training images (a model as weak as the loop's early ones)")
     p.add_argument("--zoom", type=float, default=1.0,
                    help="score the validation images zoomed by this factor (objects of other sizes than trained on)")
     p.add_argument("--threads", type=int, default=1)
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     variants = json.loads(args.variants)
     train, val = load_pool(args.data, args.zoom)
+    train = train[:args.n_train]
     from napari_hitl.model.instances import inscribed_diameter, median_diameter
 
     print(f"train {len(train)} images, validation {len(val)} (pool only); load {os.getloadavg()}", flush=True)

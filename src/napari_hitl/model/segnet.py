@@ -315,8 +315,9 @@ def normalise_object_size(model, image: np.ndarray, stacked: np.ndarray, size_no
     factor (capped so it has at most ``max_pixels`` pixels), predicted, and every map is
     resized back to (H, W) (bilinear: class probabilities still sum to 1), so whoever decodes
     and scores them sees full-size maps. Otherwise ``stacked`` comes back as it is.
-    ``size_norm``: True for :data:`~napari_hitl.model.instances.SIZE_NORM`, a dict of its keys,
-    None / False for none.
+    ``size_norm``: True for :data:`~napari_hitl.model.instances.SIZE_NORM` (off by default), a
+    dict of the keys of :data:`~napari_hitl.model.instances.SIZE_NORM_SETTINGS`, None / False
+    for none.
     """
     import cv2
 
