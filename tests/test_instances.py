@@ -348,3 +348,164 @@ def test_bench_decoder_settings_default_to_the_decoders_and_pass_through():
                                                      ("fg_threshold", "boundary_threshold", "seed_threshold")}
     got = decode_settings(argparse.Namespace(fg_threshold=0.8, boundary_threshold=None, seed_threshold=0.5))
     assert got == {"fg_threshold": 0.8, "boundary_threshold": DECODE_DEFAULTS["boundary_threshold"], "seed_threshold": 0.5}
+
+
+class _PointwiseNet(torch.nn.Module):
+    """A stand-in segnet whose maps are pixelwise functions of the gray value (so they scale
+    with the image): foreground where it is above 0.05, distance = the gray value, no
+    boundary. It records the input sizes it saw."""
+
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def forward_all(self, x):
+        self.seen.append(tuple(x.shape[2:]))
+        g = x.mean(1, keepdim=True)
+        fg = 40 * (g - 0.05)
+        logits = torch.cat([torch.zeros_like(fg), fg], 1)
+        dist = torch.logit(g.clamp(1e-3, 1 - 1e-3))
+        inst = torch.cat([torch.full_like(g, -10.0), dist], 1)
+        feats = torch.zeros(x.shape[0], 4, x.shape[2] // 16, x.shape[3] // 16)
+        return logits, inst, feats
+
+
+def _big_touching(r=40, h=150, w=230):
+    """Two touching discs of radius ``r`` on a non-square canvas, and an image that is their distance map."""
+    yy, xx = np.mgrid[:h, :w]
+    cx = w // 2
+    inst = np.zeros((h, w), np.uint32)
+    inst[(np.hypot(yy - h // 2, xx - (cx - r)) < r) & (xx < cx)] = 1
+    inst[(np.hypot(yy - h // 2, xx - (cx + r)) < r) & (xx >= cx)] = 2
+    return inst, instance_targets(inst)[1]
+
+
+def _matched(pred, truth, iou=0.85):
+    ids = set()
+    for t in (1, 2):
+        vals, counts = np.unique(pred[truth == t], return_counts=True)
+        best = vals[counts.argmax()]
+        inter = counts.max()
+        union = np.count_nonzero((pred == best) | (truth == t))
+        if best == 0 or inter / union < iou:
+            return False
+        ids.add(int(best))
+    return len(ids) == 2
+
+
+def test_median_diameter_and_size_factor():
+    from napari_hitl.model.instances import median_diameter, size_factor
+
+    inst, _ = _big_touching(r=20)
+    assert median_diameter(inst) == pytest.approx(40, rel=0.05)
+    assert median_diameter(inst, min_objects=3) is None and median_diameter(np.zeros((5, 5), np.uint32)) is None
+    assert size_factor(40, 24, 2.0, 4.0) == 1.0 and size_factor(None, 24, 2.0, 4.0) == 1.0
+    assert size_factor(80, 24, 2.0, 4.0) == pytest.approx(0.3)
+    assert size_factor(200, 24, 2.0, 4.0) == pytest.approx(0.25) and size_factor(6, 48, 2.0, 4.0) == pytest.approx(4.0)
+    assert size_factor(6, 48, 2.0, 4.0, 2.0) == pytest.approx(2.0) and size_factor(200, 24, 2.0, 4.0, 2.0) == pytest.approx(0.25)
+
+
+def test_inscribed_diameter_does_not_shrink_when_objects_are_cut_into_pieces():
+    from napari_hitl.model.instances import inscribed_diameter, median_diameter
+
+    yy, xx = np.mgrid[:200, :300]
+    inst = np.zeros((200, 300), np.uint32)
+    for k, cx in enumerate((60, 160, 250), 1):
+        inst[np.hypot(yy - 100, xx - cx) < 30] = k
+    cut = inst.copy()  # each disc cut in four quarters, as a decoder over-splitting a large nucleus does
+    cut[(inst > 0) & (yy >= 100)] += 3
+    cut[(inst > 0) & (xx >= np.array([0, 60, 160, 250])[inst])] += 6
+    assert len(np.unique(cut)) == 13
+    assert median_diameter(cut) < 0.8 * median_diameter(inst)
+    assert inscribed_diameter(cut > 0) == inscribed_diameter(inst > 0) == pytest.approx(60, abs=2)
+    assert inscribed_diameter(inst > 0, min_objects=4) is None and inscribed_diameter(np.zeros((4, 4), bool)) is None
+
+
+def test_size_normalisation_predicts_large_objects_smaller_and_maps_back_to_the_input():
+    from napari_hitl.model.segnet import (normalise_object_size, predict_proba_batch, predict_with_features,
+                                          split_instance_maps)
+
+    net = _PointwiseNet()
+    net.input_stretch = 0.0
+    inst, img = _big_touching()
+    first = predict_with_features(net, img, with_features=False, with_instances=True, size_norm=None)[0]
+    assert net.seen == [(160, 256)]
+    cfg = {"diameter": 24.0, "tolerance": 2.0, "max_shrink": 4.0, "max_enlarge": 4.0,
+           "max_pixels": 10**6, "min_objects": 1}
+    normed = normalise_object_size(net, img, first, cfg)
+    assert normed.shape == first.shape == (4,) + inst.shape and normed.dtype == np.float32
+    assert net.seen[-1] == (64, 96)  # 150x230 at 24/80 = 0.3 -> 45x69, padded to multiples of 32
+    np.testing.assert_allclose(normed[:2].sum(0), 1.0, atol=1e-5)
+    # the objects decoded from the maps of the small image, brought back, are the two discs
+    assert _matched(instances_from_maps(*split_instance_maps(normed, 2))[0], inst)
+    # objects near the canonical size: the maps come back untouched, no second pass
+    n = len(net.seen)
+    assert normalise_object_size(net, img, first, dict(cfg, diameter=70.0)) is first and len(net.seen) == n
+    # small objects are enlarged, but never past max_pixels: an image that large stays as it is
+    _, small_img = _big_touching(r=5, h=60, w=90)
+    small = predict_with_features(net, small_img, with_features=False, with_instances=True, size_norm=None)[0]
+    n = len(net.seen)
+    assert normalise_object_size(net, small_img, small, dict(cfg, max_pixels=60 * 90 // 2)) is small and len(net.seen) == n
+    assert normalise_object_size(net, small_img, small, cfg).shape == small.shape
+    assert net.seen[-1][0] >= 128 and net.seen[-1][1] >= 192  # 60x90 at about 24/10
+    # the batch path and the one-image path normalise alike
+    batch = predict_proba_batch(net, [img, img[:, :200]], with_instances=True, size_norm=cfg)
+    one = predict_with_features(net, img, with_features=False, with_instances=True, size_norm=cfg)[0]
+    np.testing.assert_allclose(batch[0], one, atol=1e-6)
+    assert batch[1].shape == (4, 150, 200)
+
+
+def test_size_normalisation_default_is_the_module_setting(monkeypatch):
+    from napari_hitl.model import instances as inst_mod
+    from napari_hitl.model.segnet import predict_instance_maps
+
+    net = _PointwiseNet()
+    net.input_stretch = 0.0
+    _, img = _big_touching()
+    monkeypatch.setattr(inst_mod, "SIZE_NORM", None)
+    predict_instance_maps(net, img)
+    assert len(net.seen) == 1
+    monkeypatch.setattr(inst_mod, "SIZE_NORM", {"diameter": 24.0, "tolerance": 2.0, "max_shrink": 4.0,
+                                                "max_enlarge": 4.0, "max_pixels": 10**6, "min_objects": 1})
+    predict_instance_maps(net, img)
+    assert len(net.seen) == 3 and net.seen[-1] == (64, 96)
+
+
+def test_flipped_predictions_are_flipped_back_before_averaging():
+    from napari_hitl.model.segnet import predict_with_features
+
+    net = _PointwiseNet()
+    net.input_stretch = 0.0
+    inst, img = _big_touching(r=20, h=70, w=150)
+    img = img * np.linspace(0.5, 1.0, img.shape[1])[None]  # no symmetry to hide a flip left unflipped
+    plain = predict_with_features(net, img, with_features=False, with_instances=True, size_norm=None, flips=False)[0]
+    n = len(net.seen)
+    flipped = predict_with_features(net, img, with_features=False, with_instances=True, size_norm=None, flips=True)[0]
+    assert len(net.seen) - n == 4
+    np.testing.assert_allclose(flipped, plain, atol=1e-5)  # the stand-in is pixelwise: flips change nothing
+
+
+def test_training_rescales_samples_to_the_object_diameter_and_augments_colour():
+    from napari_hitl.model.instances import median_diameter
+    from napari_hitl.model.train import Sample, Trainer
+
+    inst, _ = _big_touching(r=30)
+    sem = (inst > 0).astype(np.uint16)
+    img = np.full(inst.shape + (3,), 50, np.uint8)
+    img[..., 0] = 200
+    smp = Sample(img, sem, np.full(sem.shape, HUMAN, np.uint8), "big", inst)
+    trainer = Trainer(2, settings=_settings(object_diameter=20.0), device="cpu", pretrained=False)
+    small = trainer._rescaled(smp)
+    assert small.image.shape[:2] == (50, 77) and small.labels.shape == small.instances.shape == (50, 77)
+    assert set(np.unique(small.instances)) == {0, 1, 2} and median_diameter(small.instances) == pytest.approx(20, rel=0.1)
+    assert Trainer(2, settings=_settings(), device="cpu", pretrained=False)._rescaled(smp) is smp
+    f = img.astype(np.float32) / 255
+    cw, lab = np.ones(sem.shape, np.float32), np.argwhere(sem > 0)
+    plain = dict(brightness=0.0, contrast=0.0)
+    gray = Trainer(2, settings=_settings(gray_prob=1.0, **plain), device="cpu", pretrained=False)._crop(smp, f, cw, lab)[0]
+    assert np.allclose(gray[0], gray[1]) and np.allclose(gray[0], f.mean(2)[0, 0])
+    inv = Trainer(2, settings=_settings(invert_prob=1.0, **plain), device="cpu", pretrained=False)._crop(smp, f, cw, lab)[0]
+    np.testing.assert_allclose(inv[:, 0, 0], 1 - f[0, 0], atol=1e-6)

@@ -98,12 +98,15 @@ def decode_settings(args) -> dict:
             for k, v in DECODE_DEFAULTS.items() if k != "min_seed" and k != "min_size"}
 
 
-def model_instances(model, images, num_classes: int, decode: dict | None = None) -> list[np.ndarray]:
-    """Decoded instance maps of ``images`` with the model's instance head."""
+def model_instances(model, images, num_classes: int, decode: dict | None = None, size_norm=True,
+                    flips: bool | None = None) -> list[np.ndarray]:
+    """Decoded instance maps of ``images`` with the model's instance head (the product's
+    prediction path: ``size_norm`` and ``flips`` as :func:`napari_hitl.model.segnet.predict_proba_batch`
+    takes them, its defaults unless given)."""
     from napari_hitl.model.instances import instances_from_maps
     from napari_hitl.model.segnet import predict_proba_batch, split_instance_maps
 
-    outs = predict_proba_batch(model, images, batch_size=4, with_instances=True)
+    outs = predict_proba_batch(model, images, batch_size=4, with_instances=True, size_norm=size_norm, flips=flips)
     return [instances_from_maps(*split_instance_maps(p, num_classes), **(decode or {}))[0] for p in outs]
 
 

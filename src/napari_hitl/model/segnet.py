@@ -21,6 +21,7 @@ import numpy as np
 from napari_hitl.errors import InputError
 from napari_hitl.io import as_float_rgb
 from napari_hitl.model.backbone import FEATURE_CHANNELS, build_backbone, describe_device, select_device
+from napari_hitl.model import instances as _inst
 from napari_hitl.model.instances import INSTANCE_CHANNELS
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ __all__ = [
     "DECODER_CHANNELS", "FEATURE_STRIDE", "build_segnet", "predict_proba",
     "predict_proba_batch", "predict_with_features", "predict_large", "predict_instance_maps", "split_instance_maps", "feature_map", "pool_features",
     "pooled_features", "place_model", "DeviceInfo", "FEATURE_DIM", "select_device", "describe_device",
-    "contrast_limits", "stretch_contrast", "model_input",
+    "contrast_limits", "stretch_contrast", "model_input", "normalise_object_size", "PREDICT_FLIPS",
 ]
 
 #: decoder width at strides 32, 16, 8, 4, 2
@@ -38,6 +39,11 @@ DECODER_CHANNELS = (96, 64, 48, 32, 24)
 FEATURE_STRIDE = 16
 #: length of a pooled feature vector
 FEATURE_DIM = FEATURE_CHANNELS[3] + FEATURE_CHANNELS[4]
+#: instance predictions average the maps of the image and its flips (left-right, up-down,
+#: both) before decoding. Off: on the dsb2018 pool's 7 validation images (never its held-out
+#: ones; benchmarks/dsb_diagnose.py) flips moved F1 / AP / AJI 0.766 / 0.514 / 0.675 to
+#: 0.754 / 0.515 / 0.678 at about 1.5-2.7x the prediction time: not worth it.
+PREDICT_FLIPS = False
 _MULTIPLE = 32
 
 
@@ -191,34 +197,65 @@ def _tiles(n: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
-def _forward_tiles(model, images: list[np.ndarray], with_features: bool, with_instances: bool = False):
+def _flips(flips: bool | None, with_instances: bool) -> bool:
+    """Whether a prediction averages over flips: ``flips``, or for None :data:`PREDICT_FLIPS`
+    on instance predictions (class-only predictions do not flip unless asked)."""
+    return bool(PREDICT_FLIPS and with_instances) if flips is None else bool(flips)
+
+
+def _forward_tiles(model, images: list[np.ndarray], with_features: bool, with_instances: bool = False,
+                   flips: bool = False):
     """Run a batch of same-size float images (H, W multiples of 32); returns probs (and features).
 
     With ``with_instances`` the probabilities are followed by the instance head's two maps
-    (sigmoid), so tiles blend all channels alike."""
+    (sigmoid), so tiles blend all channels alike. With ``flips`` the probabilities (and maps)
+    are the mean over the image and its left-right, up-down and double flips, each flipped
+    back; features come from the image as it is."""
     import torch
 
     device = _model_device(model)
     x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()).to(device)
-    with torch.inference_mode():
-        logits, inst, feats = model.forward_all(x)
-        feats = feats.float().cpu().numpy() if with_features else None
+
+    def run(xx):
+        logits, inst, feats = model.forward_all(xx)
         probs = torch.softmax(logits, 1)
         if with_instances:
             probs = torch.cat([probs, torch.sigmoid(inst)], 1)
+        return probs, feats
+
+    with torch.inference_mode():
+        probs, feats = run(x)
+        if flips:
+            for dims in ((3,), (2,), (2, 3)):
+                probs = probs + torch.flip(run(torch.flip(x, dims))[0], dims)
+            probs = probs / 4.0
+        feats = feats.float().cpu().numpy() if with_features else None
         probs = probs.float().cpu().numpy()
     return probs, feats
 
 
 def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: int = 128,
-                          with_features: bool = True, with_instances: bool = False):
+                          with_features: bool = True, with_instances: bool = False, size_norm=True,
+                          flips: bool | None = None):
     """Return ``(probs (C, H, W) float32, features (D, ceil(H/16), ceil(W/16)) float32 or None)``.
 
     Images larger than ``tile`` in either side are cut into overlapping tiles whose
     probabilities are blended with a linear ramp; features come from the same tiles. With
     ``with_instances`` probs has C + 2 channels: the boundary and distance maps follow the
-    classes (see :func:`split_instance_maps`).
+    classes (see :func:`split_instance_maps`), and the maps go through
+    :func:`normalise_object_size` (``size_norm``: True for
+    :data:`napari_hitl.model.instances.SIZE_NORM`, a dict of its keys, or None / False for
+    none). ``flips``: average over flips (:func:`_forward_tiles`; None: :data:`PREDICT_FLIPS`
+    for instance predictions).
     """
+    probs, feats = _predict_with_features(model, image, tile, overlap, with_features, with_instances,
+                                          _flips(flips, with_instances))
+    if with_instances:
+        probs = normalise_object_size(model, image, probs, size_norm, tile, overlap, flips)
+    return probs, feats
+
+
+def _predict_with_features(model, image, tile, overlap, with_features, with_instances, flips):
     was_training = model.training
     model.eval()
     try:
@@ -226,7 +263,7 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
         h, w = img.shape[:2]
         if h <= tile and w <= tile:
             padded = _pad_to(img, _ceil(h), _ceil(w))
-            probs, feats = _forward_tiles(model, [padded], with_features, with_instances)
+            probs, feats = _forward_tiles(model, [padded], with_features, with_instances, flips)
             fh, fw = _ceil(h, FEATURE_STRIDE) // FEATURE_STRIDE, _ceil(w, FEATURE_STRIDE) // FEATURE_STRIDE
             return (np.ascontiguousarray(probs[0, :, :h, :w]),
                     None if feats is None else np.ascontiguousarray(feats[0, :, :fh, :fw]))
@@ -244,7 +281,8 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
         facc = fsum = None
         for y in _tiles(ph, th, overlap):
             for x in _tiles(pw, tw, overlap):
-                probs, feats = _forward_tiles(model, [padded[y:y + th, x:x + tw]], with_features, with_instances)
+                probs, feats = _forward_tiles(model, [padded[y:y + th, x:x + tw]], with_features, with_instances,
+                                              flips)
                 acc[:, y:y + th, x:x + tw] += probs[0] * weight
                 wsum[y:y + th, x:x + tw] += weight
                 if feats is not None:
@@ -266,6 +304,47 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
         model.train(was_training)
 
 
+def normalise_object_size(model, image: np.ndarray, stacked: np.ndarray, size_norm=True, tile: int = 1024,
+                          overlap: int = 128, flips: bool | None = None) -> np.ndarray:
+    """The ``with_instances`` maps ``stacked`` (C + 2, H, W) of ``image``, predicted again at the
+    scale where its objects have the canonical size when they are far from it.
+
+    The objects decoded from ``stacked`` (:data:`~napari_hitl.model.instances.DECODE_DEFAULTS`,
+    foreground = not class 0) give the image's median object diameter; when
+    :func:`~napari_hitl.model.instances.size_factor` says rescale, the image is resized by that
+    factor (capped so it has at most ``max_pixels`` pixels), predicted, and every map is
+    resized back to (H, W) (bilinear: class probabilities still sum to 1), so whoever decodes
+    and scores them sees full-size maps. Otherwise ``stacked`` comes back as it is.
+    ``size_norm``: True for :data:`~napari_hitl.model.instances.SIZE_NORM` (off by default), a
+    dict of the keys of :data:`~napari_hitl.model.instances.SIZE_NORM_SETTINGS`, None / False
+    for none.
+    """
+    import cv2
+
+    cfg = _inst.SIZE_NORM if size_norm is True else (size_norm or None)
+    if not cfg:
+        return stacked
+    nc = model.num_classes
+    probs, boundary, distance = split_instance_maps(stacked, nc)
+    found = _inst.decode_instances(1.0 - probs[0], boundary, distance, **_inst.DECODE_DEFAULTS)
+    if cfg.get("estimate", "foreground") == "foreground":
+        diam = _inst.inscribed_diameter(found > 0, int(cfg.get("min_objects", 1)))
+    else:
+        diam = _inst.median_diameter(found, int(cfg.get("min_objects", 1)))
+    f = _inst.size_factor(diam, cfg["diameter"], cfg["tolerance"], cfg["max_shrink"], cfg["max_enlarge"])
+    h, w = stacked.shape[1:]
+    if f > 1.0:  # enlarge no further than max_pixels (an image already that large stays as it is)
+        f = max(1.0, min(f, float(np.sqrt(cfg["max_pixels"] / float(h * w)))))
+    if abs(f - 1.0) < 0.05:
+        return stacked
+    nh, nw = max(1, int(round(h * f))), max(1, int(round(w * f)))
+    img = as_float_rgb(image)
+    small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    again, _ = _predict_with_features(model, small, tile, overlap, False, True, _flips(flips, True))
+    back = np.stack([cv2.resize(np.ascontiguousarray(c), (w, h), interpolation=cv2.INTER_LINEAR) for c in again])
+    return np.ascontiguousarray(back, dtype=np.float32)
+
+
 def _ramp(n: int, overlap: int) -> np.ndarray:
     r = np.ones(n, np.float32)
     if overlap > 0:
@@ -282,7 +361,8 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     read one at a time and blended with the linear ramp of :func:`predict_with_features`; one
     band of tile rows is kept in memory (C x tile x W floats) and each finished band is
     written, so memory stays bounded by the image's width. With ``with_instances`` the
-    instance head's two maps follow the classes. ``progress(done, total)`` counts tiles;
+    instance head's two maps follow the classes (at the image's own scale: no
+    :func:`normalise_object_size`, which needs the whole image). ``progress(done, total)`` counts tiles;
     ``should_stop()`` cancels (raises KeyboardInterrupt; ``out`` is then incomplete).
     ``out`` must not exist. Returns the zarr array."""
     import zarr
@@ -352,11 +432,13 @@ def predict_proba(model, image: np.ndarray, tile: int = 1024, overlap: int = 128
 
 
 def predict_proba_batch(model, images, batch_size: int = 8, tile: int = 1024, overlap: int = 128,
-                        with_features: bool = False, progress=None, should_stop=None, with_instances: bool = False):
+                        with_features: bool = False, progress=None, should_stop=None, with_instances: bool = False,
+                        size_norm=True, flips: bool | None = None):
     """Predict many images; same-size images (up to ``tile``) run together in batches.
 
     With ``with_instances`` each probability array has C + 2 channels (classes, then the
-    boundary and distance maps; :func:`split_instance_maps` separates them).
+    boundary and distance maps; :func:`split_instance_maps` separates them), object sizes
+    normalised as :func:`predict_with_features` does (``size_norm``, ``flips``: as there).
 
     Returns a list of ``(C, H, W)`` arrays, or of ``(probs, features)`` pairs when
     ``with_features``. ``progress(done, total)`` is called after each batch; a true
@@ -381,15 +463,18 @@ def predict_proba_batch(model, images, batch_size: int = 8, tile: int = 1024, ov
                 if key[0] == "tiled":
                     for i in chunk:
                         p, f = predict_with_features(model, images[i], tile, overlap, with_features,
-                                                     with_instances)
+                                                     with_instances, size_norm, flips)
                         out[i] = (p, f) if with_features else p
                 else:
                     floats = [model_input(model, images[i]) for i in chunk]
                     padded = [_pad_to(f, key[0], key[1]) for f in floats]
-                    probs, feats = _forward_tiles(model, padded, with_features, with_instances)
+                    probs, feats = _forward_tiles(model, padded, with_features, with_instances,
+                                                  _flips(flips, with_instances))
                     for j, i in enumerate(chunk):
                         h, w = floats[j].shape[:2]
                         p = np.ascontiguousarray(probs[j, :, :h, :w])
+                        if with_instances:
+                            p = normalise_object_size(model, images[i], p, size_norm, tile, overlap, flips)
                         if with_features:
                             fh = _ceil(h, FEATURE_STRIDE) // FEATURE_STRIDE
                             fw = _ceil(w, FEATURE_STRIDE) // FEATURE_STRIDE
@@ -412,11 +497,13 @@ def split_instance_maps(stacked: np.ndarray, num_classes: int) -> tuple[np.ndarr
     return arr[:num_classes], arr[num_classes], arr[num_classes + 1]
 
 
-def predict_instance_maps(model, image: np.ndarray, tile: int = 1024, overlap: int = 128
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_instance_maps(model, image: np.ndarray, tile: int = 1024, overlap: int = 128, size_norm=True,
+                          flips: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class probabilities ``(C, H, W)`` and the instance head's boundary and distance maps of one
-    image (tiled above ``tile`` px); decode them with :func:`napari_hitl.model.instances.instances_from_maps`."""
-    stacked = predict_with_features(model, image, tile, overlap, with_features=False, with_instances=True)[0]
+    image (tiled above ``tile`` px, object sizes normalised: :func:`predict_with_features`);
+    decode them with :func:`napari_hitl.model.instances.instances_from_maps`."""
+    stacked = predict_with_features(model, image, tile, overlap, with_features=False, with_instances=True,
+                                    size_norm=size_norm, flips=flips)[0]
     return split_instance_maps(stacked, model.num_classes)
 
 
