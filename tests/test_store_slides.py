@@ -512,3 +512,26 @@ def test_malformed_values_in_the_tables_of_large_images_are_named(slide_project)
     p._db.execute("UPDATE planes SET human = 'all'")
     with pytest.raises(CorruptFileError, match="table 'planes' has a malformed entry"):
         p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(400, 400))
+
+
+def test_two_entries_naming_one_file_in_different_words_are_shared_too(slide_project):
+    """A tampered index may name one label file in two ways ('x.npz' and './x.npz'): it is one
+    file, so a commit that replaces one entry's file must not delete what the other points at."""
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
+    small_file = p.label_file("small")
+    root = p.root
+    p._db.execute("UPDATE chunks SET file = './' || (SELECT file FROM planes WHERE file LIKE '%.npz') "
+                  "WHERE cy = 1 AND cx = 1")
+    p.close()
+    p = Project.open(root)
+    try:
+        p.commit_instances("small", np.full((40, 50), 2, np.uint32), {2: 1})  # replaces the small image's file
+        assert small_file.exists()  # the chunk entry still points at it: kept
+        with pytest.raises(CorruptFileError, match="another entry points at too"):
+            p.read_window("slide", 300, 300, 305, 305)
+        p.clear_labels("slide")  # drops the chunk entry that named it './...'
+        assert small_file.exists()  # (opening removes it once no entry points at it)
+    finally:
+        p.close()

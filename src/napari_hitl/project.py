@@ -611,10 +611,16 @@ class Project:
         if not self._slide_tables():
             return {}
         # a file two entries point at (a tampered index): reading either says so, and no commit
-        # or clear deletes it while another entry may still need it
-        self._shared = {rel for (rel,) in self._db.execute(
-            "SELECT file FROM (SELECT file FROM chunks UNION ALL SELECT file FROM planes) GROUP BY file "
-            "HAVING count(*) > 1")}
+        # or clear deletes it while another entry may still need it. Entries are compared by the
+        # file they name, not by their text: 'x.npz' and './x.npz' are one file
+        entries: dict[object, list] = {}
+        for (rel,) in self._db.execute("SELECT file FROM chunks UNION ALL SELECT file FROM planes"):
+            try:
+                key: object = str(self._label_path(rel))
+            except CorruptFileError:
+                key = ("unresolved", rel)  # a pointer outside labels/: no file of ours (see _retire)
+            entries.setdefault(key, []).append(rel)
+        self._shared = {rel for rels in entries.values() if len(rels) > 1 for rel in rels}
         out = {}
         for iid, chunk in self._db.execute("SELECT image, chunk FROM slides"):
             rec = records.get(iid)
