@@ -535,3 +535,31 @@ def test_two_entries_naming_one_file_in_different_words_are_shared_too(slide_pro
         assert small_file.exists()  # (opening removes it once no entry points at it)
     finally:
         p.close()
+
+
+def test_a_project_made_before_the_tables_of_large_images_keeps_a_shared_plane_file(tmp_path):
+    """Two planes pointing at one label file (a tampered index) in a project made before the
+    tables of large images: the writer that adds the tables must not delete that file when it
+    replaces one plane's labels (the other plane still needs it)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(folder / f"{name}.tif", np.zeros((20, 30), np.uint8))
+    p = Project.create(tmp_path / "proj", folder, classes=["background", "cell"])
+    p.commit_instances("a", np.ones((20, 30), np.uint32), {1: 1})
+    p.commit_instances("b", np.ones((20, 30), np.uint32), {1: 1})
+    shared = p.label_file("a")
+    p._db.executescript("DROP TABLE slides; DROP TABLE chunks; DROP TABLE chunk_objects")  # as made before them
+    p._db.execute("UPDATE planes SET file = ? WHERE image = (SELECT max(image) FROM planes)",
+                  (shared.name,))
+    root = p.root
+    p.close()
+    p = Project.open(root)
+    try:
+        assert p.read_instances("b")[0].all()
+        p.commit_instances("a", np.zeros((20, 30), np.uint32), {})  # replaces a's file
+        assert shared.exists()
+        ids, _, classes = p.read_instances("b")
+        assert ids.all() and classes == {1: 1}
+    finally:
+        p.close()
