@@ -100,3 +100,15 @@ def test_a_correction_of_a_large_object_starts_from_a_window_around_the_prompt(s
     with pytest.raises(InputError, match="no saved object 77"):
         s.object_seed("slide", 77, (5, 5))
     assert p.object("slide", 5)["area"] == H * W and p.object("slide", 77) is None
+
+
+def test_a_correction_prompted_far_from_the_object_starts_from_its_box_on_every_side(slide_session, monkeypatch):
+    """A prompt far from the object it corrects (the object picked as the selected label): the
+    seed is the object's box from its corner, whether the prompt lies below, right, above or
+    left of it (never a one-pixel strip of it)."""
+    s, p = slide_session, slide_session.project
+    monkeypatch.setattr(app_session, "SEED_SIDE", 100)
+    p.commit_window("slide", _square(300, 300, 400, 400, 5), {5: 1}, offset=(300, 300))
+    for near in ((550, 350), (350, 650), (50, 350), (350, 50), (50, 50)):
+        seed = s.object_seed("slide", 5, near)
+        assert seed.box == (300, 300, 400, 400) and seed.data.all(), (near, seed.box)

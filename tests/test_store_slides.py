@@ -512,3 +512,54 @@ def test_malformed_values_in_the_tables_of_large_images_are_named(slide_project)
     p._db.execute("UPDATE planes SET human = 'all'")
     with pytest.raises(CorruptFileError, match="table 'planes' has a malformed entry"):
         p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(400, 400))
+
+
+def test_two_entries_naming_one_file_in_different_words_are_shared_too(slide_project):
+    """A tampered index may name one label file in two ways ('x.npz' and './x.npz'): it is one
+    file, so a commit that replaces one entry's file must not delete what the other points at."""
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
+    small_file = p.label_file("small")
+    root = p.root
+    p._db.execute("UPDATE chunks SET file = './' || (SELECT file FROM planes WHERE file LIKE '%.npz') "
+                  "WHERE cy = 1 AND cx = 1")
+    p.close()
+    p = Project.open(root)
+    try:
+        p.commit_instances("small", np.full((40, 50), 2, np.uint32), {2: 1})  # replaces the small image's file
+        assert small_file.exists()  # the chunk entry still points at it: kept
+        with pytest.raises(CorruptFileError, match="another entry points at too"):
+            p.read_window("slide", 300, 300, 305, 305)
+        p.clear_labels("slide")  # drops the chunk entry that named it './...'
+        assert small_file.exists()  # (opening removes it once no entry points at it)
+    finally:
+        p.close()
+
+
+def test_a_project_made_before_the_tables_of_large_images_keeps_a_shared_plane_file(tmp_path):
+    """Two planes pointing at one label file (a tampered index) in a project made before the
+    tables of large images: the writer that adds the tables must not delete that file when it
+    replaces one plane's labels (the other plane still needs it)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(folder / f"{name}.tif", np.zeros((20, 30), np.uint8))
+    p = Project.create(tmp_path / "proj", folder, classes=["background", "cell"])
+    p.commit_instances("a", np.ones((20, 30), np.uint32), {1: 1})
+    p.commit_instances("b", np.ones((20, 30), np.uint32), {1: 1})
+    shared = p.label_file("a")
+    p._db.executescript("DROP TABLE slides; DROP TABLE chunks; DROP TABLE chunk_objects")  # as made before them
+    p._db.execute("UPDATE planes SET file = ? WHERE image = (SELECT max(image) FROM planes)",
+                  (shared.name,))
+    root = p.root
+    p.close()
+    p = Project.open(root)
+    try:
+        assert p.read_instances("b")[0].all()
+        p.commit_instances("a", np.zeros((20, 30), np.uint32), {})  # replaces a's file
+        assert shared.exists()
+        ids, _, classes = p.read_instances("b")
+        assert ids.all() and classes == {1: 1}
+    finally:
+        p.close()

@@ -607,14 +607,22 @@ class Project:
         """``{name: chunk side}`` of the images whose labels are stored in chunks (checked), and
         the label files that more than one entry of the index points at (:attr:`_shared`)."""
         where = self.root / DB_FILE
-        self._shared: set[str] = set()
-        if not self._slide_tables():
-            return {}
+        tables = self._slide_tables()
         # a file two entries point at (a tampered index): reading either says so, and no commit
-        # or clear deletes it while another entry may still need it
-        self._shared = {rel for (rel,) in self._db.execute(
-            "SELECT file FROM (SELECT file FROM chunks UNION ALL SELECT file FROM planes) GROUP BY file "
-            "HAVING count(*) > 1")}
+        # or clear deletes it while another entry may still need it. Entries are compared by the
+        # file they name, not by their text: 'x.npz' and './x.npz' are one file. A project made
+        # before the tables of large images has only planes (two of them may share a file too)
+        entries: dict[object, list] = {}
+        query = "SELECT file FROM chunks UNION ALL SELECT file FROM planes" if tables else "SELECT file FROM planes"
+        for (rel,) in self._db.execute(query):
+            try:
+                key: object = str(self._label_path(rel))
+            except CorruptFileError:
+                key = ("unresolved", rel)  # a pointer outside labels/: no file of ours (see _retire)
+            entries.setdefault(key, []).append(rel)
+        self._shared: set[str] = {rel for rels in entries.values() if len(rels) > 1 for rel in rels}
+        if not tables:
+            return {}
         out = {}
         for iid, chunk in self._db.execute("SELECT image, chunk FROM slides"):
             rec = records.get(iid)

@@ -202,7 +202,7 @@ class Session:
         half = SEED_SIDE // 2
         cy, cx = (int(round(v)) for v in near)
         y0, x0 = max(row["y0"], cy - half, 0), max(row["x0"], cx - half, 0)
-        y1, x1 = min(row["y1"], max(cy + half, y0 + 1), h), min(row["x1"], max(cx + half, x0 + 1), w)
+        y1, x1 = min(row["y1"], cy + half, h), min(row["x1"], cx + half, w)
         if y1 <= y0 or x1 <= x0:  # the prompt lies far from the object: start from its box's corner
             y0, x0 = row["y0"], row["x0"]
             y1, x1 = min(row["y1"], y0 + SEED_SIDE), min(row["x1"], x0 + SEED_SIDE)

@@ -422,7 +422,9 @@ class SlideTools(QObject):
         """Commit every pending region's window (human labels) through the store; returns the
         image's counts, or None when nothing changed."""
         counts = None
-        for r in [r for r in self.regions if r.window is not None]:
+        # newest first: where answers overlap, the pending layer shows the newest region's (it
+        # is drawn last), and the first commit's human pixels are kept from the later ones
+        for r in reversed([r for r in self.regions if r.window is not None]):
             done = self.session.commit_region(self.name, r.oid, r.prompts.label, r.window)
             counts = done if done is not None else counts
         self.regions, self.history, self.pending_extreme, self.selected = [], [], [], 0
