@@ -476,8 +476,9 @@ def main(argv=None) -> int:
     log(f"=== {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, commit {commit}, args {argv or sys.argv[1:]}")
     cache_dir = args.cache or out / "cache"
     first = DEEP_FIRST_TRAINED_BLOCK if args.deep else FIRST_TRAINED_BLOCK
-    if args.resume:  # the checkpoint's variant, whatever the flag says
-        first = first_trained_block_of(load_checkpoint(args.resume)["model"])
+    ck = load_checkpoint(args.resume) if args.resume else None
+    if ck is not None:  # the checkpoint's variant, whatever the flag says
+        first = first_trained_block_of(ck["model"])
     net = build_clicknet(first_trained_block=first).to("cpu")
     cpu0, wall0 = time.process_time(), time.time()
     if not (cache_dir / "shard_0000" / "done").is_file() or len(CropCache(cache_dir)) < args.cache_crops:
@@ -499,7 +500,6 @@ def main(argv=None) -> int:
     counters = {"step": 0, "samples": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0, "commits": [],
                 "init": str(args.init) if args.init else "imagenet", "prior_samples": 0, "next_eval": 0}
     if args.resume:
-        ck = load_checkpoint(args.resume)
         net.load_state_dict({k: v.float() for k, v in ck["model"].items()}, strict=False)
         opt.load_state_dict(ck["opt"])
         for st in opt.state.values():
