@@ -310,7 +310,9 @@ def normalise_object_size(model, image: np.ndarray, stacked: np.ndarray, size_no
     scale where its objects have the canonical size when they are far from it.
 
     The objects decoded from ``stacked`` (:data:`~napari_hitl.model.instances.DECODE_DEFAULTS`,
-    foreground = not class 0) give the image's median object diameter; when
+    foreground = not class 0) give the image's typical object diameter (the ``estimate`` of the
+    settings: their foreground's :func:`~napari_hitl.model.instances.inscribed_diameter`, or
+    their :func:`~napari_hitl.model.instances.median_diameter`); when
     :func:`~napari_hitl.model.instances.size_factor` says rescale, the image is resized by that
     factor (capped so it has at most ``max_pixels`` pixels), predicted, and every map is
     resized back to (H, W) (bilinear: class probabilities still sum to 1), so whoever decodes
