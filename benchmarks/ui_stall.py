@@ -26,6 +26,10 @@ import time
 import numpy as np
 
 
+#: the phase that opens the 1024x1024 image: measured and printed, outside the stall target
+OPEN_PHASE = "open a 1024x1024 image (not a target)"
+
+
 def pct(values, q):
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -302,7 +306,10 @@ def main() -> int:
                 "image": "1024x1024"}
 
     if args.objects:
-        open_big_image()
+        # reported, not held to the target: opening an image is napari making its layers (image,
+        # labels, and the objects panel's proposals layer, made here so that Find objects only
+        # sets its data), all on the UI thread
+        measure(OPEN_PHASE, lambda: open_big_image() or {})
         measure("find objects, 1024x1024", objects_phase)
         spin(0.3)
 
@@ -331,8 +338,9 @@ def main() -> int:
     print(f"stale click results dropped: {result['stale_results_dropped']}")
     for k, v in result["ui_thread_cost_ms"].items():
         print(f"UI-thread cost, {k:26s} median {v['median']:6.1f} ms, max {v['max']:6.1f} ms (n={v['n']})")
-    worst = max(ph["max_stall_ms"] for ph in phases.values())
-    own = max(ph["max_stall_without_paint_ms"] for ph in phases.values())
+    held = [ph for name, ph in phases.items() if name != OPEN_PHASE]
+    worst = max(ph["max_stall_ms"] for ph in held)
+    own = max(ph["max_stall_without_paint_ms"] for ph in held)
     ok = worst <= 100 and d["max"] <= 100
     print(f"targets (no stall > 100 ms, mask shown within 100 ms): {'met' if ok else 'NOT met'} "
           f"(worst stall {worst:.0f} ms, of which not canvas painting {own:.0f} ms; "

@@ -13,7 +13,11 @@ def test_dock_loads_sample_and_accepts_labels(dock):
     dock.sample_box.activated.emit(dock.sample_box.currentIndex())
     assert dock.project is not None and dock.image_list.count() == 4
     first = dock.current
-    assert [layer.name for layer in viewer.layers] == [first, f"{first} labels"]
+    # the objects panel's layer is made with the image's, hidden and empty (making it on Find
+    # objects would stall the UI); the person's labels stay the active layer
+    assert [layer.name for layer in viewer.layers] == [first, f"{first} labels", f"{first} proposals"]
+    assert not viewer.layers[f"{first} proposals"].visible
+    assert viewer.layers.selection.active.name == dock.labels_layer.name
     labels = dock.labels_layer
     data = np.asarray(labels.data).copy()
     data[10:30, 10:30] = 1
@@ -23,7 +27,8 @@ def test_dock_loads_sample_and_accepts_labels(dock):
     assert (got[10:30, 10:30] == 1).all() and (prov == HUMAN).all()
     assert "done" in dock.image_list.item(0).text()
     dock.annotate.next_button.click()
-    assert dock.current != first and len(viewer.layers) == 2
+    after = dock.current  # the same proposals layer, renamed and on top again, no other layer left behind
+    assert after != first and [layer.name for layer in viewer.layers] == [after, f"{after} labels", f"{after} proposals"]
     root = dock.project.root
     dock.close_project()
     with Project.open(root, readonly=True) as again:  # persisted, and the lock was released
@@ -115,6 +120,12 @@ def test_the_objects_panel_lists_proposals_and_answers_them_in_one_click(dock, q
     assert (np.asarray(layer.data)[50:55, 50:55] == 77).all()  # the unsaved painting is still shown
     assert panel.list.count() == 0 and not panel.layer.data.any()
     assert [e["event"] for e in dock.project.journal()][-2:] == ["accept_object", "reject_object"]
+    made = panel.layer
+    panel.show(Proposals(name, None, ids, [Proposal(2, 1, 0.3, 100, (30, 30, 40, 40), (34.5, 34.5))]))
+    dock.annotate.next_button.click()  # another image: the proposals go, their layer is kept, hidden and empty
+    assert panel.proposals is None and panel.list.count() == 0
+    assert panel.layer is made and not made.visible and not np.asarray(made.data).any()
+    assert made.name == f"{dock.current} proposals" and dock.viewer.layers[-1].name == made.name
 
 
 def test_brush_objects_keep_the_class_they_were_painted_with(dock):

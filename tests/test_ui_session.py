@@ -182,11 +182,19 @@ def test_full_session_in_the_dock(dock, qtbot, tmp_path):
     dock.ranking.set_choice("coverage")  # picks among what the labelled image does not cover
     texts = [dock.image_list.item(i).text() for i in range(4)]
     assert sum("★" in t for t in texts) == 3 and not any(t.startswith(f"{name} ") and "★" in t for t in texts)
+    pred_layer.visible, unc_layer.visible = False, True  # the person's eye toggles
     dock.open_next()
     assert dock.current != name and dock.project.counts(dock.current).status != "done"
     assert f"{name} prediction" not in [lay.name for lay in viewer.layers]  # the old image's went with it
+    # the same two layers wait, renamed, empty and hidden, for the new image's prediction
+    assert not pred_layer.data.any() and not pred_layer.visible and not unc_layer.visible
     settle(qtbot, dock)  # the new image's prediction is read from the cache on the worker
-    assert f"{dock.current} prediction" in [lay.name for lay in viewer.layers]
+    names = [lay.name for lay in viewer.layers]
+    assert names.index(f"{dock.current} uncertainty") < names.index(f"{dock.current} prediction") \
+        < names.index(f"{dock.current} labels")  # under the person's labels again
+    np.testing.assert_array_equal(pred_layer.data, dock.session.predictions[dock.current][0].pred)
+    assert pred_layer.name == f"{dock.current} prediction" and not pred_layer.visible and unc_layer.visible
+    pred_layer.visible, unc_layer.visible = True, False
 
     # superpixel suggestions of the open image: accept one, relabel another
     dock.suggest()

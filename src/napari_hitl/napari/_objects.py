@@ -2,7 +2,10 @@
 
 *Find objects* predicts the open image (the shown frame of a time-lapse) with the instance
 head on the worker queue and lists its objects with their confidence; they are outlined in a
-layer of their own (``<image> proposals``). Double-click a row to centre the view on it;
+layer of their own (``<image> proposals``). That layer is made once, hidden and empty, when the
+first image opens (beside the image's own layers), and then only its data, name and visibility
+change: napari spends about 150 ms of the UI thread making a layer, longer than the 100 ms a
+find may stall it. Double-click a row to centre the view on it;
 *Accept ✓* saves the object whole as an accepted machine label, *Reject ✗* makes its pixels
 the person's background (never over the person's labels); the dock's Labels layer shows the
 saved object at once, and keeps what the person has not saved yet elsewhere. The panel tells
@@ -74,13 +77,43 @@ class ObjectsPanel(QGroupBox):
         if frame is not None:
             self.frame = frame
         self.clear()
+        if session is None or name is None or labels_layer is None:
+            self._remove_layer()  # no image: nothing to propose on
+            return
+        self._ready_layer(f"{name} {PROPOSALS_SUFFIX}")
 
     def clear(self) -> None:
+        """Forget the proposals; their layer stays, hidden and empty, for the next ones."""
         self.proposals = None
         self.list.clear()
         if self.layer is not None and self.layer in self.viewer.layers:
+            self.layer.visible = False
+            self.layer.data = np.zeros((1, 1), np.uint8)  # nothing stale if the person shows it
+
+    def _remove_layer(self) -> None:
+        if self.layer is not None and self.layer in self.viewer.layers:
             self.viewer.layers.remove(self.layer)
         self.layer = None
+
+    def _ready_layer(self, layer_name: str, data: np.ndarray | None = None) -> None:
+        """The proposals layer, named ``layer_name``, on top of the shown image's layers: made
+        the first time (or if the person deleted it), else reused; the person's labels stay the
+        active layer. With ``data`` it shows those outlines, else it is hidden and empty."""
+        layers = self.viewer.layers
+        active = layers.selection.active
+        if self.layer is None or self.layer not in layers:
+            self.layer = self.viewer.add_labels(np.zeros((1, 1), np.uint8), name=layer_name, opacity=0.9,
+                                                visible=False)
+            self.layer.editable = False
+        else:
+            self.layer.name = layer_name
+            if layers.index(self.layer) != len(layers) - 1:
+                layers.move(layers.index(self.layer), len(layers))
+        if data is not None:
+            self.layer.data = data
+            self.layer.visible = True
+        if active is not None and active is not self.layer and active in layers:
+            layers.selection.active = active
 
     def find(self) -> None:
         if self.session is None or self.name is None:
@@ -111,11 +144,7 @@ class ObjectsPanel(QGroupBox):
         self.proposals = props
         self._fill()
         data = self._outline = outlines(props.instances) if outline is None else outline
-        if self.layer is None or self.layer not in self.viewer.layers:
-            self.layer = self.viewer.add_labels(data, name=f"{props.name} {PROPOSALS_SUFFIX}", opacity=0.9)
-            self.layer.editable = False
-        else:
-            self.layer.data = data
+        self._ready_layer(f"{props.name} {PROPOSALS_SUFFIX}", data)
         n = len(props.items)
         self.status.emit(f"{n} object{'s' if n != 1 else ''} proposed, least certain first")
 

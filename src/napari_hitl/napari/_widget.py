@@ -563,7 +563,7 @@ class HitlWidget(QWidget):
         self.suggestions.clear()
         if self.current is not None:
             self.tools.forget_image(self.current)
-        self.prediction.clear()
+        self.prediction.empty(name)
         for layer in (self.image_layer, self.labels_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
