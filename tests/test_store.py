@@ -540,3 +540,23 @@ def test_files_replaced_while_a_reader_held_a_snapshot_are_removed_on_the_next_o
             assert (p.read_labels("img0")[0] == 2).all()
     assert _label_files(root) == {str(current.relative_to(root))}
     assert not (root / store.ORPHANS_DIR).exists() and not list((root / "labels").glob(".commit-*.json"))
+
+
+def test_a_file_a_finished_commit_wrote_is_set_aside_if_its_entry_is_lost_later(proj):
+    """A commit's note still on disk (a reader held a snapshot when the writer closed) names the
+    file it wrote; if that file's entry is lost afterwards, the note does not make it garbage:
+    the commit went through, so the file holds labels and is set aside, not deleted."""
+    proj.commit_labels("img0", np.ones((12, 14), np.uint8))
+    first = proj.label_file("img0")
+    root = proj.root
+    with Project.open(root, readonly=True) as ro, ro.snapshot():
+        proj.commit_labels("img0", np.full((12, 14), 2, np.uint8))
+        current = proj.label_file("img0")
+        payload = current.read_bytes()
+        proj._db.execute("DELETE FROM planes WHERE image = 0")  # the entry is lost after the commit
+        proj.close()
+    with pytest.warns(UserWarning, match="1 label file .* set aside"), Project.open(root) as p:
+        entry = p.journal()[-1]
+        assert entry["removed_files"] == 1 and entry["set_aside"] == 1  # the replaced file, the lost one
+    assert not first.exists() and not current.exists()
+    assert [f.read_bytes() for f in (root / entry["folder"]).rglob("*.npz")] == [payload]

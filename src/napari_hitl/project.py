@@ -18,10 +18,11 @@ pointer of the commit (all frames of a stack), the counts and the journal entry 
 a process killed at any moment leaves either the whole commit or none of it. Readers read
 inside one transaction (:meth:`Project.snapshot`) and see one commit; replaced label files
 are deleted only while no reader holds a snapshot. Before a commit writes a file it notes the
-files it may add or replace (``labels/.commit-<token>.json``, removed once the replaced files are
-gone). Opening for writing recovers from a crash: temporary files and the label files such a
-note explains that no entry points at are removed; a label file that no entry names and no note
-explains (the index lost its row: a damaged or edited ``project.db``) holds someone's labels, so
+files it may add or replace (``labels/.commit-<token>.json``, renamed ``….done.json`` once its
+transaction went through, removed once the replaced files are gone). Opening for writing recovers
+from a crash: temporary files and the label files such a note explains that no entry points at
+are removed (what an unfinished commit wrote, what a finished one replaced); a label file that no
+entry names and no note explains (the index lost its row: a damaged or edited ``project.db``) holds someone's labels, so
 it is moved, never deleted, into ``orphaned-labels/<time>/`` and a warning says so. Opening
 migrates a project of the
 first format (JSON files) or the second (class maps, no instances) once. Labels are
@@ -156,6 +157,7 @@ _CHUNK_RANGE = (16, 16384)  # chunk sides a project may record
 ORPHANS_DIR = "orphaned-labels"
 #: a commit's note of the label files it may add or replace, in ``labels/`` (see :meth:`Project._intend`)
 _INTENT_GLOB = ".commit-*.json"
+_DONE_SUFFIX = ".done.json"  # a note renamed so once its commit's transaction went through
 
 
 @dataclass(frozen=True)
@@ -1677,7 +1679,14 @@ class Project:
         """Queue the label files a commit replaced (paths relative to ``labels/``) for deletion,
         and its note (:meth:`_intend`) for deletion after them; a tampered pointer names no file
         of ours, so there is nothing to delete, and a file that more than one entry pointed at
-        is kept (opening sets it aside once no entry points at it)."""
+        is kept (opening sets it aside once no entry points at it). The note is renamed
+        ``….done.json``: the commit went through (what :meth:`_recover` reads from it)."""
+        done = intent.with_name(intent.name[:-len(".json")] + _DONE_SUFFIX)
+        try:
+            os.replace(intent, done)
+            intent = done
+        except OSError:
+            pass  # the pending note stays: recovery then tells from the index whether the commit went through
         self._intents.append(intent)
         for rel in rels:
             if rel in self._shared:
@@ -1753,11 +1762,12 @@ class Project:
             except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
                 continue  # cut short before its commit wrote anything (or not ours): it explains nothing
             written = [p for p in new if os.path.lexists(p)]
-            if not written or any(p in referenced for p in written):
+            if note.name.endswith(_DONE_SUFFIX) or any(p in referenced for p in written):
                 explained.update(old)  # the commit went through: the files it replaced are garbage (a
-                # file it wrote that no entry names lost its entry since: not explained)
+                # file it wrote that no entry names lost its entry since: not explained, kept aside)
             else:
-                explained.update(written)  # it never went through: what it wrote is garbage
+                explained.update(written)  # it never went through: what it wrote is garbage (a file it
+                # would have replaced that no entry names lost its entry: not explained, kept aside)
         orphans = [p for p in labels.rglob("*.npz") if str(p) not in referenced] if labels.is_dir() else []
         garbage = [p for p in orphans if str(p) in explained]
         unexplained = [p for p in orphans if str(p) not in explained]
