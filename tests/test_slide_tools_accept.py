@@ -1,7 +1,10 @@
-"""SlideTools.accept on overlapping pending regions, without a viewer: what the pending layer
-shows over the overlap is what Accept saves there."""
+"""SlideTools.accept without a viewer: what the pending layer shows over an overlap is what
+Accept saves there; the saving runs on the dock's worker, and the regions being saved take no
+prompt and keep their prompts until they are saved."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -14,36 +17,31 @@ from napari_hitl.prompts import Click, RegionPrompts  # noqa: E402
 from test_app_slide import slide_session  # noqa: E402,F401
 
 
-class _Layer:
-    def __init__(self, data=None, translate=(0, 0)):
-        self.data, self.translate, self.editable = data, translate, True
+@pytest.fixture
+def slide_tools(slide_session, qtbot):
+    """SlideTools on the slide with the dock's worker queue and napari's viewer model (no window)."""
+    from napari.components import ViewerModel
 
-    def refresh(self):
-        pass
+    from napari_hitl.napari._slide import SlideTools
+    from napari_hitl.napari._worker import ModelQueue
 
-
-class _Viewer:
-    class _Layers(list):
-        class _Selection:
-            active = None
-
-        selection = _Selection()
-
-    def __init__(self):
-        self.layers = self._Layers()
-
-    def add_labels(self, data, translate=(0, 0), **kw):
-        layer = _Layer(data, translate)
-        self.layers.append(layer)
-        return layer
+    queue, viewer = ModelQueue(), ViewerModel()
+    tools = SlideTools(viewer, queue, None)
+    # the saved objects' layer (the dock's reads the project's chunks; refreshing is all the tool does with it)
+    saved = viewer.add_labels(np.zeros((8, 8), np.uint32), name="slide")
+    tools.session, tools.name, tools.layer = slide_session, "slide", saved
+    tools.image = slide_session.project.open_image("slide")
+    yield tools, queue
+    queue.stop()
+    qtbot.waitUntil(lambda: not queue._alive, timeout=60_000)
+    tools.image.close()
 
 
-def test_accept_saves_over_an_overlap_the_region_the_pending_layer_shows(slide_session):
-    from napari_hitl.napari._slide import SlideRegion, SlideTools
+def test_accept_saves_over_an_overlap_the_region_the_pending_layer_shows(slide_session, slide_tools, qtbot):
+    from napari_hitl.napari._slide import SlideRegion
 
     s, p = slide_session, slide_session.project
-    tools = SlideTools(_Viewer(), None, None)
-    tools.session, tools.name, tools.layer = s, "slide", _Layer()
+    tools, queue = slide_tools
     a, b = s.reserve_id("slide"), s.reserve_id("slide")
     first = SlideRegion(a, RegionPrompts(1, [Click(120.0, 120.0, True)]), Window(np.ones((100, 100), bool), 100, 100))
     second = SlideRegion(b, RegionPrompts(1, [Click(180.0, 180.0, True)]), Window(np.ones((100, 100), bool), 150, 150))
@@ -51,7 +49,88 @@ def test_accept_saves_over_an_overlap_the_region_the_pending_layer_shows(slide_s
     tools.show()
     y0, x0 = (int(v) for v in tools.pending.translate)
     shown = np.asarray(tools.pending.data)[160 - y0, 160 - x0]  # a pixel both answers hold
-    tools.accept()
+    assert tools.accept() == 2
+    qtbot.waitUntil(lambda: not queue.busy, timeout=60_000)
+    assert not tools.regions and not tools.saving
     ids, _, _ = p.read_window("slide", 100, 100, 250, 250)
     assert ids[160 - 100, 160 - 100] == shown
     assert (ids == a).any() and (ids == b).any()
+
+
+def test_accept_saves_on_the_worker_and_the_regions_being_saved_take_no_prompt(slide_session, slide_tools, qtbot,
+                                                                               monkeypatch):
+    """The chunks are written on the worker thread, never the UI thread; while they are, a
+    prompt on a region being saved is refused, undo keeps its prompts, Reset keeps it and a
+    second Accept does not save it again; once saved it leaves the pending layer."""
+    from napari_hitl.errors import InputError
+    from napari_hitl.napari._slide import SlideRegion
+
+    s, p = slide_session, slide_session.project
+    tools, queue = slide_tools
+    gate, threads, real = threading.Event(), [], s.save_region
+
+    def slow_save(*args, **kw):
+        threads.append(threading.current_thread())
+        assert gate.wait(30)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(s, "save_region", slow_save)
+    heard = []
+    s.on("committed", lambda name, counts: heard.append((name, threading.current_thread())))
+    a = s.reserve_id("slide")
+    r = SlideRegion(a, RegionPrompts(1, [Click(150.0, 150.0, True)]), Window(np.ones((100, 100), bool), 100, 100))
+    tools.regions, tools.history = [r], [("click", r)]
+    tools.show()
+    saved = []
+    tools.saved.connect(saved.append)
+    assert tools.accept() == 1  # returns at once: the save waits at the gate on the worker
+    assert tools.saving == [r] and r in tools.regions
+    with pytest.raises(InputError, match=f"Object {a} is being saved"):
+        tools.click(150.0, 150.0, True)  # on the region being saved
+    tools.undo()
+    assert r.prompts.clicks and tools.history  # its prompt stays
+    tools.reset()
+    assert tools.regions == [r]
+    assert tools.accept() == 0  # nothing else to save; it is not saved twice
+    assert not p.objects("slide")
+    gate.set()
+    qtbot.waitUntil(lambda: not queue.busy, timeout=60_000)
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert heard == [("slide", threading.main_thread())]  # listeners hear of it on the UI thread
+    (obj,) = p.objects("slide")
+    assert obj["id"] == a and obj["area"] == 100 * 100
+    assert not tools.regions and not tools.saving and not tools.history and tools.pending is None
+    assert len(saved) == 1 and saved[0].human == 100 * 100
+
+
+def test_a_failed_save_keeps_the_regions_not_saved_pending(slide_session, slide_tools, qtbot, monkeypatch):
+    from napari_hitl.errors import CommitError
+    from napari_hitl.napari._slide import SlideRegion
+
+    s, p = slide_session, slide_session.project
+    tools, queue = slide_tools
+    real, n = s.save_region, [0]
+
+    def second_fails(*args, **kw):
+        n[0] += 1
+        if n[0] == 2:
+            raise CommitError("disk full")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(s, "save_region", second_fails)
+    monkeypatch.setattr("napari_hitl.napari._worker.show_error", lambda *a: None)
+    a, b = s.reserve_id("slide"), s.reserve_id("slide")
+    first = SlideRegion(a, RegionPrompts(1, [Click(120.0, 120.0, True)]), Window(np.ones((50, 50), bool), 100, 100))
+    second = SlideRegion(b, RegionPrompts(1, [Click(320.0, 320.0, True)]), Window(np.ones((50, 50), bool), 300, 300))
+    tools.regions = [first, second]  # saved newest first: second, then first (which fails)
+    status = []
+    tools.status.connect(status.append)
+    tools.accept()
+    qtbot.waitUntil(lambda: not queue.busy, timeout=60_000)
+    assert [o["id"] for o in p.objects("slide")] == [b]
+    assert tools.regions == [first] and not tools.saving  # not saved: still pending, can be accepted again
+    assert "1 region(s) of slide not saved" in status[-1]
+    monkeypatch.setattr(s, "save_region", real)
+    tools.accept()
+    qtbot.waitUntil(lambda: not queue.busy, timeout=60_000)
+    assert sorted(o["id"] for o in p.objects("slide")) == [a, b] and not tools.regions

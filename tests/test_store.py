@@ -160,7 +160,7 @@ def test_tampered_names_and_paths_are_refused(tmp_path, proj):
         with pytest.raises(CorruptFileError, match=message):
             Project.open(copy)
     _tamper(root, "UPDATE planes SET file = ?", "../../victim.npz")
-    with Project.open(root) as p:
+    with pytest.warns(UserWarning, match="1 label file .* set aside"), Project.open(root) as p:  # img0's own file
         with pytest.raises(CorruptFileError, match="outside"):
             p.read_labels("img0")
         assert p.read_labels("img1")[1].sum() == 0  # the rest is readable
@@ -242,11 +242,15 @@ def test_recovery_on_open_removes_leftovers(proj):
              provenance=np.zeros((12, 14), np.uint8))
     with Project.open(root, readonly=True) as ro:  # a reader does not clean up
         assert (root / "labels" / "i000001-t00000-orphan.npz").exists()
-    with Project.open(root) as p:
-        assert _label_files(root) == {str(current.relative_to(root))}
-        assert not list(root.rglob("*.tmp"))
-        assert p.journal()[-1]["event"] == "recovered" and p.journal()[-1]["removed_files"] == 3
-        assert (p.read_labels("img0")[0] == 1).all()
+    with pytest.warns(UserWarning, match="1 label file .* set aside"):
+        with Project.open(root) as p:
+            assert _label_files(root) == {str(current.relative_to(root))}
+            assert not list(root.rglob("*.tmp"))
+            entry = p.journal()[-1]
+            assert entry["event"] == "recovered" and entry["removed_files"] == 2 and entry["set_aside"] == 1
+            assert (p.read_labels("img0")[0] == 1).all()
+    # no commit explains the orphan, so it may hold someone's labels: kept aside, not deleted
+    assert (root / entry["folder"] / "i000001-t00000-orphan.npz").is_file()
     del ro
 
 
@@ -494,3 +498,65 @@ def test_a_copy_is_one_snapshot_and_stands_alone(tmp_path):
         assert (c.read_labels("img1")[0] == 2).all()
     with pytest.raises(ProjectError, match="not empty"):
         Project.open(copy, readonly=True).copy_to(tmp_path / "imgs")
+
+
+def test_label_files_the_index_no_longer_names_are_set_aside_not_deleted(proj):
+    """A 'planes' row gone (a damaged table, a person's edit): the plane's label file holds a
+    person's labels; opening for writing keeps it aside and says so instead of deleting it."""
+    proj.commit_labels("img0", np.ones((12, 14), np.uint8))
+    proj.commit_labels("img1", np.full((12, 14), 2, np.uint8))
+    lost, kept = proj.label_file("img0"), proj.label_file("img1")
+    payload = lost.read_bytes()
+    root = proj.root
+    proj._db.execute("DELETE FROM planes WHERE image = 0")
+    proj.close()
+    with pytest.warns(UserWarning, match="1 label file .* set aside in .*orphaned-labels"):
+        with Project.open(root) as p:
+            entry = p.journal()[-1]
+            assert entry["event"] == "recovered" and entry["set_aside"] == 1
+            assert p.label_file("img1") == kept and (p.read_labels("img1")[0] == 2).all()
+    assert [f.read_bytes() for f in (root / entry["folder"]).rglob("*.npz")] == [payload]
+    assert _label_files(root) == {str(kept.relative_to(root))}
+
+
+def test_files_replaced_while_a_reader_held_a_snapshot_are_removed_on_the_next_open(proj):
+    """The writer closes while another process's snapshot still needs the replaced file: the
+    commit's note explains it, so the next opening deletes it quietly (nothing set aside)."""
+    import warnings
+
+    proj.commit_labels("img0", np.ones((12, 14), np.uint8))
+    first = proj.label_file("img0")
+    root = proj.root
+    assert not list((root / "labels").glob(".commit-*.json"))  # a commit's note goes with it
+    with Project.open(root, readonly=True) as ro, ro.snapshot():
+        proj.commit_labels("img0", np.full((12, 14), 2, np.uint8))
+        current = proj.label_file("img0")
+        proj.close()
+        assert first.exists() and len(list((root / "labels").glob(".commit-*.json"))) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Project.open(root) as p:
+            assert p.journal()[-1]["event"] == "recovered" and p.journal()[-1]["removed_files"] == 1
+            assert (p.read_labels("img0")[0] == 2).all()
+    assert _label_files(root) == {str(current.relative_to(root))}
+    assert not (root / store.ORPHANS_DIR).exists() and not list((root / "labels").glob(".commit-*.json"))
+
+
+def test_a_file_a_finished_commit_wrote_is_set_aside_if_its_entry_is_lost_later(proj):
+    """A commit's note still on disk (a reader held a snapshot when the writer closed) names the
+    file it wrote; if that file's entry is lost afterwards, the note does not make it garbage:
+    the commit went through, so the file holds labels and is set aside, not deleted."""
+    proj.commit_labels("img0", np.ones((12, 14), np.uint8))
+    first = proj.label_file("img0")
+    root = proj.root
+    with Project.open(root, readonly=True) as ro, ro.snapshot():
+        proj.commit_labels("img0", np.full((12, 14), 2, np.uint8))
+        current = proj.label_file("img0")
+        payload = current.read_bytes()
+        proj._db.execute("DELETE FROM planes WHERE image = 0")  # the entry is lost after the commit
+        proj.close()
+    with pytest.warns(UserWarning, match="1 label file .* set aside"), Project.open(root) as p:
+        entry = p.journal()[-1]
+        assert entry["removed_files"] == 1 and entry["set_aside"] == 1  # the replaced file, the lost one
+    assert not first.exists() and not current.exists()
+    assert [f.read_bytes() for f in (root / entry["folder"]).rglob("*.npz")] == [payload]

@@ -463,7 +463,8 @@ def test_two_chunk_entries_on_one_file_are_named_and_nothing_is_lost(slide_proje
     p._db.execute("UPDATE chunks SET file = (SELECT file FROM chunks WHERE cy = 0 AND cx = 0) WHERE cy = 0 AND cx = 1")
     p._db.execute("UPDATE chunks SET file = (SELECT file FROM planes WHERE file LIKE '%.npz') WHERE cy = 1 AND cx = 1")
     p.close()
-    p = Project.open(root)
+    with pytest.warns(UserWarning, match="2 label files .* set aside"):  # the files of chunks (0, 1) and (1, 1)
+        p = Project.open(root)
     try:
         for y, x in ((10, 10), (10, 300), (300, 300)):
             with pytest.raises(CorruptFileError, match="table 'chunks'.*another entry points at too"):
@@ -525,14 +526,15 @@ def test_two_entries_naming_one_file_in_different_words_are_shared_too(slide_pro
     p._db.execute("UPDATE chunks SET file = './' || (SELECT file FROM planes WHERE file LIKE '%.npz') "
                   "WHERE cy = 1 AND cx = 1")
     p.close()
-    p = Project.open(root)
+    with pytest.warns(UserWarning, match="1 label file .* set aside"):  # chunk (1, 1)'s own file
+        p = Project.open(root)
     try:
         p.commit_instances("small", np.full((40, 50), 2, np.uint32), {2: 1})  # replaces the small image's file
         assert small_file.exists()  # the chunk entry still points at it: kept
         with pytest.raises(CorruptFileError, match="another entry points at too"):
             p.read_window("slide", 300, 300, 305, 305)
         p.clear_labels("slide")  # drops the chunk entry that named it './...'
-        assert small_file.exists()  # (opening removes it once no entry points at it)
+        assert small_file.exists()  # (opening sets it aside once no entry points at it)
     finally:
         p.close()
 
@@ -554,7 +556,8 @@ def test_a_project_made_before_the_tables_of_large_images_keeps_a_shared_plane_f
                   (shared.name,))
     root = p.root
     p.close()
-    p = Project.open(root)
+    with pytest.warns(UserWarning, match="1 label file .* set aside"):  # b's own file
+        p = Project.open(root)
     try:
         assert p.read_instances("b")[0].all()
         p.commit_instances("a", np.zeros((20, 30), np.uint32), {})  # replaces a's file
@@ -563,3 +566,82 @@ def test_a_project_made_before_the_tables_of_large_images_keeps_a_shared_plane_f
         assert ids.all() and classes == {1: 1}
     finally:
         p.close()
+
+
+def test_chunk_files_the_index_no_longer_names_are_set_aside_not_deleted(slide_project):
+    """Rows of 'chunks' gone (a damaged table, a person's edit): opening for writing must not take
+    the chunk files that hold a person's labels for a crash's leftovers and delete them."""
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    files = p.chunk_files("slide")
+    payload = {f.name: f.read_bytes() for f in files.values()}
+    root = p.root
+    p._db.execute("DELETE FROM chunks")
+    p.close()
+    with pytest.warns(UserWarning, match=f"{len(files)} label files .* set aside in .*orphaned-labels"):
+        with Project.open(root) as q:
+            entry = q.journal()[-1]
+            assert entry["event"] == "recovered" and entry["set_aside"] == len(files)
+    kept = {f.name: f.read_bytes() for f in (root / entry["folder"]).rglob("*.npz")}
+    assert kept == payload  # every byte of the person's labels is still on disk
+    assert not list((root / "labels").rglob("*.npz"))
+
+
+def test_tiff_export_reads_each_chunk_for_all_three_files_at_once(slide_project, tmp_path, monkeypatch):
+    """A slide wider than the chunk cache holds (here: one chunk): the export decodes each stored
+    chunk at most twice (once per row of tiles it spans), not twice per file; its files are
+    byte for byte what one tifffile.imwrite per file over the whole arrays writes."""
+    p = slide_project
+    a = np.zeros((400, 500), np.uint32)
+    a[50:350, 50:450] = 5
+    a[300:390, 100:200] = 6
+    p.commit_window("slide", a, {5: 1, 6: 2}, offset=(100, 100))
+    ids, prov, classes = p.read_window("slide", 0, 0, H, W)
+    labels = np.where(prov == 0, io.UNLABELLED_VALUE, inst.semantic(ids, classes)).astype(np.uint8)
+    monkeypatch.setattr(io, "SLIDE_TIFF_TILE", 128)  # two rows of tiles per chunk of 256
+    monkeypatch.setattr(p, "COARSE_CACHE_BYTES", CHUNK * CHUNK * 5)  # one chunk's ids and provenance
+    p._sampled.clear()
+    p._sampled_bytes = 0
+    decodes = {}
+    real = Project._read_file
+    monkeypatch.setattr(Project, "_read_file", lambda self, rec, rel, *a, **kw: decodes.__setitem__(
+        rel, decodes.get(rel, 0) + 1) or real(self, rec, rel, *a, **kw))
+    io.export_project(p, tmp_path / "out", "tiff")
+    stored = {str(f.relative_to(p.root / "labels")) for f in p.chunk_files("slide").values()}
+    slide_decodes = {rel: n for rel, n in decodes.items() if rel in stored}
+    assert set(slide_decodes) == stored and max(slide_decodes.values()) <= 2, slide_decodes
+    for kind, whole in (("labels", labels), ("instances", ids), ("provenance", prov)):
+        tifffile.imwrite(tmp_path / f"{kind}.tif", whole, tile=(128, 128), bigtiff=True, compression="zlib")
+        assert (tmp_path / "out" / kind / "slide.tif").read_bytes() == (tmp_path / f"{kind}.tif").read_bytes(), kind
+
+
+@pytest.mark.parametrize("where", ["reading", "writing"])
+def test_a_tiff_export_that_fails_midway_says_so_and_leaves_no_writer_behind(slide_project, tmp_path, monkeypatch,
+                                                                           where):
+    import threading
+
+    from napari_hitl.errors import ExportError
+
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    monkeypatch.setattr(io, "SLIDE_TIFF_TILE", 128)
+    before = threading.active_count()
+    if where == "reading":  # a damaged chunk file
+        path = p.chunk_files("slide")[(1, 1)]
+        os.chmod(path, 0o644)
+        path.write_bytes(b"not a chunk")
+        error, message = CorruptFileError, "c00001-00001"
+    else:  # the disk fills while the instances are written
+        real = tifffile.imwrite
+
+        def full(path, data=None, **kw):
+            if "instances" in str(path) and "slide" in str(path):
+                next(data)
+                raise OSError(28, "No space left on device")
+            return real(path, data, **kw)
+
+        monkeypatch.setattr(tifffile, "imwrite", full)
+        error, message = ExportError, "No space left"
+    with pytest.raises(error, match=message):
+        io.export_project(p, tmp_path / "out", "tiff")
+    assert threading.active_count() == before and not (tmp_path / "out").exists()

@@ -6,6 +6,8 @@ lowered); every read of the image is watched so that none reads it whole.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import tifffile
@@ -70,6 +72,7 @@ def test_the_dock_opens_a_large_image_and_saves_a_click_window(slide_dock, qtbot
     assert not project.objects("slide")  # nothing saved before Accept
     before = project.chunk_files("slide")
     dock.run_action("accept")
+    settle(qtbot, dock)  # saved on the worker
     assert dock.status.text().startswith("Saved slide")
     assert pending not in viewer.layers
     (obj,) = project.objects("slide")
@@ -102,7 +105,7 @@ def _answered(qtbot, dock, r):
     settle(qtbot, dock)
 
 
-def test_scribbles_extreme_points_and_corrections_on_a_large_image(slide_dock, qtbot):
+def test_scribbles_extreme_points_and_corrections_on_a_large_image(slide_dock, qtbot, monkeypatch):
     from test_ui_session import drag
 
     dock, project, reads = slide_dock
@@ -117,6 +120,7 @@ def test_scribbles_extreme_points_and_corrections_on_a_large_image(slide_dock, q
     _answered(qtbot, dock, r)
     assert len(dock.slide.shapes_layer.data) == 1 and dock.slide.pending.data.max() == r.oid
     dock.run_action("accept")
+    settle(qtbot, dock)  # saved on the worker
     (obj,) = project.objects("slide")
     a = obj["id"]
     assert a == r.oid and 0.7 < obj["area"] / (np.pi * 90 ** 2) < 1.3, obj
@@ -133,12 +137,20 @@ def test_scribbles_extreme_points_and_corrections_on_a_large_image(slide_dock, q
     saved = project.read_window("slide", *r.window.box)[0]
     assert not (r.window.data & (saved == a)).any()  # the pending answer leaves the saved object alone
     dock.run_action("accept")
+    settle(qtbot, dock)  # saved on the worker
     assert project.object("slide", a)["area"] == obj["area"]
-    # a negative click on the saved object corrects it: its saved pixels are the previous mask
+    # a negative click on the saved object corrects it: its saved pixels are the previous mask,
+    # read from the store on the worker (never the UI thread) with the first answer
+    seeds = []
+    real_seed = dock.session.object_seed
+    monkeypatch.setattr(dock.session, "object_seed",
+                        lambda *a: seeds.append(threading.current_thread()) or real_seed(*a))
     dock.run_action("click")
     press(layer, 1500, 1600, button=2)
     (r,) = dock.slide.regions
-    assert r.oid == a and r.corrects and r.seed.data.sum() == obj["area"]
+    assert r.oid == a and r.corrects and threading.main_thread() not in seeds  # the click read no pixels
+    _answered(qtbot, dock, r)
+    assert r.seed.data.sum() == obj["area"] and seeds and threading.main_thread() not in seeds
     dock.run_action("undo")  # a correction without prompts is dropped
     assert not dock.slide.regions
     # picking the object as napari's selected label: the next prompt corrects it, wherever it lands
@@ -151,6 +163,7 @@ def test_scribbles_extreme_points_and_corrections_on_a_large_image(slide_dock, q
     _answered(qtbot, dock, r)
     n = len(project.objects("slide"))
     dock.run_action("accept")
+    settle(qtbot, dock)  # saved on the worker
     assert dock.status.text().startswith("Saved slide")
     ids = project.read_window("slide", *r.window.box)[0]
     np.testing.assert_array_equal(ids == a, r.window.data)  # what the pending layer showed is saved
@@ -190,3 +203,23 @@ def test_a_large_images_files_are_closed_when_it_is_left(slide_dock, qtbot, monk
     assert any(c is tool_image for c in closed)
     dock.viewer.layers.remove(image_layer)  # the person removes the image: its file is closed
     assert all(any(c is o for c in closed) for o in opened)
+
+
+def test_closing_the_project_right_after_accept_keeps_what_was_accepted(slide_dock, qtbot):
+    """Accept saves on the worker; closing the project at once (which cancels the queue) first
+    waits for that save, so the person's region is in the project, not dropped with the queue."""
+    dock, project, reads = slide_dock
+    root = project.root
+    dock.show_image("slide")
+    settle(qtbot, dock)
+    dock.run_action("click")
+    press(dock.labels_layer, 1500, 1530)
+    qtbot.waitUntil(lambda: dock.slide.regions and dock.slide.regions[0].window is not None, timeout=WAIT)
+    settle(qtbot, dock)
+    dock.run_action("accept")
+    assert dock.slide.saving  # in flight (or queued) on the worker
+    dock.close_project()
+    assert dock.session is None
+    with Project.open(root, readonly=True) as p:
+        (obj,) = p.objects("slide")
+        assert obj["provenance"] == HUMAN and obj["area"] > 0

@@ -197,3 +197,42 @@ def test_cropped_weight_zero_repeats_plain_fine_tuning(tmp_path, one_thread):
     temporal, fit, _ = _fit_state(frames, flows, labels, (64, 96), 5.0)
     assert _same(plain, zero)
     assert fit["lam"] == 5.0 and not _same(plain, temporal)
+
+
+def test_labelled_pixels_answer_as_flatnonzero_does():
+    """The drawn labelled pixel is the one ``np.flatnonzero(labels >= 0)[i]`` names, for every
+    i (so the windows, and every fit, stay bit-identical), from a count per row."""
+    from napari_hitl.video.finetune import LabelledPixels
+
+    rng = np.random.default_rng(3)
+    for shape, share in (((37, 53), 0.3), ((5, 8), 1.0), ((16, 4), 0.02), ((1, 9), 0.5)):
+        labels = np.where(rng.random(shape) < share, rng.integers(0, 3, shape), -1).astype(np.int16)
+        labels.flat[rng.integers(labels.size)] = 1  # at least one labelled pixel
+        flat, found = np.flatnonzero(labels >= 0), LabelledPixels(labels)
+        assert len(found) == len(flat)
+        assert [found[i] for i in range(len(flat))] == flat.tolist()
+        for bad in (-1, len(flat)):
+            with pytest.raises(IndexError):
+                found[bad]
+
+
+def test_a_fit_keeps_no_int64_copy_of_the_labels(tmp_path, one_thread):
+    """Fully labelled frames larger than the window: the fit's own numpy memory stays under an
+    int64 per pixel (before: the labels as int64, an int64 position per labelled pixel and an
+    int64 copy of every labelled pixel for the class weights, each 8 bytes a pixel)."""
+    import tracemalloc
+
+    pytest.importorskip("torch")
+    from napari_hitl.video.finetune import FineTuneSettings, VideoFineTuner
+
+    frames, truth = _translated_video(n=8, h=192, w=320)
+    labels = truth.astype(np.int16)  # every pixel labelled
+    s = FineTuneSettings(steps=1, crop=(64, 96), lam=0.0, adaptive=False)
+    tuner = VideoFineTuner(frames, _TranslationFlows(frames, tmp_path), 2, s, pretrained=False)
+    tracemalloc.start()
+    try:
+        tuner.fit(labels)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < labels.size * 8 / 2, peak

@@ -1127,24 +1127,86 @@ def _export_slide(project, rec, stage: Path, fmt: str, unlabelled: int | None) -
             for kind, arr in parts.items():
                 arrays[kind][y0:y0 + arr.shape[0], x0:x0 + arr.shape[1]] = arr
         return {kind: f"{kind}/{rec.name}.zarr" for kind in arrays}
-    import tifffile
-
     top = max(len(project.classes) - 1, 0 if unlabelled is None else int(unlabelled))
     tile = SLIDE_TIFF_TILE
-    written = {}
-    for kind, dtype in (("labels", np.uint8 if top < 256 else np.uint16), ("instances", np.uint32),
-                        ("provenance", np.uint8)):
-        def tiles(kind=kind, dtype=dtype):
-            for _, _, parts in _slide_windows(project, rec, tile, unlabelled):
-                arr = parts[kind].astype(dtype, copy=False)
-                yield np.pad(arr, ((0, tile - arr.shape[0]), (0, tile - arr.shape[1])))  # edge tiles: full size
-
-        rel = f"{kind}/{rec.name}.tif"
+    files = {kind: (f"{kind}/{rec.name}.tif", dtype)
+             for kind, dtype in (("labels", np.uint8 if top < 256 else np.uint16), ("instances", np.uint32),
+                                 ("provenance", np.uint8))}
+    for kind in files:
         (stage / kind).mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(stage / rel, tiles(), shape=(h, w), dtype=dtype, tile=(tile, tile), bigtiff=True,
-                         compression="zlib")
-        written[kind] = rel
-    return written
+    _write_tiled_tiffs({stage / rel: dtype for rel, dtype in files.values()},
+                       ([parts[kind] for kind in files] for _, _, parts in _slide_windows(project, rec, tile, unlabelled)),
+                       (h, w), tile)
+    return {kind: rel for kind, (rel, _) in files.items()}
+
+
+#: tiles waiting for each file's writer in :func:`_write_tiled_tiffs` (bounds its memory)
+TIFF_QUEUE_TILES = 4
+
+
+def _write_tiled_tiffs(files: dict[Path, Any], tiles, shape: tuple[int, int], tile: int) -> None:
+    """Write several tiled, zlib-compressed BigTIFFs of ``shape`` at once from one pass over
+    ``tiles`` (an iterator of lists: each file's tile, row by row; edge tiles may be short and
+    are padded to full size), so the windows behind them are read once for all the files, not
+    once per file. A thread per file runs :func:`tifffile.imwrite` on its tiles, at most
+    :data:`TIFF_QUEUE_TILES` of them waiting; the files are byte for byte what one
+    ``imwrite`` per file over the same tiles writes. An error in reading or in any writer stops
+    all of them and is raised (the files are then incomplete: the caller discards them)."""
+    import queue
+    import threading
+
+    import tifffile
+
+    paths, dtypes = list(files), list(files.values())
+    queues = [queue.Queue(maxsize=TIFF_QUEUE_TILES) for _ in paths]
+    errors: list[BaseException] = []
+    failed = threading.Event()
+    end = object()
+
+    def feed(q):
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            yield item
+
+    def write(k):
+        try:
+            tifffile.imwrite(paths[k], feed(queues[k]), shape=shape, dtype=dtypes[k], tile=(tile, tile),
+                             bigtiff=True, compression="zlib")
+        except BaseException as err:  # noqa: BLE001 - handed to the reading thread, which raises it
+            errors.append(err)
+            failed.set()
+
+    threads = [threading.Thread(target=write, args=(k,), name=f"tiff-writer-{k}", daemon=True)
+               for k in range(len(paths))]
+    for t in threads:
+        t.start()
+
+    def put(k, item) -> None:
+        if failed.is_set() and item is not end:
+            raise errors[0]
+        while threads[k].is_alive():
+            if failed.is_set() and item is not end:
+                raise errors[0]
+            try:
+                queues[k].put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    try:
+        for parts in tiles:
+            for k, arr in enumerate(parts):
+                arr = arr.astype(dtypes[k], copy=False)
+                put(k, np.pad(arr, ((0, tile - arr.shape[0]), (0, tile - arr.shape[1]))))  # edge tiles: full size
+    finally:
+        for k in range(len(paths)):
+            put(k, end)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
 
 
 def read_export_manifest(folder: str | os.PathLike) -> dict:

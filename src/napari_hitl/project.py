@@ -17,8 +17,14 @@ A commit writes its new label files first; one SQLite transaction then switches 
 pointer of the commit (all frames of a stack), the counts and the journal entry at once, so
 a process killed at any moment leaves either the whole commit or none of it. Readers read
 inside one transaction (:meth:`Project.snapshot`) and see one commit; replaced label files
-are deleted only while no reader holds a snapshot. Opening for writing recovers from a crash
-(leftover temporary and unreferenced label files are removed) and migrates a project of the
+are deleted only while no reader holds a snapshot. Before a commit writes a file it notes the
+files it may add or replace (``labels/.commit-<token>.json``, renamed ``….done.json`` once its
+transaction went through, removed once the replaced files are gone). Opening for writing recovers
+from a crash: temporary files and the label files such a note explains that no entry points at
+are removed (what an unfinished commit wrote, what a finished one replaced); a label file that no
+entry names and no note explains (the index lost its row: a damaged or edited ``project.db``) holds someone's labels, so
+it is moved, never deleted, into ``orphaned-labels/<time>/`` and a warning says so. Opening
+migrates a project of the
 first format (JSON files) or the second (class maps, no instances) once. Labels are
 instances: an object id per pixel plus a class per object in the index; the class map
 (:meth:`Project.read_labels`) is derived. Every name, path, dtype and value read from the folder is
@@ -146,6 +152,12 @@ SLIDE_CHUNK = 1024
 #: ``overview_provenance``), so a zoomed-out view reads a small array per chunk, not the chunk
 OVERVIEW_STEP = 16
 _CHUNK_RANGE = (16, 16384)  # chunk sides a project may record
+#: where opening for writing moves label files that no entry of the index names and no
+#: unfinished commit explains (see :meth:`Project._recover`): kept aside, never deleted
+ORPHANS_DIR = "orphaned-labels"
+#: a commit's note of the label files it may add or replace, in ``labels/`` (see :meth:`Project._intend`)
+_INTENT_GLOB = ".commit-*.json"
+_DONE_SUFFIX = ".done.json"  # a note renamed so once its commit's transaction went through
 
 
 @dataclass(frozen=True)
@@ -358,6 +370,7 @@ class Project:
         self._mutex = threading.RLock()    # one thread at a time on the writer's connection
         self._local = threading.local()    # a thread's open snapshot
         self._garbage: list[Path] = []     # replaced label files not yet deleted
+        self._intents: list[Path] = []     # the notes of committed commits, removed with their garbage
         self._readers: list[tuple[sqlite3.Connection, int]] = []  # every thread's read connection
         self._sampled: OrderedDict[tuple[str, int], tuple] = OrderedDict()  # see _sampled_chunk
         self._sampled_bytes = 0
@@ -1180,6 +1193,9 @@ class Project:
                 n_classes = self.n_classes
                 next_id = self._next_id(db, iid)
                 stored = self._chunk_rows(db, rec, chunk, (y0, x0, y1, x1))
+                names = {(cy, cx): f"i{iid:06d}-t00000.slide/c{cy:05d}-{cx:05d}-{secrets.token_hex(6)}.npz"
+                         for cy in ys for cx in xs}
+                intent = self._intend(new_files, names.values(), stored.values())
                 old_ids = np.zeros((ry1 - ry0, rx1 - rx0), _INST_DTYPE)
                 old_prov = np.zeros(old_ids.shape, _PROV_DTYPE)
                 for (cy, cx), rel in stored.items():
@@ -1232,7 +1248,7 @@ class Project:
                         if not c_prov.any():
                             gone.append((cy, cx))
                             continue
-                        rel = f"i{iid:06d}-t00000.slide/c{cy:05d}-{cx:05d}-{secrets.token_hex(6)}.npz"
+                        rel = names[cy, cx]
                         path = self.root / "labels" / rel
                         if not path.parent.is_dir():  # the first commit: its folder's entry survives a crash
                             path.parent.mkdir(parents=True, exist_ok=True)
@@ -1280,7 +1296,7 @@ class Project:
             except BaseException:
                 self._discard(new_files)
                 raise
-            self._retire(stored[key] for key in changed if key in stored)
+            self._retire((stored[key] for key in changed if key in stored), intent)
         self._collect()
         return counts
 
@@ -1505,14 +1521,17 @@ class Project:
         iid = self._ids[rec.name]
         with self._mutex:
             files = [rel for (rel,) in self._db.execute("SELECT file FROM chunks WHERE image = ?", (iid,))]
-            with self._transaction(f"clear of {rec.name!r}") as tx:
-                next_id = self._next_id(tx, iid)
-                for table in ("chunks", "chunk_objects", "objects", "planes"):
-                    tx.execute(f"DELETE FROM {table} WHERE image = ?", (iid,))
-                tx.execute("INSERT OR REPLACE INTO marks VALUES (?, ?)", (iid, next_id))
-                counts = self._counts_of(tx, rec)
-                self._journal(tx, "clear", image=rec.name, frame=None, chunks=len(files))
-            self._retire(files)
+            notes: list[Path] = []
+            with self._writing("clear", rec, notes):
+                intent = self._intend(notes, (), files)
+                with self._transaction(f"clear of {rec.name!r}") as tx:
+                    next_id = self._next_id(tx, iid)
+                    for table in ("chunks", "chunk_objects", "objects", "planes"):
+                        tx.execute(f"DELETE FROM {table} WHERE image = ?", (iid,))
+                    tx.execute("INSERT OR REPLACE INTO marks VALUES (?, ?)", (iid, next_id))
+                    counts = self._counts_of(tx, rec)
+                    self._journal(tx, "clear", image=rec.name, frame=None, chunks=len(files))
+            self._retire(files, intent)
         self._collect()
         return counts
 
@@ -1534,6 +1553,8 @@ class Project:
                 next_id = self._next_id(self._db, iid)
                 n_classes = self.n_classes
                 rows, object_rows = [], []
+                names = {t: f"i{iid:06d}-t{t:05d}-{secrets.token_hex(6)}.npz" for t in frames}
+                intent = self._intend(new_files, names.values(), (old[t] for t in frames if t in old))
                 for i, t in enumerate(frames):
                     old_classes = dict(self._db.execute("SELECT id, class FROM objects WHERE image = ? AND frame = ?",
                                                         (iid, t)))
@@ -1553,7 +1574,7 @@ class Project:
                         next_id = max(next_id, objs[-1].id + 1)
                     object_rows.extend((iid, t, o.id, o.cls, o.area, o.provenance, *o.bbox, *o.centroid)
                                        for o in objs)
-                    rel = f"i{iid:06d}-t{t:05d}-{secrets.token_hex(6)}.npz"
+                    rel = names[t]
                     path = self.root / "labels" / rel
                     new_files.append(path)
                     _write_npz(path, new_ids, new_prov)
@@ -1571,7 +1592,7 @@ class Project:
             except BaseException:
                 self._discard(new_files)
                 raise
-            self._retire(old[t] for t in frames if t in old)
+            self._retire((old[t] for t in frames if t in old), intent)
         self._collect()
         return counts
 
@@ -1641,10 +1662,32 @@ class Project:
             self._discard(new_files)
             raise
 
-    def _retire(self, rels) -> None:
-        """Queue the label files a commit replaced (paths relative to ``labels/``) for deletion;
-        a tampered pointer names no file of ours, so there is nothing to delete, and a file that
-        more than one entry pointed at is kept (opening removes it once no entry points at it)."""
+    def _intend(self, files: list[Path], new, old) -> Path:
+        """Before a commit writes anything: note the label files it may write (``new``) and
+        replace (``old``), relative to ``labels/``, in a file of its own in ``labels/``, which is
+        appended to ``files`` (a failed commit removes it with its new files; :meth:`_retire`
+        keeps it until the replaced files are deleted). Opening after a crash deletes only the
+        unreferenced label files a note names (:meth:`_recover`). Not synced: a note lost with
+        the power makes its files unexplained, which are then kept aside, never deleted."""
+        path = self.root / "labels" / f".commit-{secrets.token_hex(6)}.json"
+        files.append(path)
+        with open(path, "x", encoding="utf-8") as fh:
+            json.dump({"new": list(new), "old": list(old)}, fh)
+        return path
+
+    def _retire(self, rels, intent: Path) -> None:
+        """Queue the label files a commit replaced (paths relative to ``labels/``) for deletion,
+        and its note (:meth:`_intend`) for deletion after them; a tampered pointer names no file
+        of ours, so there is nothing to delete, and a file that more than one entry pointed at
+        is kept (opening sets it aside once no entry points at it). The note is renamed
+        ``….done.json``: the commit went through (what :meth:`_recover` reads from it)."""
+        done = intent.with_name(intent.name[:-len(".json")] + _DONE_SUFFIX)
+        try:
+            os.replace(intent, done)
+            intent = done
+        except OSError:
+            pass  # the pending note stays: recovery then tells from the index whether the commit went through
+        self._intents.append(intent)
         for rel in rels:
             if rel in self._shared:
                 continue
@@ -1662,21 +1705,29 @@ class Project:
                 pass
 
     def _collect(self) -> None:
-        """Delete replaced label files unless a reader holds a snapshot (then keep them for later)."""
-        if not self._garbage or self._db is None:
+        """Delete replaced label files unless a reader holds a snapshot (then keep them for later),
+        then the notes of the commits that replaced them."""
+        if self._db is None or not (self._garbage or self._intents):
             return
         with self._mutex:
-            fd = os.open(self.root / DB_FILE, os.O_RDONLY)
-            try:
-                if not _flock(fd, exclusive=True, block=False):
-                    return
-                garbage, self._garbage = self._garbage, []
-                self._discard(garbage)
-            finally:
-                os.close(fd)
+            if self._garbage:
+                fd = os.open(self.root / DB_FILE, os.O_RDONLY)
+                try:
+                    if not _flock(fd, exclusive=True, block=False):
+                        return
+                    garbage, self._garbage = self._garbage, []
+                    self._discard(garbage)
+                finally:
+                    os.close(fd)
+            intents, self._intents = self._intents, []
+            self._discard(intents)
 
     def _recover(self) -> None:
-        """After a crash: remove temporary files and label files no commit points to."""
+        """After a crash: remove temporary files, and the label files that no entry points at
+        which an unfinished commit's note (:meth:`_intend`) says it wrote or replaced. A label
+        file that no entry names and no note explains lost its entry (a damaged or edited index):
+        it holds someone's labels, so it is moved into ``orphaned-labels/<time>/`` (its path under
+        ``labels/`` kept), journalled and warned about, never deleted."""
         removed = 0
         for folder in (self.root, self.root / "labels", self.root / "models"):
             if folder.is_dir():
@@ -1702,12 +1753,80 @@ class Project:
                 referenced.add(str(self._label_path(rel)))
             except CorruptFileError:
                 pass  # a tampered pointer: reading that image says so; nothing outside is touched
+        notes = sorted(labels.glob(_INTENT_GLOB)) if labels.is_dir() else []
+        explained = set()
+        for note in notes:
+            try:
+                data = json.loads(note.read_text(encoding="utf-8"))
+                new, old = self._noted(data["new"]), self._noted(data["old"])
+            except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+                continue  # cut short before its commit wrote anything (or not ours): it explains nothing
+            written = [p for p in new if os.path.lexists(p)]
+            if note.name.endswith(_DONE_SUFFIX) or any(p in referenced for p in written):
+                explained.update(old)  # the commit went through: the files it replaced are garbage (a
+                # file it wrote that no entry names lost its entry since: not explained, kept aside)
+            else:
+                explained.update(written)  # it never went through: what it wrote is garbage (a file it
+                # would have replaced that no entry names lost its entry: not explained, kept aside)
         orphans = [p for p in labels.rglob("*.npz") if str(p) not in referenced] if labels.is_dir() else []
-        self._garbage.extend(orphans)
+        garbage = [p for p in orphans if str(p) in explained]
+        unexplained = [p for p in orphans if str(p) not in explained]
+        self._garbage.extend(garbage)
+        self._intents.extend(notes)
         self._collect()
-        removed += len(orphans) - len(self._garbage)
-        if removed:
-            self.log("recovered", removed_files=removed)
+        removed += len(garbage) - len(self._garbage)
+        folder, moved = self._set_aside(unexplained)
+        if removed or moved:
+            self.log("recovered", removed_files=removed, **(dict(set_aside=moved, folder=folder) if moved else {}))
+        if moved:
+            import warnings
+
+            warnings.warn(f"{self.root}: {moved} label file{'s' if moved > 1 else ''} that the project index does not "
+                          f"name (their entries were lost: a damaged or edited {DB_FILE}) were set aside in "
+                          f"{self.root / folder}, not deleted; restore {DB_FILE} from a backup and move them back "
+                          "into labels/ to see those labels again", UserWarning, stacklevel=3)
+
+    def _noted(self, rels) -> list[str]:
+        """The label files (as strings, as ``_recover`` compares them) a commit's note names."""
+        if not isinstance(rels, list):
+            raise TypeError("a list of names")
+        out = []
+        for rel in rels:
+            try:
+                out.append(str(self._label_path(rel)))
+            except (CorruptFileError, TypeError):
+                pass  # a name outside labels/: nothing of ours to delete
+        return out
+
+    def _set_aside(self, files: list[Path]) -> tuple[str, int]:
+        """Move label files the index does not explain into a new ``orphaned-labels/<time>/``,
+        each at its path under ``labels/``; returns that folder (relative to the root) and how
+        many were moved (a file that cannot be moved stays where it is)."""
+        if not files:
+            return "", 0
+        labels = self.root / "labels"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = self.root / ORPHANS_DIR / stamp
+        n = 0
+        while folder.exists():
+            n += 1
+            folder = self.root / ORPHANS_DIR / f"{stamp}-{n}"
+        moved = 0
+        for p in files:
+            target = folder / p.relative_to(labels)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(p, target)
+                moved += 1
+            except OSError:
+                pass
+        if moved:
+            (folder / "README.txt").write_text(
+                f"Label files found in labels/ on {time.strftime('%Y-%m-%d %H:%M:%S')} that no entry of the project "
+                f"index ({DB_FILE}) named and no unfinished commit explained: their entries were lost (a damaged or "
+                f"edited {DB_FILE}). They hold labels, so they were kept here, at their paths under labels/. To get "
+                f"them back, restore {DB_FILE} from a backup and move these files back into labels/.\n")
+        return folder.relative_to(self.root).as_posix(), moved
 
     def copy_to(self, dest: str | os.PathLike) -> Path:
         """Copy the project, as of one snapshot, into the new folder ``dest``: index, label files,

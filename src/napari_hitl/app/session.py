@@ -92,7 +92,8 @@ class Session:
             client.close()
             if cluster is not None:
                 cluster.close()
-        self.project.close()
+        with self.lock:  # a save running on a worker thread ends first
+            self.project.close()
 
     def client(self):
         """The Dask client of the session's batch work: a local cluster of worker processes (one
@@ -229,6 +230,16 @@ class Session:
         the object's saved pixels inside the window that the mask leaves out become background
         (a correction of a saved object replaces it there, as on a plane). Only the chunks the
         window covers are rewritten. Returns the counts, or None when nothing changes."""
+        counts = self.save_region(name, oid, cls, mask, **detail)
+        return None if counts is None else self.region_saved(name, counts)
+
+    def region_saved(self, name: str, counts: Counts) -> Counts:
+        """Tell the listeners of a region :meth:`save_region` saved (on the thread they live on)."""
+        return self._committed(name, counts, "human")
+
+    def save_region(self, name: str, oid: int, cls: int, mask: Window, **detail) -> Counts | None:
+        """:meth:`commit_region` without telling the listeners, for a worker thread: the thread
+        the listeners live on then calls :meth:`region_saved` with the counts (unless None)."""
         with self.lock:
             y0, x0, y1, x1 = mask.box
             ids, _, _ = self.project.read_window(name, y0, x0, y1, x1)
@@ -239,7 +250,7 @@ class Session:
             new = np.where(take, np.uint32(oid), np.uint32(0))
             counts = self.project.commit_window(name, new, {int(oid): int(cls)} if take.any() else {},
                                                 offset=(y0, x0), where=where, id=int(oid), **detail)
-        return self._committed(name, counts, "human")
+        return counts
 
     def edit_objects(self, name: str, plane: np.ndarray, classes: dict[int, int], op: str, ids, *,
                      frame: int | None = None, line=None, seeds=None) -> tuple[np.ndarray, dict[int, int]]:

@@ -7,20 +7,25 @@ brush). The click, scribble and extreme-point tools work on it as on a plane: ea
 new object of the dock's class, or corrects a saved object: a prompt on a saved object (a
 positive one of the object's class, or a negative one) corrects it, and so does a prompt after
 its id is picked as napari's selected label. A correction starts from the object's saved
-pixels around the prompt (:meth:`napari_hitl.app.session.Session.object_seed`) as its previous
-mask. The region's prompts go to the click engine (``clicknet``, which reads only the crop
-around them, :meth:`~napari_hitl.interactive.engine.Engine.predict_window`) on the dock's
-worker, and the answer is shown in a small pending Labels layer placed over its window, the
-prompts in a Points and a Shapes layer. A region takes only pixels no person labelled for
-another object (:meth:`~napari_hitl.app.session.Session.claim`): the pending layer shows what
-*Accept* will save. *Accept* commits each region's window through the store
-(:meth:`napari_hitl.app.session.Session.commit_region`, which rewrites only the chunks it
-covers; a correction replaces the object inside that window) and the saved layer re-reads them.
+pixels around the prompt (:meth:`napari_hitl.app.session.Session.object_seed`, read on the
+dock's worker with the first answer) as its previous mask. The region's prompts go to the click
+engine (``clicknet``, which reads only the crop around them,
+:meth:`~napari_hitl.interactive.engine.Engine.predict_window`) on the dock's worker, and the
+answer is shown in a small pending Labels layer placed over its window, the prompts in a Points
+and a Shapes layer. A region takes only pixels no person labelled for another object
+(:meth:`~napari_hitl.app.session.Session.claim`): the pending layer shows what *Accept* will
+save. *Accept* commits each region's window through the store on the dock's worker
+(:meth:`napari_hitl.app.session.Session.save_region`, which rewrites only the chunks it covers;
+a correction replaces the object inside that window), reporting progress; back on the UI thread
+the saved regions leave the pending layer and the saved layer re-reads them. While a region is
+being saved, prompts on it or on its object and undoing its prompts are refused (saying so), so
+what is saved is what the pending layer showed at *Accept*; other regions can be prompted.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from dataclasses import dataclass
 
@@ -43,16 +48,18 @@ SLIDE_MODES = ("off", "click", "scribble", "extreme")
 class SlideRegion:
     """One object being made (or corrected) on a large image: its object id, its prompts (with
     its class), the engine's last answer (a boolean window, as much of it as the object may
-    take) and, for a correction of a saved object, that object's saved pixels it starts from."""
+    take) and, for a correction of a saved object, that object's saved pixels it starts from
+    (``seed``, read on the worker with the first answer, around image pixel ``near``)."""
 
     oid: int
     prompts: RegionPrompts
     window: Window | None = None
     seed: Window | None = None
+    near: tuple[float, float] | None = None
 
     @property
     def corrects(self) -> bool:
-        return self.seed is not None
+        return self.seed is not None or self.near is not None
 
     def holds(self, y: float, x: float) -> bool:
         """Whether the region's answer holds image pixel (y, x)."""
@@ -68,6 +75,11 @@ class SlideTools(QObject):
 
     status = Signal(str)
     failed = Signal(object)
+    #: emitted with the image's counts after an Accept's regions are saved (None: nothing changed)
+    saved = Signal(object)
+
+    #: seconds :meth:`wait_saved` waits for the saves in flight
+    SAVE_WAIT_S = 120.0
 
     def __init__(self, viewer, queue, host):
         super().__init__()
@@ -88,6 +100,8 @@ class SlideTools(QObject):
         self.cls = lambda: 1
         self._last_drag_draw = 0.0
         self._epoch = 0  # one per attach: the engine prepares again for each opened image
+        self.saving: list[SlideRegion] = []  # regions an Accept is saving on the worker
+        self._save_done: list[threading.Event] = []  # set when each Accept's saving ends
 
     @property
     def active(self) -> bool:
@@ -123,6 +137,7 @@ class SlideTools(QObject):
         if self.image is not None:
             self.image.close()  # an engine still holding it prepares again (a new key) before reading it
         self.regions, self.history, self.pending_extreme, self.selected = [], [], [], 0
+        self.saving = []  # a save in flight goes on; its answer finds another epoch
         self.layer, self.session, self.name, self.image = None, None, None, None
 
     def _drop_pending(self) -> None:
@@ -193,14 +208,23 @@ class SlideTools(QObject):
         self.new_region = False
         return r
 
+    def _in_flight(self, r: SlideRegion | None) -> bool:
+        return r is not None and any(s is r for s in self.saving)
+
+    def _refuse_saving(self, oid: int) -> None:
+        if any(s.oid == oid for s in self.saving):
+            raise InputError(f"Object {oid} is being saved: prompt it again in a moment.")
+
     def _correction(self, oid: int, near: tuple[float, float]) -> SlideRegion:
-        """The region correcting saved object ``oid`` (a new one starts from its saved pixels)."""
+        """The region correcting saved object ``oid`` (a new one starts from its saved pixels
+        around ``near``, read on the worker with its first answer: see :meth:`predict`)."""
+        self._refuse_saving(oid)
         r = next((r for r in self.regions if r.oid == oid), None)
         if r is None:
             row = self.session.project.object(self.name, oid)
             if row is None:
                 raise InputError(f"{self.name!r} has no saved object {oid}")
-            r = SlideRegion(oid, RegionPrompts(int(row["class"])), seed=self.session.object_seed(self.name, oid, near))
+            r = SlideRegion(oid, RegionPrompts(int(row["class"])), near=(float(near[0]), float(near[1])))
             self.regions.append(r)
             self.new_region = False
         return r
@@ -210,10 +234,12 @@ class SlideTools(QObject):
         holds it (a positive prompt of another class starts a new one instead); the saved object
         picked as the selected label; a saved object under it (a positive prompt: of the dock's
         class; a negative one: any); the newest region (a positive prompt: of the dock's class);
-        else a new object of the dock's class (a negative prompt: none)."""
+        else a new object of the dock's class (a negative prompt: none). A region being saved
+        takes no prompt (refused, saying so) and is never the newest region."""
         cls = int(self.cls())
         hit = next((r for r in reversed(self.regions) if r.holds(y, x)), None)
         if hit is not None and (not positive or hit.prompts.label == cls):
+            self._refuse_saving(hit.oid)
             return hit
         if self.selected:
             oid, self.selected = self.selected, 0
@@ -222,7 +248,7 @@ class SlideTools(QObject):
             own, own_cls = self.session.saved_object_at(self.name, y, x)
             if own and (not positive or own_cls == cls):
                 return self._correction(own, (y, x))
-        last = self.regions[-1] if self.regions else None
+        last = next((r for r in reversed(self.regions) if not self._in_flight(r)), None)
         if last is not None and not self.new_region and (not positive or last.prompts.label == cls):
             return last
         return self._new(cls) if positive else None
@@ -296,6 +322,9 @@ class SlideTools(QObject):
         if not self.history:
             self.status.emit("No prompt to undo.")
             return
+        if self._in_flight(self.history[-1][1]):
+            self.status.emit(f"Object {self.history[-1][1].oid} is being saved: its prompts stay.")
+            return
         kind, r = self.history.pop()
         if kind == "extreme_point":
             if self.pending_extreme:
@@ -320,26 +349,33 @@ class SlideTools(QObject):
         self.predict(r)
 
     def reset(self) -> None:
-        """Forget every pending region and prompt (nothing was saved)."""
-        self.regions, self.history, self.pending_extreme, self.selected = [], [], [], 0
-        self._drop_pending()
+        """Forget every pending region and prompt (nothing was saved); regions being saved stay
+        until they are."""
+        self.regions = [r for r in self.regions if self._in_flight(r)]
+        self.history = [h for h in self.history if self._in_flight(h[1])]
+        self.pending_extreme, self.selected = [], 0
+        self.show()
         self._draw_prompts()
-        self.status.emit("Prompts cleared")
+        self.status.emit("Prompts cleared" + (" (the regions being saved stay until they are)" if self.regions else ""))
 
     def predict(self, r: SlideRegion) -> None:
         """Run the click engine on the region's crop on the worker; the newest answer, as much of
         it as the object may take (:meth:`~napari_hitl.app.session.Session.claim`), is shown."""
-        prompts, prev = copy.deepcopy(r.prompts), r.window if r.window is not None else r.seed
+        prompts, window, seed, near = copy.deepcopy(r.prompts), r.window, r.seed, r.near
         key, image, host, session, name, oid = self._key(), self.image, self.host, self.session, self.name, r.oid
 
         def fn(ctx):
+            nonlocal seed
+            if seed is None and near is not None:  # a correction's saved pixels: a read of the store
+                seed = session.object_seed(name, oid, near)
             engine = host.get(SLIDE_ENGINE, key, image)
-            win = engine.predict_window(prompts, prev_mask=prev)
-            return session.claim(name, oid, Window(np.asarray(win.data) > 0, win.y0, win.x0))
+            win = engine.predict_window(prompts, prev_mask=window if window is not None else seed)
+            return seed, session.claim(name, oid, Window(np.asarray(win.data) > 0, win.y0, win.x0))
 
-        def done(win):
-            if r in self.regions and self.layer is not None:
-                r.window = win
+        def done(answer):
+            if r in self.regions and self.layer is not None and not self._in_flight(r):
+                r.seed = r.seed if r.seed is not None else answer[0]
+                r.window = answer[1]
                 self.show()
 
         self.status.emit("Segmenting…")
@@ -418,18 +454,78 @@ class SlideTools(QObject):
             self.shapes_layer.add_paths(paths, edge_color=np.array(edges), edge_width=2)
 
     # ------------------------------------------------------------------ saving
-    def accept(self):
-        """Commit every pending region's window (human labels) through the store; returns the
-        image's counts, or None when nothing changed."""
-        counts = None
+    def accept(self) -> int:
+        """Save every answered pending region's window (human labels) through the store on the
+        dock's worker, as shown now; returns how many regions go (0: nothing to save). Progress
+        and the result come as ``status``; ``saved`` brings the counts. Until they are saved,
+        prompts on those regions and undoing their prompts are refused; if saving fails the
+        regions not saved stay pending."""
+        self._need_image()
         # newest first: where answers overlap, the pending layer shows the newest region's (it
         # is drawn last), and the first commit's human pixels are kept from the later ones
-        for r in reversed([r for r in self.regions if r.window is not None]):
-            done = self.session.commit_region(self.name, r.oid, r.prompts.label, r.window)
-            counts = done if done is not None else counts
-        self.regions, self.history, self.pending_extreme, self.selected = [], [], [], 0
-        self._drop_pending()
+        todo = [r for r in reversed(self.regions) if r.window is not None and not self._in_flight(r)]
+        if not todo:
+            self.status.emit("Nothing to save: click an object first" if not self.saving else "Saving…")
+            return 0
+        work = [(r.oid, r.prompts.label, r.window) for r in todo]
+        session, name, epoch = self.session, self.name, self._epoch
+        results: list = []  # the counts of each region saved, in order (filled on the worker)
+        ended = threading.Event()
+
+        def fn(ctx):
+            try:
+                for k, (oid, cls, window) in enumerate(work):
+                    results.append(session.save_region(name, oid, cls, window))
+                    ctx.progress(k + 1, len(work))
+            finally:
+                ended.set()
+            return results
+
+        def progress(k, n):
+            if epoch == self._epoch and k < n:
+                self.status.emit(f"Saving {name}: {k} of {n} regions…")
+
+        self.saving.extend(todo)
+        self._save_done = [e for e in self._save_done if not e.is_set()] + [ended]
+        self.selected = 0
+        self.status.emit(f"Saving {name}: {len(todo)} region{'s' if len(todo) != 1 else ''}…")
+        self.queue.submit("save", fn, lambda _: self._saved(todo, results, session, name, epoch),
+                          on_error=lambda err: self._saved(todo, results, session, name, epoch, err),
+                          on_progress=progress, interactive=True)
+        return len(todo)
+
+    def _saved(self, todo: list[SlideRegion], results: list, session, name: str, epoch: int, error=None) -> None:
+        """UI thread, after an Accept's saving ended: listeners hear of each saved region, and
+        the saved regions leave the pending layer (those not saved, after an error, stay)."""
+        if self.session is session:  # the project is still open
+            for counts in results:
+                if counts is not None:
+                    session.region_saved(name, counts)
+        if epoch != self._epoch:  # another image is shown now
+            return
+        done = todo[:len(results)]
+        self.saving = [r for r in self.saving if not any(r is t for t in todo)]
+        self.regions = [r for r in self.regions if not any(r is d for d in done)]
+        self.history = [h for h in self.history if not any(h[1] is d for d in done)]
+        self.show()
         self._draw_prompts()
         if self.layer is not None:
             self.layer.refresh()
-        return counts
+        counts = next((c for c in reversed(results) if c is not None), None)
+        if error is not None:
+            self.status.emit(f"⚠ {len(todo) - len(done)} region(s) of {name} not saved (still pending): {error}")
+        elif counts is not None:
+            self.status.emit(f"Saved {name}: {counts.human} human pixels")
+        else:
+            self.status.emit("Nothing to save: click an object first")
+        self.saved.emit(counts)
+
+    def wait_saved(self) -> bool:
+        """Block until the saves in flight end (before the project closes, or the queue is
+        cancelled: a queued save must run); False if one is still running after SAVE_WAIT_S."""
+        deadline = time.monotonic() + self.SAVE_WAIT_S
+        for ended in self._save_done:
+            if not ended.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        self._save_done = []
+        return True

@@ -409,6 +409,10 @@ class HitlWidget(QWidget):
         """Open a project (a path, or an already-open Project); ``show`` its first image."""
         project = path_or_project if isinstance(path_or_project, Project) else Project.open(path_or_project)
         if self.project is not None and self.project.root != project.root:
+            if not self._saves_ended():
+                if project is not path_or_project:
+                    project.close()
+                return
             self.queue.cancel()
             self.session.close()
         self.tools.host.forget()  # an image of the same name in this project is another image
@@ -428,6 +432,8 @@ class HitlWidget(QWidget):
             self.show_image(project.images[0].name)
 
     def close_project(self) -> None:
+        if not self._saves_ended():
+            return
         self.queue.cancel()
         if self.slide.active:  # its labels layer reads the project: it goes with it
             layer = self.labels_layer
@@ -447,6 +453,15 @@ class HitlWidget(QWidget):
         self.image_list.clear()
         self.project_label.setText("No project open")
         self.project_changed.emit()
+
+    def _saves_ended(self) -> bool:
+        """Wait for an Accept on a large image still being saved (cancelling the queue would drop
+        it); False, saying so, if it has not ended in time (the project then stays open)."""
+        if self.slide.wait_saved():
+            return True
+        self._report(InputError("The last Accept is still being saved (the worker is busy); the project stays "
+                                "open. Try again in a moment."))
+        return False
 
     def _ask_open(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open napari-hitl project")
@@ -619,10 +634,8 @@ class HitlWidget(QWidget):
             return
 
         def commit():
-            if self.slide.active:
-                counts = self.slide.accept()
-                self.status.setText(f"Saved {self.current}: {counts.human} human pixels" if counts is not None
-                                    else "Nothing to save: click an object first")
+            if self.slide.active:  # saved on the worker; the slide tool says when
+                self.slide.accept()
                 return
             data = np.asarray(self.labels_layer.data)
             t = self.tools.frame()

@@ -65,6 +65,28 @@ def crop_shape(h: int, w: int, crop: tuple[int, int] | None) -> tuple[int, int]:
     return min(int(h), ch), min(int(w), cw)
 
 
+class LabelledPixels:
+    """The flat indices of one frame's labelled pixels (``labels >= 0``) in row-major order, as
+    ``np.flatnonzero`` gives them, found when asked: it keeps the frame (a view) and a running
+    count per row (``h`` integers), not an int64 per labelled pixel (280 MB for 90 labelled
+    frames of 480x864). ``len()`` and ``[i]`` answer exactly as that array would."""
+
+    def __init__(self, labels: np.ndarray):
+        self._labels = labels
+        self._rows = np.cumsum(np.count_nonzero(labels >= 0, axis=1))
+
+    def __len__(self) -> int:
+        return int(self._rows[-1]) if len(self._rows) else 0
+
+    def __getitem__(self, i) -> int:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"labelled pixel {i} of {len(self)}")
+        y = int(np.searchsorted(self._rows, i, side="right"))
+        before = int(self._rows[y - 1]) if y else 0
+        return y * self._labels.shape[1] + int(np.flatnonzero(self._labels[y] >= 0)[i - before])
+
+
 def _start_around(p: int, c: int, n: int, rng) -> int:
     """Start of a length-``c`` window inside [0, n) that holds position ``p``, uniformly drawn."""
     return int(rng.integers(max(0, p - c + 1), min(p, n - c) + 1))
@@ -224,8 +246,8 @@ class VideoFineTuner:
                       ) -> list[tuple[int, int]]:
         """The (y0, x0) start of each batch frame's training window (:attr:`crop_shape`).
 
-        A cross-entropy frame's window holds one of its labelled pixels (``labelled[t]``: flat
-        indices), drawn uniformly, at a uniformly drawn place in the window; these draws come
+        A cross-entropy frame's window holds one of its labelled pixels (``labelled[t]``: their
+        flat indices, e.g. :class:`LabelledPixels`), drawn uniformly, at a uniformly drawn place in the window; these draws come
         from their own stream, so fine-tune and fine-tune + temporal with one seed crop the same
         labelled batches alike. A pair's partner takes the window of the frame it pairs with
         (one that started at any frame gets a uniform window from the pairs' stream), so the flow
@@ -258,8 +280,10 @@ class VideoFineTuner:
         return torch.stack([data[t, ..., y0:y0 + ch, x0:x0 + cw] for t, (y0, x0) in zip(frames, windows)])
 
     def _class_weights(self, labels: np.ndarray) -> np.ndarray:
-        counts = np.bincount(labels[labels >= 0].ravel().astype(np.int64), minlength=self.num_classes)
-        return inverse_frequency_weights(counts[:self.num_classes], self.settings.class_weight_clip)
+        counts = np.zeros(self.num_classes, np.int64)  # frame by frame: no int64 copy of every labelled pixel
+        for frame in labels:
+            counts += np.bincount(frame[frame >= 0].ravel().astype(np.int64), minlength=self.num_classes)[:self.num_classes]
+        return inverse_frequency_weights(counts, self.settings.class_weight_clip)
 
     def _draw_batch(self, annotated: np.ndarray, pick_p: np.ndarray, n: int, lam: float | None = None):
         """One step's frames: ``2 * pairs`` annotated frames for the cross-entropy, then (with a
@@ -316,12 +340,13 @@ class VideoFineTuner:
         pick_p = np.sqrt(per_frame[annotated].astype(np.float64))
         pick_p /= pick_p.sum()
         cw = torch.from_numpy(self._class_weights(labels)).to(self.device)
-        y_all = torch.from_numpy(labels.astype(np.int64))
+        # the labels as they are (cut windows become int64 for the loss), not an int64 copy of every frame
+        y_all = torch.from_numpy(np.ascontiguousarray(labels) if labels.dtype.kind == "i" else labels.astype(np.int64))
         n = len(labels)
         t0 = time.perf_counter()
         lam, evidence = self.temporal_weight(labels)
         ann_all = torch.from_numpy(labels >= 0)
-        labelled = {int(t): np.flatnonzero(labels[t] >= 0) for t in annotated} if self.cropping else {}
+        labelled = {int(t): LabelledPixels(labels[t]) for t in annotated} if self.cropping else {}
         self.model.train()
         for m in self.model.encoder.modules():  # frozen BN statistics: tiny batches from one video
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -340,7 +365,7 @@ class VideoFineTuner:
             x = self._cut(self._x, idx, win).to(self.device)
             if x.dtype == torch.uint8:
                 x = x.float() / 255.0  # as as_float_rgb does for 8-bit frames
-            y = self._cut(y_all, idx[:n_ce], win).to(self.device)
+            y = self._cut(y_all, idx[:n_ce], win).to(self.device, torch.int64)
             logits = self.model(x)
             per_px = F.cross_entropy(logits[:n_ce], y.clamp_min(0), weight=None, reduction="none")
             wpx = (y >= 0).to(per_px.dtype) * cw[y.clamp_min(0)]
