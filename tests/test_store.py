@@ -482,6 +482,24 @@ def test_kill_9_at_random_moments(tmp_path):
     assert report.exports_checked >= 5 and report.checkpoints_checked >= 5
 
 
+def test_the_crash_probes_reader_imports_nothing_while_writers_fork():
+    """The probe forks writers while its reader thread runs: a fork in the middle of an import
+    (the reader's first np.unique imported numpy.ma) left the child blocked for good on that
+    module's lock. The reader's check runs under the fork gate and imports nothing."""
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from napari_hitl.evaluate import bench_crash
+        before = set(sys.modules)
+        assert bench_crash._one_value(np.full((6, 12, 14), 3, np.uint8))
+        assert not bench_crash._one_value(np.arange(4))
+        assert set(sys.modules) == before, sorted(set(sys.modules) - before)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(Path(store.__file__).parents[1]))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_copy_is_one_snapshot_and_stands_alone(tmp_path):
     imgs = _images(tmp_path / "imgs")
     with Project.create(tmp_path / "p", imgs, copy=True, classes=["bg", "a", "b"]) as p:
