@@ -10,6 +10,8 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
