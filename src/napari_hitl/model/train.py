@@ -363,6 +363,15 @@ class Trainer:
         return prepared
 
     # -- training ----------------------------------------------------------------------------
+    def _train_mode(self) -> None:
+        """Train mode with the encoder's BatchNorm statistics frozen (tiny batches, small data)."""
+        import torch
+
+        self.model.train()
+        for m in self.model.encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+
     def train_round(self, samples: list[Sample], steps: int | None = None,
                     progress: ProgressFn | None = None,
                     should_stop: Callable[[], bool] | threading.Event | None = None) -> TrainResult:
@@ -405,10 +414,6 @@ class Trainer:
         cweights = class_weights(samples, self.num_classes, s.class_weight_clip, s.pseudo_weight)
         prepared = self._prepare(samples, cweights)
         result = TrainResult(self.round, 0, self.round_steps)
-        self.model.train()
-        for m in self.model.encoder.modules():  # frozen BN statistics: tiny batches, small data
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.eval()
         # pick images in proportion to the square root of their labelled pixels
         sizes = np.array([max(1, len(p[3])) for p in prepared], np.float64) ** 0.5
         pick_p = sizes / sizes.sum()
@@ -417,6 +422,7 @@ class Trainer:
                 if should_stop is not None and should_stop():
                     result.cancelled = True
                     break
+                self._train_mode()  # every step: a prediction between steps leaves the model in eval or full train mode
                 frac = self.round_step / max(1, self.round_steps)
                 warm = min(1.0, (self.round_step + 1) / 10)
                 for g in self.optimizer.param_groups:
