@@ -65,10 +65,12 @@ class TrainSettings:
     weight_decay: float = 1e-4
     pseudo_weight: float = 0.5  # loss weight of PSEUDO pixels (HUMAN, MACHINE, SIMULATED: 1)
     instance_weight: float = 1.0  # weight of the instance head's loss (boundary + distance) beside the classes'
+    # (3: no better on the dsb2018 pool's validation, worse on it zoomed 2x; docs/bench/dsb2018_recipe_pool_validation.json)
     instance_class_weights: bool = True  # the instance loss weighs pixels by their class weight, as the class
     # loss does (else every labelled pixel alike: the background, most pixels, then drowns the objects' insides)
     class_weight_clip: tuple[float, float] = (0.2, 5.0)  # inverse-frequency weights clipped here
-    scale_range: tuple[float, float] = (0.7, 1.4)  # random rescale of crops
+    scale_range: tuple[float, float] = (0.7, 1.4)  # random rescale of crops ((0.5, 2.5): lower on the dsb2018
+    # pool's validation, no better on it zoomed 2x; docs/bench/dsb2018_recipe_pool_validation.json)
     labelled_crop_bias: float = 0.8  # chance a crop is centred on a labelled pixel
     brightness: float = 0.15    # +/- additive brightness jitter
     contrast: float = 0.2       # +/- multiplicative contrast jitter
