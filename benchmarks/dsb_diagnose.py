@@ -13,6 +13,8 @@ to see objects of sizes the 7 images do not have.
     # score a kept model under prediction variants (JSON list of model_instances keywords)
     python benchmarks/dsb_diagnose.py --load /tmp/dsb/base.pt [--zoom 3] \
         --variants '[{}, {"size_norm": null}, {"flips": true}]' --json out.json
+    # one warm-up and cosine over 1200 steps, scored at 600 and 1200, then also on the 7 images zoomed 2x
+    python benchmarks/dsb_diagnose.py --steps 1200 --evals 2 --one-round --extra-zoom 2 --json out.json
 
 Training settings beyond the loop bench's (batch, crop, seed) can be set with ``--train``
 (a JSON dict of TrainSettings fields). Run with one torch thread (``--threads``).
@@ -87,6 +89,12 @@ def main(argv=None) -> int:
                    help="train on only the first N of the 28 training images (a model as weak as the loop's early ones)")
     p.add_argument("--zoom", type=float, default=1.0,
                    help="score the validation images zoomed by this factor (objects of other sizes than trained on)")
+    p.add_argument("--extra-zoom", type=float, nargs="*", default=[],
+                   help="after training, also score the final model on the validation images zoomed by these "
+                        "factors (objects larger than the 7 images have)")
+    p.add_argument("--one-round", action="store_true",
+                   help="train all steps as one round (one warm-up and one cosine decay) and score along it, "
+                        "instead of one round per score (a restart of the schedule at each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -130,15 +138,25 @@ def main(argv=None) -> int:
         samples = [Sample(img, sem, np.full(sem.shape, HUMAN, np.uint8), name, inst) for name, img, sem, inst in train]
         chunk = max(1, args.steps // max(1, args.evals))
         done, t0 = 0, time.perf_counter()
-        while done < args.steps:
+
+        def scored(done, loss):
+            sc = score(trainer.model, val, variants[0])
+            row = {"steps": done, "train_seconds": time.perf_counter() - t0, "loss": loss,
+                   "load": os.getloadavg()[0], **{k: v for k, v in sc.items()}}
+            result["curve"].append(row)
+            show(f"{done} steps ({row['train_seconds']:.0f}s, loss {loss:.3f}, load {row['load']:.1f})", sc)
+
+        if args.one_round:
+            losses = []
+            for step, _, loss in trainer.iter_round(samples, steps=args.steps):
+                losses.append(loss)
+                if step % chunk == 0 or step == args.steps:
+                    scored(step, float(np.mean(losses[-10:])))  # the trainer re-freezes its BN each step
+        while not args.one_round and done < args.steps:
             n = min(chunk, args.steps - done)
             res = trainer.train_round(samples, steps=n)
             done += n
-            sc = score(trainer.model, val, variants[0])
-            row = {"steps": done, "train_seconds": time.perf_counter() - t0, "loss": res.final_loss,
-                   "load": os.getloadavg()[0], **{k: v for k, v in sc.items()}}
-            result["curve"].append(row)
-            show(f"{done} steps ({row['train_seconds']:.0f}s, loss {res.final_loss:.3f}, load {row['load']:.1f})", sc)
+            scored(done, res.final_loss)
         if args.save:
             args.save.parent.mkdir(parents=True, exist_ok=True)
             trainer.save(args.save)
@@ -146,6 +164,11 @@ def main(argv=None) -> int:
         sc = score(trainer.model, val, v)
         result["variants"].append({"variant": v, "load": os.getloadavg()[0], **sc})
         show(json.dumps(v), sc)
+    result["zooms"] = []
+    for z in args.extra_zoom:
+        sc = score(trainer.model, load_pool(args.data, z)[1], variants[0])
+        result["zooms"].append({"zoom": z, "load": os.getloadavg()[0], **sc})
+        show(f"zoom {z}", sc)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, default=str))

@@ -350,6 +350,23 @@ def test_bench_decoder_settings_default_to_the_decoders_and_pass_through():
     assert got == {"fg_threshold": 0.8, "boundary_threshold": DECODE_DEFAULTS["boundary_threshold"], "seed_threshold": 0.5}
 
 
+def test_full_reference_scores_along_one_round_or_one_round_per_score():
+    import argparse
+
+    from napari_hitl.evaluate.bench_instances import run_full
+
+    inst = _two_touching(64, 84)
+    img = np.where(inst > 0, 200, 30).astype(np.uint8)
+    item = ("toy", img, (inst > 0).astype(np.uint16), inst)
+    ds = {"num_classes": 2, "pool": [item], "heldout": [item]}
+    base = dict(full_steps=4, full_evals=2, steps=2, rounds=0, batch=2, crop=64, seed=0)
+    for one_round in (True, False):
+        torch.manual_seed(0)
+        out = run_full(ds, argparse.Namespace(**base, full_one_round=one_round), clicks=10, log=lambda *a: None)
+        assert [c["steps"] for c in out["curve"]] == [2, 4] and out["one_round"] is one_round
+        assert all(0 <= c["f1"] <= 1 for c in out["curve"])
+
+
 class _PointwiseNet(torch.nn.Module):
     """A stand-in segnet whose maps are pixelwise functions of the gray value (so they scale
     with the image): foreground where it is above 0.05, distance = the gray value, no

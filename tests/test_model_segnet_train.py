@@ -127,6 +127,26 @@ def test_cancel_mid_round_leaves_last_checkpoint_intact_and_resumes(tmp_path):
     assert res.round == 2 and res.steps_done == 7 and trainer.global_step == 14
 
 
+def test_a_prediction_between_steps_does_not_unfreeze_the_encoder_batchnorm():
+    # a benchmark scoring the model in the middle of a round (bench loop --full-one-round) predicts
+    # between two steps; the prediction leaves the whole model in train mode, BN included, and the
+    # next step must still keep the encoder's BN statistics frozen
+    torch.manual_seed(0)
+    samples = _toy(2)
+    trainer = Trainer(2, settings=_settings(steps=3), device="cpu", pretrained=False)
+    bns = [m for m in trainer.model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    before = [m.running_mean.clone() for m in bns]
+    steps = trainer.iter_round(samples)
+    next(steps)
+    predict_proba(trainer.model, samples[0].image)
+    assert all(m.training for m in bns)  # what the prediction leaves behind
+    next(steps)
+    assert not any(m.training for m in bns)
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
+    steps.close()
+
+
 def test_pseudo_weight_and_unlabelled_pixels(tmp_path):
     s = _toy(1)[0]
     prov = np.full(s.labels.shape, PSEUDO, np.uint8)

@@ -136,18 +136,29 @@ def run_full(ds, args, clicks: int, log=print) -> dict:
     total = args.full_steps or args.steps * args.rounds
     chunk = max(1, total // max(1, args.full_evals))
     curve, done, t0 = [], 0, time.perf_counter()
-    res = None
-    while done < total:
+
+    def scored(done, loss):
+        sc = heldout_scores(trainer.model, ds, decode_settings(args))
+        curve.append({"steps": done, **{k: sc[k] for k in KEYS}, "loss": loss})
+        log(f"  full supervision, {done:>5} steps: F1 {sc['f1']:.3f}  AP {sc['ap']:.3f}  AJI {sc['aji']:.3f}  "
+            f"(loss {loss:.3f}, {time.perf_counter() - t0:.0f}s)")
+        return sc
+
+    if getattr(args, "full_one_round", False):  # one schedule over all steps, scored along it
+        losses = []
+        for step, _, loss in trainer.iter_round(samples, steps=total):
+            losses.append(loss)
+            if step % chunk == 0 or step == total:
+                sc = scored(step, float(np.mean(losses[-10:])))
+    while not getattr(args, "full_one_round", False) and done < total:
         n = min(chunk, total - done)
         res = trainer.train_round(samples, steps=n)
         done += n
-        sc = heldout_scores(trainer.model, ds, decode_settings(args))
-        curve.append({"steps": done, **{k: sc[k] for k in KEYS}, "loss": res.final_loss})
-        log(f"  full supervision, {done:>5} steps: F1 {sc['f1']:.3f}  AP {sc['ap']:.3f}  AJI {sc['aji']:.3f}  "
-            f"(loss {res.final_loss:.3f}, {time.perf_counter() - t0:.0f}s)")
+        sc = scored(done, res.final_loss)
     last = curve[-1]
     flat = len(curve) >= 3 and max(abs(curve[-1]["ap"] - c["ap"]) for c in curve[-3:-1]) < 0.01
-    out = {"clicks": clicks, "steps": total, "curve": curve, "flat": bool(flat),
+    out = {"clicks": clicks, "steps": total, "one_round": bool(getattr(args, "full_one_round", False)),
+           "curve": curve, "flat": bool(flat),
            "train_seconds": time.perf_counter() - t0, **{k: last[k] for k in KEYS},
            **{k: sc[k] for k in ("worst_image", "worst_f1", "worst_ap", "worst_aji", "per_image")}}
     return out

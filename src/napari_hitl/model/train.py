@@ -65,10 +65,12 @@ class TrainSettings:
     weight_decay: float = 1e-4
     pseudo_weight: float = 0.5  # loss weight of PSEUDO pixels (HUMAN, MACHINE, SIMULATED: 1)
     instance_weight: float = 1.0  # weight of the instance head's loss (boundary + distance) beside the classes'
+    # (3: no better on the dsb2018 pool's validation, worse on it zoomed 2x; docs/bench/dsb2018_recipe_pool_validation.json)
     instance_class_weights: bool = True  # the instance loss weighs pixels by their class weight, as the class
     # loss does (else every labelled pixel alike: the background, most pixels, then drowns the objects' insides)
     class_weight_clip: tuple[float, float] = (0.2, 5.0)  # inverse-frequency weights clipped here
-    scale_range: tuple[float, float] = (0.7, 1.4)  # random rescale of crops
+    scale_range: tuple[float, float] = (0.7, 1.4)  # random rescale of crops ((0.5, 2.5): lower on the dsb2018
+    # pool's validation, no better on it zoomed 2x; docs/bench/dsb2018_recipe_pool_validation.json)
     labelled_crop_bias: float = 0.8  # chance a crop is centred on a labelled pixel
     brightness: float = 0.15    # +/- additive brightness jitter
     contrast: float = 0.2       # +/- multiplicative contrast jitter
@@ -363,6 +365,15 @@ class Trainer:
         return prepared
 
     # -- training ----------------------------------------------------------------------------
+    def _train_mode(self) -> None:
+        """Train mode with the encoder's BatchNorm statistics frozen (tiny batches, small data)."""
+        import torch
+
+        self.model.train()
+        for m in self.model.encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+
     def train_round(self, samples: list[Sample], steps: int | None = None,
                     progress: ProgressFn | None = None,
                     should_stop: Callable[[], bool] | threading.Event | None = None) -> TrainResult:
@@ -405,10 +416,6 @@ class Trainer:
         cweights = class_weights(samples, self.num_classes, s.class_weight_clip, s.pseudo_weight)
         prepared = self._prepare(samples, cweights)
         result = TrainResult(self.round, 0, self.round_steps)
-        self.model.train()
-        for m in self.model.encoder.modules():  # frozen BN statistics: tiny batches, small data
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.eval()
         # pick images in proportion to the square root of their labelled pixels
         sizes = np.array([max(1, len(p[3])) for p in prepared], np.float64) ** 0.5
         pick_p = sizes / sizes.sum()
@@ -417,6 +424,7 @@ class Trainer:
                 if should_stop is not None and should_stop():
                     result.cancelled = True
                     break
+                self._train_mode()  # every step: a prediction between steps leaves the model in eval or full train mode
                 frac = self.round_step / max(1, self.round_steps)
                 warm = min(1.0, (self.round_step + 1) / 10)
                 for g in self.optimizer.param_groups:
