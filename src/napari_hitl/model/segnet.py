@@ -421,7 +421,7 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     reach = done_rows if replay_from is None else min(done_rows, max(0, int(replay_from)))
     first = next((k for k, y in enumerate(rows) if y + tile > reach), len(rows)) if done_rows else 0
     done = first * len(cols)
-    if done_rows >= h:
+    if first >= len(rows):  # all written, and no tile is asked for again
         if on_rows is not None:
             on_rows(h)
         if progress is not None:
