@@ -123,3 +123,45 @@ def test_the_batch_predicts_and_ranks_a_slide_beside_images_and_resumes_it(slide
         row.write_bytes(b"not an npz")
         with pytest.raises(CorruptFileError, match="window scores of slide 'slide'"):
             window_results(session.project, session.project.results(token))
+
+
+def test_labels_on_one_window_of_a_slide_teach_the_model(tmp_path, monkeypatch):
+    """A 2048 x 2048 tiled TIFF slide with labels in one 1024 px chunk: training reads that chunk
+    (image window and labels) alone, and every crop the loss sees comes from it."""
+    from napari_hitl.app.jobs import drive
+    from napari_hitl.model import train as mtrain
+    from napari_hitl.model.train import TrainSettings
+
+    monkeypatch.setattr(io, "LAZY_PIXELS", 1000 * 1000)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _slide(imgs / "slide.tif", (2048, 2048))
+    p = Project.create(tmp_path / "p", imgs, classes=["background", "cell"])
+    assert p.is_slide("slide") and p.slide_chunk("slide") == 1024
+    ids = np.zeros((300, 300), np.uint32)
+    yy, xx = np.mgrid[:300, :300]
+    ids[(yy - 150) ** 2 + (xx - 150) ** 2 < 60 ** 2] = 7
+    p.commit_window("slide", ids, {7: 1}, offset=(1200, 1100))  # background and one cell, in chunk (1, 1)
+    reads = []
+    real = io.LazyImage.read
+    monkeypatch.setattr(io.LazyImage, "read", lambda self, y0, x0, y1, x1, level=0: (
+        reads.append((y1 - y0) * (x1 - x0)), real(self, y0, x0, y1, x1, level))[1])
+    (smp,) = mtrain.samples_from_project(p)
+    assert smp.name == "slide@1024,1024" and smp.image.shape[:2] == (1024, 1024)
+    assert smp.labelled_pixels == 300 * 300 and int((smp.instances > 0).sum()) == int((ids > 0).sum())
+    assert max(reads) == 1024 * 1024  # one chunk's window, never the slide
+    seen = []
+    real_crop = mtrain.Trainer._crop
+
+    def crop(self, sample, *a, **k):
+        out = real_crop(self, sample, *a, **k)
+        seen.append((sample.name, float(out[2].sum())))  # the crop's loss weight
+        return out
+
+    monkeypatch.setattr(mtrain.Trainer, "_crop", crop)
+    with Session(p) as session:
+        job = session.train_job(TrainSettings(steps=3, batch_size=2, crop=64, checkpoint_every=0), None)
+        figures = drive(job())
+    assert figures.images == 1 and figures.human_pixels == 300 * 300 and np.isfinite(figures.loss_last)
+    assert len(seen) == 6 and {n for n, _ in seen} == {"slide@1024,1024"}
+    assert sum(wsum for _, wsum in seen) > 0  # the loss weighed slide pixels
