@@ -45,6 +45,8 @@ class BatchReport:
     cancelled: bool = False
     seconds: float = 0.0
     workers: int = 0
+    #: per slide finished in this run: its task's seconds, window-scoring seconds, windows, tiles predicted
+    slides: dict[str, dict] = field(default_factory=dict)
 
 
 def model_bytes(host) -> tuple[bytes, str]:
@@ -205,7 +207,8 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
 def predict_project(session, client, names: list[str] | None = None, *,
                     progress: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None, in_flight: int | None = None,
-                    poll: float = 0.25, slide_sizes: tuple[int, int, int] | None = None) -> BatchReport:
+                    poll: float = 0.25, slide_sizes: tuple[int, int, int] | None = None,
+                    stop_wait: float = 120.0) -> BatchReport:
     """Predict ``names`` (default: every image) of ``session``'s project on the Dask ``client``,
     saving each result as it arrives; images already predicted by this model are skipped.
     At most ``in_flight`` tasks (default: 2 per worker thread) are submitted at a time.
@@ -214,7 +217,9 @@ def predict_project(session, client, names: list[str] | None = None, *,
     into the cache and scored window by window (:mod:`napari_hitl.app.slides`), resuming what a
     stopped run left. ``progress(done, total)`` then counts an ordinary image as 1 and a slide
     as its tiles (read from its cache folder every ``poll`` seconds while it runs).
-    ``slide_sizes``: (window, tile, overlap) of slides (default those of :mod:`napari_hitl.app.slides`)."""
+    ``slide_sizes``: (window, tile, overlap) of slides (default those of :mod:`napari_hitl.app.slides`).
+    Cancelled, the run waits up to ``stop_wait`` seconds for a running slide task to stop (it
+    does between two tiles)."""
     from distributed import as_completed
 
     from napari_hitl.app.slides import OVERLAP, TILE, WINDOW, read_progress, slide_folder, tile_count
@@ -237,8 +242,6 @@ def predict_project(session, client, names: list[str] | None = None, *,
     weights_future = client.scatter(weights, broadcast=True, hash=False)
     cache_root = project.cache_dir / CACHE_FOLDER / token
     cache_root.mkdir(parents=True, exist_ok=True)
-    for old in cache_root.glob(".stop-*"):  # the stop signs of earlier runs
-        old.unlink(missing_ok=True)
     stop_file = cache_root / f".stop-{os.getpid()}-{time.time_ns()}"
     n_classes = project.n_classes
     stuff = project.stuff_classes
@@ -301,6 +304,9 @@ def predict_project(session, client, names: list[str] | None = None, *,
                     project.save_result(result["name"], token, result["scores"], result["features"],
                                         result["cache"])
                     report.predicted.append(result["name"])
+                    if "windows" in result:
+                        report.slides[name] = {k: result[k] for k in ("seconds", "scoring_seconds", "windows",
+                                                                      "tiles_predicted")}
                 finished += weight.get(name, 1)
                 if progress is not None:
                     progress(last := shown(), total)
@@ -314,8 +320,23 @@ def predict_project(session, client, names: list[str] | None = None, *,
     finally:
         if submitted and (report.cancelled or len(report.predicted) + len(report.failed) < len(todo)):
             report.cancelled = True
-            stop_file.touch()  # a slide task running stops between tiles; it is left for the next run
-            client.cancel(list(submitted))
+            # a running slide task stops between tiles once it sees the stop sign (Dask cannot stop a
+            # running task): wait for it, so that no task of this run still writes the slide's cache
+            # when the next run starts; what it finished stays there for that run
+            stop_file.touch()
+            slides = [f for f in submitted if f.key.split(f"predict-{token}-", 1)[-1] in running]
+            client.cancel([f for f in submitted if f not in slides])
+            stopped = True
+            if slides:
+                from distributed import wait
+
+                try:
+                    wait(slides, timeout=stop_wait, return_when="ALL_COMPLETED")
+                except TimeoutError:
+                    stopped = False  # the sign stays in the cache for the task still running
+                client.cancel(slides)
+            if stopped:
+                stop_file.unlink(missing_ok=True)
         client.cancel(weights_future)
         report.seconds = time.perf_counter() - t0
         report.workers = max(report.workers, len(client.nthreads()))

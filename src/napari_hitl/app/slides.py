@@ -27,8 +27,11 @@ from napari_hitl.errors import CorruptFileError
 
 #: side of the windows of a slide that are ranked beside ordinary images (px)
 WINDOW = 1024
-#: the tiles and their overlap the slide is predicted in
-TILE, OVERLAP = 1024, 128
+#: the tiles and their overlap the slide is predicted in: a tile's step is the window's side, so
+#: the band written after each tile row completes a row of windows (scored and saved at once),
+#: and a resumed run predicts again only the one tile row that the blend needs
+OVERLAP = 128
+TILE = WINDOW + OVERLAP
 #: the files of a slide's cache folder
 PROBS, WINDOWS, PROGRESS = "probs.zarr", "windows", "progress.json"
 
@@ -92,7 +95,7 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
                   should_stop: Callable[[], bool] | None = None) -> dict:
     """Predict the slide ``image`` (a :class:`~napari_hitl.io.LazyImage`) into ``folder`` and score its
     windows (see the module docstring); resumes what a stopped run left there. Returns
-    ``{"scores", "features", "cache", "windows", "seconds"}``: the mean of the window scores and
+    ``{"scores", "features", "cache", "windows", "seconds", "scoring_seconds", "tiles_predicted"}``: the mean of the window scores and
     features (the slide's own row of results), the path of its probabilities and its window
     count. ``should_stop()`` cancels (KeyboardInterrupt, what is finished stays for the next run)."""
     from napari_hitl.active.uncertainty import Prediction
@@ -114,8 +117,11 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
     feat_sum: dict[int, np.ndarray] = {}
     feat_n = {y0: np.zeros(len(cols)) for y0, _ in todo}
 
+    predicted = [0]  # tiles predicted by this call
+
     def on_features(ty: int, tx: int, feats: np.ndarray) -> None:
         """Add the tile's feature pixels to the windows (of rows still to score) they fall in."""
+        predicted[0] += 1
         d, fh, fw = feats.shape
         for y0, y1 in todo:
             a, b = max(y0, ty), min(y1, ty + fh * FEATURE_STRIDE)
@@ -133,11 +139,13 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
                 feat_n[y0][j] += block.shape[1] * block.shape[2]
 
     arr_box: list = []
+    scoring = [0.0]  # seconds spent scoring windows
 
     def on_rows(top: int) -> None:
         """Score every window row whose probabilities are now final, and save it."""
         import zarr
 
+        t = time.perf_counter()
         if not arr_box:
             arr_box.append(zarr.open_array(str(out), mode="r"))
         probs = arr_box[0]
@@ -156,6 +164,7 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
             _write_row(folder, y0, np.asarray(boxes), np.asarray(scores), np.asarray(feats), SCORE_FIELDS)
             saved.add(y0)
             feat_sum.pop(y0, None)
+        scoring[0] += time.perf_counter() - t
 
     first = todo[0][0] if todo else h
     predict_large(model, image, out, tile=tile, overlap=overlap, with_instances=True, progress=progress,
@@ -164,7 +173,8 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
     boxes, scores, feats = _read_rows(folder, "", (h, w))
     return {"scores": {k: float(np.mean([s[k] for s in scores])) for k in SCORE_FIELDS},
             "features": np.mean(feats, axis=0).astype(np.float32), "cache": str(out), "windows": len(boxes),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "scoring_seconds": scoring[0],
+            "tiles_predicted": predicted[0]}
 
 
 def _read_rows(folder: Path, name: str, shape: tuple[int, int]):
