@@ -50,6 +50,10 @@ def test_a_slide_is_scored_window_by_window_and_a_stopped_run_resumes(tmp_path):
         again = []
         part = predict_slide(model, img, tmp_path / "part", 3, window=256, tile=128, overlap=32,
                              progress=lambda k, n: again.append(k))
+        # other window sizes: nothing is reused (the old window rows would not fit)
+        other = predict_slide(model, img, tmp_path / "part2", 3, window=256, tile=128, overlap=32)
+        other = predict_slide(model, img, tmp_path / "part2", 3, window=128, tile=128, overlap=32)
+        assert other["windows"] == 5 * 6 and other["tiles_predicted"] == 42
     n_cols = 7  # tiles of 128 with 32 overlap over 700 px
     assert again[0] > n_cols and len(again) < 42  # the finished bands were not predicted again
     assert part["windows"] == 9

@@ -33,7 +33,7 @@ WINDOW = 1024
 OVERLAP = 128
 TILE = WINDOW + OVERLAP
 #: the files of a slide's cache folder
-PROBS, WINDOWS, PROGRESS = "probs.zarr", "windows", "progress.json"
+PROBS, WINDOWS, PROGRESS, SETTINGS = "probs.zarr", "windows", "progress.json", "settings.json"
 
 
 @dataclass
@@ -107,11 +107,16 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
     h, w = image.shape[:2]
     rows, cols = _windows(h, window), _windows(w, window)
     out = folder / PROBS
-    if large_rows_done(out) is None:  # no resumable prediction here: start afresh (old window rows go too)
+    meta = {"window": int(window), "tile": int(tile), "overlap": int(overlap), "classes": int(num_classes),
+            "shape": [int(h), int(w)]}
+    if large_rows_done(out) is None or _read_meta(folder) != meta:
+        # nothing resumable here (or made with other sizes): start afresh, old window rows go too
         import shutil
 
+        from napari_hitl.io import atomic_write_json
+
         shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / SETTINGS, meta)
     saved = {y0 for y0, _ in rows if _row_file(folder, y0).is_file()}
     todo = [r for r in rows if r[0] not in saved]
     feat_sum: dict[int, np.ndarray] = {}
@@ -175,6 +180,15 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
             "features": np.mean(feats, axis=0).astype(np.float32), "cache": str(out), "windows": len(boxes),
             "seconds": time.perf_counter() - t0, "scoring_seconds": scoring[0],
             "tiles_predicted": predicted[0]}
+
+
+def _read_meta(folder: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((folder / SETTINGS).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _read_rows(folder: Path, name: str, shape: tuple[int, int]):
