@@ -220,7 +220,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
     ``slide_sizes``: (window, tile, overlap) of slides (default those of :mod:`napari_hitl.app.slides`).
     Cancelled, the run waits up to ``stop_wait`` seconds for a running slide task to stop (it
     does between two tiles)."""
-    from distributed import as_completed
+    from distributed import as_completed, wait
 
     from napari_hitl.app.slides import OVERLAP, TILE, WINDOW, read_progress, slide_folder, tile_count
 
@@ -286,7 +286,10 @@ def predict_project(session, client, names: list[str] | None = None, *,
                 if should_stop is not None and should_stop():
                     report.cancelled = True
                     break
-                time.sleep(poll)
+                try:  # back as soon as a task finishes, or after ``poll`` seconds
+                    wait(list(submitted), timeout=poll, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    pass
                 continue
             for future in batch:
                 submitted.discard(future)
@@ -328,8 +331,6 @@ def predict_project(session, client, names: list[str] | None = None, *,
             client.cancel([f for f in submitted if f not in slides])
             stopped = True
             if slides:
-                from distributed import wait
-
                 try:
                     wait(slides, timeout=stop_wait, return_when="ALL_COMPLETED")
                 except TimeoutError:
