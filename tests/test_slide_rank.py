@@ -169,3 +169,35 @@ def test_labels_on_one_window_of_a_slide_teach_the_model(tmp_path, monkeypatch):
     assert figures.images == 1 and figures.human_pixels == 300 * 300 and np.isfinite(figures.loss_last)
     assert len(seen) == 6 and {n for n, _ in seen} == {"slide@1024,1024"}
     assert sum(wsum for _, wsum in seen) > 0  # the loss weighed slide pixels
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_slide_is_retried_and_goes_on_from_the_written_bands(slide_project):
+    import os
+    import signal
+
+    from distributed import Client
+
+    from napari_hitl.app.batch import local_cluster, model_bytes, predict_project
+
+    sizes = (128, 160, 32)  # a tile's step is the window: 5 x 6 tiles, 5 x 6 windows
+    # two workers: the model's weights, sent once to each, outlive the one killed
+    with Session(slide_project) as session, local_cluster(2) as cluster, Client(cluster) as client:
+        token = model_bytes(session.model)[1]
+        folder = session.project.cache_dir / "predictions" / token / "slide.slide"
+        killed = []
+
+        def kill_mid_slide(done, total):
+            if read_progress(folder) >= 20 and not killed:  # 3 tile rows and 2 tiles: bands to row 384 written
+                where = [w for w, keys in client.processing().items() if f"predict-{token}-slide" in keys]
+                pid = client.run(os.getpid)[where[0]]  # the worker predicting the slide
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        report = predict_project(session, client, slide_sizes=sizes, poll=0.05, progress=kill_mid_slide)
+        assert killed and not report.failed and not report.cancelled
+        assert sorted(report.predicted) == session.names
+        # the retry predicted the tile row at 256 again (the blend at row 384 needs it) and those after
+        assert report.slides["slide"]["tiles_predicted"] == 3 * 6 and report.slides["slide"]["windows"] == 30
+        events = [e["image"] for e in session.project.journal() if e["event"] == "predicted"]
+        assert sorted(events) == session.names  # every image saved exactly once

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -249,8 +250,18 @@ def predict_project(session, client, names: list[str] | None = None, *,
     weight = {n: tile_count(project.record(n).shape, *sizes[1:]) if project.is_slide(n) else 1 for n in names}
     total, finished = sum(weight.values()), sum(weight[n] for n in names if n in done)
     running: dict[str, Path] = {}  # slide -> its cache folder, while its task runs
+    resent: dict[str, int] = {}  # tasks submitted again after the scheduler lost them
     if progress is not None:
         progress(finished, total)
+
+    name_of: dict[str, str] = {}  # task key -> image name
+
+    def key_of(name: str) -> str:
+        """A task's key: a resent task gets a new one (the client forgets a lost key's future)."""
+        n = resent.get(name, 0)
+        key = f"predict-{token}-{name}" if n == 0 else f"predict-{token}-{name}-again{n}"
+        name_of[key] = name
+        return key
 
     def submit(name):
         rec = project.record(name)
@@ -258,10 +269,10 @@ def predict_project(session, client, names: list[str] | None = None, *,
         if project.is_slide(name):
             running[name] = slide_folder(cache_root, name)
             return client.submit(slide_task, name, paths[0], tuple(rec.shape), token, weights_future, n_classes,
-                                 str(running[name]), stuff, 0.9, str(stop_file), sizes, key=f"predict-{token}-{name}",
+                                 str(running[name]), stuff, 0.9, str(stop_file), sizes, key=key_of(name),
                                  pure=False, retries=2)
         return client.submit(predict_task, name, paths, rec.is_stack, token, weights_future, n_classes,
-                             str(cache_root / f"{name}.zarr"), stuff, key=f"predict-{token}-{name}", pure=False,
+                             str(cache_root / f"{name}.zarr"), stuff, key=key_of(name), pure=False,
                              retries=2)
 
     def shown() -> int:
@@ -288,15 +299,26 @@ def predict_project(session, client, names: list[str] | None = None, *,
                     break
                 try:  # back as soon as a task finishes, or after ``poll`` seconds
                     wait(list(submitted), timeout=poll, return_when="FIRST_COMPLETED")
-                except TimeoutError:
+                except Exception:  # noqa: BLE001 - a timeout, or a task lost: its own result says which
                     pass
                 continue
             for future in batch:
                 submitted.discard(future)
-                name = future.key.split(f"predict-{token}-", 1)[-1]
+                name = name_of[future.key]
                 running.pop(name, None)
                 try:
                     result = future.result()
+                except CancelledError as err:
+                    # the scheduler forgot the task: its worker died holding the only copy of the weights
+                    # (Dask's memory manager drops the broadcast's extra copies); send them again, retry
+                    if resent.get(name, 0) < 2:
+                        resent[name] = resent.get(name, 0) + 1
+                        if weights_future.status != "finished":
+                            weights_future = client.scatter(weights, broadcast=True, hash=False)
+                        submitted.add(f := submit(name))
+                        pending.add(f)
+                        continue
+                    report.failed[name] = f"{type(err).__name__}: {err}"
                 except Exception as err:  # noqa: BLE001 - one image's failure is reported, the run goes on
                     report.failed[name] = f"{type(err).__name__}: {err}"
                 else:
@@ -327,7 +349,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
             # running task): wait for it, so that no task of this run still writes the slide's cache
             # when the next run starts; what it finished stays there for that run
             stop_file.touch()
-            slides = [f for f in submitted if f.key.split(f"predict-{token}-", 1)[-1] in running]
+            slides = [f for f in submitted if name_of[f.key] in running]
             client.cancel([f for f in submitted if f not in slides])
             stopped = True
             if slides:
@@ -335,6 +357,8 @@ def predict_project(session, client, names: list[str] | None = None, *,
                     wait(slides, timeout=stop_wait, return_when="ALL_COMPLETED")
                 except TimeoutError:
                     stopped = False  # the sign stays in the cache for the task still running
+                except Exception:  # noqa: BLE001 - a slide task lost with its worker: nothing runs it
+                    pass
                 client.cancel(slides)
             if stopped:
                 stop_file.unlink(missing_ok=True)
