@@ -95,9 +95,11 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
                   should_stop: Callable[[], bool] | None = None) -> dict:
     """Predict the slide ``image`` (a :class:`~napari_hitl.io.LazyImage`) into ``folder`` and score its
     windows (see the module docstring); resumes what a stopped run left there. Returns
-    ``{"scores", "features", "cache", "windows", "seconds", "scoring_seconds", "tiles_predicted"}``: the mean of the window scores and
-    features (the slide's own row of results), the path of its probabilities and its window
-    count. ``should_stop()`` cancels (KeyboardInterrupt, what is finished stays for the next run)."""
+    ``{"scores", "features", "cache", "windows", "seconds", "scoring_seconds", "tiles_predicted"}``:
+    the mean of the window scores and features (the slide's own row of results), the path of its
+    probabilities, its window count, the seconds it took (those spent scoring windows) and the
+    tiles this call predicted. ``should_stop()`` cancels (KeyboardInterrupt; what is finished
+    stays for the next run)."""
     from napari_hitl.active.uncertainty import Prediction
     from napari_hitl.app.rank import SCORE_FIELDS, image_score
     from napari_hitl.model.segnet import FEATURE_STRIDE, large_rows_done, predict_large
@@ -175,7 +177,7 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
     predict_large(model, image, out, tile=tile, overlap=overlap, with_instances=True, progress=progress,
                   should_stop=should_stop, resume=True, on_features=on_features, on_rows=on_rows, replay_from=first)
     on_rows(h)
-    boxes, scores, feats = _read_rows(folder, "", (h, w))
+    boxes, scores, feats = _read_rows(folder, folder.name.removesuffix(".slide"), (h, w))
     return {"scores": {k: float(np.mean([s[k] for s in scores])) for k in SCORE_FIELDS},
             "features": np.mean(feats, axis=0).astype(np.float32), "cache": str(out), "windows": len(boxes),
             "seconds": time.perf_counter() - t0, "scoring_seconds": scoring[0],
