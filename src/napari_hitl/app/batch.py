@@ -275,8 +275,14 @@ def predict_project(session, client, names: list[str] | None = None, *,
                              str(cache_root / f"{name}.zarr"), stuff, key=key_of(name), pure=False,
                              retries=2)
 
-    def shown() -> int:
-        return finished + sum(min(read_progress(f), weight[n]) for n, f in running.items())
+    shown_last = [finished]
+
+    def show() -> None:
+        """Tell ``progress`` the finished work (images, and the tiles of slides running) if it moved."""
+        now = finished + sum(min(read_progress(f), weight[n]) for n, f in running.items())
+        if progress is not None and now != shown_last[0]:
+            shown_last[0] = now
+            progress(now, total)
 
     queue = iter(todo)
     pending = as_completed()
@@ -286,14 +292,12 @@ def predict_project(session, client, names: list[str] | None = None, *,
         pending.add(f)
         if len(submitted) >= in_flight:
             break
-    last = -1
     try:
         while not pending.is_empty():
             batch = pending.next_batch(block=False) if pending.has_ready() else []
             if not batch:  # nothing finished yet: show the slides' progress, listen for a stop
-                if running and progress is not None and (now := shown()) != last:
-                    progress(now, total)
-                    last = now
+                if running:
+                    show()
                 if should_stop is not None and should_stop():
                     report.cancelled = True
                     break
@@ -333,8 +337,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
                         report.slides[name] = {k: result[k] for k in ("seconds", "scoring_seconds", "windows",
                                                                       "tiles_predicted")}
                 finished += weight.get(name, 1)
-                if progress is not None:
-                    progress(last := shown(), total)
+                show()
                 nxt = next(queue, None)
                 if nxt is not None:
                     submitted.add(f := submit(nxt))
