@@ -66,6 +66,23 @@ def test_a_slide_is_scored_window_by_window_and_a_stopped_run_resumes(tmp_path):
                                   np.asarray(zarr.open_array(whole["cache"], mode="r")[...]))
 
 
+def test_a_run_stopped_while_scoring_windows_predicts_no_tile_again_for_them(tmp_path):
+    model = _model()
+    path = _slide(tmp_path / "s.tif")
+    feats = lambda: list((tmp_path / "f" / "windows").glob("features-*.npy"))  # noqa: E731
+    with io.open_lazy(path) as img:  # windows of 128, tiles of 160 (step 128): 5 x 6 tiles, 5 x 6 windows
+        whole = predict_slide(model, img, tmp_path / "w", 3, window=128, tile=160, overlap=32)
+        with pytest.raises(KeyboardInterrupt):  # the second row of windows is pooled, then stopped in its scoring
+            predict_slide(model, img, tmp_path / "f", 3, window=128, tile=160, overlap=32,
+                          should_stop=lambda: len(feats()) >= 2)
+        assert len(feats()) == 2 and len(list((tmp_path / "f" / "windows").glob("row-*.npz"))) == 1
+        again = predict_slide(model, img, tmp_path / "f", 3, window=128, tile=160, overlap=32)
+    # bands to row 256 were written: only the tile rows from 128 on (the blend at 256 needs that one)
+    assert whole["tiles_predicted"] == 30 and again["tiles_predicted"] == 4 * 6
+    assert again["scores"] == pytest.approx(whole["scores"], abs=1e-6)
+    np.testing.assert_allclose(again["features"], whole["features"], rtol=1e-5, atol=1e-6)
+
+
 def test_windows_rank_beside_images_and_replace_their_slides_row():
     f = np.zeros(4, np.float32)
     results = {"a": {"scores": {"consistency": 0.5, "margin_uncertainty": 0.2}, "features": f},

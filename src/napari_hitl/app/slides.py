@@ -4,7 +4,8 @@ A slide is predicted with :func:`napari_hitl.model.segnet.predict_large` into th
 cache, in a folder of its own (``<name>.slide/``): ``probs.zarr`` (float16 class probabilities
 and the instance head's two maps, ``(C + 2, H, W)``, written band by band), and
 ``windows/row-<y>.npz``, the scores of one row of windows of :data:`WINDOW` px, written as
-soon as the probabilities of that row are final. Each window is scored like an image
+soon as the probabilities of that row are final (its pooled features first, in
+``windows/features-<y>.npy``, so a run stopped while scoring predicts no tile again for them). Each window is scored like an image
 (:func:`napari_hitl.app.rank.image_score`: local consistency, entropy, margin, objects) from
 its own maps, with the mean backbone features of the tiles over it (for diversity picks). A
 stopped or killed run goes on where it stopped: the bands already written are not predicted
@@ -57,6 +58,23 @@ def _windows(n: int, window: int) -> list[tuple[int, int]]:
 
 def _row_file(folder: Path, y0: int) -> Path:
     return folder / WINDOWS / f"row-{y0}.npz"
+
+
+def _feature_file(folder: Path, y0: int) -> Path:
+    return folder / WINDOWS / f"features-{y0}.npy"
+
+
+def _read_features(folder: Path, y0: int, n: int) -> np.ndarray:
+    """The pooled features of the windows of one row (checked)."""
+    path = _feature_file(folder, y0)
+    try:
+        feats = np.load(path, allow_pickle=False)
+        if feats.ndim != 2 or len(feats) != n or not np.isfinite(feats).all():
+            raise ValueError(f"expected {n} finite feature vectors, got shape {feats.shape}")
+    except (OSError, ValueError) as err:
+        raise CorruptFileError(f"the window features in {path} are damaged ({err}); delete {path.parent.parent} "
+                               "and run Predict & rank again") from err
+    return feats
 
 
 def _write_row(folder: Path, y0: int, boxes: np.ndarray, scores: np.ndarray, features: np.ndarray,
@@ -121,8 +139,11 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
         atomic_write_json(folder / SETTINGS, meta)
     saved = {y0 for y0, _ in rows if _row_file(folder, y0).is_file()}
     todo = [r for r in rows if r[0] not in saved]
+    # a row of windows whose features are saved needs no tile again: only its scores (from the maps)
+    pooled = {y0 for y0, _ in todo if _feature_file(folder, y0).is_file()}
+    pool = [r for r in todo if r[0] not in pooled]  # rows whose features the tiles still add up
     feat_sum: dict[int, np.ndarray] = {}
-    feat_n = {y0: np.zeros(len(cols)) for y0, _ in todo}
+    feat_n = {y0: np.zeros(len(cols)) for y0, _ in pool}
 
     predicted = [0]  # tiles predicted by this call
 
@@ -130,7 +151,7 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
         """Add the tile's feature pixels to the windows (of rows still to score) they fall in."""
         predicted[0] += 1
         d, fh, fw = feats.shape
-        for y0, y1 in todo:
+        for y0, y1 in pool:
             a, b = max(y0, ty), min(y1, ty + fh * FEATURE_STRIDE)
             if a >= b:
                 continue
@@ -149,19 +170,28 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
     scoring = [0.0]  # seconds spent scoring windows
 
     def on_rows(top: int) -> None:
-        """Score every window row whose probabilities are now final, and save it."""
+        """Save the features of every window row whose tiles have all run, then score every
+        window row whose probabilities are now final, and save it."""
         import zarr
 
+        from napari_hitl.io import atomic_write
+
         t = time.perf_counter()
+        for y0, y1 in [r for r in pool if r[1] <= top and r[0] not in pooled]:
+            mean = feat_sum[y0] / np.maximum(feat_n[y0], 1)[:, None]
+            atomic_write(_feature_file(folder, y0), lambda fh: np.save(fh, mean.astype(np.float32)))
+            pooled.add(y0)
+            feat_sum.pop(y0, None)
         if not arr_box:
             arr_box.append(zarr.open_array(str(out), mode="r"))
         probs = arr_box[0]
         for y0, y1 in [r for r in todo if r[1] <= top and r[0] not in saved]:
             boxes, scores, feats = [], [], []
+            row_feats = _read_features(folder, y0, len(cols))
             for j, (x0, x1) in enumerate(cols):
-                if should_stop is not None and should_stop():  # this row is scored again next time
+                if should_stop is not None and should_stop():  # this row is scored next time (no tile again)
                     raise KeyboardInterrupt("prediction cancelled")
-                f = feat_sum.get(y0, np.zeros((len(cols), 1)))[j] / max(feat_n[y0][j], 1)
+                f = row_feats[j]
                 maps = np.asarray(probs[:, y0:y1, x0:x1], np.float32)
                 pred = Prediction.from_instance_maps(maps, num_classes, f.astype(np.float32), stuff)
                 s = image_score(0, "", [pred], beta)
@@ -170,10 +200,9 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
                 feats.append(f)
             _write_row(folder, y0, np.asarray(boxes), np.asarray(scores), np.asarray(feats), SCORE_FIELDS)
             saved.add(y0)
-            feat_sum.pop(y0, None)
         scoring[0] += time.perf_counter() - t
 
-    first = todo[0][0] if todo else h
+    first = pool[0][0] if pool else h
     predict_large(model, image, out, tile=tile, overlap=overlap, with_instances=True, progress=progress,
                   should_stop=should_stop, resume=True, on_features=on_features, on_rows=on_rows, replay_from=first)
     on_rows(h)

@@ -151,16 +151,17 @@ class RankingPanel(QWidget):
             return
         project = self.session.project
         known = {r.name for r in project.images}
+        counts = project.all_counts()  # once: a slide's windows are many rows of one image
         if self.rows is not None and {r.name for r in self.rows} == known:
             entries = [(r.name, r.value, r.picked, r.window) for r in self.rows]
             # ranked: images a human finished go last, they need no more questions
-            entries.sort(key=lambda e: project.counts(e[0]).status == "done")
+            entries.sort(key=lambda e: counts[e[0]].status == "done")
         else:  # not ranked yet: project order
             entries = [(r.name, float("nan"), False, None) for r in project.images]
         short = {"local consistency": "consistency"}.get(self.choice, self.choice)
         for name, value, picked, window in entries:
             rec = project.record(name)
-            c = project.counts(name)
+            c = counts[name]
             share = 100.0 * c.human / max(c.total, 1)
             frames = f", {rec.frames} frames" if rec.is_stack else ""
             score = "" if np.isnan(value) else f"  {short} {value:.3f}{' ★' if picked else ''}"
