@@ -59,3 +59,36 @@ def test_predict_large_refuses_an_existing_output_and_leaves_it_intact(tmp_path)
 def _tiled(tmp_path, img):
     tifffile.imwrite(tmp_path / "a.tif", img, tile=(64, 64))
     return tmp_path / "a.tif"
+
+
+def test_a_stopped_resumable_prediction_goes_on_from_its_last_band_and_matches(tmp_path):
+    from napari_hitl.model.segnet import large_rows_done
+
+    torch.manual_seed(0)
+    model = build_segnet(3, pretrained=False)
+    img = np.random.default_rng(2).integers(0, 255, (300, 250, 3), dtype=np.uint8)
+    img[100:180, 60:200] = 30
+    tifffile.imwrite(tmp_path / "a.tif", img, tile=(64, 64), photometric="rgb")
+    with io.open_lazy(tmp_path / "a.tif") as lazy:
+        whole = np.asarray(predict_large(model, lazy, tmp_path / "whole.zarr", tile=96, overlap=32)[...])
+        seen = []
+        with pytest.raises(KeyboardInterrupt):  # stopped in the third tile row (4 tiles a row)
+            predict_large(model, lazy, tmp_path / "p.zarr", tile=96, overlap=32, resume=True,
+                          should_stop=lambda: len(seen) >= 10, progress=lambda k, n: seen.append(k))
+        assert large_rows_done(tmp_path / "p.zarr") == 128  # bands [0, 64) and [64, 128) were written
+        with pytest.raises(InputError, match="exists"):  # not resumable: refused, left alone
+            predict_large(model, lazy, tmp_path / "p.zarr", tile=96, overlap=32)
+        with pytest.raises(InputError, match="other settings|these settings"):
+            predict_large(model, lazy, tmp_path / "p.zarr", tile=64, overlap=16, resume=True)
+        again, rows = [], []
+        out = predict_large(model, lazy, tmp_path / "p.zarr", tile=96, overlap=32, resume=True,
+                            progress=lambda k, n: again.append(k), on_rows=rows.append)
+        # only the tile row at 64 (reaching rows >= 128) is predicted again, then rows 128.. onwards
+        assert again[0] == 4 + 1 and again[-1] == 20 and len(again) == 16
+        assert rows == [192, 204, 300]
+        np.testing.assert_array_equal(np.asarray(out[...]), whole)
+        assert large_rows_done(tmp_path / "p.zarr") == 300
+        feats = []  # a finished output: nothing is predicted again
+        predict_large(model, lazy, tmp_path / "p.zarr", tile=96, overlap=32, resume=True,
+                      on_features=lambda y, x, f: feats.append((y, x)))
+        assert feats == []

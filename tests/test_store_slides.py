@@ -332,13 +332,19 @@ def test_export_writes_a_large_image_as_tiled_bigtiff_window_by_window(slide_pro
     assert tifffile.imread(out / "instances" / "small.tif").shape == (40, 50)
 
 
-def test_training_leaves_large_images_out(slide_project):
-    from napari_hitl.model.train import samples_from_project
+def test_training_reads_only_the_labelled_chunks_of_a_large_image(slide_project):
+    from napari_hitl.model.train import samples_from_project, slide_samples
 
     p = slide_project
-    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(0, 0))
+    p.commit_window("slide", np.full((10, 10), 5, np.uint32), {5: 1}, offset=(300, 520))
+    p.commit_window("slide", np.full((4, 4), 6, np.uint32), {6: 1}, offset=(0, 0), source=MACHINE)
     p.commit_instances("small", np.ones((40, 50), np.uint32), {1: 1})
-    assert [s.name for s in samples_from_project(p)] == ["small"]
+    got = {s.name: s for s in samples_from_project(p)}
+    assert set(got) == {"small", "slide@256,512", "slide@0,0"}  # accepted machine labels count as answers
+    smp = got["slide@256,512"]
+    assert smp.image.shape == (256, 188) and smp.labelled_pixels == 100  # chunk (1, 2): 256 x (700 - 512)
+    assert (smp.labels[44:54, 8:18] == 1).all() and (smp.instances[44:54, 8:18] > 0).all()
+    assert [s.name for s in slide_samples(p, "slide", limit=1)] == ["slide@256,512"]  # the most labelled first
 
 
 def test_a_bad_chunk_overview_is_named(slide_project):

@@ -223,3 +223,31 @@ def test_closing_the_project_right_after_accept_keeps_what_was_accepted(slide_do
     with Project.open(root, readonly=True) as p:
         (obj,) = p.objects("slide")
         assert obj["provenance"] == HUMAN and obj["area"] > 0
+
+
+def test_a_ranked_window_of_a_slide_opens_the_slide_there_at_full_resolution(slide_dock, qtbot):
+    from napari_hitl.active.ranking import ImageScore
+    from napari_hitl.app.rank import RankedRow
+
+    dock, project, reads = slide_dock
+    dock.ranking.rows = [RankedRow("slide", 0.2, False, ImageScore(0, "slide"), (1024, 2048, 2048, 3000)),
+                         RankedRow("a_small", 0.5, False, ImageScore(1, "a_small")),
+                         RankedRow("slide", 0.9, False, ImageScore(2, "slide"), (0, 0, 1024, 1024))]
+    dock.ranking.refresh()
+    items = [dock.image_list.item(i) for i in range(dock.image_list.count())]
+    assert [i.text().split("  ")[0] for i in items] == ["slide, window (1024, 2048)", "a_small",
+                                                        "slide, window (0, 0)"]
+    dock.image_list.itemDoubleClicked.emit(items[0])
+    settle(qtbot, dock)
+    qtbot.waitUntil(lambda: dock.viewer.camera.zoom == 1.0, timeout=WAIT)
+    assert dock.current == "slide" and dock.slide.active
+    assert tuple(dock.viewer.camera.center[-2:]) == pytest.approx((1536, 2524))
+    assert "window (1024, 2048)" in dock.status.text()
+    # another window of the shown slide moves the view without opening it again
+    layer = dock.image_layer
+    items = [dock.image_list.item(i) for i in range(dock.image_list.count())]
+    dock.image_list.itemDoubleClicked.emit(items[2])
+    qtbot.waitUntil(lambda: tuple(dock.viewer.camera.center[-2:]) == pytest.approx((512, 512)), timeout=WAIT)
+    assert dock.image_layer is layer
+    # no read of the image was anywhere near whole
+    assert max((area for level, area in reads if level == 0), default=0) < N * N // 4

@@ -247,6 +247,7 @@ def predict(args) -> int:
     from napari_hitl.app.batch import local_cluster, predict_project
     from napari_hitl.app.rank import RANKINGS, rank_results
     from napari_hitl.app.session import Session
+    from napari_hitl.app.slides import window_results
     from napari_hitl.progress import rate_progress
 
     if args.rank not in RANKINGS:
@@ -271,9 +272,12 @@ def predict(args) -> int:
         old = signal.signal(signal.SIGINT, interrupted)
         try:
             n = len(client.nthreads())
-            print(f"predicting {len(session.project)} images on {where}: {n} worker(s), "
-                  f"{sum(client.nthreads().values())} thread(s)", flush=True)
-            report = predict_project(session, client, progress=rate_progress("predict"),
+            slides = sum(1 for r in session.project.images if session.project.is_slide(r.name))
+            print(f"predicting {len(session.project)} images" + (f" ({slides} of them slides, counted in tiles)"
+                                                                  if slides else "")
+                  + f" on {where}: {n} worker(s), {sum(client.nthreads().values())} thread(s)", flush=True)
+            report = predict_project(session, client,
+                                     progress=rate_progress("predict", unit="images+tiles" if slides else "images"),
                                      should_stop=lambda: bool(stop))
         finally:
             signal.signal(signal.SIGINT, old)
@@ -281,7 +285,8 @@ def predict(args) -> int:
             if cluster is not None:
                 cluster.close()
         names = session.names
-        rows = rank_results(names, session.project.results(report.model), args.rank)
+        results = session.project.results(report.model)
+        rows = rank_results(names, results, args.rank, windows=window_results(session.project, results))
         rate = len(report.predicted) / report.seconds if report.seconds else 0.0
         print(f"model {report.model}: predicted {len(report.predicted)} image(s) in {report.seconds:.1f} s "
               f"({rate:.2f}/s), {report.skipped} already done"
@@ -292,5 +297,5 @@ def predict(args) -> int:
         ranked = [r for r in rows if r.value == r.value]
         print(f"most useful to annotate next ({args.rank}):")
         for r in ranked[:args.top]:
-            print(f"  {r.name:<32} {r.value:.3f}{'  (diverse pick)' if r.picked else ''}")
+            print(f"  {r.label:<32} {r.value:.3f}{'  (diverse pick)' if r.picked else ''}")
     return 1 if report.failed else 0

@@ -6,7 +6,9 @@ does not grow with the project. A task reads its image from disk, predicts it, w
 class probabilities as chunked zarr into the project's cache and returns only small results:
 the image's uncertainty scores and pooled features. The client saves each result in the
 project as it arrives (one transaction each), so a run that is cancelled or killed resumes
-where it stopped and an image is never saved twice for one model. A LocalCluster over this
+where it stopped and an image is never saved twice for one model. A slide (a large image) is a
+task of its own that predicts it tile by tile into the cache and scores its windows
+(:mod:`napari_hitl.app.slides`), resumable too. A LocalCluster over this
 machine's cores is the default; ``scheduler`` names an existing cluster (its workers must see
 the project and the images at the same paths).
 """
@@ -18,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,6 +46,8 @@ class BatchReport:
     cancelled: bool = False
     seconds: float = 0.0
     workers: int = 0
+    #: per slide finished in this run: its task's seconds, window-scoring seconds, windows, tiles predicted
+    slides: dict[str, dict] = field(default_factory=dict)
 
 
 def model_bytes(host) -> tuple[bytes, str]:
@@ -117,6 +122,31 @@ def predict_task(name: str, paths: list[str], stack: bool, token: str, weights: 
             "cache": cache, "seconds": time.perf_counter() - t0}
 
 
+def slide_task(name: str, path: str, shape: tuple, token: str, weights: bytes, num_classes: int, folder: str,
+               stuff: tuple = (), beta: float = 0.9, stop_file: str | None = None, sizes: tuple | None = None) -> dict:
+    """One slide on a worker: :func:`napari_hitl.app.slides.predict_slide` into ``folder`` (resuming
+    what an earlier run left there), its tile count recorded there as it goes; stops between
+    tiles once ``stop_file`` exists; ``sizes``: (window, tile, overlap), default the module's. Returns ``{"name", "scores", "features", "cache", "windows",
+    "seconds"}`` (small), or ``{"name", "cancelled": True}``."""
+    from napari_hitl import io
+    from napari_hitl.app.slides import OVERLAP, TILE, WINDOW, predict_slide, write_progress
+    from napari_hitl.errors import CorruptFileError
+
+    model = _worker_model(token, weights, num_classes)
+    stop = (lambda: os.path.exists(stop_file)) if stop_file else None
+    with io.open_lazy(path) as image:
+        if tuple(image.shape[:2]) != tuple(shape):
+            raise CorruptFileError(f"{path} is now {image.shape[0]}x{image.shape[1]} but the project recorded "
+                                   f"{shape[0]}x{shape[1]}; the file was changed after the project was made")
+        try:
+            window, tile, overlap = sizes or (WINDOW, TILE, OVERLAP)
+            out = predict_slide(model, image, folder, num_classes, stuff, beta, window, tile, overlap,
+                                should_stop=stop, progress=lambda k, n: write_progress(folder, k, n))
+        except KeyboardInterrupt:  # stopped between tiles: what is finished stays for the next run
+            return {"name": name, "cancelled": True}
+    return {"name": name, **out}
+
+
 def _write_probs(path: Path, probs: np.ndarray) -> None:
     """Probabilities ``(T, C, H, W)`` as a chunked zarr folder, swapped into place whole."""
     import zarr
@@ -177,11 +207,23 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
 
 def predict_project(session, client, names: list[str] | None = None, *,
                     progress: Callable[[int, int], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None, in_flight: int | None = None) -> BatchReport:
+                    should_stop: Callable[[], bool] | None = None, in_flight: int | None = None,
+                    poll: float = 0.25, slide_sizes: tuple[int, int, int] | None = None,
+                    stop_wait: float = 120.0) -> BatchReport:
     """Predict ``names`` (default: every image) of ``session``'s project on the Dask ``client``,
     saving each result as it arrives; images already predicted by this model are skipped.
-    At most ``in_flight`` tasks (default: 2 per worker thread) are submitted at a time."""
-    from distributed import as_completed
+    At most ``in_flight`` tasks (default: 2 per worker thread) are submitted at a time.
+
+    A slide (a large image) is one task of its own, submitted first: predicted tile by tile
+    into the cache and scored window by window (:mod:`napari_hitl.app.slides`), resuming what a
+    stopped run left. ``progress(done, total)`` then counts an ordinary image as 1 and a slide
+    as its tiles (read from its cache folder every ``poll`` seconds while it runs).
+    ``slide_sizes``: (window, tile, overlap) of slides (default those of :mod:`napari_hitl.app.slides`).
+    Cancelled, the run waits up to ``stop_wait`` seconds for a running slide task to stop (it
+    does between two tiles)."""
+    from distributed import as_completed, wait
+
+    from napari_hitl.app.slides import OVERLAP, TILE, WINDOW, read_progress, slide_folder, tile_count
 
     project = session.project
     names = [r.name for r in project.images] if names is None else list(names)
@@ -190,12 +232,9 @@ def predict_project(session, client, names: list[str] | None = None, *,
     _drop_other_models(project, token)
     t0 = time.perf_counter()
     done = project.results(token)
-    for n in names:  # a large image is predicted tile by tile (segnet.predict_large), not as a batch task
-        if n not in done and project.is_slide(n):
-            report.failed[n] = ("a large image: not predicted in the batch (it is never read whole); "
-                                "predict it with napari_hitl.model.segnet.predict_large")
-    todo = [n for n in names if n not in done and n not in report.failed]
-    report.skipped = len(names) - len(todo) - len(report.failed)
+    todo = [n for n in names if n not in done]
+    todo.sort(key=lambda n: not project.is_slide(n))  # slides first: the long tasks start early
+    report.skipped = len(names) - len(todo)
     threads = sum(client.nthreads().values()) or 1
     report.workers = len(client.nthreads())
     in_flight = in_flight or 2 * threads
@@ -203,19 +242,47 @@ def predict_project(session, client, names: list[str] | None = None, *,
     # in the client's event loop and held the GIL (a 0.5 s stall of the dock's UI thread)
     weights_future = client.scatter(weights, broadcast=True, hash=False)
     cache_root = project.cache_dir / CACHE_FOLDER / token
+    cache_root.mkdir(parents=True, exist_ok=True)
+    stop_file = cache_root / f".stop-{os.getpid()}-{time.time_ns()}"
     n_classes = project.n_classes
     stuff = project.stuff_classes
-    large = len(report.failed)
-    total, finished = len(names), report.skipped + large
+    sizes = tuple(slide_sizes or (WINDOW, TILE, OVERLAP))
+    weight = {n: tile_count(project.record(n).shape, *sizes[1:]) if project.is_slide(n) else 1 for n in names}
+    total, finished = sum(weight.values()), sum(weight[n] for n in names if n in done)
+    running: dict[str, Path] = {}  # slide -> its cache folder, while its task runs
+    resent: dict[str, int] = {}  # tasks submitted again after the scheduler lost them
     if progress is not None:
         progress(finished, total)
+
+    name_of: dict[str, str] = {}  # task key -> image name
+
+    def key_of(name: str) -> str:
+        """A task's key: a resent task gets a new one (the client forgets a lost key's future)."""
+        n = resent.get(name, 0)
+        key = f"predict-{token}-{name}" if n == 0 else f"predict-{token}-{name}-again{n}"
+        name_of[key] = name
+        return key
 
     def submit(name):
         rec = project.record(name)
         paths = [str(p) for p in project.image_paths(name)]
+        if project.is_slide(name):
+            running[name] = slide_folder(cache_root, name)
+            return client.submit(slide_task, name, paths[0], tuple(rec.shape), token, weights_future, n_classes,
+                                 str(running[name]), stuff, 0.9, str(stop_file), sizes, key=key_of(name),
+                                 pure=False, retries=2)
         return client.submit(predict_task, name, paths, rec.is_stack, token, weights_future, n_classes,
-                             str(cache_root / f"{name}.zarr"), stuff, key=f"predict-{token}-{name}", pure=False,
+                             str(cache_root / f"{name}.zarr"), stuff, key=key_of(name), pure=False,
                              retries=2)
+
+    shown_last = [finished]
+
+    def show() -> None:
+        """Tell ``progress`` the finished work (images, and the tiles of slides running) if it moved."""
+        now = finished + sum(min(read_progress(f), weight[n]) for n, f in running.items())
+        if progress is not None and now != shown_last[0]:
+            shown_last[0] = now
+            progress(now, total)
 
     queue = iter(todo)
     pending = as_completed()
@@ -226,30 +293,78 @@ def predict_project(session, client, names: list[str] | None = None, *,
         if len(submitted) >= in_flight:
             break
     try:
-        for future in pending:
-            submitted.discard(future)
-            name = future.key.split(f"predict-{token}-", 1)[-1]
-            try:
-                result = future.result()
-            except Exception as err:  # noqa: BLE001 - one image's failure is reported, the run goes on
-                report.failed[name] = f"{type(err).__name__}: {err}"
-            else:  # saved before anything else: a finished image is never thrown away
-                project.save_result(result["name"], token, result["scores"], result["features"], result["cache"])
-                report.predicted.append(result["name"])
-            finished += 1
-            if progress is not None:
-                progress(finished, total)
-            if should_stop is not None and should_stop():
+        while not pending.is_empty():
+            batch = pending.next_batch(block=False) if pending.has_ready() else []
+            if not batch:  # nothing finished yet: show the slides' progress, listen for a stop
+                if running:
+                    show()
+                if should_stop is not None and should_stop():
+                    report.cancelled = True
+                    break
+                try:  # back as soon as a task finishes, or after ``poll`` seconds
+                    wait(list(submitted), timeout=poll, return_when="FIRST_COMPLETED")
+                except Exception:  # noqa: BLE001 - a timeout, or a task lost: its own result says which
+                    pass
+                continue
+            for future in batch:
+                submitted.discard(future)
+                name = name_of[future.key]
+                running.pop(name, None)
+                try:
+                    result = future.result()
+                except CancelledError as err:
+                    # the scheduler forgot the task: its worker died holding the only copy of the weights
+                    # (Dask's memory manager drops the broadcast's extra copies); send them again, retry
+                    if resent.get(name, 0) < 2:
+                        resent[name] = resent.get(name, 0) + 1
+                        if weights_future.status != "finished":
+                            weights_future = client.scatter(weights, broadcast=True, hash=False)
+                        submitted.add(f := submit(name))
+                        pending.add(f)
+                        continue
+                    report.failed[name] = f"{type(err).__name__}: {err}"
+                except Exception as err:  # noqa: BLE001 - one image's failure is reported, the run goes on
+                    report.failed[name] = f"{type(err).__name__}: {err}"
+                else:
+                    if result.get("cancelled"):  # a slide stopped by the stop sign: not finished
+                        report.cancelled = True
+                        continue
+                    # saved before anything else: a finished image is never thrown away
+                    project.save_result(result["name"], token, result["scores"], result["features"],
+                                        result["cache"])
+                    report.predicted.append(result["name"])
+                    if "windows" in result:
+                        report.slides[name] = {k: result[k] for k in ("seconds", "scoring_seconds", "windows",
+                                                                      "tiles_predicted")}
+                finished += weight.get(name, 1)
+                show()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    submitted.add(f := submit(nxt))
+                    pending.add(f)
+            if report.cancelled or (should_stop is not None and should_stop()):
                 report.cancelled = True
                 break
-            nxt = next(queue, None)
-            if nxt is not None:
-                submitted.add(f := submit(nxt))
-                pending.add(f)
     finally:
-        if submitted and (report.cancelled or len(report.predicted) + len(report.failed) - large < len(todo)):
+        if submitted and (report.cancelled or len(report.predicted) + len(report.failed) < len(todo)):
             report.cancelled = True
-            client.cancel(list(submitted))
+            # a running slide task stops between tiles once it sees the stop sign (Dask cannot stop a
+            # running task): wait for it, so that no task of this run still writes the slide's cache
+            # when the next run starts; what it finished stays there for that run
+            stop_file.touch()
+            slides = [f for f in submitted if name_of[f.key] in running]
+            client.cancel([f for f in submitted if f not in slides])
+            stopped = True
+            if slides:
+                try:
+                    wait(slides, timeout=stop_wait, return_when="ALL_COMPLETED")
+                except TimeoutError:
+                    stopped = False  # the sign stays in the cache for the task still running
+                except Exception:  # noqa: BLE001 - a slide task lost with its worker: nothing runs it
+                    pass
+                client.cancel(slides)
+            if stopped:
+                stop_file.unlink(missing_ok=True)
         client.cancel(weights_future)
         report.seconds = time.perf_counter() - t0
         report.workers = max(report.workers, len(client.nthreads()))

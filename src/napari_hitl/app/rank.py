@@ -34,6 +34,12 @@ class RankedRow:
     value: float      # the shown score (see :func:`rank_rows`)
     picked: bool      # a diversity pick
     score: ImageScore
+    window: tuple[int, int, int, int] | None = None  # a slide's window (y0, x0, y1, x1); None: the whole image
+
+    @property
+    def label(self) -> str:
+        """How the row names what it points at: the image, or "slide, window (y, x)"."""
+        return self.name if self.window is None else f"{self.name}, window ({self.window[0]}, {self.window[1]})"
 
 
 def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice: str, beta: float = 0.9,
@@ -55,19 +61,32 @@ def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice
 
 
 def rank_results(names: list[str], results: dict[str, dict], choice: str, budget: int = 5,
-                 labelled=()) -> list[RankedRow]:
+                 labelled=(), windows=()) -> list[RankedRow]:
     """:func:`rank_rows` from saved batch results (scores and pooled features, see
-    :mod:`napari_hitl.app.batch`) instead of predictions held in memory."""
+    :mod:`napari_hitl.app.batch`) instead of predictions held in memory.
+
+    ``windows`` (:class:`napari_hitl.app.slides.WindowResult`, see
+    :func:`napari_hitl.app.slides.window_results`) rank a slide's windows beside the images, each
+    a row of its own (``window`` set) in place of the slide's one row; coverage does not count a
+    window as labelled (which windows hold labels is not known here)."""
     if choice not in RANKINGS:
         raise InputError(f"unknown ranking {choice!r}; use one of {', '.join(RANKINGS)}")
-    have = [n for n in names if n in results]
-    scores = [ImageScore(i, n, **{f: float(results[n]["scores"].get(f, float("nan"))) for f in SCORE_FIELDS})
-              for i, n in enumerate(have)]
-    return _rank(names, have, scores, lambda: np.stack([results[n]["features"] for n in have]), choice, budget,
-                 labelled)
+    by_slide: dict[str, list] = {}
+    for wr in windows:
+        by_slide.setdefault(wr.name, []).append(wr)
+    entries = []  # (name, window, scores, features), in project order, a slide's windows in its place
+    for n in names:
+        if n in by_slide:
+            entries += [(n, tuple(int(v) for v in wr.box), wr.scores, wr.features) for wr in by_slide[n]]
+        elif n in results:
+            entries.append((n, None, results[n]["scores"], results[n]["features"]))
+    scores = [ImageScore(i, n, **{f: float(sc.get(f, float("nan"))) for f in SCORE_FIELDS})
+              for i, (n, _, sc, _) in enumerate(entries)]
+    return _rank(names, [e[0] for e in entries], scores, lambda: np.stack([e[3] for e in entries]), choice,
+                 budget, labelled, [e[1] for e in entries])
 
 
-def _rank(names, have, scores, features, choice, budget, labelled) -> list[RankedRow]:
+def _rank(names, have, scores, features, choice, budget, labelled, windows=None) -> list[RankedRow]:
     strategy = RANKINGS[choice]
     rows: list[RankedRow] = []
     if scores:
@@ -78,7 +97,7 @@ def _rank(names, have, scores, features, choice, budget, labelled) -> list[Ranke
                 by_margin = ranking.order
             else:
                 lab = set(labelled)
-                done = [i for i, n in enumerate(have) if n in lab]
+                done = [i for i, n in enumerate(have) if n in lab and (windows is None or windows[i] is None)]
                 ranking = rank_images(scores, "coverage", min(budget, len(scores)), feats, exclude=done)
                 by_margin = rank_images(scores, "margin", 0).order
             picked = list(ranking.picked)
@@ -90,7 +109,8 @@ def _rank(names, have, scores, features, choice, budget, labelled) -> list[Ranke
             value = SCORERS[strategy].field
         for i in order:
             s = scores[i]
-            rows.append(RankedRow(s.name, float(getattr(s, value)), i in picked, s))
+            rows.append(RankedRow(s.name, float(getattr(s, value)), i in picked, s,
+                                  None if windows is None else windows[i]))
     done = set(have)
     rows += [RankedRow(n, float("nan"), False, ImageScore(-1, n)) for n in names if n not in done]
     return rows

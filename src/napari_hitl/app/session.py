@@ -350,11 +350,13 @@ class Session:
 
     def rank(self, choice: str, labelled=()):
         """The images in the order ``choice`` (see :data:`napari_hitl.app.rank.RANKINGS`) puts them,
-        from the batch results when there are some, else from predictions made here."""
+        from the batch results when there are some (a slide's windows each a row), else from
+        predictions made here."""
         from napari_hitl.app.rank import rank_results, rank_rows
 
         if self.predictions.model is not None:
-            return rank_results(self.names, self.predictions.results(), choice, labelled=labelled)
+            return rank_results(self.names, self.predictions.results(), choice, labelled=labelled,
+                                windows=self.predictions.windows())
         return rank_rows(self.names, self.predictions, choice, labelled=labelled)
 
     def suggest_job(self, name: str, frame: int, k: int, n_segments: int, exclude=()):

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DECODER_CHANNELS", "FEATURE_STRIDE", "build_segnet", "predict_proba",
-    "predict_proba_batch", "predict_with_features", "predict_large", "predict_instance_maps", "split_instance_maps", "feature_map", "pool_features",
+    "predict_proba_batch", "predict_with_features", "predict_large", "large_rows_done", "predict_instance_maps", "split_instance_maps", "feature_map", "pool_features",
     "pooled_features", "place_model", "DeviceInfo", "FEATURE_DIM", "select_device", "describe_device",
     "contrast_limits", "stretch_contrast", "model_input", "normalise_object_size", "PREDICT_FLIPS",
 ]
@@ -357,7 +357,8 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
 
 
 def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_instances: bool = False,
-                  progress=None, should_stop=None):
+                  progress=None, should_stop=None, resume: bool = False, on_features=None, on_rows=None,
+                  replay_from: int | None = None):
     """Class probabilities of a large image (a :class:`napari_hitl.io.LazyImage`) written to the
     zarr array at ``out`` as float16 ``(C, H, W)``, never held whole: overlapping tiles are
     read one at a time and blended with the linear ramp of :func:`predict_with_features`; one
@@ -366,10 +367,19 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     instance head's two maps follow the classes (at the image's own scale: no
     :func:`normalise_object_size`, which needs the whole image). ``progress(done, total)`` counts tiles;
     ``should_stop()`` cancels (raises KeyboardInterrupt; ``out`` is then incomplete).
-    ``out`` must not exist. Returns the zarr array."""
+
+    ``out`` must not exist, unless ``resume``: then each written band is recorded in
+    ``<out>.done.json`` (see :func:`large_rows_done`) and a run on an ``out`` left by a stopped or
+    killed run with the same settings writes only the rows after the last recorded band,
+    predicting again only the tile rows that reach into them (usually one; from ``replay_from``
+    on when that is earlier, for a caller that needs every tile's features there).
+    ``on_features(y, x, features)`` gets each tile's feature map (D, tile/16, tile/16);
+    ``on_rows(top)`` is called once rows ``[0, top)`` are final in ``out``. Returns the zarr array."""
+    import json
+
     import zarr
 
-    from napari_hitl.io import LazyImage
+    from napari_hitl.io import LazyImage, atomic_write
 
     if not isinstance(image, LazyImage):
         raise InputError(f"predict_large takes a LazyImage (io.open_lazy), got {type(image).__name__}; "
@@ -380,31 +390,65 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     if h < tile or w < tile:
         raise InputError(f"image {image.path} ({h}x{w}) is smaller than one {tile} px tile; read it whole "
                          "and use predict_proba")
-    if Path(out).exists():  # zarr's mode "w" would delete whatever is there (the image itself, even)
-        raise InputError(f"{out} exists; choose a new path for the probabilities")
+    c = model.num_classes + (INSTANCE_CHANNELS if with_instances else 0)
+    settings = {"shape": [c, h, w], "tile": tile, "overlap": overlap}
+    marker = Path(f"{out}.done.json")
+    done_rows = large_rows_done(out, settings) if resume else 0
+    if Path(out).exists() and not (resume and done_rows is not None):
+        # zarr's mode "w" would delete whatever is there (the image itself, even)
+        raise InputError(f"{out} exists" + (" and is not a prediction with these settings (other settings or none recorded)" if resume else "")
+                         + "; choose a new path for the probabilities")
+    done_rows = done_rows or 0
     value_range = image.value_range()
     limits = None
     if float(getattr(model, "input_stretch", 0)) > 0:  # as model_input does, limits from the coarsest level
         k = image.n_levels - 1
         limits = contrast_limits(as_float_rgb(image.read(0, 0, *image.level_shape(k), level=k), value_range))
-    c = model.num_classes + (INSTANCE_CHANNELS if with_instances else 0)
     step_chunk = max(tile - overlap, 1)
-    arr = zarr.open_array(str(out), mode="w", shape=(c, h, w), dtype=np.float16,
-                          chunks=(c, min(step_chunk, h), min(1024, w)))
+    if done_rows:
+        arr = zarr.open_array(str(out), mode="r+")
+    else:
+        arr = zarr.open_array(str(out), mode="w", shape=(c, h, w), dtype=np.float16,
+                              chunks=(c, min(step_chunk, h), min(1024, w)))
+        if resume:
+            atomic_write(marker, lambda fh: fh.write(json.dumps({**settings, "rows": 0}).encode()))
     ramp = _ramp(tile, overlap)
     weight = np.minimum.outer(ramp, ramp)
     rows, cols = _tiles(h, tile, overlap), _tiles(w, tile, overlap)
-    total, done = len(rows) * len(cols), 0
+    total = len(rows) * len(cols)
+    # the first tile row that reaches past the rows already written (or past replay_from): every
+    # row from done_rows on gets the contributions of all its tiles again; rows before are not written
+    reach = done_rows if replay_from is None else min(done_rows, max(0, int(replay_from)))
+    first = next((k for k, y in enumerate(rows) if y + tile > reach), len(rows)) if done_rows else 0
+    done = first * len(cols)
+    if first >= len(rows):  # all written, and no tile is asked for again
+        if on_rows is not None:
+            on_rows(h)
+        if progress is not None:
+            progress(total, total)
+        return arr
+
+    def flush(lo: int, hi: int, data: np.ndarray, wsum: np.ndarray) -> None:
+        """Rows [lo, hi) are final: write those at or after done_rows and record them."""
+        a = max(lo, done_rows)
+        if a < hi:
+            arr[:, a:hi, :] = (data[:, a - lo:hi - lo] / np.maximum(wsum[a - lo:hi - lo], 1e-6)).astype(np.float16)
+        if resume and hi > done_rows:
+            atomic_write(marker, lambda fh: fh.write(json.dumps({**settings, "rows": hi}).encode()))
+        if on_rows is not None and hi > done_rows:
+            on_rows(hi)
+
     was_training = model.training
     model.eval()
     try:
         band = np.zeros((c, tile, w), np.float32)  # rows [top, top + tile) of the image
         bsum = np.zeros((tile, w), np.float32)
-        top = 0
-        for k, y in enumerate(rows):
+        top = rows[first] if first < len(rows) else h
+        for k in range(first, len(rows)):
+            y = rows[k]
             if y > top:  # rows [top, y) are final: no later tile reaches them
                 n = y - top
-                arr[:, top:y, :] = (band[:, :n] / np.maximum(bsum[:n], 1e-6)).astype(np.float16)
+                flush(top, y, band, bsum)
                 band[:, :tile - n] = band[:, n:].copy()
                 band[:, tile - n:] = 0
                 bsum[:tile - n] = bsum[n:].copy()
@@ -416,16 +460,37 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
                 patch = as_float_rgb(image.read(y, x, y + tile, x + tile), value_range)
                 if limits is not None:
                     patch = stretch_contrast(patch, limits)
-                probs, _ = _forward_tiles(model, [patch], False, with_instances)
+                probs, feats = _forward_tiles(model, [patch], on_features is not None, with_instances)
                 band[:, :, x:x + tile] += probs[0] * weight
                 bsum[:, x:x + tile] += weight
+                if on_features is not None:
+                    on_features(y, x, feats[0])
                 done += 1
                 if progress is not None:
                     progress(done, total)
-        arr[:, top:h, :] = (band[:, :h - top] / np.maximum(bsum[:h - top], 1e-6)).astype(np.float16)
+        flush(top, h, band, bsum)
     finally:
         model.train(was_training)
     return arr
+
+
+def large_rows_done(out, settings: dict | None = None) -> int | None:
+    """How many rows of a resumable :func:`predict_large` output ``out`` are written (its
+    ``<out>.done.json``); None when there is no such record, or it is unreadable, or (given
+    ``settings``: shape, tile, overlap) it was written with other settings."""
+    import json
+
+    marker = Path(f"{out}.done.json")
+    if not Path(out).is_dir() or not marker.is_file():
+        return None
+    try:
+        rec = json.loads(marker.read_text())
+        rows = int(rec["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if settings is not None and any(rec.get(k) != v for k, v in settings.items()):
+        return None
+    return rows if 0 <= rows <= int(rec["shape"][1]) else None
 
 
 def predict_proba(model, image: np.ndarray, tile: int = 1024, overlap: int = 128) -> np.ndarray:

@@ -489,7 +489,8 @@ def samples_from_project(project, names: Iterable[str] | None = None,
     Uses ``project.images`` (records with ``.name`` and ``.is_stack``/``.frames``),
     ``project.read_image(name, frame)`` and ``project.read_instances(name, frame)`` (or
     ``read_labels`` for a store without objects). Images are read only when they hold labels.
-    The objects of "thing" classes train the instance head; stuff areas do not.
+    The objects of "thing" classes train the instance head; stuff areas do not. A slide (a large
+    image) gives one sample per label chunk that holds answered pixels (:func:`slide_samples`).
     """
     from napari_hitl.instances import semantic
 
@@ -500,8 +501,11 @@ def samples_from_project(project, names: Iterable[str] | None = None,
     is_slide = getattr(project, "is_slide", lambda name: False)
     for rec in project.images:
         name = getattr(rec, "name", rec)
-        if (wanted is not None and name not in wanted) or is_slide(name):
-            continue  # a large image is never read whole: it is left out of training
+        if wanted is not None and name not in wanted:
+            continue
+        if is_slide(name):  # a large image is never read whole: its labelled chunks are samples
+            out += slide_samples(project, name, kinds)
+            continue
         frames = range(rec.frames) if getattr(rec, "is_stack", False) else [None]
         for t in frames:
             objects = None
@@ -521,4 +525,45 @@ def samples_from_project(project, names: Iterable[str] | None = None,
             image = project.read_image(name) if t is None else project.read_image(name, frame=t)
             out.append(Sample(image, np.asarray(labels), prov, name=name if t is None else f"{name}[{t}]",
                               instances=objects))
+    return out
+
+
+#: at most this many chunks of one slide become training samples (the most labelled ones), so a
+#: round's memory stays bounded however much of a slide is labelled
+SLIDE_SAMPLES_MAX = 64
+
+
+def slide_samples(project, name: str, kinds=None, limit: int | None = None) -> list[Sample]:
+    """Training samples of slide ``name`` of a project: one per stored label chunk that holds
+    answered (human, accepted or simulated) pixels, its image window read alone, never the
+    slide; the ``limit`` (default :data:`SLIDE_SAMPLES_MAX`) most labelled chunks when more do.
+    Objects of "thing" classes (``kinds`` by class id) train the instance head."""
+    from napari_hitl.instances import semantic
+
+    kinds = [getattr(c, "kind", "thing") for c in project.classes] if kinds is None else kinds
+    limit = SLIDE_SAMPLES_MAX if limit is None else int(limit)
+    chunk = project.slide_chunk(name)
+    h, w = project.record(name).shape
+    found = []
+    for cy, cx in sorted(project.chunk_files(name)):
+        y0, x0, y1, x1 = cy * chunk, cx * chunk, min(h, (cy + 1) * chunk), min(w, (cx + 1) * chunk)
+        _, prov, _ = project.read_window(name, y0, x0, y1, x1)
+        n = int(np.count_nonzero(np.isin(prov, ANSWERED)))
+        if n:
+            found.append((n, (y0, x0, y1, x1)))
+    found.sort(key=lambda f: -f[0])
+    out = []
+    if not found:
+        return out
+    image = project.open_image(name)
+    try:
+        for _, (y0, x0, y1, x1) in sorted(found[:limit], key=lambda f: f[1]):
+            ids, prov, classes = project.read_window(name, y0, x0, y1, x1)
+            prov = np.where(np.isin(prov, ANSWERED), prov, UNLABELLED).astype(np.uint8)
+            things = [k for k, v in classes.items() if v < len(kinds) and kinds[v] == "thing"]
+            objects = np.where(np.isin(ids, np.asarray(things, np.uint32)), ids, 0).astype(np.uint32)
+            out.append(Sample(image.read(y0, x0, y1, x1), np.asarray(semantic(ids, classes)), prov,
+                              name=f"{name}@{y0},{x0}", instances=objects))
+    finally:
+        image.close()
     return out

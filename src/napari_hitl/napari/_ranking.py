@@ -3,7 +3,8 @@
 Images are listed with a thumbnail, status and provenance share, sorted by the chosen
 score of the model's prediction (local consistency, entropy, margin, diversity or coverage
 picks);
-double-click opens one. Suggestions are the most uncertain superpixels of the open image,
+double-click opens one. A slide (a large image) is ranked by its windows, each a row of its own
+("slide, window (y, x)"); double-clicking one opens the slide there at full resolution. Suggestions are the most uncertain superpixels of the open image,
 shown as an outline overlay: accept one (keep the predicted class, saved as an accepted
 machine label) or relabel it with the selected class (saved as a human label) in one click,
 or accept all that are left in one click once the wrong ones are relabelled.
@@ -126,6 +127,11 @@ class RankingPanel(QWidget):
         """Image names in the order shown."""
         return [self.list.item(i).data(Qt.UserRole) for i in range(self.list.count())]
 
+    def window(self, item) -> tuple[int, int, int, int] | None:
+        """The slide window ``(y0, x0, y1, x1)`` a row points at (None: the whole image)."""
+        box = item.data(Qt.UserRole + 2)
+        return None if box is None else tuple(int(v) for v in box)
+
     def values(self) -> list[float]:
         """The shown score of each row, in order (NaN: not predicted yet)."""
         return [self.list.item(i).data(Qt.UserRole + 1) for i in range(self.list.count())]
@@ -145,29 +151,32 @@ class RankingPanel(QWidget):
             return
         project = self.session.project
         known = {r.name for r in project.images}
+        counts = project.all_counts()  # once: a slide's windows are many rows of one image
         if self.rows is not None and {r.name for r in self.rows} == known:
-            entries = [(r.name, r.value, r.picked) for r in self.rows]
+            entries = [(r.name, r.value, r.picked, r.window) for r in self.rows]
             # ranked: images a human finished go last, they need no more questions
-            entries.sort(key=lambda e: project.counts(e[0]).status == "done")
+            entries.sort(key=lambda e: counts[e[0]].status == "done")
         else:  # not ranked yet: project order
-            entries = [(r.name, float("nan"), False) for r in project.images]
+            entries = [(r.name, float("nan"), False, None) for r in project.images]
         short = {"local consistency": "consistency"}.get(self.choice, self.choice)
-        for name, value, picked in entries:
+        for name, value, picked, window in entries:
             rec = project.record(name)
-            c = project.counts(name)
+            c = counts[name]
             share = 100.0 * c.human / max(c.total, 1)
             frames = f", {rec.frames} frames" if rec.is_stack else ""
             score = "" if np.isnan(value) else f"  {short} {value:.3f}{' ★' if picked else ''}"
-            item = QListWidgetItem(f"{name}  [{c.status}, {share:.0f}% human{frames}]{score}")
+            where = "" if window is None else f", window ({window[0]}, {window[1]})"
+            item = QListWidgetItem(f"{name}{where}  [{c.status}, {share:.0f}% human{frames}]{score}")
             item.setData(Qt.UserRole, name)
             item.setData(Qt.UserRole + 1, float(value))
+            item.setData(Qt.UserRole + 2, None if window is None else list(window))
             tot = max(c.total, 1)
             item.setToolTip(f"{name}: human {100 * c.human / tot:.1f}%, accepted {100 * c.machine / tot:.1f}%, "
                             f"pseudo {100 * c.pseudo / tot:.1f}%, unlabelled {100 * c.unlabelled / tot:.1f}%")
             if name in self.icons:
                 item.setIcon(self.icons[name])
             self.list.addItem(item)
-            if name == self.current:
+            if name == self.current and window is None:
                 item.setSelected(True)
 
 

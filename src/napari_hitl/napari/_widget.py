@@ -566,7 +566,22 @@ class HitlWidget(QWidget):
         self.queue.submit("thumbnails", fn, self.ranking.set_thumbnails, preemptible=True)
 
     def _item_activated(self, item) -> None:
-        self._guard(self.show_image, item.data(Qt.UserRole))
+        name, window = item.data(Qt.UserRole), self.ranking.window(item)
+        if window is None or name != self.current:
+            self._guard(self.show_image, name)
+        if window is not None and name == self.current:
+            # after show_image's reset_view (queued the same way), so the view ends on the window
+            QTimer.singleShot(0, lambda: self.show_window(name, window))
+
+    def show_window(self, name: str, window: tuple[int, int, int, int]) -> None:
+        """Centre the viewer on ``window`` ``(y0, x0, y1, x1)`` of the shown image at full resolution
+        (one screen pixel per image pixel)."""
+        if name != self.current:
+            return
+        y0, x0, y1, x1 = window
+        self.viewer.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
+        self.viewer.camera.zoom = 1.0
+        self.say(f"Showing {name}, window ({y0}, {x0}) to ({y1}, {x1}) at full resolution")
 
     def show_image(self, name: str) -> None:
         """Replace the shown image and labels layers with those of ``name``."""
