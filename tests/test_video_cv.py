@@ -23,7 +23,12 @@ def test_grid_parsing():
     g = cv.parse_grid("100:0.2:0.4, 50:0.3:0.6")
     assert [s.key for s in g] == ["100:0.2:0.4", "50:0.3:0.6"]
     assert g[0].weight(0.3) == pytest.approx(50.0) and g[1].weight(0.7) == 50.0 and g[1].weight(0.3) == 0.0
-    for bad in ("100:0.4:0.2", "100:0.2", "", "100:0.2:0.4,100:0.2:0.4"):
+    (p,) = cv.parse_grid("100:0.2:0.4:0.6:0.8")
+    assert p.key == "100:0.2:0.4:0.6:0.8" and p.weight(0.3, 0.7) == pytest.approx(25.0)
+    assert p.weight(0.1) == 0.0  # no weight from the flow's confidence: the agreement is not needed
+    with pytest.raises(InputError):
+        p.weight(0.5)
+    for bad in ("100:0.4:0.2", "100:0.2", "", "100:0.2:0.4,100:0.2:0.4", "100:0.2:0.4:0.8", "100:0.2:0.4:0.8:0.6"):
         with pytest.raises(InputError):
             cv.parse_grid(bad)
 
@@ -89,15 +94,19 @@ def test_grid_run_repeats_bench_video_for_every_setting(tmp_path):
         frames[t, 16:44, x:x + 30] = 150 + (rng.random((28, 30, 3)) * 100).astype(np.uint8)
         truth[t, 16:44, x:x + 30] = 1
     # the two settings give different weights for this video's trust, so the tree branches
-    grid = cv.parse_grid("100:0.0:0.05,100:0.9:0.95")
+    # and the probing point's weight is the agreement itself (factor 0 at 0, 1 at 1)
+    grid = cv.parse_grid("100:0.0:0.05,100:0.9:0.95,100:0.0:0.05:0:1")
     common = dict(unit="rect32", rounds=2, budget=6.0, scale=1.0, steps=3, seed=0, flow="dis",
                   motion_trust_min=None, methods=",".join(bv.METHODS), fixed_lam=False)
     rec = cv.run_grid("toy", frames, truth, grid, argparse.Namespace(**common), tmp_path / "grid")
     assert rec["fits"] >= 5  # ft + two temporal fits in round one, then per branch
     lams = [rec["settings"][s.key][0]["methods"]["finetune+temporal"]["lam"] for s in grid]
-    assert lams[0] == 100.0 and lams[1] == 0.0
+    assert lams[0] == 100.0 and lams[1] == 0.0 and 0 < lams[2] < 100.0
+    ev = rec["settings"][grid[2].key][0]["methods"]["finetune+temporal"]["evidence"]
+    assert lams[2] == pytest.approx(100.0 * ev["label_agreement"])
     for s in grid:
-        args = argparse.Namespace(**common, lam=s.lam, trust_low=s.low, trust_high=s.high)
+        args = argparse.Namespace(**common, lam=s.lam, trust_low=s.low, trust_high=s.high,
+                                  agree_low=s.agree_low, agree_high=s.agree_high)
         ref = bv.run_video("toy", frames, truth, args, tmp_path / f"ref{s.key}", lambda *a, **k: None)
         for got, want in zip(rec["settings"][s.key], ref["rounds"]):
             assert got["clicks"] == want["clicks"]

@@ -1,13 +1,15 @@
 """Cross-validated settings of the video temporal term: tune on some sequences, report on others.
 
-Every grid point (``lam:low:high``: the most the temporal weight may reach, and the flow-trust
-ramp of :func:`~napari_hitl.video.trust.temporal_weight`) runs every round of
+Every grid point (``lam:low:high[:agree_low:agree_high]``: the most the temporal weight may
+reach, the flow-trust ramp of :func:`~napari_hitl.video.trust.temporal_weight` and, optionally,
+the bounds of :func:`~napari_hitl.video.trust.agreement_factor`) runs every round of
 ``napari-hitl bench video`` on every sequence. Runs share what they have in common: round one's
-units do not depend on the setting, and a setting only acts through the weight it gives a
-round's labels, so settings that give the same weights share one fit (a tree over rounds,
-branching where the weights differ; see :func:`run_grid`). Each branch is exactly the run
-``bench video --lam L --trust-low a --trust-high b`` would make (same seed, same picks, same
-fits), at a fraction of the cost.
+units do not depend on the setting, a round's temporal fit is the same for every setting up to
+its probe step, and a setting only acts through the weight it gives a round's labels after it,
+so settings that give the same weights share one fit (a tree over rounds, branching where the
+weights differ; see :func:`run_grid`). Each branch is exactly the run ``bench video --lam L
+--trust-low a --trust-high b [--agree-low c --agree-high d]`` would make (same seed, same
+picks, same fits), at a fraction of the cost.
 
 Cross-validation (:func:`cross_validate`): the sequences split into two folds fixed before any
 result (names sorted, alternating: A takes the 1st, 3rd, 5th, ..., B the others). On each fold
@@ -29,7 +31,7 @@ import copy
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,34 +46,53 @@ METRICS = ("miou", "J", "F", "J&F")
 
 @dataclass(frozen=True)
 class Setting:
-    """One grid point: the most the temporal weight may reach, and the trust ramp's bounds."""
+    """One grid point: the most the temporal weight may reach, the trust ramp's bounds and,
+    optionally, the bounds of the labels' agreement along the flow
+    (:func:`~napari_hitl.video.trust.agreement_factor`; None: not used)."""
 
     lam: float
     low: float
     high: float
+    agree_low: float | None = None
+    agree_high: float | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.lam:g}:{self.low:g}:{self.high:g}"
+        base = f"{self.lam:g}:{self.low:g}:{self.high:g}"
+        return base if self.agree_low is None else f"{base}:{self.agree_low:g}:{self.agree_high:g}"
 
-    def weight(self, trust: float) -> float:
-        from napari_hitl.video.trust import temporal_weight
+    @property
+    def probes(self) -> bool:
+        return self.agree_low is not None
 
-        return temporal_weight(trust, self.lam, self.low, self.high)
+    def weight(self, trust: float, agreement: float | None = None) -> float:
+        """The temporal weight for a flow ``trust`` and (with agreement bounds) label ``agreement``."""
+        from napari_hitl.video.trust import agreement_factor, temporal_weight
+
+        lam = temporal_weight(trust, self.lam, self.low, self.high)
+        if self.probes and lam > 0:
+            if agreement is None:
+                raise InputError(f"grid point {self.key} needs the labels' agreement along the flow")
+            lam *= agreement_factor(agreement, self.agree_low, self.agree_high)
+        return lam
 
 
 def parse_grid(spec: str) -> list[Setting]:
-    """``"100:0.2:0.4,100:0.3:0.6"`` -> settings (lam max, trust low, trust high), in order."""
+    """``"100:0.2:0.4,100:0.2:0.4:0.6:0.8"`` -> settings (lam max, trust low, trust high[, agreement
+    low, agreement high]), in order."""
     out = []
     for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
         try:
-            lam, low, high = (float(x) for x in part.split(":"))
+            vals = [float(x) for x in part.split(":")]
+            if len(vals) not in (3, 5):
+                raise ValueError
         except ValueError:
-            raise InputError(f"a grid point is lam:low:high (e.g. 100:0.2:0.4), got {part!r}") from None
-        s = Setting(lam, low, high)
-        s.weight(0.5)  # bounds out of order: a clear error now
-        if lam < 0:
-            raise InputError(f"lam must be >= 0, got {lam}")
+            raise InputError(f"a grid point is lam:low:high[:agree_low:agree_high] (e.g. 100:0.2:0.4 or "
+                             f"100:0.2:0.4:0.6:0.8), got {part!r}") from None
+        s = Setting(*vals)
+        s.weight(0.5, 0.5)  # bounds out of order: a clear error now
+        if s.lam < 0:
+            raise InputError(f"lam must be >= 0, got {s.lam}")
         if s in out:
             raise InputError(f"grid point {part} is listed twice")
         out.append(s)
@@ -185,17 +206,26 @@ def run_grid(name: str, frames: np.ndarray, truth: np.ndarray, grid: list[Settin
             base["methods"]["finetune"] = bv.score(sess.labels_from_probs(ft.predict()), truth, sess.flows)
             base["seconds"]["finetune fit"] = fit["seconds"]
             base["seconds"]["finetune predict"] = time.perf_counter() - t
+            # the temporal tuner's round up to its probe step is the same for every setting
+            run = tt.begin_round(labels, progress=lambda s, n, loss: say(f"[{name}] round {r} temporal step", s, n))
+            tt.train(run, run.probe_step)
             gaps = [g for g in tt.settings.gaps if g < len(labels)]
             ev = (flow_evidence(labels, sess.flows, gaps, confidence=tt.confidence).as_dict()
                   if len(labels) > 1 else {"trust": 0.0})
+            if len(labels) > 1 and any(s.probes and s.weight(ev["trust"], 1.0) > 0 for s in settings):
+                t = time.perf_counter()
+                agreement, pixels = tt.probe(labels)
+                ev.update(label_agreement=agreement, agreement_pixels=pixels, probe_seconds=time.perf_counter() - t)
             by_weight: dict[float, list[Setting]] = {}
             for s in settings:
-                by_weight.setdefault(s.weight(ev["trust"]), []).append(s)
+                by_weight.setdefault(s.weight(ev["trust"], ev.get("label_agreement")), []).append(s)
             for lam, group in by_weight.items():
                 child = _fork_tuner(tt)
-                child.settings = replace(child.settings, lam=lam, adaptive=False)
-                fit = child.fit(labels, progress=lambda s, n, loss: say(
-                    f"[{name}] round {r} temporal lam {lam:.0f} step", s, n))
+                crun = run.fork()
+                crun.lam, crun.evidence = lam, dict(ev)
+                crun.progress = lambda s, n, loss: say(f"[{name}] round {r} temporal lam {lam:.0f} step", s, n)
+                child.train(crun, crun.steps)
+                fit = child.end_round(crun)
                 fits += 1
                 t = time.perf_counter()
                 p, f = child.predict(with_features=True)
