@@ -133,6 +133,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the grid results (and, with both folds, the cross-validation) here")
     parser.add_argument("--md", help="write the cross-validation's markdown tables here")
     parser.add_argument("--plot", help="write a PNG of the held-out figures here")
+    parser.add_argument("--finetune-from", metavar="JSON",
+                        help="take fine-tune alone's figures from this earlier run (video-cv or bench video JSON, "
+                        "same run settings and seed) instead of fitting it again: its weight-0 fit does not depend "
+                        "on the temporal term's settings; round one only (later rounds' labels depend on the "
+                        "setting), and its clicks must match")
     parser.add_argument("--note", help="a note kept in the JSON (e.g. what else ran on the machine)")
 
 
@@ -160,8 +165,33 @@ def _session_args(args, setting: Setting) -> argparse.Namespace:
                               flow=args.flow, budget=args.budget)
 
 
+def finetune_rows(path, run_settings: dict) -> dict[str, list[dict]]:
+    """{sequence: [fine-tune alone's figures per round]} of an earlier video-cv or bench video
+    JSON, after checking that it was run with ``run_settings`` (unit, rounds covered, budget,
+    frames, scale, steps, seed, flow)."""
+    from napari_hitl.io import read_json
+
+    got = read_json(path)
+    alias = {"budget": "budget_pct_per_round"}
+    for key, want in run_settings.items():
+        have = got.get(key, got.get(alias.get(key, key)))
+        if key == "rounds":
+            ok = have is not None and int(have) >= int(want)
+        else:
+            ok = have == want or (isinstance(want, float) and have is not None and float(have) == want)
+        if not ok:
+            raise InputError(f"{path} was run with {key}={have!r}, this run has {want!r}")
+    out = {}
+    for v in got["videos"]:
+        rows = next(iter(v["settings"].values())) if "settings" in v else v["rounds"]
+        out[v["name"]] = [{"clicks": r["clicks"], "finetune": r["methods"]["finetune"],
+                           "seconds": {k: x for k, x in r["seconds"].items() if k.startswith("finetune ")}}
+                          for r in rows]
+    return out
+
+
 def run_grid(name: str, frames: np.ndarray, truth: np.ndarray, grid: list[Setting], args, cache: Path,
-             say=None) -> dict:
+             say=None, finetune: list[dict] | None = None) -> dict:
     """Every round of bench video for every grid setting on one video, sharing fits.
 
     A node of the tree is the state after some rounds (the human labels so far, the fine-tune
@@ -169,7 +199,9 @@ def run_grid(name: str, frames: np.ndarray, truth: np.ndarray, grid: list[Settin
     settings of that node give the next round's labels. Returns {'name', 'frames', 'full_cost',
     'budget_per_round', 'motion_trust', 'round_one_motion', 'fits', 'seconds', 'settings':
     {key: [row per round]}} with rows as bench video's (clicks, clicks_pct, methods with
-    miou, J, F, J&F, ...; the temporal method's lam and evidence).
+    miou, J, F, J&F, ...; the temporal method's lam and evidence). ``finetune`` (rows of
+    :func:`finetune_rows`): fine-tune alone is not fitted, its figures are taken from there
+    (the clicks of each round must match).
     """
     from napari_hitl.evaluate.annotate import annotate_budget
     from napari_hitl.simulate.cost import full_annotation_cost
@@ -182,7 +214,7 @@ def run_grid(name: str, frames: np.ndarray, truth: np.ndarray, grid: list[Settin
     session.precompute_flows()
     full = full_annotation_cost(truth)
     budget = bv.round_budget(full, args)
-    ft = session.new_tuner(0.0)
+    ft = session.new_tuner(0.0) if finetune is None else None
     tt = session.new_tuner()  # the temporal tuner; its weight is set per branch below
     probs, feats = tt.predict(with_features=True)
     fits = 0
@@ -199,13 +231,19 @@ def run_grid(name: str, frames: np.ndarray, truth: np.ndarray, grid: list[Settin
             base["methods"]["propagation"] = bv.score(sess.propagate(), truth, sess.flows)
             base["seconds"]["propagation"] = time.perf_counter() - t
             labels = sess.work_labels()
-            ft = _fork_tuner(ft)
-            fit = ft.fit(labels, progress=lambda s, n, loss: say(f"[{name}] round {r} finetune step", s, n))
-            fits += 1
-            t = time.perf_counter()
-            base["methods"]["finetune"] = bv.score(sess.labels_from_probs(ft.predict()), truth, sess.flows)
-            base["seconds"]["finetune fit"] = fit["seconds"]
-            base["seconds"]["finetune predict"] = time.perf_counter() - t
+            if finetune is not None:
+                if r > len(finetune) or finetune[r - 1]["clicks"] != sess.clicks:
+                    raise InputError(f"{name} round {r}: the fine-tune figures given were made with other labels")
+                base["methods"]["finetune"] = dict(finetune[r - 1]["finetune"], reused=True)
+                base["seconds"].update(finetune[r - 1]["seconds"])
+            else:
+                ft = _fork_tuner(ft)
+                fit = ft.fit(labels, progress=lambda s, n, loss: say(f"[{name}] round {r} finetune step", s, n))
+                fits += 1
+                t = time.perf_counter()
+                base["methods"]["finetune"] = bv.score(sess.labels_from_probs(ft.predict()), truth, sess.flows)
+                base["seconds"]["finetune fit"] = fit["seconds"]
+                base["seconds"]["finetune predict"] = time.perf_counter() - t
             # the temporal tuner's round up to its probe step is the same for every setting
             run = tt.begin_round(labels, progress=lambda s, n, loss: say(f"[{name}] round {r} temporal step", s, n))
             tt.train(run, run.probe_step)
@@ -352,18 +390,32 @@ def markdown(cv: dict, grid_records: list[dict], meta: dict) -> str:
             lines.append(f"| {row['round']} | {row['clicks_pct']:.2f} | {m} | {x['miou']:.3f} | "
                          f"{x['worst_miou'][1]:.3f} ({x['worst_miou'][0]}) | {x['J']:.3f} | "
                          f"{x['worst_J'][1]:.3f} ({x['worst_J'][0]}) | {x['F']:.3f} | {x['J&F']:.3f} |")
+    gaps = [(v["name"], row["round"], v["setting"],
+             row["methods"]["finetune+temporal"]["miou"] - row["methods"]["finetune"]["miou"])
+            for v in cv["held_out"] for row in v["rounds"]]
+    lines += ["", "## Held out: fine-tune + temporal minus fine-tune alone (mIoU), per sequence and round", "",
+              "| sequence | round | setting | f+t minus ft |", "|---|---|---|---|"]
+    lines += [f"| {n} | {r} | {k} | {g:+.3f} |" for n, r, k, g in gaps]
+    if gaps:
+        worst = min(gaps, key=lambda x: x[3])
+        met = worst[3] >= -cv["margin"]
+        lines += ["", f"Worst: {worst[3]:+.3f} ({worst[0]}, round {worst[1]}). Target (never more than "
+                  f"{cv['margin']} below fine-tune alone on a held-out sequence and round): "
+                  f"{'met' if met else 'NOT met'}."]
     lines += ["", f"Default after cross-validation: {cv['default']} ({cv['default_reason']}).", ""]
     if meta.get("note"):
         lines += [meta["note"], ""]
     if grid_records:
         lines += ["## Every grid point on every sequence (for reference; the choice used only the tuning fold)", "",
-                  "| sequence | setting | round | f+t mIoU | ft mIoU | f+t J | lam | trust |", "|---|---|---|---|---|---|---|---|"]
+                  "| sequence | setting | round | f+t mIoU | ft mIoU | f+t J | lam | trust | label agreement |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for rec in grid_records:
             for key, rows in rec["settings"].items():
                 for row in rows:
                     t, f = row["methods"]["finetune+temporal"], row["methods"]["finetune"]
                     lines.append(f"| {rec['name']} | {key} | {row['round']} | {t['miou']:.3f} | {f['miou']:.3f} | "
-                                 f"{t['J']:.3f} | {t['lam']:.1f} | {t['evidence'].get('trust', float('nan')):.3f} |")
+                                 f"{t['J']:.3f} | {t['lam']:.1f} | {t['evidence'].get('trust', float('nan')):.3f} | "
+                                 f"{t['evidence'].get('label_agreement', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -407,10 +459,21 @@ def run(args) -> int:
         say = bv._Progress()
         tmp = None if args.cache else tempfile.TemporaryDirectory(prefix="napari-hitl-video-cv-")
         cache = Path(args.cache) if args.cache else Path(tmp.name)
+        reuse = None
+        if getattr(args, "finetune_from", None):
+            if args.rounds != 1:
+                raise InputError("--finetune-from takes round one only (later rounds' labels depend on the setting)")
+            reuse = finetune_rows(args.finetune_from, {
+                "unit": args.unit, "rounds": args.rounds, "budget": args.budget, "limit_frames": args.limit_frames,
+                "scale": args.scale, "steps": args.steps, "seed": args.seed, "flow": args.flow})
+            meta["finetune_from"] = str(args.finetune_from)
         try:
             for name, folder, layout in videos:
                 frames, truth = bv.load_video(folder, layout, args.limit_frames)
-                records.append(run_grid(name, frames, truth, grid, args, cache, say))
+                if reuse is not None and name not in reuse:
+                    raise InputError(f"{args.finetune_from} has no fine-tune figures for {name}")
+                records.append(run_grid(name, frames, truth, grid, args, cache, say,
+                                        None if reuse is None else reuse[name]))
                 print(f"{name}: {records[-1]['fits']} fits for {len(grid)} settings, "
                       f"{records[-1]['seconds'] / 60:.1f} min", flush=True)
                 if args.json:
