@@ -359,7 +359,7 @@ def markdown(cv: dict, grid_records: list[dict], meta: dict) -> str:
     lines = ["# Video: cross-validated temporal-term settings", "",
              f"Settings per round: unit {meta['unit']}, {meta['rounds']} rounds x {meta['budget']}% clicks, "
              f"{meta['limit_frames'] or 'all'} frames, scale {meta['scale']}, {meta['steps']} steps, seed {meta['seed']}. "
-             f"Grid (lam max : trust low : trust high): {', '.join(meta['grid'])}. "
+             f"Grid (lam max : trust low : trust high[ : agreement low : agreement high]): {', '.join(meta['grid'])}. "
              f"Folds fixed before any result (sorted names, alternating): A = {', '.join(cv['folds']['A'])}; "
              f"B = {', '.join(cv['folds']['B'])}. A setting qualifies on a fold when fine-tune + temporal is "
              f"never more than {cv['margin']} mIoU below fine-tune alone in any round and sequence there; "
