@@ -23,7 +23,12 @@ def test_grid_parsing():
     g = cv.parse_grid("100:0.2:0.4, 50:0.3:0.6")
     assert [s.key for s in g] == ["100:0.2:0.4", "50:0.3:0.6"]
     assert g[0].weight(0.3) == pytest.approx(50.0) and g[1].weight(0.7) == 50.0 and g[1].weight(0.3) == 0.0
-    for bad in ("100:0.4:0.2", "100:0.2", "", "100:0.2:0.4,100:0.2:0.4"):
+    (p,) = cv.parse_grid("100:0.2:0.4:0.6:0.8")
+    assert p.key == "100:0.2:0.4:0.6:0.8" and p.weight(0.3, 0.7) == pytest.approx(25.0)
+    assert p.weight(0.1) == 0.0  # no weight from the flow's confidence: the agreement is not needed
+    with pytest.raises(InputError):
+        p.weight(0.5)
+    for bad in ("100:0.4:0.2", "100:0.2", "", "100:0.2:0.4,100:0.2:0.4", "100:0.2:0.4:0.8", "100:0.2:0.4:0.8:0.6"):
         with pytest.raises(InputError):
             cv.parse_grid(bad)
 
@@ -73,9 +78,11 @@ def test_cross_validation_reports_each_fold_under_the_other_folds_choice():
                     "a1": ("100:0.2:0.4", 0.6), "a3": ("100:0.2:0.4", 0.6)}
     assert out["default"] == "100:0.2:0.4" and "disagree" in out["default_reason"]
     assert out["held_out_summary"][0]["methods"]["finetune+temporal"]["worst_miou"][1] == pytest.approx(0.3)
-    assert "| a2 | 200:0.2:0.4 | 1 |" in cv.markdown(out, recs, {"unit": "rect40", "rounds": 1, "budget": 1.0,
-                                                                   "limit_frames": 3, "scale": 1.0, "steps": 2,
-                                                                   "seed": 0, "grid": [s.key for s in grid]})
+    md = cv.markdown(out, recs, {"unit": "rect40", "rounds": 1, "budget": 1.0, "limit_frames": 3, "scale": 1.0,
+                                 "steps": 2, "seed": 0, "grid": [s.key for s in grid]})
+    assert "| a2 | 200:0.2:0.4 | 1 |" in md
+    # the held-out shortfall against fine-tune alone: a2 and a4 are 0.2 below it
+    assert "| a2 | 1 | 200:0.2:0.4 | -0.200 |" in md and "Worst: -0.200 (a2, round 1)" in md and "NOT met" in md
 
 
 def test_grid_run_repeats_bench_video_for_every_setting(tmp_path):
@@ -89,15 +96,19 @@ def test_grid_run_repeats_bench_video_for_every_setting(tmp_path):
         frames[t, 16:44, x:x + 30] = 150 + (rng.random((28, 30, 3)) * 100).astype(np.uint8)
         truth[t, 16:44, x:x + 30] = 1
     # the two settings give different weights for this video's trust, so the tree branches
-    grid = cv.parse_grid("100:0.0:0.05,100:0.9:0.95")
+    # and the probing point's weight is the agreement itself (factor 0 at 0, 1 at 1)
+    grid = cv.parse_grid("100:0.0:0.05,100:0.9:0.95,100:0.0:0.05:0:1")
     common = dict(unit="rect32", rounds=2, budget=6.0, scale=1.0, steps=3, seed=0, flow="dis",
                   motion_trust_min=None, methods=",".join(bv.METHODS), fixed_lam=False)
     rec = cv.run_grid("toy", frames, truth, grid, argparse.Namespace(**common), tmp_path / "grid")
     assert rec["fits"] >= 5  # ft + two temporal fits in round one, then per branch
     lams = [rec["settings"][s.key][0]["methods"]["finetune+temporal"]["lam"] for s in grid]
-    assert lams[0] == 100.0 and lams[1] == 0.0
+    assert lams[0] == 100.0 and lams[1] == 0.0 and 0 < lams[2] < 100.0
+    ev = rec["settings"][grid[2].key][0]["methods"]["finetune+temporal"]["evidence"]
+    assert lams[2] == pytest.approx(100.0 * ev["label_agreement"])
     for s in grid:
-        args = argparse.Namespace(**common, lam=s.lam, trust_low=s.low, trust_high=s.high)
+        args = argparse.Namespace(**common, lam=s.lam, trust_low=s.low, trust_high=s.high,
+                                  agree_low=s.agree_low, agree_high=s.agree_high)
         ref = bv.run_video("toy", frames, truth, args, tmp_path / f"ref{s.key}", lambda *a, **k: None)
         for got, want in zip(rec["settings"][s.key], ref["rounds"]):
             assert got["clicks"] == want["clicks"]
@@ -105,6 +116,27 @@ def test_grid_run_repeats_bench_video_for_every_setting(tmp_path):
                 for k in ("miou", "J", "F"):
                     assert got["methods"][m][k] == pytest.approx(want["methods"][m][k], abs=1e-6), (s.key, m, k)
             assert got["methods"]["finetune+temporal"]["lam"] == want["methods"]["finetune+temporal"]["lam"]
+    # fine-tune alone's figures taken from that run: the temporal fits come out the same
+    from napari_hitl.io import atomic_write_json
+
+    path = tmp_path / "grid.json"
+    run_settings = {"unit": "rect32", "rounds": 2, "budget": 6.0, "limit_frames": 0, "scale": 1.0, "steps": 3,
+                    "seed": 0, "flow": "dis"}
+    atomic_write_json(path, {**run_settings, "videos": [rec]})
+    rows = cv.finetune_rows(path, dict(run_settings, rounds=1))
+    once = argparse.Namespace(**dict(common, rounds=1))
+    again = cv.run_grid("toy", frames, truth, grid, once, tmp_path / "again", finetune=rows["toy"])
+    # no fine-tune fit: one temporal fit per distinct weight of round one
+    assert again["fits"] == len({rec["settings"][s.key][0]["methods"]["finetune+temporal"]["lam"] for s in grid})
+    for s in grid:
+        got, want = again["settings"][s.key][0]["methods"], rec["settings"][s.key][0]["methods"]
+        assert got["finetune"]["reused"] and got["finetune"]["miou"] == want["finetune"]["miou"]
+        assert got["finetune+temporal"]["miou"] == pytest.approx(want["finetune+temporal"]["miou"], abs=1e-6)
+    with pytest.raises(InputError, match="steps"):
+        cv.finetune_rows(path, dict(run_settings, steps=4))
+    rows["toy"][0]["clicks"] += 1
+    with pytest.raises(InputError, match="other labels"):
+        cv.run_grid("toy", frames, truth, grid, once, tmp_path / "again2", finetune=rows["toy"])
 
 
 def test_combine_reads_the_runs_settings_and_writes_the_tables(tmp_path):

@@ -97,3 +97,40 @@ def test_temporal_term_adds_pairs_to_the_same_labelled_batches(tmp_path):
             assert idx1[a] == t and idx1[b] == u and abs(t - u) in (1, 2, 3) and 0 <= u < len(frames)
             anchored += a < n1
     assert 30 < anchored < 70  # about half of the 100 pairs start at a labelled batch frame
+
+
+def test_fine_tune_and_temporal_start_paired(tmp_path):
+    """Fine-tune and fine-tune + temporal from one session and seed start from the same decoder
+    weights and are the same model up to the probe step (the temporal term enters only there),
+    so what differs at the end is the temporal term; another seed starts elsewhere."""
+    torch = pytest.importorskip("torch")
+    from napari_hitl.video.finetune import FineTuneSettings
+    from napari_hitl.video.session import VideoSession
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        frames, truth = _video()
+        session = VideoSession(frames, 2, "frame", cache_dir=tmp_path, scale=1.0,
+                               settings=FineTuneSettings(steps=6, seed=3, probe_share=0.5, trust_low=0.0,
+                                                         trust_high=0.01))
+        plain, temporal = session.new_tuner(0.0, pretrained=False), session.new_tuner(pretrained=False)
+        same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(),  # noqa: E731
+                                                                   b.model.state_dict().values()))
+        assert same(plain, temporal)
+        session.settings = FineTuneSettings(steps=6, seed=4)
+        assert not same(plain, session.new_tuner(0.0, pretrained=False))
+        labels = np.full(truth.shape, -1, np.int16)
+        labels[[2, 6]] = truth[[2, 6]]
+        runs = [t.begin_round(labels) for t in (plain, temporal)]
+        assert runs[0].probe_step == runs[1].probe_step == 3
+        for t, run in zip((plain, temporal), runs):
+            t.train(run, run.probe_step)
+        assert same(plain, temporal) and runs[0].losses == runs[1].losses
+        for t, run in zip((plain, temporal), runs):
+            t.weigh(run)
+            t.train(run, run.steps)
+        assert runs[0].lam == 0 and runs[1].lam > 0 and not same(plain, temporal)
+        assert runs[0].ces[:3] == runs[1].ces[:3] and max(runs[1].temps[3:]) > 0
+    finally:
+        torch.set_num_threads(threads)

@@ -143,3 +143,49 @@ def test_round_one_falls_back_to_diversity_when_the_flow_is_untrusted(tmp_path):
     assert motion_trust(FlowCache(noise, tmp_path / "noise")) < 0.1
     with pytest.raises(InputError):
         VideoSession(frames, 2, "rect16", cache_dir=tmp_path / "x", scale=1.0, motion_trust_min=2.0)
+
+
+def test_label_agreement_falls_when_the_reference_contradicts_the_flow(tmp_path):
+    """Labels carried along the flow onto the neighbours agree with the truth there; against a
+    reference whose object sits 12 px off (a flow that moves the object wrongly looks the same)
+    the class-balanced agreement drops, the object's pixels counting as much as the background's."""
+    from napari_hitl.video.trust import agreement_factor, label_agreement
+
+    frames, truth = _pan_video()
+    flows = FlowCache(frames, tmp_path)
+    labels = _labels(truth, frames=(2, 6))
+    good, n_good = label_agreement(labels, truth, flows)
+    moved = np.stack([np.roll(t, 12, axis=1) for t in truth])
+    bad, n_bad = label_agreement(labels, moved, flows)
+    assert n_good > 1000 and n_bad > 1000
+    assert good > 0.9 and bad < good - 0.2
+    # only the labelled frames' neighbours are looked at: unknown references give the prior
+    assert label_agreement(labels, np.full_like(truth, -1), flows) == (1.0, 0)
+    assert agreement_factor(bad, 0.6, 0.8) < agreement_factor(good, 0.6, 0.8) == 1.0
+    with pytest.raises(InputError):
+        label_agreement(labels, truth[:3], flows)
+
+
+def test_labels_the_model_contradicts_along_the_flow_lower_the_weight(tmp_path):
+    """With agreement bounds the weight from the flow's confidence is scaled by the agreement's
+    factor (0 below agree_low: plain fine-tuning); without them the probe is not run."""
+    pytest.importorskip("torch")
+    from napari_hitl.video.finetune import FineTuneSettings, VideoFineTuner
+
+    frames, truth = _pan_video()
+    labels = _labels(truth)
+    flows = FlowCache(frames, tmp_path)
+    s = FineTuneSettings(lam=100.0, trust_low=0.0, trust_high=0.01, agree_low=0.6, agree_high=0.8)
+    tuner = VideoFineTuner(frames, flows, 2, s, pretrained=False)
+    for agreement, want in ((0.5, 0.0), (0.7, 50.0), (0.9, 100.0)):
+        tuner.probe = lambda labels, a=agreement: (a, 1234)
+        lam, ev = tuner.evidence(labels)
+        assert lam == pytest.approx(want) and ev["label_agreement"] == agreement and ev["agreement_pixels"] == 1234
+    plain = VideoFineTuner(frames, flows, 2, FineTuneSettings(lam=100.0, trust_low=0.0, trust_high=0.01),
+                           pretrained=False)
+    plain.probe = lambda labels: pytest.fail("no agreement bounds: no probe")
+    lam, ev = plain.evidence(labels)
+    assert lam == 100.0 and "label_agreement" not in ev
+    # the real probe predicts the neighbours and measures the agreement
+    agreement, pixels = VideoFineTuner(frames, flows, 2, s, pretrained=False).probe(labels)
+    assert 0 <= agreement <= 1 and pixels > 0

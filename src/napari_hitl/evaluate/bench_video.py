@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flow trust at or below which the temporal weight is 0 (default: FineTuneSettings)")
     parser.add_argument("--trust-high", type=float, default=None,
                         help="flow trust from which the temporal weight is --lam (default: FineTuneSettings)")
+    parser.add_argument("--agree-low", type=float, default=None,
+                        help="agreement of the labels carried along the flow with the model's prediction at or "
+                        "below which the temporal weight is 0 (default: FineTuneSettings; give both bounds)")
+    parser.add_argument("--agree-high", type=float, default=None,
+                        help="agreement from which it no longer lowers the weight (default: FineTuneSettings)")
     parser.add_argument("--motion-trust-min", type=float, default=None,
                         help="round one ranks by motion only when the flow's confidence on moving pixels reaches "
                         "this (default: session.MOTION_TRUST_MIN; 0: always, as before)")
@@ -208,7 +213,7 @@ def new_session(frames: np.ndarray, args, cache_dir: Path, progress=None):
     settings = FineTuneSettings(steps=args.steps, lam=session_lam(args), seed=args.seed)
     if getattr(args, "fixed_lam", False):
         settings = replace(settings, adaptive=False)
-    for key in ("trust_low", "trust_high"):
+    for key in ("trust_low", "trust_high", "agree_low", "agree_high"):
         if getattr(args, key, None) is not None:
             settings = replace(settings, **{key: float(getattr(args, key))})
     mt = getattr(args, "motion_trust_min", None)
@@ -311,7 +316,13 @@ def _trust_settings(args) -> dict:
 
     d = FineTuneSettings()
     pick = lambda v, default: float(default if v is None else v)  # noqa: E731
+    agree = [getattr(args, k, None) for k in ("agree_low", "agree_high")]
+    agree = [d.agree_low, d.agree_high] if agree == [None, None] else agree
+    if (agree[0] is None) != (agree[1] is None):
+        raise InputError("give both --agree-low and --agree-high, or neither")
     return {"trust_low": pick(args.trust_low, d.trust_low), "trust_high": pick(args.trust_high, d.trust_high),
+            "agree_low": agree[0] if agree[0] is None else float(agree[0]),
+            "agree_high": agree[1] if agree[1] is None else float(agree[1]),
             "motion_trust_min": pick(args.motion_trust_min, MOTION_TRUST_MIN)}
 
 
@@ -466,6 +477,8 @@ def run(args) -> int:
         raise InputError(f"--rounds must be >= 1 and --budget > 0, got {args.rounds} and {args.budget}")
     trust = _trust_settings(args)
     temporal_weight(0.5, 1.0, trust["trust_low"], trust["trust_high"])  # bounds out of order: a clear error now
+    if trust["agree_low"] is not None:
+        temporal_weight(0.5, 1.0, trust["agree_low"], trust["agree_high"])
     if not 0 <= trust["motion_trust_min"] <= 1:
         raise InputError(f"--motion-trust-min must lie in [0, 1], got {trust['motion_trust_min']}")
     torch.set_num_threads(max(1, int(args.threads)))

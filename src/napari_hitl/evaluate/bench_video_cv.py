@@ -1,13 +1,15 @@
 """Cross-validated settings of the video temporal term: tune on some sequences, report on others.
 
-Every grid point (``lam:low:high``: the most the temporal weight may reach, and the flow-trust
-ramp of :func:`~napari_hitl.video.trust.temporal_weight`) runs every round of
+Every grid point (``lam:low:high[:agree_low:agree_high]``: the most the temporal weight may
+reach, the flow-trust ramp of :func:`~napari_hitl.video.trust.temporal_weight` and, optionally,
+the bounds of :func:`~napari_hitl.video.trust.agreement_factor`) runs every round of
 ``napari-hitl bench video`` on every sequence. Runs share what they have in common: round one's
-units do not depend on the setting, and a setting only acts through the weight it gives a
-round's labels, so settings that give the same weights share one fit (a tree over rounds,
-branching where the weights differ; see :func:`run_grid`). Each branch is exactly the run
-``bench video --lam L --trust-low a --trust-high b`` would make (same seed, same picks, same
-fits), at a fraction of the cost.
+units do not depend on the setting, a round's temporal fit is the same for every setting up to
+its probe step, and a setting only acts through the weight it gives a round's labels after it,
+so settings that give the same weights share one fit (a tree over rounds, branching where the
+weights differ; see :func:`run_grid`). Each branch is exactly the run ``bench video --lam L
+--trust-low a --trust-high b [--agree-low c --agree-high d]`` would make (same seed, same
+picks, same fits), at a fraction of the cost.
 
 Cross-validation (:func:`cross_validate`): the sequences split into two folds fixed before any
 result (names sorted, alternating: A takes the 1st, 3rd, 5th, ..., B the others). On each fold
@@ -29,7 +31,7 @@ import copy
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,34 +46,53 @@ METRICS = ("miou", "J", "F", "J&F")
 
 @dataclass(frozen=True)
 class Setting:
-    """One grid point: the most the temporal weight may reach, and the trust ramp's bounds."""
+    """One grid point: the most the temporal weight may reach, the trust ramp's bounds and,
+    optionally, the bounds of the labels' agreement along the flow
+    (:func:`~napari_hitl.video.trust.agreement_factor`; None: not used)."""
 
     lam: float
     low: float
     high: float
+    agree_low: float | None = None
+    agree_high: float | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.lam:g}:{self.low:g}:{self.high:g}"
+        base = f"{self.lam:g}:{self.low:g}:{self.high:g}"
+        return base if self.agree_low is None else f"{base}:{self.agree_low:g}:{self.agree_high:g}"
 
-    def weight(self, trust: float) -> float:
-        from napari_hitl.video.trust import temporal_weight
+    @property
+    def probes(self) -> bool:
+        return self.agree_low is not None
 
-        return temporal_weight(trust, self.lam, self.low, self.high)
+    def weight(self, trust: float, agreement: float | None = None) -> float:
+        """The temporal weight for a flow ``trust`` and (with agreement bounds) label ``agreement``."""
+        from napari_hitl.video.trust import agreement_factor, temporal_weight
+
+        lam = temporal_weight(trust, self.lam, self.low, self.high)
+        if self.probes and lam > 0:
+            if agreement is None:
+                raise InputError(f"grid point {self.key} needs the labels' agreement along the flow")
+            lam *= agreement_factor(agreement, self.agree_low, self.agree_high)
+        return lam
 
 
 def parse_grid(spec: str) -> list[Setting]:
-    """``"100:0.2:0.4,100:0.3:0.6"`` -> settings (lam max, trust low, trust high), in order."""
+    """``"100:0.2:0.4,100:0.2:0.4:0.6:0.8"`` -> settings (lam max, trust low, trust high[, agreement
+    low, agreement high]), in order."""
     out = []
     for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
         try:
-            lam, low, high = (float(x) for x in part.split(":"))
+            vals = [float(x) for x in part.split(":")]
+            if len(vals) not in (3, 5):
+                raise ValueError
         except ValueError:
-            raise InputError(f"a grid point is lam:low:high (e.g. 100:0.2:0.4), got {part!r}") from None
-        s = Setting(lam, low, high)
-        s.weight(0.5)  # bounds out of order: a clear error now
-        if lam < 0:
-            raise InputError(f"lam must be >= 0, got {lam}")
+            raise InputError(f"a grid point is lam:low:high[:agree_low:agree_high] (e.g. 100:0.2:0.4 or "
+                             f"100:0.2:0.4:0.6:0.8), got {part!r}") from None
+        s = Setting(*vals)
+        s.weight(0.5, 0.5)  # bounds out of order: a clear error now
+        if s.lam < 0:
+            raise InputError(f"lam must be >= 0, got {s.lam}")
         if s in out:
             raise InputError(f"grid point {part} is listed twice")
         out.append(s)
@@ -112,6 +133,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the grid results (and, with both folds, the cross-validation) here")
     parser.add_argument("--md", help="write the cross-validation's markdown tables here")
     parser.add_argument("--plot", help="write a PNG of the held-out figures here")
+    parser.add_argument("--finetune-from", metavar="JSON",
+                        help="take fine-tune alone's figures from this earlier run (video-cv or bench video JSON, "
+                        "same run settings and seed) instead of fitting it again: its weight-0 fit does not depend "
+                        "on the temporal term's settings; round one only (later rounds' labels depend on the "
+                        "setting), and its clicks must match")
     parser.add_argument("--note", help="a note kept in the JSON (e.g. what else ran on the machine)")
 
 
@@ -139,8 +165,33 @@ def _session_args(args, setting: Setting) -> argparse.Namespace:
                               flow=args.flow, budget=args.budget)
 
 
+def finetune_rows(path, run_settings: dict) -> dict[str, list[dict]]:
+    """{sequence: [fine-tune alone's figures per round]} of an earlier video-cv or bench video
+    JSON, after checking that it was run with ``run_settings`` (unit, rounds covered, budget,
+    frames, scale, steps, seed, flow)."""
+    from napari_hitl.io import read_json
+
+    got = read_json(path)
+    alias = {"budget": "budget_pct_per_round"}
+    for key, want in run_settings.items():
+        have = got.get(key, got.get(alias.get(key, key)))
+        if key == "rounds":
+            ok = have is not None and int(have) >= int(want)
+        else:
+            ok = have == want or (isinstance(want, float) and have is not None and float(have) == want)
+        if not ok:
+            raise InputError(f"{path} was run with {key}={have!r}, this run has {want!r}")
+    out = {}
+    for v in got["videos"]:
+        rows = next(iter(v["settings"].values())) if "settings" in v else v["rounds"]
+        out[v["name"]] = [{"clicks": r["clicks"], "finetune": r["methods"]["finetune"],
+                           "seconds": {k: x for k, x in r["seconds"].items() if k.startswith("finetune ")}}
+                          for r in rows]
+    return out
+
+
 def run_grid(name: str, frames: np.ndarray, truth: np.ndarray, grid: list[Setting], args, cache: Path,
-             say=None) -> dict:
+             say=None, finetune: list[dict] | None = None) -> dict:
     """Every round of bench video for every grid setting on one video, sharing fits.
 
     A node of the tree is the state after some rounds (the human labels so far, the fine-tune
@@ -148,7 +199,9 @@ def run_grid(name: str, frames: np.ndarray, truth: np.ndarray, grid: list[Settin
     settings of that node give the next round's labels. Returns {'name', 'frames', 'full_cost',
     'budget_per_round', 'motion_trust', 'round_one_motion', 'fits', 'seconds', 'settings':
     {key: [row per round]}} with rows as bench video's (clicks, clicks_pct, methods with
-    miou, J, F, J&F, ...; the temporal method's lam and evidence).
+    miou, J, F, J&F, ...; the temporal method's lam and evidence). ``finetune`` (rows of
+    :func:`finetune_rows`): fine-tune alone is not fitted, its figures are taken from there
+    (the clicks of each round must match).
     """
     from napari_hitl.evaluate.annotate import annotate_budget
     from napari_hitl.simulate.cost import full_annotation_cost
@@ -161,7 +214,7 @@ def run_grid(name: str, frames: np.ndarray, truth: np.ndarray, grid: list[Settin
     session.precompute_flows()
     full = full_annotation_cost(truth)
     budget = bv.round_budget(full, args)
-    ft = session.new_tuner(0.0)
+    ft = session.new_tuner(0.0) if finetune is None else None
     tt = session.new_tuner()  # the temporal tuner; its weight is set per branch below
     probs, feats = tt.predict(with_features=True)
     fits = 0
@@ -178,24 +231,39 @@ def run_grid(name: str, frames: np.ndarray, truth: np.ndarray, grid: list[Settin
             base["methods"]["propagation"] = bv.score(sess.propagate(), truth, sess.flows)
             base["seconds"]["propagation"] = time.perf_counter() - t
             labels = sess.work_labels()
-            ft = _fork_tuner(ft)
-            fit = ft.fit(labels, progress=lambda s, n, loss: say(f"[{name}] round {r} finetune step", s, n))
-            fits += 1
-            t = time.perf_counter()
-            base["methods"]["finetune"] = bv.score(sess.labels_from_probs(ft.predict()), truth, sess.flows)
-            base["seconds"]["finetune fit"] = fit["seconds"]
-            base["seconds"]["finetune predict"] = time.perf_counter() - t
+            if finetune is not None:
+                if r > len(finetune) or finetune[r - 1]["clicks"] != sess.clicks:
+                    raise InputError(f"{name} round {r}: the fine-tune figures given were made with other labels")
+                base["methods"]["finetune"] = dict(finetune[r - 1]["finetune"], reused=True)
+                base["seconds"].update(finetune[r - 1]["seconds"])
+            else:
+                ft = _fork_tuner(ft)
+                fit = ft.fit(labels, progress=lambda s, n, loss: say(f"[{name}] round {r} finetune step", s, n))
+                fits += 1
+                t = time.perf_counter()
+                base["methods"]["finetune"] = bv.score(sess.labels_from_probs(ft.predict()), truth, sess.flows)
+                base["seconds"]["finetune fit"] = fit["seconds"]
+                base["seconds"]["finetune predict"] = time.perf_counter() - t
+            # the temporal tuner's round up to its probe step is the same for every setting
+            run = tt.begin_round(labels, progress=lambda s, n, loss: say(f"[{name}] round {r} temporal step", s, n))
+            tt.train(run, run.probe_step)
             gaps = [g for g in tt.settings.gaps if g < len(labels)]
             ev = (flow_evidence(labels, sess.flows, gaps, confidence=tt.confidence).as_dict()
                   if len(labels) > 1 else {"trust": 0.0})
+            if len(labels) > 1 and any(s.probes and s.weight(ev["trust"], 1.0) > 0 for s in settings):
+                t = time.perf_counter()
+                agreement, pixels = tt.probe(labels)
+                ev.update(label_agreement=agreement, agreement_pixels=pixels, probe_seconds=time.perf_counter() - t)
             by_weight: dict[float, list[Setting]] = {}
             for s in settings:
-                by_weight.setdefault(s.weight(ev["trust"]), []).append(s)
+                by_weight.setdefault(s.weight(ev["trust"], ev.get("label_agreement")), []).append(s)
             for lam, group in by_weight.items():
                 child = _fork_tuner(tt)
-                child.settings = replace(child.settings, lam=lam, adaptive=False)
-                fit = child.fit(labels, progress=lambda s, n, loss: say(
-                    f"[{name}] round {r} temporal lam {lam:.0f} step", s, n))
+                crun = run.fork()
+                crun.lam, crun.evidence = lam, dict(ev)
+                crun.progress = lambda s, n, loss: say(f"[{name}] round {r} temporal lam {lam:.0f} step", s, n)
+                child.train(crun, crun.steps)
+                fit = child.end_round(crun)
                 fits += 1
                 t = time.perf_counter()
                 p, f = child.predict(with_features=True)
@@ -291,7 +359,7 @@ def markdown(cv: dict, grid_records: list[dict], meta: dict) -> str:
     lines = ["# Video: cross-validated temporal-term settings", "",
              f"Settings per round: unit {meta['unit']}, {meta['rounds']} rounds x {meta['budget']}% clicks, "
              f"{meta['limit_frames'] or 'all'} frames, scale {meta['scale']}, {meta['steps']} steps, seed {meta['seed']}. "
-             f"Grid (lam max : trust low : trust high): {', '.join(meta['grid'])}. "
+             f"Grid (lam max : trust low : trust high[ : agreement low : agreement high]): {', '.join(meta['grid'])}. "
              f"Folds fixed before any result (sorted names, alternating): A = {', '.join(cv['folds']['A'])}; "
              f"B = {', '.join(cv['folds']['B'])}. A setting qualifies on a fold when fine-tune + temporal is "
              f"never more than {cv['margin']} mIoU below fine-tune alone in any round and sequence there; "
@@ -322,18 +390,32 @@ def markdown(cv: dict, grid_records: list[dict], meta: dict) -> str:
             lines.append(f"| {row['round']} | {row['clicks_pct']:.2f} | {m} | {x['miou']:.3f} | "
                          f"{x['worst_miou'][1]:.3f} ({x['worst_miou'][0]}) | {x['J']:.3f} | "
                          f"{x['worst_J'][1]:.3f} ({x['worst_J'][0]}) | {x['F']:.3f} | {x['J&F']:.3f} |")
+    gaps = [(v["name"], row["round"], v["setting"],
+             row["methods"]["finetune+temporal"]["miou"] - row["methods"]["finetune"]["miou"])
+            for v in cv["held_out"] for row in v["rounds"]]
+    lines += ["", "## Held out: fine-tune + temporal minus fine-tune alone (mIoU), per sequence and round", "",
+              "| sequence | round | setting | f+t minus ft |", "|---|---|---|---|"]
+    lines += [f"| {n} | {r} | {k} | {g:+.3f} |" for n, r, k, g in gaps]
+    if gaps:
+        worst = min(gaps, key=lambda x: x[3])
+        met = worst[3] >= -cv["margin"]
+        lines += ["", f"Worst: {worst[3]:+.3f} ({worst[0]}, round {worst[1]}). Target (never more than "
+                  f"{cv['margin']} below fine-tune alone on a held-out sequence and round): "
+                  f"{'met' if met else 'NOT met'}."]
     lines += ["", f"Default after cross-validation: {cv['default']} ({cv['default_reason']}).", ""]
     if meta.get("note"):
         lines += [meta["note"], ""]
     if grid_records:
         lines += ["## Every grid point on every sequence (for reference; the choice used only the tuning fold)", "",
-                  "| sequence | setting | round | f+t mIoU | ft mIoU | f+t J | lam | trust |", "|---|---|---|---|---|---|---|---|"]
+                  "| sequence | setting | round | f+t mIoU | ft mIoU | f+t J | lam | trust | label agreement |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for rec in grid_records:
             for key, rows in rec["settings"].items():
                 for row in rows:
                     t, f = row["methods"]["finetune+temporal"], row["methods"]["finetune"]
                     lines.append(f"| {rec['name']} | {key} | {row['round']} | {t['miou']:.3f} | {f['miou']:.3f} | "
-                                 f"{t['J']:.3f} | {t['lam']:.1f} | {t['evidence'].get('trust', float('nan')):.3f} |")
+                                 f"{t['J']:.3f} | {t['lam']:.1f} | {t['evidence'].get('trust', float('nan')):.3f} | "
+                                 f"{t['evidence'].get('label_agreement', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -377,10 +459,21 @@ def run(args) -> int:
         say = bv._Progress()
         tmp = None if args.cache else tempfile.TemporaryDirectory(prefix="napari-hitl-video-cv-")
         cache = Path(args.cache) if args.cache else Path(tmp.name)
+        reuse = None
+        if getattr(args, "finetune_from", None):
+            if args.rounds != 1:
+                raise InputError("--finetune-from takes round one only (later rounds' labels depend on the setting)")
+            reuse = finetune_rows(args.finetune_from, {
+                "unit": args.unit, "rounds": args.rounds, "budget": args.budget, "limit_frames": args.limit_frames,
+                "scale": args.scale, "steps": args.steps, "seed": args.seed, "flow": args.flow})
+            meta["finetune_from"] = str(args.finetune_from)
         try:
             for name, folder, layout in videos:
                 frames, truth = bv.load_video(folder, layout, args.limit_frames)
-                records.append(run_grid(name, frames, truth, grid, args, cache, say))
+                if reuse is not None and name not in reuse:
+                    raise InputError(f"{args.finetune_from} has no fine-tune figures for {name}")
+                records.append(run_grid(name, frames, truth, grid, args, cache, say,
+                                        None if reuse is None else reuse[name]))
                 print(f"{name}: {records[-1]['fits']} fits for {len(grid)} settings, "
                       f"{records[-1]['seconds'] / 60:.1f} min", flush=True)
                 if args.json:
