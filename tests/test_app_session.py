@@ -94,3 +94,23 @@ def test_training_is_a_generator_job_that_goes_on_after_a_stop(session):
     figures = drive(job(), progress=lambda *a: seen.append(a))  # the same job again: steps 3 and 4
     assert [s[0] for s in seen] == [1, 2, 3, 4] and (figures.round, figures.steps, figures.images) == (1, 4, 1)
     assert figures.loss_first == seen[0][2] and session.model.trained and checkpoint_path(session.project).exists()
+
+
+def test_the_sessions_dask_client_is_not_dasks_default_scheduler(session):
+    """After Predict & rank starts the cluster, napari's lazily read images (dask arrays of an
+    open file) are still computed here: as dask's default scheduler the client shipped them to
+    the cluster, which cannot pickle an open file ('cannot read slide.tif')."""
+    import dask
+    import dask.array as da
+    from distributed import default_client
+
+    client = session.client()
+    with pytest.raises(ValueError):
+        default_client()
+    assert dask.base.get_scheduler() is not client.get
+    unpicklable = open(__file__, "rb")  # noqa: SIM115 (what a lazy TIFF reader holds)
+    try:
+        arr = da.from_delayed(dask.delayed(lambda f: np.full((4, 4), len(f.name)))(unpicklable), (4, 4), int)
+        assert int(arr.sum().compute()) == 16 * len(unpicklable.name)
+    finally:
+        unpicklable.close()

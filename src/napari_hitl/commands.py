@@ -263,11 +263,11 @@ def predict(args) -> int:
     with Session(Project.open(args.project)) as session:
         cluster = None
         if args.scheduler:
-            client = Client(args.scheduler, timeout=30)
+            client = Client(args.scheduler, timeout=30, set_as_default=False)
             where = f"the cluster at {args.scheduler}"
         else:
             cluster = local_cluster(args.workers, args.threads_per_worker)
-            client = Client(cluster)
+            client = Client(cluster, set_as_default=False)
             where = "a local cluster"
         old = signal.signal(signal.SIGINT, interrupted)
         try:

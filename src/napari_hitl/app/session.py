@@ -105,11 +105,13 @@ class Session:
 
             from napari_hitl.app.batch import local_cluster
 
+            # not dask's default scheduler: napari's lazily read images (a slide's dask arrays) are
+            # computed in this process, never shipped to the cluster (which cannot pickle open files)
             if self.scheduler:
-                self._dask = (Client(self.scheduler, timeout=30), None)
+                self._dask = (Client(self.scheduler, timeout=30, set_as_default=False), None)
             else:
                 cluster = local_cluster(max(1, (os.cpu_count() or 2) - 1))
-                self._dask = (Client(cluster), cluster)
+                self._dask = (Client(cluster, set_as_default=False), cluster)
         return self._dask[0]
 
     def __enter__(self) -> Session:
