@@ -285,7 +285,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
             progress(now, total)
 
     queue = iter(todo)
-    pending = as_completed()
+    pending = as_completed(loop=client.loop)  # our client, never dask's default (there may be none)
     submitted = set()
     for name in queue:
         submitted.add(f := submit(name))
@@ -302,7 +302,8 @@ def predict_project(session, client, names: list[str] | None = None, *,
                     report.cancelled = True
                     break
                 try:  # back as soon as a task finishes, or after ``poll`` seconds
-                    wait(list(submitted), timeout=poll, return_when="FIRST_COMPLETED")
+                    with client.as_current():  # distributed.wait asks for the default client
+                        wait(list(submitted), timeout=poll, return_when="FIRST_COMPLETED")
                 except Exception:  # noqa: BLE001 - a timeout, or a task lost: its own result says which
                     pass
                 continue
@@ -357,7 +358,8 @@ def predict_project(session, client, names: list[str] | None = None, *,
             stopped = True
             if slides:
                 try:
-                    wait(slides, timeout=stop_wait, return_when="ALL_COMPLETED")
+                    with client.as_current():
+                        wait(slides, timeout=stop_wait, return_when="ALL_COMPLETED")
                 except TimeoutError:
                     stopped = False  # the sign stays in the cache for the task still running
                 except Exception:  # noqa: BLE001 - a slide task lost with its worker: nothing runs it
