@@ -13,10 +13,11 @@ def test_dock_loads_sample_and_accepts_labels(dock):
     dock.sample_box.activated.emit(dock.sample_box.currentIndex())
     assert dock.project is not None and dock.image_list.count() == 4
     first = dock.current
-    # the objects panel's layer is made with the image's, hidden and empty (making it on Find
-    # objects would stall the UI); the person's labels stay the active layer
-    assert [layer.name for layer in viewer.layers] == [first, f"{first} labels", f"{first} proposals"]
-    assert not viewer.layers[f"{first} proposals"].visible
+    # the model's layers are made with the image's, hidden and empty (making them when the model
+    # answers would stall the UI); the person's labels stay the active layer
+    views = [f"{first} uncertainty", f"{first} prediction", f"{first} labels", f"{first} proposals"]
+    assert [layer.name for layer in viewer.layers] == [first] + views
+    assert not any(viewer.layers[v].visible for v in views if not v.endswith(" labels"))
     assert viewer.layers.selection.active.name == dock.labels_layer.name
     labels = dock.labels_layer
     data = np.asarray(labels.data).copy()
@@ -28,7 +29,8 @@ def test_dock_loads_sample_and_accepts_labels(dock):
     assert "done" in dock.image_list.item(0).text()
     dock.annotate.next_button.click()
     after = dock.current  # the same proposals layer, renamed and on top again, no other layer left behind
-    assert after != first and [layer.name for layer in viewer.layers] == [after, f"{after} labels", f"{after} proposals"]
+    assert after != first and [layer.name for layer in viewer.layers] == [
+        after, f"{after} uncertainty", f"{after} prediction", f"{after} labels", f"{after} proposals"]
     root = dock.project.root
     dock.close_project()
     with Project.open(root, readonly=True) as again:  # persisted, and the lock was released

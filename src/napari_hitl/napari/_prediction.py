@@ -6,8 +6,10 @@ uncertainty (1 - margin between the two likeliest classes) in a hidden ``<image>
 image layer. napari's own eye toggle and opacity slider show, hide and blend them; they
 are views only: nothing in them is saved, the person's labels layer stays the one to edit.
 The two layers are made once and then reused from image to image (emptied and hidden while
-the shown image has no prediction, with the person's eye toggles kept): napari spends about
-240 ms of the UI thread making them, a stall a person feels at every image change.
+the shown image has no prediction, with the person's eye toggles kept), and they are made with
+the first image's own layers (:meth:`PredictionLayers.prepare`): napari spends about 240 ms of the
+UI thread making them, a stall a person would feel at every image change, or when a training
+round ends.
 """
 
 from __future__ import annotations
@@ -38,33 +40,58 @@ class PredictionLayers:
         self.visible = dict(self.DEFAULT_VISIBLE)  # the person's eye toggles, kept across images
         self.holding = False  # whether the layers hold a prediction (else empty and hidden)
 
+    def prepare(self, name: str, colormap, below=None) -> None:
+        """Have the two layers ready for ``name``, empty and hidden, under ``below``: made here,
+        with the image's own layers, when they are missing, so that the first prediction of the
+        session only sets their data (see the module's docstring)."""
+        if not self._present():
+            self.clear()
+            self.layers = {
+                PREDICTION: self.viewer.add_labels(np.zeros((1, 1), np.uint8), name=f"{name} {PREDICTION}",
+                                                   colormap=colormap, opacity=0.35, visible=False),
+                UNCERTAINTY: self.viewer.add_image(np.zeros((1, 1), np.float32), name=f"{name} {UNCERTAINTY}",
+                                                   colormap="magma", opacity=0.5, contrast_limits=(0.0, 1.0),
+                                                   blending="additive", visible=False)}
+        else:
+            for kind, layer in self.layers.items():
+                layer.name = f"{name} {kind}"
+        self._place(below)
+
     def show(self, name: str, preds, colormap, below=None) -> None:
         """Show ``preds`` (the image's list of predictions) as ``<name> prediction`` (visible,
         under ``below``) and ``<name> uncertainty`` (hidden until the person turns it on)."""
         classes, unsure = prediction_arrays(preds)
-        pred, unc = self.layers.get(PREDICTION), self.layers.get(UNCERTAINTY)
-        if pred is None or unc is None or pred not in self.viewer.layers or unc not in self.viewer.layers:
+        if not self._present():
             self.clear()
-            pred = self.viewer.add_labels(classes, name=f"{name} {PREDICTION}", colormap=colormap, opacity=0.35,
-                                          visible=self.visible[PREDICTION])
-            unc = self.viewer.add_image(unsure, name=f"{name} {UNCERTAINTY}", colormap="magma", opacity=0.5,
-                                        contrast_limits=(0.0, 1.0), blending="additive",
-                                        visible=self.visible[UNCERTAINTY])
-            self.layers = {PREDICTION: pred, UNCERTAINTY: unc}
+            self.layers = {
+                PREDICTION: self.viewer.add_labels(classes, name=f"{name} {PREDICTION}", colormap=colormap,
+                                                   opacity=0.35, visible=self.visible[PREDICTION]),
+                UNCERTAINTY: self.viewer.add_image(unsure, name=f"{name} {UNCERTAINTY}", colormap="magma", opacity=0.5,
+                                                   contrast_limits=(0.0, 1.0), blending="additive",
+                                                   visible=self.visible[UNCERTAINTY])}
         else:
+            pred, unc = self.layers[PREDICTION], self.layers[UNCERTAINTY]
             pred.data, unc.data = classes, unsure
             pred.colormap, unc.contrast_limits = colormap, (0.0, 1.0)
             for kind, layer in self.layers.items():
                 layer.name = f"{name} {kind}"
                 layer.visible = self.visible[kind]
         self.holding = True
-        if below is not None and below in self.viewer.layers:  # the person's labels stay on top
-            layers = self.viewer.layers
-            at = layers.index(below)
-            if at < 2 or layers[at - 1] is not pred or layers[at - 2] is not unc:
-                for layer in (unc, pred):
-                    layers.move(layers.index(layer), layers.index(below))
-            layers.selection.active = below
+        self._place(below)
+
+    def _present(self) -> bool:
+        return all(self.layers.get(kind) in self.viewer.layers for kind in (PREDICTION, UNCERTAINTY))
+
+    def _place(self, below) -> None:
+        """The layers just under ``below`` (the person's labels stay on top, and active)."""
+        if below is None or below not in self.viewer.layers:
+            return
+        layers, pred, unc = self.viewer.layers, self.layers[PREDICTION], self.layers[UNCERTAINTY]
+        at = layers.index(below)
+        if at < 2 or layers[at - 1].name != pred.name or layers[at - 2].name != unc.name:  # (proxies: names)
+            for layer in (unc, pred):
+                layers.move(layers.index(layer), layers.index(below))
+        layers.selection.active = below
 
     def empty(self, name: str) -> None:
         """Another image, ``name``, is shown: the layers stay (see the module's docstring), named

@@ -527,6 +527,7 @@ class HitlWidget(QWidget):
         labels_layer.selected_label = self._fresh_id()  # napari's brush starts a new object of the dock's class
         self._sync_class()
         self.suggestions.image_shown(self.session, self.current, labels_layer)
+        self.prediction.prepare(self.current, label_colormap(self.project), below=labels_layer)
         self.objects.image_shown(self.session, self.current, labels_layer)
         self.video.image_shown(self.session, self.current, labels_layer)
 
