@@ -92,3 +92,15 @@ def test_a_stopped_resumable_prediction_goes_on_from_its_last_band_and_matches(t
         predict_large(model, lazy, tmp_path / "p.zarr", tile=96, overlap=32, resume=True,
                       on_features=lambda y, x, f: feats.append((y, x)))
         assert feats == []
+
+
+@pytest.mark.parametrize("record", ['{"rows": 64}', '{"rows": 64, "shape": 7}', '{"rows": 64, "shape": ["a", "b"]}',
+                                    '{"rows": 64, "shape": [3]}'])
+def test_a_damaged_band_record_is_no_record(tmp_path, record):
+    """A damaged ``<out>.done.json`` says nothing is resumable (None), it does not raise: a
+    slide's cache folder is then started afresh instead of failing every run."""
+    from napari_hitl.model.segnet import large_rows_done
+
+    (tmp_path / "p.zarr").mkdir()
+    (tmp_path / "p.zarr.done.json").write_text(record)
+    assert large_rows_done(tmp_path / "p.zarr") is None

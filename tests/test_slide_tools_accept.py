@@ -134,3 +134,34 @@ def test_a_failed_save_keeps_the_regions_not_saved_pending(slide_session, slide_
     tools.accept()
     qtbot.waitUntil(lambda: not queue.busy, timeout=60_000)
     assert sorted(o["id"] for o in p.objects("slide")) == [a, b] and not tools.regions
+
+
+def test_a_save_that_ends_after_an_ordinary_image_is_shown_is_still_heard(slide_session, slide_tools, qtbot,
+                                                                          monkeypatch):
+    """Accept, then at once another image that is not a slide (the dock detaches the slide tool):
+    the save still counts as an answer and the dock's listeners hear of it."""
+    from napari_hitl.napari._slide import SlideRegion
+
+    s = slide_session
+    tools, queue = slide_tools
+    gate, real = threading.Event(), s.save_region
+
+    def slow_save(*args, **kw):
+        assert gate.wait(30)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(s, "save_region", slow_save)
+    heard = []
+    s.on("committed", lambda name, counts: heard.append(name))
+    before = s.answers_since_training
+    a = s.reserve_id("slide")
+    tools.regions = [SlideRegion(a, RegionPrompts(1, [Click(120.0, 120.0, True)]),
+                                 Window(np.ones((50, 50), bool), 100, 100))]
+    assert tools.accept() == 1
+    image = tools.image
+    tools.layer = None  # (the fixture never connected it)
+    tools.detach()  # show_image of an ordinary image: the slide tool is not attached again
+    tools.image = image  # (the fixture closes it)
+    gate.set()
+    qtbot.waitUntil(lambda: not queue.busy, timeout=60_000)
+    assert heard == ["slide"] and s.answers_since_training == before + 1

@@ -77,6 +77,7 @@ class Session:
         self.predictions = CachedPredictions(project)  # image name -> one Prediction per frame
         self.scheduler = scheduler  # a Dask scheduler's address for batch work (None: a local cluster)
         self._dask: tuple | None = None  # (client, cluster or None), started on first batch work
+        self.closed = False  # set by close(): a save that ends later tells no listener
         self.answers_since_training = 0
         self.edits: list[Edit] = []  # object edits, newest last, for undo
         self._listeners: dict[str, list[Callable]] = {e: [] for e in EVENTS}
@@ -94,6 +95,7 @@ class Session:
                 cluster.close()
         with self.lock:  # a save running on a worker thread ends first
             self.project.close()
+            self.closed = True
 
     def client(self):
         """The Dask client of the session's batch work: a local cluster of worker processes (one

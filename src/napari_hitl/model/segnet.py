@@ -485,12 +485,12 @@ def large_rows_done(out, settings: dict | None = None) -> int | None:
         return None
     try:
         rec = json.loads(marker.read_text())
-        rows = int(rec["rows"])
-    except (OSError, ValueError, KeyError, TypeError):
+        rows, height = int(rec["rows"]), int(rec["shape"][1])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # a damaged record: nothing to resume
         return None
     if settings is not None and any(rec.get(k) != v for k, v in settings.items()):
         return None
-    return rows if 0 <= rows <= int(rec["shape"][1]) else None
+    return rows if 0 <= rows <= height else None
 
 
 def predict_proba(model, image: np.ndarray, tile: int = 1024, overlap: int = 128) -> np.ndarray:

@@ -71,6 +71,8 @@ class PredictionLayers:
                                                    visible=self.visible[UNCERTAINTY])}
         else:
             pred, unc = self.layers[PREDICTION], self.layers[UNCERTAINTY]
+            if self.holding:  # a new prediction of the shown image: the person's eye toggles stay
+                self.visible = {kind: bool(layer.visible) for kind, layer in self.layers.items()}
             pred.data, unc.data = classes, unsure
             pred.colormap, unc.contrast_limits = colormap, (0.0, 1.0)
             for kind, layer in self.layers.items():

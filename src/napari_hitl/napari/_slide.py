@@ -497,7 +497,9 @@ class SlideTools(QObject):
     def _saved(self, todo: list[SlideRegion], results: list, session, name: str, epoch: int, error=None) -> None:
         """UI thread, after an Accept's saving ended: listeners hear of each saved region, and
         the saved regions leave the pending layer (those not saved, after an error, stay)."""
-        if self.session is session:  # the project is still open
+        # the session still open (the tool itself may show another image now, or none: an
+        # ordinary image detaches it, yet the save counts and the dock's listeners hear of it)
+        if not getattr(session, "closed", False):
             for counts in results:
                 if counts is not None:
                     session.region_saved(name, counts)
