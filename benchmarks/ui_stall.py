@@ -273,7 +273,7 @@ def main() -> int:
         spin(0.3)
 
     def open_big_image():
-        """A project of one 1024x1024 image (the sample tiled), opened in the dock, with the model
+        """A project of one 1024x1024 image (the sample tiled), to be opened in the dock, with the model
         the training phase left (so that there are objects to decode; an untrained head finds none)."""
         import shutil
 
@@ -293,6 +293,11 @@ def main() -> int:
         if trained is not None and trained.is_file():
             checkpoint_path(big).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(trained, checkpoint_path(big))
+        return big
+
+    def open_phase(big):
+        """What a person waits for: the dock opening the project and showing its image (the
+        project was made before, outside the measurement)."""
         dock.open_project(big)
         wait(lambda: not dock.queue.busy)
         spin(0.5)
@@ -309,7 +314,8 @@ def main() -> int:
         # reported, not held to the target: opening an image is napari making its layers (image,
         # labels, and the objects panel's proposals layer, made here so that Find objects only
         # sets its data), all on the UI thread
-        measure(OPEN_PHASE, lambda: open_big_image() or {})
+        big_project = open_big_image()
+        measure(OPEN_PHASE, lambda: open_phase(big_project) or {})
         measure("find objects, 1024x1024", objects_phase)
         spin(0.3)
 
