@@ -45,13 +45,8 @@ class PredictionLayers:
         with the image's own layers, when they are missing, so that the first prediction of the
         session only sets their data (see the module's docstring)."""
         if not self._present():
-            self.clear()
-            self.layers = {
-                PREDICTION: self.viewer.add_labels(np.zeros((1, 1), np.uint8), name=f"{name} {PREDICTION}",
-                                                   colormap=colormap, opacity=0.35, visible=False),
-                UNCERTAINTY: self.viewer.add_image(np.zeros((1, 1), np.float32), name=f"{name} {UNCERTAINTY}",
-                                                   colormap="magma", opacity=0.5, contrast_limits=(0.0, 1.0),
-                                                   blending="additive", visible=False)}
+            self._make(name, np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.float32), colormap,
+                       {PREDICTION: False, UNCERTAINTY: False})
         else:
             for kind, layer in self.layers.items():
                 layer.name = f"{name} {kind}"
@@ -62,13 +57,7 @@ class PredictionLayers:
         under ``below``) and ``<name> uncertainty`` (hidden until the person turns it on)."""
         classes, unsure = prediction_arrays(preds)
         if not self._present():
-            self.clear()
-            self.layers = {
-                PREDICTION: self.viewer.add_labels(classes, name=f"{name} {PREDICTION}", colormap=colormap,
-                                                   opacity=0.35, visible=self.visible[PREDICTION]),
-                UNCERTAINTY: self.viewer.add_image(unsure, name=f"{name} {UNCERTAINTY}", colormap="magma", opacity=0.5,
-                                                   contrast_limits=(0.0, 1.0), blending="additive",
-                                                   visible=self.visible[UNCERTAINTY])}
+            self._make(name, classes, unsure, colormap, self.visible)
         else:
             pred, unc = self.layers[PREDICTION], self.layers[UNCERTAINTY]
             if self.holding:  # a new prediction of the shown image: the person's eye toggles stay
@@ -80,6 +69,16 @@ class PredictionLayers:
                 layer.visible = self.visible[kind]
         self.holding = True
         self._place(below)
+
+    def _make(self, name: str, classes, unsure, colormap, visible: dict) -> None:
+        """Make the two layers anew (any left of the old pair goes), showing ``classes`` and ``unsure``."""
+        self.clear()
+        self.layers = {
+            PREDICTION: self.viewer.add_labels(classes, name=f"{name} {PREDICTION}", colormap=colormap,
+                                               opacity=0.35, visible=visible[PREDICTION]),
+            UNCERTAINTY: self.viewer.add_image(unsure, name=f"{name} {UNCERTAINTY}", colormap="magma", opacity=0.5,
+                                               contrast_limits=(0.0, 1.0), blending="additive",
+                                               visible=visible[UNCERTAINTY])}
 
     def _present(self) -> bool:
         return all(self.layers.get(kind) in self.viewer.layers for kind in (PREDICTION, UNCERTAINTY))
