@@ -139,10 +139,11 @@ class ToolController(QObject):
 
     # ------------------------------------------------------------------ layers
     def attach(self, labels_layer, image_layer, image: str) -> None:
-        """Bind the tools to the freshly shown layers of image ``image`` (prompt layers come with the
-        first prompt)."""
-        self.detach()
+        """Bind the tools to the shown layers of image ``image`` (the prompt layers come with the
+        first prompt, or are the kept ones, emptied, of the last image)."""
+        self.detach(keep_layers=True)
         self.layer, self.image_layer, self.image = labels_layer, image_layer, image
+        self._name_kept_layers()
         labels_layer.mouse_drag_callbacks.append(self._on_drag)
         labels_layer.events.mode.connect(self._on_layer_mode)
         for key, (_, action) in SHORTCUTS.items():
@@ -152,10 +153,14 @@ class ToolController(QObject):
         self.prepare()
 
     def _ensure_prompt_layers(self) -> None:
-        """Add the Points (clicks, extreme points) and Shapes (scribbles) layers on the first prompt."""
-        viewer = self.viewer
-        if self.points_layer is not None and self.points_layer in viewer.layers:
+        """Have the Points (clicks, extreme points) and Shapes (scribbles) layers, named for the
+        image: added on the first prompt, then kept from image to image (see :meth:`detach`)."""
+        if self._name_kept_layers():
             return
+        viewer = self.viewer
+        for lay in (self.points_layer, self.shapes_layer):  # one deleted by the person, or misplaced
+            if lay is not None and lay in viewer.layers:
+                viewer.layers.remove(lay)
         ndim = self.layer.ndim
         name = self.layer.name.replace(" labels", "")
         self.points_layer = viewer.add_points(np.zeros((0, ndim)), name=f"{name} prompts", size=9,
@@ -168,16 +173,38 @@ class ToolController(QObject):
             lay.metadata["hitl_prompts"] = True
         viewer.layers.selection.active = self.layer
 
-    def detach(self) -> None:
+    def _name_kept_layers(self) -> bool:
+        """Name the kept prompt layers for the image; False if there is no usable pair (both in the
+        viewer, above the labels layer, of its dimensions)."""
+        layers, pair = self.viewer.layers, (self.points_layer, self.shapes_layer)
+        if self.layer is None or self.layer not in layers or any(lay is None or lay not in layers for lay in pair):
+            return False
+        at = layers.index(self.layer)
+        if any(lay.ndim != self.layer.ndim or layers.index(lay) < at for lay in pair):
+            return False
+        name = self.layer.name.replace(" labels", "")
+        self.points_layer.name, self.shapes_layer.name = f"{name} prompts", f"{name} scribbles"
+        return True
+
+    def detach(self, keep_layers: bool = False) -> None:
+        """Unbind from the labels layer. The prompt layers are emptied and kept for the next image
+        when ``keep_layers`` (a removed layer costs napari a full garbage collection on the UI
+        thread, see :func:`~napari_hitl.napari._layers.refill_layers`), else removed."""
         viewer = self.viewer
         if self.layer is not None:
             if self._on_drag in self.layer.mouse_drag_callbacks:
                 self.layer.mouse_drag_callbacks.remove(self._on_drag)
             self.layer.events.mode.disconnect(self._on_layer_mode)
-        for lay in (self.points_layer, self.shapes_layer):
-            if lay is not None and lay in viewer.layers:
+        kept = [lay for lay in (self.points_layer, self.shapes_layer) if lay is not None and lay in viewer.layers]
+        if keep_layers:
+            for lay in kept:
+                if len(lay.data):  # (setting data costs napari ~20 ms a layer, even when empty)
+                    lay.data = np.zeros((0, lay.ndim)) if lay is self.points_layer else []
+        else:
+            for lay in kept:
                 viewer.layers.remove(lay)
-        self.layer = self.points_layer = self.shapes_layer = None
+            self.points_layer = self.shapes_layer = None
+        self.layer = None
         self._drawn_points, self._drawn_paths = None, []
 
     def forget_image(self, name: str) -> None:

@@ -11,6 +11,7 @@ the UI thread only paints results.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,8 @@ from napari_hitl.app.model_host import warm_up
 from napari_hitl.app.session import Session
 from napari_hitl.errors import HitlError, InputError
 from napari_hitl.napari._annotate import AnnotatePanel
-from napari_hitl.napari._layers import (META_CLASSES, META_IMAGE, META_PROJECT, claim_project_folder, close_lazy,
-                                        image_layer_data, label_colormap, show_saved)
+from napari_hitl.napari._layers import (META_CLASSES, META_IMAGE, META_PROJECT, can_refill, claim_project_folder,
+                                        close_lazy, image_layer_data, label_colormap, refill_layers, show_saved)
 from napari_hitl.napari._prediction import PredictionLayers
 from napari_hitl.napari._ranking import RankingPanel, SuggestionsPanel, thumbnail
 from napari_hitl.napari._section import section
@@ -589,19 +590,28 @@ class HitlWidget(QWidget):
         if self.project is None:
             return
         data = image_layer_data(self.project, name)
-        self.slide.detach()
-        self.tools.detach()
-        self.suggestions.clear()
+        layers = self.viewer.layers
+        shown = [lay for lay in (self.image_layer, self.labels_layer) if lay is not None and lay in layers]
+        refill = len(shown) == 2 and can_refill(*shown, data)  # see refill_layers: no layer made or removed
+        # where layers must go, napari removes them in one batch: one garbage collection for all
+        removing = not refill or self.slide.active or self.suggestions.layer in layers
+        with layers.batched_update() if removing else contextlib.nullcontext():
+            self.slide.detach()
+            self.tools.detach(keep_layers=refill)  # the prompt layers stay above the refilled labels
+            self.suggestions.clear()
+            if not refill:
+                for layer in shown:
+                    layers.remove(layer)
         if self.current is not None:
             self.tools.forget_image(self.current)
         self.prediction.empty(name)
-        for layer in (self.image_layer, self.labels_layer):
-            if layer is not None and layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
         self.current = name
-        (img, img_kw, _), (lab, lab_kw, _) = data
-        self.image_layer = self.viewer.add_image(img, **img_kw)
-        self.labels_layer = self.viewer.add_labels(lab, **lab_kw)
+        if refill:
+            refill_layers(*shown, data)
+        else:
+            (img, img_kw, _), (lab, lab_kw, _) = data
+            self.image_layer = self.viewer.add_image(img, **img_kw)
+            self.labels_layer = self.viewer.add_labels(lab, **lab_kw)
         self.viewer.layers.selection.active = self.labels_layer
         self._attach(self.labels_layer)
         QTimer.singleShot(0, self.viewer.reset_view)  # fit the image to the canvas as it is now

@@ -1,0 +1,72 @@
+"""Moving between images in the dock: the image, labels and prompt layers are refilled, not
+removed and made again (a removed layer costs napari a full garbage collection on the UI
+thread), and nothing of the last image leaks into the next: data, names, contrast, prompts,
+napari's undo history."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from napari_hitl.project import Project
+
+WAIT = 60_000
+
+
+def _project(tmp_path) -> Project:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 60, (96, 128), dtype=np.uint8)).save(folder / "a_dim.png")
+    Image.fromarray(rng.integers(150, 255, (80, 72), dtype=np.uint8)).save(folder / "b_bright.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / "c_rgb.png")
+    return Project.create(tmp_path / "p", folder, classes=["background", "cell"])
+
+
+def test_moving_between_images_refills_the_layers(dock, qtbot, tmp_path):
+    viewer = dock.viewer
+    dock.annotate.engine_box.setCurrentText("graph")
+    dock.open_project(_project(tmp_path))
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    assert dock.current == "a_dim"
+    image, labels = dock.image_layer, dock.labels_layer
+    dock.run_action("click")
+    dock.tools.click(40.0, 60.0, True)
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    points = dock.tools.points_layer
+    assert points is not None and len(points.data) == 1
+    labels.paint((10, 10), 3)  # a brush stroke in napari's undo history
+    assert labels.data[10, 10] == 3
+
+    removed = []
+    viewer.layers.events.removed.connect(lambda e: removed.append(e.value.name))
+    dock.show_image("b_bright")
+    assert removed == []  # nothing removed: no garbage collection on the UI thread
+    assert dock.image_layer.name == image.name == "b_bright"
+    assert dock.labels_layer.name == "b_bright labels"
+    assert dock.labels_layer.metadata["hitl_image"] == "b_bright"
+    assert dock.image_layer.data.shape == (80, 72) and dock.labels_layer.data.shape == (80, 72)
+    assert not dock.labels_layer.data.any()
+    assert list(dock.image_layer.contrast_limits) == [0, 255]
+    assert len(dock.tools.points_layer.data) == 0 and dock.tools.points_layer.name == "b_bright prompts"
+    dock.labels_layer.undo()  # the brush stroke belonged to a_dim: nothing to undo here
+    assert not dock.labels_layer.data.any()
+    assert dock.tools.layer is dock.labels_layer
+
+    # the prompt layers stay above the labels and take the next prompt
+    dock.tools.click(30.0, 30.0, True)
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    names = [lay.name for lay in viewer.layers]
+    assert names.index("b_bright prompts") > names.index("b_bright labels")
+    assert len(dock.tools.points_layer.data) == 1 and dock.labels_layer.data.any()
+
+    # an RGB image cannot go into a grey image's layer: new layers, the old ones removed at once
+    dock.show_image("c_rgb")
+    assert dock.image_layer.rgb and dock.image_layer.data.shape == (64, 64, 3)
+    assert {"b_bright", "b_bright labels", "b_bright prompts", "b_bright scribbles"} <= set(removed)
+    names = [lay.name for lay in viewer.layers]
+    assert not any(n.startswith("b_bright") and "prediction" not in n and "uncertainty" not in n for n in names)
+    assert names.index("c_rgb labels") > names.index("c_rgb")
+    dock.show_image("a_dim")  # back to grey: new layers again, the saved nothing of a_dim shown
+    assert not dock.image_layer.rgb and dock.image_layer.data.shape == (96, 128)
+    assert not dock.labels_layer.data.any()
