@@ -58,6 +58,14 @@ def test_timelapse_units_and_propagation(dock, qtbot):
     video.list.itemDoubleClicked.emit(video.list.item(video.rows.index(row)))
     assert dock.viewer.dims.current_step[0] == row.frame and OUTLINE_LAYER in dock.viewer.layers
     assert dock.viewer.layers.selection.active.name == dock.labels_layer.name
+    removed = []
+    dock.viewer.layers.events.removed.connect(lambda e: removed.append(e.value.name))
+    other = next(r for r in video.rows if r.frame != row.frame)  # the next jump moves the outline, same layer
+    video.list.itemDoubleClicked.emit(video.list.item(video.rows.index(other)))
+    outline = dock.viewer.layers[OUTLINE_LAYER]
+    assert removed == [] and len(outline.data) == 1
+    y0, x0, y1, x1 = other.bbox
+    assert np.array_equal(outline.data[0][0], [other.frame, y0, x0])
 
     # one round of propagation with few steps fills every other frame with pseudo labels
     video.steps.setValue(4)

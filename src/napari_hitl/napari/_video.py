@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
@@ -157,16 +159,22 @@ class VideoPanel(QGroupBox):
             self.go_to(row)
 
     def go_to(self, row: UnitRow) -> None:
-        """Jump to the unit's frame and outline it (one shapes layer, replaced each time)."""
+        """Jump to the unit's frame and outline it (one shapes layer, its shape replaced each time:
+        a removed layer costs napari a full garbage collection on the UI thread)."""
         viewer = self.viewer
         viewer.dims.set_current_step(0, row.frame)
         y0, x0, y1, x1 = row.bbox
         t = row.frame
-        rect = [[t, y0, x0], [t, y0, x1 - 1], [t, y1 - 1, x1 - 1], [t, y1 - 1, x0]]
-        if OUTLINE_LAYER in viewer.layers:
-            viewer.layers.remove(OUTLINE_LAYER)
-        viewer.add_shapes([rect], shape_type="polygon", edge_color="yellow", face_color="transparent",
-                          edge_width=2, name=OUTLINE_LAYER)
+        rect = np.array([[t, y0, x0], [t, y0, x1 - 1], [t, y1 - 1, x1 - 1], [t, y1 - 1, x0]], float)
+        layer = viewer.layers[OUTLINE_LAYER] if OUTLINE_LAYER in viewer.layers else None
+        if layer is not None and layer.ndim == 3:
+            layer.data = []
+            layer.add_polygons([rect], edge_color="yellow", face_color="transparent", edge_width=2)
+        else:
+            if layer is not None:
+                viewer.layers.remove(layer)
+            viewer.add_shapes([rect], shape_type="polygon", edge_color="yellow", face_color="transparent",
+                              edge_width=2, name=OUTLINE_LAYER)
         if self.labels_layer is not None:
             viewer.layers.selection.active = self.labels_layer
 
