@@ -99,7 +99,7 @@ def test_accept_saves_on_the_worker_and_the_regions_being_saved_take_no_prompt(s
     assert heard == [("slide", threading.main_thread())]  # listeners hear of it on the UI thread
     (obj,) = p.objects("slide")
     assert obj["id"] == a and obj["area"] == 100 * 100
-    assert not tools.regions and not tools.saving and not tools.history and tools.pending is None
+    assert not tools.regions and not tools.saving and not tools.history and not tools.pending.visible and not tools.pending.data.any()
     assert len(saved) == 1 and saved[0].human == 100 * 100
 
 

@@ -382,10 +382,14 @@ class SlideTools(QObject):
         self.queue.submit("predict", fn, done, channel="predict", interactive=True)
 
     def show(self) -> None:
-        """The pending regions in a Labels layer over the box their windows span."""
+        """The pending regions in a Labels layer over the box their windows span; with none, the
+        layer stays, empty and hidden, for the next ones (a removed layer costs napari a full
+        garbage collection on the UI thread)."""
         wins = [(r.oid, r.window) for r in self.regions if r.window is not None]
         if not wins:
-            self._drop_pending()
+            if self.pending is not None and self.pending in self.viewer.layers and self.pending.visible:
+                self.pending.data = np.zeros((1, 1), np.uint32)
+                self.pending.visible = False
             return
         y0 = min(w.y0 for _, w in wins)
         x0 = min(w.x0 for _, w in wins)
@@ -402,6 +406,7 @@ class SlideTools(QObject):
         else:
             self.pending.data = data
             self.pending.translate = (y0, x0)
+            self.pending.visible = True
         n = len(self.regions)
         fixing = sum(r.corrects for r in self.regions)
         more = f" ({fixing} correcting saved objects)" if fixing else ""
