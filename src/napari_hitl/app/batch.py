@@ -87,7 +87,9 @@ def _worker_model(token: str, weights: bytes, num_classes: int):
             path = Path(tmp) / "model.pt"
             path.write_bytes(weights)
             trainer = Trainer(num_classes, checkpoint_path=path)
-        model = trainer.model.eval()
+        from napari_hitl.model.segnet import for_prediction
+
+        model = for_prediction(trainer.model)  # this copy only predicts: norms folded, channels-last
         _MODELS.clear()  # one model per worker: an old token's weights are not kept
         _MODELS[token] = model
     return model

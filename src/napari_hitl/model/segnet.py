@@ -20,7 +20,7 @@ import numpy as np
 
 from napari_hitl.errors import InputError
 from napari_hitl.io import as_float_rgb
-from napari_hitl.model.backbone import FEATURE_CHANNELS, build_backbone, describe_device, select_device
+from napari_hitl.model.backbone import FEATURE_CHANNELS, build_backbone, describe_device, fold_batchnorm, select_device
 from napari_hitl.model import instances as _inst
 from napari_hitl.model.instances import INSTANCE_CHANNELS
 
@@ -170,6 +170,21 @@ def build_segnet(num_classes: int, pretrained: bool = True, input_stretch: bool 
             return torch.cat([pyramid[3], deep], 1)
 
     return SegNet()
+
+
+def for_prediction(model):
+    """``model`` made cheaper to run for prediction only, in place (returned): its encoder's batch
+    norms folded into their convolutions (:func:`~napari_hitl.model.backbone.fold_batchnorm`)
+    and, on a CPU, its weights in channels-last layout (so the 1 x 1 convolutions run through
+    oneDNN as the others do; on one core a 512 x 512 prediction then takes about a quarter less
+    time). Outputs agree with the model as it was to float32 rounding (probabilities within a
+    few 1e-6). For a model that is never trained or saved again (a batch worker's)."""
+    import torch
+
+    fold_batchnorm(model.eval())
+    if _model_device(model).type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _model_device(model):
