@@ -82,6 +82,11 @@ def build_backbone(pretrained: bool = True):
     class ConvBN(nn.Sequential):
         pass
 
+    def relu6(t):
+        """ReLU6 of a tensor just made by the layer before; in place when no gradient is recorded
+        (prediction): the same values without allocating and filling a new tensor each time."""
+        return torch.clamp(t, 0, 6) if torch.is_grad_enabled() else t.clamp_(0, 6)
+
     class MBConv(nn.Module):
         def __init__(self, cin, cout, expand, kernel, stride):
             super().__init__()
@@ -99,8 +104,8 @@ def build_backbone(pretrained: bool = True):
         def forward(self, x):
             y = x
             if self.expand:
-                y = torch.clamp(self._bn0(self._expand_conv(y)), 0, 6)
-            y = torch.clamp(self._bn1(self._depthwise_conv(y)), 0, 6)
+                y = relu6(self._bn0(self._expand_conv(y)))
+            y = relu6(self._bn1(self._depthwise_conv(y)))
             y = self._bn2(self._project_conv(y))
             return x + y if self.residual else y
 
@@ -126,7 +131,7 @@ def build_backbone(pretrained: bool = True):
             return (x - self.mean) / self.std
 
         def forward(self, x):
-            x = torch.clamp(self._bn0(self._conv_stem(x)), 0, 6)
+            x = relu6(self._bn0(self._conv_stem(x)))
             feats = []
             for i, block in enumerate(self._blocks):
                 x = block(x)
