@@ -272,7 +272,11 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
 
 def _predict_with_features(model, image, tile, overlap, with_features, with_instances, flips):
     was_training = model.training
-    model.eval()
+    # a model all in eval mode already (a batch worker's) stays as it is: eval() and train(False)
+    # walk every module, setting an attribute on each, a few ms per image
+    switch = any(m.training for m in model.modules())
+    if switch:
+        model.eval()
     try:
         img = model_input(model, image)
         h, w = img.shape[:2]
@@ -316,7 +320,8 @@ def _predict_with_features(model, image, tile, overlap, with_features, with_inst
             feats = facc[:, :fh, :fw] / np.maximum(fsum[:fh, :fw], 1)
         return np.ascontiguousarray(probs, dtype=np.float32), feats
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
 
 
 def normalise_object_size(model, image: np.ndarray, stacked: np.ndarray, size_norm=True, tile: int = 1024,
