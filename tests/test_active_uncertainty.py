@@ -40,6 +40,19 @@ def test_uncertainty_maps_match_hand_computed_values():
     np.testing.assert_allclose(pred.entropy, entropy(p, normalize=True))
 
 
+def test_margin_equals_the_sorted_top_two_for_any_class_count_and_ties():
+    # margin takes the two largest by elementwise maxima; it must give the sort's values exactly
+    rng = np.random.default_rng(3)
+    for c in (2, 3, 5, 8):
+        for p in (rng.random((c, 9, 7)), np.round(rng.random((c, 9, 7)) * 3) / 3):  # the second: many ties
+            p = p.astype(np.float32)
+            top = np.sort(p, axis=0)
+            want = top[-1] - top[-2]
+            assert margin(p).dtype == np.float32 and np.array_equal(margin(p), want)
+            pred = Prediction.from_probs(p)
+            assert np.array_equal(pred.margin, want) and np.array_equal(pred.conf, top[-1])
+
+
 def _disk_proba(blur: float, size=64, r=16):
     yy, xx = np.mgrid[:size, :size]
     d = np.hypot(yy - size / 2, xx - size / 2) - r

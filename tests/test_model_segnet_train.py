@@ -58,6 +58,31 @@ def test_predict_shapes_gray_rgb_odd_sizes_and_tiles():
         build_segnet(1, pretrained=False)
 
 
+def test_a_model_made_for_prediction_predicts_what_it_did():
+    # a batch worker folds the encoder's batch norms into its convolutions and goes channels-last
+    import copy
+
+    from napari_hitl.model.segnet import for_prediction
+
+    torch.manual_seed(0)
+    model = build_segnet(3, pretrained=False).eval()
+    with torch.no_grad():  # batch norms that are not the identity, so folding them matters
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    fast = for_prediction(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    rgb = np.random.default_rng(2).integers(0, 255, (70, 100, 3)).astype(np.uint8)
+    want, wf = predict_with_features(model, rgb, with_instances=True)
+    got, gf = predict_with_features(fast, rgb, with_instances=True)
+    assert got.shape == want.shape and got.flags.c_contiguous and gf.shape == wf.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(gf, wf, rtol=1e-4, atol=1e-4)
+
+
 def test_class_weights_inverse_frequency_clipped():
     lab = np.zeros((10, 10), np.uint16)
     lab[:1] = 1  # 10 % class 1

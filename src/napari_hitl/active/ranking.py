@@ -76,11 +76,14 @@ def local_consistency(conf: np.ndarray, pred: np.ndarray, beta: float = 0.9,
 
 def score_maps(conf: np.ndarray, pred: np.ndarray, margin_map: np.ndarray, entropy_map: np.ndarray,
                beta: float = 0.9, background: int | None = 0, index: int = 0, name: str = "",
-               instances: np.ndarray | None = None, boundary: np.ndarray | None = None) -> ImageScore:
+               instances: np.ndarray | None = None, boundary: np.ndarray | None = None,
+               object_conf: np.ndarray | None = None) -> ImageScore:
     """:class:`ImageScore` from precomputed maps (confidence, arg-max, margin, normalised entropy).
 
     ``instances`` (and the instance head's ``boundary`` map) give the objects the object score
     reads; without them the connected pieces of each predicted non-background class are the objects.
+    ``object_conf``: the objects' confidences when already computed from these maps
+    (:attr:`~napari_hitl.active.uncertainty.Prediction.object_conf`), so they are not computed twice.
     """
     from napari_hitl.active.objects import object_confidence, object_uncertainty, objects_from_prediction
 
@@ -88,7 +91,8 @@ def score_maps(conf: np.ndarray, pred: np.ndarray, margin_map: np.ndarray, entro
     n_obj = int(obj.sum())
     inst = objects_from_prediction(pred, background) if instances is None else instances
     return ImageScore(
-        object_uncertainty=object_uncertainty(object_confidence(inst, conf, boundary)),
+        object_uncertainty=object_uncertainty(object_confidence(inst, conf, boundary) if object_conf is None
+                                              else object_conf),
         index=index, name=name, consistency=local_consistency(conf, pred, beta, background),
         entropy=float(np.mean(entropy_map)), margin_uncertainty=float(np.mean(1.0 - margin_map)),
         object_fraction=n_obj / max(1, conf.size),

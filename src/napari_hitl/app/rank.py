@@ -22,7 +22,8 @@ SCORE_FIELDS = ("consistency", "entropy", "margin_uncertainty", "object_fraction
 def image_score(index: int, name: str, preds: list[Prediction], beta: float) -> ImageScore:
     """One :class:`ImageScore` per image (a time-lapse: the mean over its frames)."""
     per = [score_maps(p.conf, p.pred, p.margin, p.entropy, beta, 0, index, name, instances=p.instances,
-                      boundary=p.boundary) for p in preds]
+                      boundary=p.boundary, object_conf=p.object_conf if p.instances is not None else None)
+           for p in preds]
     return ImageScore(index, name, **{f: float(np.mean([getattr(s, f) for s in per])) for f in SCORE_FIELDS})
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from napari_hitl.errors import InputError
 from napari_hitl.io import as_float_rgb
-from napari_hitl.model.backbone import FEATURE_CHANNELS, build_backbone, describe_device, select_device
+from napari_hitl.model.backbone import FEATURE_CHANNELS, build_backbone, describe_device, fold_batchnorm, select_device
 from napari_hitl.model import instances as _inst
 from napari_hitl.model.instances import INSTANCE_CHANNELS
 
@@ -51,7 +51,12 @@ def contrast_limits(image: np.ndarray) -> tuple[float, float]:
     """The 0.5 and 99.8 percentiles of a float ``(H, W, 3)`` image's channel mean (what
     :func:`stretch_contrast` maps to 0 and 1); a million pixels, evenly spread, are plenty."""
     img = np.asarray(image, np.float32)
-    gray = img.mean(2) if img.ndim == 3 else img
+    # the channels added in order, then divided: what img.mean(2) gives, bit for bit, without
+    # numpy's slow strided reduction over a last axis of three (4 ms -> 0.5 ms at 512 x 512)
+    if img.ndim == 3 and img.shape[2] == 3:
+        gray = (img[..., 0] + img[..., 1] + img[..., 2]) / np.float32(3)
+    else:
+        gray = img.mean(2) if img.ndim == 3 else img
     step = max(1, int(np.sqrt(gray.size / 1_000_000)))
     lo, hi = np.percentile(gray[::step, ::step], (0.5, 99.8))
     return float(lo), float(hi)
@@ -172,6 +177,21 @@ def build_segnet(num_classes: int, pretrained: bool = True, input_stretch: bool 
     return SegNet()
 
 
+def for_prediction(model):
+    """``model`` made cheaper to run for prediction only, in place (returned): its encoder's batch
+    norms folded into their convolutions (:func:`~napari_hitl.model.backbone.fold_batchnorm`)
+    and, on a CPU, its weights in channels-last layout (so the 1 x 1 convolutions run through
+    oneDNN as the others do; on one core a 512 x 512 prediction then takes about a quarter less
+    time). Outputs agree with the model as it was to float32 rounding (probabilities within a
+    few 1e-6). For a model that is never trained or saved again (a batch worker's)."""
+    import torch
+
+    fold_batchnorm(model.eval())
+    if _model_device(model).type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def _model_device(model):
     return next(model.parameters()).device
 
@@ -257,7 +277,11 @@ def predict_with_features(model, image: np.ndarray, tile: int = 1024, overlap: i
 
 def _predict_with_features(model, image, tile, overlap, with_features, with_instances, flips):
     was_training = model.training
-    model.eval()
+    # a model all in eval mode already (a batch worker's) stays as it is: eval() and train(False)
+    # walk every module, setting an attribute on each, a few ms per image
+    switch = any(m.training for m in model.modules())
+    if switch:
+        model.eval()
     try:
         img = model_input(model, image)
         h, w = img.shape[:2]
@@ -301,7 +325,8 @@ def _predict_with_features(model, image, tile, overlap, with_features, with_inst
             feats = facc[:, :fh, :fw] / np.maximum(fsum[:fh, :fw], 1)
         return np.ascontiguousarray(probs, dtype=np.float32), feats
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
 
 
 def normalise_object_size(model, image: np.ndarray, stacked: np.ndarray, size_norm=True, tile: int = 1024,
