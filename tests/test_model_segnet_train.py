@@ -213,3 +213,29 @@ def test_samples_from_project_reads_only_labelled_images(tmp_path):
         assert samples[1].image.shape == (16, 20)
     finally:
         project.close()
+
+
+def test_folding_the_click_models_batch_norms_keeps_its_answer():
+    # the click model and the segmentation model fold their norms with one helper (backbone.fold_batchnorm):
+    # the encoder's pairs and the decoder's conv-norm-relu sequentials
+    import copy
+
+    from napari_hitl.interactive.clicknet_net import build_clicknet
+
+    torch.manual_seed(0)
+    net = build_clicknet(pretrained=False).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    fused = copy.deepcopy(net).fuse_batchnorm()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.rand(1, 3, 96, 96)
+    maps = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        want = net.decode(net.encode(x), maps)
+        got = fused.decode(fused.encode(x), maps)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -118,26 +118,9 @@ def build_clicknet(pretrained: bool = True, first_trained_block: int = FIRST_TRA
 
         def fuse_batchnorm(self):
             """Fold every batch norm into the convolution before it (inference only: faster, same output)."""
-            pairs = [(self.encoder, "_conv_stem", "_bn0")]
-            for blk in self.encoder._blocks:
-                pairs += [(blk, "_depthwise_conv", "_bn1"), (blk, "_project_conv", "_bn2")]
-                if blk.expand:
-                    pairs.append((blk, "_expand_conv", "_bn0"))
-            for m in self.modules():
-                if isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[1], nn.BatchNorm2d):
-                    pairs.append((m, "0", "1"))
-            with torch.no_grad():
-                for owner, cname, bname in pairs:
-                    conv, bn = getattr(owner, cname), getattr(owner, bname)
-                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                      conv.padding, conv.dilation, conv.groups, bias=True)
-                    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-                    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-                    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-                    setattr(owner, cname, fused.to(conv.weight.device))
-                    setattr(owner, bname, nn.Identity())
-            return self
+            from napari_hitl.model.backbone import fold_batchnorm
+
+            return fold_batchnorm(self)
 
         def trainable_state(self):
             return {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}

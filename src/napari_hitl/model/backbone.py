@@ -153,17 +153,22 @@ _CONV_BN = (("_conv_stem", "_bn0"), ("_expand_conv", "_bn0"), ("_depthwise_conv"
 
 
 def fold_batchnorm(module):
-    """Fold every batch norm of the encoder in ``module`` into the convolution before it, in place,
-    and return ``module``: for a model that only predicts (eval mode), the same function without
-    the norm's pass over each convolution's output (on one CPU core the gain shows in
-    channels-last layout, :func:`napari_hitl.model.segnet.for_prediction`). The result agrees
-    with the unfolded model to float32 rounding (a few 1e-7 on probabilities);
-    the norms become ``nn.Identity``, so the model must not be trained or saved afterwards."""
+    """Fold every batch norm in ``module`` that follows a convolution into it, in place, and return
+    ``module``: the encoder's (convolution, norm) attribute pairs and any ``nn.Sequential`` of a
+    convolution then a batch norm (the click model's decoder). For a model that only predicts
+    (eval mode): the same function without the norm's pass over each convolution's output (on
+    one CPU core the gain shows in channels-last layout,
+    :func:`napari_hitl.model.segnet.for_prediction`). The result agrees with the unfolded model to
+    float32 rounding (a few 1e-7 on probabilities); the norms become ``nn.Identity``, so the
+    model must not be trained or saved afterwards."""
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     for sub in list(module.modules()):
-        for conv_name, bn_name in _CONV_BN:
+        pairs = list(_CONV_BN)
+        if isinstance(sub, nn.Sequential):
+            pairs += [(str(i), str(i + 1)) for i in range(len(sub) - 1)]
+        for conv_name, bn_name in pairs:
             conv, bn = getattr(sub, conv_name, None), getattr(sub, bn_name, None)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 setattr(sub, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
