@@ -278,3 +278,27 @@ def test_a_narrow_slide_in_a_project_predicts_and_ranks_on_the_batch(tmp_path, m
         rows = session.rank("local consistency")
     assert sorted(r.window for r in rows) == [(0, 0, 256, 100), (256, 0, 512, 100), (512, 0, 600, 100)]
     assert all(np.isfinite(r.value) for r in rows)
+
+
+def test_a_slide_without_its_own_pyramid_predicts_on_a_dask_worker(tmp_path, monkeypatch):
+    """A slide above PYRAMID_MIN_SIDE with no pyramid in the file has coarsened levels (dask
+    arrays); reading one on a worker (the model's contrast limits come from the coarsest level)
+    must compute in the worker, not hand the graph to the worker's client (it cannot be pickled:
+    the slide failed with 'Could not serialize object')."""
+    from distributed import Client
+
+    from napari_hitl.app.batch import local_cluster, predict_project
+
+    monkeypatch.setattr(io, "LAZY_PIXELS", 300 * 300)
+    monkeypatch.setattr(store, "SLIDE_CHUNK", 256)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _slide(imgs / "big.tif", (1100, 96))  # thin, so it predicts fast
+    with io.open_lazy(imgs / "big.tif") as img:
+        assert img.n_levels > 1 and not img.own_pyramid
+    p = Project.create(tmp_path / "p", imgs, classes=["background", "cell", "nucleus"])
+    with Session(p) as session, local_cluster(1) as cluster, Client(cluster, set_as_default=False) as client:
+        assert float(getattr(session.model.get().model, "input_stretch", 0)) > 0  # so the coarsest level is read
+        report = predict_project(session, client, slide_sizes=SIZES, poll=0.05)
+    assert not report.failed, report.failed
+    assert report.predicted == ["big"] and report.slides["big"]["windows"] == 5
