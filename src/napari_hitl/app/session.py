@@ -77,6 +77,8 @@ class Session:
         self.predictions = CachedPredictions(project)  # image name -> one Prediction per frame
         self.scheduler = scheduler  # a Dask scheduler's address for batch work (None: a local cluster)
         self._dask: tuple | None = None  # (client, cluster or None), started on first batch work
+        #: slide -> (future, stop sign) of a slide task a cancelled batch left stopping (app/batch.py)
+        self.stopping_slides: dict = {}
         self.closed = False  # set by close(): a save that ends later tells no listener
         self.answers_since_training = 0
         self.edits: list[Edit] = []  # object edits, newest last, for undo
@@ -338,8 +340,10 @@ class Session:
         :class:`~napari_hitl.app.batch.BatchReport`."""
         from napari_hitl.app.batch import predict_project
 
+        # stop_wait=0: a run paused for a click or cancelled returns at once (a slide task still
+        # finishing its tile is waited for by the next run, on the worker, not by this one)
         return lambda ctx: predict_project(self, self.client(), names, progress=ctx.progress,
-                                           should_stop=ctx.should_stop)
+                                           should_stop=ctx.should_stop, stop_wait=0)
 
     def predicted(self, predictions) -> None:
         """Keep finished predictions: a batch run's report (its saved results are used from now
