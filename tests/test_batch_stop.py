@@ -166,3 +166,25 @@ def test_a_failure_of_the_wait_itself_is_an_error_not_a_silent_poll(slide_projec
             predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=30)
         assert not session.project.results(_folder(session).parent.name)
     assert np.isfinite(len(calls))
+
+
+def test_the_dock_batch_reads_the_window_scores_on_its_thread_and_predicted_reads_no_file(
+        slide_project, cluster, monkeypatch):
+    """Session.batch_job (the dock's job, on its worker) reads the results and every slide's window
+    scores (a file per row of windows: 40 for a 40000 px slide) after the run; predicted(report)
+    and the ranking, on the UI thread, then read none."""
+    from napari_hitl.app import batch, slides
+
+    monkeypatch.setattr(batch, "predict_project", lambda *a, **k: _real(*a, slide_sizes=SIZES, poll=0.05, **k))
+    with Session(slide_project) as session:
+        session._dask = (distributed.Client(cluster, set_as_default=False), None)
+        report = session.batch_job()(_Ctx())
+        assert report.predicted == ["slide"] and len(report.windows) == 9
+        read = []
+        real_rows = slides._read_rows
+        monkeypatch.setattr(slides, "_read_rows", lambda *a: (read.append(a), real_rows(*a))[1])
+        monkeypatch.setattr(session.project, "results", lambda *a, **k: read.append(a) or {})
+        session.predicted(report)
+        rows = session.rank("local consistency")
+        assert not read
+        assert len(rows) == 9 and {r.name for r in rows} == {"slide"}

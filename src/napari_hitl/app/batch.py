@@ -48,6 +48,11 @@ class BatchReport:
     workers: int = 0
     #: per slide finished in this run: its task's seconds, window-scoring seconds, windows, tiles predicted
     slides: dict[str, dict] = field(default_factory=dict)
+    #: the model's saved results and its slides' window scores, read after the run on the thread
+    #: that ran it (:meth:`napari_hitl.app.session.Session.batch_job`), so that whoever takes the
+    #: report (the dock's UI thread) reads no file; None: not read
+    results: dict | None = field(default=None, repr=False)
+    windows: list | None = field(default=None, repr=False)
 
 
 def model_bytes(host) -> tuple[bytes, str]:

@@ -340,10 +340,20 @@ class Session:
         :class:`~napari_hitl.app.batch.BatchReport`."""
         from napari_hitl.app.batch import predict_project
 
-        # stop_wait=0: a run paused for a click or cancelled returns at once (a slide task still
-        # finishing its tile is waited for by the next run, on the worker, not by this one)
-        return lambda ctx: predict_project(self, self.client(), names, progress=ctx.progress,
-                                           should_stop=ctx.should_stop, stop_wait=0)
+        def run(ctx):
+            # stop_wait=0: a run paused for a click or cancelled returns at once (a slide task still
+            # finishing its tile is waited for by the next run, on the worker, not by this one)
+            report = predict_project(self, self.client(), names, progress=ctx.progress,
+                                     should_stop=ctx.should_stop, stop_wait=0)
+            from napari_hitl.app.slides import window_results
+
+            with self.lock:  # read here, on the job's thread: predicted(report) then reads no file
+                if not self.closed:
+                    report.results = self.project.results(report.model)
+                    report.windows = window_results(self.project, report.results)
+            return report
+
+        return run
 
     def predicted(self, predictions) -> None:
         """Keep finished predictions: a batch run's report (its saved results are used from now
@@ -351,7 +361,7 @@ class Session:
         from napari_hitl.app.batch import BatchReport
 
         if isinstance(predictions, BatchReport):
-            self.predictions.use(predictions.model)
+            self.predictions.use(predictions.model, predictions.results, predictions.windows)
         else:
             self.predictions.update(predictions)
         self._emit("predicted", predictions)
