@@ -188,3 +188,28 @@ def test_the_dock_batch_reads_the_window_scores_on_its_thread_and_predicted_read
         rows = session.rank("local consistency")
         assert not read
         assert len(rows) == 9 and {r.name for r in rows} == {"slide"}
+
+
+def test_the_session_and_the_cli_get_their_client_from_one_helper_never_as_dask_default(tmp_path, monkeypatch):
+    import inspect
+
+    from napari_hitl import commands
+    from napari_hitl.app import batch
+    from napari_hitl.app import session as app_session
+
+    made = []
+    real = batch.connect
+    monkeypatch.setattr(batch, "connect", lambda *a, **k: (made.append(a), real(*a, **k))[1])
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _slide(imgs / "a.tif", (40, 50))
+    session = Session(Project.create(tmp_path / "p", imgs, classes=["background", "cell"]))
+    client = session.client()
+    cluster = session._dask[1]
+    assert made and cluster is not None
+    with pytest.raises(ValueError):
+        distributed.default_client()  # set_as_default=False
+    session.close()
+    assert client.status == "closed" and cluster.status.name == "closed"
+    for module in (app_session, commands):  # no second copy of the construction
+        assert "Client(" not in inspect.getsource(module)

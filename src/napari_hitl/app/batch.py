@@ -271,6 +271,33 @@ def _await_stopping(session, client, todo: list[str], stop_wait: float, report: 
     return [n for n in todo if n not in busy]
 
 
+def connect(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1):
+    """``(client, cluster)``: a Dask client of the cluster at ``scheduler`` (cluster None), or of a
+    new :func:`local_cluster` of ``workers`` processes. Never dask's default client
+    (``set_as_default=False``): napari's lazily read images (a slide's dask arrays) are computed
+    in this process, never shipped to the cluster (which cannot pickle open files). Close both
+    with :func:`disconnect`."""
+    from distributed import Client
+
+    if scheduler:
+        return Client(scheduler, timeout=30, set_as_default=False), None
+    cluster = local_cluster(workers, threads_per_worker)
+    try:
+        return Client(cluster, set_as_default=False), cluster
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def disconnect(client, cluster) -> None:
+    """Close what :func:`connect` opened: the client, then the local cluster (if any)."""
+    try:
+        client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
 def predict_project(session, client, names: list[str] | None = None, *,
                     progress: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None, in_flight: int | None = None,

@@ -90,11 +90,11 @@ class Session:
 
     def close(self) -> None:
         if self._dask is not None:
+            from napari_hitl.app.batch import disconnect
+
             client, cluster = self._dask
             self._dask = None
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            disconnect(client, cluster)
         with self.lock:  # a save running on a worker thread ends first
             self.project.close()
             self.closed = True
@@ -105,17 +105,9 @@ class Session:
         if self._dask is None:
             import os
 
-            from distributed import Client
+            from napari_hitl.app.batch import connect
 
-            from napari_hitl.app.batch import local_cluster
-
-            # not dask's default scheduler: napari's lazily read images (a slide's dask arrays) are
-            # computed in this process, never shipped to the cluster (which cannot pickle open files)
-            if self.scheduler:
-                self._dask = (Client(self.scheduler, timeout=30, set_as_default=False), None)
-            else:
-                cluster = local_cluster(max(1, (os.cpu_count() or 2) - 1))
-                self._dask = (Client(cluster, set_as_default=False), cluster)
+            self._dask = connect(self.scheduler, None if self.scheduler else max(1, (os.cpu_count() or 2) - 1))
         return self._dask[0]
 
     def __enter__(self) -> Session:
