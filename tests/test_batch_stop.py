@@ -134,7 +134,8 @@ def test_a_paused_run_returns_without_waiting_and_the_next_run_waits_for_its_sli
         assert part.cancelled and not part.predicted and not part.failed
         # the slide task was left to its stop sign (it ends within a tile), not waited for here
         assert set(session.stopping_slides) <= {"slide"}
-        rest = predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=30)
+        # the dock's next run (stop_wait=0 too) waits for that task, then predicts the slide
+        rest = predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=0)
         assert not rest.failed and rest.predicted == ["slide"]
         assert not session.stopping_slides and not _signs(session)
         assert rest.slides["slide"]["windows"] == 9

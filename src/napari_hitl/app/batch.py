@@ -238,10 +238,17 @@ def _stop_slides(session, client, slides: dict, stop_file: Path, stop_wait: floa
         stopping[name] = (f, stop_file)
 
 
-def _await_stopping(session, client, todo: list[str], stop_wait: float, report: BatchReport) -> list[str]:
-    """Before slides are predicted again: wait (up to ``stop_wait`` s) for the tasks an earlier
-    run of ``session`` left stopping on them; a slide whose task is still running is left out
-    of this run (named in ``report.failed``), so two tasks never write its cache at once."""
+#: seconds a run waits at most for the slide tasks an earlier run left stopping (each stops
+#: between two tiles: seconds, unless a tile is very slow)
+STOPPING_WAIT = 120.0
+
+
+def _await_stopping(session, client, todo: list[str], report: BatchReport, stop_now: Callable[[], bool],
+                    poll: float, limit: float = STOPPING_WAIT) -> list[str] | None:
+    """Before slides are predicted again: wait (up to ``limit`` s, in steps of ``poll``) for the
+    tasks an earlier run of ``session`` left stopping on them; a slide whose task still runs
+    then is left out of this run (named in ``report.failed``), so two tasks never write its
+    cache at once. None: ``stop_now()`` said stop meanwhile (the run then does nothing)."""
     from distributed import wait
 
     stopping = getattr(session, "stopping_slides", None) or {}
@@ -249,12 +256,17 @@ def _await_stopping(session, client, todo: list[str], stop_wait: float, report: 
         return todo
     live = client.status not in ("closing", "closed")
     futures = [f for f, _ in stopping.values() if f.client is client and not f.done()]
-    if futures and live:
+    deadline = time.monotonic() + limit
+    while futures and live and time.monotonic() < deadline:
+        if stop_now():
+            report.cancelled = True
+            return None
         try:
             with client.as_current():
-                wait(futures, timeout=stop_wait, return_when="ALL_COMPLETED")
-        except (TimeoutError, CancelledError):  # still running (see below), or lost: nothing runs it
+                wait(futures, timeout=poll, return_when="ALL_COMPLETED")
+        except (TimeoutError, CancelledError):  # still running, or lost: nothing runs it
             pass
+        futures = [f for f in futures if not f.done()]
     busy = set()
     for name, (f, sign) in list(stopping.items()):
         if f.client is client and not f.done() and f.status != "cancelled":
@@ -266,8 +278,8 @@ def _await_stopping(session, client, todo: list[str], stop_wait: float, report: 
         if not any(s == sign for _, s in stopping.values()):
             sign.unlink(missing_ok=True)
     for name in busy & set(todo):
-        report.failed[name] = ("its task from the previous run is still stopping (a tile takes long); "
-                               "run Predict & rank again in a moment")
+        report.failed[name] = (f"its task from the previous run is still stopping after {limit:.0f} s (a tile "
+                               "takes that long?); run Predict & rank again later")
     return [n for n in todo if n not in busy]
 
 
@@ -315,8 +327,8 @@ def predict_project(session, client, names: list[str] | None = None, *,
     Cancelled, the run waits up to ``stop_wait`` seconds for a running slide task to stop (it
     does between two tiles); one still running then is left to its stop sign and kept in
     ``session.stopping_slides``, and the next run of the session waits for it (up to
-    ``stop_wait``, and on its own thread) before it predicts that slide again, so no two tasks
-    write one slide's cache. The dock passes ``stop_wait=0``: a run paused for a click or
+    :data:`STOPPING_WAIT` s, on its own thread, itself stoppable) before it predicts that slide
+    again, so no two tasks write one slide's cache. The dock passes ``stop_wait=0``: a run paused for a click or
     cancelled returns at once. A session closed meanwhile (``session.closed``) stops the run;
     nothing is saved after that."""
     from distributed import as_completed, wait
@@ -382,10 +394,12 @@ def predict_project(session, client, names: list[str] | None = None, *,
             shown_last[0] = now
             progress(now, total)
 
-    todo = _await_stopping(session, client, todo, stop_wait, report)
     def stop_now() -> bool:
         return bool(getattr(session, "closed", False)) or (should_stop is not None and should_stop())
 
+    todo = _await_stopping(session, client, todo, report, stop_now, poll)
+    if todo is None:  # stopped while waiting for them: nothing submitted
+        todo = []
     queue = iter(todo)
     pending = as_completed(loop=client.loop)  # our client, never dask's default (there may be none)
     submitted = set()
