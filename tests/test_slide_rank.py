@@ -218,3 +218,87 @@ def test_a_worker_killed_mid_slide_is_retried_and_goes_on_from_the_written_bands
         assert report.slides["slide"]["tiles_predicted"] == 3 * 6 and report.slides["slide"]["windows"] == 30
         events = [e["image"] for e in session.project.journal() if e["event"] == "predicted"]
         assert sorted(events) == session.names  # every image saved exactly once
+
+
+@pytest.mark.parametrize("shape", [(600, 100), (100, 700), (90, 300)])
+def test_a_narrow_slide_is_predicted_and_scored_with_windows_clipped_at_its_edges(tmp_path, shape):
+    """A slide with a side shorter than one tile (30000 x 800 with the real sizes) gets one tile
+    along that side, padded past the edge: it predicts, scores and resumes like any slide."""
+    import zarr
+
+    from napari_hitl.app.slides import tile_count
+
+    model = _model()
+    path = _slide(tmp_path / "s.tif", shape)
+    h, w = shape
+    with io.open_lazy(path) as img:
+        ticks = []
+        with pytest.raises(KeyboardInterrupt):
+            predict_slide(model, img, tmp_path / "n", 3, window=256, tile=128, overlap=32,
+                          progress=lambda k, n: ticks.append((k, n)), should_stop=lambda: len(ticks) >= 2)
+        out = predict_slide(model, img, tmp_path / "n", 3, window=256, tile=128, overlap=32)
+    n_rows, n_cols = -(-h // 256), -(-w // 256)
+    assert out["windows"] == n_rows * n_cols
+    assert ticks[0][1] == tile_count(shape, 128, 32)
+    probs = np.asarray(zarr.open_array(out["cache"], mode="r")[...], np.float32)
+    assert probs.shape == (3 + 2, h, w) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs[:3].sum(0), 1.0, atol=5e-3)
+    assert all(np.isfinite(v) for v in out["scores"].values()) and np.isfinite(out["features"]).all()
+    from napari_hitl.app.slides import _read_rows
+
+    boxes, _, _ = _read_rows(tmp_path / "n", "s", shape)
+    assert max(b[2] for b in boxes) == h and max(b[3] for b in boxes) == w  # clipped at the edges
+
+
+def test_the_real_tile_count_of_a_narrow_slide():
+    from napari_hitl.app.slides import OVERLAP, TILE, tile_count
+
+    assert tile_count((30000, 800)) == tile_count((30000, 1152)) == len(range(0, 30000 - TILE, TILE - OVERLAP)) + 1
+    assert tile_count((800, 800)) == 1
+
+
+def test_a_narrow_slide_in_a_project_predicts_and_ranks_on_the_batch(tmp_path, monkeypatch):
+    """The batch path (a real LocalCluster) of a project whose slide is narrower than one tile."""
+    from distributed import Client
+
+    from napari_hitl.app.batch import local_cluster, predict_project
+
+    monkeypatch.setattr(io, "LAZY_PIXELS", 200 * 200)
+    monkeypatch.setattr(store, "SLIDE_CHUNK", 256)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _slide(imgs / "narrow.tif", (600, 100))
+    p = Project.create(tmp_path / "p", imgs, classes=["background", "cell", "nucleus"])
+    assert p.is_slide("narrow")
+    with Session(p) as session, local_cluster(1) as cluster, Client(cluster, set_as_default=False) as client:
+        seen = []
+        report = predict_project(session, client, slide_sizes=SIZES, poll=0.05, progress=lambda k, n: seen.append(k))
+        assert not report.failed and report.predicted == ["narrow"] and seen[-1] == 6  # 6 x 1 tiles
+        session.predicted(report)
+        rows = session.rank("local consistency")
+    assert sorted(r.window for r in rows) == [(0, 0, 256, 100), (256, 0, 512, 100), (512, 0, 600, 100)]
+    assert all(np.isfinite(r.value) for r in rows)
+
+
+def test_a_slide_without_its_own_pyramid_predicts_on_a_dask_worker(tmp_path, monkeypatch):
+    """A slide above PYRAMID_MIN_SIDE with no pyramid in the file has coarsened levels (dask
+    arrays); reading one on a worker (the model's contrast limits come from the coarsest level)
+    must compute in the worker, not hand the graph to the worker's client (it cannot be pickled:
+    the slide failed with 'Could not serialize object')."""
+    from distributed import Client
+
+    from napari_hitl.app.batch import local_cluster, predict_project
+
+    monkeypatch.setattr(io, "LAZY_PIXELS", 300 * 300)
+    monkeypatch.setattr(store, "SLIDE_CHUNK", 256)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _slide(imgs / "big.tif", (1100, 96))  # thin, so it predicts fast
+    with io.open_lazy(imgs / "big.tif") as img:
+        assert img.n_levels > 1 and not img.own_pyramid
+    p = Project.create(tmp_path / "p", imgs, classes=["background", "cell", "nucleus"])
+    with Session(p) as session, local_cluster(1) as cluster, Client(cluster, set_as_default=False) as client:
+        assert float(getattr(session.model.get().model, "input_stretch", 0)) > 0  # so the coarsest level is read
+        report = predict_project(session, client, slide_sizes=SIZES, poll=0.05)
+    assert not report.failed, report.failed
+    assert report.predicted == ["big"] and report.slides["big"]["windows"] == 5

@@ -651,3 +651,36 @@ def test_a_tiff_export_that_fails_midway_says_so_and_leaves_no_writer_behind(sli
     with pytest.raises(error, match=message):
         io.export_project(p, tmp_path / "out", "tiff")
     assert threading.active_count() == before and not (tmp_path / "out").exists()
+
+
+def test_a_crash_after_a_clear_went_through_removes_its_chunks_without_an_orphan_warning(slide_project, monkeypatch):
+    """Clearing a slide writes no new label file: its note names only the chunk files it replaces.
+    A crash after its transaction, before the note is marked done, leaves those files unnamed by
+    the index; reopening must see that the clear went through (every file it replaces is
+    unreferenced) and delete them quietly, not set them aside warning of a damaged index."""
+    import warnings
+
+    p = slide_project
+    p.commit_window("slide", np.full((300, 300), 5, np.uint32), {5: 1}, offset=(100, 100))
+    files = list(p.chunk_files("slide").values())
+    assert files and all(f.exists() for f in files)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(Project, "_retire", crash)
+    with pytest.raises(KeyboardInterrupt):
+        p.clear_labels("slide")
+    monkeypatch.undo()
+    assert list((p.root / "labels").glob(".commit-*.json")) and all(f.exists() for f in files)
+    root = p.root
+    p.close()
+    monkeypatch.setattr(io, "LAZY_PIXELS", 100 * 100)
+    monkeypatch.setattr(store, "SLIDE_CHUNK", CHUNK)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "orphaned labels" warning
+        with Project.open(root) as q:
+            assert not q.chunk_files("slide") and not (_full(q)[0]).any()
+            assert not any(f.exists() for f in files)
+            assert not (root / store.ORPHANS_DIR).exists()
+            assert not list((root / "labels").glob(".commit-*"))

@@ -242,9 +242,7 @@ def predict(args) -> int:
     """Predict and rank every image on Dask (a LocalCluster here, or ``--scheduler``)."""
     import signal
 
-    from distributed import Client
-
-    from napari_hitl.app.batch import local_cluster, predict_project
+    from napari_hitl.app.batch import connect, disconnect, predict_project
     from napari_hitl.app.rank import RANKINGS, rank_results
     from napari_hitl.app.session import Session
     from napari_hitl.app.slides import window_results
@@ -261,14 +259,8 @@ def predict(args) -> int:
         print("\nstopping: finished images are kept (Ctrl+C again to quit at once)", flush=True)
 
     with Session(Project.open(args.project)) as session:
-        cluster = None
-        if args.scheduler:
-            client = Client(args.scheduler, timeout=30, set_as_default=False)
-            where = f"the cluster at {args.scheduler}"
-        else:
-            cluster = local_cluster(args.workers, args.threads_per_worker)
-            client = Client(cluster, set_as_default=False)
-            where = "a local cluster"
+        client, cluster = connect(args.scheduler, args.workers, args.threads_per_worker)
+        where = f"the cluster at {args.scheduler}" if args.scheduler else "a local cluster"
         old = signal.signal(signal.SIGINT, interrupted)
         try:
             n = len(client.nthreads())
@@ -281,9 +273,7 @@ def predict(args) -> int:
                                      should_stop=lambda: bool(stop))
         finally:
             signal.signal(signal.SIGINT, old)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            disconnect(client, cluster)
         names = session.names
         results = session.project.results(report.model)
         rows = rank_results(names, results, args.rank, windows=window_results(session.project, results))

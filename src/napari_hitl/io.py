@@ -239,7 +239,9 @@ class _Level:
         else:
             out = self.source[y0:y1, x0:x1, :3]
         if hasattr(out, "compute"):
-            out = out.compute()
+            # in this process, always: on a Dask worker the default scheduler is the worker's client,
+            # which would ship the graph (an open file) to the cluster and fail to pickle it
+            out = out.compute(scheduler="threads")
         out = np.asarray(out)
         return out[..., 0] if out.ndim == 3 and out.shape[-1] == 1 else out
 

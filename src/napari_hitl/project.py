@@ -1762,7 +1762,10 @@ class Project:
             except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
                 continue  # cut short before its commit wrote anything (or not ours): it explains nothing
             written = [p for p in new if os.path.lexists(p)]
-            if note.name.endswith(_DONE_SUFFIX) or any(p in referenced for p in written):
+            # a commit that writes no file (clearing a slide) went through when its transaction
+            # took every file it replaces out of the index
+            removes_only = not new and old and not any(p in referenced for p in old)
+            if note.name.endswith(_DONE_SUFFIX) or any(p in referenced for p in written) or removes_only:
                 explained.update(old)  # the commit went through: the files it replaced are garbage (a
                 # file it wrote that no entry names lost its entry since: not explained, kept aside)
             else:

@@ -48,6 +48,11 @@ class BatchReport:
     workers: int = 0
     #: per slide finished in this run: its task's seconds, window-scoring seconds, windows, tiles predicted
     slides: dict[str, dict] = field(default_factory=dict)
+    #: the model's saved results and its slides' window scores, read after the run on the thread
+    #: that ran it (:meth:`napari_hitl.app.session.Session.batch_job`), so that whoever takes the
+    #: report (the dock's UI thread) reads no file; None: not read
+    results: dict | None = field(default=None, repr=False)
+    windows: list | None = field(default=None, repr=False)
 
 
 def model_bytes(host) -> tuple[bytes, str]:
@@ -219,6 +224,106 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
     return cluster
 
 
+def _stop_slides(session, client, slides: dict, stop_file: Path, stop_wait: float) -> None:
+    """Wait up to ``stop_wait`` s for the slide tasks ``slides`` (name -> future) that saw the stop
+    sign ``stop_file``; those still running are kept in ``session.stopping_slides`` for the next
+    run (:func:`_await_stopping`), and the sign goes once every one has ended."""
+    from distributed import wait
+
+    if stop_wait > 0:
+        try:
+            with client.as_current():  # distributed.wait asks for the default client
+                wait(list(slides.values()), timeout=stop_wait, return_when="ALL_COMPLETED")
+        except TimeoutError:
+            pass  # still running: handed to the next run below
+        except CancelledError:
+            pass  # a slide task lost with its worker: nothing runs it
+    left = {n: f for n, f in slides.items() if not f.done()}
+    for f in slides.values():
+        if f.done():
+            client.cancel(f)
+    if not left:
+        stop_file.unlink(missing_ok=True)
+        return
+    stopping = getattr(session, "stopping_slides", None)
+    if stopping is None:
+        stopping = session.stopping_slides = {}
+    for name, f in left.items():
+        stopping[name] = (f, stop_file)
+
+
+#: seconds a run waits at most for the slide tasks an earlier run left stopping (each stops
+#: between two tiles: seconds, unless a tile is very slow)
+STOPPING_WAIT = 120.0
+
+
+def _await_stopping(session, client, todo: list[str], report: BatchReport, stop_now: Callable[[], bool],
+                    poll: float, limit: float = STOPPING_WAIT) -> list[str] | None:
+    """Before slides are predicted again: wait (up to ``limit`` s, in steps of ``poll``) for the
+    tasks an earlier run of ``session`` left stopping on them; a slide whose task still runs
+    then is left out of this run (named in ``report.failed``), so two tasks never write its
+    cache at once. None: ``stop_now()`` said stop meanwhile (the run then does nothing)."""
+    from distributed import wait
+
+    stopping = getattr(session, "stopping_slides", None) or {}
+    if not stopping:
+        return todo
+    live = client.status not in ("closing", "closed")
+    futures = [f for f, _ in stopping.values() if f.client is client and not f.done()]
+    deadline = time.monotonic() + limit
+    while futures and live and time.monotonic() < deadline:
+        if stop_now():
+            report.cancelled = True
+            return None
+        try:
+            with client.as_current():
+                wait(futures, timeout=poll, return_when="ALL_COMPLETED")
+        except (TimeoutError, CancelledError):  # still running, or lost: nothing runs it
+            pass
+        futures = [f for f in futures if not f.done()]
+    busy = set()
+    for name, (f, sign) in list(stopping.items()):
+        if f.client is client and not f.done() and f.status != "cancelled":
+            busy.add(name)
+            continue
+        del stopping[name]  # ended (or lost with its client: nothing of this session runs it)
+        if f.client is client and live:
+            client.cancel(f)
+        if not any(s == sign for _, s in stopping.values()):
+            sign.unlink(missing_ok=True)
+    for name in busy & set(todo):
+        report.failed[name] = (f"its task from the previous run is still stopping after {limit:.0f} s (a tile "
+                               "takes that long?); run Predict & rank again later")
+    return [n for n in todo if n not in busy]
+
+
+def connect(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1):
+    """``(client, cluster)``: a Dask client of the cluster at ``scheduler`` (cluster None), or of a
+    new :func:`local_cluster` of ``workers`` processes. Never dask's default client
+    (``set_as_default=False``): napari's lazily read images (a slide's dask arrays) are computed
+    in this process, never shipped to the cluster (which cannot pickle open files). Close both
+    with :func:`disconnect`."""
+    from distributed import Client
+
+    if scheduler:
+        return Client(scheduler, timeout=30, set_as_default=False), None
+    cluster = local_cluster(workers, threads_per_worker)
+    try:
+        return Client(cluster, set_as_default=False), cluster
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def disconnect(client, cluster) -> None:
+    """Close what :func:`connect` opened: the client, then the local cluster (if any)."""
+    try:
+        client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
 def predict_project(session, client, names: list[str] | None = None, *,
                     progress: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None, in_flight: int | None = None,
@@ -234,7 +339,12 @@ def predict_project(session, client, names: list[str] | None = None, *,
     as its tiles (read from its cache folder every ``poll`` seconds while it runs).
     ``slide_sizes``: (window, tile, overlap) of slides (default those of :mod:`napari_hitl.app.slides`).
     Cancelled, the run waits up to ``stop_wait`` seconds for a running slide task to stop (it
-    does between two tiles)."""
+    does between two tiles); one still running then is left to its stop sign and kept in
+    ``session.stopping_slides``, and the next run of the session waits for it (up to
+    :data:`STOPPING_WAIT` s, on its own thread, itself stoppable) before it predicts that slide
+    again, so no two tasks write one slide's cache. The dock passes ``stop_wait=0``: a run paused for a click or
+    cancelled returns at once. A session closed meanwhile (``session.closed``) stops the run;
+    nothing is saved after that."""
     from distributed import as_completed, wait
 
     from napari_hitl.app.slides import OVERLAP, TILE, WINDOW, read_progress, slide_folder, tile_count
@@ -298,6 +408,12 @@ def predict_project(session, client, names: list[str] | None = None, *,
             shown_last[0] = now
             progress(now, total)
 
+    def stop_now() -> bool:
+        return bool(getattr(session, "closed", False)) or (should_stop is not None and should_stop())
+
+    todo = _await_stopping(session, client, todo, report, stop_now, poll)
+    if todo is None:  # stopped while waiting for them: nothing submitted
+        todo = []
     queue = iter(todo)
     pending = as_completed(loop=client.loop)  # our client, never dask's default (there may be none)
     submitted = set()
@@ -312,16 +428,28 @@ def predict_project(session, client, names: list[str] | None = None, *,
             if not batch:  # nothing finished yet: show the slides' progress, listen for a stop
                 if running:
                     show()
-                if should_stop is not None and should_stop():
+                if stop_now():
                     report.cancelled = True
                     break
                 try:  # back as soon as a task finishes, or after ``poll`` seconds
                     with client.as_current():  # distributed.wait asks for the default client
                         wait(list(submitted), timeout=poll, return_when="FIRST_COMPLETED")
-                except Exception:  # noqa: BLE001 - a timeout, or a task lost: its own result says which
-                    pass
+                except (TimeoutError, CancelledError):  # nothing finished yet, or a task lost (its
+                    pass  # future is cancelled: handled with its result below, sent again)
+                except Exception as err:
+                    if stop_now():  # the session closed the client meanwhile
+                        report.cancelled = True
+                        break
+                    raise ProjectError(f"waiting for the prediction tasks on the Dask cluster failed "
+                                       f"({type(err).__name__}: {err}); the images finished so far are "
+                                       "saved: run Predict & rank again") from err
                 continue
             for future in batch:
+                if future.status == "cancelled" and (stop_now() or client.status in ("closing", "closed")):
+                    # cancelled by closing the client (the session closed), not lost: not sent again, and
+                    # still counted as left running (its slide gets the stop sign below)
+                    report.cancelled = True
+                    break
                 submitted.discard(future)
                 name = name_of[future.key]
                 running.pop(name, None)
@@ -344,9 +472,14 @@ def predict_project(session, client, names: list[str] | None = None, *,
                     if result.get("cancelled"):  # a slide stopped by the stop sign: not finished
                         report.cancelled = True
                         continue
-                    # saved before anything else: a finished image is never thrown away
-                    project.save_result(result["name"], token, result["scores"], result["features"],
-                                        result["cache"])
+                    # saved before anything else: a finished image is never thrown away (under the
+                    # session's lock, so a close on another thread waits for this one save only)
+                    with session.lock:
+                        if getattr(session, "closed", False):
+                            report.cancelled = True
+                            break
+                        project.save_result(result["name"], token, result["scores"], result["features"],
+                                            result["cache"])
                     report.predicted.append(result["name"])
                     if "windows" in result:
                         report.slides[name] = {k: result[k] for k in ("seconds", "scoring_seconds", "windows",
@@ -357,34 +490,33 @@ def predict_project(session, client, names: list[str] | None = None, *,
                 if nxt is not None:
                     submitted.add(f := submit(nxt))
                     pending.add(f)
-            if report.cancelled or (should_stop is not None and should_stop()):
+            if report.cancelled or stop_now():
                 report.cancelled = True
                 break
     finally:
-        if submitted and (report.cancelled or len(report.predicted) + len(report.failed) < len(todo)):
+        live = client.status not in ("closing", "closed")  # a session closed meanwhile closed it
+        if submitted:  # the loop ended early (cancelled, or an error): tasks of this run are left
             report.cancelled = True
             # a running slide task stops between tiles once it sees the stop sign (Dask cannot stop a
-            # running task): wait for it, so that no task of this run still writes the slide's cache
-            # when the next run starts; what it finished stays there for that run
+            # running task); what it finished stays in the cache for the next run
             stop_file.touch()
             slides = [f for f in submitted if name_of[f.key] in running]
-            client.cancel([f for f in submitted if f not in slides])
-            stopped = True
-            if slides:
-                try:
-                    with client.as_current():
-                        wait(slides, timeout=stop_wait, return_when="ALL_COMPLETED")
-                except TimeoutError:
-                    stopped = False  # the sign stays in the cache for the task still running
-                except Exception:  # noqa: BLE001 - a slide task lost with its worker: nothing runs it
-                    pass
-                client.cancel(slides)
-            if stopped:
+            if live:
+                client.cancel([f for f in submitted if f not in slides])
+            if slides and live:
+                _stop_slides(session, client, {name_of[f.key]: f for f in slides}, stop_file, stop_wait)
+            elif not slides:
                 stop_file.unlink(missing_ok=True)
-        client.cancel(weights_future)
+            # a closed client: its tasks are gone with a local cluster; one on a cluster at an
+            # address still sees the sign, which stays for it
+        if live:
+            client.cancel(weights_future)
+            report.workers = max(report.workers, len(client.nthreads()))
         report.seconds = time.perf_counter() - t0
-        report.workers = max(report.workers, len(client.nthreads()))
-    project.log("batch_predicted", model=token, predicted=len(report.predicted), skipped=report.skipped,
-                failed=len(report.failed), cancelled=report.cancelled, workers=report.workers,
-                seconds=round(report.seconds, 1))
+    with session.lock:
+        if getattr(session, "closed", False):
+            return report  # the project is closed: nothing more is written
+        project.log("batch_predicted", model=token, predicted=len(report.predicted), skipped=report.skipped,
+                    failed=len(report.failed), cancelled=report.cancelled, workers=report.workers,
+                    seconds=round(report.seconds, 1))
     return report

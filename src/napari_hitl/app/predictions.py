@@ -38,12 +38,13 @@ class CachedPredictions(Mapping):
         self._lock = threading.Lock()  # the UI thread and the worker both read
 
     # ------------------------------------------------------------------ what there is
-    def use(self, model: str) -> None:
-        """Use the batch results of ``model`` (a token), as saved in the project now."""
+    def use(self, model: str, results: dict | None = None, windows: list | None = None) -> None:
+        """Use the batch results of ``model`` (a token), as saved in the project now, or
+        ``results`` and the slides' ``windows`` already read (on a worker: then nothing is read here)."""
         self.model = model
-        self._results = self.project.results(model)
+        self._results = self.project.results(model) if results is None else results
         self._plain = {n: r for n, r in self._results.items() if not self.project.is_slide(n)}
-        self._windows = None
+        self._windows = windows
         self._loaded.clear()
 
     def results(self) -> dict[str, dict]:

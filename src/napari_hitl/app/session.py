@@ -77,6 +77,8 @@ class Session:
         self.predictions = CachedPredictions(project)  # image name -> one Prediction per frame
         self.scheduler = scheduler  # a Dask scheduler's address for batch work (None: a local cluster)
         self._dask: tuple | None = None  # (client, cluster or None), started on first batch work
+        #: slide -> (future, stop sign) of a slide task a cancelled batch left stopping (app/batch.py)
+        self.stopping_slides: dict = {}
         self.closed = False  # set by close(): a save that ends later tells no listener
         self.answers_since_training = 0
         self.edits: list[Edit] = []  # object edits, newest last, for undo
@@ -88,11 +90,11 @@ class Session:
 
     def close(self) -> None:
         if self._dask is not None:
+            from napari_hitl.app.batch import disconnect
+
             client, cluster = self._dask
             self._dask = None
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            disconnect(client, cluster)
         with self.lock:  # a save running on a worker thread ends first
             self.project.close()
             self.closed = True
@@ -103,17 +105,9 @@ class Session:
         if self._dask is None:
             import os
 
-            from distributed import Client
+            from napari_hitl.app.batch import connect
 
-            from napari_hitl.app.batch import local_cluster
-
-            # not dask's default scheduler: napari's lazily read images (a slide's dask arrays) are
-            # computed in this process, never shipped to the cluster (which cannot pickle open files)
-            if self.scheduler:
-                self._dask = (Client(self.scheduler, timeout=30, set_as_default=False), None)
-            else:
-                cluster = local_cluster(max(1, (os.cpu_count() or 2) - 1))
-                self._dask = (Client(cluster, set_as_default=False), cluster)
+            self._dask = connect(self.scheduler, None if self.scheduler else max(1, (os.cpu_count() or 2) - 1))
         return self._dask[0]
 
     def __enter__(self) -> Session:
@@ -338,8 +332,20 @@ class Session:
         :class:`~napari_hitl.app.batch.BatchReport`."""
         from napari_hitl.app.batch import predict_project
 
-        return lambda ctx: predict_project(self, self.client(), names, progress=ctx.progress,
-                                           should_stop=ctx.should_stop)
+        def run(ctx):
+            # stop_wait=0: a run paused for a click or cancelled returns at once (a slide task still
+            # finishing its tile is waited for by the next run, on the worker, not by this one)
+            report = predict_project(self, self.client(), names, progress=ctx.progress,
+                                     should_stop=ctx.should_stop, stop_wait=0)
+            from napari_hitl.app.slides import window_results
+
+            with self.lock:  # read here, on the job's thread: predicted(report) then reads no file
+                if not self.closed:
+                    report.results = self.project.results(report.model)
+                    report.windows = window_results(self.project, report.results)
+            return report
+
+        return run
 
     def predicted(self, predictions) -> None:
         """Keep finished predictions: a batch run's report (its saved results are used from now
@@ -347,7 +353,7 @@ class Session:
         from napari_hitl.app.batch import BatchReport
 
         if isinstance(predictions, BatchReport):
-            self.predictions.use(predictions.model)
+            self.predictions.use(predictions.model, predictions.results, predictions.windows)
         else:
             self.predictions.update(predictions)
         self._emit("predicted", predictions)

@@ -250,11 +250,9 @@ def window_results(project, results: dict[str, dict]) -> list[WindowResult]:
 
 def tile_count(shape, tile: int = TILE, overlap: int = OVERLAP) -> int:
     """How many tiles :func:`predict_slide` predicts on a slide of ``shape`` (its progress total)."""
-    from napari_hitl.model.segnet import _ceil, _tiles
+    from napari_hitl.model.segnet import large_tile_count
 
-    tile = _ceil(int(tile))
-    overlap = min(int(overlap), tile // 2)
-    return len(_tiles(int(shape[0]), tile, overlap)) * len(_tiles(int(shape[1]), tile, overlap))
+    return large_tile_count(int(shape[0]), int(shape[1]), tile, overlap)
 
 
 def write_progress(folder, done: int, total: int) -> None:

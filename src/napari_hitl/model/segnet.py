@@ -412,9 +412,9 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     tile = _ceil(int(tile))
     overlap = min(int(overlap), tile // 2)
     h, w = image.shape[:2]
-    if h < tile or w < tile:
-        raise InputError(f"image {image.path} ({h}x{w}) is smaller than one {tile} px tile; read it whole "
-                         "and use predict_proba")
+    # a side shorter than a tile (a narrow slide) gets one tile along it, of that side rounded up to
+    # the model's multiple; what lies past the image is padding (reflected), never written
+    th, tw, ph, pw = _large_tiles(h, w, tile)
     c = model.num_classes + (INSTANCE_CHANNELS if with_instances else 0)
     settings = {"shape": [c, h, w], "tile": tile, "overlap": overlap}
     marker = Path(f"{out}.done.json")
@@ -437,14 +437,13 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
                               chunks=(c, min(step_chunk, h), min(1024, w)))
         if resume:
             atomic_write(marker, lambda fh: fh.write(json.dumps({**settings, "rows": 0}).encode()))
-    ramp = _ramp(tile, overlap)
-    weight = np.minimum.outer(ramp, ramp)
-    rows, cols = _tiles(h, tile, overlap), _tiles(w, tile, overlap)
+    weight = np.minimum.outer(_ramp(th, min(overlap, th // 2)), _ramp(tw, min(overlap, tw // 2)))
+    rows, cols = _tiles(ph, th, overlap), _tiles(pw, tw, overlap)
     total = len(rows) * len(cols)
     # the first tile row that reaches past the rows already written (or past replay_from): every
     # row from done_rows on gets the contributions of all its tiles again; rows before are not written
     reach = done_rows if replay_from is None else min(done_rows, max(0, int(replay_from)))
-    first = next((k for k, y in enumerate(rows) if y + tile > reach), len(rows)) if done_rows else 0
+    first = next((k for k, y in enumerate(rows) if y + th > reach), len(rows)) if done_rows else 0
     done = first * len(cols)
     if first >= len(rows):  # all written, and no tile is asked for again
         if on_rows is not None:
@@ -457,7 +456,8 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
         """Rows [lo, hi) are final: write those at or after done_rows and record them."""
         a = max(lo, done_rows)
         if a < hi:
-            arr[:, a:hi, :] = (data[:, a - lo:hi - lo] / np.maximum(wsum[a - lo:hi - lo], 1e-6)).astype(np.float16)
+            arr[:, a:hi, :] = (data[:, a - lo:hi - lo, :w] / np.maximum(wsum[a - lo:hi - lo, :w], 1e-6)
+                               ).astype(np.float16)
         if resume and hi > done_rows:
             atomic_write(marker, lambda fh: fh.write(json.dumps({**settings, "rows": hi}).encode()))
         if on_rows is not None and hi > done_rows:
@@ -466,28 +466,29 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     was_training = model.training
     model.eval()
     try:
-        band = np.zeros((c, tile, w), np.float32)  # rows [top, top + tile) of the image
-        bsum = np.zeros((tile, w), np.float32)
+        band = np.zeros((c, th, pw), np.float32)  # rows [top, top + th) of the image
+        bsum = np.zeros((th, pw), np.float32)
         top = rows[first] if first < len(rows) else h
         for k in range(first, len(rows)):
             y = rows[k]
             if y > top:  # rows [top, y) are final: no later tile reaches them
                 n = y - top
                 flush(top, y, band, bsum)
-                band[:, :tile - n] = band[:, n:].copy()
-                band[:, tile - n:] = 0
-                bsum[:tile - n] = bsum[n:].copy()
-                bsum[tile - n:] = 0
+                band[:, :th - n] = band[:, n:].copy()
+                band[:, th - n:] = 0
+                bsum[:th - n] = bsum[n:].copy()
+                bsum[th - n:] = 0
                 top = y
             for x in cols:
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt("prediction cancelled")
-                patch = as_float_rgb(image.read(y, x, y + tile, x + tile), value_range)
+                patch = as_float_rgb(image.read(y, x, min(y + th, h), min(x + tw, w)), value_range)
                 if limits is not None:
                     patch = stretch_contrast(patch, limits)
-                probs, feats = _forward_tiles(model, [patch], on_features is not None, with_instances)
-                band[:, :, x:x + tile] += probs[0] * weight
-                bsum[:, x:x + tile] += weight
+                probs, feats = _forward_tiles(model, [_pad_to(patch, th, tw)], on_features is not None,
+                                              with_instances)
+                band[:, :, x:x + tw] += probs[0] * weight
+                bsum[:, x:x + tw] += weight
                 if on_features is not None:
                     on_features(y, x, feats[0])
                 done += 1
@@ -497,6 +498,22 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     finally:
         model.train(was_training)
     return arr
+
+
+def _large_tiles(h: int, w: int, tile: int) -> tuple[int, int, int, int]:
+    """``(th, tw, ph, pw)``: the tile of :func:`predict_large` on an ``h`` x ``w`` image (``tile``
+    already a multiple of 32) and the extent its tiles cover: a side shorter than ``tile`` gets one
+    tile, that side rounded up to a multiple of 32, past the image's edge (padding)."""
+    th, tw = min(tile, _ceil(h)), min(tile, _ceil(w))
+    return th, tw, max(h, th), max(w, tw)
+
+
+def large_tile_count(h: int, w: int, tile: int, overlap: int) -> int:
+    """How many tiles :func:`predict_large` predicts on an ``h`` x ``w`` image (any shape)."""
+    tile = _ceil(int(tile))
+    overlap = min(int(overlap), tile // 2)
+    th, tw, ph, pw = _large_tiles(int(h), int(w), tile)
+    return len(_tiles(ph, th, overlap)) * len(_tiles(pw, tw, overlap))
 
 
 def large_rows_done(out, settings: dict | None = None) -> int | None:

@@ -1,0 +1,212 @@
+"""Stopping a batch run that predicts a slide (app/batch.py) on a real Dask cluster: a run paused
+or cancelled from the dock returns at once and the next run waits for the slide task it left;
+closing the session under a running batch neither blocks the caller nor leaves a task writing
+the cache after its stop sign is gone; a failure of the wait itself is not swallowed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from napari_hitl import io
+from napari_hitl import project as store
+from napari_hitl.app.session import Session
+from napari_hitl.app.slides import read_progress
+from napari_hitl.errors import ProjectError
+from napari_hitl.project import Project
+
+from test_slide_rank import SIZES, _slide
+
+pytest.importorskip("torch")
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from napari_hitl.app.batch import local_cluster
+
+    with local_cluster(1) as c:
+        yield c
+
+
+@pytest.fixture
+def slide_project(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "LAZY_PIXELS", 300 * 300)
+    monkeypatch.setattr(store, "SLIDE_CHUNK", 256)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _slide(imgs / "slide.tif", (600, 700))  # 6 x 7 tiles of 128
+    return Project.create(tmp_path / "p", imgs, classes=["background", "cell", "nucleus"])
+
+
+def _folder(session):
+    from napari_hitl.app.batch import model_bytes
+
+    return session.project.cache_dir / "predictions" / model_bytes(session.model)[1] / "slide.slide"
+
+
+def _signs(session):
+    return list((session.project.cache_dir / "predictions").glob("*/.stop-*"))
+
+
+class _Ctx:
+    """What the dock's queue gives a job: should_stop (cancel / a click waiting) and progress."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+
+    def should_stop(self):
+        return self.stop.is_set()
+
+    def progress(self, *args):
+        pass
+
+
+def _small_slide_sizes(monkeypatch):
+    """Session.batch_job with the small slide sizes of these tests."""
+    from napari_hitl.app import batch
+
+    real = batch.predict_project
+    monkeypatch.setattr(batch, "predict_project", lambda *a, **k: real(*a, slide_sizes=SIZES, poll=0.05, **k))
+
+
+def _run_in_thread(fn):
+    out = {}
+
+    def run():
+        try:
+            out["report"] = fn()
+        except BaseException as err:  # noqa: BLE001 - the test reports it
+            out["error"] = err
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def _until(cond, timeout=60.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def test_closing_the_session_under_a_running_slide_batch_neither_blocks_nor_orphans_the_task(
+        slide_project, cluster, monkeypatch):
+    _small_slide_sizes(monkeypatch)
+    session = Session(slide_project)
+    client = distributed.Client(cluster, set_as_default=False)
+    session._dask = (client, None)  # a cluster that outlives the session, as one at an address does
+    folder = _folder(session)
+    ctx = _Ctx()
+    t, out = _run_in_thread(lambda: session.batch_job()(ctx))
+    _until(lambda: read_progress(folder) >= 3)
+    ctx.stop.set()  # the dock: queue.cancel(), then session.close() on the UI thread
+    t0 = time.perf_counter()
+    session.close()
+    closing = time.perf_counter() - t0
+    t.join(30)
+    assert not t.is_alive()
+    assert "error" not in out, "".join(__import__("traceback").format_exception(out["error"]))  # no ClosedClientError
+    assert closing < 2.0
+    # the slide task, still on the cluster (closing the client cannot stop a running task), sees the
+    # stop sign, which stays: it stops within a tile instead of writing the cache to the end
+    assert _signs(session)
+    last, still = -1, time.monotonic()
+    while time.monotonic() - still < 1.5:  # until the tile count rests
+        assert time.monotonic() - still < 60
+        now = read_progress(folder)
+        if now != last:
+            last, still = now, time.monotonic()
+        time.sleep(0.05)
+    assert last < 6 * 7, "the task ran to the end: the stop sign was taken away under it"
+
+
+def test_a_paused_run_returns_without_waiting_and_the_next_run_waits_for_its_slide_task(slide_project, cluster):
+    from napari_hitl.app.batch import predict_project
+
+    with Session(slide_project) as session, distributed.Client(cluster, set_as_default=False) as client:
+        folder = _folder(session)
+        part = predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=0,
+                               should_stop=lambda: read_progress(folder) >= 3)
+        assert part.cancelled and not part.predicted and not part.failed
+        # the slide task was left to its stop sign (it ends within a tile), not waited for here
+        assert set(session.stopping_slides) <= {"slide"}
+        # the dock's next run (stop_wait=0 too) waits for that task, then predicts the slide
+        rest = predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=0)
+        assert not rest.failed and rest.predicted == ["slide"]
+        assert not session.stopping_slides and not _signs(session)
+        assert rest.slides["slide"]["windows"] == 9
+
+
+def test_a_failure_of_the_wait_itself_is_an_error_not_a_silent_poll(slide_project, cluster, monkeypatch):
+    """wait() raises TimeoutError (nothing finished) or CancelledError (a task lost); anything else
+    (here a broken connection, injected) ends the run with a clear error, tasks stopped."""
+    from napari_hitl.app.batch import predict_project
+
+    real_wait = distributed.wait
+    calls = []
+
+    def wait(*a, **k):
+        if k.get("return_when") != "FIRST_COMPLETED":  # not the polling wait (the slide's stop wait)
+            return real_wait(*a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("connection to the scheduler lost")
+        return real_wait(*a, **k)
+
+    monkeypatch.setattr(distributed, "wait", wait)
+    with Session(slide_project) as session, distributed.Client(cluster, set_as_default=False) as client:
+        with pytest.raises(ProjectError, match="waiting for the prediction tasks.*connection to the scheduler lost"):
+            predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=30)
+        assert not session.project.results(_folder(session).parent.name)
+    assert len(calls) == 3  # the run ended at the failure: no poll after it
+
+
+def test_the_dock_batch_reads_the_window_scores_on_its_thread_and_predicted_reads_no_file(
+        slide_project, cluster, monkeypatch):
+    """Session.batch_job (the dock's job, on its worker) reads the results and every slide's window
+    scores (a file per row of windows: 40 for a 40000 px slide) after the run; predicted(report)
+    and the ranking, on the UI thread, then read none."""
+    from napari_hitl.app import slides
+
+    _small_slide_sizes(monkeypatch)
+    with Session(slide_project) as session:
+        session._dask = (distributed.Client(cluster, set_as_default=False), None)
+        report = session.batch_job()(_Ctx())
+        assert report.predicted == ["slide"] and len(report.windows) == 9
+        read = []
+        real_rows = slides._read_rows
+        monkeypatch.setattr(slides, "_read_rows", lambda *a: (read.append(a), real_rows(*a))[1])
+        monkeypatch.setattr(session.project, "results", lambda *a, **k: read.append(a) or {})
+        session.predicted(report)
+        rows = session.rank("local consistency")
+        assert not read
+        assert len(rows) == 9 and {r.name for r in rows} == {"slide"}
+
+
+def test_the_session_and_the_cli_get_their_client_from_one_helper_never_as_dask_default(tmp_path, monkeypatch):
+    import inspect
+
+    from napari_hitl import commands
+    from napari_hitl.app import batch
+    from napari_hitl.app import session as app_session
+
+    made = []
+    real = batch.connect
+    monkeypatch.setattr(batch, "connect", lambda *a, **k: (made.append(a), real(*a, **k))[1])
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _slide(imgs / "a.tif", (40, 50))
+    session = Session(Project.create(tmp_path / "p", imgs, classes=["background", "cell"]))
+    client = session.client()
+    cluster = session._dask[1]
+    assert made and cluster is not None
+    with pytest.raises(ValueError):
+        distributed.default_client()  # set_as_default=False
+    session.close()
+    assert client.status == "closed" and cluster.status.name == "closed"
+    for module in (app_session, commands):  # no second copy of the construction
+        assert "Client(" not in inspect.getsource(module)
