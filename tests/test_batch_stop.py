@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from napari_hitl import io
@@ -210,3 +211,65 @@ def test_the_session_and_the_cli_get_their_client_from_one_helper_never_as_dask_
     assert client.status == "closed" and cluster.status.name == "closed"
     for module in (app_session, commands):  # no second copy of the construction
         assert "Client(" not in inspect.getsource(module)
+
+
+class _StoppingTask:
+    """A slide task an earlier run (of another model) left stopping: it notes whether its stop sign
+    was there each time the run looked at it while it still ran."""
+
+    def __init__(self, client, sign, runs_for: int | None):
+        self.client, self.sign, self.runs_for = client, sign, runs_for
+        self.looked, self.sign_gone = 0, False
+        self.status = "pending"
+
+    def done(self):
+        self.looked += 1
+        running = self.runs_for is None or self.looked <= self.runs_for
+        if running and not self.sign.exists():
+            self.sign_gone = True  # a real task would now run to the end (or restart, with retries)
+        return not running
+
+
+@pytest.mark.parametrize("runs_for", [3, None])
+def test_a_run_of_a_new_model_keeps_the_stop_sign_of_a_slide_task_an_earlier_model_left_stopping(
+        tmp_path, monkeypatch, runs_for):
+    """The dock's run returns at once on a cancel (stop_wait=0), leaving a slide task stopping with
+    its stop sign in the old model's cache folder. A run after a training round (a new model)
+    drops the old model's cache: it must not delete that sign while the task still runs (the task
+    would predict the whole slide again, into a deleted folder). It waits for the task first; a
+    task still running after the wait keeps its folder and sign."""
+    from PIL import Image
+
+    from napari_hitl.app import batch
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(imgs / "a.png")
+    monkeypatch.setattr(batch, "STOPPING_WAIT", 0.3)
+
+    def fake_wait(fs, timeout=None, return_when=None):
+        if any(isinstance(f, _StoppingTask) for f in fs):
+            time.sleep(timeout or 0)
+            raise TimeoutError
+        return real_wait(fs, timeout=timeout, return_when=return_when)
+
+    real_wait = distributed.wait
+    monkeypatch.setattr(distributed, "wait", fake_wait)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") \
+            as cluster, distributed.Client(cluster, set_as_default=False) as client, \
+            Session(Project.create(tmp_path / "p", imgs, classes=["background", "cell"])) as session:
+        monkeypatch.setattr(client, "cancel", lambda fs, **k: None if isinstance(fs, _StoppingTask)
+                            else type(client).cancel(client, fs, **k))
+        old = session.project.cache_dir / "predictions" / "0123456789abcdef"
+        (old / "slide.slide").mkdir(parents=True)
+        sign = old / ".stop-1-1"
+        sign.touch()
+        task = _StoppingTask(client, sign, runs_for)
+        session.stopping_slides["slide"] = (task, sign)
+        report = batch.predict_project(session, client, names=[], poll=0.01, stop_wait=0)
+        assert task.looked > 1 and not task.sign_gone
+        if runs_for is None:  # still running after the wait: its sign and folder stay for it
+            assert sign.exists() and (old / "slide.slide").is_dir() and "slide" in session.stopping_slides
+        else:  # it ended: its sign and the old model's cache go
+            assert not old.exists() and not session.stopping_slides
+        assert not report.failed

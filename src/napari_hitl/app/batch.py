@@ -67,12 +67,14 @@ def model_bytes(host) -> tuple[bytes, str]:
     return data, hashlib.sha1(data).hexdigest()[:16]
 
 
-def _drop_other_models(project, token: str) -> None:
-    """Forget the results and cached maps of earlier models (they no longer describe the model)."""
+def _drop_other_models(project, token: str, busy: set | frozenset = frozenset()) -> None:
+    """Forget the results and cached maps of earlier models (they no longer describe the model),
+    but for the cache folders in ``busy``: those of slide tasks still stopping, whose stop sign
+    lies there (deleted, the task would go on predicting its whole slide)."""
     dropped = project.drop_results(keep=token)
     root = project.cache_dir / CACHE_FOLDER
     for old in root.iterdir() if root.is_dir() else []:
-        if old.is_dir() and old.name != token:
+        if old.is_dir() and old.name != token and old not in busy:
             shutil.rmtree(old, ignore_errors=True)
     if dropped:
         project.log("results_dropped", kept=token, images=dropped)
@@ -258,7 +260,7 @@ STOPPING_WAIT = 120.0
 
 
 def _await_stopping(session, client, todo: list[str], report: BatchReport, stop_now: Callable[[], bool],
-                    poll: float, limit: float = STOPPING_WAIT) -> list[str] | None:
+                    poll: float, limit: float | None = None) -> list[str] | None:
     """Before slides are predicted again: wait (up to ``limit`` s, in steps of ``poll``) for the
     tasks an earlier run of ``session`` left stopping on them; a slide whose task still runs
     then is left out of this run (named in ``report.failed``), so two tasks never write its
@@ -268,6 +270,7 @@ def _await_stopping(session, client, todo: list[str], report: BatchReport, stop_
     stopping = getattr(session, "stopping_slides", None) or {}
     if not stopping:
         return todo
+    limit = STOPPING_WAIT if limit is None else limit
     live = client.status not in ("closing", "closed")
     futures = [f for f, _ in stopping.values() if f.client is client and not f.done()]
     deadline = time.monotonic() + limit
@@ -353,7 +356,6 @@ def predict_project(session, client, names: list[str] | None = None, *,
     names = [r.name for r in project.images] if names is None else list(names)
     weights, token = model_bytes(session.model)
     report = BatchReport(model=token)
-    _drop_other_models(project, token)
     t0 = time.perf_counter()
     done = project.results(token)
     todo = [n for n in names if n not in done]
@@ -411,9 +413,13 @@ def predict_project(session, client, names: list[str] | None = None, *,
     def stop_now() -> bool:
         return bool(getattr(session, "closed", False)) or (should_stop is not None and should_stop())
 
+    # first the slide tasks an earlier run left stopping (of this model or an earlier one): the
+    # earlier models' cache folders go after, but for those holding the stop sign of a task still running
     todo = _await_stopping(session, client, todo, report, stop_now, poll)
     if todo is None:  # stopped while waiting for them: nothing submitted
         todo = []
+    _drop_other_models(project, token, {sign.parent for _, sign in (getattr(session, "stopping_slides", None)
+                                                                     or {}).values()})
     queue = iter(todo)
     pending = as_completed(loop=client.loop)  # our client, never dask's default (there may be none)
     submitted = set()
