@@ -70,3 +70,33 @@ def test_moving_between_images_refills_the_layers(dock, qtbot, tmp_path):
     dock.show_image("a_dim")  # back to grey: new layers again, the saved nothing of a_dim shown
     assert not dock.image_layer.rgb and dock.image_layer.data.shape == (96, 128)
     assert not dock.labels_layer.data.any()
+
+
+def test_a_refilled_image_layer_gets_the_contrast_a_fresh_layer_would():
+    """refill_layers puts another image in the shown layers: its contrast limits and their slider's
+    range are those napari gives a new layer of that image (for a 16-bit image the data's range,
+    not the whole 0-65535 of the type, which leaves the slider's useful part a sliver)."""
+    from napari.layers import Image as ImageLayer, Labels
+
+    from napari_hitl.napari._layers import refill_layers
+
+    rng = np.random.default_rng(1)
+    images = [(rng.integers(100, 3000, (40, 50)).astype(np.uint16), False),
+              (rng.integers(500, 900, (30, 20)).astype(np.uint16), False),
+              ((rng.random((30, 20)) * 5).astype(np.float32), False),
+              (rng.integers(150, 255, (30, 20)).astype(np.uint8), False)]
+    image, labels = ImageLayer(images[0][0]), Labels(np.zeros((40, 50), np.uint32))
+    for img, rgb in images[1:]:
+        lab = np.zeros(img.shape[:2], np.uint32)
+        refill_layers(image, labels, [(img, {"name": "x", "rgb": rgb, "metadata": {}}, "image"),
+                                      (lab, {"name": "x labels", "metadata": {}}, "labels")])
+        fresh = ImageLayer(img, rgb=rgb)
+        assert image.contrast_limits_range == fresh.contrast_limits_range, img.dtype
+        assert image.contrast_limits == fresh.contrast_limits, img.dtype
+    rgb_a, rgb_b = (rng.integers(0, 255, (20, 20, 3)).astype(np.uint8) for _ in range(2))
+    image = ImageLayer(rgb_a, rgb=True)
+    refill_layers(image, labels, [(rgb_b, {"name": "y", "rgb": True, "metadata": {}}, "image"),
+                                  (np.zeros((20, 20), np.uint32), {"name": "y labels", "metadata": {}}, "labels")])
+    fresh = ImageLayer(rgb_b, rgb=True)
+    assert image.contrast_limits_range == fresh.contrast_limits_range
+    assert image.contrast_limits == fresh.contrast_limits

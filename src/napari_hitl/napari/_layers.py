@@ -64,10 +64,15 @@ def refill_layers(image_layer, labels_layer, data: list[tuple]) -> None:
     layers (when :func:`can_refill`). A removed layer costs napari a full garbage collection on
     the UI thread (about 0.3 s per layer with napari loaded), so moving between images reuses
     them. The labels layer's undo history goes with the image it belonged to."""
+    from napari.layers.utils.layer_utils import calc_data_range
+
     (img, img_kw, _), (lab, lab_kw, _) = data
     image_layer.data = img
-    image_layer.reset_contrast_limits_range()
-    image_layer.reset_contrast_limits()
+    # what napari gives a new layer of an array: limits and their slider's range both the data's
+    # range (reset_contrast_limits_range would stretch the slider over a 16-bit type's 0-65535)
+    limits = calc_data_range(img, rgb=bool(img_kw["rgb"]))
+    image_layer.contrast_limits_range = limits
+    image_layer.contrast_limits = limits
     labels_layer.data = lab
     labels_layer._reset_history()  # napari's Ctrl+Z must not paint the last image's edits here
     for layer, kw in ((image_layer, img_kw), (labels_layer, lab_kw)):
