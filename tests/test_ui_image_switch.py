@@ -100,3 +100,23 @@ def test_a_refilled_image_layer_gets_the_contrast_a_fresh_layer_would():
     fresh = ImageLayer(rgb_b, rgb=True)
     assert image.contrast_limits_range == fresh.contrast_limits_range
     assert image.contrast_limits == fresh.contrast_limits
+
+
+def test_prompt_layers_that_cannot_serve_the_next_image_go_with_the_last_one(dock, qtbot, tmp_path):
+    """The kept prompt layers serve the next image only above its labels layer; kept anyway (here
+    the person moved the labels layer to the top) they stayed as the last image's, named for it."""
+    viewer = dock.viewer
+    dock.annotate.engine_box.setCurrentText("graph")
+    dock.open_project(_project(tmp_path))
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    dock.run_action("click")
+    dock.tools.click(40.0, 60.0, True)
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    assert "a_dim prompts" in viewer.layers
+    viewer.layers.move(viewer.layers.index(dock.labels_layer), len(viewer.layers))
+    dock.show_image("b_bright")
+    assert not [lay.name for lay in viewer.layers if lay.name.startswith("a_dim")]
+    dock.tools.click(30.0, 30.0, True)  # the next prompt makes them anew, above the labels
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    names = [lay.name for lay in viewer.layers]
+    assert names.index("b_bright prompts") > names.index("b_bright labels")

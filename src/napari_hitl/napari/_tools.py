@@ -143,7 +143,8 @@ class ToolController(QObject):
         first prompt, or are the kept ones, emptied, of the last image)."""
         self.detach(keep_layers=True)
         self.layer, self.image_layer, self.image = labels_layer, image_layer, image
-        self._name_kept_layers()
+        if not self._name_kept_layers():  # kept ones that cannot serve here (misplaced, another
+            self._remove_prompt_layers()  # project's): not left named for the last image
         labels_layer.mouse_drag_callbacks.append(self._on_drag)
         labels_layer.events.mode.connect(self._on_layer_mode)
         for key, (_, action) in SHORTCUTS.items():
@@ -201,11 +202,15 @@ class ToolController(QObject):
                 if len(lay.data):  # (setting data costs napari ~20 ms a layer, even when empty)
                     lay.data = np.zeros((0, lay.ndim)) if lay is self.points_layer else []
         else:
-            for lay in kept:
-                viewer.layers.remove(lay)
-            self.points_layer = self.shapes_layer = None
+            self._remove_prompt_layers()
         self.layer = None
         self._drawn_points, self._drawn_paths = None, []
+
+    def _remove_prompt_layers(self) -> None:
+        for lay in (self.points_layer, self.shapes_layer):
+            if lay is not None and lay in self.viewer.layers:
+                self.viewer.layers.remove(lay)
+        self.points_layer = self.shapes_layer = None
 
     def forget_image(self, name: str) -> None:
         for key in [k for k in self.sessions if k[0] == name]:
