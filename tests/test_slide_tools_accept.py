@@ -165,3 +165,31 @@ def test_a_save_that_ends_after_an_ordinary_image_is_shown_is_still_heard(slide_
     gate.set()
     qtbot.waitUntil(lambda: not queue.busy, timeout=60_000)
     assert heard == ["slide"] and s.answers_since_training == before + 1
+
+
+def test_the_pending_layer_keeps_the_persons_eye_toggle_while_it_holds_regions(slide_session, slide_tools):
+    """The pending layer is kept, emptied and hidden, once no region is pending; while regions are
+    pending a new answer does not turn it back on after the person hid it, and hidden by the
+    person it is still emptied (nothing stale when shown again); the next regions show it."""
+    from napari_hitl.napari._slide import SlideRegion
+
+    s = slide_session
+    tools, _ = slide_tools
+
+    def region(y):
+        return SlideRegion(s.reserve_id("slide"), RegionPrompts(1, [Click(y + 20.0, 120.0, True)]),
+                           Window(np.ones((40, 40), bool), y, 100))
+
+    tools.regions = [region(100)]
+    tools.show()
+    assert tools.pending.visible and tools.pending.data.any()
+    tools.pending.visible = False  # the person hides it, to see the slide under it
+    tools.regions.append(region(200))
+    tools.show()
+    assert not tools.pending.visible
+    tools.regions = []  # accepted (or undone)
+    tools.show()
+    assert not tools.pending.data.any() and not tools.pending.visible
+    tools.regions = [region(300)]
+    tools.show()
+    assert tools.pending.visible and tools.pending.data.any()

@@ -89,6 +89,7 @@ class SlideTools(QObject):
         self.image = None  # the LazyImage (this tool's own; closed on detach)
         self.layer = None  # the saved objects (multiscale, read lazily)
         self.pending = None  # the regions' answers, over their windows
+        self._pending_idle = False  # pending emptied and hidden by show(), for the next regions
         self.points_layer = None  # clicks and extreme points
         self.shapes_layer = None  # scribbles
         self.regions: list[SlideRegion] = []
@@ -387,9 +388,10 @@ class SlideTools(QObject):
         garbage collection on the UI thread)."""
         wins = [(r.oid, r.window) for r in self.regions if r.window is not None]
         if not wins:
-            if self.pending is not None and self.pending in self.viewer.layers and self.pending.visible:
-                self.pending.data = np.zeros((1, 1), np.uint32)
+            if self.pending is not None and self.pending in self.viewer.layers and not self._pending_idle:
+                self.pending.data = np.zeros((1, 1), np.uint32)  # also when the person hid it: nothing stale
                 self.pending.visible = False
+                self._pending_idle = True
             return
         y0 = min(w.y0 for _, w in wins)
         x0 = min(w.x0 for _, w in wins)
@@ -406,7 +408,9 @@ class SlideTools(QObject):
         else:
             self.pending.data = data
             self.pending.translate = (y0, x0)
-            self.pending.visible = True
+            if self._pending_idle:  # shown again for new regions; while they last, the person's eye toggle holds
+                self.pending.visible = True
+        self._pending_idle = False
         n = len(self.regions)
         fixing = sum(r.corrects for r in self.regions)
         more = f" ({fixing} correcting saved objects)" if fixing else ""
