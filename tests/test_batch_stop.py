@@ -273,3 +273,29 @@ def test_a_run_of_a_new_model_keeps_the_stop_sign_of_a_slide_task_an_earlier_mod
         else:  # it ended: its sign and the old model's cache go
             assert not old.exists() and not session.stopping_slides
         assert not report.failed
+
+
+def test_a_broken_connection_in_the_stop_wait_does_not_hide_the_runs_own_error(slide_project, cluster, monkeypatch):
+    """The connection to the scheduler breaks: the polling wait fails (a ProjectError that says
+    what to do) and so does the wait for the slide task to stop, in the run's cleanup; that
+    second failure must not replace the first (the slide task is then left to its stop sign)."""
+    from napari_hitl.app.batch import predict_project
+
+    real_wait = distributed.wait
+    calls = []
+
+    def wait(*a, **k):
+        calls.append(k.get("return_when"))
+        if len(calls) >= 3:
+            raise OSError("connection to the scheduler lost")
+        return real_wait(*a, **k)
+
+    monkeypatch.setattr(distributed, "wait", wait)
+    with Session(slide_project) as session, distributed.Client(cluster, set_as_default=False) as client:
+        with pytest.raises(ProjectError, match="waiting for the prediction tasks.*connection to the scheduler lost"):
+            predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=30)
+        assert "ALL_COMPLETED" in calls  # the stop wait ran, and failed too
+        monkeypatch.setattr(distributed, "wait", real_wait)  # the connection is back
+        assert set(session.stopping_slides) <= {"slide"}  # left to its stop sign, for the next run
+        rest = predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=0)
+        assert rest.predicted == ["slide"] and not rest.failed
