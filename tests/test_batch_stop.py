@@ -299,3 +299,30 @@ def test_a_broken_connection_in_the_stop_wait_does_not_hide_the_runs_own_error(s
         assert set(session.stopping_slides) <= {"slide"}  # left to its stop sign, for the next run
         rest = predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=0)
         assert rest.predicted == ["slide"] and not rest.failed
+
+
+def test_a_failure_of_the_wait_for_a_stopping_slide_task_is_a_project_error(tmp_path, monkeypatch):
+    """As the polling wait's: a broken connection while the run waits for the slide tasks an
+    earlier run left stopping ends it with a ProjectError saying what to do, not a bare OSError."""
+    from PIL import Image
+
+    from napari_hitl.app import batch
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(imgs / "a.png")
+
+    def fake_wait(fs, timeout=None, return_when=None):
+        if any(isinstance(f, _StoppingTask) for f in fs):
+            raise OSError("connection to the scheduler lost")
+        return real_wait(fs, timeout=timeout, return_when=return_when)
+
+    real_wait = distributed.wait
+    monkeypatch.setattr(distributed, "wait", fake_wait)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") \
+            as cluster, distributed.Client(cluster, set_as_default=False) as client, \
+            Session(Project.create(tmp_path / "p", imgs, classes=["background", "cell"])) as session:
+        sign = session.project.cache_dir / "predictions" / ".stop-1-1"
+        session.stopping_slides["slide"] = (_StoppingTask(client, sign, None), sign)
+        with pytest.raises(ProjectError, match="slide tasks an earlier run left stopping.*connection"):
+            batch.predict_project(session, client, poll=0.01, stop_wait=0)

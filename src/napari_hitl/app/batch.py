@@ -285,6 +285,12 @@ def _await_stopping(session, client, todo: list[str], report: BatchReport, stop_
                 wait(futures, timeout=poll, return_when="ALL_COMPLETED")
         except (TimeoutError, CancelledError):  # still running, or lost: nothing runs it
             pass
+        except Exception as err:
+            if stop_now():  # the session closed the client meanwhile
+                report.cancelled = True
+                return None
+            raise ProjectError(f"waiting for the slide tasks an earlier run left stopping failed "
+                               f"({type(err).__name__}: {err}); run Predict & rank again") from err
         futures = [f for f in futures if not f.done()]
     busy = set()
     for name, (f, sign) in list(stopping.items()):
