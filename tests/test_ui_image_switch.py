@@ -120,3 +120,20 @@ def test_prompt_layers_that_cannot_serve_the_next_image_go_with_the_last_one(doc
     qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
     names = [lay.name for lay in viewer.layers]
     assert names.index("b_bright prompts") > names.index("b_bright labels")
+
+
+def test_moving_between_images_works_on_a_napari_without_batched_layer_updates(dock, qtbot, tmp_path, monkeypatch):
+    """LayerList.batched_update is new in napari (0.6.6 has none; the plugin asks for napari>=0.5):
+    without it the layers that must go are removed one by one, as before, and nothing fails."""
+    from napari.components import LayerList
+
+    viewer = dock.viewer
+    with monkeypatch.context() as m:
+        m.delattr(LayerList, "batched_update")
+        assert not hasattr(viewer.layers, "batched_update")
+        dock.open_project(_project(tmp_path))  # the first image: its layers are made
+        qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+        assert dock.current == "a_dim" and dock.labels_layer in viewer.layers
+        dock.show_image("c_rgb")  # RGB after grey: the grey image's layers go
+        assert dock.image_layer.rgb and "a_dim" not in viewer.layers
+        qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)

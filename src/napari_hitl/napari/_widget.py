@@ -594,8 +594,10 @@ class HitlWidget(QWidget):
         shown = [lay for lay in (self.image_layer, self.labels_layer) if lay is not None and lay in layers]
         refill = len(shown) == 2 and can_refill(*shown, data)  # see refill_layers: no layer made or removed
         # where layers must go, napari removes them in one batch: one garbage collection for all
+        # (LayerList.batched_update is recent: napari 0.6.6 has none, then they go one by one)
         removing = not refill or self.slide.active or self.suggestions.layer in layers
-        with layers.batched_update() if removing else contextlib.nullcontext():
+        batch = getattr(layers, "batched_update", None) if removing else None
+        with batch() if batch is not None else contextlib.nullcontext():
             self.slide.detach()
             self.tools.detach(keep_layers=refill)  # the prompt layers stay above the refilled labels
             self.suggestions.clear()
