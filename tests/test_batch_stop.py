@@ -326,3 +326,32 @@ def test_a_failure_of_the_wait_for_a_stopping_slide_task_is_a_project_error(tmp_
         session.stopping_slides["slide"] = (_StoppingTask(client, sign, None), sign)
         with pytest.raises(ProjectError, match="slide tasks an earlier run left stopping.*connection"):
             batch.predict_project(session, client, poll=0.01, stop_wait=0)
+
+
+def test_a_damaged_window_file_does_not_fail_the_dock_batch_after_its_images_are_saved(tmp_path, monkeypatch):
+    """Session.batch_job reads the slides' window scores after the run (for the UI thread): a
+    damaged window file must not turn the whole finished run into a failure (its new results then
+    unused); the report comes back without them, and ranking reads them again and names the file,
+    as it did before the job read them."""
+    from PIL import Image
+
+    from napari_hitl.app import slides
+    from napari_hitl.errors import CorruptFileError
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(imgs / "a.png")
+
+    def damaged(*a, **k):
+        raise CorruptFileError("the window scores of slide 's' in row-0.npz are damaged")
+
+    monkeypatch.setattr(slides, "window_results", damaged)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") \
+            as cluster, Session(Project.create(tmp_path / "p", imgs, classes=["background", "cell"])) as session:
+        session._dask = (distributed.Client(cluster, set_as_default=False), None)
+        report = session.batch_job()(_Ctx())
+        assert report.predicted == ["a"] and report.results and report.windows is None
+        session.predicted(report)
+        assert "a" in session.predictions
+        with pytest.raises(CorruptFileError, match="damaged"):
+            session.predictions.windows()

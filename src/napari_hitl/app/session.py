@@ -338,11 +338,15 @@ class Session:
             report = predict_project(self, self.client(), names, progress=ctx.progress,
                                      should_stop=ctx.should_stop, stop_wait=0)
             from napari_hitl.app.slides import window_results
+            from napari_hitl.errors import CorruptFileError
 
             with self.lock:  # read here, on the job's thread: predicted(report) then reads no file
                 if not self.closed:
                     report.results = self.project.results(report.model)
-                    report.windows = window_results(self.project, report.results)
+                    try:
+                        report.windows = window_results(self.project, report.results)
+                    except CorruptFileError:  # the run's results stand; ranking reads them again and
+                        report.windows = None  # names the damaged file, as it did before this read
             return report
 
         return run
