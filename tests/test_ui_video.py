@@ -134,3 +134,24 @@ def test_a_click_pauses_propagation_which_then_resumes(dock, qtbot):
     qtbot.waitUntil(lambda: video.job is None, timeout=120000)
     assert "Propagation round 1: 60 steps" in video.figures.text()
     assert dock.project.counts(name).pseudo > 0
+
+
+def test_jumping_to_a_unit_shows_its_outline_in_the_reused_layer(dock, qtbot):
+    """The outline layer is reused from jump to jump (not removed and made again): one the
+    person hid is shown again by the next jump, as a new layer was, holding only that unit's box."""
+    from napari_hitl.app.video import UnitRow
+    from napari_hitl.napari._video import OUTLINE_LAYER
+
+    _open_timelapse(dock)
+    video = dock.video
+    video.go_to(UnitRow(0, 2, (5, 6, 20, 30), 0.0))
+    outline = dock.viewer.layers[OUTLINE_LAYER]
+    assert outline.visible
+    outline.visible = False  # the person hides it
+    removed = []
+    dock.viewer.layers.events.removed.connect(lambda e: removed.append(e.value.name))
+    video.go_to(UnitRow(1, 4, (10, 12, 40, 50), 0.0))
+    assert not removed and dock.viewer.layers[OUTLINE_LAYER].visible
+    outline = dock.viewer.layers[OUTLINE_LAYER]
+    assert len(outline.data) == 1 and np.array_equal(outline.data[0][0], [4, 10, 12])
+    assert dock.viewer.dims.current_step[0] == 4

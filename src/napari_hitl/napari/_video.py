@@ -170,6 +170,7 @@ class VideoPanel(QGroupBox):
         if layer is not None and layer.ndim == 3:
             layer.data = []
             layer.add_polygons([rect], edge_color="yellow", face_color="transparent", edge_width=2)
+            layer.visible = True  # a jump asks to see the unit (as the new layer made before did)
         else:
             if layer is not None:
                 viewer.layers.remove(layer)
