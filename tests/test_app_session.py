@@ -114,3 +114,18 @@ def test_the_sessions_dask_client_is_not_dasks_default_scheduler(session):
         assert int(arr.sum().compute()) == 16 * len(unpicklable.name)
     finally:
         unpicklable.close()
+
+
+def test_closing_with_dask_in_background_closes_the_project_now_and_the_cluster_after(session):
+    """The dock closes a session on napari's UI thread: the project closes at once, the client and
+    the local cluster's processes on a thread of their own (that takes 1-2 s)."""
+    import time
+
+    client = session.client()
+    cluster = client.cluster
+    session.close(dask_in_background=True)
+    assert session.closed and session._dask is None
+    t0 = time.monotonic()
+    while (client.status != "closed" or cluster.status.name != "closed") and time.monotonic() - t0 < 60:
+        time.sleep(0.1)
+    assert client.status == "closed" and cluster.status.name == "closed"

@@ -88,13 +88,20 @@ class Session:
     def open(cls, path) -> Session:
         return cls(Project.open(path))
 
-    def close(self) -> None:
+    def close(self, dask_in_background: bool = False) -> None:
+        """Close the project (after a save running on a worker thread) and the Dask client and local
+        cluster of the batch work; ``dask_in_background``: those on a thread of their own, for a
+        caller on napari's UI thread (stopping a local cluster's processes takes 1-2 s)."""
         if self._dask is not None:
             from napari_hitl.app.batch import disconnect
 
             client, cluster = self._dask
             self._dask = None
-            disconnect(client, cluster)
+            if dask_in_background:
+                threading.Thread(target=disconnect, args=(client, cluster), name="napari-hitl close dask",
+                                 daemon=True).start()
+            else:
+                disconnect(client, cluster)
         with self.lock:  # a save running on a worker thread ends first
             self.project.close()
             self.closed = True

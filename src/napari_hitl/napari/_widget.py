@@ -415,7 +415,7 @@ class HitlWidget(QWidget):
                     project.close()
                 return
             self.queue.cancel()
-            self.session.close()
+            self.session.close(dask_in_background=True)
         self.tools.host.forget()  # an image of the same name in this project is another image
         self.session = Session(project)
         claim_project_folder(project.root)  # `napari PROJECT` opens it without a reader dialog from now on
@@ -443,7 +443,7 @@ class HitlWidget(QWidget):
                 self.viewer.layers.remove(layer)
             self.labels_layer = None
         if self.session is not None:
-            self.session.close()
+            self.session.close(dask_in_background=True)
         self.session = None
         self.current = None
         self.ranking.set_session(None)
