@@ -111,7 +111,7 @@ def test_closing_the_session_under_a_running_slide_batch_neither_blocks_nor_orph
     t.join(30)
     assert not t.is_alive()
     assert "error" not in out, "".join(__import__("traceback").format_exception(out["error"]))  # no ClosedClientError
-    assert closing < 2.0
+    assert closing < 30.0  # not a speed target: far below the 120 s a wait for the slide task would take
     # the slide task, still on the cluster (closing the client cannot stop a running task), sees the
     # stop sign, which stays: it stops within a tile instead of writing the cache to the end
     assert _signs(session)
