@@ -36,6 +36,12 @@ def test_results_are_saved_checked_and_ranked(tmp_path):
         assert p.results("ffff") == {}
         rows = rank_results([r.name for r in p.images], got, "local consistency")
         assert [r.name for r in rows] == ["im0", "im1", "im2"] and rows[2].value != rows[2].value  # im2: none
+        light = p.results("abcd", features=False)  # what skipping finished images and a score ranking read
+        assert light["im0"]["features"] is None and light["im0"]["scores"] == got["im0"]["scores"]
+        assert [r.name for r in rank_results([r.name for r in p.images], light, "local consistency")] == \
+            [r.name for r in rows]
+        with pytest.raises(InputError, match="features"):
+            rank_results([r.name for r in p.images], light, "diversity")
         with pytest.raises(InputError, match="hex"):
             p.save_result("im0", "../x", {}, np.zeros(1), cache)
         with pytest.raises(ValueError):  # a cache path outside the project's cache

@@ -1930,12 +1930,15 @@ class Project:
         with self._transaction("dropping old results") as db:
             return db.execute("DELETE FROM results WHERE model != ?", (keep,)).rowcount
 
-    def results(self, model: str) -> dict[str, dict]:
+    def results(self, model: str, features: bool = True) -> dict[str, dict]:
         """The saved prediction results of ``model``, by image name: ``scores`` (dict), ``features``
-        (float32) and ``cache`` (the path of its probabilities); checked as untrusted input."""
+        (float32; None unless ``features``: what ranking by a score and skipping finished images
+        need is a few hundred bytes an image, the features 1.7 KB more) and ``cache`` (the path of its
+        probabilities); checked as untrusted input."""
         names = {iid: name for name, iid in self._ids.items()}
         with self._reader() as db:
-            rows = db.execute("SELECT image, scores, features, cache FROM results WHERE model = ?", (model,)).fetchall()
+            rows = db.execute(f"SELECT image, scores, {'features' if features else 'NULL'}, cache FROM results "
+                              "WHERE model = ?", (model,)).fetchall()
         out = {}
         where = self.root / DB_FILE
         for iid, scores, feats, rel in rows:
@@ -1945,12 +1948,12 @@ class Project:
                 scores = json.loads(scores)
                 if not isinstance(scores, dict) or not all(isinstance(v, (int, float)) for v in scores.values()):
                     raise ValueError("scores are not numbers")
-                if not isinstance(feats, bytes) or len(feats) % 4 or len(feats) > 1 << 20:
+                if features and (not isinstance(feats, bytes) or len(feats) % 4 or len(feats) > 1 << 20):
                     raise ValueError("features are not float32")
             except (ValueError, TypeError) as err:
                 raise CorruptFileError(f"{where}: the result of {names[iid]!r} is malformed ({err})") from err
             out[names[iid]] = {"scores": {str(k): float(v) for k, v in scores.items()},
-                               "features": np.frombuffer(feats, np.float32).copy(),
+                               "features": np.frombuffer(feats, np.float32).copy() if features else None,
                                "cache": _inside(self.cache_dir, rel, "cached prediction", where)}
         return out
 

@@ -365,7 +365,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
     weights, token = model_bytes(session.model)
     report = BatchReport(model=token)
     t0 = time.perf_counter()
-    done = project.results(token)
+    done = project.results(token, features=False)  # which are finished: the features stay on disk
     todo = [n for n in names if n not in done]
     todo.sort(key=lambda n: not project.is_slide(n))  # slides first: the long tasks start early
     report.skipped = len(names) - len(todo)
@@ -465,7 +465,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
                     report.cancelled = True
                     break
                 submitted.discard(future)
-                name = name_of[future.key]
+                name = name_of.pop(future.key)  # (a finished key is not asked again: the dict stays small)
                 running.pop(name, None)
                 try:
                     result = future.result()

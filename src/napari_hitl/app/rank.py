@@ -69,9 +69,12 @@ def rank_results(names: list[str], results: dict[str, dict], choice: str, budget
     ``windows`` (:class:`napari_hitl.app.slides.WindowResult`, see
     :func:`napari_hitl.app.slides.window_results`) rank a slide's windows beside the images, each
     a row of its own (``window`` set) in place of the slide's one row; coverage does not count a
-    window as labelled (which windows hold labels is not known here)."""
+    window as labelled (which windows hold labels is not known here). Ranking by a score needs no
+    features: ``results`` read with ``features=False`` keep the client's memory small."""
     if choice not in RANKINGS:
         raise InputError(f"unknown ranking {choice!r}; use one of {', '.join(RANKINGS)}")
+    if RANKINGS[choice] not in SCORERS and any(r.get("features") is None for r in results.values()):
+        raise InputError(f"ranking by {choice} needs the images' features: read the results with features=True")
     by_slide: dict[str, list] = {}
     for wr in windows:
         by_slide.setdefault(wr.name, []).append(wr)

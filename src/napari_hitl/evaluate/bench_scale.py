@@ -112,7 +112,8 @@ def run(args) -> int:
                 peak_tenth = mem.peak
                 report = predict_project(session, client, names, progress=rate_progress(f"{workers} worker(s)"))
                 seconds = time.perf_counter() - t
-                rows = rank_results(names, session.project.results(report.model), "local consistency")
+                rows = rank_results(names, session.project.results(report.model, features=False),
+                                    "local consistency")
                 grown = mem.stop()
                 run = {"workers": workers, "images_per_s": args.n / seconds,
                        "client_peak_growth_mb_at_tenth": (peak_tenth - mem.start) / 2**20,
