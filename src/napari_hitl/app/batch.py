@@ -236,12 +236,9 @@ def _stop_slides(session, client, slides: dict, stop_file: Path, stop_wait: floa
         try:
             with client.as_current():  # distributed.wait asks for the default client
                 wait(list(slides.values()), timeout=stop_wait, return_when="ALL_COMPLETED")
-        except TimeoutError:
-            pass  # still running: handed to the next run below
-        except CancelledError:
-            pass  # a slide task lost with its worker: nothing runs it
-        except Exception:  # noqa: BLE001 - the cluster unreachable: this runs in the batch's cleanup, where
-            pass  # raising would hide the run's own error; a task not seen done is handed on, as one running
+        except Exception:  # noqa: BLE001 - a timeout (still running: handed to the next run below), a task
+            pass  # lost with its worker (nothing runs it), or the cluster unreachable: this runs in the
+            # batch's cleanup, where raising would hide the run's own error; a task not seen done is handed on
     left = {n: f for n, f in slides.items() if not f.done()}
     for f in slides.values():
         if f.done():
@@ -249,11 +246,8 @@ def _stop_slides(session, client, slides: dict, stop_file: Path, stop_wait: floa
     if not left:
         stop_file.unlink(missing_ok=True)
         return
-    stopping = getattr(session, "stopping_slides", None)
-    if stopping is None:
-        stopping = session.stopping_slides = {}
     for name, f in left.items():
-        stopping[name] = (f, stop_file)
+        session.stopping_slides[name] = (f, stop_file)
 
 
 #: seconds a run waits at most for the slide tasks an earlier run left stopping (each stops
@@ -269,7 +263,7 @@ def _await_stopping(session, client, todo: list[str], report: BatchReport, stop_
     cache at once. None: ``stop_now()`` said stop meanwhile (the run then does nothing)."""
     from distributed import wait
 
-    stopping = getattr(session, "stopping_slides", None) or {}
+    stopping = session.stopping_slides
     if not stopping:
         return todo
     limit = STOPPING_WAIT if limit is None else limit
@@ -419,15 +413,14 @@ def predict_project(session, client, names: list[str] | None = None, *,
             progress(now, total)
 
     def stop_now() -> bool:
-        return bool(getattr(session, "closed", False)) or (should_stop is not None and should_stop())
+        return session.closed or (should_stop is not None and should_stop())
 
     # first the slide tasks an earlier run left stopping (of this model or an earlier one): the
     # earlier models' cache folders go after, but for those holding the stop sign of a task still running
     todo = _await_stopping(session, client, todo, report, stop_now, poll)
     if todo is None:  # stopped while waiting for them: nothing submitted
         todo = []
-    _drop_other_models(project, token, {sign.parent for _, sign in (getattr(session, "stopping_slides", None)
-                                                                     or {}).values()})
+    _drop_other_models(project, token, {sign.parent for _, sign in session.stopping_slides.values()})
     queue = iter(todo)
     pending = as_completed(loop=client.loop)  # our client, never dask's default (there may be none)
     submitted = set()
@@ -489,7 +482,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
                     # saved before anything else: a finished image is never thrown away (under the
                     # session's lock, so a close on another thread waits for this one save only)
                     with session.lock:
-                        if getattr(session, "closed", False):
+                        if session.closed:
                             report.cancelled = True
                             break
                         project.save_result(result["name"], token, result["scores"], result["features"],
@@ -528,7 +521,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
             report.workers = max(report.workers, len(client.nthreads()))
         report.seconds = time.perf_counter() - t0
     with session.lock:
-        if getattr(session, "closed", False):
+        if session.closed:
             return report  # the project is closed: nothing more is written
         project.log("batch_predicted", model=token, predicted=len(report.predicted), skipped=report.skipped,
                     failed=len(report.failed), cancelled=report.cancelled, workers=report.workers,

@@ -159,9 +159,7 @@ class ToolController(QObject):
         if self._name_kept_layers():
             return
         viewer = self.viewer
-        for lay in (self.points_layer, self.shapes_layer):  # one deleted by the person, or misplaced
-            if lay is not None and lay in viewer.layers:
-                viewer.layers.remove(lay)
+        self._remove_prompt_layers()  # what is left of a pair one of which the person deleted, or misplaced
         ndim = self.layer.ndim
         name = self.layer.name.replace(" labels", "")
         self.points_layer = viewer.add_points(np.zeros((0, ndim)), name=f"{name} prompts", size=9,
