@@ -49,12 +49,25 @@ def load_pool(data: Path, zoom: float = 1.0):
     return pool[:N_TRAIN], val
 
 
-def score(model, val, variant: dict) -> dict:
-    from napari_hitl.evaluate.bench_instances import model_instances, score_instances
-    from napari_hitl.model.instances import median_diameter
+_MAPS: dict = {}  # (validation set, size_norm, flips) -> predicted maps, for decoder variants of one model
+
+
+def score(model, val, variant: dict, reuse: bool = False) -> dict:
+    """Scores of ``model`` on ``val`` predicted as ``variant`` (model_instances keywords); with
+    ``reuse`` the maps of an earlier variant with the same prediction keywords are decoded again."""
+    from napari_hitl.evaluate.bench_instances import score_instances
+    from napari_hitl.model.instances import instances_from_maps, median_diameter
+    from napari_hitl.model.segnet import predict_proba_batch, split_instance_maps
 
     t0 = time.perf_counter()
-    preds = model_instances(model, [x[1] for x in val], 2, **variant)
+    pk = {k: variant[k] for k in ("size_norm", "flips") if k in variant}
+    key = (id(val), json.dumps(pk, sort_keys=True, default=str))
+    maps = _MAPS.get(key) if reuse else None
+    if maps is None:
+        maps = predict_proba_batch(model, [x[1] for x in val], batch_size=4, with_instances=True, **pk)
+        if reuse:
+            _MAPS[key] = maps
+    preds = [instances_from_maps(*split_instance_maps(m, 2), **(variant.get("decode") or {}))[0] for m in maps]
     seconds = time.perf_counter() - t0
     out = score_instances(preds, [x[3] for x in val], [x[0] for x in val])
     for r, pr, x in zip(out["per_image"], preds, val):  # object sizes: the truth's and what the model found
@@ -161,14 +174,16 @@ def main(argv=None) -> int:
             args.save.parent.mkdir(parents=True, exist_ok=True)
             trainer.save(args.save)
     for v in variants if args.load else variants[1:]:
-        sc = score(trainer.model, val, v)
+        sc = score(trainer.model, val, v, reuse=True)
         result["variants"].append({"variant": v, "load": os.getloadavg()[0], **sc})
         show(json.dumps(v), sc)
     result["zooms"] = []
     for z in args.extra_zoom:
-        sc = score(trainer.model, load_pool(args.data, z)[1], variants[0])
-        result["zooms"].append({"zoom": z, "load": os.getloadavg()[0], **sc})
-        show(f"zoom {z}", sc)
+        zval = load_pool(args.data, z)[1]
+        for v in variants if args.load else variants[:1]:
+            sc = score(trainer.model, zval, v, reuse=True)
+            result["zooms"].append({"zoom": z, "variant": v, "load": os.getloadavg()[0], **sc})
+            show(f"zoom {z} {json.dumps(v)}", sc)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, default=str))

@@ -46,6 +46,33 @@ def test_decoder_splits_touching_discs_on_a_predicted_boundary():
     assert instances_from_maps(probs, boundary, distance, stuff=(1, 2))[0].max() == 0
 
 
+def test_saddle_merge_joins_one_object_cut_in_two_and_keeps_touching_objects_apart():
+    from napari_hitl.model.instances import merge_shallow_saddles
+
+    yy, xx = np.mgrid[:64, :84]
+    # one large disc whose distance map has two bumps (two seeds): the watershed cuts it in two
+    disc = (np.hypot(yy - 32, xx - 42) < 26).astype(np.uint32)
+    _, dist = instance_targets(disc)
+    bumps = np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / 40.0) + np.exp(-((yy - 32) ** 2 + (xx - 52) ** 2) / 40.0)
+    dist = np.where(disc > 0, np.minimum(2 * dist, 1) * (0.8 + 0.2 * bumps), 0).astype(np.float32)
+    fg = disc.astype(np.float32)
+    none = np.zeros_like(fg)
+    cut = decode_instances(fg, none, dist, seed_threshold=0.9)
+    assert cut.max() == 2  # the seeds cut it
+    whole = decode_instances(fg, none, dist, seed_threshold=0.9, merge_saddle=0.6)
+    assert whole.max() == 1 and (whole > 0).sum() == (cut > 0).sum()
+    # two touching discs: the distance map falls to 0 on their contact and the boundary is high there
+    inst = _two_touching()
+    boundary, distance = instance_targets(inst)
+    f2 = (inst > 0).astype(np.float32)
+    assert decode_instances(f2, boundary, distance, merge_saddle=0.6).max() == 2
+    # a boundary line alone keeps them apart even when the distance map does not dip
+    assert merge_shallow_saddles(inst, np.where(inst > 0, 0.9, 0), boundary.astype(np.float32), 0.6).max() == 2
+    # and without one, a flat distance map joins them (ids: the lower one stays)
+    joined = merge_shallow_saddles(inst, np.where(inst > 0, 0.9, 0), none[:, :84] * 0, 0.6)
+    assert set(np.unique(joined)) == {0, 1}
+
+
 def test_instance_maps_are_checked():
     with pytest.raises(InputError, match="integer"):
         check_instances(np.zeros((4, 4), np.float32))
@@ -344,10 +371,12 @@ def test_bench_decoder_settings_default_to_the_decoders_and_pass_through():
     from napari_hitl.evaluate.bench_instances import decode_settings
     from napari_hitl.model.instances import DECODE_DEFAULTS
 
-    assert decode_settings(argparse.Namespace()) == {k: DECODE_DEFAULTS[k] for k in
-                                                     ("fg_threshold", "boundary_threshold", "seed_threshold")}
-    got = decode_settings(argparse.Namespace(fg_threshold=0.8, boundary_threshold=None, seed_threshold=0.5))
-    assert got == {"fg_threshold": 0.8, "boundary_threshold": DECODE_DEFAULTS["boundary_threshold"], "seed_threshold": 0.5}
+    keys = ("fg_threshold", "boundary_threshold", "seed_threshold", "merge_saddle")
+    assert decode_settings(argparse.Namespace()) == {k: DECODE_DEFAULTS[k] for k in keys}
+    got = decode_settings(argparse.Namespace(fg_threshold=0.8, boundary_threshold=None, seed_threshold=0.5,
+                                             merge_saddle=0.6))
+    assert got == {"fg_threshold": 0.8, "boundary_threshold": DECODE_DEFAULTS["boundary_threshold"], "seed_threshold": 0.5,
+                   "merge_saddle": 0.6}
 
 
 def test_full_reference_scores_along_one_round_or_one_round_per_score():

@@ -88,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "at or above which a pixel cannot seed an object (the decoder's default)")
     parser.add_argument("--seed-threshold", type=float, default=0.4, help="--instances: distance-map value above "
                         "which an object interior seeds the watershed")
+    parser.add_argument("--merge-saddle", type=float, default=None, help="--instances: join two touching "
+                        "decoded pieces when the distance map's pass between them is at least this fraction of "
+                        "the lower piece's peak (one object the seeds cut in two); off unless given")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: average the --json files of "
                         "earlier runs (other seeds, other strategies) round by round, print the table of means "
                         "and how many seeds beat random, and write --json / --plot of the means")
