@@ -171,10 +171,12 @@ def _show_timelapse_extras(dock, name: str) -> None:
 
 
 def _assert_flat(dock) -> None:
-    """Every layer 2-D and napari shows no frame slider."""
+    """Every layer 2-D, napari shows no frame slider, and the viewer spans the image, not a kept
+    layer's last image."""
     viewer = dock.viewer
     assert {lay.name: lay.ndim for lay in viewer.layers} == {lay.name: 2 for lay in viewer.layers}
     assert viewer.dims.ndim == 2, viewer.dims.nsteps
+    assert tuple(viewer.dims.nsteps) == dock.labels_layer.data.shape
 
 
 def _show_flat_prediction(dock) -> None:
@@ -192,7 +194,8 @@ def _show_flat_prediction(dock) -> None:
 def test_a_2d_image_after_a_timelapse_has_no_frame_slider(dock, qtbot, tmp_path, monkeypatch, batched):
     """Time-lapse -> 2-D image: the kept layers (prediction, uncertainty, objects) become 2-D
     and the unit outline goes, so napari shows no frame slider; 2-D -> time-lapse gets 3-D layers;
-    2-D -> 2-D still removes nothing. Also on a napari without LayerList.batched_update."""
+    2-D -> 2-D and time-lapse -> time-lapse still remove nothing, and the viewer spans the image shown
+    (no kept layer holds the last one's size). Also on a napari without LayerList.batched_update."""
     from napari.components import LayerList
 
     with monkeypatch.context() as m:  # napari's teardown needs batched_update back
@@ -241,6 +244,14 @@ def _round_trip(dock, qtbot, tmp_path) -> None:
     qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
     assert viewer.dims.ndim == 3 and all(lay.ndim == 3 for lay in dock.prediction.layers.values())
     _show_timelapse_extras(dock, "b_video")
+
+    # time-lapse -> time-lapse: refilled, the 3-D layers kept, the last unit's outline emptied
+    removed.clear()
+    dock.show_image("d_video")
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    assert removed == [] and len(viewer.layers[OUTLINE_LAYER].data) == 0
+    assert all(lay.ndim == 3 for lay in viewer.layers if not lay.name.endswith("proposals"))
+    assert viewer.dims.nsteps[0] == 4
 
     dock.show_image("a_flat")
     qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)

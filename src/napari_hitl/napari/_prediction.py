@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_hitl.napari._layers import empty_hidden
+
 PREDICTION, UNCERTAINTY = "prediction", "uncertainty"
 
 
@@ -124,8 +126,7 @@ class PredictionLayers:
                 continue
             if self.holding:
                 self.visible[kind] = bool(layer.visible)
-            layer.visible = False
-            layer.data = np.zeros((1,) * np.ndim(layer.data), layer.data.dtype)
+            empty_hidden(layer, np.zeros((1,) * np.ndim(layer.data), layer.data.dtype))
             layer.name = f"{name} {kind}"
         self.holding = False
 
