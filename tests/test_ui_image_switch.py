@@ -6,6 +6,7 @@ napari's undo history."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from napari_hitl.project import Project
@@ -137,3 +138,121 @@ def test_moving_between_images_works_on_a_napari_without_batched_layer_updates(d
         dock.show_image("c_rgb")  # RGB after grey: the grey image's layers go
         assert dock.image_layer.rgb and "a_dim" not in viewer.layers
         qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+
+
+def _mixed_project(tmp_path) -> Project:
+    """Two plain 2-D images and two time-lapses (multi-page TIFFs of 6 and 4 frames) in one project."""
+    import tifffile
+
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 255, (48, 64), dtype=np.uint8)).save(folder / "a_flat.png")
+    tifffile.imwrite(folder / "b_video.tif", rng.integers(0, 255, (6, 40, 56), dtype=np.uint8), photometric="minisblack")
+    Image.fromarray(rng.integers(0, 255, (50, 60), dtype=np.uint8)).save(folder / "c_flat.png")
+    tifffile.imwrite(folder / "d_video.tif", rng.integers(0, 255, (4, 36, 44), dtype=np.uint8), photometric="minisblack")
+    return Project.create(tmp_path / "pm", folder, classes=["background", "cell"])
+
+
+def _show_timelapse_extras(dock, name: str) -> None:
+    """What a time-lapse leaves in the viewer: its prediction in the prediction layers (3-D) and
+    a unit's outline in the video panel's layer."""
+    from types import SimpleNamespace
+
+    from napari_hitl.app.video import UnitRow
+    from napari_hitl.napari._layers import label_colormap
+
+    frames, h, w = dock.labels_layer.data.shape
+    preds = [SimpleNamespace(pred=np.ones((h, w), np.uint8), margin=np.full((h, w), 0.5, np.float32))
+             for _ in range(frames)]
+    dock.prediction.show(name, preds, label_colormap(dock.project), below=dock.labels_layer)
+    dock.video.go_to(UnitRow(0, 4, (5, 6, 20, 30), 0.0))
+    assert dock.viewer.dims.current_step[0] == 4
+
+
+def _assert_flat(dock) -> None:
+    """Every layer 2-D, napari shows no frame slider, and the viewer spans the image, not a kept
+    layer's last image."""
+    viewer = dock.viewer
+    assert {lay.name: lay.ndim for lay in viewer.layers} == {lay.name: 2 for lay in viewer.layers}
+    assert viewer.dims.ndim == 2, viewer.dims.nsteps
+    assert tuple(viewer.dims.nsteps) == dock.labels_layer.data.shape
+
+
+def _show_flat_prediction(dock) -> None:
+    """A prediction of the shown 2-D image in the prediction layers."""
+    from types import SimpleNamespace
+
+    from napari_hitl.napari._layers import label_colormap
+
+    shape = dock.labels_layer.data.shape
+    preds = [SimpleNamespace(pred=np.ones(shape, np.uint8), margin=np.full(shape, 0.5, np.float32))]
+    dock.prediction.show(dock.current, preds, label_colormap(dock.project), below=dock.labels_layer)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "no-batched-update"])
+def test_a_2d_image_after_a_timelapse_has_no_frame_slider(dock, qtbot, tmp_path, monkeypatch, batched):
+    """Time-lapse -> 2-D image: the kept layers (prediction, uncertainty, objects) become 2-D
+    and the unit outline goes, so napari shows no frame slider; 2-D -> time-lapse gets 3-D layers;
+    2-D -> 2-D and time-lapse -> time-lapse still remove nothing, and the viewer spans the image shown
+    (no kept layer holds the last one's size). Also on a napari without LayerList.batched_update."""
+    from napari.components import LayerList
+
+    with monkeypatch.context() as m:  # napari's teardown needs batched_update back
+        if not batched:
+            m.delattr(LayerList, "batched_update")
+        _round_trip(dock, qtbot, tmp_path)
+
+
+def _round_trip(dock, qtbot, tmp_path) -> None:
+    from napari_hitl.napari._video import OUTLINE_LAYER
+
+    viewer = dock.viewer
+    dock.annotate.engine_box.setCurrentText("graph")
+    dock.open_project(_mixed_project(tmp_path))
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    assert dock.current == "a_flat"
+    _assert_flat(dock)
+
+    # 2-D -> time-lapse: the image, labels and kept prediction layers are 3-D, with a frame slider
+    dock.show_image("b_video")
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    assert dock.image_layer.ndim == dock.labels_layer.ndim == 3
+    assert all(lay.ndim == 3 for lay in dock.prediction.layers.values())
+    assert viewer.dims.ndim == 3 and viewer.dims.nsteps[0] == 6
+    _show_timelapse_extras(dock, "b_video")
+    assert OUTLINE_LAYER in viewer.layers
+
+    # time-lapse -> 2-D: every layer 2-D, no slider, no outline
+    dock.show_image("c_flat")
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    assert OUTLINE_LAYER not in viewer.layers
+    assert dock.labels_layer.data.shape == (50, 60)
+    _assert_flat(dock)
+    _show_flat_prediction(dock)
+
+    # 2-D -> 2-D: refilled in place, nothing removed
+    removed = []
+    viewer.layers.events.removed.connect(lambda e: removed.append(e.value.name))
+    dock.show_image("a_flat")
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    assert removed == []
+    _assert_flat(dock)
+
+    # the round trip again: back to the time-lapse (3-D, its outline made anew on a jump) and out
+    dock.show_image("b_video")
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    assert viewer.dims.ndim == 3 and all(lay.ndim == 3 for lay in dock.prediction.layers.values())
+    _show_timelapse_extras(dock, "b_video")
+
+    # time-lapse -> time-lapse: refilled, the 3-D layers kept, the last unit's outline emptied
+    removed.clear()
+    dock.show_image("d_video")
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    assert removed == [] and len(viewer.layers[OUTLINE_LAYER].data) == 0
+    assert all(lay.ndim == 3 for lay in viewer.layers if not lay.name.endswith("proposals"))
+    assert viewer.dims.nsteps[0] == 4
+
+    dock.show_image("a_flat")
+    qtbot.waitUntil(lambda: not dock.queue.busy, timeout=WAIT)
+    _assert_flat(dock)

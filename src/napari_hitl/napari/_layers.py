@@ -79,6 +79,19 @@ def refill_layers(image_layer, labels_layer, data: list[tuple]) -> None:
         layer.name, layer.metadata = kw["name"], kw["metadata"]
 
 
+def empty_hidden(layer, data) -> None:
+    """Put ``data`` (a kept layer's small empty array) into ``layer`` and hide it, with napari's
+    extent of the layer following the new data. napari (0.9) recomputes a layer's extent only when
+    it refreshes, and never refreshes a hidden one, so a layer hidden before (or while) it was
+    emptied kept the last image's size and frame count in the viewer: a frame slider of a
+    time-lapse no longer shown, and a view fitted to the last image."""
+    layer.data = data
+    if not layer.visible:  # (shown for no paint: the UI thread does not return to Qt meanwhile)
+        layer.visible = True
+    layer.refresh()  # a visible layer's refresh recomputes its extent (a tiny array: cheap)
+    layer.visible = False
+
+
 #: an Image layer showing a large image read lazily carries its path here
 META_LARGE = "hitl_large_image"
 #: ... and the open :class:`~napari_hitl.io.LazyImage` it reads, which the dock closes when the

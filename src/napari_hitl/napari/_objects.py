@@ -23,7 +23,7 @@ from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QListWidget, QListWidgetItem,
 from napari_hitl.app.objects import Proposals, accept_object, propose_objects, reject_object
 from napari_hitl.errors import HitlError
 from napari_hitl.instances import outlines
-from napari_hitl.napari._layers import show_saved
+from napari_hitl.napari._layers import empty_hidden, show_saved
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_hitl.app.session import Session
@@ -87,8 +87,7 @@ class ObjectsPanel(QGroupBox):
         self.proposals = None
         self.list.clear()
         if self.layer is not None and self.layer in self.viewer.layers:
-            self.layer.visible = False
-            self.layer.data = np.zeros((1, 1), np.uint8)  # nothing stale if the person shows it
+            empty_hidden(self.layer, np.zeros((1, 1), np.uint8))  # nothing stale if the person shows it
 
     def _remove_layer(self) -> None:
         if self.layer is not None and self.layer in self.viewer.layers:

@@ -10,11 +10,17 @@ the shown image has no prediction, with the person's eye toggles kept), and they
 the first image's own layers (:meth:`PredictionLayers.prepare`): napari spends about 240 ms of the
 UI thread making them, a stall a person would feel at every image change, or when a training
 round ends.
+Kept layers have the shown image's dimensions (3-D for a time-lapse, else 2-D): napari cannot
+change a layer's dimensions in place (the viewer keeps the old ones, so a frame slider stays, or
+slicing fails), so on a move between a time-lapse and a plain image the pair goes with the
+image's own layers (:meth:`PredictionLayers.drop_other_ndim`) and is made again.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from napari_hitl.napari._layers import empty_hidden
 
 PREDICTION, UNCERTAINTY = "prediction", "uncertainty"
 
@@ -40,12 +46,13 @@ class PredictionLayers:
         self.visible = dict(self.DEFAULT_VISIBLE)  # the person's eye toggles, kept across images
         self.holding = False  # whether the layers hold a prediction (else empty and hidden)
 
-    def prepare(self, name: str, colormap, below=None) -> None:
-        """Have the two layers ready for ``name``, empty and hidden, under ``below``: made here,
-        with the image's own layers, when they are missing, so that the first prediction of the
-        session only sets their data (see the module's docstring)."""
-        if not self._present():
-            self._make(name, np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.float32), colormap,
+    def prepare(self, name: str, colormap, below=None, ndim: int = 2) -> None:
+        """Have the two layers ready for ``name`` (of ``ndim`` dimensions), empty and hidden, under
+        ``below``: made here, with the image's own layers, when they are missing (or of other
+        dimensions), so that the first prediction of the session only sets their data (see the
+        module's docstring)."""
+        if not self._present(ndim):
+            self._make(name, np.zeros((1,) * ndim, np.uint8), np.zeros((1,) * ndim, np.float32), colormap,
                        {PREDICTION: False, UNCERTAINTY: False})
         else:
             for kind, layer in self.layers.items():
@@ -56,7 +63,7 @@ class PredictionLayers:
         """Show ``preds`` (the image's list of predictions) as ``<name> prediction`` (visible,
         under ``below``) and ``<name> uncertainty`` (hidden until the person turns it on)."""
         classes, unsure = prediction_arrays(preds)
-        if not self._present():
+        if not self._present(classes.ndim):
             self._make(name, classes, unsure, colormap, self.visible)
         else:
             pred, unc = self.layers[PREDICTION], self.layers[UNCERTAINTY]
@@ -80,8 +87,24 @@ class PredictionLayers:
                                                contrast_limits=(0.0, 1.0), blending="additive",
                                                visible=visible[UNCERTAINTY])}
 
-    def _present(self) -> bool:
-        return all(self.layers.get(kind) in self.viewer.layers for kind in (PREDICTION, UNCERTAINTY))
+    def _present(self, ndim: int | None = None) -> bool:
+        """Whether both layers are in the viewer (and of ``ndim`` dimensions, when given)."""
+        return all(self.layers.get(kind) in self.viewer.layers and ndim in (None, self.layers[kind].ndim)
+                   for kind in (PREDICTION, UNCERTAINTY))
+
+    def other_ndim(self, ndim: int) -> list:
+        """The kept layers that an image of ``ndim`` dimensions cannot reuse."""
+        return [layer for layer in self.layers.values() if layer in self.viewer.layers and layer.ndim != ndim]
+
+    def drop_other_ndim(self, ndim: int) -> None:
+        """Remove the layers of other dimensions than the next image's ``ndim`` (a time-lapse after a
+        plain image, or the reverse; see the module's docstring): the dock calls this in the batch
+        that removes the last image's layers. :meth:`prepare` makes them again."""
+        if self.other_ndim(ndim):
+            if self.holding:  # the person's eye toggles stay for the layers made again
+                self.visible.update({kind: bool(layer.visible) for kind, layer in self.layers.items()
+                                     if layer in self.viewer.layers})
+            self.clear()
 
     def _place(self, below) -> None:
         """The layers just under ``below`` (the person's labels stay on top, and active)."""
@@ -103,8 +126,7 @@ class PredictionLayers:
                 continue
             if self.holding:
                 self.visible[kind] = bool(layer.visible)
-            layer.visible = False
-            layer.data = np.zeros((1,) * np.ndim(layer.data), layer.data.dtype)
+            empty_hidden(layer, np.zeros((1,) * np.ndim(layer.data), layer.data.dtype))
             layer.name = f"{name} {kind}"
         self.holding = False
 

@@ -158,6 +158,24 @@ class VideoPanel(QGroupBox):
         if row is not None:
             self.go_to(row)
 
+    def outline(self):
+        """The unit outline layer (:data:`OUTLINE_LAYER`), or None."""
+        layers = self.viewer.layers
+        return layers[OUTLINE_LAYER] if OUTLINE_LAYER in layers else None
+
+    def release_outline(self, keep: bool) -> None:
+        """Another image is shown: the last unit's outline goes. The layer stays, emptied, for the
+        next jump when ``keep`` (the next image is a time-lapse too); else it is removed, as its
+        three dimensions would keep napari's frame slider over a plain image (the dock calls this
+        in the batch that removes the last image's layers)."""
+        layer = self.outline()
+        if layer is None:
+            return
+        if not keep:
+            self.viewer.layers.remove(layer)
+        elif len(layer.data):  # (setting data costs napari ~20 ms a layer, even when empty)
+            layer.data = []
+
     def go_to(self, row: UnitRow) -> None:
         """Jump to the unit's frame and outline it (one shapes layer, its shape replaced each time:
         a removed layer costs napari a full garbage collection on the UI thread)."""
@@ -166,7 +184,7 @@ class VideoPanel(QGroupBox):
         y0, x0, y1, x1 = row.bbox
         t = row.frame
         rect = np.array([[t, y0, x0], [t, y0, x1 - 1], [t, y1 - 1, x1 - 1], [t, y1 - 1, x0]], float)
-        layer = viewer.layers[OUTLINE_LAYER] if OUTLINE_LAYER in viewer.layers else None
+        layer = self.outline()
         if layer is not None and layer.ndim == 3:
             layer.data = []
             layer.add_polygons([rect], edge_color="yellow", face_color="transparent", edge_width=2)

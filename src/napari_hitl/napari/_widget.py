@@ -528,7 +528,7 @@ class HitlWidget(QWidget):
         labels_layer.selected_label = self._fresh_id()  # napari's brush starts a new object of the dock's class
         self._sync_class()
         self.suggestions.image_shown(self.session, self.current, labels_layer)
-        self.prediction.prepare(self.current, label_colormap(self.project), below=labels_layer)
+        self.prediction.prepare(self.current, label_colormap(self.project), below=labels_layer, ndim=labels_layer.ndim)
         self.objects.image_shown(self.session, self.current, labels_layer)
         self.video.image_shown(self.session, self.current, labels_layer)
 
@@ -593,14 +593,21 @@ class HitlWidget(QWidget):
         layers = self.viewer.layers
         shown = [lay for lay in (self.image_layer, self.labels_layer) if lay is not None and lay in layers]
         refill = len(shown) == 2 and can_refill(*shown, data)  # see refill_layers: no layer made or removed
+        # the kept layers follow the image's dimensions: a plain image after a time-lapse has no
+        # 3-D layer left (napari would show a frame slider), nor the time-lapse's unit outline
+        stack = self.project.record(name).is_stack
+        ndim = 3 if stack else 2
         # where layers must go, napari removes them in one batch: one garbage collection for all
         # (LayerList.batched_update is recent: napari 0.6.6 has none, then they go one by one)
-        removing = not refill or self.slide.active or self.suggestions.layer in layers
+        removing = (not refill or self.slide.active or self.suggestions.layer in layers
+                    or bool(self.prediction.other_ndim(ndim)) or (not stack and self.video.outline() is not None))
         batch = getattr(layers, "batched_update", None) if removing else None
         with batch() if batch is not None else contextlib.nullcontext():
             self.slide.detach()
             self.tools.detach(keep_layers=refill)  # the prompt layers stay above the refilled labels
             self.suggestions.clear()
+            self.prediction.drop_other_ndim(ndim)  # made again, of the image's dimensions, with its layers
+            self.video.release_outline(keep=stack)
             if not refill:
                 for layer in shown:
                     layers.remove(layer)
