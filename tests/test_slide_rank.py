@@ -114,6 +114,43 @@ def slide_project(tmp_path, monkeypatch):
     return p
 
 
+def test_windows_a_person_labelled_rank_after_the_others_and_are_never_picked(slide_project):
+    """As the panel puts images a person finished last and coverage counts labelled images as
+    covered: a window holding a person's labels (saved objects, from the index) ranks after every
+    other predicted row and is never a pick, however unsure its prediction; machine labels do not count."""
+    from napari_hitl.app.slides import labelled_windows
+
+    project = slide_project
+    obj = np.zeros((40, 40), np.int32)
+    obj[5:30, 5:30] = 1
+    project.commit_window("slide", obj, {1: 1}, offset=(300, 20), source="human")     # window (256, 0)
+    project.commit_window("slide", obj, {1: 2}, offset=(20, 300), source="machine")   # window (0, 256)
+    rng = np.random.default_rng(0)
+    boxes = [(y, x, min(H, y + 256), min(W, x + 256)) for y in (0, 256, 512) for x in (0, 256, 512)]
+    held = (256, 0, 512, 256)
+
+    def scores(unsure):
+        return {"consistency": 1 - unsure, "entropy": unsure, "margin_uncertainty": unsure,
+                "object_fraction": 0.3, "unsure_fraction": unsure, "object_uncertainty": unsure}
+
+    windows = [WindowResult("slide", b, scores(0.9 if b == held else 0.1 + 0.05 * i),
+                            rng.normal(size=8).astype(np.float32)) for i, b in enumerate(boxes)]
+    assert labelled_windows(project, windows) == {("slide", held)}
+    results = {n: {"scores": scores(0.2), "features": rng.normal(size=8).astype(np.float32), "cache": ""}
+               for n in ("im0", "im1", "im2", "slide")}
+    session = Session(project)
+    session.predictions.use("m", results, windows)
+    for choice in ("local consistency", "entropy", "margin", "least certain objects", "diversity", "coverage"):
+        rows = session.rank(choice)
+        assert len(rows) == 3 + 9
+        at = [i for i, r in enumerate(rows) if r.window == held]
+        assert at == [len(rows) - 1], choice  # its prediction is the least sure: before, it came first
+        assert not rows[-1].picked
+    # the machine-labelled window ranks by its score as before
+    rows = session.rank("margin")
+    assert [r.window for r in rows[:4]] == [boxes[8], boxes[7], boxes[6], boxes[5]]
+
+
 @pytest.mark.slow
 def test_the_batch_predicts_and_ranks_a_slide_beside_images_and_resumes_it(slide_project):
     from distributed import Client

@@ -378,12 +378,15 @@ class Session:
     def rank(self, choice: str, labelled=()):
         """The images in the order ``choice`` (see :data:`napari_hitl.app.rank.RANKINGS`) puts them,
         from the batch results when there are some (a slide's windows each a row), else from
-        predictions made here."""
+        predictions made here. A slide's windows that hold a person's labels come after the rest
+        (:func:`napari_hitl.app.slides.labelled_windows`, read from the index)."""
         from napari_hitl.app.rank import rank_results, rank_rows
+        from napari_hitl.app.slides import labelled_windows
 
         if self.predictions.model is not None:
+            windows = self.predictions.windows()
             return rank_results(self.names, self.predictions.results(), choice, labelled=labelled,
-                                windows=self.predictions.windows())
+                                windows=windows, labelled_windows=labelled_windows(self.project, windows))
         return rank_rows(self.names, self.predictions, choice, labelled=labelled)
 
     def suggest_job(self, name: str, frame: int, k: int, n_segments: int, exclude=()):

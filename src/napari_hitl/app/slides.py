@@ -272,3 +272,21 @@ def read_progress(folder) -> int:
         return max(0, int(json.loads((Path(folder) / PROGRESS).read_text())["done"]))
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def labelled_windows(project, windows) -> set[tuple[str, tuple[int, int, int, int]]]:
+    """The ``(name, box)`` of the ``windows`` (:class:`WindowResult`) that hold labels of a person
+    (or of the simulated annotator): a saved object with such pixels in a label chunk over the
+    window (:meth:`~napari_hitl.project.Project.labelled_boxes`, read from the index, no label
+    file; exact where windows and label chunks align, as their default sides do, else a window
+    that the box of such an object's pixels in a chunk meets)."""
+    boxes: dict[str, np.ndarray] = {}
+    out = set()
+    for wr in windows:
+        if wr.name not in boxes:
+            boxes[wr.name] = np.asarray(project.labelled_boxes(wr.name), np.int64).reshape(-1, 4)
+        b = boxes[wr.name]
+        y0, x0, y1, x1 = (int(v) for v in wr.box)
+        if len(b) and ((b[:, 0] < y1) & (b[:, 2] > y0) & (b[:, 1] < x1) & (b[:, 3] > x0)).any():
+            out.add((wr.name, (y0, x0, y1, x1)))
+    return out
