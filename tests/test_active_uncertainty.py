@@ -103,6 +103,36 @@ def test_kmeans_and_diversity_pick_one_per_cluster():
     assert sorted(p // 20 for p in picks) == [0, 1, 2]
 
 
+def _clustered_features(seed, groups=5, per_group=30, dim=32):
+    """Pooled-feature stand-ins: non-negative float32 rows around ``groups`` directions, a third
+    of them exact copies of another row of their group (near-duplicate images, as in dsb2018)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.gamma(2.0, 1.0, (groups, dim))
+    label = np.repeat(np.arange(groups), per_group)
+    x = np.maximum(centres[label] + rng.normal(0, 0.15, (len(label), dim)), 0)
+    for i in np.flatnonzero(rng.random(len(label)) < 1 / 3):
+        x[i] = x[rng.choice(np.flatnonzero(label == label[i]))]
+    return x.astype(np.float32), label
+
+
+def test_diversity_picks_do_not_move_with_float_noise():
+    """1e-7 of relative noise on the features (rounding) leaves the picks as they were; before,
+    ties between near-duplicate images were broken by the noise and most trials moved a pick."""
+    for seed in range(4):
+        x, label = _clustered_features(seed)
+        for k in (5, 8):
+            picks = diversity_pick(x, k, seed=seed)
+            assert len(set(picks)) == k
+            if k == 5:  # one pick per group
+                assert sorted(label[picks]) == [0, 1, 2, 3, 4]
+            for trial in range(5):
+                rng = np.random.default_rng(1000 * seed + trial)
+                noisy = (x * (1 + 1e-7 * rng.standard_normal(x.shape))).astype(np.float32)
+                assert diversity_pick(noisy, k, seed=seed) == picks, (seed, k, trial)
+            # exact copies tie: the lower index is the one picked
+            assert all(not np.any(np.all(x[:p] == x[p], axis=1)) for p in picks)
+
+
 def _group(centre, offsets):
     """A centre direction and points around it; the centre itself is the group's most typical."""
     c = np.asarray(centre, float)

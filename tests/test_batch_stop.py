@@ -355,3 +355,62 @@ def test_a_damaged_window_file_does_not_fail_the_dock_batch_after_its_images_are
         assert "a" in session.predictions
         with pytest.raises(CorruptFileError, match="damaged"):
             session.predictions.windows()
+
+
+def test_a_paused_runs_stop_sign_goes_once_its_slide_task_ends_without_a_next_run(slide_project, cluster):
+    """The dock's run returns at once (stop_wait=0) and leaves its slide task stopping: the sign
+    stays while the task may read it and goes when it ends, though no later run comes."""
+    from napari_hitl.app.batch import predict_project
+
+    with Session(slide_project) as session, distributed.Client(cluster, set_as_default=False) as client:
+        folder = _folder(session)
+        part = predict_project(session, client, slide_sizes=SIZES, poll=0.05, stop_wait=0,
+                               should_stop=lambda: read_progress(folder) >= 3)
+        assert part.cancelled
+        for task, _ in list(session.stopping_slides.values()):
+            _until(task.done)
+            assert task.status == "finished"  # ran to its end: not cancelled with the run's weights
+        _until(lambda: not _signs(session), 30)
+
+
+def test_a_run_deletes_stale_stop_signs_and_keeps_those_a_task_may_still_read(tmp_path):
+    """Signs left by a process that no longer runs, and this process's own that nothing holds,
+    go when a run starts; a sign of another running process, or of a live run here, stays. A
+    session closing its local cluster releases its signs (the tasks ended with the cluster)."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from napari_hitl.app import batch
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(imgs / "a.png")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0")
+        session = Session(Project.create(tmp_path / "p", imgs, classes=["background", "cell"]))
+        client = distributed.Client(cluster, set_as_default=False)
+        session._dask = (client, cluster)  # a local cluster of the session's
+        root = session.project.cache_dir / "predictions"
+        here = root / batch.model_bytes(session.model)[1]
+        here.mkdir(parents=True)
+        killed, mine, other, live = (here / f".stop-{dead.pid}-1", here / f".stop-{os.getpid()}-2",
+                                     here / f".stop-{alive.pid}-3", here / f".stop-{os.getpid()}-4")
+        for sign in (killed, mine, other, live):
+            sign.touch()
+        batch._LIVE_SIGNS.add(live)  # as a run of this process, still going, holds its sign
+        report = batch.predict_project(session, client, poll=0.01)
+        assert report.predicted == ["a"]
+        assert not killed.exists() and not mine.exists()
+        assert other.exists() and live.exists()
+        assert sorted(p.name for p in _signs(session)) == sorted([other.name, live.name])  # the run's own went
+        session.close()  # with its local cluster: this process's signs of its cache go
+        assert not live.exists() and live not in batch._LIVE_SIGNS and other.exists()
+    finally:
+        alive.kill()
+        alive.wait()

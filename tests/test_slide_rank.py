@@ -83,6 +83,45 @@ def test_a_run_stopped_while_scoring_windows_predicts_no_tile_again_for_them(tmp
     np.testing.assert_allclose(again["features"], whole["features"], rtol=1e-5, atol=1e-6)
 
 
+def test_a_stopped_slide_run_goes_on_without_predicting_a_tile_row_again(tmp_path):
+    """Stopped (a click while the slide batch runs), the run saves what the finished tile rows added
+    past the last written band (the blend's carry, the window rows' feature sums): the next run
+    predicts only the tile rows not finished, and its maps, scores and features are those of a run
+    never stopped. Without the saved sums (a killed run) it replays the tile rows as before."""
+    import zarr
+
+    from napari_hitl.app.slides import PARTIAL, WINDOWS
+
+    model = _model()
+    path = _slide(tmp_path / "s.tif")
+    # tiles of 128 with 32 overlap: 6 tile rows (y 0, 96, 192, 288, 384, 472) of 7; windows of 256
+    with io.open_lazy(path) as img:
+        whole = predict_slide(model, img, tmp_path / "whole", 3, window=256, tile=128, overlap=32)
+        for name in ("part", "killed"):
+            ticks = []
+            with pytest.raises(KeyboardInterrupt):  # stopped after 30 tiles: 4 rows and 2 tiles of the 5th
+                predict_slide(model, img, tmp_path / name, 3, window=256, tile=128, overlap=32,
+                              progress=lambda k, n: ticks.append(k), should_stop=lambda: len(ticks) >= 30)
+        assert (tmp_path / "part" / WINDOWS / PARTIAL).is_file()
+        (tmp_path / "killed" / WINDOWS / PARTIAL).unlink()  # as a killed run leaves it: nothing saved
+        part = predict_slide(model, img, tmp_path / "part", 3, window=256, tile=128, overlap=32)
+        killed = predict_slide(model, img, tmp_path / "killed", 3, window=256, tile=128, overlap=32)
+    assert part["tiles_predicted"] == 2 * 7  # the tile rows at 384 and 472: none of the 4 finished again
+    assert killed["tiles_predicted"] == 4 * 7  # replayed from the tile row at 192 (window row 256's features)
+    assert not (tmp_path / "part" / WINDOWS / PARTIAL).exists() and not list((tmp_path / "part").glob("*.carry.npz"))
+    for out in (part, killed):
+        assert out["windows"] == 9
+        for k, v in whole["scores"].items():
+            assert out["scores"][k] == pytest.approx(v, abs=1e-6), k
+        np.testing.assert_allclose(out["features"], whole["features"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(zarr.open_array(out["cache"], mode="r")[...]),
+                                      np.asarray(zarr.open_array(whole["cache"], mode="r")[...]))
+    for row in sorted((tmp_path / "whole" / WINDOWS).glob("row-*.npz")):
+        with np.load(row) as a, np.load(tmp_path / "part" / WINDOWS / row.name) as b:
+            np.testing.assert_allclose(b["features"], a["features"], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(b["scores"], a["scores"], atol=1e-6)
+
+
 def test_windows_rank_beside_images_and_replace_their_slides_row():
     f = np.zeros(4, np.float32)
     results = {"a": {"scores": {"consistency": 0.5, "margin_uncertainty": 0.2}, "features": f},
@@ -112,6 +151,43 @@ def slide_project(tmp_path, monkeypatch):
     p = Project.create(tmp_path / "p", imgs, classes=["background", "cell", "nucleus"])
     assert p.is_slide("slide")
     return p
+
+
+def test_windows_a_person_labelled_rank_after_the_others_and_are_never_picked(slide_project):
+    """As the panel puts images a person finished last and coverage counts labelled images as
+    covered: a window holding a person's labels (saved objects, from the index) ranks after every
+    other predicted row and is never a pick, however unsure its prediction; machine labels do not count."""
+    from napari_hitl.app.slides import labelled_windows
+
+    project = slide_project
+    obj = np.zeros((40, 40), np.int32)
+    obj[5:30, 5:30] = 1
+    project.commit_window("slide", obj, {1: 1}, offset=(300, 20), source="human")     # window (256, 0)
+    project.commit_window("slide", obj, {1: 2}, offset=(20, 300), source="machine")   # window (0, 256)
+    rng = np.random.default_rng(0)
+    boxes = [(y, x, min(H, y + 256), min(W, x + 256)) for y in (0, 256, 512) for x in (0, 256, 512)]
+    held = (256, 0, 512, 256)
+
+    def scores(unsure):
+        return {"consistency": 1 - unsure, "entropy": unsure, "margin_uncertainty": unsure,
+                "object_fraction": 0.3, "unsure_fraction": unsure, "object_uncertainty": unsure}
+
+    windows = [WindowResult("slide", b, scores(0.9 if b == held else 0.1 + 0.05 * i),
+                            rng.normal(size=8).astype(np.float32)) for i, b in enumerate(boxes)]
+    assert labelled_windows(project, windows) == {("slide", held)}
+    results = {n: {"scores": scores(0.2), "features": rng.normal(size=8).astype(np.float32), "cache": ""}
+               for n in ("im0", "im1", "im2", "slide")}
+    session = Session(project)
+    session.predictions.use("m", results, windows)
+    for choice in ("local consistency", "entropy", "margin", "least certain objects", "diversity", "coverage"):
+        rows = session.rank(choice)
+        assert len(rows) == 3 + 9
+        at = [i for i, r in enumerate(rows) if r.window == held]
+        assert at == [len(rows) - 1], choice  # its prediction is the least sure: before, it came first
+        assert not rows[-1].picked
+    # the machine-labelled window ranks by its score as before
+    rows = session.rank("margin")
+    assert [r.window for r in rows[:4]] == [boxes[8], boxes[7], boxes[6], boxes[5]]
 
 
 @pytest.mark.slow

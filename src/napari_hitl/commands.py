@@ -245,7 +245,7 @@ def predict(args) -> int:
     from napari_hitl.app.batch import connect, disconnect, predict_project
     from napari_hitl.app.rank import RANKINGS, rank_results
     from napari_hitl.app.session import Session
-    from napari_hitl.app.slides import window_results
+    from napari_hitl.app.slides import labelled_windows, window_results
     from napari_hitl.progress import rate_progress
 
     if args.rank not in RANKINGS:
@@ -276,7 +276,9 @@ def predict(args) -> int:
             disconnect(client, cluster)
         names = session.names
         results = session.project.results(report.model)
-        rows = rank_results(names, results, args.rank, windows=window_results(session.project, results))
+        windows = window_results(session.project, results)
+        rows = rank_results(names, results, args.rank, windows=windows,
+                            labelled_windows=labelled_windows(session.project, windows))
         rate = len(report.predicted) / report.seconds if report.seconds else 0.0
         print(f"model {report.model}: predicted {len(report.predicted)} image(s) in {report.seconds:.1f} s "
               f"({rate:.2f}/s), {report.skipped} already done"

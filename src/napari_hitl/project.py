@@ -979,6 +979,22 @@ class Project:
         window (:meth:`read_window`, :meth:`commit_window`), never whole."""
         return self.record(image).name in self._slides
 
+    def labelled_boxes(self, image: str | int,
+                       sources: Sequence[int] = (HUMAN, SIMULATED)) -> list[tuple[int, int, int, int]]:
+        """Where large image ``image`` holds objects with pixels of ``sources`` (provenance codes,
+        default human and simulated): the box ``(y0, x0, y1, x1)``, half-open, of each such
+        object's pixels in each label chunk it lies in, read from the index (no label file)."""
+        rec = self.record(image)
+        if rec.name not in self._slides:
+            raise InputError(f"{rec.name!r} is not a large image; its labels are one plane")
+        cols = [f"p{int(c)}" for c in sources if int(c) in (HUMAN, MACHINE, PSEUDO, SIMULATED)]
+        if not cols:
+            return []
+        with self._reader() as db:
+            rows = db.execute(f"SELECT y0, x0, y1, x1 FROM chunk_objects WHERE image = ? AND frame = 0 AND "
+                              f"({' OR '.join(c + ' > 0' for c in cols)})", (self._ids[rec.name],)).fetchall()
+        return [tuple(int(v) for v in r) for r in rows]
+
     def slide_chunk(self, image: str | int) -> int:
         """The chunk side of a large image's labels."""
         rec = self.record(image)

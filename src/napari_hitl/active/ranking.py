@@ -20,7 +20,7 @@ from napari_hitl.active.uncertainty import check_proba
 from napari_hitl.errors import InputError
 
 __all__ = ["ImageScore", "Ranking", "Scorer", "SCORERS", "STRATEGIES", "local_consistency", "score_image", "score_maps",
-           "usefulness", "rank_images", "kmeans", "diversity_pick", "coverage_pick"]
+           "usefulness", "rank_images", "kmeans", "TIE_TOLERANCE", "diversity_pick", "coverage_pick"]
 
 @dataclass(frozen=True)
 class Scorer:
@@ -116,34 +116,54 @@ def usefulness(score: ImageScore, strategy: str) -> float:
     raise InputError(f"unknown ranking strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 
+#: squared distances that differ by less than this share of the largest squared row length
+#: count as equal, and the tie goes to the lower index: well above the float noise of pooled
+#: features (float32 rounding, 1e-7 of jitter moved picks on near-duplicate images), far below
+#: a real difference between two images
+TIE_TOLERANCE = 1e-5
+
+
+def _first_nearest(dist: np.ndarray, tie: float) -> np.ndarray:
+    """Per row of ``dist``, the lowest column within ``tie`` of the row's smallest value."""
+    return (dist <= dist.min(1, keepdims=True) + tie).argmax(1)
+
+
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, restarts: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """k-means (k-means++ seeding, Lloyd iterations) on rows of ``x``; returns (centres, assignment).
 
-    With ``restarts`` > 1 it runs from that many seedings and keeps the tightest clustering.
+    Seeding skips samples within the tolerance of a centre (they are covered), and a sample
+    about as near two centres (squared distances within :data:`TIE_TOLERANCE` of the
+    largest squared row length) joins the lower-numbered one, so float noise does not move it.
+    With ``restarts`` > 1 it runs from that many seedings and keeps the tightest clustering
+    (the earliest seeding among those equally tight).
     """
     x = np.asarray(x, np.float64)
     n = len(x)
     if n == 0 or k < 1:
         raise InputError(f"k-means needs at least one sample and k >= 1 (got {n} samples, k={k})")
     k = min(k, n)
-    runs = [_kmeans_once(x, k, np.random.default_rng(seed + r), iters) for r in range(max(1, restarts))]
-    return min(runs, key=lambda ca: float(((x - ca[0][ca[1]]) ** 2).sum()))
+    tie = TIE_TOLERANCE * max(float((x ** 2).sum(1).max()), 1e-300)
+    runs = [_kmeans_once(x, k, np.random.default_rng(seed + r), iters, tie) for r in range(max(1, restarts))]
+    inertia = [float(((x - c[a]) ** 2).sum()) for c, a in runs]
+    return runs[int(np.argmax(np.asarray(inertia) <= min(inertia) + tie * n))]
 
 
-def _kmeans_once(x: np.ndarray, k: int, rng: np.random.Generator, iters: int) -> tuple[np.ndarray, np.ndarray]:
+def _kmeans_once(x: np.ndarray, k: int, rng: np.random.Generator, iters: int,
+                 tie: float) -> tuple[np.ndarray, np.ndarray]:
     n = len(x)
     centres = [x[rng.integers(n)]]
     d2 = ((x - centres[0]) ** 2).sum(1)
     for _ in range(1, k):
-        total = d2.sum()
-        i = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.integers(n))
+        w = np.where(d2 > tie, d2, 0.0)  # a sample within the tolerance of a centre is covered
+        total = w.sum()
+        i = int(rng.choice(n, p=w / total)) if total > 0 else int(rng.integers(n))
         centres.append(x[i])
         d2 = np.minimum(d2, ((x - x[i]) ** 2).sum(1))
     c = np.stack(centres)
     assign = np.zeros(n, np.int64)
     for it in range(iters):
         dist = (x ** 2).sum(1)[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None]
-        new = dist.argmin(1)
+        new = _first_nearest(dist, tie)
         if it > 0 and np.array_equal(new, assign):
             break
         assign = new
@@ -163,10 +183,13 @@ def diversity_pick(features: np.ndarray, k: int, candidates=None, seed: int = 0)
     """Cluster ``features[candidates]`` into ``k`` groups and return the candidate nearest each centre.
 
     ``features``: (N, D) pooled features (rows are L2-normalised here). Returns up to ``k``
-    distinct indices into ``features``.
+    distinct indices into ``features``. Distances closer than :data:`TIE_TOLERANCE` count as
+    equal and the lower feature index wins, so near-duplicate images and float noise (a 1e-7
+    jitter of the features) do not change the picks.
     """
     feats = np.asarray(features, np.float64)
-    cand = np.arange(len(feats)) if candidates is None else np.asarray(list(candidates), np.int64)
+    cand = np.arange(len(feats)) if candidates is None else \
+        np.asarray(list(dict.fromkeys(int(i) for i in candidates)), np.int64)
     if len(cand) == 0 or k <= 0:
         return []
     if len(cand) <= k:
@@ -175,12 +198,15 @@ def diversity_pick(features: np.ndarray, k: int, candidates=None, seed: int = 0)
     x = _unit_rows(x)
     centres, _ = kmeans(x, k, seed)
     dist = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
+    tie = TIE_TOLERANCE * max(float((x ** 2).sum(1).max()), 1e-300)
+    free = np.ones(len(cand), bool)
     picked: list[int] = []
     for j in range(len(centres)):
-        for i in np.argsort(dist[:, j]):
-            if int(cand[i]) not in picked:
-                picked.append(int(cand[i]))
-                break
+        d = np.where(free, dist[:, j], np.inf)
+        near = np.flatnonzero(d <= d.min() + tie)
+        best = near[np.argmin(cand[near])]
+        free[best] = False
+        picked.append(int(cand[best]))
     return picked
 
 

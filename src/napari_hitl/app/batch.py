@@ -34,6 +34,11 @@ CACHE_FOLDER = "predictions"
 
 _MODELS: dict[str, object] = {}  # on each worker: model token -> model (weights arrive once)
 
+#: the stop signs this process made that a slide task may still read (a run's while it runs, then
+#: those left to slide tasks still stopping); any other ``.stop-<pid>-<ns>`` of this process's pid
+#: in a cache is stale (:func:`sweep_signs`)
+_LIVE_SIGNS: set[Path] = set()
+
 
 @dataclass
 class BatchReport:
@@ -65,6 +70,61 @@ def model_bytes(host) -> tuple[bytes, str]:
         host.project.log("checkpoint", name=path.stem, note="saved before batch prediction (untrained head)")
     data = path.read_bytes()
     return data, hashlib.sha1(data).hexdigest()[:16]
+
+
+def _new_sign(cache_root: Path) -> Path:
+    """A new stop sign's path for a run (the file is made only to stop its slide tasks)."""
+    sign = cache_root / f".stop-{os.getpid()}-{time.time_ns()}"
+    _LIVE_SIGNS.add(sign)
+    return sign
+
+
+def _drop_sign(sign: Path) -> None:
+    """Delete a stop sign no task reads any more."""
+    _LIVE_SIGNS.discard(sign)
+    sign.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (True when that cannot be told: its sign then stays)."""
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
+        try:
+            import psutil
+        except ImportError:
+            return True
+        return psutil.pid_exists(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it runs
+        return True
+    return True
+
+
+def sweep_signs(root: Path) -> list[Path]:
+    """Delete the stale stop signs under the prediction cache ``root`` (in it and in its model
+    folders): those of a process that no longer runs (killed, or ended while a slide task was
+    stopping), and this process's own that no run or stopping task holds (:data:`_LIVE_SIGNS`).
+    A sign of another running process stays. Returns the deleted paths."""
+    gone = []
+    for sign in [*root.glob(".stop-*"), *root.glob("*/.stop-*")] if root.is_dir() else []:
+        try:
+            pid = int(sign.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue  # not a sign of ours
+        if sign in _LIVE_SIGNS or (pid != os.getpid() and _pid_alive(pid)):
+            continue
+        sign.unlink(missing_ok=True)
+        gone.append(sign)
+    return gone
+
+
+def release_signs(cache_dir: Path) -> None:
+    """Forget and delete this process's stop signs under ``cache_dir``: after a session's local
+    cluster closed, whose tasks (the only readers) ended with it."""
+    for sign in [s for s in _LIVE_SIGNS if cache_dir in s.parents]:
+        _drop_sign(sign)
 
 
 def _drop_other_models(project, token: str, busy: set | frozenset = frozenset()) -> None:
@@ -229,7 +289,8 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
 def _stop_slides(session, client, slides: dict, stop_file: Path, stop_wait: float) -> None:
     """Wait up to ``stop_wait`` s for the slide tasks ``slides`` (name -> future) that saw the stop
     sign ``stop_file``; those still running are kept in ``session.stopping_slides`` for the next
-    run (:func:`_await_stopping`), and the sign goes once every one has ended."""
+    run (:func:`_await_stopping`), and the sign goes once every one has ended: here, or when the
+    last of them ends (a done callback), or in the next run."""
     from distributed import wait
 
     if stop_wait > 0:
@@ -244,10 +305,17 @@ def _stop_slides(session, client, slides: dict, stop_file: Path, stop_wait: floa
         if f.done():
             client.cancel(f)
     if not left:
-        stop_file.unlink(missing_ok=True)
+        _drop_sign(stop_file)
         return
+    holders = list(left.values())
+
+    def ended(_future) -> None:  # on a thread of the client's: the last task to end takes the sign
+        if all(g.status in ("finished", "error") for g in holders):  # ran to its end (a cancelled
+            _drop_sign(stop_file)  # future may still run on a cluster at an address: its sign stays)
+
     for name, f in left.items():
         session.stopping_slides[name] = (f, stop_file)
+        f.add_done_callback(ended)
 
 
 #: seconds a run waits at most for the slide tasks an earlier run left stopping (each stops
@@ -295,7 +363,7 @@ def _await_stopping(session, client, todo: list[str], report: BatchReport, stop_
         if f.client is client and live:
             client.cancel(f)
         if not any(s == sign for _, s in stopping.values()):
-            sign.unlink(missing_ok=True)
+            _drop_sign(sign)
     for name in busy & set(todo):
         report.failed[name] = (f"its task from the previous run is still stopping after {limit:.0f} s (a tile "
                                "takes that long?); run Predict & rank again later")
@@ -371,7 +439,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
     weights_future = client.scatter(weights, broadcast=True, hash=False)
     cache_root = project.cache_dir / CACHE_FOLDER / token
     cache_root.mkdir(parents=True, exist_ok=True)
-    stop_file = cache_root / f".stop-{os.getpid()}-{time.time_ns()}"
+    sweep_signs(cache_root.parent)  # those a killed process, or a closed session, left behind
     n_classes = project.n_classes
     stuff = project.stuff_classes
     sizes = tuple(slide_sizes or (WINDOW, TILE, OVERLAP))
@@ -421,6 +489,7 @@ def predict_project(session, client, names: list[str] | None = None, *,
     if todo is None:  # stopped while waiting for them: nothing submitted
         todo = []
     _drop_other_models(project, token, {sign.parent for _, sign in session.stopping_slides.values()})
+    stop_file = _new_sign(cache_root)  # made (touched) only to stop slide tasks of this run
     queue = iter(todo)
     pending = as_completed(loop=client.loop)  # our client, never dask's default (there may be none)
     submitted = set()
@@ -513,11 +582,18 @@ def predict_project(session, client, names: list[str] | None = None, *,
             if slides and live:
                 _stop_slides(session, client, {name_of[f.key]: f for f in slides}, stop_file, stop_wait)
             elif not slides:
-                stop_file.unlink(missing_ok=True)
-            # a closed client: its tasks are gone with a local cluster; one on a cluster at an
-            # address still sees the sign, which stays for it
+                _drop_sign(stop_file)
+            # a closed client: its tasks are gone with a local cluster (Session.close then releases
+            # the sign); one on a cluster at an address still sees the sign, which stays for it
+        else:  # ran to its end: no task of it reads the sign (never made)
+            _drop_sign(stop_file)
         if live:
-            client.cancel(weights_future)
+            if any(sign == stop_file for _, sign in session.stopping_slides.values()):
+                # slide tasks left stopping depend on the weights: cancelling those would cancel them
+                # too (they would read as ended while they run, and their stop sign go under them)
+                weights_future.release()
+            else:
+                client.cancel(weights_future)
             report.workers = max(report.workers, len(client.nthreads()))
         report.seconds = time.perf_counter() - t0
     with session.lock:

@@ -62,14 +62,17 @@ def rank_rows(names: list[str], predictions: dict[str, list[Prediction]], choice
 
 
 def rank_results(names: list[str], results: dict[str, dict], choice: str, budget: int = 5,
-                 labelled=(), windows=()) -> list[RankedRow]:
+                 labelled=(), windows=(), labelled_windows=()) -> list[RankedRow]:
     """:func:`rank_rows` from saved batch results (scores and pooled features, see
     :mod:`napari_hitl.app.batch`) instead of predictions held in memory.
 
     ``windows`` (:class:`napari_hitl.app.slides.WindowResult`, see
     :func:`napari_hitl.app.slides.window_results`) rank a slide's windows beside the images, each
-    a row of its own (``window`` set) in place of the slide's one row; coverage does not count a
-    window as labelled (which windows hold labels is not known here). Ranking by a score needs no
+    a row of its own (``window`` set) in place of the slide's one row. ``labelled_windows``:
+    ``(name, box)`` of the windows that already hold a person's labels
+    (:func:`napari_hitl.app.slides.labelled_windows`): they are never picked, coverage counts them
+    as labelled (as the ``labelled`` images), and their rows come after every other predicted row,
+    in score order (as the panel puts images a person finished last). Ranking by a score needs no
     features: ``results`` read with ``features=False`` keep the client's memory small."""
     if choice not in RANKINGS:
         raise InputError(f"unknown ranking {choice!r}; use one of {', '.join(RANKINGS)}")
@@ -86,22 +89,28 @@ def rank_results(names: list[str], results: dict[str, dict], choice: str, budget
             entries.append((n, None, results[n]["scores"], results[n]["features"]))
     scores = [ImageScore(i, n, **{f: float(sc.get(f, float("nan"))) for f in SCORE_FIELDS})
               for i, (n, _, sc, _) in enumerate(entries)]
+    held = {(str(n), tuple(int(v) for v in box)) for n, box in labelled_windows}
     return _rank(names, [e[0] for e in entries], scores, lambda: np.stack([e[3] for e in entries]), choice,
-                 budget, labelled, [e[1] for e in entries])
+                 budget, labelled, [e[1] for e in entries],
+                 {i for i, e in enumerate(entries) if e[1] is not None and (e[0], e[1]) in held})
 
 
-def _rank(names, have, scores, features, choice, budget, labelled, windows=None) -> list[RankedRow]:
+def _rank(names, have, scores, features, choice, budget, labelled, windows=None, held=frozenset()) -> list[RankedRow]:
+    """Rows of ``scores`` (positions in ``have``) by ``choice``; the positions in ``held`` (windows
+    holding a person's labels) are never picked and come after the other predicted rows."""
     strategy = RANKINGS[choice]
     rows: list[RankedRow] = []
     if scores:
         if strategy not in SCORERS:  # diversity or coverage: picks on top, the rest by margin
             feats = features()
             if strategy == "diversity":
-                ranking = rank_images(scores, "margin", min(budget, len(scores)), feats, diversity=True)
-                by_margin = ranking.order
+                ranking = rank_images(scores, "margin", min(budget, len(scores) - len(held)), feats,
+                                      diversity=True, exclude=held)
+                by_margin = rank_images(scores, "margin", 0).order
             else:
                 lab = set(labelled)
-                done = [i for i, n in enumerate(have) if n in lab and (windows is None or windows[i] is None)]
+                done = [i for i, n in enumerate(have) if n in lab and (windows is None or windows[i] is None)
+                        or i in held]
                 ranking = rank_images(scores, "coverage", min(budget, len(scores)), feats, exclude=done)
                 by_margin = rank_images(scores, "margin", 0).order
             picked = list(ranking.picked)
@@ -111,6 +120,7 @@ def _rank(names, have, scores, features, choice, budget, labelled, windows=None)
             ranking = rank_images(scores, strategy, 0)
             order, picked = list(ranking.order), []
             value = SCORERS[strategy].field
+        order = [i for i in order if i not in held] + [i for i in order if i in held]
         for i in order:
             s = scores[i]
             rows.append(RankedRow(s.name, float(getattr(s, value)), i in picked, s,

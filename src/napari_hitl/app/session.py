@@ -93,15 +93,21 @@ class Session:
         cluster of the batch work; ``dask_in_background``: those on a thread of their own, for a
         caller on napari's UI thread (stopping a local cluster's processes takes 1-2 s)."""
         if self._dask is not None:
-            from napari_hitl.app.batch import disconnect
+            from napari_hitl.app.batch import disconnect, release_signs
 
             client, cluster = self._dask
             self._dask = None
-            if dask_in_background:
-                threading.Thread(target=disconnect, args=(client, cluster), name="napari-hitl close dask",
-                                 daemon=True).start()
-            else:
+            cache_dir = self.project.cache_dir
+
+            def close_dask() -> None:
                 disconnect(client, cluster)
+                if cluster is not None:  # a local cluster: its slide tasks ended with it, their stop
+                    release_signs(cache_dir)  # signs go (one at an address may still read them)
+
+            if dask_in_background:
+                threading.Thread(target=close_dask, name="napari-hitl close dask", daemon=True).start()
+            else:
+                close_dask()
         with self.lock:  # a save running on a worker thread ends first
             self.project.close()
             self.closed = True
@@ -372,12 +378,15 @@ class Session:
     def rank(self, choice: str, labelled=()):
         """The images in the order ``choice`` (see :data:`napari_hitl.app.rank.RANKINGS`) puts them,
         from the batch results when there are some (a slide's windows each a row), else from
-        predictions made here."""
+        predictions made here. A slide's windows that hold a person's labels come after the rest
+        (:func:`napari_hitl.app.slides.labelled_windows`, read from the index)."""
         from napari_hitl.app.rank import rank_results, rank_rows
+        from napari_hitl.app.slides import labelled_windows
 
         if self.predictions.model is not None:
+            windows = self.predictions.windows()
             return rank_results(self.names, self.predictions.results(), choice, labelled=labelled,
-                                windows=self.predictions.windows())
+                                windows=windows, labelled_windows=labelled_windows(self.project, windows))
         return rank_rows(self.names, self.predictions, choice, labelled=labelled)
 
     def suggest_job(self, name: str, frame: int, k: int, n_segments: int, exclude=()):

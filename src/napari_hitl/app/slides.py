@@ -9,7 +9,11 @@ soon as the probabilities of that row are final (its pooled features first, in
 (:func:`napari_hitl.app.rank.image_score`: local consistency, entropy, margin, objects) from
 its own maps, with the mean backbone features of the tiles over it (for diversity picks). A
 stopped or killed run goes on where it stopped: the bands already written are not predicted
-again (one tile row is, for the blend), the window rows already scored are kept.
+again, the window rows already scored are kept. A killed run predicts one tile row again (for the
+blend and the features of the windows it reaches into); a stopped one saves what the tile rows
+before the last written band added after it (predict_large's carry, and the feature sums of the
+window rows not pooled yet in ``windows/partial-features.npz``), so the next run predicts again
+only the tiles it had done of the tile row it stopped in.
 
 The batch (:mod:`napari_hitl.app.batch`) runs :func:`predict_slide` as one Dask task per
 slide; the client keeps only the per-window scores (:func:`window_results`).
@@ -35,6 +39,8 @@ OVERLAP = 128
 TILE = WINDOW + OVERLAP
 #: the files of a slide's cache folder
 PROBS, WINDOWS, PROGRESS, SETTINGS = "probs.zarr", "windows", "progress.json", "settings.json"
+#: in ``windows/``: a stopped run's feature sums of the window rows it had not pooled yet
+PARTIAL = "partial-features.npz"
 
 
 @dataclass
@@ -62,6 +68,39 @@ def _row_file(folder: Path, y0: int) -> Path:
 
 def _feature_file(folder: Path, y0: int) -> Path:
     return folder / WINDOWS / f"features-{y0}.npy"
+
+
+def _write_partial(folder: Path, top: int, sums: dict, counts: dict) -> None:
+    """The feature sums of the window rows not pooled yet, as they stood once rows ``[0, top)`` of
+    the maps were written (a stopped run's, so the next goes on from there: see predict_slide)."""
+    import io as _io
+
+    from napari_hitl.io import atomic_write_bytes
+
+    ys = sorted(counts)
+    d = next((len(v[0]) for v in sums.values() if len(v)), 0)
+    stack = np.zeros((len(ys), len(counts[ys[0]]) if ys else 0, d))
+    for i, y0 in enumerate(ys):
+        if y0 in sums:
+            stack[i] = sums[y0]
+    buf = _io.BytesIO()
+    np.savez(buf, top=np.int64(top), ys=np.asarray(ys, np.int64), has=np.asarray([y in sums for y in ys]),
+             counts=np.asarray([counts[y] for y in ys], np.float64).reshape(len(ys), -1), sums=stack)
+    atomic_write_bytes(folder / WINDOWS / PARTIAL, buf.getvalue())
+
+
+def _read_partial(folder: Path, top: int, rows: list[int], n_cols: int) -> tuple[dict, dict] | None:
+    """``(sums, counts)`` saved by :func:`_write_partial` at ``top`` for exactly the window rows
+    ``rows``; None when there is none of that moment (or it is damaged: the tiles are replayed)."""
+    try:
+        with np.load(folder / WINDOWS / PARTIAL, allow_pickle=False) as z:
+            t, ys, has, counts, sums = int(z["top"]), [int(v) for v in z["ys"]], z["has"], z["counts"], z["sums"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if t != top or ys != sorted(rows) or counts.shape != (len(ys), n_cols) or sums.shape[:2] != (len(ys), n_cols) \
+            or has.shape != (len(ys),) or not (np.isfinite(sums).all() and np.isfinite(counts).all()):
+        return None
+    return ({y: sums[i].copy() for i, y in enumerate(ys) if has[i]}, {y: counts[i].copy() for i, y in enumerate(ys)})
 
 
 def _read_features(folder: Path, y0: int, n: int) -> np.ndarray:
@@ -168,6 +207,19 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
 
     arr_box: list = []
     scoring = [0.0]  # seconds spent scoring windows
+    snap: list = []  # (top, sums, counts) of the rows not pooled yet, once rows [0, top) were written
+
+    def resume_carry(top: int) -> bool:
+        """predict_large goes on at ``top`` without a tile row again: only with the feature sums
+        a stopped run saved at that moment."""
+        left = [y0 for y0, _ in pool if y0 not in pooled]
+        saved_sums = _read_partial(folder, top, left, len(cols))
+        if saved_sums is None:
+            return False
+        feat_sum.update(saved_sums[0])
+        feat_n.update(saved_sums[1])
+        snap[:] = [top, *saved_sums]
+        return True
 
     def on_rows(top: int) -> None:
         """Save the features of every window row whose tiles have all run, then score every
@@ -182,6 +234,9 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
             atomic_write(_feature_file(folder, y0), lambda fh: np.save(fh, mean.astype(np.float32)))
             pooled.add(y0)
             feat_sum.pop(y0, None)
+        left = [y0 for y0, _ in pool if y0 not in pooled]
+        snap[:] = [top, {y0: feat_sum[y0].copy() for y0 in left if y0 in feat_sum},
+                   {y0: feat_n[y0].copy() for y0 in left}]
         if not arr_box:
             arr_box.append(zarr.open_array(str(out), mode="r"))
         probs = arr_box[0]
@@ -203,9 +258,16 @@ def predict_slide(model, image, folder, num_classes: int, stuff=(), beta: float 
         scoring[0] += time.perf_counter() - t
 
     first = pool[0][0] if pool else h
-    predict_large(model, image, out, tile=tile, overlap=overlap, with_instances=True, progress=progress,
-                  should_stop=should_stop, resume=True, on_features=on_features, on_rows=on_rows, replay_from=first)
+    try:
+        predict_large(model, image, out, tile=tile, overlap=overlap, with_instances=True, progress=progress,
+                      should_stop=should_stop, resume=True, on_features=on_features, on_rows=on_rows,
+                      replay_from=first, resume_carry=resume_carry)
+    except KeyboardInterrupt:  # stopped: the next run goes on from the last written band, no tile row again
+        if snap:
+            _write_partial(folder, *snap)
+        raise
     on_rows(h)
+    (folder / WINDOWS / PARTIAL).unlink(missing_ok=True)
     boxes, scores, feats = _read_rows(folder, folder.name.removesuffix(".slide"), (h, w))
     return {"scores": {k: float(np.mean([s[k] for s in scores])) for k in SCORE_FIELDS},
             "features": np.mean(feats, axis=0).astype(np.float32), "cache": str(out), "windows": len(boxes),
@@ -272,3 +334,21 @@ def read_progress(folder) -> int:
         return max(0, int(json.loads((Path(folder) / PROGRESS).read_text())["done"]))
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def labelled_windows(project, windows) -> set[tuple[str, tuple[int, int, int, int]]]:
+    """The ``(name, box)`` of the ``windows`` (:class:`WindowResult`) that hold labels of a person
+    (or of the simulated annotator): a saved object with such pixels in a label chunk over the
+    window (:meth:`~napari_hitl.project.Project.labelled_boxes`, read from the index, no label
+    file; exact where windows and label chunks align, as their default sides do, else a window
+    that the box of such an object's pixels in a chunk meets)."""
+    boxes: dict[str, np.ndarray] = {}
+    out = set()
+    for wr in windows:
+        if wr.name not in boxes:
+            boxes[wr.name] = np.asarray(project.labelled_boxes(wr.name), np.int64).reshape(-1, 4)
+        b = boxes[wr.name]
+        y0, x0, y1, x1 = (int(v) for v in wr.box)
+        if len(b) and ((b[:, 0] < y1) & (b[:, 2] > y0) & (b[:, 1] < x1) & (b[:, 3] > x0)).any():
+            out.add((wr.name, (y0, x0, y1, x1)))
+    return out

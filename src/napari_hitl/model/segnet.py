@@ -383,7 +383,7 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
 
 def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_instances: bool = False,
                   progress=None, should_stop=None, resume: bool = False, on_features=None, on_rows=None,
-                  replay_from: int | None = None):
+                  replay_from: int | None = None, resume_carry=None):
     """Class probabilities of a large image (a :class:`napari_hitl.io.LazyImage`) written to the
     zarr array at ``out`` as float16 ``(C, H, W)``, never held whole: overlapping tiles are
     read one at a time and blended with the linear ramp of :func:`predict_with_features`; one
@@ -399,7 +399,12 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     predicting again only the tile rows that reach into them (usually one; from ``replay_from``
     on when that is earlier, for a caller that needs every tile's features there).
     ``on_features(y, x, features)`` gets each tile's feature map (D, tile/16, tile/16);
-    ``on_rows(top)`` is called once rows ``[0, top)`` are final in ``out``. Returns the zarr array."""
+    ``on_rows(top)`` is called once rows ``[0, top)`` are final in ``out``. Returns the zarr array.
+
+    Stopped (``should_stop``), a resumable run also leaves the blend's carry: the sums the tile
+    rows before the last written band added to the rows after it (``<out>.carry.npz``). A run resuming there asks ``resume_carry(rows)`` whether its caller
+    has its own state of that moment too (for ``on_features``; ``lambda rows: True`` when it keeps
+    none); if so it predicts no tile row again, else it replays as above."""
     import json
 
     import zarr
@@ -444,6 +449,11 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     # row from done_rows on gets the contributions of all its tiles again; rows before are not written
     reach = done_rows if replay_from is None else min(done_rows, max(0, int(replay_from)))
     first = next((k for k, y in enumerate(rows) if y + th > reach), len(rows)) if done_rows else 0
+    carry = _read_carry(out, settings, th, pw) if resume and done_rows and done_rows in rows else None
+    if carry is not None and (carry[0] != done_rows or resume_carry is None or not resume_carry(done_rows)):
+        carry = None  # not of this band, or the caller cannot go on from there: replay
+    if carry is not None:
+        first = rows.index(done_rows)
     done = first * len(cols)
     if first >= len(rows):  # all written, and no tile is asked for again
         if on_rows is not None:
@@ -460,25 +470,33 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
                                ).astype(np.float16)
         if resume and hi > done_rows:
             atomic_write(marker, lambda fh: fh.write(json.dumps({**settings, "rows": hi}).encode()))
+        written[0] = max(written[0], hi)
         if on_rows is not None and hi > done_rows:
             on_rows(hi)
 
     was_training = model.training
     model.eval()
+    written = [done_rows]  # rows [0, written) are in ``out`` (and its marker)
     try:
         band = np.zeros((c, th, pw), np.float32)  # rows [top, top + th) of the image
         bsum = np.zeros((th, pw), np.float32)
         top = rows[first] if first < len(rows) else h
+        if carry is not None:  # what the tile rows before ``first`` added to the rows from ``top`` on
+            band[:, :carry[1].shape[1]] = carry[1]
+            bsum[:carry[2].shape[0]] = carry[2]
         for k in range(first, len(rows)):
             y = rows[k]
             if y > top:  # rows [top, y) are final: no later tile reaches them
                 n = y - top
                 flush(top, y, band, bsum)
-                band[:, :th - n] = band[:, n:].copy()
+                kept, kept_sum = band[:, n:].copy(), bsum[n:].copy()
+                band[:, :th - n] = kept
                 band[:, th - n:] = 0
-                bsum[:th - n] = bsum[n:].copy()
+                bsum[:th - n] = kept_sum
                 bsum[th - n:] = 0
                 top = y
+                if resume:
+                    carry = (y, kept, kept_sum)
             for x in cols:
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt("prediction cancelled")
@@ -495,9 +513,46 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
                 if progress is not None:
                     progress(done, total)
         flush(top, h, band, bsum)
+    except KeyboardInterrupt:  # stopped: the rows after the last band keep what the earlier tile rows added
+        if resume and carry is not None and carry[0] == written[0]:
+            _write_carry(out, settings, *carry)
+        raise
     finally:
         model.train(was_training)
+    Path(f"{out}.carry.npz").unlink(missing_ok=True)  # all written: nothing to carry
     return arr
+
+
+def _write_carry(out, settings: dict, rows: int, band: np.ndarray, bsum: np.ndarray) -> None:
+    """Save the blend's sums over the rows from ``rows`` on (exact float32: the resumed run's maps
+    are those of a run never stopped)."""
+    import io as _io
+    import json
+
+    from napari_hitl.io import atomic_write
+
+    buf = _io.BytesIO()
+    np.savez(buf, settings=np.asarray(json.dumps(settings)), rows=np.int64(rows), band=band, bsum=bsum)
+    atomic_write(f"{out}.carry.npz", lambda fh: fh.write(buf.getvalue()))
+
+
+def _read_carry(out, settings: dict, th: int, pw: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """``(rows, band, bsum)`` of ``<out>.carry.npz`` when it is whole and of these settings, else None."""
+    import json
+
+    try:
+        with np.load(f"{out}.carry.npz", allow_pickle=False) as z:
+            if json.loads(str(z["settings"])) != settings:
+                return None
+            rows, band, bsum = int(z["rows"]), z["band"], z["bsum"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    c = settings["shape"][0]
+    if (band.dtype != np.float32 or bsum.dtype != np.float32 or band.ndim != 3 or band.shape[0] != c
+            or band.shape[2] != pw or bsum.shape != band.shape[1:] or not 0 < band.shape[1] < th
+            or not (np.isfinite(band).all() and np.isfinite(bsum).all())):
+        return None
+    return rows, band, bsum
 
 
 def _large_tiles(h: int, w: int, tile: int) -> tuple[int, int, int, int]:
