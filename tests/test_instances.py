@@ -394,6 +394,13 @@ def test_full_reference_scores_along_one_round_or_one_round_per_score():
         out = run_full(ds, argparse.Namespace(**base, full_one_round=one_round), clicks=10, log=lambda *a: None)
         assert [c["steps"] for c in out["curve"]] == [2, 4] and out["one_round"] is one_round
         assert all(0 <= c["f1"] <= 1 for c in out["curve"])
+        assert "size_norm" not in out
+    # --full-size-norm scores the final model again with object-size normalisation
+    torch.manual_seed(0)
+    out = run_full(ds, argparse.Namespace(**base, full_one_round=True, full_size_norm=True), clicks=10,
+                   log=lambda *a: None)
+    assert 0 <= out["size_norm"]["f1"] <= 1 and out["size_norm"]["settings"]["diameter"] > 0
+    assert len(out["size_norm"]["per_image"]) == 1
 
 
 class _PointwiseNet(torch.nn.Module):

@@ -110,8 +110,8 @@ def model_instances(model, images, num_classes: int, decode: dict | None = None,
     return [instances_from_maps(*split_instance_maps(p, num_classes), **(decode or {}))[0] for p in outs]
 
 
-def heldout_scores(model, ds, decode: dict | None = None) -> dict:
-    preds = model_instances(model, [x[1] for x in ds["heldout"]], ds["num_classes"], decode)
+def heldout_scores(model, ds, decode: dict | None = None, size_norm=True) -> dict:
+    preds = model_instances(model, [x[1] for x in ds["heldout"]], ds["num_classes"], decode, size_norm)
     return score_instances(preds, [x[3] for x in ds["heldout"]], [x[0] for x in ds["heldout"]])
 
 
@@ -161,6 +161,14 @@ def run_full(ds, args, clicks: int, log=print) -> dict:
            "curve": curve, "flat": bool(flat),
            "train_seconds": time.perf_counter() - t0, **{k: last[k] for k in KEYS},
            **{k: sc[k] for k in ("worst_image", "worst_f1", "worst_ap", "worst_aji", "per_image")}}
+    if getattr(args, "full_size_norm", False):  # the same final model, predicted with object-size normalisation
+        from napari_hitl.model.instances import SIZE_NORM_SETTINGS
+
+        sn = heldout_scores(trainer.model, ds, decode_settings(args), dict(SIZE_NORM_SETTINGS))
+        out["size_norm"] = {"settings": dict(SIZE_NORM_SETTINGS),
+                            **{k: sn[k] for k in (*KEYS, "worst_image", "worst_f1", "worst_ap", "worst_aji", "per_image")}}
+        log(f"  full supervision, final model with size normalisation: F1 {sn['f1']:.3f}  AP {sn['ap']:.3f}  "
+            f"AJI {sn['aji']:.3f} (worst {sn['worst_image'][:10]}: F1 {sn['worst_f1']:.3f})")
     return out
 
 

@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-one-round", action="store_true", help="--instances: train the full-supervision "
                         "reference as one round (one warm-up and cosine decay over --full-steps) scored along the "
                         "way, instead of one round per score (the schedule restarts at each)")
+    parser.add_argument("--full-size-norm", action="store_true", help="--instances: also score the final "
+                        "full-supervision model with object-size normalisation at prediction "
+                        "(model.instances.SIZE_NORM_SETTINGS; off by default in the product)")
     parser.add_argument("--fg-threshold", type=float, default=0.7, help="--instances: foreground probability "
                         "above which a pixel belongs to an object (the decoder's default; chosen on 7 validation "
                         "images of the dsb2018 pool, never the held-out ones)")
