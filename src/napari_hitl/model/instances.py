@@ -46,7 +46,11 @@ DECODE_DEFAULTS = {"fg_threshold": 0.7, "boundary_threshold": 0.3, "seed_thresho
 #: -> 0.784 / 0.546 / 0.698, the worst image (stained tissue) not worse; the 7 images zoomed 3x
 #: (nuclei of 30-130 px) 0.585 / 0.336 / 0.622 -> 0.722 / 0.459 / 0.674. The "objects"
 #: estimate misses nuclei the first pass cut into pieces (zoomed 3x: 0.665 / 0.423 / 0.650).
-SIZE_NORM_SETTINGS: dict = {"diameter": 20.0, "tolerance": 1.5, "max_shrink": 4.0, "max_enlarge": 2.0,
+#: Shrink only (``max_enlarge`` 1): on a 1200-step pool model (docs/bench/dsb2018_decoder_pool_s32.json)
+#: enlarging the small-nucleus images cost F1 at zoom 1 (0.771 -> 0.764) and gained nothing at
+#: zoom 2; shrinking alone leaves every zoom-1 image as it was and keeps the gain on large nuclei
+#: (zoom 2: F1 / AP 0.660 / 0.389 -> 0.715 / 0.448).
+SIZE_NORM_SETTINGS: dict = {"diameter": 20.0, "tolerance": 1.5, "max_shrink": 4.0, "max_enlarge": 1.0,
                             "max_pixels": 4_000_000, "min_objects": 2, "estimate": "foreground"}
 #: the size normalisation predictions use by default (``size_norm=True``); None: off. OFF for
 #: now: a weak model (6 pool images, 400 steps; the loop's models are like it) gained nothing on
