@@ -55,9 +55,9 @@ _MAPS: dict = {}  # (validation set, size_norm, flips) -> predicted maps, for de
 def score(model, val, variant: dict, reuse: bool = False) -> dict:
     """Scores of ``model`` on ``val`` predicted as ``variant`` (model_instances keywords); with
     ``reuse`` the maps of an earlier variant with the same prediction keywords are decoded again."""
-    from napari_hitl.evaluate.bench_instances import score_instances
-    from napari_hitl.model.instances import instances_from_maps, median_diameter
-    from napari_hitl.model.segnet import predict_proba_batch, split_instance_maps
+    from napari_hitl.evaluate.bench_instances import decode_maps, score_instances
+    from napari_hitl.model.instances import median_diameter
+    from napari_hitl.model.segnet import predict_proba_batch
 
     t0 = time.perf_counter()
     pk = {k: variant[k] for k in ("size_norm", "flips") if k in variant}
@@ -67,7 +67,7 @@ def score(model, val, variant: dict, reuse: bool = False) -> dict:
         maps = predict_proba_batch(model, [x[1] for x in val], batch_size=4, with_instances=True, **pk)
         if reuse:
             _MAPS[key] = maps
-    preds = [instances_from_maps(*split_instance_maps(m, 2), **(variant.get("decode") or {}))[0] for m in maps]
+    preds = decode_maps(maps, 2, variant.get("decode"))
     seconds = time.perf_counter() - t0
     out = score_instances(preds, [x[3] for x in val], [x[0] for x in val])
     for r, pr, x in zip(out["per_image"], preds, val):  # object sizes: the truth's and what the model found

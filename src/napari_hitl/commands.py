@@ -242,6 +242,7 @@ def predict(args) -> int:
     """Predict and rank every image on Dask (a LocalCluster here, or ``--scheduler``)."""
     import signal
 
+    from napari_hitl.active.ranking import SCORERS
     from napari_hitl.app.batch import connect, disconnect, predict_project
     from napari_hitl.app.rank import RANKINGS, rank_results
     from napari_hitl.app.session import Session
@@ -275,7 +276,8 @@ def predict(args) -> int:
             signal.signal(signal.SIGINT, old)
             disconnect(client, cluster)
         names = session.names
-        results = session.project.results(report.model)
+        # a ranking by a score needs no features (1.7 KB an image): they stay on disk
+        results = session.project.results(report.model, features=RANKINGS[args.rank] not in SCORERS)
         windows = window_results(session.project, results)
         rows = rank_results(names, results, args.rank, windows=windows,
                             labelled_windows=labelled_windows(session.project, windows))

@@ -123,6 +123,11 @@ def usefulness(score: ImageScore, strategy: str) -> float:
 TIE_TOLERANCE = 1e-5
 
 
+def _tie(x: np.ndarray) -> float:
+    """The tie tolerance of squared distances between rows of ``x`` (:data:`TIE_TOLERANCE`)."""
+    return TIE_TOLERANCE * max(float((x ** 2).sum(1).max()), 1e-300)
+
+
 def _first_nearest(dist: np.ndarray, tie: float) -> np.ndarray:
     """Per row of ``dist``, the lowest column within ``tie`` of the row's smallest value."""
     return (dist <= dist.min(1, keepdims=True) + tie).argmax(1)
@@ -142,7 +147,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, restarts: int 
     if n == 0 or k < 1:
         raise InputError(f"k-means needs at least one sample and k >= 1 (got {n} samples, k={k})")
     k = min(k, n)
-    tie = TIE_TOLERANCE * max(float((x ** 2).sum(1).max()), 1e-300)
+    tie = _tie(x)
     runs = [_kmeans_once(x, k, np.random.default_rng(seed + r), iters, tie) for r in range(max(1, restarts))]
     inertia = [float(((x - c[a]) ** 2).sum()) for c, a in runs]
     return runs[int(np.argmax(np.asarray(inertia) <= min(inertia) + tie * n))]
@@ -198,7 +203,7 @@ def diversity_pick(features: np.ndarray, k: int, candidates=None, seed: int = 0)
     x = _unit_rows(x)
     centres, _ = kmeans(x, k, seed)
     dist = (x ** 2).sum(1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(1)[None]
-    tie = TIE_TOLERANCE * max(float((x ** 2).sum(1).max()), 1e-300)
+    tie = _tie(x)
     free = np.ones(len(cand), bool)
     picked: list[int] = []
     for j in range(len(centres)):

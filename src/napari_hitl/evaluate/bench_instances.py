@@ -103,11 +103,18 @@ def model_instances(model, images, num_classes: int, decode: dict | None = None,
     """Decoded instance maps of ``images`` with the model's instance head (the product's
     prediction path: ``size_norm`` and ``flips`` as :func:`napari_hitl.model.segnet.predict_proba_batch`
     takes them, its defaults unless given)."""
-    from napari_hitl.model.instances import instances_from_maps
-    from napari_hitl.model.segnet import predict_proba_batch, split_instance_maps
+    from napari_hitl.model.segnet import predict_proba_batch
 
     outs = predict_proba_batch(model, images, batch_size=4, with_instances=True, size_norm=size_norm, flips=flips)
-    return [instances_from_maps(*split_instance_maps(p, num_classes), **(decode or {}))[0] for p in outs]
+    return decode_maps(outs, num_classes, decode)
+
+
+def decode_maps(maps, num_classes: int, decode: dict | None = None) -> list[np.ndarray]:
+    """Instance maps decoded from ``with_instances`` predictions ``maps`` (C + 2 channels each)."""
+    from napari_hitl.model.instances import instances_from_maps
+    from napari_hitl.model.segnet import split_instance_maps
+
+    return [instances_from_maps(*split_instance_maps(p, num_classes), **(decode or {}))[0] for p in maps]
 
 
 def heldout_scores(model, ds, decode: dict | None = None, size_norm=True) -> dict:
