@@ -402,8 +402,8 @@ def predict_large(model, image, out, tile: int = 1024, overlap: int = 128, with_
     ``on_rows(top)`` is called once rows ``[0, top)`` are final in ``out``. Returns the zarr array.
 
     Stopped (``should_stop``), a resumable run also leaves the blend's carry: the sums the tile
-    rows before the last written band added to the rows after it (``<out>.carry.npz``). A run resuming there asks ``resume_carry(rows)`` whether its caller
-    has its own state of that moment too (for ``on_features``; ``lambda rows: True`` when it keeps
+    rows before the last written band added to the rows after it (``<out>.carry.npz``). A run
+    resuming there asks ``resume_carry(rows)`` whether its caller has its own state of that moment too (for ``on_features``; ``lambda rows: True`` when it keeps
     none); if so it predicts no tile row again, else it replays as above."""
     import json
 
@@ -529,11 +529,11 @@ def _write_carry(out, settings: dict, rows: int, band: np.ndarray, bsum: np.ndar
     import io as _io
     import json
 
-    from napari_hitl.io import atomic_write
+    from napari_hitl.io import atomic_write_bytes
 
     buf = _io.BytesIO()
     np.savez(buf, settings=np.asarray(json.dumps(settings)), rows=np.int64(rows), band=band, bsum=bsum)
-    atomic_write(f"{out}.carry.npz", lambda fh: fh.write(buf.getvalue()))
+    atomic_write_bytes(f"{out}.carry.npz", buf.getvalue())
 
 
 def _read_carry(out, settings: dict, th: int, pw: int) -> tuple[int, np.ndarray, np.ndarray] | None:
