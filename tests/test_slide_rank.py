@@ -29,6 +29,19 @@ def _slide(path, shape=(H, W)):
     return path
 
 
+def _same_result(out, whole, windows=9):
+    """``out`` (a stopped and resumed predict_slide) is ``whole``'s (a run never stopped): the same
+    windows, scores and features within float noise, the same maps bit for bit."""
+    import zarr
+
+    assert out["windows"] == windows
+    for k, v in whole["scores"].items():
+        assert out["scores"][k] == pytest.approx(v, abs=1e-6), k
+    np.testing.assert_allclose(out["features"], whole["features"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(zarr.open_array(out["cache"], mode="r")[...]),
+                                  np.asarray(zarr.open_array(whole["cache"], mode="r")[...]))
+
+
 def _model():
     from napari_hitl.model.segnet import build_segnet
 
@@ -56,14 +69,7 @@ def test_a_slide_is_scored_window_by_window_and_a_stopped_run_resumes(tmp_path):
         assert other["windows"] == 5 * 6 and other["tiles_predicted"] == 42
     n_cols = 7  # tiles of 128 with 32 overlap over 700 px
     assert again[0] > n_cols and len(again) < 42  # the finished bands were not predicted again
-    assert part["windows"] == 9
-    for k, v in whole["scores"].items():
-        assert part["scores"][k] == pytest.approx(v, abs=1e-6), k
-    np.testing.assert_allclose(part["features"], whole["features"], rtol=1e-5, atol=1e-6)
-    import zarr
-
-    np.testing.assert_array_equal(np.asarray(zarr.open_array(part["cache"], mode="r")[...]),
-                                  np.asarray(zarr.open_array(whole["cache"], mode="r")[...]))
+    _same_result(part, whole)
 
 
 def test_a_run_stopped_while_scoring_windows_predicts_no_tile_again_for_them(tmp_path):
@@ -88,8 +94,6 @@ def test_a_stopped_slide_run_goes_on_without_predicting_a_tile_row_again(tmp_pat
     past the last written band (the blend's carry, the window rows' feature sums): the next run
     predicts only the tile rows not finished, and its maps, scores and features are those of a run
     never stopped. Without the saved sums (a killed run) it replays the tile rows as before."""
-    import zarr
-
     from napari_hitl.app.slides import PARTIAL, WINDOWS
 
     model = _model()
@@ -110,12 +114,7 @@ def test_a_stopped_slide_run_goes_on_without_predicting_a_tile_row_again(tmp_pat
     assert killed["tiles_predicted"] == 4 * 7  # replayed from the tile row at 192 (window row 256's features)
     assert not (tmp_path / "part" / WINDOWS / PARTIAL).exists() and not list((tmp_path / "part").glob("*.carry.npz"))
     for out in (part, killed):
-        assert out["windows"] == 9
-        for k, v in whole["scores"].items():
-            assert out["scores"][k] == pytest.approx(v, abs=1e-6), k
-        np.testing.assert_allclose(out["features"], whole["features"], rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(np.asarray(zarr.open_array(out["cache"], mode="r")[...]),
-                                      np.asarray(zarr.open_array(whole["cache"], mode="r")[...]))
+        _same_result(out, whole)
     for row in sorted((tmp_path / "whole" / WINDOWS).glob("row-*.npz")):
         with np.load(row) as a, np.load(tmp_path / "part" / WINDOWS / row.name) as b:
             np.testing.assert_allclose(b["features"], a["features"], rtol=1e-5, atol=1e-6)
